@@ -1,0 +1,31 @@
+import Foundation
+import PackagePlugin
+
+/// Compiles every `sql/<schema>/NNNN_name.sql` file of the package into a Swift
+/// source, so a running `regent` binary never needs the source tree.
+@main
+struct EmbedSQL: BuildToolPlugin {
+    func createBuildCommands(context: PluginContext, target: any Target) throws -> [Command] {
+        let sqlDir = context.package.directoryURL.appending(path: "sql")
+        let output = context.pluginWorkDirectoryURL.appending(path: "EmbeddedMigrations.swift")
+        var inputs: [URL] = []
+        let fm = FileManager.default
+        if let schemas = try? fm.contentsOfDirectory(atPath: sqlDir.path) {
+            for schema in schemas.sorted() {
+                let dir = sqlDir.appending(path: schema)
+                for file in (try? fm.contentsOfDirectory(atPath: dir.path)) ?? [] where file.hasSuffix(".sql") {
+                    inputs.append(dir.appending(path: file))
+                }
+            }
+        }
+        return [
+            .buildCommand(
+                displayName: "Embedding \(inputs.count) SQL migration files",
+                executable: try context.tool(named: "EmbedSQLTool").url,
+                arguments: [sqlDir.path, output.path],
+                inputFiles: inputs,
+                outputFiles: [output]
+            )
+        ]
+    }
+}

@@ -1,0 +1,110 @@
+import CLibPQ
+import Foundation
+
+/// How to reach PostgreSQL, validated once.
+///
+/// `conninfo` is anything libpq accepts: a `postgres://` URL (multi-host lists and
+/// `target_session_attrs` pass through) or a `key=value` string. Keepalive and
+/// `tcp_user_timeout` settings are on by default so a dead peer is noticed in
+/// seconds rather than the kernel's two hours; a value in the URL wins over them.
+public struct ConnectionConfiguration: Sendable, Hashable {
+    public var conninfo: String
+    /// Seconds of idleness before the first TCP keepalive probe.
+    public var keepalivesIdle: Int = 5
+    /// Seconds between keepalive probes.
+    public var keepalivesInterval: Int = 2
+    /// Unanswered probes before the connection is declared dead.
+    public var keepalivesCount: Int = 3
+    /// Milliseconds transmitted data may stay unacknowledged before the connection is closed.
+    public var tcpUserTimeoutMilliseconds: Int = 10_000
+    /// Seconds to wait while connecting.
+    public var connectTimeoutSeconds: Int = 5
+    /// Reported in `pg_stat_activity.application_name`.
+    public var applicationName: String = "regent"
+
+    /// The hosts and ports named by `conninfo` (for error messages).
+    public private(set) var endpoint: String
+
+    /// Parses `conninfo` with libpq; a malformed string is refused with libpq's reason.
+    public init(_ conninfo: String) throws(PostgresError) {
+        let trimmed = conninfo.trimmingCharactersInWhitespace()
+        guard !trimmed.isEmpty else {
+            throw PostgresError(.invalidConfiguration, "database URL is empty: pass --database-url postgres://user@host:port/db or set REGENT_DATABASE_URL")
+        }
+        if trimmed.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
+            throw PostgresError(.invalidConfiguration, "database URL contains control characters")
+        }
+        var err: UnsafeMutablePointer<CChar>?
+        guard let options = PQconninfoParse(trimmed, &err) else {
+            let reason = err.map { String(cString: $0) } ?? "unparseable"
+            if let err { PQfreemem(err) }
+            throw PostgresError(
+                .invalidConfiguration,
+                "malformed database URL: \(reason.trimmingCharactersInWhitespace())",
+                hint: "expected postgres://user[:password]@host[:port]/database[?param=value] or key=value pairs")
+        }
+        var host = "(default socket)"
+        var port = "5432"
+        var cursor = options
+        while let keyword = cursor.pointee.keyword {
+            let key = String(cString: keyword)
+            if let val = cursor.pointee.val {
+                if key == "host" || key == "hostaddr" { host = String(cString: val) }
+                if key == "port" { port = String(cString: val) }
+            }
+            cursor += 1
+        }
+        PQconninfoFree(options)
+        // libpq checks ports only when it connects; say it now, before anything runs.
+        for entry in port.split(separator: ",", omittingEmptySubsequences: false) where !entry.isEmpty {
+            guard let number = Int(entry), (1...65535).contains(number) else {
+                throw PostgresError(.invalidConfiguration, "malformed database URL: port \(SQLIdentifier.printable(String(entry))) is not a number from 1 to 65535")
+            }
+        }
+        self.conninfo = trimmed
+        self.endpoint = "host=\(host) port=\(port)"
+    }
+
+    /// Keyword/value pairs for `PQconnectdbParams`; ours come first so that `conninfo` overrides them.
+    var keywordValues: [(String, String)] {
+        [
+            ("keepalives", "1"),
+            ("keepalives_idle", String(keepalivesIdle)),
+            ("keepalives_interval", String(keepalivesInterval)),
+            ("keepalives_count", String(keepalivesCount)),
+            ("tcp_user_timeout", String(tcpUserTimeoutMilliseconds)),
+            ("connect_timeout", String(connectTimeoutSeconds)),
+            ("application_name", applicationName),
+            ("dbname", conninfo),
+        ]
+    }
+
+    /// A copy pointing at another database on the same server.
+    public func withDatabase(_ name: String) throws(PostgresError) -> ConnectionConfiguration {
+        var copy = self
+        copy.conninfo = Self.replacingDatabase(in: conninfo, with: name)
+        _ = try ConnectionConfiguration(copy.conninfo)
+        return copy
+    }
+
+    static func replacingDatabase(in conninfo: String, with name: String) -> String {
+        if conninfo.hasPrefix("postgres://") || conninfo.hasPrefix("postgresql://") {
+            let schemeEnd = conninfo.range(of: "://")!.upperBound
+            let rest = conninfo[schemeEnd...]
+            let queryStart = rest.firstIndex(of: "?")
+            let authority = rest[..<(rest.firstIndex(of: "/") ?? queryStart ?? rest.endIndex)]
+            let query = queryStart.map { String(rest[$0...]) } ?? ""
+            return String(conninfo[..<schemeEnd]) + authority + "/" + name + query
+        }
+        return conninfo + " dbname=\(name)"
+    }
+}
+
+extension String {
+    func trimmingCharactersInWhitespace() -> String {
+        var s = Substring(self)
+        while let f = s.first, f.isWhitespace { s.removeFirst() }
+        while let l = s.last, l.isWhitespace { s.removeLast() }
+        return String(s)
+    }
+}

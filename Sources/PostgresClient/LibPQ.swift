@@ -1,0 +1,131 @@
+import CLibPQ
+import Foundation
+
+/// Blocking libpq primitives. Every function here must be called by the single
+/// owner of the `PGconn` (a connection's serial queue or a listener's thread).
+enum LibPQ {
+    /// Session settings every connection starts with: ISO dates (the row decoder relies on them).
+    static let sessionSetup = "SET DateStyle TO ISO, YMD"
+
+    static func connect(_ config: ConnectionConfiguration) throws(PostgresError) -> OpaquePointer {
+        let pairs = config.keywordValues
+        let keys = pairs.map { strdup($0.0) }
+        let values = pairs.map { strdup($0.1) }
+        defer {
+            keys.forEach { free($0) }
+            values.forEach { free($0) }
+        }
+        var keyPtrs: [UnsafePointer<CChar>?] = keys.map { UnsafePointer($0) } + [nil]
+        var valuePtrs: [UnsafePointer<CChar>?] = values.map { UnsafePointer($0) } + [nil]
+        guard let conn = PQconnectdbParams(&keyPtrs, &valuePtrs, 1) else {
+            throw PostgresError(.connectionFailed, "libpq could not allocate a connection (\(config.endpoint))")
+        }
+        guard PQstatus(conn) == CONNECTION_OK else {
+            let msg = errorMessage(conn)
+            PQfinish(conn)
+            throw PostgresError(
+                .connectionFailed, "cannot connect to PostgreSQL at \(config.endpoint): \(msg)",
+                hint: "check that the server is running and the URL's host, port, user and database are right")
+        }
+        PQsetNoticeProcessor(conn, { _, _ in }, nil)  // NOTICEs (e.g. IF NOT EXISTS) are not errors
+        do {
+            _ = try execScript(conn, sessionSetup)
+        } catch {
+            PQfinish(conn)
+            throw error
+        }
+        return conn
+    }
+
+    static func errorMessage(_ conn: OpaquePointer) -> String {
+        guard let p = PQerrorMessage(conn) else { return "unknown error" }
+        return String(cString: p).trimmingCharactersInWhitespace().replacingOccurrences(of: "\n", with: "; ").replacingOccurrences(of: "\t", with: "")
+    }
+
+    /// Runs one parameterized statement.
+    static func exec(_ conn: OpaquePointer, _ query: PostgresQuery) throws(PostgresError) -> PostgresRows {
+        var cStrings: [UnsafeMutablePointer<CChar>?] = []
+        var byteBuffers: [UnsafeMutablePointer<UInt8>] = []
+        var lengths: [Int32] = []
+        var formats: [Int32] = []
+        var types: [Oid] = []
+        for bind in query.binds {
+            switch bind {
+            case .null:
+                cStrings.append(nil); lengths.append(0); formats.append(0); types.append(0)
+            case .text(let s):
+                cStrings.append(strdup(s)); lengths.append(0); formats.append(0); types.append(0)
+            case .bytes(let b):
+                let buf = UnsafeMutablePointer<UInt8>.allocate(capacity: max(b.count, 1))
+                buf.initialize(from: b, count: b.count)
+                byteBuffers.append(buf)
+                cStrings.append(UnsafeMutableRawPointer(buf).assumingMemoryBound(to: CChar.self))
+                lengths.append(Int32(b.count)); formats.append(1); types.append(17)  // bytea
+            }
+        }
+        defer {
+            for (i, p) in cStrings.enumerated() where formats[i] == 0 { free(p) }
+            byteBuffers.forEach { $0.deallocate() }
+        }
+        var values: [UnsafePointer<CChar>?] = cStrings.map { $0.map { UnsafePointer($0) } }
+        let result = PQexecParams(
+            conn, query.sql, Int32(query.binds.count), &types, &values, &lengths, &formats, 0)
+        return try consume(conn, result)
+    }
+
+    /// Runs a script of several statements with no parameters (embedded migration files only).
+    static func execScript(_ conn: OpaquePointer, _ sql: String) throws(PostgresError) -> PostgresRows {
+        try consume(conn, PQexec(conn, sql))
+    }
+
+    static func consume(_ conn: OpaquePointer, _ result: OpaquePointer?) throws(PostgresError) -> PostgresRows {
+        guard let result else {
+            throw PostgresError(
+                PQstatus(conn) == CONNECTION_OK ? .protocolViolation : .connectionClosed,
+                "connection lost: \(errorMessage(conn))")
+        }
+        defer { PQclear(result) }
+        switch PQresultStatus(result) {
+        case PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY:
+            let nColumns = Int(PQnfields(result))
+            let nRows = Int(PQntuples(result))
+            var columns: [String] = []
+            var oids: [UInt32] = []
+            for c in 0..<nColumns {
+                columns.append(String(cString: PQfname(result, Int32(c))))
+                oids.append(PQftype(result, Int32(c)))
+            }
+            var rows: [[String?]] = []
+            rows.reserveCapacity(nRows)
+            for r in 0..<nRows {
+                var row: [String?] = []
+                row.reserveCapacity(nColumns)
+                for c in 0..<nColumns {
+                    if PQgetisnull(result, Int32(r), Int32(c)) == 1 {
+                        row.append(nil)
+                    } else {
+                        row.append(String(cString: PQgetvalue(result, Int32(r), Int32(c))))
+                    }
+                }
+                rows.append(row)
+            }
+            let tuples = String(cString: PQcmdTuples(result))
+            return PostgresRows(columns: columns, typeOIDs: oids, values: rows, affectedRows: Int(tuples) ?? nRows)
+        default:
+            throw serverError(conn, result)
+        }
+    }
+
+    static func serverError(_ conn: OpaquePointer, _ result: OpaquePointer) -> PostgresError {
+        func field(_ code: UInt8) -> String? {
+            guard let p = PQresultErrorField(result, Int32(code)) else { return nil }
+            return String(cString: p)
+        }
+        let sqlState = field(UInt8(ascii: "C"))
+        let message = field(UInt8(ascii: "M")) ?? errorMessage(conn)
+        let broken = PQstatus(conn) != CONNECTION_OK
+        return PostgresError(
+            broken && sqlState == nil ? .connectionClosed : .server, message,
+            sqlState: sqlState, detail: field(UInt8(ascii: "D")), hint: field(UInt8(ascii: "H")))
+    }
+}

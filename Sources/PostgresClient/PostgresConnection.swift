@@ -1,0 +1,187 @@
+import CLibPQ
+import Dispatch
+import Foundation
+import Logging
+import Synchronization
+
+/// One PostgreSQL session.
+///
+/// Every libpq call runs on the connection's own serial dispatch queue, never on
+/// Swift's cooperative pool, so a slow statement blocks nobody else. A connection
+/// runs one statement at a time; callers that share one must not interleave
+/// transactions (the pool hands a connection to one task at a time).
+///
+/// `abort()` may be called from any thread: it shuts the socket down so that a
+/// statement stuck on a silent network returns at once with an error.
+public final class PostgresConnection: @unchecked Sendable {
+    // Why @unchecked Sendable is safe: `pgconn` is read and written only inside
+    // blocks running on `queue`, a serial queue, so libpq sees one thread at a
+    // time. The fields shared with other threads (`socketFD`, `cancelHandle`,
+    // `closed`) live in `shared`, a Mutex.
+    private let queue: DispatchQueue
+    private nonisolated(unsafe) var pgconn: OpaquePointer?
+    private let shared: Mutex<Shared>
+    public let configuration: ConnectionConfiguration
+    /// The server process id of this session (`pg_backend_pid()`).
+    public let backendPID: Int32
+
+    // @unchecked: holds a PGcancel pointer; every access goes through `shared`'s lock,
+    // and PQcancel is documented as safe to call from any thread.
+    struct Shared: @unchecked Sendable {
+        var socketFD: Int32
+        var cancelHandle: OpaquePointer?
+        var closed = false
+        var broken = false
+    }
+
+    private init(conn: OpaquePointer, configuration: ConnectionConfiguration, queue: DispatchQueue) {
+        self.pgconn = conn
+        self.queue = queue
+        self.configuration = configuration
+        self.backendPID = PQbackendPID(conn)
+        self.shared = Mutex(Shared(socketFD: PQsocket(conn), cancelHandle: PQgetCancel(conn)))
+    }
+
+    deinit {
+        let conn = pgconn
+        let cancel = shared.withLock { s -> OpaquePointer? in
+            let c = s.cancelHandle
+            s.cancelHandle = nil
+            return c
+        }
+        if let cancel { PQfreeCancel(cancel) }
+        if let conn { PQfinish(conn) }
+    }
+
+    /// Opens a session; errors name the host and port and carry libpq's reason.
+    public static func connect(_ configuration: ConnectionConfiguration) async throws -> PostgresConnection {
+        let queue = DispatchQueue(label: "regent.pg.connection")
+        return try await withCheckedThrowingContinuation { cont in
+            queue.async {
+                do {
+                    let conn = try LibPQ.connect(configuration)
+                    cont.resume(returning: PostgresConnection(conn: conn, configuration: configuration, queue: queue))
+                } catch {
+                    cont.resume(throwing: error)
+                }
+            }
+        }
+    }
+
+    /// True until the connection is closed or a statement found it broken.
+    public var isUsable: Bool { shared.withLock { !$0.closed && !$0.broken } }
+
+    private func run<T: Sendable>(
+        purpose: String?, _ body: @escaping @Sendable (OpaquePointer) throws(PostgresError) -> T
+    ) async throws -> T {
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, any Error>) in
+                queue.async { [self] in
+                    guard let conn = pgconn, !shared.withLock({ $0.closed }) else {
+                        cont.resume(throwing: PostgresError(.connectionClosed, "connection is closed", purpose: purpose))
+                        return
+                    }
+                    do {
+                        let value = try body(conn)
+                        cont.resume(returning: value)
+                    } catch {
+                        if PQstatus(conn) != CONNECTION_OK { shared.withLock { $0.broken = true } }
+                        cont.resume(throwing: error.with(purpose: purpose))
+                    }
+                }
+            }
+        } onCancel: {
+            cancelCurrentStatement()
+        }
+    }
+
+    /// Runs one statement with bound parameters and returns all its rows.
+    @discardableResult
+    public func query(_ query: PostgresQuery, purpose: String? = nil) async throws -> PostgresRows {
+        try await run(purpose: purpose) { conn throws(PostgresError) in try LibPQ.exec(conn, query) }
+    }
+
+    /// Runs a multi-statement script without parameters. Only for SQL compiled into
+    /// the binary (migration files); user input never reaches it.
+    public func executeScript(_ sql: String, purpose: String? = nil) async throws {
+        _ = try await run(purpose: purpose) { conn throws(PostgresError) in try LibPQ.execScript(conn, sql) }
+    }
+
+    /// Asks the server to cancel the running statement (thread-safe; no-op when idle).
+    public func cancelCurrentStatement() {
+        shared.withLock { s in
+            guard let cancel = s.cancelHandle, !s.closed else { return }
+            var buf = [CChar](repeating: 0, count: 256)
+            _ = PQcancel(cancel, &buf, Int32(buf.count))
+        }
+    }
+
+    /// Shuts the socket down from any thread: a statement blocked on a silent peer
+    /// fails at once, and the connection is unusable afterwards.
+    public func abort() {
+        shared.withLock { s in
+            guard !s.closed, !s.broken else { return }
+            s.broken = true
+            if s.socketFD >= 0 { _ = shutdown(s.socketFD, Int32(SHUT_RDWR)) }
+        }
+    }
+
+    /// Closes the session (idempotent). Waits for a running statement to end.
+    public func close() async {
+        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            queue.async { [self] in
+                let cancel = shared.withLock { s -> OpaquePointer? in
+                    s.closed = true
+                    let c = s.cancelHandle
+                    s.cancelHandle = nil
+                    return c
+                }
+                if let cancel { PQfreeCancel(cancel) }
+                if let conn = pgconn {
+                    PQfinish(conn)
+                    pgconn = nil
+                }
+                cont.resume()
+            }
+        }
+    }
+
+    /// Runs `body` inside BEGIN … COMMIT; any thrown error rolls back and is rethrown.
+    @discardableResult
+    public func withTransaction<T: Sendable>(
+        isolation: IsolationLevel = .readCommitted,
+        _ body: (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        try await query(isolation.beginStatement, purpose: "begin transaction")
+        let value: T
+        do {
+            value = try await body(self)
+        } catch {
+            if isUsable { _ = try? await query("ROLLBACK", purpose: "roll back transaction") }
+            throw error
+        }
+        try await query("COMMIT", purpose: "commit transaction")
+        return value
+    }
+}
+
+/// Transaction isolation levels.
+public enum IsolationLevel: String, Sendable, CaseIterable {
+    case readCommitted = "READ COMMITTED"
+    case repeatableRead = "REPEATABLE READ"
+    case serializable = "SERIALIZABLE"
+
+    var beginStatement: PostgresQuery {
+        switch self {
+        case .readCommitted: "BEGIN ISOLATION LEVEL READ COMMITTED"
+        case .repeatableRead: "BEGIN ISOLATION LEVEL REPEATABLE READ"
+        case .serializable: "BEGIN ISOLATION LEVEL SERIALIZABLE"
+        }
+    }
+}
+
+extension Error {
+    func with(purpose: String?) -> any Error {
+        (self as? PostgresError)?.with(purpose: purpose) ?? self
+    }
+}

@@ -1,0 +1,86 @@
+/// One migration file compiled into the binary: `sql/<schema>/NNNN_<name>.sql`.
+public struct Migration: Sendable, Hashable, CustomStringConvertible {
+    public let schema: String
+    public let version: Int
+    public let name: String
+    public let sql: String
+    /// SHA-256 of the file's text, recorded when it is applied.
+    public let checksum: String
+
+    public init(schema: String, version: Int, name: String, sql: String) {
+        self.schema = schema
+        self.version = version
+        self.name = name
+        self.sql = sql
+        self.checksum = SHA256.hex(sql)
+    }
+
+    public var description: String { "\(schema) \(zeroPadded4(version))_\(name)" }
+}
+
+/// A row of `engine.migrations`.
+public struct AppliedMigration: Sendable, Hashable {
+    public let schema: String
+    public let version: Int
+    public let name: String
+    public let checksum: String
+    public let appliedBy: String
+}
+
+/// Every migration this binary knows, by schema.
+public struct MigrationCatalog: Sendable {
+    public let migrations: [Migration]
+
+    public init(_ migrations: [Migration]) {
+        self.migrations = migrations.sorted { ($0.schema, $0.version) < ($1.schema, $1.version) }
+    }
+
+    /// The files under `sql/`, embedded at build time.
+    public static let builtIn = MigrationCatalog(
+        EmbeddedMigrations.files.map { Migration(schema: $0.schema, version: $0.version, name: $0.name, sql: $0.sql) })
+
+    public var schemas: [String] { Array(Set(migrations.map(\.schema))).sorted() }
+
+    public func migrations(for schema: String) -> [Migration] { migrations.filter { $0.schema == schema } }
+
+    /// The newest version of `schema` this binary knows (0 when it knows none).
+    public func latestVersion(of schema: String) -> Int { migrations(for: schema).last?.version ?? 0 }
+}
+
+/// "Migrate `schema` up to `version` and no further", parsed from `SCHEMA:VERSION`.
+public struct MigrationTarget: Sendable, Hashable, CustomStringConvertible {
+    public let schema: String
+    public let version: Int
+
+    public init(schema: String, version: Int) {
+        self.schema = schema
+        self.version = version
+    }
+
+    public init(parsing text: String, catalog: MigrationCatalog = .builtIn) throws(RegentError) {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2, let version = Int(parts[1]), version >= 1 else {
+            throw RegentError(.invalidInput, "invalid migration target \(quoted(text)): expected SCHEMA:VERSION, e.g. engine:1")
+        }
+        let schema = String(parts[0])
+        guard catalog.schemas.contains(schema) else {
+            throw RegentError(
+                .invalidInput,
+                "invalid migration target \(quoted(text)): unknown schema \(quoted(schema)) (known: \(catalog.schemas.joined(separator: ", ")))")
+        }
+        let latest = catalog.latestVersion(of: schema)
+        guard version <= latest else {
+            throw RegentError(
+                .invalidInput, "invalid migration target \(quoted(text)): \(schema) has versions 1...\(latest) in this binary")
+        }
+        self.init(schema: schema, version: version)
+    }
+
+    public var description: String { "\(schema):\(version)" }
+}
+
+/// `7` → `"0007"`, as in migration file names.
+func zeroPadded4(_ value: Int) -> String {
+    let digits = String(value)
+    return String(repeating: "0", count: max(0, 4 - digits.count)) + digits
+}

@@ -1,0 +1,109 @@
+import Foundation
+import PostgresClient
+
+/// A module compiled into this build. Its schema has the module's name.
+public struct BuiltinModule: Sendable, Hashable {
+    public let name: String
+    /// Whether a first boot seeds it enabled.
+    public let defaultEnabled: Bool
+    /// The engine module cannot be disabled.
+    public let alwaysEnabled: Bool
+
+    public static let engine = BuiltinModule(name: "engine", defaultEnabled: true, alwaysEnabled: true)
+    public static let workflow = BuiltinModule(name: "workflow", defaultEnabled: true, alwaysEnabled: false)
+    public static let auth = BuiltinModule(name: "auth", defaultEnabled: true, alwaysEnabled: false)
+
+    /// The modules of this build.
+    public static let all: [BuiltinModule] = [.engine, .workflow, .auth]
+}
+
+/// A row of `engine.modules`.
+public struct ModuleState: Sendable, Hashable, Codable {
+    public let name: String
+    public let version: String
+    public let enabled: Bool
+    public let updatedAt: Date
+}
+
+/// Reads, seeds and toggles `engine.modules`.
+public struct ModuleRegistry: Sendable {
+    public let builtins: [BuiltinModule]
+    public let version: String
+
+    public init(builtins: [BuiltinModule] = BuiltinModule.all, version: String = RegentVersion.current) {
+        self.builtins = builtins
+        self.version = version
+    }
+
+    static func seedModule(_ m: BuiltinModule, version: String) -> PostgresQuery {
+        """
+        INSERT INTO engine.modules (name, version, enabled) VALUES (\(m.name), \(version), \(m.defaultEnabled))
+        ON CONFLICT (name) DO NOTHING
+        """
+    }
+    static let listModules: PostgresQuery = "SELECT name, version, enabled, updated_at FROM engine.modules ORDER BY name"
+    static func setModuleEnabled(_ name: String, _ enabled: Bool) -> PostgresQuery {
+        """
+        UPDATE engine.modules SET enabled = \(enabled), updated_at = now() WHERE name = \(name)
+        RETURNING name, version, enabled, updated_at
+        """
+    }
+    static func auditModuleChange(actor: String, action: String, name: String) -> PostgresQuery {
+        """
+        INSERT INTO engine.audit (actor, action, detail) VALUES (\(actor), \(action), jsonb_build_object('module', \(name)::text))
+        """
+    }
+
+    /// Inserts the build's modules that the table does not have yet, with their defaults.
+    /// Existing rows (an operator's choices) are left alone. Returns the number added.
+    @discardableResult
+    public func seed(on connection: PostgresConnection) async throws -> Int {
+        var added = 0
+        for module in builtins {
+            added += try await connection.query(Self.seedModule(module, version: version), purpose: "modules: seed \(module.name)")
+                .affectedRows
+        }
+        return added
+    }
+
+    public func list(on connection: PostgresConnection) async throws -> [ModuleState] {
+        try await connection.query(Self.listModules, purpose: "modules: list").map(Self.decode)
+    }
+
+    /// The schemas of enabled modules that this build knows.
+    public func enabledSchemas(on connection: PostgresConnection) async throws -> [String] {
+        let known = Set(builtins.map(\.name))
+        return try await list(on: connection).filter { $0.enabled && known.contains($0.name) }.map(\.name)
+    }
+
+    /// Enables or disables a module and records it in `engine.audit`, in one transaction.
+    /// An invalid or unknown name, or disabling `engine`, is refused and changes nothing.
+    public func setEnabled(_ name: String, _ enabled: Bool, actor: String, on connection: PostgresConnection) async throws
+        -> ModuleState
+    {
+        guard SQLIdentifier.isValid(name) else {
+            throw RegentError(
+                .invalidInput, "invalid module name \(quoted(name)): use lowercase letters, digits and underscores (at most 63)")
+        }
+        if !enabled, builtins.first(where: { $0.name == name })?.alwaysEnabled == true {
+            throw RegentError(.invalidInput, "module \(name) cannot be disabled: the engine needs it")
+        }
+        return try await connection.withTransaction { tx in
+            let rows = try await tx.query(Self.setModuleEnabled(name, enabled), purpose: "modules: set enabled")
+            guard let row = rows.first else {
+                let names = try await list(on: tx).map(\.name).joined(separator: ", ")
+                throw RegentError(.unknownModule, "no module named \(quoted(name)) (modules: \(names))")
+            }
+            try await tx.query(
+                Self.auditModuleChange(actor: actor, action: enabled ? "module.enabled" : "module.disabled", name: name),
+                purpose: "modules: audit change")
+            return try Self.decode(row)
+        }
+    }
+
+    static func decode(_ row: PostgresRow) throws -> ModuleState {
+        ModuleState(
+            name: try row.decode("name"), version: try row.decode("version"), enabled: try row.decode("enabled"),
+            updatedAt: try row.decode("updated_at"))
+    }
+}

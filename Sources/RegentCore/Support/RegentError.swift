@@ -1,0 +1,41 @@
+/// An error Regent reports to an operator: what happened, and what to do about it.
+public struct RegentError: Error, Sendable, CustomStringConvertible {
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        enum Base: String, Sendable {
+            case invalidInput, databaseNewerThanBinary, migrationChecksumMismatch, migrationFailed
+            case unknownModule, schemaNotCurrent, bootFailed, notLeader, timeout
+        }
+        let base: Base
+        /// Input (flag, config value, name, body) was rejected; nothing was changed.
+        public static let invalidInput = Code(base: .invalidInput)
+        /// The database holds migrations this binary does not know.
+        public static let databaseNewerThanBinary = Code(base: .databaseNewerThanBinary)
+        /// An applied migration file's text differs from the one compiled in.
+        public static let migrationChecksumMismatch = Code(base: .migrationChecksumMismatch)
+        /// A migration file failed; its schema's transaction was rolled back.
+        public static let migrationFailed = Code(base: .migrationFailed)
+        /// No module of that name exists.
+        public static let unknownModule = Code(base: .unknownModule)
+        /// The schema is not migrated to what this binary needs.
+        public static let schemaNotCurrent = Code(base: .schemaNotCurrent)
+        /// A boot step failed.
+        public static let bootFailed = Code(base: .bootFailed)
+        /// A leader-only action was attempted without (or after losing) leadership.
+        public static let notLeader = Code(base: .notLeader)
+        /// Something did not happen within its deadline.
+        public static let timeout = Code(base: .timeout)
+        public var description: String { base.rawValue }
+    }
+
+    public var code: Code
+    public var message: String
+    public var hint: String?
+
+    public init(_ code: Code, _ message: String, hint: String? = nil) {
+        self.code = code
+        self.message = message
+        self.hint = hint
+    }
+
+    public var description: String { hint.map { "\(message); \($0)" } ?? message }
+}

@@ -1,0 +1,168 @@
+import Foundation
+import PostgresClient
+import RegentTestSupport
+import Testing
+
+@Suite("PostgreSQL client against a real server")
+struct ConnectionTests {
+    @Test func typesRoundTripIncludingNullsAndUnicode() async throws {
+        let (conn, _) = try await TestDatabase.shared.connect()
+        defer { Task { await conn.close() } }
+        let id = UUID()
+        let when = Date(timeIntervalSince1970: 1_763_000_000.123456)
+        let text = "héllo, 世界 🚀 \"quoted\" \\ back"
+        let bytes = PostgresBytes([0, 1, 2, 250, 255])
+        let tags = ["a", "b c", "d,e", "\"q\"", "世界", ""]
+        let rows = try await conn.query(
+            """
+            SELECT \(text)::text AS t, \(42)::int AS i, \(Int64.max)::bigint AS big, \(true)::bool AS yes, \(false)::bool AS no,
+                   \(id)::uuid AS id, \(when)::timestamptz AS ts, \(PostgresJSON(#"{"k": [1, "é"]}"#))::jsonb AS doc,
+                   \(bytes) AS raw, \(tags)::text[] AS tags, NULL::text AS missing, \(Optional<String>.none)::text AS bound_null
+            """)
+        let row = try rows.single()
+        #expect(try row.decode("t", as: String.self) == text)
+        #expect(try row.decode("i", as: Int.self) == 42)
+        #expect(try row.decode("big", as: Int64.self) == Int64.max)
+        #expect(try row.decode("yes", as: Bool.self))
+        #expect(try row.decode("no", as: Bool.self) == false)
+        #expect(try row.decode("id", as: UUID.self) == id)
+        let ts = try row.decode("ts", as: Date.self)
+        #expect(abs(ts.timeIntervalSince(when)) < 0.000_001)
+        #expect(try row.decode("doc", as: PostgresJSON.self).text == #"{"k": [1, "é"]}"#)
+        #expect(try row.decode("raw", as: PostgresBytes.self) == bytes)
+        #expect(try row.decode("tags", as: [String].self) == tags)
+        #expect(try row.decodeOptional("missing", as: String.self) == nil)
+        #expect(try row.decodeOptional("bound_null", as: String.self) == nil)
+    }
+
+    @Test func timestampsWithOffsetsDecodeToTheSameInstant() async throws {
+        let (conn, _) = try await TestDatabase.shared.connect()
+        defer { Task { await conn.close() } }
+        try await conn.query("SET TimeZone TO 'Asia/Kolkata'")
+        let row = try await conn.query("SELECT '2026-01-02 03:04:05.5+00'::timestamptz AS ts").single()
+        let ts = try row.decode("ts", as: Date.self)
+        #expect(ts.timeIntervalSince1970 == 1_767_323_045.5)
+    }
+
+    @Test func nullOrWrongTypeGivesAnErrorNamingTheColumn() async throws {
+        let (conn, _) = try await TestDatabase.shared.connect()
+        defer { Task { await conn.close() } }
+        let row = try await conn.query("SELECT NULL::int AS n, 'abc'::text AS s").single()
+        do {
+            _ = try row.decode("n", as: Int.self)
+            Issue.record("decoding NULL as Int must fail")
+        } catch {
+            #expect(error.message.contains("n is NULL"))
+        }
+        do {
+            _ = try row.decode("s", as: Int.self)
+            Issue.record("decoding 'abc' as Int must fail")
+        } catch {
+            #expect(error.code == .decoding)
+            #expect(error.message.contains("column s"))
+        }
+        #expect(throws: PostgresError.self) { try row.decode("nope", as: Int.self) }
+    }
+
+    @Test func uniqueViolationCarriesSQLState() async throws {
+        let (conn, _) = try await TestDatabase.shared.connect()
+        defer { Task { await conn.close() } }
+        try await conn.executeScript("CREATE TABLE t (id int PRIMARY KEY)")
+        try await conn.query("INSERT INTO t VALUES (\(1))")
+        do {
+            try await conn.query("INSERT INTO t VALUES (\(1))", purpose: "insert duplicate")
+            Issue.record("duplicate insert must fail")
+        } catch let error as PostgresError {
+            #expect(error.sqlState == "23505")
+            #expect(error.isUniqueViolation)
+            #expect(error.code == .server)
+            #expect(error.detail?.contains("already exists") == true)
+            #expect(error.description.hasPrefix("insert duplicate: "))
+        }
+        // The connection stays usable after a statement error.
+        #expect(try await conn.query("SELECT count(*) AS n FROM t").single().decode("n", as: Int.self) == 1)
+    }
+
+    @Test func transactionRollsBackWhenBodyThrows() async throws {
+        struct Boom: Error {}
+        let (conn, _) = try await TestDatabase.shared.connect()
+        defer { Task { await conn.close() } }
+        try await conn.executeScript("CREATE TABLE t (v text)")
+        await #expect(throws: Boom.self) {
+            try await conn.withTransaction { tx in
+                try await tx.query("INSERT INTO t VALUES (\("x"))")
+                throw Boom()
+            }
+        }
+        #expect(try await conn.query("SELECT count(*) AS n FROM t").single().decode("n", as: Int.self) == 0)
+        try await conn.withTransaction(isolation: .serializable) { tx in
+            try await tx.query("INSERT INTO t VALUES (\("y"))")
+        }
+        #expect(try await conn.query("SELECT count(*) AS n FROM t").single().decode("n", as: Int.self) == 1)
+    }
+
+    @Test func injectionAttemptIsBoundNotExecuted() async throws {
+        let (conn, _) = try await TestDatabase.shared.connect()
+        defer { Task { await conn.close() } }
+        try await conn.executeScript("CREATE TABLE t (v text)")
+        let evil = "x'); DROP TABLE t; --"
+        try await conn.query("INSERT INTO t VALUES (\(evil))")
+        #expect(try await conn.query("SELECT v FROM t").single().decode("v", as: String.self) == evil)
+        #expect(throws: PostgresError.self) { try SQLIdentifier("t; DROP TABLE t") }
+        #expect(throws: PostgresError.self) { try SQLIdentifier("") }
+        #expect(throws: PostgresError.self) { try SQLIdentifier("Upper") }
+        #expect(throws: PostgresError.self) { try SQLIdentifier(String(repeating: "a", count: 64)) }
+    }
+
+    @Test func malformedURLIsRefusedWithReason() {
+        #expect(throws: PostgresError.self) { try ConnectionConfiguration("postgres://host:notaport/db") }
+        #expect(throws: PostgresError.self) { try ConnectionConfiguration("") }
+        #expect(throws: PostgresError.self) { try ConnectionConfiguration("host=a port") }
+        do {
+            _ = try ConnectionConfiguration("postgresql://u@h/db?bogus_option=1")
+            Issue.record("unknown URL parameter must be refused")
+        } catch {
+            #expect(error.code == .invalidConfiguration)
+            #expect(error.message.contains("bogus_option"))
+        }
+        // Multi-host strings and target_session_attrs pass through to libpq.
+        #expect((try? ConnectionConfiguration("postgres://a:5432,b:5433/db?target_session_attrs=read-write")) != nil)
+    }
+
+    @Test func unreachableServerNamesHostAndPort() async throws {
+        var config = try ConnectionConfiguration("postgres://nobody@127.0.0.1:1/db")
+        config.connectTimeoutSeconds = 2
+        do {
+            _ = try await PostgresConnection.connect(config)
+            Issue.record("connecting to port 1 must fail")
+        } catch let error as PostgresError {
+            #expect(error.code == .connectionFailed)
+            #expect(error.message.contains("127.0.0.1"))
+            #expect(error.message.contains("port=1"))
+        }
+    }
+
+    @Test func keepaliveSettingsReachTheSession() async throws {
+        var config = try await TestDatabase.shared.freshDatabase()
+        config.tcpUserTimeoutMilliseconds = 7_000
+        config.keepalivesIdle = 9
+        let conn = try await PostgresConnection.connect(config)
+        defer { Task { await conn.close() } }
+        // The server sees the client's keepalive idle only for its own socket; the
+        // application name proves our keyword list reached libpq.
+        let row = try await conn.query("SELECT current_setting('application_name') AS app").single()
+        #expect(try row.decode("app", as: String.self) == "regent")
+    }
+
+    @Test func abortUnblocksAStatementWaitingOnTheServer() async throws {
+        let (conn, _) = try await TestDatabase.shared.connect()
+        let started = ContinuousClock.now
+        let sleeper = Task { try await conn.query("SELECT pg_sleep(30)") }
+        try await Task.sleep(for: .milliseconds(200))
+        conn.abort()
+        await #expect(throws: PostgresError.self) { try await sleeper.value }
+        #expect(ContinuousClock.now - started < .seconds(10))
+        #expect(!conn.isUsable)
+        await conn.close()
+    }
+}

@@ -1,0 +1,82 @@
+import Foundation
+import PostgresClient
+import RegentTestSupport
+import Testing
+
+@Suite("Pool and LISTEN/NOTIFY against a real server")
+struct PoolAndListenerTests {
+    @Test func poolExhaustionWaitsThenTimesOutWithClearError() async throws {
+        let config = try await TestDatabase.shared.freshDatabase()
+        let pool = ConnectionPool(
+            configuration: config, options: .init(maxConnections: 2, checkoutTimeout: .milliseconds(300)))
+        let a = try await pool.checkout()
+        let b = try await pool.checkout()
+        let started = ContinuousClock.now
+        do {
+            _ = try await pool.checkout()
+            Issue.record("a third checkout from a pool of two must time out")
+        } catch let error as PostgresError {
+            #expect(error.code == .poolExhausted)
+            #expect(error.message.contains("all 2 in use"))
+        }
+        #expect(ContinuousClock.now - started >= .milliseconds(250))
+        // A waiter is served as soon as a connection comes back.
+        async let waiter = pool.withConnection { try await $0.query("SELECT 7 AS n").single().decode("n", as: Int.self) }
+        try await Task.sleep(for: .milliseconds(50))
+        await pool.checkin(a)
+        #expect(try await waiter == 7)
+        await pool.checkin(b)
+        #expect(await pool.statistics.open == 2)
+        await pool.shutdown()
+    }
+
+    @Test func poolReplacesABrokenConnection() async throws {
+        let config = try await TestDatabase.shared.freshDatabase()
+        let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 1, healthCheckAfterIdle: .zero))
+        let pid = try await pool.withConnection { $0.backendPID }
+        let admin = try await PostgresConnection.connect(config)
+        try await admin.query("SELECT pg_terminate_backend(\(Int(pid)))")
+        // Health check on checkout notices the dead session and opens another.
+        let pid2 = try await pool.withConnection { conn in
+            try await conn.query("SELECT pg_backend_pid() AS p").single().decode("p", as: Int32.self)
+        }
+        #expect(pid2 != pid)
+        await admin.close()
+        await pool.shutdown()
+    }
+
+    @Test func listenerReceivesNotifyFromAnotherConnection() async throws {
+        let config = try await TestDatabase.shared.freshDatabase()
+        let listener = try await PostgresListener.connect(config, channels: [try SQLIdentifier("regent_test")])
+        let sender = try await PostgresConnection.connect(config)
+        try await sender.query("SELECT pg_notify(\("regent_test"), \("héllo 1"))")
+        try await listener.listen(try SQLIdentifier("second"))
+        try await sender.query("SELECT pg_notify(\("second"), \("two"))")
+        var iterator = listener.notifications.makeAsyncIterator()
+        let first = try await iterator.next()
+        #expect(first?.channel == "regent_test")
+        #expect(first?.payload == "héllo 1")
+        #expect(first?.senderPID == sender.backendPID)
+        let second = try await iterator.next()
+        #expect(second?.channel == "second")
+        #expect(second?.payload == "two")
+        listener.stop()
+        #expect(try await iterator.next() == nil)
+        await sender.close()
+    }
+
+    @Test func listenerReportsLossWhenBackendIsTerminated() async throws {
+        let config = try await TestDatabase.shared.freshDatabase()
+        let listener = try await PostgresListener.connect(config, channels: [try SQLIdentifier("ch")])
+        let admin = try await PostgresConnection.connect(config)
+        try await admin.query("SELECT pg_terminate_backend(\(Int(listener.backendPID)))")
+        var iterator = listener.notifications.makeAsyncIterator()
+        do {
+            while try await iterator.next() != nil {}
+            Issue.record("the sequence must end with an error, not quietly")
+        } catch let error as PostgresError {
+            #expect(error.code == .connectionClosed)
+        }
+        await admin.close()
+    }
+}

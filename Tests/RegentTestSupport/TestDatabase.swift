@@ -1,0 +1,60 @@
+import EmbeddedPostgres
+import Foundation
+import PostgresClient
+
+/// The PostgreSQL server tests run against: `REGENT_TEST_DATABASE_URL` when set,
+/// otherwise one private cluster started for this test process and stopped at exit.
+/// Every test gets a database of its own, so tests never see each other's rows.
+public actor TestDatabase {
+    public static let shared = TestDatabase()
+
+    private var server: EmbeddedPostgres?
+    private var adminURL: String?
+    private var counter = 0
+
+    /// The private cluster, when the tests started one (nil with REGENT_TEST_DATABASE_URL).
+    public func embedded() async throws -> EmbeddedPostgres? {
+        _ = try await baseURL()
+        return server
+    }
+
+    private func baseURL() async throws -> String {
+        if let adminURL { return adminURL }
+        if let url = ProcessInfo.processInfo.environment["REGENT_TEST_DATABASE_URL"], !url.isEmpty {
+            adminURL = url
+            return url
+        }
+        let pg = try EmbeddedPostgres.start()
+        server = pg
+        startedServer.withLock { $0 = pg }
+        atexit { startedServer.withLock { $0 }?.destroy() }
+        adminURL = pg.url()
+        return pg.url()
+    }
+
+    /// Creates a fresh, empty database named after `label` and returns its configuration.
+    public func freshDatabase(_ label: String = #function) async throws -> ConnectionConfiguration {
+        let base = try await baseURL()
+        counter += 1
+        let cleaned = label.lowercased().map { $0.isLetter || $0.isNumber ? String($0) : "_" }.joined()
+        let name = "t_\(getpid())_\(counter)_" + String(cleaned.prefix(30))
+        let admin = try await PostgresConnection.connect(try ConnectionConfiguration(base))
+        do {
+            try await admin.query("CREATE DATABASE \(identifier: try SQLIdentifier(name))", purpose: "create test database")
+        } catch {
+            await admin.close()
+            throw error
+        }
+        await admin.close()
+        return try ConnectionConfiguration(base).withDatabase(name)
+    }
+
+    /// A connection to a fresh database.
+    public func connect(_ label: String = #function) async throws -> (PostgresConnection, ConnectionConfiguration) {
+        let config = try await freshDatabase(label)
+        return (try await PostgresConnection.connect(config), config)
+    }
+}
+
+import Synchronization
+private let startedServer = Mutex<EmbeddedPostgres?>(nil)

@@ -1,0 +1,2 @@
+-- The auth module's schema. Its tables (API tokens) come in later files.
+CREATE SCHEMA IF NOT EXISTS auth;
