@@ -39,28 +39,32 @@ public actor ConnectionPool {
     public var statistics: (open: Int, idle: Int, waiting: Int) { (open, idle.count, waiters.count) }
 
     /// Lends a connection to `body` and takes it back afterwards, even when `body` throws.
-    public func withConnection<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+    /// The body runs in the caller's isolation, so it need not be Sendable.
+    public nonisolated(nonsending) func withConnection<T: Sendable>(
+        _ body: (PostgresConnection) async throws -> T
+    ) async throws -> T {
         let connection = try await checkout()
         do {
             let value = try await body(connection)
-            checkin(connection)
+            await checkin(connection)
             return value
         } catch {
-            checkin(connection)
+            await checkin(connection)
             throw error
         }
     }
 
     /// Runs one statement on a pooled connection.
     @discardableResult
-    public func query(_ query: PostgresQuery, purpose: String? = nil) async throws -> PostgresRows {
+    public nonisolated func query(_ query: PostgresQuery, purpose: String? = nil) async throws -> PostgresRows {
         try await withConnection { try await $0.query(query, purpose: purpose) }
     }
 
     /// Runs `body` in a transaction on a pooled connection.
     @discardableResult
-    public func withTransaction<T: Sendable>(
-        isolation: IsolationLevel = .readCommitted, _ body: (PostgresConnection) async throws -> T
+    public nonisolated(nonsending) func withTransaction<T: Sendable>(
+        isolation: IsolationLevel = .readCommitted,
+        _ body: (PostgresConnection) async throws -> T
     ) async throws -> T {
         try await withConnection { try await $0.withTransaction(isolation: isolation, body) }
     }

@@ -150,6 +150,7 @@ public final class PostgresConnection: @unchecked Sendable {
     @discardableResult
     public func withTransaction<T: Sendable>(
         isolation: IsolationLevel = .readCommitted,
+        actor: isolated (any Actor)? = #isolation,
         _ body: (PostgresConnection) async throws -> T
     ) async throws -> T {
         try await query(isolation.beginStatement, purpose: "begin transaction")

@@ -15,7 +15,7 @@ struct Regent: AsyncParsableCommand {
             REGENT_DATABASE_URL.
             """,
         version: "0.1.0",
-        subcommands: [DemoCommand.self, MigrateCommand.self, ModulesCommand.self]
+        subcommands: [DemoCommand.self, ServeCommand.self, StatusCommand.self, MigrateCommand.self, ModulesCommand.self]
     )
 }
 
@@ -40,9 +40,10 @@ struct DatabaseOptions: ParsableArguments {
 /// Options for log output.
 struct LogOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "warning"
+    var logLevel: String?
 
-    func bootstrap() throws {
+    func bootstrap(defaultLevel: String = "warning") throws {
+        let logLevel = self.logLevel ?? defaultLevel
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("invalid --log-level \(logLevel.debugDescription): use trace, debug, info, notice, warning, error or critical")
         }

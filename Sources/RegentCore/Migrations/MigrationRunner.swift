@@ -111,12 +111,16 @@ public struct MigrationRunner: Sendable {
     /// Applies pending files of `schemas` (or up to `target`) and returns what ran.
     /// Holds the migration lock on `connection` for the whole run.
     @discardableResult
-    public func migrate(on connection: PostgresConnection, schemas: [String], target: MigrationTarget? = nil) async throws
-        -> [Migration]
-    {
+    ///
+    /// `fence`, when given, runs first inside each schema's transaction (the leader's term
+    /// check): if it throws, that schema's files are not applied.
+    public func migrate(
+        on connection: PostgresConnection, schemas: [String], target: MigrationTarget? = nil,
+        fence: (@Sendable (PostgresConnection) async throws -> Void)? = nil
+    ) async throws -> [Migration] {
         try await connection.query(Self.lockRunner, purpose: "migrations: take the runner lock")
         do {
-            let ran = try await migrateLocked(on: connection, schemas: schemas, target: target)
+            let ran = try await migrateLocked(on: connection, schemas: schemas, target: target, fence: fence)
             try await connection.query(Self.unlockRunner, purpose: "migrations: release the runner lock")
             return ran
         } catch {
@@ -125,9 +129,10 @@ public struct MigrationRunner: Sendable {
         }
     }
 
-    private func migrateLocked(on connection: PostgresConnection, schemas: [String], target: MigrationTarget?) async throws
-        -> [Migration]
-    {
+    private func migrateLocked(
+        on connection: PostgresConnection, schemas: [String], target: MigrationTarget?,
+        fence: (@Sendable (PostgresConnection) async throws -> Void)?
+    ) async throws -> [Migration] {
         // Read under the lock: another runner may have finished while we waited.
         let plan = try await self.plan(on: connection, schemas: schemas, target: target)
         var ran: [Migration] = []
@@ -135,11 +140,14 @@ public struct MigrationRunner: Sendable {
             let files = plan.filter { $0.schema == schema }
             do {
                 try await connection.withTransaction { tx in
+                    if let fence { try await fence(tx) }
                     for file in files {
                         try await tx.executeScript(file.sql, purpose: "migration \(file)")
                         try await tx.query(Self.recordApplied(file, by: appliedBy), purpose: "migrations: record \(file)")
                     }
                 }
+            } catch let error as RegentError where error.code == .notLeader {
+                throw error
             } catch {
                 throw RegentError(
                     .migrationFailed,

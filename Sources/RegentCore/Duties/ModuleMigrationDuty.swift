@@ -1,0 +1,36 @@
+import Logging
+import PostgresClient
+
+/// Applies pending migrations of every enabled module's schema, fenced, on election and
+/// whenever an operator enables a module (it looks every `interval`).
+public struct ModuleMigrationDuty: LeaderDuty {
+    public let name = "module-migrations"
+    let pool: ConnectionPool
+    let interval: Duration
+    let logger: Logger
+
+    public init(pool: ConnectionPool, interval: Duration = .seconds(2), logger: Logger = Logger(label: "regent.duty.migrations")) {
+        self.pool = pool
+        self.interval = interval
+        self.logger = logger
+    }
+
+    public func migrateOnce(fence: LeaderFence) async throws -> [Migration] {
+        try await pool.withConnection { conn in
+            let schemas = try await ModuleRegistry().enabledSchemas(on: conn)
+            let runner = MigrationRunner(appliedBy: "instance:\(fence.instanceID.uuidString.lowercased())")
+            guard try await !runner.plan(on: conn, schemas: schemas).isEmpty else { return [] }
+            return try await runner.migrate(on: conn, schemas: schemas, fence: { try await fence.check($0) })
+        }
+    }
+
+    public func run(fence: LeaderFence) async throws {
+        while !Task.isCancelled {
+            let ran = try await migrateOnce(fence: fence)
+            if !ran.isEmpty {
+                logger.notice("leader applied module migrations", metadata: ["files": "\(ran.map(\.description))", "term": "\(fence.term)"])
+            }
+            try await Task.sleep(for: interval)
+        }
+    }
+}

@@ -1,0 +1,257 @@
+import Foundation
+import Logging
+import PostgresClient
+
+/// Runs the leadership protocol for one node on a dedicated lock connection.
+///
+/// A follower blocks in `pg_advisory_lock` (PostgreSQL hands a released lock to a
+/// blocked waiter within a fraction of a millisecond, faster than any retry period).
+/// On winning it bumps `engine.leadership.term` and writes `leader.elected` to the
+/// audit log in one transaction on the lock session, then confirms the lock every
+/// `confirmInterval` with a deadline at the end of its trust window; when a
+/// confirmation fails or is late it stops all duties and reconnects as a follower.
+public actor LeaderElector {
+    public struct Options: Sendable {
+        public var leaseWindow: Duration = .seconds(5)
+        public var confirmInterval: Duration = .seconds(1)
+        public init(leaseWindow: Duration = .seconds(5), confirmInterval: Duration? = nil) {
+            self.leaseWindow = leaseWindow
+            self.confirmInterval = confirmInterval ?? min(.seconds(1), leaseWindow / 4)
+        }
+    }
+
+    /// Receives leadership changes. `elected` starts duties; `demoted` must stop them
+    /// before it returns.
+    public struct Hooks: Sendable {
+        public var elected: @Sendable (LeaderFence) async -> Void
+        public var demoted: @Sendable (_ term: Int64, _ reason: String) async -> Void
+        public init(
+            elected: @escaping @Sendable (LeaderFence) async -> Void = { _ in },
+            demoted: @escaping @Sendable (Int64, String) async -> Void = { _, _ in }
+        ) {
+            self.elected = elected
+            self.demoted = demoted
+        }
+    }
+
+    public let instanceID: UUID
+    let configuration: ConnectionConfiguration
+    let options: Options
+    let hooks: Hooks
+    let logger: Logger
+    private var machine: ElectionStateMachine<ContinuousClock.Instant>
+    private var lockConnection: PostgresConnection?
+    private let doorbell = Doorbell()
+    private var stopping = false
+    private var resignRequested = false
+    private var fence: LeaderFence?
+    private var elections = 0
+
+    public init(
+        instanceID: UUID, configuration: ConnectionConfiguration, options: Options = Options(), hooks: Hooks = Hooks(),
+        logger: Logger = Logger(label: "regent.leadership")
+    ) {
+        self.instanceID = instanceID
+        self.configuration = configuration
+        self.options = options
+        self.hooks = hooks
+        self.logger = logger
+        self.machine = ElectionStateMachine(leaseWindow: options.leaseWindow, confirmInterval: options.confirmInterval)
+    }
+
+    /// The fence of the current term while this node trusts its leadership, else nil.
+    public var currentFence: LeaderFence? { machine.isLeader(at: .now) ? fence : nil }
+    public var isLeader: Bool { machine.isLeader(at: .now) }
+    public var state: ElectionStateMachine<ContinuousClock.Instant>.State { machine.state }
+    /// How many times this node won an election.
+    public var electionsWon: Int { elections }
+
+    /// Runs until `stop()`; never throws: database trouble means reconnecting.
+    public func run() async {
+        var action = machine.start()
+        while true {
+            switch action {
+            case .connect(let delay):
+                if delay > .zero { _ = await doorbell.wait(upTo: delay) }
+                if stopping { action = machine.shutdownRequested(); continue }
+                do {
+                    lockConnection = try await PostgresConnection.connect(configuration)
+                    logger.debug("lock connection open", metadata: ["backend_pid": "\(lockConnection!.backendPID)"])
+                    action = machine.connected()
+                } catch {
+                    action = machine.connectFailed()
+                    logger.warning("cannot reach the database; retrying", metadata: ["error": "\(error)", "retry_in": "\(action)"])
+                }
+            case .waitForLock:
+                guard let conn = lockConnection else { action = machine.connectionLost("no connection"); continue }
+                logger.info("following: waiting for the leadership lock")
+                do {
+                    try await conn.query(LeadershipQueries.waitForLock, purpose: "wait for the leadership lock")
+                    action = stopping ? machine.shutdownRequested() : machine.lockAcquired()
+                } catch {
+                    if stopping { action = machine.shutdownRequested(); continue }
+                    action = machine.connectionLost("\(error)")
+                    await dropConnection()
+                    logger.warning("lock connection failed while following; reconnecting", metadata: ["error": "\(error)"])
+                }
+            case .recordTerm:
+                guard let conn = lockConnection else { action = machine.connectionLost("no connection"); continue }
+                let started = ContinuousClock.now
+                do {
+                    let term = try await recordTerm(on: conn)
+                    action = machine.termRecorded(term, startedAt: started)
+                } catch {
+                    action = machine.connectionLost("recording the term failed: \(error)")
+                    await dropConnection()
+                }
+            case .startDuties(let term):
+                guard let conn = lockConnection else { action = machine.connectionLost("no connection"); continue }
+                elections += 1
+                let fence = LeaderFence(term: term, instanceID: instanceID, lockBackendPID: conn.backendPID) { [weak self] reason in
+                    Task { await self?.fenceFailed(reason) }
+                }
+                self.fence = fence
+                logger.notice("became leader", metadata: ["term": "\(term)", "instance_id": "\(instanceID)"])
+                await hooks.elected(fence)
+                action = await lead(conn: conn, term: term)
+            case .demote(let reason):
+                let term = fence?.term ?? 0
+                fence = nil
+                logger.warning("stepping down as leader", metadata: ["term": "\(term)", "reason": "\(reason)"])
+                await hooks.demoted(term, reason)
+                await dropConnection()
+                action = stopping ? machine.shutdownRequested() : .connect(after: .milliseconds(50))
+                if case .connect = action { _ = machine.connectionLost("demoted") }
+            case .resignAndStop:
+                await resign()
+                return
+            case .stop:
+                await dropConnection()
+                return
+            case .confirm:
+                action = machine.confirmationFailed("unexpected confirm outside the leader loop")
+            }
+        }
+    }
+
+    /// The leader loop: confirm on a period, each confirmation with a deadline at the end of the trust window.
+    private func lead(conn: PostgresConnection, term: Int64) async -> ElectionStateMachine<ContinuousClock.Instant>.Action {
+        var lastStart = ContinuousClock.now
+        while true {
+            let next = machine.nextConfirmation(after: lastStart)
+            let woken = await doorbell.wait(upTo: ContinuousClock.now.duration(to: next))
+            if stopping { return machine.shutdownRequested() }
+            if resignRequested {
+                resignRequested = false
+                await resign()
+                _ = machine.connectionLost("resigned")
+                return .connect(after: .milliseconds(100))
+            }
+            if let lapsed = machine.tick(now: .now) { return lapsed }
+            guard case .confirm(let deadline)? = machine.confirmationStarting() else { return .connect(after: .zero) }
+            let started = ContinuousClock.now
+            do {
+                let ok = try await withDeadline(deadline, onTimeout: { conn.abort() }) {
+                    let row = try await conn.query(LeadershipQueries.confirm(term: term), purpose: "confirm leadership").single()
+                    return (try row.decode("holds", as: Bool.self), try row.decodeOptional("current", as: Bool.self) ?? false)
+                }
+                guard ok.0 else { return machine.confirmationFailed("this session no longer holds the lock") }
+                guard ok.1 else { return machine.confirmationFailed("another term was recorded") }
+                if let lapsed = machine.confirmationSucceeded(startedAt: started, now: .now) { return lapsed }
+            } catch {
+                return machine.confirmationFailed("\(error)")
+            }
+            lastStart = started
+            _ = woken
+        }
+    }
+
+    private func recordTerm(on conn: PostgresConnection) async throws -> Int64 {
+        try await conn.withTransaction { tx in
+            let row = try await tx.query(LeadershipQueries.bumpTerm(instance: instanceID), purpose: "record the new term").single()
+            let term = try row.decode("term", as: Int64.self)
+            try await tx.query(
+                LeadershipQueries.audit(action: "leader.elected", term: term, instance: instanceID, actor: "instance:\(instanceID.uuidString.lowercased())"),
+                purpose: "audit the election")
+            try await tx.query(
+                LeadershipQueries.announce(#"{"event":"leader.elected","term":\#(term),"instance_id":"\#(instanceID)"}"#),
+                purpose: "announce the election")
+            return term
+        }
+    }
+
+    /// Graceful handover: duties off, `leader.resigned` audited and announced, lock released.
+    private func resign() async {
+        guard let fence, let conn = lockConnection else {
+            await dropConnection()
+            return
+        }
+        self.fence = nil
+        await hooks.demoted(fence.term, "resigned")
+        do {
+            try await conn.withTransaction { tx in
+                try await tx.query(
+                    LeadershipQueries.audit(
+                        action: "leader.resigned", term: fence.term, instance: instanceID, actor: "instance:\(instanceID.uuidString.lowercased())"),
+                    purpose: "audit the resignation")
+                try await tx.query(
+                    LeadershipQueries.announce(
+                        #"{"event":"leader.resigned","term":\#(fence.term),"instance_id":"\#(instanceID)"}"#),
+                    purpose: "announce the resignation")
+            }
+            try await conn.query(LeadershipQueries.releaseLock, purpose: "release the leadership lock")
+            logger.notice("resigned leadership", metadata: ["term": "\(fence.term)"])
+        } catch {
+            logger.warning("resignation could not be recorded; closing the session releases the lock", metadata: ["error": "\(error)"])
+        }
+        await dropConnection()
+    }
+
+    private func dropConnection() async {
+        if let conn = lockConnection {
+            lockConnection = nil
+            await conn.close()
+        }
+    }
+
+    private func fenceFailed(_ reason: String) async {
+        logger.warning("a fenced write found the term over; re-confirming now", metadata: ["reason": "\(reason)"])
+        await doorbell.ring()
+    }
+
+    /// Steps down as leader (if leading) and rejoins as a follower.
+    public func requestResign() async -> Bool {
+        guard machine.term != nil else { return false }
+        resignRequested = true
+        await doorbell.ring()
+        return true
+    }
+
+    /// Graceful stop: a leader resigns and releases the lock; a follower stops waiting.
+    public func stop() async {
+        stopping = true
+        await doorbell.ring()
+        lockConnection?.cancelCurrentStatement()
+    }
+}
+
+/// Runs `body`; if `deadline` passes first, calls `onTimeout` (which must make `body`
+/// return, e.g. by aborting its connection) and throws a timeout.
+func withDeadline<T: Sendable>(
+    _ deadline: ContinuousClock.Instant, onTimeout: @escaping @Sendable () -> Void, _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(until: deadline, clock: .continuous)
+            onTimeout()
+            return nil
+        }
+        defer { group.cancelAll() }
+        while let result = try await group.next() {
+            if let value = result { return value }
+            throw RegentError(.timeout, "no answer before the deadline")
+        }
+        throw RegentError(.timeout, "no answer before the deadline")
+    }
+}

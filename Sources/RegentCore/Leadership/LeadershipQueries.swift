@@ -1,0 +1,55 @@
+import Foundation
+import PostgresClient
+
+/// The statements of the leadership protocol, one named constant each.
+enum LeadershipQueries {
+    static let waitForLock: PostgresQuery =
+        "SELECT pg_advisory_lock(\(AdvisoryLockKey.classID), \(AdvisoryLockKey.leadership))"
+    static let releaseLock: PostgresQuery =
+        "SELECT pg_advisory_unlock(\(AdvisoryLockKey.classID), \(AdvisoryLockKey.leadership)) AS released"
+
+    /// Advisory locks are per database: filter on ours.
+    static let lockHolderFilter = """
+        locktype = 'advisory' AND classid = \(UInt32(bitPattern: AdvisoryLockKey.classID)) AND objid = \(AdvisoryLockKey.leadership)
+        AND objsubid = 2 AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        """
+
+    static func bumpTerm(instance: UUID) -> PostgresQuery {
+        """
+        UPDATE engine.leadership SET term = term + 1, leader_instance = \(instance),
+               leader_backend_pid = pg_backend_pid(), elected_at = now()
+        WHERE id = 1 RETURNING term, elected_at
+        """
+    }
+
+    static func audit(action: String, term: Int64, instance: UUID, actor: String, detail: String = "{}") -> PostgresQuery {
+        """
+        INSERT INTO engine.audit (actor, action, term, instance_id, detail)
+        VALUES (\(actor), \(action), \(term), \(instance), \(PostgresJSON(detail))::jsonb)
+        """
+    }
+
+    static func announce(_ payload: String) -> PostgresQuery { "SELECT pg_notify('regent_leader', \(payload))" }
+
+    /// Run on the lock session: do we still hold the lock, and is our term still current?
+    static func confirm(term: Int64) -> PostgresQuery {
+        PostgresQuery(
+            unsafeSQL: """
+                SELECT EXISTS (SELECT 1 FROM pg_locks WHERE \(lockHolderFilter) AND pid = pg_backend_pid()) AS holds,
+                       (SELECT term FROM engine.leadership WHERE id = 1) = $1 AS current
+                """, binds: [term.postgresBind])
+    }
+
+    /// Run inside a fenced transaction: locks the leadership row (a successor's term bump
+    /// waits for this transaction) and checks that our lock session still holds the lock.
+    static func fenceCheck(term: Int64, instance: UUID, lockBackendPID: Int32) -> PostgresQuery {
+        PostgresQuery(
+            unsafeSQL: """
+                WITH l AS (SELECT term, leader_instance FROM engine.leadership WHERE id = 1 FOR SHARE)
+                SELECT l.term = $1 AND l.leader_instance = $2::uuid AS current,
+                       EXISTS (SELECT 1 FROM pg_locks WHERE \(lockHolderFilter) AND pid = $3) AS holds,
+                       l.term AS term
+                FROM l
+                """, binds: [term.postgresBind, instance.postgresBind, Int(lockBackendPID).postgresBind])
+    }
+}

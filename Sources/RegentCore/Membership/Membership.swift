@@ -1,0 +1,89 @@
+import Foundation
+import Logging
+import PostgresClient
+
+/// This node's row in `engine.instances`: inserted at boot, heartbeated on a timer,
+/// re-inserted (loudly) if a leader swept it while the node was alive, deleted on
+/// graceful shutdown. Times are the database's `now()`.
+public actor Membership {
+    public let identity: NodeIdentity
+    let pool: ConnectionPool
+    let heartbeatInterval: Duration
+    let logger: Logger
+    /// Since when heartbeats have succeeded without a gap (nil while failing).
+    public private(set) var healthySince: ContinuousClock.Instant?
+    public private(set) var heartbeatFailures = 0
+    public private(set) var reinsertions = 0
+
+    public init(identity: NodeIdentity, pool: ConnectionPool, heartbeatInterval: Duration, logger: Logger = Logger(label: "regent.membership")) {
+        self.identity = identity
+        self.pool = pool
+        self.heartbeatInterval = heartbeatInterval
+        self.logger = logger
+    }
+
+    static func insertInstance(_ n: NodeIdentity) -> PostgresQuery {
+        """
+        INSERT INTO engine.instances (instance_id, node_name, host, pid, version, modules, http_address)
+        VALUES (\(n.instanceID), \(n.nodeName), \(n.host), \(Int(n.pid)), \(n.version), \(n.modules)::text[], \(n.httpAddress))
+        ON CONFLICT (instance_id) DO UPDATE SET last_heartbeat = now()
+        """
+    }
+    static func heartbeat(_ id: UUID) -> PostgresQuery {
+        "UPDATE engine.instances SET last_heartbeat = now() WHERE instance_id = \(id)"
+    }
+    static func deleteInstance(_ id: UUID) -> PostgresQuery {
+        "DELETE FROM engine.instances WHERE instance_id = \(id)"
+    }
+
+    /// Inserts the row (boot).
+    public func join() async throws {
+        try await pool.query(Self.insertInstance(identity), purpose: "membership: insert instance row")
+        healthySince = .now
+        logger.info("joined the cluster", metadata: ["instance_id": "\(identity.instanceID)", "node_name": "\(identity.nodeName)"])
+    }
+
+    /// One heartbeat; re-inserts the row if it was swept.
+    public func beat() async {
+        do {
+            let updated = try await pool.query(Self.heartbeat(identity.instanceID), purpose: "membership: heartbeat").affectedRows
+            if updated == 0 {
+                reinsertions += 1
+                logger.error(
+                    "this node's instance row was swept while it was alive; re-inserting it (was the database unreachable, or the stale cutoff too short?)",
+                    metadata: ["instance_id": "\(identity.instanceID)"])
+                try await pool.query(Self.insertInstance(identity), purpose: "membership: re-insert instance row")
+            }
+            if healthySince == nil { healthySince = .now }
+        } catch {
+            heartbeatFailures += 1
+            healthySince = nil
+            logger.warning("heartbeat failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Heartbeats until cancelled.
+    public func run() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: heartbeatInterval)
+            if Task.isCancelled { break }
+            await beat()
+        }
+    }
+
+    /// Deletes the row (graceful shutdown).
+    public func leave() async {
+        do {
+            try await pool.query(Self.deleteInstance(identity.instanceID), purpose: "membership: delete instance row")
+            logger.info("left the cluster", metadata: ["instance_id": "\(identity.instanceID)"])
+        } catch {
+            logger.warning("could not delete the instance row; the leader will sweep it", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// True when heartbeats have succeeded continuously for at least `duration`.
+    public func continuouslyHealthy(for duration: Duration) -> Bool {
+        guard let healthySince else { return false }
+        return ContinuousClock.now - healthySince >= duration
+    }
+}

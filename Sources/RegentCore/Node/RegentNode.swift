@@ -1,0 +1,138 @@
+import Foundation
+import Logging
+import PostgresClient
+
+/// One `regent serve` process: boot, membership, leadership and leader duties, until
+/// `shutdown()`.
+///
+/// Schema policy: the node bootstraps the engine schema itself (under the migration
+/// lock, before the election, which needs its tables); module schemas are migrated by
+/// the leader, fenced. A follower waits until the schemas it needs are current.
+public actor RegentNode {
+    public let configuration: NodeConfiguration
+    public private(set) var identity: NodeIdentity
+    let logger: Logger
+    private var pool: ConnectionPool?
+    private var membership: Membership?
+    private var elector: LeaderElector?
+    private var duties: DutyRunner?
+    private var shuttingDown = false
+    private let stopped = Doorbell()
+
+    public init(configuration: NodeConfiguration, logger: Logger = Logger(label: "regent.node")) {
+        self.configuration = configuration
+        self.identity = NodeIdentity(nodeName: configuration.nodeName)
+        self.logger = logger
+    }
+
+    public var isLeader: Bool { get async { await elector?.isLeader ?? false } }
+    public var currentFence: LeaderFence? { get async { await elector?.currentFence } }
+    public var leaderElector: LeaderElector? { elector }
+    public var connectionPool: ConnectionPool? { pool }
+    public var membershipService: Membership? { membership }
+
+    /// Boots, joins, and runs until `shutdown()`. Returns after a graceful stop.
+    public func run() async throws {
+        try configuration.validate()
+        let boot = try await bootWithRetry()
+        let pool = boot.pool
+        self.pool = pool
+        identity.modules = boot.enabledSchemas
+        let membership = Membership(identity: identity, pool: pool, heartbeatInterval: configuration.heartbeatInterval)
+        self.membership = membership
+        try await membership.join()
+
+        let staleCleanup = StaleInstanceCleanup(pool: pool, membership: membership, staleAfter: configuration.staleAfter)
+        let migrations = ModuleMigrationDuty(pool: pool)
+        let electorBox = ElectorBox()
+        let duties = DutyRunner(duties: [migrations, staleCleanup]) { reason in
+            _ = await electorBox.elector?.requestResign()
+            _ = reason
+        }
+        self.duties = duties
+        let elector = LeaderElector(
+            instanceID: identity.instanceID, configuration: configuration.database,
+            options: .init(leaseWindow: configuration.leaseWindow),
+            hooks: .init(
+                elected: { fence in await duties.start(fence) },
+                demoted: { _, _ in await duties.stop() }))
+        await electorBox.set(elector)
+        self.elector = elector
+        logger.notice("node started", metadata: [
+            "instance_id": "\(identity.instanceID)", "node_name": "\(identity.nodeName)", "pid": "\(identity.pid)",
+        ])
+
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await membership.run() }
+            group.addTask { await elector.run() }
+            group.addTask { [self] in await self.waitForSchemas() }
+            // Park here until shutdown() rings.
+            _ = await stopped.wait(upTo: .seconds(86_400 * 365))
+            await elector.stop()
+            await group.next()  // the first finished child; finish the rest below
+            group.cancelAll()
+        }
+        await duties.stop()
+        await membership.leave()
+        await pool.shutdown()
+        logger.notice("node stopped", metadata: ["instance_id": "\(identity.instanceID)"])
+    }
+
+    /// Graceful stop: duties off, leadership released (announced), instance row deleted.
+    public func shutdown() async {
+        guard !shuttingDown else { return }
+        shuttingDown = true
+        await stopped.ring()
+    }
+
+    /// Steps down as leader (if leading); another node takes over.
+    public func resign() async -> Bool { await elector?.requestResign() ?? false }
+
+    private func bootWithRetry() async throws -> BootResult {
+        var delay = Duration.milliseconds(200)
+        while true {
+            do {
+                return try await Boot(options: .init(database: configuration.database, actor: "instance:\(identity.instanceID.uuidString.lowercased())", migrateModules: false)).run()
+            } catch let error as RegentError where error.code != .bootFailed {
+                throw error  // newer database, changed checksum: retrying cannot help
+            } catch {
+                if configuration.failFast || shuttingDown { throw error }
+                logger.warning("cannot boot yet; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+                try await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(5))
+            }
+        }
+    }
+
+    /// A follower waits for the leader to migrate the enabled module schemas.
+    private func waitForSchemas() async {
+        guard let pool else { return }
+        let deadline = ContinuousClock.now + configuration.schemaWaitTimeout
+        var warned = false
+        while !Task.isCancelled, !shuttingDown {
+            do {
+                let current = try await pool.withConnection { conn in
+                    let schemas = try await ModuleRegistry().enabledSchemas(on: conn)
+                    return try await MigrationRunner(appliedBy: "").status(on: conn, schemas: schemas).allSatisfy { $0.isCurrent }
+                }
+                if current {
+                    logger.info("schemas current; node ready")
+                    return
+                }
+            } catch {
+                logger.warning("cannot check schema status", metadata: ["error": "\(error)"])
+            }
+            if ContinuousClock.now >= deadline, !warned {
+                warned = true
+                logger.error("module schemas are still not current after \(configuration.schemaWaitTimeout); is a leader running? (`regent status`)")
+            }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+    }
+}
+
+/// Lets the duty runner reach the elector that is created after it.
+actor ElectorBox {
+    var elector: LeaderElector?
+    func set(_ e: LeaderElector) { elector = e }
+}
