@@ -1,5 +1,6 @@
 import EmbeddedPostgres
 import Foundation
+@_exported import EmbeddedPostgres
 import PostgresClient
 
 /// The PostgreSQL server tests run against: `REGENT_TEST_DATABASE_URL` when set,
@@ -58,3 +59,8 @@ public actor TestDatabase {
 
 import Synchronization
 private let startedServer = Mutex<EmbeddedPostgres?>(nil)
+
+/// A private cluster for tests that must own their server (restart drills).
+public enum EmbeddedPostgresForTest {
+    public static func start() throws -> EmbeddedPostgres { try EmbeddedPostgres.start() }
+}

@@ -174,7 +174,7 @@ public actor LeaderElector {
                 LeadershipQueries.audit(action: "leader.elected", term: term, instance: instanceID, actor: "instance:\(instanceID.uuidString.lowercased())"),
                 purpose: "audit the election")
             try await tx.query(
-                LeadershipQueries.announce(#"{"event":"leader.elected","term":\#(term),"instance_id":"\#(instanceID)"}"#),
+                LeadershipQueries.announce(#"{"event":"leader.elected","term":\#(term),"instance_id":"\#(instanceID.uuidString.lowercased())"}"#),
                 purpose: "announce the election")
             return term
         }
@@ -196,7 +196,7 @@ public actor LeaderElector {
                     purpose: "audit the resignation")
                 try await tx.query(
                     LeadershipQueries.announce(
-                        #"{"event":"leader.resigned","term":\#(fence.term),"instance_id":"\#(instanceID)"}"#),
+                        #"{"event":"leader.resigned","term":\#(fence.term),"instance_id":"\#(instanceID.uuidString.lowercased())"}"#),
                     purpose: "announce the resignation")
             }
             try await conn.query(LeadershipQueries.releaseLock, purpose: "release the leadership lock")

@@ -11,6 +11,8 @@ import PostgresClient
 public actor RegentNode {
     public let configuration: NodeConfiguration
     public private(set) var identity: NodeIdentity
+    /// This process start's identity (fixed for the node's life).
+    public nonisolated let instanceID: UUID
     let logger: Logger
     private var pool: ConnectionPool?
     private var membership: Membership?
@@ -21,7 +23,9 @@ public actor RegentNode {
 
     public init(configuration: NodeConfiguration, logger: Logger = Logger(label: "regent.node")) {
         self.configuration = configuration
-        self.identity = NodeIdentity(nodeName: configuration.nodeName)
+        let identity = NodeIdentity(nodeName: configuration.nodeName)
+        self.identity = identity
+        self.instanceID = identity.instanceID
         self.logger = logger
     }
 

@@ -1,0 +1,223 @@
+import Foundation
+import PostgresClient
+@testable import RegentCore
+import RegentTestSupport
+import Testing
+
+/// Nodes in this process, each with its own connections, against a fresh database.
+struct Cluster {
+    let config: ConnectionConfiguration
+    var nodes: [RegentNode] = []
+    var tasks: [Task<Void, any Error>] = []
+
+    static func nodeConfig(_ db: ConnectionConfiguration, name: String) -> NodeConfiguration {
+        var c = NodeConfiguration(database: db)
+        c.nodeName = name
+        c.heartbeatInterval = .milliseconds(200)
+        c.staleAfter = .seconds(1)
+        c.leaseWindow = .seconds(1)
+        return c
+    }
+
+    mutating func start(_ name: String, database: ConnectionConfiguration? = nil) -> RegentNode {
+        let node = RegentNode(configuration: Self.nodeConfig(database ?? config, name: name))
+        nodes.append(node)
+        tasks.append(Task { try await node.run() })
+        return node
+    }
+
+    func leaders() async -> [RegentNode] {
+        var out: [RegentNode] = []
+        for n in nodes where await n.isLeader { out.append(n) }
+        return out
+    }
+
+    func status() async throws -> ClusterStatus {
+        let conn = try await PostgresConnection.connect(config)
+        defer { Task { await conn.close() } }
+        return try await ClusterStatus.read(on: conn, staleAfter: .seconds(1))
+    }
+
+    func stopAll() async {
+        for n in nodes { await n.shutdown() }
+        for t in tasks { _ = try? await t.value }
+    }
+}
+
+@Suite("Leadership against a real server", .serialized)
+struct LeadershipTests {
+    @Test func exactlyOneLeaderAmongThreeNodesAndStatusAgrees() async throws {
+        var cluster = Cluster(config: try await TestDatabase.shared.freshDatabase())
+        for i in 1...3 { _ = cluster.start("n\(i)") }
+        #expect(await eventually { await cluster.leaders().count == 1 })
+        // Hold for a while: never two.
+        for _ in 0..<20 {
+            #expect(await cluster.leaders().count <= 1)
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let leader = try #require(await cluster.leaders().first)
+        let status = try await cluster.status()
+        #expect(status.leader?.instanceID == leader.instanceID)
+        #expect(status.term == 1)
+        #expect(await eventually { try await cluster.status().instances.count == 3 })
+        let leaders = try await cluster.status().instances.filter { $0.isLeader }
+        #expect(leaders.count == 1)
+        await cluster.stopAll()
+    }
+
+    @Test func followerTakesOverAfterLeaderBackendIsTerminated() async throws {
+        var cluster = Cluster(config: try await TestDatabase.shared.freshDatabase())
+        for i in 1...3 { _ = cluster.start("n\(i)") }
+        #expect(await eventually { await cluster.leaders().count == 1 })
+        let before = try await cluster.status()
+        let old = try #require(before.leader)
+        let admin = try await PostgresConnection.connect(cluster.config)
+        let killed = ContinuousClock.now
+        try await admin.query("SELECT pg_terminate_backend(\(Int(old.backendPID)))")
+        #expect(await eventually(timeout: .seconds(2)) {
+            let s = try await cluster.status()
+            return s.leader != nil && s.leader!.instanceID != old.instanceID || (s.term > old.term && s.leader != nil)
+        })
+        let after = try await cluster.status()
+        #expect(after.term == old.term + 1)
+        #expect(ContinuousClock.now - killed < .seconds(2))
+        #expect(await eventually { await cluster.leaders().count == 1 })
+        await admin.close()
+        await cluster.stopAll()
+    }
+
+    @Test func gracefulHandoverIsImmediateAndLeavesNoRow() async throws {
+        var cluster = Cluster(config: try await TestDatabase.shared.freshDatabase())
+        for i in 1...2 { _ = cluster.start("n\(i)") }
+        #expect(await eventually { await cluster.leaders().count == 1 })
+        let leader = try #require(await cluster.leaders().first)
+        let index = try #require(cluster.nodes.firstIndex { $0 === leader })
+        let started = ContinuousClock.now
+        await leader.shutdown()
+        _ = try? await cluster.tasks[index].value
+        #expect(await eventually(timeout: .seconds(1)) {
+            let s = try await cluster.status()
+            return s.term == 2 && s.leader != nil
+        })
+        #expect(ContinuousClock.now - started < .seconds(1))
+        let status = try await cluster.status()
+        #expect(!status.instances.contains { $0.instanceID == leader.instanceID })
+        let conn = try await PostgresConnection.connect(cluster.config)
+        let actions = try await conn.query("SELECT action, term FROM engine.audit WHERE action LIKE 'leader.%' ORDER BY id")
+            .map { "\(try $0.decode("action", as: String.self))@\(try $0.decode("term", as: Int64.self))" }
+        #expect(actions == ["leader.elected@1", "leader.resigned@1", "leader.elected@2"])
+        await conn.close()
+        await cluster.stopAll()
+    }
+
+    @Test func hungLeaderConnectionSelfDemotesAndCannotWriteAfterwards() async throws {
+        let db = try await TestDatabase.shared.freshDatabase()
+        let port = try #require(Int(db.endpoint.split(separator: "=").last ?? ""))
+        let proxy = try TCPProxy(upstreamPort: port)
+        defer { proxy.close() }
+        var viaProxy = try ConnectionConfiguration(
+            db.conninfo.replacingOccurrences(of: ":\(port)/", with: ":\(proxy.port)/"))
+        viaProxy.tcpUserTimeoutMilliseconds = 10_000
+        var cluster = Cluster(config: db)
+        let hung = cluster.start("hung", database: viaProxy)
+        #expect(await eventually { await hung.isLeader })
+        let fence = try #require(await hung.currentFence)
+        let follower = cluster.start("follower")
+        #expect(await eventually { try await cluster.status().instances.count == 2 })
+
+        proxy.freeze()
+        let frozenAt = ContinuousClock.now
+        // It must stop acting as leader within its lease window (1 s), plus scheduling slack.
+        #expect(await eventually(timeout: .seconds(3)) { await !hung.isLeader })
+        #expect(ContinuousClock.now - frozenAt < .milliseconds(1500))
+
+        // PostgreSQL still sees the frozen session holding the lock, so nobody else leads yet.
+        #expect(await !follower.isLeader)
+        // Once the server drops that session, the follower takes over ...
+        let admin = try await PostgresConnection.connect(db)
+        try await admin.query("SELECT pg_terminate_backend(\(Int(fence.lockBackendPID)))")
+        #expect(await eventually(timeout: .seconds(2)) { await follower.isLeader })
+        // ... and a write fenced with the old term lands nowhere.
+        let pool = ConnectionPool(configuration: db)
+        try await admin.executeScript("CREATE TABLE fenced_writes (v text)")
+        await #expect(throws: RegentError.self) {
+            try await fence.withTransaction(pool) { tx in
+                try await tx.query("INSERT INTO fenced_writes VALUES (\("stale leader"))")
+            }
+        }
+        let count = try await admin.query("SELECT count(*) AS n FROM fenced_writes").single().decode("n", as: Int.self)
+        #expect(count == 0)
+        await pool.shutdown()
+        await admin.close()
+        proxy.close()
+        await cluster.stopAll()
+    }
+
+    @Test func staleRowsAreSweptOnlyByTheLeaderWithItsTerm() async throws {
+        var cluster = Cluster(config: try await TestDatabase.shared.freshDatabase())
+        _ = cluster.start("n1")
+        _ = cluster.start("n2")
+        #expect(await eventually { await cluster.leaders().count == 1 })
+        let ghost = UUID()
+        let admin = try await PostgresConnection.connect(cluster.config)
+        try await admin.query(
+            """
+            INSERT INTO engine.instances (instance_id, node_name, host, pid, version, last_heartbeat)
+            VALUES (\(ghost), 'ghost', 'nowhere', 1, '0', now() - interval '1 hour')
+            """)
+        // A follower's cleanup, holding a made-up fence, is refused and sweeps nothing.
+        let follower = try #require(await {
+            for n in cluster.nodes where await !n.isLeader { return n }
+            return nil
+        }())
+        let pool = ConnectionPool(configuration: cluster.config)
+        let membership = try #require(await follower.membershipService)
+        let status = try await cluster.status()
+        let bogus = LeaderFence(term: status.term, instanceID: follower.instanceID, lockBackendPID: 0)
+        let cleanup = StaleInstanceCleanup(pool: pool, membership: membership, staleAfter: .seconds(1))
+        try await Task.sleep(for: .milliseconds(1100))  // let the follower count as healthy
+        await #expect(throws: RegentError.self) { _ = try await cleanup.sweepOnce(fence: bogus) }
+        // The leader sweeps it once it has been healthy for the stale window, and audits its term.
+        #expect(await eventually(timeout: .seconds(5)) {
+            try await admin.query("SELECT 1 FROM engine.instances WHERE instance_id = \(ghost)").isEmpty
+        })
+        let audit = try await admin.query(
+            "SELECT term, actor FROM engine.audit WHERE action = 'instance.swept' AND instance_id = \(ghost)").single()
+        #expect(try audit.decode("term", as: Int64.self) == status.term)
+        let leaderID = try #require(status.leader?.instanceID)
+        #expect(try audit.decode("actor", as: String.self) == "instance:\(leaderID.uuidString.lowercased())")
+        await pool.shutdown()
+        await admin.close()
+        await cluster.stopAll()
+    }
+
+    @Test func sweptLiveNodeReinsertsItself() async throws {
+        var cluster = Cluster(config: try await TestDatabase.shared.freshDatabase())
+        let node = cluster.start("n1")
+        #expect(await eventually { try await cluster.status().instances.count == 1 })
+        let admin = try await PostgresConnection.connect(cluster.config)
+        try await admin.query("DELETE FROM engine.instances")
+        #expect(await eventually { try await cluster.status().instances.count == 1 })
+        #expect(await node.membershipService?.reinsertions == 1)
+        await admin.close()
+        await cluster.stopAll()
+    }
+
+    @Test func databaseRestartLeadsToReElection() async throws {
+        let pg = try EmbeddedPostgresForTest.start()
+        defer { pg.destroy() }
+        let db = try await pg.createDatabase("restart_test")
+        var cluster = Cluster(config: db)
+        for i in 1...2 { _ = cluster.start("n\(i)") }
+        #expect(await eventually { await cluster.leaders().count == 1 })
+        let term = try await cluster.status().term
+        try pg.restart()
+        // Right after the restart nobody may act as leader without confirming the lock again.
+        #expect(await eventually(timeout: .seconds(10)) {
+            guard let s = try? await cluster.status() else { return false }
+            return s.leader != nil && s.term > term
+        })
+        #expect(await eventually { await cluster.leaders().count == 1 })
+        await cluster.stopAll()
+    }
+}
