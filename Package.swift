@@ -62,6 +62,7 @@ let package = Package(
                 "RegentCore",
                 "PostgresClient",
                 "EmbeddedPostgres",
+                "CLibPQ",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -15,7 +15,10 @@ struct Regent: AsyncParsableCommand {
             REGENT_DATABASE_URL.
             """,
         version: "0.1.0",
-        subcommands: [DemoCommand.self, ServeCommand.self, StatusCommand.self, MigrateCommand.self, ModulesCommand.self]
+        subcommands: [
+            DemoCommand.self, ServeCommand.self, StatusCommand.self, MigrateCommand.self, ModulesCommand.self,
+            DrillCommand.self, BenchCommand.self,
+        ]
     )
 }
 

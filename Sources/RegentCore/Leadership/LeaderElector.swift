@@ -101,6 +101,7 @@ public actor LeaderElector {
                     let term = try await recordTerm(on: conn)
                     action = machine.termRecorded(term, startedAt: started)
                 } catch {
+                    logger.error("won the lock but could not record the term; reconnecting", metadata: ["error": "\(error)"])
                     action = machine.connectionLost("recording the term failed: \(error)")
                     await dropConnection()
                 }
@@ -167,17 +168,10 @@ public actor LeaderElector {
     }
 
     private func recordTerm(on conn: PostgresConnection) async throws -> Int64 {
-        try await conn.withTransaction { tx in
-            let row = try await tx.query(LeadershipQueries.bumpTerm(instance: instanceID), purpose: "record the new term").single()
-            let term = try row.decode("term", as: Int64.self)
-            try await tx.query(
-                LeadershipQueries.audit(action: "leader.elected", term: term, instance: instanceID, actor: "instance:\(instanceID.uuidString.lowercased())"),
-                purpose: "audit the election")
-            try await tx.query(
-                LeadershipQueries.announce(#"{"event":"leader.elected","term":\#(term),"instance_id":"\#(instanceID.uuidString.lowercased())"}"#),
-                purpose: "announce the election")
-            return term
-        }
+        let row = try await conn.query(
+            LeadershipQueries.recordElection(instance: instanceID, actor: "instance:\(instanceID.uuidString.lowercased())"),
+            purpose: "record the new term").single()
+        return try row.decode("term", as: Int64.self)
     }
 
     /// Graceful handover: duties off, `leader.resigned` audited and announced, lock released.

@@ -14,11 +14,21 @@ enum LeadershipQueries {
         AND objsubid = 2 AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
         """
 
-    static func bumpTerm(instance: UUID) -> PostgresQuery {
+    /// One statement, one round trip, one implicit transaction: bump the term, audit the
+    /// election and announce it. Runs on the lock session, so it is fenced by construction.
+    static func recordElection(instance: UUID, actor: String) -> PostgresQuery {
         """
-        UPDATE engine.leadership SET term = term + 1, leader_instance = \(instance),
-               leader_backend_pid = pg_backend_pid(), elected_at = now()
-        WHERE id = 1 RETURNING term, elected_at
+        WITH t AS (
+            UPDATE engine.leadership SET term = term + 1, leader_instance = \(instance)::uuid,
+                   leader_backend_pid = pg_backend_pid(), elected_at = now()
+            WHERE id = 1 RETURNING term, elected_at
+        ), a AS (
+            INSERT INTO engine.audit (actor, action, term, instance_id)
+            SELECT \(actor)::text, 'leader.elected', term, \(instance)::uuid FROM t RETURNING id
+        )
+        SELECT t.term, t.elected_at,
+               pg_notify('regent_leader', json_build_object('event', 'leader.elected', 'term', t.term, 'instance_id', \(instance.uuidString.lowercased())::text)::text) AS notified
+        FROM t, a
         """
     }
 

@@ -1,0 +1,60 @@
+import EmbeddedPostgres
+import Foundation
+import PostgresClient
+import RegentCore
+
+/// A database (the given URL, or a private PostgreSQL started here) with `nodes` local
+/// `regent serve` processes on it, torn down by `close()`.
+final class DrillEnvironment {
+    let databaseURL: String
+    let cluster: LocalCluster
+    let probeConnection: PostgresConnection
+    private let embedded: EmbeddedPostgres?
+
+    static let nodeArguments = ["--heartbeat-interval", "500ms", "--stale-after", "2s", "--lease-window", "2s", "--log-level", "info"]
+
+    static func start(databaseURL: String?, nodes: Int, say: (String) -> Void) async throws -> DrillEnvironment {
+        var embedded: EmbeddedPostgres?
+        let url: String
+        if let databaseURL {
+            url = databaseURL
+        } else {
+            say("▶ starting a private PostgreSQL …")
+            let pg = try EmbeddedPostgres.start()
+            embedded = pg
+            url = pg.url()
+            say("  127.0.0.1:\(pg.port), data in \(pg.directory)")
+        }
+        do {
+            let config = try ConnectionConfiguration(url)
+            // Bootstrap the engine schema once so the probe can read it before any node is up.
+            let setup = try await PostgresConnection.connect(config)
+            try await MigrationRunner(appliedBy: "drill").migrate(on: setup, schemas: ["engine"])
+            await setup.close()
+            let logs = NSTemporaryDirectory() + "regent-drill-\(getpid())"
+            let cluster = LocalCluster(databaseURL: url, logDirectory: logs, extraArguments: nodeArguments)
+            say("▶ starting \(nodes) nodes (logs in \(logs))")
+            for _ in 0..<nodes { try cluster.spawn() }
+            let probe = try await PostgresConnection.connect(config)
+            return DrillEnvironment(databaseURL: url, cluster: cluster, probeConnection: probe, embedded: embedded)
+        } catch {
+            embedded?.destroy()
+            throw error
+        }
+    }
+
+    private init(databaseURL: String, cluster: LocalCluster, probeConnection: PostgresConnection, embedded: EmbeddedPostgres?) {
+        self.databaseURL = databaseURL
+        self.cluster = cluster
+        self.probeConnection = probeConnection
+        self.embedded = embedded
+    }
+
+    var probe: LeadershipProbe { LeadershipProbe(connection: probeConnection) }
+
+    func close() async {
+        cluster.stopAll()
+        await probeConnection.close()
+        embedded?.destroy()
+    }
+}

@@ -1,0 +1,94 @@
+import Foundation
+import PostgresClient
+import RegentCore
+
+/// Kills leaders of a local cluster round after round, times each failover, and checks
+/// the invariants from the database's own records.
+struct FailoverDrill {
+    let cluster: LocalCluster
+    let probe: LeadershipProbe
+    let databaseURL: String
+    let kills: Int
+    /// Every `gracefulEvery`-th round sends SIGTERM instead of SIGKILL (0: never).
+    let gracefulEvery: Int
+    let say: (String) -> Void
+
+    struct Result {
+        var sigkill: [Duration] = []
+        var sigterm: [Duration] = []
+        var violations: [String] = []
+    }
+
+    func run() async throws -> Result {
+        var result = Result()
+        guard var current = try await probe.waitForLeader(after: 0, timeout: .seconds(30)) else {
+            throw RegentError(.timeout, "no leader was elected within 30 s; see the node logs in \(cluster.logDirectory)")
+        }
+        for round in 1...kills {
+            let graceful = gracefulEvery > 0 && round % gracefulEvery == 0
+            guard let pid = current.leaderPID, let node = cluster.node(pid: pid) else {
+                result.violations.append("round \(round): the leader (pid \(current.leaderPID.map(String.init) ?? "?")) is not one of the drill's nodes")
+                break
+            }
+            let started = ContinuousClock.now
+            cluster.kill(node, signal: graceful ? SIGTERM : SIGKILL)
+            guard let next = try await probe.waitForLeader(after: current.term, timeout: .seconds(15)) else {
+                result.violations.append("round \(round): no new leader within 15 s after \(graceful ? "SIGTERM" : "SIGKILL") of \(node.name)")
+                break
+            }
+            let took = started.duration(to: .now)
+            if next.term != current.term + 1 {
+                result.violations.append("round \(round): term went from \(current.term) to \(next.term) (an election was lost in between)")
+            }
+            if graceful { result.sigterm.append(took) } else { result.sigkill.append(took) }
+            say(String(format: "  round %2d  %@  %@ (term %lld) → term %lld  %@", round, graceful ? "SIGTERM" : "SIGKILL",
+                       node.name, current.term, next.term, ms(took)))
+            current = next
+            try cluster.spawn()
+            cluster.reap()
+            // Let the replacement join the queue before the next kill.
+            try await Task.sleep(for: .milliseconds(300))
+        }
+        result.violations += try await checkInvariants()
+        return result
+    }
+
+    /// Terms strictly increase, each elected once; no leader-duty audit row carries a term
+    /// other than the one current (by audit order) when it was written, or comes from
+    /// another instance than that term's leader; at most one lock holder now.
+    func checkInvariants() async throws -> [String] {
+        var violations: [String] = []
+        let conn = try await PostgresConnection.connect(try ConnectionConfiguration(databaseURL))
+        defer { Task { await conn.close() } }
+        let rows = try await conn.query(
+            "SELECT id, action, term, actor FROM engine.audit WHERE term IS NOT NULL ORDER BY id", purpose: "drill: read audit")
+        var currentTerm: Int64 = 0
+        var currentActor = ""
+        for row in rows {
+            let action = try row.decode("action", as: String.self)
+            let term = try row.decode("term", as: Int64.self)
+            let actor = try row.decode("actor", as: String.self)
+            let id = try row.decode("id", as: Int64.self)
+            switch action {
+            case "leader.elected":
+                if term <= currentTerm { violations.append("audit \(id): term \(term) elected after term \(currentTerm)") }
+                currentTerm = term
+                currentActor = actor
+            case "leader.resigned":
+                if term != currentTerm { violations.append("audit \(id): resignation of term \(term) while term \(currentTerm) was current") }
+            default:
+                if term != currentTerm || actor != currentActor {
+                    violations.append("audit \(id): leader duty \(action) by \(actor) under term \(term) while term \(currentTerm) (\(currentActor)) was current")
+                }
+            }
+        }
+        let holders = try await conn.query(
+            PostgresQuery(unsafeSQL: """
+                SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND classid = \(UInt32(bitPattern: AdvisoryLockKey.classID))
+                AND objid = \(AdvisoryLockKey.leadership) AND objsubid = 2 AND granted
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                """), purpose: "drill: count lock holders").single().decode("n", as: Int.self)
+        if holders > 1 { violations.append("\(holders) sessions hold the leadership lock") }
+        return violations
+    }
+}
