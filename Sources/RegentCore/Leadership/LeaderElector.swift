@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 import Logging
 import PostgresClient
@@ -183,16 +184,11 @@ public actor LeaderElector {
         self.fence = nil
         await hooks.demoted(fence.term, "resigned")
         do {
-            try await conn.withTransaction { tx in
-                try await tx.query(
-                    LeadershipQueries.audit(
-                        action: "leader.resigned", term: fence.term, instance: instanceID, actor: "instance:\(instanceID.uuidString.lowercased())"),
-                    purpose: "audit the resignation")
-                try await tx.query(
-                    LeadershipQueries.announce(
-                        #"{"event":"leader.resigned","term":\#(fence.term),"instance_id":"\#(instanceID.uuidString.lowercased())"}"#),
-                    purpose: "announce the resignation")
-            }
+            // Audit and announce in one statement (still holding the lock), then release it.
+            try await conn.query(
+                LeadershipQueries.recordResignation(
+                    term: fence.term, instance: instanceID, actor: "instance:\(instanceID.uuidString.lowercased())"),
+                purpose: "record the resignation")
             try await conn.query(LeadershipQueries.releaseLock, purpose: "release the leadership lock")
             logger.notice("resigned leadership", metadata: ["term": "\(fence.term)"])
         } catch {
@@ -225,7 +221,11 @@ public actor LeaderElector {
     public func stop() async {
         stopping = true
         await doorbell.ring()
-        lockConnection?.cancelCurrentStatement()
+        // A follower is blocked in pg_advisory_lock: cancel that statement. PQcancel opens a
+        // connection of its own, so it runs off this actor. A leader just needs the doorbell.
+        if case .following = machine.state, let conn = lockConnection {
+            DispatchQueue.global().async { conn.cancelCurrentStatement() }
+        }
     }
 }
 

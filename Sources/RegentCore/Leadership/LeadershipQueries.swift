@@ -32,14 +32,16 @@ enum LeadershipQueries {
         """
     }
 
-    static func audit(action: String, term: Int64, instance: UUID, actor: String, detail: String = "{}") -> PostgresQuery {
+    static func recordResignation(term: Int64, instance: UUID, actor: String) -> PostgresQuery {
         """
-        INSERT INTO engine.audit (actor, action, term, instance_id, detail)
-        VALUES (\(actor), \(action), \(term), \(instance), \(PostgresJSON(detail))::jsonb)
+        WITH a AS (
+            INSERT INTO engine.audit (actor, action, term, instance_id)
+            VALUES (\(actor)::text, 'leader.resigned', \(term)::bigint, \(instance)::uuid) RETURNING term
+        )
+        SELECT pg_notify('regent_leader', json_build_object('event', 'leader.resigned', 'term', a.term,
+               'instance_id', \(instance.uuidString.lowercased())::text)::text) FROM a
         """
     }
-
-    static func announce(_ payload: String) -> PostgresQuery { "SELECT pg_notify('regent_leader', \(payload))" }
 
     /// Run on the lock session: do we still hold the lock, and is our term still current?
     static func confirm(term: Int64) -> PostgresQuery {

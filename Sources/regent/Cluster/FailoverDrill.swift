@@ -19,8 +19,29 @@ struct FailoverDrill {
         var violations: [String] = []
     }
 
+    /// Waits for the `leader.elected` announcement of a term above `term`.
+    static func awaitElection(
+        _ iterator: inout AsyncThrowingStream<PostgresNotification, any Error>.Iterator, after term: Int64, timeout: Duration
+    ) async throws -> Bool {
+        struct Announcement: Decodable { let event: String; let term: Int64 }
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            guard let note = try await iterator.next() else { return false }
+            if let a = try? JSONDecoder().decode(Announcement.self, from: Data(note.payload.utf8)),
+                a.event == "leader.elected", a.term > term
+            {
+                return true
+            }
+        }
+        return false
+    }
+
     func run() async throws -> Result {
         var result = Result()
+        let listener = try await PostgresListener.connect(
+            try ConnectionConfiguration(databaseURL), channels: [try SQLIdentifier("regent_leader")])
+        defer { listener.stop() }
+        var announcements = listener.notifications.makeAsyncIterator()
         guard var current = try await probe.waitForLeader(after: 0, timeout: .seconds(30)) else {
             throw RegentError(.timeout, "no leader was elected within 30 s; see the node logs in \(cluster.logDirectory)")
         }
@@ -30,19 +51,23 @@ struct FailoverDrill {
                 result.violations.append("round \(round): the leader (pid \(current.leaderPID.map(String.init) ?? "?")) is not one of the drill's nodes")
                 break
             }
+            let wallStart = Date().timeIntervalSince1970
             let started = ContinuousClock.now
             cluster.kill(node, signal: graceful ? SIGTERM : SIGKILL)
-            guard let next = try await probe.waitForLeader(after: current.term, timeout: .seconds(15)) else {
+            // The new leader announces its term in the statement that records it: time that.
+            let announced = try await Self.awaitElection(&announcements, after: current.term, timeout: .seconds(15))
+            let took = started.duration(to: .now)
+            guard announced, let next = try await probe.waitForLeader(after: current.term, timeout: .seconds(15)) else {
                 result.violations.append("round \(round): no new leader within 15 s after \(graceful ? "SIGTERM" : "SIGKILL") of \(node.name)")
                 break
             }
-            let took = started.duration(to: .now)
             if next.term != current.term + 1 {
                 result.violations.append("round \(round): term went from \(current.term) to \(next.term) (an election was lost in between)")
             }
             if graceful { result.sigterm.append(took) } else { result.sigkill.append(took) }
-            say(String(format: "  round %2d  %@  %@ (term %lld) → term %lld  %@", round, graceful ? "SIGTERM" : "SIGKILL",
-                       node.name, current.term, next.term, ms(took)))
+            let recorded = next.electedEpoch.map { String(format: " (term recorded after %.2f ms)", ($0 - wallStart) * 1000) } ?? ""
+            say(String(format: "  round %2d  %@  %@ (term %lld) → term %lld  %@%@", round, graceful ? "SIGTERM" : "SIGKILL",
+                       node.name, current.term, next.term, ms(took), recorded))
             current = next
             try cluster.spawn()
             cluster.reap()

@@ -91,11 +91,13 @@ struct LeadershipProbe {
         /// Whether the lock holder is the session that recorded `term`.
         let settled: Bool
         let leaderPID: Int32?
+        /// `elected_at` of the term (database clock), seconds since 1970.
+        let electedEpoch: Double?
     }
 
     static let query = PostgresQuery(
         unsafeSQL: """
-            SELECT l.term, i.pid AS os_pid,
+            SELECT l.term, i.pid AS os_pid, extract(epoch FROM l.elected_at)::float8 AS elected_epoch,
                    (SELECT min(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid = \(UInt32(bitPattern: AdvisoryLockKey.classID))
                       AND objid = \(AdvisoryLockKey.leadership) AND objsubid = 2 AND granted
                       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) = l.leader_backend_pid AS settled
@@ -107,7 +109,7 @@ struct LeadershipProbe {
         let row = try await connection.query(Self.query, purpose: "probe leadership").single()
         return Reading(
             term: try row.decode("term"), settled: try row.decodeOptional("settled", as: Bool.self) ?? false,
-            leaderPID: try row.decodeOptional("os_pid"))
+            leaderPID: try row.decodeOptional("os_pid"), electedEpoch: try row.decodeOptional("elected_epoch"))
     }
 
     /// Polls until a settled leader with a term above `term` whose OS process is known.
