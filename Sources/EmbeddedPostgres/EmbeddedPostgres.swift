@@ -64,7 +64,7 @@ public final class EmbeddedPostgres: Sendable {
             dir = directory
             try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         } else {
-            var template = Array((NSTemporaryDirectory() + "/regent-pg-XXXXXX").utf8CString)
+            var template = Array((NSTemporaryDirectory().replacingOccurrences(of: "/$", with: "", options: .regularExpression) + "/regent-pg-XXXXXX").utf8CString)
             guard let p = mkdtemp(&template) else { throw EmbeddedPostgresError("cannot create a temporary directory") }
             dir = String(cString: p)
         }
@@ -176,7 +176,7 @@ public final class EmbeddedPostgres: Sendable {
     @discardableResult
     static func run(_ argv: [String], runAs: String?) throws(EmbeddedPostgresError) -> (status: Int32, output: String) {
         let full = runAs.map { ["runuser", "-u", $0, "--"] + argv } ?? argv
-        var template = Array((NSTemporaryDirectory() + "/regent-cmd-XXXXXX").utf8CString)
+        var template = Array((NSTemporaryDirectory().replacingOccurrences(of: "/$", with: "", options: .regularExpression) + "/regent-cmd-XXXXXX").utf8CString)
         let outFD = mkstemp(&template)
         guard outFD >= 0 else { throw EmbeddedPostgresError("cannot create a temporary file for \(argv[0])'s output") }
         let outPath = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)

@@ -1,0 +1,78 @@
+import Foundation
+import PostgresClient
+@testable import RegentCore
+import RegentTestSupport
+import Testing
+
+@Suite("Real regent processes", .serialized)
+struct ProcessTests {
+    func serve(_ db: ConnectionConfiguration, _ name: String) throws -> RegentProcess {
+        try RegentProcess(
+            ["serve", "--database-url", db.conninfo, "--node-name", name, "--heartbeat-interval", "200ms", "--stale-after", "1s",
+             "--lease-window", "1s"],
+            logPath: NSTemporaryDirectory() + "regent-test-\(getpid())-\(name).log")
+    }
+
+    func status(_ db: ConnectionConfiguration) async throws -> ClusterStatus {
+        let conn = try await PostgresConnection.connect(db)
+        defer { Task { await conn.close() } }
+        return try await ClusterStatus.read(on: conn, staleAfter: .seconds(1))
+    }
+
+    @Test func followerTakesOverAfterLeaderProcessIsKilled() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary), "build the regent binary first (swift build)")
+        let db = try await TestDatabase.shared.freshDatabase()
+        let nodes = try ["a", "b", "c"].map { try serve(db, $0) }
+        defer { nodes.forEach { $0.signal(SIGKILL) } }
+        #expect(await eventually(timeout: .seconds(20)) {
+            let s = try await status(db)
+            return s.leader != nil && s.instances.count == 3
+        })
+        let before = try await status(db)
+        let leader = try #require(nodes.first { $0.pid == before.leader?.pid })
+        let killed = ContinuousClock.now
+        leader.signal(SIGKILL)
+        #expect(await eventually(timeout: .seconds(2)) {
+            let s = try await status(db)
+            return s.term == before.term + 1 && s.leader != nil && s.leader?.pid != leader.pid
+        })
+        #expect(ContinuousClock.now - killed < .seconds(2))
+        // The dead node's row goes stale and the new leader sweeps it.
+        #expect(await eventually(timeout: .seconds(8)) {
+            try await status(db).instances.count == 2
+        })
+        for n in nodes where n !== leader { n.signal(SIGTERM) }
+        for n in nodes where n !== leader {
+            let code = await n.waitForExit(timeout: .seconds(10))
+            #expect(code == 0, "graceful exit expected; log:\n\(n.log)")
+        }
+        _ = await leader.waitForExit(timeout: .seconds(1))
+        // SIGTERM drained: no instance rows left.
+        #expect(try await status(db).instances.isEmpty)
+    }
+
+    @Test func badFlagsAreRefusedWithOneLineAndNonZeroExit() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary))
+        let db = try await TestDatabase.shared.freshDatabase()
+        let cases: [([String], String)] = [
+            (["serve", "--database-url", db.conninfo, "--heartbeat-interval", "3"], "invalid duration"),
+            (["serve", "--database-url", db.conninfo, "--heartbeat-interval", "2s", "--lease-window", "1s"], "lease-window"),
+            (["serve", "--database-url", "postgres://u@127.0.0.1:1/x", "--fail-fast"], "cannot connect"),
+            (["serve", "--database-url", "postgres://h:port/x"], "malformed database URL"),
+            (["migrate", "--database-url", db.conninfo, "--target", "nosuch:1"], "unknown schema"),
+            (["modules", "enable", "Bad;Name", "--database-url", db.conninfo], "invalid module name"),
+            (["status"], "no database given"),
+        ]
+        for (index, (args, expected)) in cases.enumerated() {
+            let p = try RegentProcess(args, logPath: NSTemporaryDirectory() + "regent-test-\(getpid())-bad\(index).log")
+            let code = await p.waitForExit(timeout: .seconds(20))
+            #expect(code != nil && code != 0, "\(args) must fail")
+            #expect(p.log.contains(expected), "\(args): expected \(expected.debugDescription) in:\n\(p.log)")
+        }
+        // Nothing was changed: the database was never migrated by the refused commands.
+        let conn = try await PostgresConnection.connect(db)
+        let present = try await conn.query("SELECT to_regclass('engine.migrations') IS NOT NULL AS p").single().decode("p", as: Bool.self)
+        #expect(!present)
+        await conn.close()
+    }
+}
