@@ -42,8 +42,12 @@ public struct StaleInstanceCleanup: LeaderDuty {
                    jsonb_build_object('node_name', node_name, 'host', host, 'pid', pid, 'last_heartbeat', last_heartbeat)
             FROM gone
             RETURNING instance_id
+        ), published AS (
+            SELECT engine.publish_event('instance.swept',
+                jsonb_build_object('instance_id', instance_id::text, 'node_name', node_name, 'term', \(term)::bigint), \(except)::uuid) AS id
+            FROM gone
         )
-        SELECT g.instance_id, g.node_name FROM gone g
+        SELECT g.instance_id, g.node_name, (SELECT count(*) FROM published) AS events FROM gone g
         """
     }
 

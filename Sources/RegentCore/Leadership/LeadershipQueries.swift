@@ -15,7 +15,7 @@ enum LeadershipQueries {
         """
 
     /// One statement, one round trip, one implicit transaction: bump the term, audit the
-    /// election and announce it. Runs on the lock session, so it is fenced by construction.
+    /// election and publish `leader.elected` on the event bus. Runs on the lock session, so it is fenced by construction.
     static func recordElection(instance: UUID, actor: String) -> PostgresQuery {
         """
         WITH t AS (
@@ -27,7 +27,8 @@ enum LeadershipQueries {
             SELECT \(actor)::text, 'leader.elected', term, \(instance)::uuid FROM t RETURNING id
         )
         SELECT t.term, t.elected_at,
-               pg_notify('regent_leader', json_build_object('event', 'leader.elected', 'term', t.term, 'instance_id', \(instance.uuidString.lowercased())::text)::text) AS notified
+               engine.publish_event('leader.elected',
+                   jsonb_build_object('term', t.term, 'instance_id', \(instance.uuidString.lowercased())::text), \(instance)::uuid) AS event_id
         FROM t, a
         """
     }
@@ -38,8 +39,8 @@ enum LeadershipQueries {
             INSERT INTO engine.audit (actor, action, term, instance_id)
             VALUES (\(actor)::text, 'leader.resigned', \(term)::bigint, \(instance)::uuid) RETURNING term
         )
-        SELECT pg_notify('regent_leader', json_build_object('event', 'leader.resigned', 'term', a.term,
-               'instance_id', \(instance.uuidString.lowercased())::text)::text) FROM a
+        SELECT engine.publish_event('leader.resigned',
+               jsonb_build_object('term', a.term, 'instance_id', \(instance.uuidString.lowercased())::text), \(instance)::uuid) FROM a
         """
     }
 

@@ -33,12 +33,26 @@ public actor Membership {
         "UPDATE engine.instances SET last_heartbeat = now() WHERE instance_id = \(id)"
     }
     static func deleteInstance(_ id: UUID) -> PostgresQuery {
-        "DELETE FROM engine.instances WHERE instance_id = \(id)"
+        """
+        WITH gone AS (DELETE FROM engine.instances WHERE instance_id = \(id) RETURNING instance_id, node_name)
+        SELECT engine.publish_event('instance.left', jsonb_build_object('instance_id', instance_id::text, 'node_name', node_name), instance_id)
+        FROM gone
+        """
+    }
+    static func announceJoin(_ n: NodeIdentity, reinserted: Bool) -> PostgresQuery {
+        """
+        SELECT engine.publish_event('instance.joined',
+            jsonb_build_object('instance_id', \(n.instanceID.uuidString.lowercased())::text, 'node_name', \(n.nodeName)::text,
+                               'host', \(n.host)::text, 'pid', \(Int(n.pid))::int, 'reinserted', \(reinserted)::boolean), \(n.instanceID)::uuid)
+        """
     }
 
     /// Inserts the row (boot).
     public func join() async throws {
-        try await pool.query(Self.insertInstance(identity), purpose: "membership: insert instance row")
+        try await pool.withTransaction { tx in
+            try await tx.query(Self.insertInstance(identity), purpose: "membership: insert instance row")
+            try await tx.query(Self.announceJoin(identity, reinserted: false), purpose: "membership: announce join")
+        }
         healthySince = .now
         logger.info("joined the cluster", metadata: ["instance_id": "\(identity.instanceID)", "node_name": "\(identity.nodeName)"])
     }
@@ -52,7 +66,10 @@ public actor Membership {
                 logger.error(
                     "this node's instance row was swept while it was alive; re-inserting it (was the database unreachable, or the stale cutoff too short?)",
                     metadata: ["instance_id": "\(identity.instanceID)"])
-                try await pool.query(Self.insertInstance(identity), purpose: "membership: re-insert instance row")
+                try await pool.withTransaction { tx in
+                    try await tx.query(Self.insertInstance(identity), purpose: "membership: re-insert instance row")
+                    try await tx.query(Self.announceJoin(identity, reinserted: true), purpose: "membership: announce re-join")
+                }
             }
             if healthySince == nil { healthySince = .now }
         } catch {

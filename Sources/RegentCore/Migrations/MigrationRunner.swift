@@ -30,6 +30,15 @@ public struct MigrationRunner: Sendable {
     static let unlockRunner: PostgresQuery =
         "SELECT pg_advisory_unlock(\(AdvisoryLockKey.classID), \(AdvisoryLockKey.migrations))"
 
+    static let busExists: PostgresQuery =
+        "SELECT to_regprocedure('engine.publish_event(text,jsonb,uuid)') IS NOT NULL AS present"
+    static func announceApplied(_ m: Migration, by: String) -> PostgresQuery {
+        """
+        SELECT engine.publish_event('migration.applied',
+            jsonb_build_object('schema', \(m.schema)::text, 'version', \(m.version)::int, 'name', \(m.name)::text, 'applied_by', \(by)::text), NULL)
+        """
+    }
+
     static func recordApplied(_ m: Migration, by: String) -> PostgresQuery {
         """
         INSERT INTO engine.migrations (schema_name, version, name, checksum, applied_by)
@@ -144,6 +153,13 @@ public struct MigrationRunner: Sendable {
                     for file in files {
                         try await tx.executeScript(file.sql, purpose: "migration \(file)")
                         try await tx.query(Self.recordApplied(file, by: appliedBy), purpose: "migrations: record \(file)")
+                    }
+                    // Announce on the event bus once the bus exists (engine 0002 creates it).
+                    let bus = try await tx.query(Self.busExists, purpose: "migrations: look for the event bus").single()
+                    if try bus.decode("present", as: Bool.self) {
+                        for file in files {
+                            try await tx.query(Self.announceApplied(file, by: appliedBy), purpose: "migrations: announce \(file)")
+                        }
                     }
                 }
             } catch let error as RegentError where error.code == .notLeader {

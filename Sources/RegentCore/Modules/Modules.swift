@@ -94,9 +94,11 @@ public struct ModuleRegistry: Sendable {
                 let names = try await list(on: tx).map(\.name).joined(separator: ", ")
                 throw RegentError(.unknownModule, "no module named \(quoted(name)) (modules: \(names))")
             }
-            try await tx.query(
-                Self.auditModuleChange(actor: actor, action: enabled ? "module.enabled" : "module.disabled", name: name),
-                purpose: "modules: audit change")
+            let action = enabled ? "module.enabled" : "module.disabled"
+            try await tx.query(Self.auditModuleChange(actor: actor, action: action, name: name), purpose: "modules: audit change")
+            try await EventBus.publish(
+                topic: try EventTopic(action), payload: try EventPayload(json: #"{"module": \#(jsonString(name)), "actor": \#(jsonString(actor))}"#),
+                publisher: nil, on: tx)
             return try Self.decode(row)
         }
     }
@@ -106,4 +108,11 @@ public struct ModuleRegistry: Sendable {
             name: try row.decode("name"), version: try row.decode("version"), enabled: try row.decode("enabled"),
             updatedAt: try row.decode("updated_at"))
     }
+}
+
+/// A JSON string literal for `text` (quotes and control characters escaped).
+func jsonString(_ text: String) -> String {
+    let data = try? JSONSerialization.data(withJSONObject: [text], options: [])
+    let array = data.map { String(decoding: $0, as: UTF8.self) } ?? "[\"\"]"
+    return String(array.dropFirst().dropLast())
 }

@@ -23,12 +23,16 @@ struct FailoverDrill {
     static func awaitElection(
         _ iterator: inout AsyncThrowingStream<PostgresNotification, any Error>.Iterator, after term: Int64, timeout: Duration
     ) async throws -> Bool {
-        struct Announcement: Decodable { let event: String; let term: Int64 }
+        struct Announcement: Decodable {
+            struct Body: Decodable { let term: Int64 }
+            let topic: String
+            let payload: Body?
+        }
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             guard let note = try await iterator.next() else { return false }
             if let a = try? JSONDecoder().decode(Announcement.self, from: Data(note.payload.utf8)),
-                a.event == "leader.elected", a.term > term
+                a.topic == "leader.elected", let body = a.payload, body.term > term
             {
                 return true
             }
@@ -39,7 +43,7 @@ struct FailoverDrill {
     func run() async throws -> Result {
         var result = Result()
         let listener = try await PostgresListener.connect(
-            try ConnectionConfiguration(databaseURL), channels: [try SQLIdentifier("regent_leader")])
+            try ConnectionConfiguration(databaseURL), channels: [try SQLIdentifier("regent_events")])
         defer { listener.stop() }
         var announcements = listener.notifications.makeAsyncIterator()
         guard var current = try await probe.waitForLeader(after: 0, timeout: .seconds(30)) else {

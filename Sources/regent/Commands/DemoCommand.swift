@@ -51,7 +51,7 @@ struct DemoCommand: AsyncParsableCommand {
         print("\n── the cluster ─────────────────────────────────────────────")
         print(renderStatus(status))
 
-        let listener = try await PostgresListener.connect(config, channels: [try SQLIdentifier("regent_leader")])
+        let listener = try await PostgresListener.connect(config, channels: [try SQLIdentifier("regent_events")])
         defer { listener.stop() }
         var announcements = listener.notifications.makeAsyncIterator()
         for (signal, label) in [(SIGKILL, "SIGKILL (a crash)"), (SIGTERM, "SIGTERM (a graceful handover)")] {

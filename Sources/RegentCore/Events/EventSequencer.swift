@@ -1,0 +1,71 @@
+/// Puts events that arrive in commit order back into id order, without losing any.
+///
+/// `bigserial` ids are taken at INSERT and become visible at COMMIT, so a lower id can
+/// commit after a higher one. The sequencer releases events strictly in id order; an id
+/// that is missing (a transaction still in flight, or one rolled back) holds the events
+/// above it back for at most `gapTimeout`, after which it is given up. If a given-up id
+/// commits later after all, it is released then ("late", out of order) rather than lost.
+/// A pure value: the caller supplies the time.
+public struct EventSequencer<Instant: InstantProtocol>: Sendable where Instant.Duration == Duration {
+    /// Every id at or below `horizon` was released or given up.
+    public private(set) var horizon: Int64
+    /// Ids at or below this were before the sequencer started: arriving now, they are new.
+    let startHorizon: Int64
+    public let gapTimeout: Duration
+    private var pending: [Int64: (event: Event, arrived: Instant)] = [:]
+    private var givenUp: [ClosedRange<Int64>] = []
+    private var lateReleased: Set<Int64> = []
+    /// How many given-up ranges and late ids are remembered.
+    let memory = 4096
+
+    public init(horizon: Int64, gapTimeout: Duration) {
+        self.horizon = horizon
+        self.startHorizon = horizon
+        self.gapTimeout = gapTimeout
+    }
+
+    public var pendingCount: Int { pending.count }
+
+    /// The lowest id a catch-up read must start above to see everything that might still come.
+    public var catchUpFrom: Int64 { min(horizon, (givenUp.first?.lowerBound).map { $0 - 1 } ?? horizon) }
+
+    /// Takes an event (from a notification or the table); returns what can be released now, in order.
+    public mutating func receive(_ event: Event, now: Instant) -> [Event] {
+        if event.id <= horizon {
+            let late = event.id <= startHorizon || givenUp.contains { $0.contains(event.id) }
+            guard late, !lateReleased.contains(event.id) else { return [] }  // a duplicate
+            lateReleased.insert(event.id)
+            if lateReleased.count > memory { lateReleased.remove(lateReleased.min()!) }
+            return [event]
+        }
+        if pending[event.id] == nil { pending[event.id] = (event, now) }
+        return release(now: now)
+    }
+
+    /// Gives up gaps that waited `gapTimeout`; returns what that releases.
+    public mutating func tick(now: Instant) -> [Event] { release(now: now) }
+
+    /// When the lowest gap will time out, if there is one.
+    public var nextDeadline: Instant? {
+        guard let lowest = pending.keys.min(), lowest > horizon + 1, let p = pending[lowest] else { return nil }
+        return p.arrived.advanced(by: gapTimeout)
+    }
+
+    private mutating func release(now: Instant) -> [Event] {
+        var out: [Event] = []
+        while !pending.isEmpty {
+            if let next = pending.removeValue(forKey: horizon + 1) {
+                out.append(next.event)
+                horizon += 1
+                continue
+            }
+            let lowest = pending.keys.min()!
+            // Ids horizon+1 ..< lowest are missing; they have been since `lowest` arrived at the latest.
+            guard pending[lowest]!.arrived.duration(to: now) >= gapTimeout else { break }
+            givenUp.append((horizon + 1)...(lowest - 1))
+            if givenUp.count > memory { givenUp.removeFirst() }
+            horizon = lowest - 1
+        }
+        return out
+    }
+}

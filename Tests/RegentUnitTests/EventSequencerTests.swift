@@ -1,0 +1,44 @@
+@testable import RegentCore
+import Testing
+
+@Suite("Event sequencer with a controlled clock")
+struct EventSequencerTests {
+    let t0 = TestInstant(offset: .seconds(10))
+    func e(_ id: Int64) -> Event { Event(id: id, topic: "t", payload: "{}", publisher: nil, publishedAt: nil) }
+
+    @Test func inOrderEventsPassStraightThrough() {
+        var s = EventSequencer<TestInstant>(horizon: 0, gapTimeout: .milliseconds(500))
+        #expect(s.receive(e(1), now: t0).map(\.id) == [1])
+        #expect(s.receive(e(2), now: t0).map(\.id) == [2])
+        #expect(s.horizon == 2)
+    }
+
+    @Test func lowerIdCommittingLaterIsNotSkipped() {
+        var s = EventSequencer<TestInstant>(horizon: 0, gapTimeout: .milliseconds(500))
+        #expect(s.receive(e(2), now: t0).isEmpty)  // 1 is still in flight
+        #expect(s.receive(e(3), now: t0).isEmpty)
+        #expect(s.receive(e(1), now: t0.advanced(by: .milliseconds(10))).map(\.id) == [1, 2, 3])
+    }
+
+    @Test func rolledBackIdIsGivenUpAfterTheTimeout() {
+        var s = EventSequencer<TestInstant>(horizon: 0, gapTimeout: .milliseconds(500))
+        #expect(s.receive(e(2), now: t0).isEmpty)
+        #expect(s.nextDeadline == t0.advanced(by: .milliseconds(500)))
+        #expect(s.tick(now: t0.advanced(by: .milliseconds(499))).isEmpty)
+        #expect(s.tick(now: t0.advanced(by: .milliseconds(500))).map(\.id) == [2])
+        #expect(s.horizon == 2)
+        // The given-up id commits after all: released late, once.
+        #expect(s.receive(e(1), now: t0.advanced(by: .seconds(2))).map(\.id) == [1])
+        #expect(s.receive(e(1), now: t0.advanced(by: .seconds(2))).isEmpty)
+        #expect(s.catchUpFrom == 0)
+    }
+
+    @Test func duplicatesAreDropped() {
+        var s = EventSequencer<TestInstant>(horizon: 5, gapTimeout: .milliseconds(500))
+        #expect(s.receive(e(6), now: t0).map(\.id) == [6])
+        #expect(s.receive(e(6), now: t0).isEmpty)
+        // Ids at or below the start horizon were never released by this sequencer: new to it.
+        #expect(s.receive(e(4), now: t0).map(\.id) == [4])
+        #expect(s.receive(e(4), now: t0).isEmpty)
+    }
+}
