@@ -125,6 +125,9 @@ public actor EventBus {
         listener?.stop()
     }
 
+    /// The server pid of the LISTEN session (drills and tests).
+    public var listenerBackendPID: Int32? { listener?.backendPID }
+
     /// Cuts the listener connection as a network failure would (drills and tests).
     public func abortListener() { listener?.abort() }
 

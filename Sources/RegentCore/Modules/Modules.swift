@@ -111,8 +111,8 @@ public struct ModuleRegistry: Sendable {
 }
 
 /// A JSON string literal for `text` (quotes and control characters escaped).
-func jsonString(_ text: String) -> String {
-    let data = try? JSONSerialization.data(withJSONObject: [text], options: [])
+public func jsonString(_ text: String) -> String {
+    let data = try? JSONSerialization.data(withJSONObject: [text], options: [.withoutEscapingSlashes])
     let array = data.map { String(decoding: $0, as: UTF8.self) } ?? "[\"\"]"
     return String(array.dropFirst().dropLast())
 }

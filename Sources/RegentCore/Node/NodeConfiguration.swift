@@ -11,6 +11,8 @@ public struct NodeConfiguration: Sendable {
     public var schemaWaitTimeout: Duration = .seconds(60)
     /// Exit at once when the database is unreachable at boot instead of retrying.
     public var failFast = false
+    /// Events older than this are pruned from the outbox by the leader.
+    public var eventRetention: Duration = .seconds(86_400)
 
     public init(database: ConnectionConfiguration) {
         self.database = database

@@ -49,7 +49,8 @@ public actor RegentNode {
         let staleCleanup = StaleInstanceCleanup(pool: pool, membership: membership, staleAfter: configuration.staleAfter)
         let migrations = ModuleMigrationDuty(pool: pool)
         let electorBox = ElectorBox()
-        let duties = DutyRunner(duties: [migrations, staleCleanup]) { reason in
+        let pruning = EventOutboxPruning(pool: pool, retention: configuration.eventRetention)
+        let duties = DutyRunner(duties: [migrations, staleCleanup, pruning]) { reason in
             _ = await electorBox.elector?.requestResign()
             _ = reason
         }

@@ -22,6 +22,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "A node whose heartbeat is older than this is swept by the leader.") var staleAfter = "10s"
     @Option(help: "How long a leader trusts its lock without a fresh confirmation; below tcp_user_timeout.") var leaseWindow = "5s"
     @Option(help: "How long a follower waits for the leader to migrate module schemas before complaining.") var schemaWait = "60s"
+    @Option(help: "How long the event outbox keeps events (the leader prunes older ones).") var eventRetention = "24h"
     @Flag(help: "Exit at once when the database is unreachable at boot, instead of retrying with backoff.") var failFast = false
 
     func makeConfiguration() throws -> NodeConfiguration {
@@ -32,6 +33,7 @@ struct ServeCommand: AsyncParsableCommand {
         config.leaseWindow = try parseDuration(leaseWindow, flag: "--lease-window")
         config.schemaWaitTimeout = try parseDuration(schemaWait, flag: "--schema-wait")
         config.failFast = failFast
+        config.eventRetention = try parseDuration(eventRetention, flag: "--event-retention")
         try config.validate()
         return config
     }

@@ -1,0 +1,292 @@
+import Foundation
+import PostgresClient
+@testable import RegentCore
+import RegentTestSupport
+import Testing
+
+/// A bus on its own pool and listener, running until `stop()`.
+struct RunningBus {
+    let bus: EventBus
+    let pool: ConnectionPool
+    let task: Task<Void, Never>
+
+    init(_ config: ConnectionConfiguration, options: EventBus.Options = .init()) async {
+        pool = ConnectionPool(configuration: config, options: .init(maxConnections: 4))
+        let bus = EventBus(configuration: config, pool: pool, options: options)
+        self.bus = bus
+        task = Task { await bus.run() }
+        await bus.waitUntilListening()
+    }
+
+    func stop() async {
+        await bus.stop()
+        await task.value
+        await pool.shutdown()
+    }
+}
+
+func migratedDatabase(_ label: String = #function) async throws -> ConnectionConfiguration {
+    let config = try await TestDatabase.shared.freshDatabase(label)
+    let conn = try await PostgresConnection.connect(config)
+    try await MigrationRunner(appliedBy: "test").migrate(on: conn, schemas: ["engine"])
+    await conn.close()
+    return config
+}
+
+func collect(_ sub: EventSubscription, count: Int, timeout: Duration = .seconds(10)) async throws -> [Event] {
+    try await withThrowingTaskGroup(of: [Event].self) { group in
+        group.addTask {
+            var out: [Event] = []
+            for try await e in sub {
+                out.append(e)
+                if out.count == count { break }
+            }
+            return out
+        }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            await sub.cancel()
+            return []
+        }
+        let first = try await group.next() ?? []
+        group.cancelAll()
+        return first
+    }
+}
+
+@Suite("Event bus against a real server")
+struct EventBusTests {
+    @Test func everySubscriberGetsEveryEventInIDOrder() async throws {
+        let config = try await migratedDatabase()
+        var buses: [RunningBus] = []
+        for _ in 0..<3 { buses.append(await RunningBus(config)) }
+        var subs: [EventSubscription] = []
+        for b in buses { subs.append(try await b.bus.subscribe(topics: ["orders"])) }
+        let publisher = buses[0]
+        for i in 0..<50 {
+            try await publisher.bus.publish(topic: i % 5 == 0 ? "other" : "orders", payload: #"{"n": \#(i)}"#)
+        }
+        for sub in subs {
+            let got = try await collect(sub, count: 40)
+            #expect(got.count == 40)
+            #expect(got.map(\.id) == got.map(\.id).sorted())
+            #expect(Set(got.map(\.id)).count == 40)
+            #expect(got.allSatisfy { $0.topic == "orders" })
+        }
+        for b in buses { await b.stop() }
+    }
+
+    @Test func rolledBackPublishLeavesNoEvent() async throws {
+        struct Abort: Error {}
+        let config = try await migratedDatabase()
+        let running = await RunningBus(config)
+        let sub = try await running.bus.subscribe()
+        let conn = try await PostgresConnection.connect(config)
+        await #expect(throws: Abort.self) {
+            try await conn.withTransaction { tx in
+                try await EventBus.publish(topic: EventTopic("t"), payload: EventPayload(json: #"{"rolled":"back"}"#), publisher: nil, on: tx)
+                throw Abort()
+            }
+        }
+        try await conn.withTransaction { tx in
+            try await EventBus.publish(topic: EventTopic("t"), payload: EventPayload(json: #"{"kept":true}"#), publisher: nil, on: tx)
+        }
+        let got = try await collect(sub, count: 1)
+        #expect(got.map(\.payload) == [#"{"kept": true}"#])
+        let rows = try await conn.query("SELECT count(*) AS n FROM engine.events WHERE payload ? 'rolled'").single()
+        #expect(try rows.decode("n", as: Int.self) == 0)
+        await conn.close()
+        await running.stop()
+    }
+
+    @Test func hundredKilobytePayloadArrivesWhole() async throws {
+        let config = try await migratedDatabase()
+        let running = await RunningBus(config)
+        let sub = try await running.bus.subscribe()
+        let blob = String(repeating: "é0123456789", count: 10_000)
+        try await running.bus.publish(topic: "big", payload: #"{"blob": "\#(blob)"}"#)
+        let got = try await collect(sub, count: 1)
+        #expect(got.first?.payload == #"{"blob": "\#(blob)"}"#)
+        await running.stop()
+    }
+
+    @Test func listenerBackendTerminatedMidStreamLosesNothingAndDuplicatesNothing() async throws {
+        let config = try await migratedDatabase()
+        let running = await RunningBus(config)
+        let sub = try await running.bus.subscribe()
+        let total = 300
+        let publisher = Task {
+            let conn = try await PostgresConnection.connect(config)
+            for i in 0..<total {
+                try await EventBus.publish(topic: EventTopic("s"), payload: EventPayload(json: #"{"i": \#(i)}"#), publisher: nil, on: conn)
+                if i % 20 == 0 { try await Task.sleep(for: .milliseconds(5)) }
+            }
+            await conn.close()
+        }
+        let admin = try await PostgresConnection.connect(config)
+        try await Task.sleep(for: .milliseconds(30))
+        for _ in 0..<2 {
+            if let pid = await running.bus.listenerBackendPID {
+                try await admin.query("SELECT pg_terminate_backend(\(Int(pid)))")
+            }
+            try await Task.sleep(for: .milliseconds(80))
+        }
+        try await publisher.value
+        let got = try await collect(sub, count: total)
+        #expect(got.count == total)
+        #expect(got.map(\.id) == Array(got.first!.id...(got.first!.id + Int64(total) - 1)))
+        #expect(await running.bus.reconnects >= 1)
+        await admin.close()
+        await running.stop()
+    }
+
+    @Test func databaseRestartLosesNothing() async throws {
+        let pg = try EmbeddedPostgresForTest.start()
+        defer { pg.destroy() }
+        let config = try await pg.createDatabase("bus_restart")
+        let setup = try await PostgresConnection.connect(config)
+        try await MigrationRunner(appliedBy: "test").migrate(on: setup, schemas: ["engine"])
+        await setup.close()
+        let running = await RunningBus(config)
+        let sub = try await running.bus.subscribe(topics: ["r"])
+        func publish(_ range: Range<Int>) async throws {
+            let conn = try await PostgresConnection.connect(config)
+            for i in range { try await EventBus.publish(topic: EventTopic("r"), payload: EventPayload(json: #"{"i": \#(i)}"#), publisher: nil, on: conn) }
+            await conn.close()
+        }
+        try await publish(0..<20)
+        try pg.restart()
+        // Published while the bus is still reconnecting: read back from the outbox.
+        try await publish(20..<40)
+        let got = try await collect(sub, count: 40, timeout: .seconds(20))
+        #expect(got.count == 40)
+        let numbers = got.compactMap { e -> Int? in
+            (try? JSONSerialization.jsonObject(with: Data(e.payload.utf8)) as? [String: Int])?["i"]
+        }
+        #expect(numbers == Array(0..<40))
+        await running.stop()
+    }
+
+    @Test func lowerIDCommittingLaterIsDeliveredInOrderNotSkipped() async throws {
+        let config = try await migratedDatabase()
+        let running = await RunningBus(config)
+        let sub = try await running.bus.subscribe()
+        let slow = try await PostgresConnection.connect(config)
+        let fast = try await PostgresConnection.connect(config)
+        try await slow.query("BEGIN")
+        let low = try await EventBus.publish(topic: EventTopic("o"), payload: EventPayload(json: #"{"who":"slow"}"#), publisher: nil, on: slow)
+        let high = try await EventBus.publish(topic: EventTopic("o"), payload: EventPayload(json: #"{"who":"fast"}"#), publisher: nil, on: fast)
+        #expect(low < high)
+        try await Task.sleep(for: .milliseconds(100))
+        try await slow.query("COMMIT")
+        let got = try await collect(sub, count: 2)
+        #expect(got.map(\.id) == [low, high])
+        // A transaction that holds its id past the gap timeout is delivered late, never skipped.
+        try await slow.query("BEGIN")
+        let late = try await EventBus.publish(topic: EventTopic("o"), payload: EventPayload(json: #"{"who":"late"}"#), publisher: nil, on: slow)
+        let after = try await EventBus.publish(topic: EventTopic("o"), payload: EventPayload(json: #"{"who":"after"}"#), publisher: nil, on: fast)
+        try await Task.sleep(for: .milliseconds(800))
+        try await slow.query("COMMIT")
+        let more = try await collect(sub, count: 2)
+        #expect(Set(more.map(\.id)) == [late, after])
+        await slow.close()
+        await fast.close()
+        await running.stop()
+    }
+
+    @Test func rawListenSeesTheDocumentedJSON() async throws {
+        let config = try await migratedDatabase()
+        let listener = try await PostgresListener.connect(config, channels: [try SQLIdentifier("regent_events")])
+        let conn = try await PostgresConnection.connect(config)
+        let id = try await EventBus.publish(topic: EventTopic("doc"), payload: EventPayload(json: #"{"a": [1, 2]}"#), publisher: nil, on: conn)
+        let big = String(repeating: "x", count: 9000)
+        let bigID = try await EventBus.publish(topic: EventTopic("doc"), payload: EventPayload(json: #"{"big": "\#(big)"}"#), publisher: nil, on: conn)
+        var it = listener.notifications.makeAsyncIterator()
+        let first = try #require(try await it.next())
+        let doc = try #require(try JSONSerialization.jsonObject(with: Data(first.payload.utf8)) as? [String: Any])
+        #expect(doc["id"] as? Int == Int(id))
+        #expect(doc["topic"] as? String == "doc")
+        #expect((doc["payload"] as? [String: Any])?["a"] as? [Int] == [1, 2])
+        #expect(doc.keys.contains("published_at"))
+        let second = try #require(try await it.next())
+        let truncated = try #require(try JSONSerialization.jsonObject(with: Data(second.payload.utf8)) as? [String: Any])
+        #expect(truncated["id"] as? Int == Int(bigID))
+        #expect(truncated["truncated"] as? Bool == true)
+        #expect(truncated["payload"] == nil)
+        listener.stop()
+        await conn.close()
+    }
+
+    @Test func slowConsumerIsBoundedAndStillGetsEverything() async throws {
+        let config = try await migratedDatabase()
+        var options = EventBus.Options()
+        options.bufferLimit = 8
+        options.pageSize = 16
+        let running = await RunningBus(config, options: options)
+        let sub = try await running.bus.subscribe()
+        let conn = try await PostgresConnection.connect(config)
+        var ids: [Int64] = []
+        for i in 0..<100 {
+            ids.append(try await EventBus.publish(topic: EventTopic("slow"), payload: EventPayload(json: #"{"i": \#(i)}"#), publisher: nil, on: conn))
+        }
+        try await Task.sleep(for: .milliseconds(200))  // the consumer is away; the bus must not buffer 100
+        let got = try await collect(sub, count: 100)
+        #expect(got.map(\.id) == ids)
+        await conn.close()
+        await running.stop()
+    }
+
+    @Test func resumingFromAnIDReplaysAndBelowRetentionIsRefused() async throws {
+        let config = try await migratedDatabase()
+        let conn = try await PostgresConnection.connect(config)
+        var ids: [Int64] = []
+        for i in 0..<10 {
+            ids.append(try await EventBus.publish(topic: EventTopic("h"), payload: EventPayload(json: #"{"i": \#(i)}"#), publisher: nil, on: conn))
+        }
+        try await conn.query("UPDATE engine.events SET published_at = now() - interval '2 days' WHERE id <= \(ids[4])")
+        // Pruning is a leader duty: a made-up fence is refused and removes nothing ...
+        let pool = ConnectionPool(configuration: config)
+        let pruning = EventOutboxPruning(pool: pool)
+        await #expect(throws: RegentError.self) {
+            _ = try await pruning.pruneOnce(fence: LeaderFence(term: 1, instanceID: UUID(), lockBackendPID: 0))
+        }
+        #expect(try await conn.query("SELECT count(*) AS n FROM engine.events WHERE topic = 'h'").single().decode("n", as: Int.self) == 10)
+        // ... the leader prunes exactly what is past retention.
+        var cluster = Cluster(config: config)
+        let node = cluster.start("pruner")
+        #expect(await eventually { await node.isLeader })
+        let fence = try #require(await node.currentFence)
+        _ = try await pruning.pruneOnce(fence: fence)
+        let left = try await conn.query("SELECT id FROM engine.events WHERE topic = 'h' ORDER BY id").map { try $0.decode("id", as: Int64.self) }
+        #expect(left == Array(ids[5...]))
+        let running = await RunningBus(config)
+        do {
+            _ = try await running.bus.subscribe(fromID: ids[2])
+            Issue.record("resuming below the retention horizon must fail")
+        } catch let error as RegentError {
+            #expect(error.message.contains("resume from id \(ids[4] + 1)"))
+        }
+        let sub = try await running.bus.subscribe(topics: ["h"], fromID: ids[5])
+        let replay = try await collect(sub, count: 5)
+        #expect(replay.map(\.id) == Array(ids[5...]))
+        await running.stop()
+        await pool.shutdown()
+        await conn.close()
+        await cluster.stopAll()
+    }
+
+    @Test func badTopicsAndPayloadsAreRefusedAndChangeNothing() async throws {
+        let config = try await migratedDatabase()
+        let running = await RunningBus(config)
+        for topic in ["", String(repeating: "t", count: 201), "a b", "tab\t", "new\nline", "ünïcode"] {
+            await #expect(throws: RegentError.self) { try await running.bus.publish(topic: topic, payload: "{}") }
+        }
+        for payload in ["[1]", "1", "\"s\"", "null", "{", "not json", "{\"a\":" + String(repeating: "1", count: EventPayload.maxBytes) + "}"] {
+            await #expect(throws: RegentError.self) { try await running.bus.publish(topic: "ok", payload: payload) }
+        }
+        await #expect(throws: RegentError.self) { _ = try await running.bus.subscribe(topics: ["bad topic"]) }
+        let n = try await running.pool.query("SELECT count(*) AS n FROM engine.events WHERE topic <> 'migration.applied'").single()
+        #expect(try n.decode("n", as: Int.self) == 0)
+        await running.stop()
+    }
+}
