@@ -36,7 +36,7 @@ BEGIN
         || ',"published_at":' || to_json(r.published_at)::text
         || ',"payload":' || r.payload::text || '}';
     IF octet_length(msg) >= 8000 THEN
-        msg := json_build_object('id', r.id, 'topic', r.topic, 'truncated', true)::text;
+        msg := '{"id":' || r.id || ',"topic":' || to_json(r.topic)::text || ',"truncated":true}';
     END IF;
     PERFORM pg_notify('regent_events', msg);
     RETURN r.id;

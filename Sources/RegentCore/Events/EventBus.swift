@@ -205,14 +205,16 @@ public actor EventBus {
         return EventSubscription(bus: self, id: sub.id)
     }
 
-    func next(_ id: Int) async throws -> Event? {
-        guard let sub = subscriptions[id] else { return nil }
+    /// Up to `max` events for subscription `id`, waiting for at least one; empty when it ended.
+    func nextBatch(_ id: Int, max: Int) async throws -> [Event] {
+        guard let sub = subscriptions[id] else { return [] }
         while true {
-            if let event = sub.pop() {
-                delivered += 1
-                return event
+            let batch = sub.popBatch(max: max)
+            if !batch.isEmpty {
+                delivered += batch.count
+                return batch
             }
-            if sub.finished { return nil }
+            if sub.finished { return [] }
             if sub.lagging {
                 try await page(sub)
                 continue
@@ -220,9 +222,9 @@ public actor EventBus {
             let event = try await withCheckedThrowingContinuation { sub.waiter = $0 }
             if let event {
                 delivered += 1
-                return event
+                return [event]
             }
-            return nil
+            return []
         }
     }
 
@@ -299,19 +301,17 @@ public actor EventBus {
             lastQueued = max(lastQueued, event.id)
         }
 
-        func pop() -> Event? {
-            guard head < buffer.count else {
-                if head > 0 { buffer.removeAll(keepingCapacity: true); head = 0 }
-                return nil
-            }
-            let event = buffer[head]
-            head += 1
-            if head > 256, head * 2 > buffer.count {
-                buffer.removeSubrange(..<head)
+        func popBatch(max: Int) -> [Event] {
+            let end = Swift.min(buffer.count, head + max)
+            guard head < end else { return [] }
+            let batch = Array(buffer[head..<end])
+            head = end
+            if head == buffer.count {
+                buffer.removeAll(keepingCapacity: true)
                 head = 0
             }
-            lastDelivered = max(lastDelivered, event.id)
-            return event
+            lastDelivered = Swift.max(lastDelivered, batch.last!.id)
+            return batch
         }
 
         func finish(_ error: (any Error)?) {
@@ -334,14 +334,26 @@ public struct EventSubscription: AsyncSequence, Sendable {
     public struct AsyncIterator: AsyncIteratorProtocol {
         let bus: EventBus
         let id: Int
+        /// Events taken from the bus in one hop and not yet returned.
+        var batch: [Event] = []
+        var index = 0
+
         public mutating func next() async throws -> Event? {
+            if index < batch.count {
+                index += 1
+                return batch[index - 1]
+            }
             let bus = self.bus
             let id = self.id
-            return try await withTaskCancellationHandler {
-                try await bus.next(id)
+            batch = try await withTaskCancellationHandler {
+                try await bus.nextBatch(id, max: 256)
             } onCancel: {
                 Task { await bus.cancel(id) }
             }
+            index = 0
+            guard !batch.isEmpty else { return nil }
+            index = 1
+            return batch[0]
         }
     }
 

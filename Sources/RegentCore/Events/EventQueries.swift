@@ -48,22 +48,46 @@ enum EventQueries {
             publisher: try row.decodeOptional("publisher"), publishedAt: try row.decodeOptional("published_at"))
     }
 
-    /// Parses a `regent_events` notification. Nil `payload` means truncated: read the row.
+    /// Parses a `regent_events` notification. Nil `event` means truncated: read the row.
+    ///
+    /// The format is fixed by `engine.publish_event` (header fields first, payload last), so a
+    /// small scanner reads it; it is on the hot path of every delivery.
     static func parseNotification(_ text: String) -> (id: Int64, topic: String, event: Event?)? {
-        struct Header: Decodable {
-            let id: Int64
-            let topic: String
-            let truncated: Bool?
-            let publisher: UUID?
-            let published_at: String?
+        var utf8 = Substring(text).utf8[...]
+        func expect(_ literal: String) -> Bool {
+            guard utf8.starts(with: literal.utf8) else { return false }
+            utf8 = utf8.dropFirst(literal.utf8.count)
+            return true
         }
-        guard let header = try? JSONDecoder().decode(Header.self, from: Data(text.utf8)) else { return nil }
-        if header.truncated == true { return (header.id, header.topic, nil) }
-        // The header fields cannot contain this marker (topics are restricted), so its first
-        // occurrence starts the payload, which runs to the document's closing brace.
-        guard let marker = text.range(of: ",\"payload\":"), text.hasSuffix("}") else { return nil }
-        let payload = String(text[marker.upperBound..<text.index(before: text.endIndex)])
-        let publishedAt = header.published_at.flatMap { try? Date(postgresText: $0, typeOID: 0) }
-        return (header.id, header.topic, Event(id: header.id, topic: header.topic, payload: payload, publisher: header.publisher, publishedAt: publishedAt))
+        func number() -> Int64? {
+            let digits = utf8.prefix { $0 >= 48 && $0 <= 57 }
+            utf8 = utf8.dropFirst(digits.count)
+            return Int64(Substring(digits))
+        }
+        /// A JSON string without escapes (topics, uuids and timestamps never need them).
+        func plainString() -> String? {
+            guard expect("\"") else { return nil }
+            let body = utf8.prefix { $0 != 34 && $0 != 92 }
+            utf8 = utf8.dropFirst(body.count)
+            guard expect("\"") else { return nil }
+            return String(Substring(body))
+        }
+        guard expect("{\"id\":"), let id = number(), expect(",\"topic\":"), let topic = plainString() else { return nil }
+        if expect(",\"truncated\":true}") { return (id, topic, nil) }
+        guard expect(",\"publisher\":") else { return nil }
+        var publisher: UUID?
+        if !expect("null") {
+            guard let text = plainString(), let uuid = UUID(uuidString: text) else { return nil }
+            publisher = uuid
+        }
+        guard expect(",\"published_at\":"), let at = plainString(), expect(",\"payload\":"), utf8.last == 125 else { return nil }
+        let payload = String(Substring(utf8.dropLast()))
+        let publishedAt = PostgresTimestampText.parse(at)
+        return (id, topic, Event(id: id, topic: topic, payload: payload, publisher: publisher, publishedAt: publishedAt))
     }
+}
+
+/// Parses the timestamps `to_json(timestamptz)` writes.
+enum PostgresTimestampText {
+    static func parse(_ text: String) -> Date? { try? Date(postgresText: text, typeOID: 0) }
 }
