@@ -7,8 +7,8 @@ CREATE TABLE engine.events (
     publisher    uuid,
     published_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX events_topic_id_idx ON engine.events (topic, id);
-CREATE INDEX events_published_at_idx ON engine.events (published_at);
+-- No other index: every read is an id range (catch-up, paging, pruning the oldest ids),
+-- and each extra index would slow every publish.
 
 -- Everything at or below pruned_through was removed by retention; a subscriber asking to
 -- resume below it is told so instead of silently missing events.

@@ -27,11 +27,13 @@ enum EventQueries {
 
     static func prune(retention: Duration, keep: Int, batch: Int) -> PostgresQuery {
         """
-        WITH doomed AS (
-            SELECT id FROM engine.events
+        WITH oldest AS (
+            SELECT id, published_at FROM engine.events ORDER BY id LIMIT \(batch)
+        ), doomed AS (
+            -- The oldest ids, walked by primary key: those past retention, or beyond the newest `keep`.
+            SELECT id FROM oldest
             WHERE published_at < now() - \(retention)::interval
                OR id <= (SELECT max(id) FROM engine.events) - \(keep)::bigint
-            ORDER BY id LIMIT \(batch)
         ), gone AS (
             DELETE FROM engine.events WHERE id IN (SELECT id FROM doomed) RETURNING id
         )

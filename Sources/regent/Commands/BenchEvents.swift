@@ -44,15 +44,18 @@ extension BenchCommand {
 
             print("▶ raw NOTIFY → LISTEN: \(latencyEvents) spaced, \(throughputEvents) flat out, 3 listeners")
             let raw = try RawNotify.run(conninfo: url, latencyEvents: latencyEvents, throughputEvents: throughputEvents)
+            print("▶ engine.publish_event → raw LISTEN: the same (server-side cost alone)")
+            let outbox = try RawNotify.run(conninfo: url, latencyEvents: latencyEvents, throughputEvents: throughputEvents, viaOutbox: true)
             print("▶ Regent event bus: the same")
             let bus = try await BusRun.run(config: config, latencyEvents: latencyEvents, throughputEvents: throughputEvents)
 
-            let rl = Figures(raw.latencies), bl = Figures(bus.latencies)
+            let rl = Figures(raw.latencies), bl = Figures(bus.latencies), ol = Figures(outbox.latencies)
             print("")
             print(table(
                 ["", "p50", "p99", "throughput", "lost"],
                 [
                     ["raw NOTIFY → LISTEN (limit)", ms(rl.median), ms(rl.p99), String(format: "%.0f /s", raw.throughput), "\(raw.lost)"],
+                    ["outbox publish → raw LISTEN", ms(ol.median), ms(ol.p99), String(format: "%.0f /s", outbox.throughput), "\(outbox.lost)"],
                     ["Regent publish → subscriber", ms(bl.median), ms(bl.p99), String(format: "%.0f /s", bus.throughput), "\(bus.lost)"],
                 ]))
             print(String(
@@ -91,7 +94,9 @@ func waitFor(_ condition: () -> Bool, timeout: Duration) -> Bool {
 
 /// Raw libpq: one publishing connection, three LISTEN connections on threads of their own.
 enum RawNotify {
-    static func run(conninfo: String, latencyEvents: Int, throughputEvents: Int) throws -> RunFigures {
+    /// `viaOutbox`: publish with `engine.publish_event` (Regent's server-side work) but
+    /// receive with raw libpq, to split Regent's cost into server and client parts.
+    static func run(conninfo: String, latencyEvents: Int, throughputEvents: Int, viaOutbox: Bool = false) throws -> RunFigures {
         let arrivals = Arrivals(receivers: 3)
         let stop = Mutex(false)
         var threads: [Thread] = []
@@ -99,7 +104,7 @@ enum RawNotify {
         for r in 0..<3 {
             let t = Thread {
                 guard let conn = PQconnectdb(conninfo), PQstatus(conn) == CONNECTION_OK else { ready.signal(); return }
-                PQclear(PQexec(conn, "LISTEN bench_raw"))
+                PQclear(PQexec(conn, viaOutbox ? "LISTEN regent_events" : "LISTEN bench_raw"))
                 ready.signal()
                 var pfd = pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)
                 while !stop.withLock({ $0 }) {
@@ -107,7 +112,8 @@ enum RawNotify {
                     PQconsumeInput(conn)
                     while let n = PQnotifies(conn) {
                         let now = ContinuousClock.now
-                        let key = Int64(String(cString: n.pointee.extra)) ?? -1
+                        let text = String(cString: n.pointee.extra)
+                        let key = viaOutbox ? seq(in: text) : (Int64(text) ?? -1)
                         PQfreemem(n)
                         arrivals.record(r, key: key, at: now)
                     }
@@ -126,9 +132,10 @@ enum RawNotify {
             PQfinish(pub)
         }
         func notify(_ key: Int64) {
-            let text = strdup(String(key))
+            let text = strdup(viaOutbox ? #"{"seq": \#(key)}"# : String(key))
             var values: [UnsafePointer<CChar>?] = [UnsafePointer(text)]
-            PQclear(PQexecParams(pub, "SELECT pg_notify('bench_raw', $1)", 1, nil, &values, nil, nil, 0))
+            let sql = viaOutbox ? "SELECT engine.publish_event('bench', $1::jsonb, NULL)" : "SELECT pg_notify('bench_raw', $1)"
+            PQclear(PQexecParams(pub, sql, 1, nil, &values, nil, nil, 0))
             free(text)
         }
         var sent: [Int64: ContinuousClock.Instant] = [:]
@@ -148,6 +155,12 @@ enum RawNotify {
         let elapsed = started.duration(to: .now)
         let lost = 3 * throughputEvents - arrivals.snapshot().map(\.count).reduce(0, +)
         return RunFigures(latencies: latencies, throughput: Double(throughputEvents) / (elapsed.milliseconds / 1000), lost: lost)
+    }
+
+    /// The `"seq": N` number in a notification's payload.
+    static func seq(in text: String) -> Int64 {
+        guard let r = text.range(of: "\"seq\": ") else { return -1 }
+        return Int64(text[r.upperBound...].prefix { $0.isNumber }) ?? -1
     }
 }
 
