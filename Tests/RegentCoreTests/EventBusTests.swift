@@ -286,6 +286,15 @@ struct EventBusTests {
             await #expect(throws: RegentError.self) { try await running.bus.publish(topic: "ok", payload: payload) }
         }
         await #expect(throws: RegentError.self) { _ = try await running.bus.subscribe(topics: ["bad topic"]) }
+        // A "trusted" payload that is not an object is still refused, by the outbox's constraint.
+        for payload in ["{not json", "{\"a\": 1"] {
+            await #expect(throws: PostgresError.self) {
+                try await running.pool.withConnection { conn in
+                    try await EventBus.publish(topic: EventTopic("ok"), payload: EventPayload(trusted: payload), publisher: nil, on: conn)
+                }
+            }
+        }
+        #expect(throws: RegentError.self) { try EventPayload(trusted: "[1]") }
         let n = try await running.pool.query("SELECT count(*) AS n FROM engine.events WHERE topic <> 'migration.applied'").single()
         #expect(try n.decode("n", as: Int.self) == 0)
         await running.stop()

@@ -56,6 +56,16 @@ public struct EventPayload: Sendable, Hashable {
         }
         self.json = json
     }
+
+    /// For payloads this process built itself (engine events, benchmarks): only the size
+    /// and the leading brace are checked here; the outbox's CHECK constraint still refuses
+    /// anything but a JSON object, and the publishing transaction fails whole.
+    public init(trusted json: String) throws(RegentError) {
+        guard json.utf8.count <= Self.maxBytes, json.utf8.first == UInt8(ascii: "{") else {
+            throw RegentError(.invalidInput, "event payload must be a JSON object of at most \(Self.maxBytes) bytes")
+        }
+        self.json = json
+    }
 }
 
 /// The notification sent on `regent_events` (documented in docs/events.md).

@@ -187,7 +187,7 @@ enum BusRun {
             var sent: [Int64: ContinuousClock.Instant] = [:]
             for k in 0..<latencyEvents {
                 let t0 = ContinuousClock.now
-                let id = try await EventBus.publish(topic: topic, payload: try EventPayload(json: #"{"seq": \#(k)}"#), publisher: nil, on: publisher)
+                let id = try await EventBus.publish(topic: topic, payload: try EventPayload(trusted: #"{"seq": \#(k)}"#), publisher: nil, on: publisher)
                 sent[id] = t0
                 try await Task.sleep(for: .milliseconds(2))
             }
@@ -198,7 +198,7 @@ enum BusRun {
             arrivals.reset()
             let started = ContinuousClock.now
             for k in 0..<throughputEvents {
-                try await EventBus.publish(topic: topic, payload: try EventPayload(json: #"{"seq": \#(k)}"#), publisher: nil, on: publisher)
+                try await EventBus.publish(topic: topic, payload: try EventPayload(trusted: #"{"seq": \#(k)}"#), publisher: nil, on: publisher)
             }
             _ = await eventuallyCount(arrivals, throughputEvents)
             let elapsed = started.duration(to: .now)
