@@ -51,6 +51,25 @@ struct ProcessTests {
         #expect(try await status(db).instances.isEmpty)
     }
 
+    @Test func nodeRefusesToServeADatabaseNewerThanItsBinary() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary))
+        let db = try await TestDatabase.shared.freshDatabase()
+        let conn = try await PostgresConnection.connect(db)
+        try await MigrationRunner(appliedBy: "test").migrate(on: conn, schemas: ["engine"])
+        try await conn.query(
+            "INSERT INTO engine.migrations (schema_name, version, name, checksum, applied_by) VALUES ('engine', 999, 'future', 'x', 'newer')")
+        // No --fail-fast: a newer database is not a transient error, so it must exit, not retry.
+        let p = try RegentProcess(
+            ["serve", "--database-url", db.conninfo], logPath: NSTemporaryDirectory() + "regent-test-\(getpid())-newer.log")
+        let code = await p.waitForExit(timeout: .seconds(20))
+        if code == nil { p.signal(SIGKILL) }
+        #expect(code != nil && code != 0)
+        #expect(p.log.contains("engine is at version 999 but this binary knows only up to"), "log:\n\(p.log)")
+        let rows = try await conn.query("SELECT count(*) AS n FROM engine.instances").single().decode("n", as: Int.self)
+        #expect(rows == 0)
+        await conn.close()
+    }
+
     @Test func badFlagsAreRefusedWithOneLineAndNonZeroExit() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary))
         let db = try await TestDatabase.shared.freshDatabase()
