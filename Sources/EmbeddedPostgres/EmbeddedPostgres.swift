@@ -64,7 +64,7 @@ public final class EmbeddedPostgres: Sendable {
             dir = directory
             try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         } else {
-            var template = Array((NSTemporaryDirectory().replacingOccurrences(of: "/$", with: "", options: .regularExpression) + "/regent-pg-XXXXXX").utf8CString)
+            var template = Array((NSTemporaryDirectory().replacingOccurrences(of: "/$", with: "", options: .regularExpression) + "/regent-pg-XXXXXX").utf8CString)  // a directory: mkdtemp
             guard let p = mkdtemp(&template) else { throw EmbeddedPostgresError("cannot create a temporary directory") }
             dir = String(cString: p)
         }
@@ -170,36 +170,16 @@ public final class EmbeddedPostgres: Sendable {
         return Int(UInt16(bigEndian: addr.sin_port))
     }
 
-    /// Runs a command (through `runuser` when `runAs` is set), its output captured in a
-    /// temporary file. posix_spawn + waitpid rather than Foundation's Process, so that it
-    /// also works from an atexit handler, where Process's run-loop threads are gone.
+    /// Runs a command to its end (through `runuser` when `runAs` is set) and returns its
+    /// exit status and output.
     @discardableResult
     static func run(_ argv: [String], runAs: String?) throws(EmbeddedPostgresError) -> (status: Int32, output: String) {
         let full = runAs.map { ["runuser", "-u", $0, "--"] + argv } ?? argv
-        var template = Array((NSTemporaryDirectory().replacingOccurrences(of: "/$", with: "", options: .regularExpression) + "/regent-cmd-XXXXXX").utf8CString)
-        let outFD = mkstemp(&template)
-        guard outFD >= 0 else { throw EmbeddedPostgresError("cannot create a temporary file for \(argv[0])'s output") }
-        let outPath = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        defer {
-            close(outFD)
-            unlink(outPath)
-        }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, outFD, 1)
-        posix_spawn_file_actions_adddup2(&actions, outFD, 2)
-        let cArgs = full.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
-        var pid: pid_t = 0
-        let spawned = posix_spawnp(&pid, full[0], &actions, nil, cArgs, environ)
-        guard spawned == 0 else { throw EmbeddedPostgresError("cannot run \(full[0]): \(String(cString: strerror(spawned)))") }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let output = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
-        let exited = status & 0x7f == 0
-        return (exited ? (status >> 8) & 0xff : 128 + (status & 0x7f), output)
+        let outPath = try ChildProcess.temporaryFile(prefix: "regent-cmd")
+        defer { unlink(outPath) }
+        let pid = try ChildProcess.spawn(full, outputPath: outPath)
+        let status = ChildProcess.exitStatus(pid, wait: true) ?? -1
+        return (status, (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "")
     }
 }
 

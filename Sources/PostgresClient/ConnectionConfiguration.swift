@@ -101,7 +101,8 @@ public struct ConnectionConfiguration: Sendable, Hashable {
 }
 
 extension String {
-    func trimmingCharactersInWhitespace() -> String {
+    /// The string without leading and trailing whitespace.
+    public func trimmingCharactersInWhitespace() -> String {
         var s = Substring(self)
         while let f = s.first, f.isWhitespace { s.removeFirst() }
         while let l = s.last, l.isWhitespace { s.removeLast() }

@@ -1,3 +1,4 @@
+import EmbeddedPostgres
 import Foundation
 
 /// A `regent` child process built from this package (`.build/debug/regent`), for tests
@@ -13,18 +14,8 @@ public final class RegentProcess {
 
     public init(_ arguments: [String], logPath: String) throws {
         self.logPath = logPath
-        let argv = [Self.binary] + arguments
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ)
-        guard rc == 0 else { throw NSError(domain: "RegentProcess", code: Int(rc), userInfo: [NSLocalizedDescriptionKey: "cannot start \(argv[0])"]) }
+        unlink(logPath)
+        let pid = try ChildProcess.spawn([Self.binary] + arguments, outputPath: logPath)
         self.pid = pid
     }
 
@@ -34,8 +25,7 @@ public final class RegentProcess {
     public func waitForExit(timeout: Duration) async -> Int32? {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
-            var status: Int32 = 0
-            if waitpid(pid, &status, WNOHANG) == pid { return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f) }
+            if let code = ChildProcess.exitStatus(pid, wait: false) { return code }
             try? await Task.sleep(for: .milliseconds(10))
         }
         return nil

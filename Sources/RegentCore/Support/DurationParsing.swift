@@ -1,7 +1,9 @@
+import PostgresClient
+
 /// Parses operator durations: `250ms`, `3s`, `1.5s`, `1m`, `2h` (a bare number is refused:
 /// the unit must be explicit).
 public func parseDuration(_ text: String, flag: String) throws(RegentError) -> Duration {
-    let trimmed = text.trimmingWhitespace()
+    let trimmed = text.trimmingCharactersInWhitespace()
     let units: [(String, Double)] = [("ms", 1e-3), ("us", 1e-6), ("s", 1), ("m", 60), ("h", 3600)]
     for (suffix, scale) in units where trimmed.hasSuffix(suffix) {
         let number = trimmed.dropLast(suffix.count)
@@ -12,15 +14,6 @@ public func parseDuration(_ text: String, flag: String) throws(RegentError) -> D
     }
     throw RegentError(
         .invalidInput, "invalid duration \(quoted(text)) for \(flag): use a positive number with a unit, e.g. 250ms, 3s, 1m")
-}
-
-extension String {
-    func trimmingWhitespace() -> String {
-        var s = Substring(self)
-        while let f = s.first, f.isWhitespace { s.removeFirst() }
-        while let l = s.last, l.isWhitespace { s.removeLast() }
-        return String(s)
-    }
 }
 
 extension Duration {

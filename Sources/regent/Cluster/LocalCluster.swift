@@ -1,3 +1,4 @@
+import EmbeddedPostgres
 import Foundation
 import PostgresClient
 import RegentCore
@@ -32,18 +33,7 @@ final class LocalCluster {
         counter += 1
         let name = "node\(counter)"
         let argv = [Self.executable, "serve", "--database-url", databaseURL, "--node-name", name] + extraArguments
-        let logPath = "\(logDirectory)/\(name).log"
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ)
-        guard rc == 0 else { throw RegentError(.bootFailed, "cannot start \(argv[0]): \(String(cString: strerror(rc)))") }
+        let pid = try ChildProcess.spawn(argv, outputPath: "\(logDirectory)/\(name).log")
         let node = Node(name: name, pid: pid)
         nodes.append(node)
         return node
@@ -62,10 +52,7 @@ final class LocalCluster {
 
     /// Waits for killed children so none lingers as a zombie.
     func reap(wait: Bool = false) {
-        exited = exited.filter { pid in
-            var status: Int32 = 0
-            return waitpid(pid, &status, wait ? 0 : WNOHANG) == 0
-        }
+        exited = exited.filter { ChildProcess.exitStatus($0, wait: wait) == nil }
     }
 
     /// SIGTERM to everyone, then SIGKILL whoever is still there after `grace`.
