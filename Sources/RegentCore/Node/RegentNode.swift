@@ -50,7 +50,9 @@ public actor RegentNode {
         let migrations = ModuleMigrationDuty(pool: pool)
         let electorBox = ElectorBox()
         let pruning = EventOutboxPruning(pool: pool, retention: configuration.eventRetention)
-        let duties = DutyRunner(duties: [migrations, staleCleanup, pruning]) { reason in
+        let duties = DutyRunner(duties: [
+            migrations, staleCleanup, pruning, WorkerTTLSweep(pool: pool), LeaseExpiryScanner(pool: pool),
+        ]) { reason in
             _ = await electorBox.elector?.requestResign()
             _ = reason
         }

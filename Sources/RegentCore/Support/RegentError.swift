@@ -3,7 +3,7 @@ public struct RegentError: Error, Sendable, CustomStringConvertible {
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         enum Base: String, Sendable {
             case invalidInput, databaseNewerThanBinary, migrationChecksumMismatch, migrationFailed
-            case unknownModule, schemaNotCurrent, bootFailed, notLeader, timeout
+            case unknownModule, schemaNotCurrent, bootFailed, notLeader, timeout, staleLease, notRegistered
         }
         let base: Base
         /// Input (flag, config value, name, body) was rejected; nothing was changed.
@@ -22,6 +22,10 @@ public struct RegentError: Error, Sendable, CustomStringConvertible {
         public static let bootFailed = Code(base: .bootFailed)
         /// A leader-only action was attempted without (or after losing) leadership.
         public static let notLeader = Code(base: .notLeader)
+        /// A worker presented a lease epoch that is no longer current; nothing was changed.
+        public static let staleLease = Code(base: .staleLease)
+        /// The worker instance is not registered (or its liveness lapsed).
+        public static let notRegistered = Code(base: .notRegistered)
         /// Something did not happen within its deadline.
         public static let timeout = Code(base: .timeout)
         public var description: String { base.rawValue }

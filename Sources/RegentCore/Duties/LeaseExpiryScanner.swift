@@ -1,0 +1,96 @@
+import Foundation
+import Logging
+import PostgresClient
+
+/// Reclaims expired leases, page by page, fenced: each expired attempt is marked
+/// `expired`, its execution's epoch is bumped (the old worker's fence goes stale) and the
+/// execution is queued again, or dead-lettered once it used `max_attempts`. Each decision
+/// is recorded with the leader's term and a `leases.reclaimed` event is published per page.
+///
+/// The query walks a partial index of live leases in expiry order, so a page costs what
+/// its expired rows cost, however many unexpired leases exist. A lease is reclaimed only
+/// when `lease_expires_at <= now()` (database time).
+public struct LeaseExpiryScanner: LeaderDuty {
+    public let name = "lease-expiry-scanner"
+    let pool: ConnectionPool
+    let interval: Duration
+    let pageSize: Int
+    let logger: Logger
+
+    public init(pool: ConnectionPool, interval: Duration = .milliseconds(500), pageSize: Int = 1000,
+                logger: Logger = Logger(label: "regent.duty.lease-scanner")) {
+        self.pool = pool
+        self.interval = interval
+        self.pageSize = pageSize
+        self.logger = logger
+    }
+
+    static let tablesExist: PostgresQuery = "SELECT to_regclass('workflow.attempts') IS NOT NULL AS present"
+
+    static func reclaim(pageSize: Int, leader: UUID, term: Int64) -> PostgresQuery {
+        """
+        WITH expired AS (
+            SELECT execution_id, attempt_index FROM workflow.attempts
+            WHERE state = 'leased' AND lease_expires_at <= now()
+            ORDER BY lease_expires_at, execution_id
+            LIMIT \(pageSize) FOR UPDATE SKIP LOCKED
+        ), ended AS (
+            UPDATE workflow.attempts a SET state = 'expired', ended_at = now()
+            FROM expired x WHERE a.execution_id = x.execution_id AND a.attempt_index = x.attempt_index
+            RETURNING a.execution_id, a.attempt_index
+        ), decided AS (
+            UPDATE workflow.executions e
+            SET lease_epoch = e.lease_epoch + 1, updated_at = now(),
+                state = CASE WHEN e.attempts >= e.max_attempts THEN 'dead_lettered' ELSE 'queued' END,
+                last_error = 'lease expired'
+            FROM ended WHERE e.execution_id = ended.execution_id AND e.state = 'running'
+            RETURNING e.execution_id, e.state
+        ), recorded AS (
+            INSERT INTO workflow.lease_decisions (execution_id, attempt_index, decision, term)
+            SELECT d.execution_id, n.attempt_index, CASE WHEN d.state = 'dead_lettered' THEN 'dead_lettered' ELSE 'requeued' END, \(term)::bigint
+            FROM decided d JOIN ended n USING (execution_id)
+            RETURNING decision
+        ), counts AS (
+            SELECT count(*) FILTER (WHERE decision = 'requeued') AS requeued,
+                   count(*) FILTER (WHERE decision = 'dead_lettered') AS dead_lettered,
+                   (SELECT count(*) FROM ended) AS expired
+            FROM recorded
+        ), published AS (
+            SELECT engine.publish_event('leases.reclaimed',
+                       jsonb_build_object('requeued', requeued, 'dead_lettered', dead_lettered, 'term', \(term)::bigint), \(leader)::uuid)
+            FROM counts WHERE expired > 0
+        )
+        SELECT requeued, dead_lettered, expired, (SELECT count(*) FROM published) AS events FROM counts
+        """
+    }
+
+    public struct Page: Sendable, Equatable {
+        public let expired: Int
+        public let requeued: Int
+        public let deadLettered: Int
+    }
+
+    /// One page; all zero while the tables do not exist.
+    public func reclaimOnce(fence: LeaderFence) async throws -> Page {
+        guard try await pool.query(Self.tablesExist).single().decode("present", as: Bool.self) else {
+            return Page(expired: 0, requeued: 0, deadLettered: 0)
+        }
+        return try await fence.withTransaction(pool) { tx in
+            let row = try await tx.query(Self.reclaim(pageSize: pageSize, leader: fence.instanceID, term: fence.term), purpose: "reclaim expired leases").single()
+            return Page(expired: try row.decode("expired"), requeued: try row.decode("requeued"), deadLettered: try row.decode("dead_lettered"))
+        }
+    }
+
+    public func run(fence: LeaderFence) async throws {
+        while !Task.isCancelled {
+            let page = try await reclaimOnce(fence: fence)
+            if page.expired > 0 {
+                logger.info("reclaimed expired leases", metadata: [
+                    "requeued": "\(page.requeued)", "dead_lettered": "\(page.deadLettered)", "term": "\(fence.term)",
+                ])
+            }
+            // A full page means more are waiting: go on at once.
+            if page.expired < pageSize { try await Task.sleep(for: interval) }
+        }
+    }
+}

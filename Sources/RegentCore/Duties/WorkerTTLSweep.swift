@@ -1,0 +1,63 @@
+import Foundation
+import Logging
+import PostgresClient
+
+/// Deletes workers whose liveness lapsed (heartbeat + TTL in the past), logging a
+/// `ttl_swept` worker event for each and publishing `workers.swept`, fenced. Waits while
+/// the workflow module's tables do not exist (module disabled or not migrated yet).
+public struct WorkerTTLSweep: LeaderDuty {
+    public let name = "worker-ttl-sweep"
+    let pool: ConnectionPool
+    let interval: Duration
+    let batch: Int
+    let logger: Logger
+
+    public init(pool: ConnectionPool, interval: Duration = .seconds(1), batch: Int = 1000, logger: Logger = Logger(label: "regent.duty.worker-sweep")) {
+        self.pool = pool
+        self.interval = interval
+        self.batch = batch
+        self.logger = logger
+    }
+
+    static let tablesExist: PostgresQuery = "SELECT to_regclass('workflow.workers') IS NOT NULL AS present"
+
+    static func sweep(batch: Int, leader: UUID, term: Int64) -> PostgresQuery {
+        """
+        WITH gone AS (
+            DELETE FROM workflow.workers
+            WHERE (namespace, worker_instance_id) IN (
+                SELECT namespace, worker_instance_id FROM workflow.workers WHERE expires_at < now()
+                ORDER BY expires_at LIMIT \(batch) FOR UPDATE SKIP LOCKED)
+            RETURNING namespace, worker_instance_id, worker_id
+        ), logged AS (
+            INSERT INTO workflow.worker_events (namespace, worker_instance_id, kind, detail)
+            SELECT namespace, worker_instance_id, 'ttl_swept', jsonb_build_object('worker_id', worker_id, 'term', \(term)::bigint) FROM gone
+            RETURNING 1
+        ), published AS (
+            SELECT engine.publish_event('workers.swept',
+                       jsonb_build_object('count', count(*), 'term', \(term)::bigint,
+                                          'workers', jsonb_agg(jsonb_build_object('namespace', namespace, 'worker_instance_id', worker_instance_id))),
+                       \(leader)::uuid) AS id
+            FROM gone HAVING count(*) > 0
+        )
+        SELECT (SELECT count(*) FROM gone) AS swept, (SELECT count(*) FROM logged) AS logged, (SELECT count(*) FROM published) AS events
+        """
+    }
+
+    /// One round; returns how many workers it removed (0 while the tables do not exist).
+    public func sweepOnce(fence: LeaderFence) async throws -> Int {
+        guard try await pool.query(Self.tablesExist).single().decode("present", as: Bool.self) else { return 0 }
+        return try await fence.withTransaction(pool) { tx in
+            try await tx.query(Self.sweep(batch: batch, leader: fence.instanceID, term: fence.term), purpose: "sweep lapsed workers")
+                .single().decode("swept", as: Int.self)
+        }
+    }
+
+    public func run(fence: LeaderFence) async throws {
+        while !Task.isCancelled {
+            let swept = try await sweepOnce(fence: fence)
+            if swept > 0 { logger.notice("swept lapsed workers", metadata: ["count": "\(swept)", "term": "\(fence.term)"]) }
+            if swept < batch { try await Task.sleep(for: interval) }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+import Foundation
+import PostgresClient
+
+/// One registered worker.
+public struct WorkerRecord: Sendable, Hashable, Codable {
+    public let namespace: String
+    public let workerInstanceID: String
+    public let workerID: String
+    public let lanes: [String]
+    public let capabilities: [String]
+    public let livenessTTLMs: Int64
+    public let lastHeartbeat: Date
+    public let expiresAt: Date
+    public let dead: Bool
+    public let deadReason: String?
+
+    enum CodingKeys: String, CodingKey {
+        case namespace, workerInstanceID = "worker_instance_id", workerID = "worker_id", lanes, capabilities
+        case livenessTTLMs = "liveness_ttl_ms", lastHeartbeat = "last_heartbeat", expiresAt = "expires_at", dead
+        case deadReason = "dead_reason"
+    }
+}
+
+/// A `(namespace, worker_instance_id)` position in a worker listing.
+public struct WorkerCursor: Sendable, Hashable, Codable {
+    public let namespace: String
+    public let workerInstanceID: String
+    public init(namespace: String, workerInstanceID: String) {
+        self.namespace = namespace
+        self.workerInstanceID = workerInstanceID
+    }
+}
+
+/// The worker registry (`workflow.workers`). Every change writes `workflow.worker_events`
+/// in the same transaction. Times are the database's.
+public struct WorkerRegistry: Sendable {
+    public enum Registration: Sendable, Equatable { case registered, refreshed }
+    public enum HeartbeatOutcome: Sendable, Equatable { case alive(nextExpiry: Date), notRegistered }
+    public enum MarkDeadOutcome: Sendable, Equatable { case marked, notRegistered }
+
+    public init() {}
+
+    static func upsert(
+        _ ns: Namespace, _ instance: WorkerInstanceID, _ worker: WorkerID, lanes: [String], capabilities: [String], ttl: Duration
+    ) -> PostgresQuery {
+        """
+        INSERT INTO workflow.workers (namespace, worker_instance_id, worker_id, lanes, capabilities, liveness_ttl_ms, expires_at)
+        VALUES (\(ns.value), \(instance.value), \(worker.value), \(lanes)::text[], \(capabilities)::text[], \(Int64(ttl.milliseconds)),
+                now() + \(ttl)::interval)
+        ON CONFLICT (namespace, worker_instance_id) DO UPDATE
+        SET lanes = EXCLUDED.lanes, capabilities = EXCLUDED.capabilities, liveness_ttl_ms = EXCLUDED.liveness_ttl_ms,
+            last_heartbeat = now(), expires_at = EXCLUDED.expires_at, dead = false, dead_reason = NULL
+        WHERE workflow.workers.worker_id = EXCLUDED.worker_id
+        RETURNING (xmax = 0) AS inserted
+        """
+    }
+    static func boundWorker(_ ns: Namespace, _ instance: WorkerInstanceID) -> PostgresQuery {
+        "SELECT worker_id FROM workflow.workers WHERE namespace = \(ns.value) AND worker_instance_id = \(instance.value)"
+    }
+    static func logEvent(_ ns: Namespace, _ instance: WorkerInstanceID, _ kind: String, detail: String = "{}") -> PostgresQuery {
+        """
+        INSERT INTO workflow.worker_events (namespace, worker_instance_id, kind, detail)
+        VALUES (\(ns.value), \(instance.value), \(kind), \(detail)::jsonb)
+        """
+    }
+    static func heartbeat(_ ns: Namespace, _ instance: WorkerInstanceID) -> PostgresQuery {
+        """
+        UPDATE workflow.workers SET last_heartbeat = now(), expires_at = now() + liveness_ttl_ms * interval '1 millisecond'
+        WHERE namespace = \(ns.value) AND worker_instance_id = \(instance.value) AND NOT dead AND expires_at > now()
+        RETURNING expires_at
+        """
+    }
+    static func markDead(_ ns: Namespace, _ instance: WorkerInstanceID, _ reason: DeathReason) -> PostgresQuery {
+        """
+        UPDATE workflow.workers SET dead = true, dead_reason = \(reason.text)
+        WHERE namespace = \(ns.value) AND worker_instance_id = \(instance.value) AND NOT dead
+        RETURNING worker_id
+        """
+    }
+    static func list(namespace: Namespace?, after: WorkerCursor?, limit: Int) -> PostgresQuery {
+        """
+        SELECT namespace, worker_instance_id, worker_id, lanes, capabilities, liveness_ttl_ms, last_heartbeat, expires_at,
+               dead, dead_reason
+        FROM workflow.workers
+        WHERE (\(namespace?.value)::text IS NULL OR namespace = \(namespace?.value)::text)
+          AND (\(after?.namespace)::text IS NULL OR (namespace, worker_instance_id) > (\(after?.namespace)::text, \(after?.workerInstanceID)::text))
+        ORDER BY namespace, worker_instance_id
+        LIMIT \(limit)
+        """
+    }
+
+    /// Registers a worker instance, or refreshes it when it is already registered with the
+    /// same worker id. An instance id bound to another worker id is refused, changing nothing.
+    public func register(
+        namespace: Namespace, workerInstanceID: WorkerInstanceID, workerID: WorkerID, lanes: [Lane], capabilities: [Capability],
+        livenessTTL: Duration, on conn: PostgresConnection
+    ) async throws -> Registration {
+        guard livenessTTL >= .milliseconds(100), livenessTTL <= .seconds(86_400) else {
+            throw RegentError(.invalidInput, "liveness TTL \(livenessTTL) must be between 100ms and 24h")
+        }
+        guard !lanes.isEmpty else { throw RegentError(.invalidInput, "a worker needs at least one lane") }
+        return try await conn.withTransaction { tx in
+            let rows = try await tx.query(
+                Self.upsert(namespace, workerInstanceID, workerID, lanes: lanes.map(\.value).sorted(), capabilities: capabilities.map(\.value).sorted(), ttl: livenessTTL),
+                purpose: "workers: register")
+            guard let row = rows.first else {
+                let bound = try await tx.query(Self.boundWorker(namespace, workerInstanceID)).first?.decode("worker_id", as: String.self) ?? "?"
+                throw RegentError(
+                    .invalidInput,
+                    "worker instance \(workerInstanceID) in namespace \(namespace) is bound to worker \(bound), not \(workerID); use a new instance id")
+            }
+            let inserted = try row.decode("inserted", as: Bool.self)
+            try await tx.query(Self.logEvent(namespace, workerInstanceID, inserted ? "registered" : "refreshed",
+                                             detail: #"{"worker_id": \#(jsonString(workerID.value))}"#), purpose: "workers: log registration")
+            return inserted ? .registered : .refreshed
+        }
+    }
+
+    /// Extends the worker's liveness by its TTL, only while it has not lapsed (database time).
+    public func heartbeat(namespace: Namespace, workerInstanceID: WorkerInstanceID, on conn: PostgresConnection) async throws -> HeartbeatOutcome {
+        let rows = try await conn.query(Self.heartbeat(namespace, workerInstanceID), purpose: "workers: heartbeat")
+        guard let row = rows.first else { return .notRegistered }
+        return .alive(nextExpiry: try row.decode("expires_at"))
+    }
+
+    public func markDead(namespace: Namespace, workerInstanceID: WorkerInstanceID, reason: DeathReason, on conn: PostgresConnection) async throws
+        -> MarkDeadOutcome
+    {
+        try await conn.withTransaction { tx in
+            guard try await !tx.query(Self.markDead(namespace, workerInstanceID, reason), purpose: "workers: mark dead").isEmpty else {
+                return .notRegistered
+            }
+            try await tx.query(
+                Self.logEvent(namespace, workerInstanceID, "marked_dead", detail: #"{"reason": \#(jsonString(reason.text))}"#),
+                purpose: "workers: log death")
+            return .marked
+        }
+    }
+
+    /// Workers in `(namespace, worker_instance_id)` order; across all namespaces when `namespace` is nil.
+    public func list(namespace: Namespace?, after: WorkerCursor?, limit: Int, on conn: PostgresConnection) async throws -> [WorkerRecord] {
+        guard (1...1000).contains(limit) else { throw RegentError(.invalidInput, "limit must be 1 to 1000, got \(limit)") }
+        if let after {
+            guard Namespace.isValid(after.namespace), WorkerInstanceID.isValid(after.workerInstanceID) else {
+                throw RegentError(.invalidInput, "invalid cursor: namespace and worker instance id must be valid names")
+            }
+        }
+        return try await conn.query(Self.list(namespace: namespace, after: after, limit: limit), purpose: "workers: list").map { row in
+            WorkerRecord(
+                namespace: try row.decode("namespace"), workerInstanceID: try row.decode("worker_instance_id"),
+                workerID: try row.decode("worker_id"), lanes: try row.decode("lanes"), capabilities: try row.decode("capabilities"),
+                livenessTTLMs: try row.decode("liveness_ttl_ms"), lastHeartbeat: try row.decode("last_heartbeat"),
+                expiresAt: try row.decode("expires_at"), dead: try row.decode("dead"), deadReason: try row.decodeOptional("dead_reason"))
+        }
+    }
+}
