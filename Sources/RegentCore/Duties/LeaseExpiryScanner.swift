@@ -25,8 +25,6 @@ public struct LeaseExpiryScanner: LeaderDuty {
         self.logger = logger
     }
 
-    static let tablesExist: PostgresQuery = "SELECT to_regclass('workflow.attempts') IS NOT NULL AS present"
-
     static func reclaim(pageSize: Int, leader: UUID, term: Int64) -> PostgresQuery {
         """
         WITH expired AS (
@@ -72,7 +70,7 @@ public struct LeaseExpiryScanner: LeaderDuty {
 
     /// One page; all zero while the tables do not exist.
     public func reclaimOnce(fence: LeaderFence) async throws -> Page {
-        guard try await pool.query(Self.tablesExist).single().decode("present", as: Bool.self) else {
+        guard try await WorkflowSchema.isPresent(pool) else {
             return Page(expired: 0, requeued: 0, deadLettered: 0)
         }
         return try await fence.withTransaction(pool) { tx in

@@ -19,8 +19,6 @@ public struct WorkerTTLSweep: LeaderDuty {
         self.logger = logger
     }
 
-    static let tablesExist: PostgresQuery = "SELECT to_regclass('workflow.workers') IS NOT NULL AS present"
-
     static func sweep(batch: Int, leader: UUID, term: Int64) -> PostgresQuery {
         """
         WITH gone AS (
@@ -46,7 +44,7 @@ public struct WorkerTTLSweep: LeaderDuty {
 
     /// One round; returns how many workers it removed (0 while the tables do not exist).
     public func sweepOnce(fence: LeaderFence) async throws -> Int {
-        guard try await pool.query(Self.tablesExist).single().decode("present", as: Bool.self) else { return 0 }
+        guard try await WorkflowSchema.isPresent(pool) else { return 0 }
         return try await fence.withTransaction(pool) { tx in
             try await tx.query(Self.sweep(batch: batch, leader: fence.instanceID, term: fence.term), purpose: "sweep lapsed workers")
                 .single().decode("swept", as: Int.self)

@@ -1,6 +1,7 @@
 import Synchronization
 import ArgumentParser
 import CLibPQ
+import EmbeddedPostgres
 import Foundation
 import PostgresClient
 import RegentCore
@@ -204,4 +205,13 @@ enum RawLockHandover {
         }
         return out
     }
+}
+
+/// The database a benchmark runs on: `databaseURL`, or a private PostgreSQL started here
+/// (returned so the caller destroys it when done).
+func benchDatabase(_ databaseURL: String?) throws -> (url: String, embedded: EmbeddedPostgres?) {
+    if let databaseURL { return (databaseURL, nil) }
+    print("▶ starting a private PostgreSQL …")
+    let pg = try EmbeddedPostgres.start()
+    return (pg.url(), pg)
 }

@@ -30,13 +30,7 @@ extension BenchCommand {
         }
 
         func run() async throws {
-            var embedded: EmbeddedPostgres?
-            let url: String
-            if let databaseURL { url = databaseURL } else {
-                print("▶ starting a private PostgreSQL …")
-                embedded = try EmbeddedPostgres.start()
-                url = embedded!.url()
-            }
+            let (url, embedded) = try benchDatabase(databaseURL)
             defer { embedded?.destroy() }
             let config = try ConnectionConfiguration(url)
             let boot = try await Boot(options: .init(database: config, actor: "bench")).run()
