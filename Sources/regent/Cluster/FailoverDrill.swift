@@ -75,8 +75,9 @@ struct FailoverDrill {
             current = next
             try cluster.spawn()
             cluster.reap()
-            // Let the replacement join the queue before the next kill.
-            try await Task.sleep(for: .milliseconds(300))
+            // Let the replacement boot and join the queue before the next kill, so a round
+            // measures a failover of a settled cluster, not one competing with a booting node.
+            try await Task.sleep(for: .seconds(1))
         }
         result.violations += try await checkInvariants()
         return result
