@@ -135,6 +135,8 @@ enum RawLockHandover {
             }
             let done = DispatchSemaphore(value: 0)
             let gotAt = Mutex<ContinuousClock.Instant?>(nil)
+            // Safe: from here on only the waiter thread uses this connection; the main thread
+            // touches it again (PQfinish) only after done.wait().
             nonisolated(unsafe) let waiterConn = waiter
             Thread {
                 PQclear(PQexec(waiterConn, "SELECT pg_advisory_lock(42, 4242)"))
@@ -165,6 +167,8 @@ enum RawLockHandover {
             // The waiter blocks in pg_advisory_lock on its own thread; the main thread closes the holder.
             let done = DispatchSemaphore(value: 0)
             let gotAt = Mutex<ContinuousClock.Instant?>(nil)
+            // Safe: from here on only the waiter thread uses this connection; the main thread
+            // touches it again (PQfinish) only after done.wait().
             nonisolated(unsafe) let waiterConn = waiter
             let polling: Duration? = if case .polling(let p) = mode { p } else { nil }
             let thread = Thread {
