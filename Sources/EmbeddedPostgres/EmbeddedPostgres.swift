@@ -34,12 +34,13 @@ public final class EmbeddedPostgres: Sendable {
 
     /// Finds `initdb`, `pg_ctl` and `postgres`: `pg_config --bindir`, then the newest
     /// `/usr/lib/postgresql/*/bin`. Throws naming the Debian package to install.
-    public static func locateBinaries() throws(EmbeddedPostgresError) -> String {
+    public static func locateBinaries(
+        pgConfig: String = "pg_config", installRoot root: String = "/usr/lib/postgresql"
+    ) throws(EmbeddedPostgresError) -> String {
         var candidates: [String] = []
-        if let out = try? run(["pg_config", "--bindir"], runAs: nil).output {
-            candidates.append(out.trimmingCharacters(in: .whitespacesAndNewlines))
+        if let result = try? run([pgConfig, "--bindir"], runAs: nil), result.status == 0 {
+            candidates.append(result.output.trimmingCharacters(in: .whitespacesAndNewlines))
         }
-        let root = "/usr/lib/postgresql"
         let versions = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [])
             .compactMap(Int.init).sorted(by: >)
         candidates += versions.map { "\(root)/\($0)/bin" }

@@ -40,7 +40,37 @@ struct FailoverDrill {
         return false
     }
 
+    /// Samples how many sessions hold the leadership lock, every 10 ms, until cancelled;
+    /// returns the most it ever saw.
+    static func sampleLockHolders(databaseURL: String) async throws -> Int {
+        let conn = try await PostgresConnection.connect(try ConnectionConfiguration(databaseURL))
+        defer { Task { await conn.close() } }
+        var most = 0
+        while !Task.isCancelled {
+            let n = try await conn.query(lockHolders, purpose: "drill: sample lock holders").single().decode("n", as: Int.self)
+            most = max(most, n)
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return most
+    }
+
+    static let lockHolders = PostgresQuery(unsafeSQL: """
+        SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND classid = \(UInt32(bitPattern: AdvisoryLockKey.classID))
+        AND objid = \(AdvisoryLockKey.leadership) AND objsubid = 2 AND granted
+        AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        """)
+
     func run() async throws -> Result {
+        let url = databaseURL
+        let sampler = Task { try await Self.sampleLockHolders(databaseURL: url) }
+        var result = try await rounds()
+        sampler.cancel()
+        let most = (try? await sampler.value) ?? 0
+        if most > 1 { result.violations.append("\(most) sessions held the leadership lock at once during the drill") }
+        return result
+    }
+
+    private func rounds() async throws -> Result {
         var result = Result()
         let listener = try await PostgresListener.connect(
             try ConnectionConfiguration(databaseURL), channels: [try SQLIdentifier("regent_events")])
@@ -112,12 +142,7 @@ struct FailoverDrill {
                 }
             }
         }
-        let holders = try await conn.query(
-            PostgresQuery(unsafeSQL: """
-                SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND classid = \(UInt32(bitPattern: AdvisoryLockKey.classID))
-                AND objid = \(AdvisoryLockKey.leadership) AND objsubid = 2 AND granted
-                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                """), purpose: "drill: count lock holders").single().decode("n", as: Int.self)
+        let holders = try await conn.query(Self.lockHolders, purpose: "drill: count lock holders").single().decode("n", as: Int.self)
         if holders > 1 { violations.append("\(holders) sessions hold the leadership lock") }
         return violations
     }
