@@ -43,6 +43,7 @@ public actor LeaderElector {
     private var machine: ElectionStateMachine<ContinuousClock.Instant>
     private var lockConnection: PostgresConnection?
     private let doorbell = Doorbell()
+    private let finished = Doorbell()
     private var stopping = false
     private var resignRequested = false
     private var fence: LeaderFence?
@@ -69,6 +70,16 @@ public actor LeaderElector {
 
     /// Runs until `stop()`; never throws: database trouble means reconnecting.
     public func run() async {
+        await runLoop()
+        await finished.ring()
+    }
+
+    /// Returns once `run()` has returned (after `stop()`: resigned and disconnected).
+    public func waitUntilFinished() async {
+        _ = await finished.wait(upTo: .seconds(86_400))
+    }
+
+    private func runLoop() async {
         var action = machine.start()
         while true {
             switch action {

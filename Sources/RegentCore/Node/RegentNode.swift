@@ -75,8 +75,10 @@ public actor RegentNode {
             group.addTask { [self] in await self.waitForSchemas() }
             // Park here until shutdown() rings.
             _ = await stopped.wait(upTo: .seconds(86_400 * 365))
+            // Let the elector resign and disconnect before anything is cancelled: cancelling
+            // it would cancel the resignation statement itself.
             await elector.stop()
-            await group.next()  // the first finished child; finish the rest below
+            await elector.waitUntilFinished()
             group.cancelAll()
         }
         await duties.stop()
