@@ -152,6 +152,23 @@ public actor ConnectionPool {
         waiters.remove(at: index).continuation.resume(throwing: PostgresError(.cancelled, "checkout cancelled"))
     }
 
+    /// Opens connections until `count` are idle (capped by the pool size), so a burst of
+    /// checkouts later (a new leader starting its duties) does not wait for backends to fork.
+    public func prewarm(_ count: Int) async throws {
+        var opened: [PostgresConnection] = []
+        while idle.count + opened.count < count, open < options.maxConnections, !closed {
+            open += 1
+            do {
+                opened.append(try await PostgresConnection.connect(configuration))
+            } catch {
+                open -= 1
+                for connection in opened { checkin(connection) }
+                throw error
+            }
+        }
+        for connection in opened { checkin(connection) }
+    }
+
     /// Closes idle connections and refuses new checkouts; connections in use close on check-in.
     public func shutdown() async {
         closed = true

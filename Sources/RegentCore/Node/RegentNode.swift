@@ -41,6 +41,9 @@ public actor RegentNode {
         let boot = try await bootWithRetry()
         let pool = boot.pool
         self.pool = pool
+        // Every duty checks out a connection the moment this node is elected: have them open
+        // already, so the first moments of leadership do not wait for backends to fork.
+        try? await pool.prewarm(6)
         identity.modules = boot.enabledSchemas
         let membership = Membership(identity: identity, pool: pool, heartbeatInterval: configuration.heartbeatInterval)
         self.membership = membership
