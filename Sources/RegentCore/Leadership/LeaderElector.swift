@@ -152,7 +152,7 @@ public actor LeaderElector {
         var lastStart = ContinuousClock.now
         while true {
             let next = machine.nextConfirmation(after: lastStart)
-            let woken = await doorbell.wait(upTo: ContinuousClock.now.duration(to: next))
+            _ = await doorbell.wait(upTo: ContinuousClock.now.duration(to: next))
             if stopping { return machine.shutdownRequested() }
             if resignRequested {
                 resignRequested = false
@@ -175,7 +175,6 @@ public actor LeaderElector {
                 return machine.confirmationFailed("\(error)")
             }
             lastStart = started
-            _ = woken
         }
     }
 

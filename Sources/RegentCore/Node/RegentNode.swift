@@ -55,9 +55,9 @@ public actor RegentNode {
         let pruning = EventOutboxPruning(pool: pool, retention: configuration.eventRetention)
         let duties = DutyRunner(duties: [
             migrations, staleCleanup, pruning, WorkerTTLSweep(pool: pool), LeaseExpiryScanner(pool: pool),
-        ]) { reason in
+        ]) { [logger] reason in
+            logger.error("a leader duty keeps failing; resigning so another node can try", metadata: ["reason": "\(reason)"])
             _ = await electorBox.elector?.requestResign()
-            _ = reason
         }
         self.duties = duties
         let elector = LeaderElector(
