@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Runs Regent's main job on its embedded default: a private PostgreSQL it starts and stops itself.
+# Runs Regent's main job on its embedded default: a private PostgreSQL it starts itself and a
+# local cluster of three nodes; kills the leader (SIGKILL, then SIGTERM) and shows the failovers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/opt/swift/usr/bin"
 bash scripts/ensure-deps.sh
-swift build --product regent 2>&1 | grep -E 'error|warning: |Compiling|Build complete' | grep -v '^\[' || true
+echo "building regent (the first build takes a minute or two) …"
+if ! swift build --product regent >/tmp/regent-demo-build.log 2>&1; then
+  tail -30 /tmp/regent-demo-build.log >&2
+  echo "build failed; full log in /tmp/regent-demo-build.log" >&2
+  exit 1
+fi
 exec .build/debug/regent demo "$@"
