@@ -276,6 +276,29 @@ struct EventBusTests {
         await cluster.stopAll()
     }
 
+    @Test func everyNodeRunsABusThatSeesEngineEvents() async throws {
+        let config = try await migratedDatabase()
+        var cluster = Cluster(config: config)
+        let node = cluster.start("n1")
+        #expect(await eventually {
+            let leads = await node.isLeader
+            let hasBus = await node.eventBus != nil
+            return leads && hasBus
+        })
+        let bus = try #require(await node.eventBus)
+        let sub = try await bus.subscribe(topics: ["instance.joined"])
+        let second = cluster.start("n2")
+        let joined = try await collect(sub, count: 1)
+        #expect(joined.first?.payload.contains("\"node_name\": \"n2\"") == true)
+        // The leader hands over: the follower's own bus delivers the resignation, then the new election.
+        #expect(await eventually { await second.eventBus != nil })
+        let sub2 = try await (try #require(await second.eventBus)).subscribe(topics: ["leader.resigned", "leader.elected"])
+        await node.shutdown()
+        let handover = try await collect(sub2, count: 2)
+        #expect(handover.map(\.topic) == ["leader.resigned", "leader.elected"])
+        await cluster.stopAll()
+    }
+
     @Test func badTopicsAndPayloadsAreRefusedAndChangeNothing() async throws {
         let config = try await migratedDatabase()
         let running = await RunningBus(config)

@@ -18,6 +18,7 @@ public actor RegentNode {
     private var membership: Membership?
     private var elector: LeaderElector?
     private var duties: DutyRunner?
+    private var bus: EventBus?
     private var shuttingDown = false
     private let stopped = Doorbell()
 
@@ -34,6 +35,8 @@ public actor RegentNode {
     public var leaderElector: LeaderElector? { elector }
     public var connectionPool: ConnectionPool? { pool }
     public var membershipService: Membership? { membership }
+    /// This node's event bus: one LISTEN connection shared by every subscription in the process.
+    public var eventBus: EventBus? { bus }
 
     /// Boots, joins, and runs until `shutdown()`. Returns after a graceful stop.
     public func run() async throws {
@@ -68,6 +71,8 @@ public actor RegentNode {
                 demoted: { _, _ in await duties.stop() }))
         await electorBox.set(elector)
         self.elector = elector
+        let bus = EventBus(configuration: configuration.database, pool: pool, publisher: identity.instanceID)
+        self.bus = bus
         logger.notice("node started", metadata: [
             "instance_id": "\(identity.instanceID)", "node_name": "\(identity.nodeName)", "pid": "\(identity.pid)",
         ])
@@ -76,12 +81,14 @@ public actor RegentNode {
             group.addTask { await membership.run() }
             group.addTask { await elector.run() }
             group.addTask { [self] in await self.waitForSchemas() }
+            group.addTask { await bus.run() }
             // Park here until shutdown() rings.
             _ = await stopped.wait(upTo: .seconds(86_400 * 365))
             // Let the elector resign and disconnect before anything is cancelled: cancelling
             // it would cancel the resignation statement itself.
             await elector.stop()
             await elector.waitUntilFinished()
+            await bus.stop()
             group.cancelAll()
         }
         await duties.stop()
