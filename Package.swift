@@ -1,4 +1,4 @@
-// swift-tools-version: 6.0
+// swift-tools-version: 6.2
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
@@ -17,6 +17,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
         // libpq, found through pkg-config; Debian/Ubuntu: apt-get install libpq-dev
@@ -56,6 +57,17 @@ let package = Package(
             swiftSettings: swiftSettings,
             plugins: ["EmbedSQL"]
         ),
+        // The admin HTTP API.
+        .target(
+            name: "RegentHTTP",
+            dependencies: [
+                "RegentCore",
+                "PostgresClient",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "regent",
             dependencies: [
@@ -63,6 +75,7 @@ let package = Package(
                 "PostgresClient",
                 "EmbeddedPostgres",
                 "CLibPQ",
+                "RegentHTTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -82,6 +95,14 @@ let package = Package(
         .testTarget(
             name: "PostgresClientTests",
             dependencies: ["PostgresClient", "RegentTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RegentHTTPTests",
+            dependencies: [
+                "RegentHTTP", "RegentCore", "PostgresClient", "RegentTestSupport",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

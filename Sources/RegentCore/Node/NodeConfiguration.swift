@@ -11,6 +11,8 @@ public struct NodeConfiguration: Sendable {
     public var schemaWaitTimeout: Duration = .seconds(60)
     /// Exit at once when the database is unreachable at boot instead of retrying.
     public var failFast = false
+    /// Where this node serves its admin HTTP API (`host:port`), recorded in engine.instances.
+    public var httpAddress: String?
     /// Events older than this are pruned from the outbox by the leader.
     public var eventRetention: Duration = .seconds(86_400)
 
@@ -18,9 +20,20 @@ public struct NodeConfiguration: Sendable {
         self.database = database
     }
 
+    /// Splits `host:port`; the port must be 1-65535 and the host non-empty.
+    public static func parseHTTPAddress(_ text: String) throws(RegentError) -> (host: String, port: Int) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port),
+            !text[..<colon].isEmpty, !text.unicodeScalars.contains(where: { $0.value < 0x21 || $0.value == 0x7f })
+        else {
+            throw RegentError(.invalidInput, "invalid --http-address \(quoted(text)): use HOST:PORT, e.g. 0.0.0.0:8080")
+        }
+        return (String(text[..<colon]), port)
+    }
+
     /// Refuses combinations that cannot work, naming the flags.
     public func validate() throws(RegentError) {
         if let nodeName { try NodeIdentity.validateNodeName(nodeName) }
+        if let httpAddress { _ = try Self.parseHTTPAddress(httpAddress) }
         guard staleAfter > heartbeatInterval * 2 else {
             throw RegentError(
                 .invalidInput,

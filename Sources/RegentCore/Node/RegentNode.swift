@@ -9,7 +9,7 @@ import PostgresClient
 /// lock, before the election, which needs its tables); module schemas are migrated by
 /// the leader, fenced. A follower waits until the schemas it needs are current.
 public actor RegentNode {
-    public let configuration: NodeConfiguration
+    public nonisolated let configuration: NodeConfiguration
     public private(set) var identity: NodeIdentity
     /// This process start's identity (fixed for the node's life).
     public nonisolated let instanceID: UUID
@@ -24,7 +24,7 @@ public actor RegentNode {
 
     public init(configuration: NodeConfiguration, logger: Logger = Logger(label: "regent.node")) {
         self.configuration = configuration
-        let identity = NodeIdentity(nodeName: configuration.nodeName)
+        let identity = NodeIdentity(nodeName: configuration.nodeName, httpAddress: configuration.httpAddress)
         self.identity = identity
         self.instanceID = identity.instanceID
         self.logger = logger

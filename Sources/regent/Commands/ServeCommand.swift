@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import PostgresClient
 import RegentCore
+import RegentHTTP
 
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -22,6 +23,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "A node whose heartbeat is older than this is swept by the leader.") var staleAfter = "10s"
     @Option(help: "How long a leader trusts its lock without a fresh confirmation; below tcp_user_timeout.") var leaseWindow = "5s"
     @Option(help: "How long a follower waits for the leader to migrate module schemas before complaining.") var schemaWait = "60s"
+    @Option(help: "Serve the admin HTTP API on HOST:PORT (e.g. 0.0.0.0:8080); off when not given.") var httpAddress: String?
     @Option(help: "How long the event outbox keeps events (the leader prunes older ones).") var eventRetention = "24h"
     @Flag(help: "Exit at once when the database is unreachable at boot, instead of retrying with backoff.") var failFast = false
 
@@ -33,6 +35,7 @@ struct ServeCommand: AsyncParsableCommand {
         config.leaseWindow = try parseDuration(leaseWindow, flag: "--lease-window")
         config.schemaWaitTimeout = try parseDuration(schemaWait, flag: "--schema-wait")
         config.failFast = failFast
+        config.httpAddress = httpAddress
         config.eventRetention = try parseDuration(eventRetention, flag: "--event-retention")
         try config.validate()
         return config
@@ -44,7 +47,16 @@ struct ServeCommand: AsyncParsableCommand {
         let node = RegentNode(configuration: config)
         let signals = SignalHandler(signals: [SIGTERM, SIGINT]) { Task { await node.shutdown() } }
         defer { signals.cancel() }
-        try await node.run()
+        guard let address = config.httpAddress else { return try await node.run() }
+        let (host, port) = try NodeConfiguration.parseHTTPAddress(address)
+        let apiPool = ConnectionPool(configuration: config.database, options: .init(maxConnections: 4))
+        let api = AdminAPI(pool: apiPool, node: node, staleAfter: config.staleAfter)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await api.serve(host: host, port: port) }
+            try await node.run()
+            group.cancelAll()  // the node drained: stop serving
+        }
+        await apiPool.shutdown()
     }
 }
 
