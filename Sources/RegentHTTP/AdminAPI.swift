@@ -194,7 +194,7 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
 
 let jsonEncoder: JSONEncoder = {
     let e = JSONEncoder()
-    e.outputFormatting = [.sortedKeys]
+    e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
     e.dateEncodingStrategy = .iso8601
     return e
 }()
