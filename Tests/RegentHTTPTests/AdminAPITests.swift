@@ -60,7 +60,7 @@ struct AdminAPITests {
                     let doc = try object(response.body)
                     #expect(doc["self_is_leader"] as? Bool == true)
                     let leader = try #require(doc["leader"] as? [String: Any])
-                    #expect(leader["instance_id"] as? String == node.instanceID.uuidString)
+                    #expect(leader["instance_id"] as? String == node.instanceID.uuidString.lowercased())
                     #expect(leader["node_name"] as? String == "api-node")
                     #expect((doc["term"] as? Int ?? 0) >= 1)
                 }
@@ -103,7 +103,7 @@ struct AdminAPITests {
                     #expect(response.status == .ok)
                     let doc = try object(response.body)
                     #expect(doc["self_is_leader"] as? Bool == true)
-                    #expect((doc["leader"] as? [String: Any])?["instance_id"] as? String == node.instanceID.uuidString)
+                    #expect((doc["leader"] as? [String: Any])?["instance_id"] as? String == node.instanceID.uuidString.lowercased())
                 }
             }
         }

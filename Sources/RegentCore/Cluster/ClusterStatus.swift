@@ -19,6 +19,17 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
             case instanceID = "instance_id", nodeName = "node_name", host, pid, term, electedAt = "elected_at"
             case backendPID = "backend_pid"
         }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(instanceID.uuidString.lowercased(), forKey: .instanceID)  // as PostgreSQL prints uuids
+            try c.encode(nodeName, forKey: .nodeName)
+            try c.encode(host, forKey: .host)
+            try c.encode(pid, forKey: .pid)
+            try c.encode(term, forKey: .term)
+            try c.encode(electedAt, forKey: .electedAt)
+            try c.encode(backendPID, forKey: .backendPID)
+        }
     }
 
     public struct Instance: Sendable, Codable, Equatable {
@@ -36,6 +47,20 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
         enum CodingKeys: String, CodingKey {
             case instanceID = "instance_id", nodeName = "node_name", host, pid, version, startedAt = "started_at"
             case lastHeartbeat = "last_heartbeat", heartbeatAgeMs = "heartbeat_age_ms", stale, isLeader = "is_leader"
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(instanceID.uuidString.lowercased(), forKey: .instanceID)
+            try c.encode(nodeName, forKey: .nodeName)
+            try c.encode(host, forKey: .host)
+            try c.encode(pid, forKey: .pid)
+            try c.encode(version, forKey: .version)
+            try c.encode(startedAt, forKey: .startedAt)
+            try c.encode(lastHeartbeat, forKey: .lastHeartbeat)
+            try c.encode(heartbeatAgeMs, forKey: .heartbeatAgeMs)
+            try c.encode(stale, forKey: .stale)
+            try c.encode(isLeader, forKey: .isLeader)
         }
     }
 
