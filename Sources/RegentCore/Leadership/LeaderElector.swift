@@ -133,8 +133,8 @@ public actor LeaderElector {
                 logger.warning("stepping down as leader", metadata: ["term": "\(term)", "reason": "\(reason)"])
                 await hooks.demoted(term, reason)
                 await dropConnection()
+                // The machine is already `disconnected` (every demote comes from losing leadership).
                 action = stopping ? machine.shutdownRequested() : .connect(after: .milliseconds(50))
-                if case .connect = action { _ = machine.connectionLost("demoted") }
             case .resignAndStop:
                 await resign()
                 return

@@ -2,14 +2,15 @@ import Foundation
 import PostgresClient
 
 /// The statements of the leadership protocol, one named constant each.
-enum LeadershipQueries {
+public enum LeadershipQueries {
     static let waitForLock: PostgresQuery =
         "SELECT pg_advisory_lock(\(AdvisoryLockKey.classID), \(AdvisoryLockKey.leadership))"
     static let releaseLock: PostgresQuery =
         "SELECT pg_advisory_unlock(\(AdvisoryLockKey.classID), \(AdvisoryLockKey.leadership)) AS released"
 
-    /// Advisory locks are per database: filter on ours.
-    static let lockHolderFilter = """
+    /// A `pg_locks` predicate for the granted leadership lock in this database (advisory
+    /// locks are per database). Constant text, no user input: safe to splice into SQL.
+    public static let lockHolderFilter = """
         locktype = 'advisory' AND classid = \(UInt32(bitPattern: AdvisoryLockKey.classID)) AND objid = \(AdvisoryLockKey.leadership)
         AND objsubid = 2 AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
         """
@@ -43,6 +44,9 @@ enum LeadershipQueries {
                jsonb_build_object('term', a.term, 'instance_id', \(instance.uuidString.lowercased())::text), \(instance)::uuid) FROM a
         """
     }
+
+    /// How many sessions hold the leadership lock right now (0 or 1, unless something is very wrong).
+    public static let countLockHolders = PostgresQuery(unsafeSQL: "SELECT count(*) AS n FROM pg_locks WHERE \(lockHolderFilter)")
 
     /// Run on the lock session: do we still hold the lock, and is our term still current?
     static func confirm(term: Int64) -> PostgresQuery {

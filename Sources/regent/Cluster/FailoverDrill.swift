@@ -47,18 +47,12 @@ struct FailoverDrill {
         defer { Task { await conn.close() } }
         var most = 0
         while !Task.isCancelled {
-            let n = try await conn.query(lockHolders, purpose: "drill: sample lock holders").single().decode("n", as: Int.self)
+            let n = try await conn.query(LeadershipQueries.countLockHolders, purpose: "drill: sample lock holders").single().decode("n", as: Int.self)
             most = max(most, n)
             try? await Task.sleep(for: .milliseconds(10))
         }
         return most
     }
-
-    static let lockHolders = PostgresQuery(unsafeSQL: """
-        SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND classid = \(UInt32(bitPattern: AdvisoryLockKey.classID))
-        AND objid = \(AdvisoryLockKey.leadership) AND objsubid = 2 AND granted
-        AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-        """)
 
     func run() async throws -> Result {
         let url = databaseURL
@@ -142,7 +136,7 @@ struct FailoverDrill {
                 }
             }
         }
-        let holders = try await conn.query(Self.lockHolders, purpose: "drill: count lock holders").single().decode("n", as: Int.self)
+        let holders = try await conn.query(LeadershipQueries.countLockHolders, purpose: "drill: count lock holders").single().decode("n", as: Int.self)
         if holders > 1 { violations.append("\(holders) sessions hold the leadership lock") }
         return violations
     }

@@ -85,9 +85,7 @@ struct LeadershipProbe {
     static let query = PostgresQuery(
         unsafeSQL: """
             SELECT l.term, i.pid AS os_pid, extract(epoch FROM l.elected_at)::float8 AS elected_epoch,
-                   (SELECT min(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid = \(UInt32(bitPattern: AdvisoryLockKey.classID))
-                      AND objid = \(AdvisoryLockKey.leadership) AND objsubid = 2 AND granted
-                      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) = l.leader_backend_pid AS settled
+                   (SELECT min(pid) FROM pg_locks WHERE \(LeadershipQueries.lockHolderFilter)) = l.leader_backend_pid AS settled
             FROM engine.leadership l LEFT JOIN engine.instances i ON i.instance_id = l.leader_instance
             WHERE l.id = 1
             """)
