@@ -18,15 +18,20 @@ func object(_ buffer: ByteBuffer) throws -> [String: Any] {
 
 @Suite("Admin HTTP API against a real server", .serialized)
 struct AdminAPITests {
-    /// A booted database with one running node (the leader) and its API.
-    func withNode(_ body: (RegentNode, AdminAPI) async throws -> Void) async throws {
-        let config = try await TestDatabase.shared.freshDatabase()
-        var c = NodeConfiguration(database: config)
-        c.nodeName = "api-node"
+    /// A node configuration with short intervals, so tests see elections quickly.
+    static func fastNode(_ database: ConnectionConfiguration, name: String) -> NodeConfiguration {
+        var c = NodeConfiguration(database: database)
+        c.nodeName = name
         c.heartbeatInterval = .milliseconds(200)
         c.staleAfter = .seconds(1)
         c.leaseWindow = .seconds(1)
-        let node = RegentNode(configuration: c)
+        return c
+    }
+
+    /// A booted database with one running node (the leader) and its API.
+    func withNode(_ body: (RegentNode, AdminAPI) async throws -> Void) async throws {
+        let config = try await TestDatabase.shared.freshDatabase()
+        let node = RegentNode(configuration: Self.fastNode(config, name: "api-node"))
         let task = Task { try await node.run() }
         #expect(await eventually { await node.isLeader })
         let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
@@ -132,12 +137,7 @@ struct AdminAPITests {
     @Test func resignThroughTheAPIHandsOver() async throws {
         try await withNode { node, api in
             // A second node to take over.
-            var c = NodeConfiguration(database: node.configuration.database)
-            c.nodeName = "standby"
-            c.heartbeatInterval = .milliseconds(200)
-            c.staleAfter = .seconds(1)
-            c.leaseWindow = .seconds(1)
-            let standby = RegentNode(configuration: c)
+            let standby = RegentNode(configuration: Self.fastNode(node.configuration.database, name: "standby"))
             let task = Task { try await standby.run() }
             #expect(await eventually { await standby.membershipService != nil })
             let app = Application(router: api.router())
