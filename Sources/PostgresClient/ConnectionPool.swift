@@ -20,7 +20,7 @@ public actor ConnectionPool {
     }
 
     public let configuration: ConnectionConfiguration
-    public let options: Options
+    public nonisolated let options: Options
     private let logger: Logger
     private var idle: [(connection: PostgresConnection, since: ContinuousClock.Instant)] = []
     private var open = 0

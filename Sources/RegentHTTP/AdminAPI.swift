@@ -2,39 +2,103 @@ import Foundation
 import Hummingbird
 import Logging
 import PostgresClient
+import Prometheus
 import RegentCore
 
-/// The admin HTTP API of a node (read routes, health, readiness and the resign drill).
+/// The admin HTTP API of a node.
 ///
-/// Every answer is JSON; errors are `{"error": {"code": "...", "message": "..."}}` with the
-/// right status. Leader status is read from the database, so every node answers the same.
-/// Not yet here (issue 6): token auth, metrics, worker endpoints, SSE, the OpenAPI document.
+/// Every answer is JSON (except `/metrics`, Prometheus text, and the event stream, SSE);
+/// errors are `{"error": {"code": "...", "message": "..."}}` with the right status. Every
+/// `/v1` route needs a bearer token of a sufficient role (``TokenRole``); health and
+/// readiness never do, `/metrics` only when `metricsRequireToken` is set. Leader status is
+/// read from the database, so every node answers the same; the one leader-only action,
+/// resign, is answered 409 with the leader's address on a follower (not forwarded).
+/// The routes and their roles are ``routeTable()``; docs/openapi.yaml describes them.
 public struct AdminAPI: Sendable {
-    public let pool: ConnectionPool
-    public let node: RegentNode?
-    public let staleAfter: Duration
-
-    public init(pool: ConnectionPool, node: RegentNode?, staleAfter: Duration = .seconds(10)) {
-        self.pool = pool
-        self.node = node
-        self.staleAfter = staleAfter
+    public struct Options: Sendable {
+        public var staleAfter: Duration = .seconds(10)
+        /// Put `/metrics` behind a token (role read) instead of leaving it open for scrapers.
+        public var metricsRequireToken = false
+        public init(staleAfter: Duration = .seconds(10), metricsRequireToken: Bool = false) {
+            self.staleAfter = staleAfter
+            self.metricsRequireToken = metricsRequireToken
+        }
     }
 
-    public func router() -> Router<BasicRequestContext> {
-        let router = Router()
-        router.add(middleware: JSONErrorMiddleware())
-        router.get("/healthz") { _, _ in try json(["status": "ok"]) }
-        router.get("/readyz") { _, _ in try await readiness() }
-        router.get("/v1/leader") { _, _ in try await leader() }
-        router.get("/v1/instances") { _, _ in
+    /// Request bodies above this size are refused (413).
+    public static let maxBodyBytes = 256 * 1024
+
+    public let pool: ConnectionPool
+    public let node: RegentNode?
+    public let options: Options
+    /// Where this node's metrics live (the node's ``RegentMetrics`` must come from it too).
+    public let registry: PrometheusCollectorRegistry
+    let authFailures: AuthFailureLog
+    let poolGauges: PoolGauges
+
+    public init(pool: ConnectionPool, node: RegentNode?, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
+                options: Options = Options()) {
+        self.pool = pool
+        self.node = node
+        self.options = options
+        self.registry = registry
+        self.authFailures = AuthFailureLog(pool: pool)
+        self.poolGauges = PoolGauges(factory: PrometheusMetricsFactory(registry: registry))
+    }
+
+    var staleAfter: Duration { options.staleAfter }
+
+    /// Metrics for a node served by an API built on `registry`.
+    public static func nodeMetrics(registry: PrometheusCollectorRegistry) -> RegentMetrics {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets[RegentMetrics.Name.failoverSeconds] = [
+            .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),
+            .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10), .seconds(30),
+        ]
+        return RegentMetrics(factory: factory)
+    }
+
+    /// One served route: method, path in OpenAPI form, and the least role it needs (nil: open).
+    public struct Route: Sendable, Hashable, CustomStringConvertible {
+        public let method: String
+        public let path: String
+        public let role: TokenRole?
+        public var description: String { "\(method) \(path)" }
+    }
+
+    /// Every route this API serves, from the same code that builds the router.
+    public func routeTable() -> [Route] { build().routes }
+
+    public func router() -> Router<RegentRequestContext> { build().router }
+
+    private func build() -> RouteRegistrar {
+        let r = RouteRegistrar(authenticator: Authenticator(pool: pool, failures: authFailures))
+        r.router.add(middleware: JSONErrorMiddleware())
+        r.add(.get, "/healthz", role: nil) { _, _ in try json(["status": "ok"]) }
+        r.add(.get, "/readyz", role: nil) { _, _ in try await readiness() }
+        r.add(.get, "/metrics", role: options.metricsRequireToken ? .read : nil) { _, _ in try await metrics() }
+        r.add(.get, "/v1/leader", role: .read) { _, _ in try await leader() }
+        r.add(.post, "/v1/leader/resign", role: .admin) { _, _ in try await resign() }
+        r.add(.get, "/v1/instances", role: .read) { _, _ in
             try json(try await pool.withConnection { try await ClusterStatus.read(on: $0, staleAfter: staleAfter) }.instances)
         }
-        router.get("/v1/modules") { _, _ in
+        r.add(.get, "/v1/modules", role: .read) { _, _ in
             try json(try await pool.withConnection { try await ModuleRegistry().list(on: $0) })
         }
-        router.get("/v1/audit") { request, _ in try await audit(request) }
-        router.post("/v1/leader/resign") { _, _ in try await resign() }
-        return router
+        r.add(.post, "/v1/modules/{name}/enable", role: .admin) { _, context in try await setModule(context, enabled: true) }
+        r.add(.post, "/v1/modules/{name}/disable", role: .admin) { _, context in try await setModule(context, enabled: false) }
+        r.add(.get, "/v1/audit", role: .read) { request, _ in try await audit(request) }
+        r.add(.get, "/v1/events", role: .read) { request, _ in try await eventStream(request) }
+        r.add(.post, "/v1/events", role: .worker) { request, context in try await publishEvent(request, context) }
+        r.add(.get, "/v1/workers", role: .read) { request, _ in try await listWorkers(request) }
+        r.add(.post, "/v1/workers/register", role: .worker) { request, context in try await registerWorker(request, context) }
+        r.add(.post, "/v1/workers/heartbeat", role: .worker) { request, context in try await heartbeatWorker(request, context) }
+        r.add(.post, "/v1/leases/claim", role: .worker) { request, context in try await claim(request, context) }
+        r.add(.post, "/v1/leases/renew", role: .worker) { request, context in try await renew(request, context) }
+        r.add(.post, "/v1/leases/complete", role: .worker) { request, context in try await complete(request, context) }
+        r.add(.post, "/v1/leases/fail", role: .worker) { request, context in try await fail(request, context) }
+        r.add(.get, "/v1/leases/expired", role: .read) { request, _ in try await expiredLeases(request) }
+        return r
     }
 
     /// Serves the API on `host:port` until the calling task is cancelled.
@@ -122,44 +186,12 @@ public struct AdminAPI: Sendable {
         guard let node else { throw APIError.conflict("not_a_node", "this process runs no node") }
         if await node.resign() { return try json(["resigning": true], status: .accepted) }
         let status = try await pool.withConnection { try await ClusterStatus.read(on: $0, staleAfter: staleAfter) }
-        let leaderName = status.leader?.nodeName ?? "none"
-        throw APIError.conflict("not_leader", "this node is not the leader; the leader is \(leaderName): send the request there")
-    }
-}
-
-/// A JSON value kept as its text, encoded as itself (not as a string).
-struct AnyJSON: Encodable {
-    let text: String
-    func encode(to encoder: any Encoder) throws {
-        let value = try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
-        try value.encode(to: encoder)
-    }
-}
-
-/// Any JSON document, decodable and encodable.
-enum JSONValue: Codable {
-    case null, bool(Bool), number(Double), string(String), array([JSONValue]), object([String: JSONValue])
-
-    init(from decoder: any Decoder) throws {
-        let c = try decoder.singleValueContainer()
-        if c.decodeNil() { self = .null }
-        else if let v = try? c.decode(Bool.self) { self = .bool(v) }
-        else if let v = try? c.decode(Double.self) { self = .number(v) }
-        else if let v = try? c.decode(String.self) { self = .string(v) }
-        else if let v = try? c.decode([JSONValue].self) { self = .array(v) }
-        else { self = .object(try c.decode([String: JSONValue].self)) }
-    }
-
-    func encode(to encoder: any Encoder) throws {
-        var c = encoder.singleValueContainer()
-        switch self {
-        case .null: try c.encodeNil()
-        case .bool(let v): try c.encode(v)
-        case .number(let v): try c.encode(v)
-        case .string(let v): try c.encode(v)
-        case .array(let v): try c.encode(v)
-        case .object(let v): try c.encode(v)
+        guard let leader = status.leader else {
+            throw APIError.conflict("not_leader", "this node is not the leader and no leader is elected right now; retry shortly")
         }
+        let whereTo = leader.httpAddress.map { "http://\($0)/v1/leader/resign" } ?? "that node (it serves no HTTP API: use SIGTERM or regent drill)"
+        throw APIError.conflict(
+            "not_leader", "this node is not the leader; the leader is \(leader.nodeName ?? leader.instanceID.uuidString.lowercased()): send the request to \(whereTo)")
     }
 }
 
@@ -170,6 +202,9 @@ struct APIError: Error {
     let message: String
     static func badRequest(_ code: String, _ message: String) -> APIError { APIError(status: .badRequest, code: code, message: message) }
     static func conflict(_ code: String, _ message: String) -> APIError { APIError(status: .conflict, code: code, message: message) }
+    static func notFound(_ code: String, _ message: String) -> APIError { APIError(status: .notFound, code: code, message: message) }
+    static let unauthorized = APIError(
+        status: .unauthorized, code: "unauthorized", message: "a valid bearer token is required (Authorization: Bearer rgt_...)")
 }
 
 /// Turns every error into the JSON error document; no internal detail leaks for 5xx.
@@ -178,12 +213,28 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         do {
             return try await next(request, context)
         } catch let error as APIError {
-            return try errorResponse(error.status, code: error.code, message: error.message)
-        } catch let error as RegentError where error.code == .invalidInput {
-            return try errorResponse(.badRequest, code: "invalid_input", message: error.description)
+            var response = try errorResponse(error.status, code: error.code, message: error.message)
+            if error.status == .unauthorized { response.headers[.wwwAuthenticate] = "Bearer" }
+            return response
+        } catch let error as RegentError {
+            switch error.code {
+            case .invalidInput: return try errorResponse(.badRequest, code: "invalid_input", message: error.description)
+            case .unknownModule: return try errorResponse(.notFound, code: "unknown_module", message: error.description)
+            case .staleLease: return try errorResponse(.conflict, code: "stale_lease", message: error.description)
+            case .notRegistered: return try errorResponse(.notFound, code: "not_registered", message: error.description)
+            default:
+                context.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
+                return try errorResponse(.internalServerError, code: "internal", message: "internal error; see the node's log")
+            }
         } catch let error as HTTPError {
-            let code = error.status == .notFound ? "not_found" : "http_\(error.status.code)"
-            let message = error.status == .notFound ? "no route \(request.method) \(request.uri.path)" : (error.body ?? error.status.reasonPhrase)
+            let code: String
+            let message: String
+            switch error.status {
+            case .notFound: (code, message) = ("not_found", "no route \(request.method) \(String(request.uri.path.prefix(200)))")
+            case .methodNotAllowed: (code, message) = ("method_not_allowed", "\(request.method) is not allowed on \(String(request.uri.path.prefix(200)))")
+            case .contentTooLarge: (code, message) = ("body_too_large", "the body is larger than \(AdminAPI.maxBodyBytes) bytes")
+            default: (code, message) = ("http_\(error.status.code)", error.body ?? error.status.reasonPhrase)
+            }
             return try errorResponse(error.status, code: code, message: message)
         } catch {
             context.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])

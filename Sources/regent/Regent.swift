@@ -17,7 +17,7 @@ struct Regent: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             DemoCommand.self, ServeCommand.self, StatusCommand.self, MigrateCommand.self, ModulesCommand.self,
-            EventsCommand.self, WorkersCommand.self, LeasesCommand.self, ExecutionsCommand.self, DrillCommand.self, BenchCommand.self,
+            EventsCommand.self, TokensCommand.self, WorkersCommand.self, LeasesCommand.self, ExecutionsCommand.self, DrillCommand.self, BenchCommand.self,
         ]
     )
 }
@@ -44,16 +44,25 @@ struct DatabaseOptions: ParsableArguments {
 struct LogOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String?
+    @Option(help: "Log format: text (for people) or json (one object a line, for collectors).")
+    var logFormat = "text"
 
     func bootstrap(defaultLevel: String = "warning") throws {
         let logLevel = self.logLevel ?? defaultLevel
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw ValidationError("invalid --log-level \(logLevel.debugDescription): use trace, debug, info, notice, warning, error or critical")
         }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+        switch logFormat {
+        case "text":
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
+        case "json":
+            LoggingSystem.bootstrap { label in JSONLogHandler(label: label, logLevel: level) }
+        default:
+            throw ValidationError("invalid --log-format \(logFormat.debugDescription): use text or json")
         }
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Dispatch
 import PostgresClient
 
 
@@ -24,4 +25,20 @@ func printJSON<T: Encodable>(_ value: T) throws {
 /// "who am I" for audit rows written from the CLI.
 var cliActor: String {
     "cli:\(ProcessInfo.processInfo.environment["USER"] ?? "unknown")@\(ProcessInfo.processInfo.hostName)"
+}
+/// Turns SIGTERM/SIGINT into a callback (the default action, exiting, is disabled).
+final class SignalHandler {
+    private let sources: [any DispatchSourceSignal]
+
+    init(signals: [Int32], handler: @escaping @Sendable () -> Void) {
+        sources = signals.map { sig in
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler(handler: handler)
+            source.resume()
+            return source
+        }
+    }
+
+    func cancel() { sources.forEach { $0.cancel() } }
 }

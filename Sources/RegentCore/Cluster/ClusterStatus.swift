@@ -10,14 +10,16 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
         public let nodeName: String?
         public let host: String?
         public let pid: Int32?
+        /// Where the leader serves its admin API (`--http-address`), if it does.
+        public let httpAddress: String?
         public let term: Int64
         public let electedAt: Date?
         /// The lock holder's backend pid in `pg_locks`.
         public let backendPID: Int32
 
         enum CodingKeys: String, CodingKey {
-            case instanceID = "instance_id", nodeName = "node_name", host, pid, term, electedAt = "elected_at"
-            case backendPID = "backend_pid"
+            case instanceID = "instance_id", nodeName = "node_name", host, pid, httpAddress = "http_address", term
+            case electedAt = "elected_at", backendPID = "backend_pid"
         }
 
         public func encode(to encoder: any Encoder) throws {
@@ -26,6 +28,7 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
             try c.encode(nodeName, forKey: .nodeName)
             try c.encode(host, forKey: .host)
             try c.encode(pid, forKey: .pid)
+            try c.encode(httpAddress, forKey: .httpAddress)
             try c.encode(term, forKey: .term)
             try c.encode(electedAt, forKey: .electedAt)
             try c.encode(backendPID, forKey: .backendPID)
@@ -38,6 +41,7 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
         public let host: String
         public let pid: Int32
         public let version: String
+        public let httpAddress: String?
         public let startedAt: Date
         public let lastHeartbeat: Date
         public let heartbeatAgeMs: Int64
@@ -45,7 +49,8 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
         public let isLeader: Bool
 
         enum CodingKeys: String, CodingKey {
-            case instanceID = "instance_id", nodeName = "node_name", host, pid, version, startedAt = "started_at"
+            case instanceID = "instance_id", nodeName = "node_name", host, pid, version, httpAddress = "http_address"
+            case startedAt = "started_at"
             case lastHeartbeat = "last_heartbeat", heartbeatAgeMs = "heartbeat_age_ms", stale, isLeader = "is_leader"
         }
 
@@ -56,6 +61,7 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
             try c.encode(host, forKey: .host)
             try c.encode(pid, forKey: .pid)
             try c.encode(version, forKey: .version)
+            try c.encode(httpAddress, forKey: .httpAddress)
             try c.encode(startedAt, forKey: .startedAt)
             try c.encode(lastHeartbeat, forKey: .lastHeartbeat)
             try c.encode(heartbeatAgeMs, forKey: .heartbeatAgeMs)
@@ -80,7 +86,7 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
 
     static func instancesQuery(staleAfter: Duration) -> PostgresQuery {
         """
-        SELECT instance_id, node_name, host, pid, version, started_at, last_heartbeat,
+        SELECT instance_id, node_name, host, pid, version, http_address, started_at, last_heartbeat,
                (extract(epoch FROM now() - last_heartbeat) * 1000)::bigint AS age_ms,
                last_heartbeat < now() - \(staleAfter)::interval AS stale
         FROM engine.instances ORDER BY started_at, instance_id
@@ -101,13 +107,13 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
                 let row = try rows.first { try $0.decode("instance_id", as: UUID.self) == leaderID }
                 leader = Leader(
                     instanceID: leaderID, nodeName: try row?.decode("node_name"), host: try row?.decode("host"),
-                    pid: try row?.decode("pid"), term: term, electedAt: try l.decodeOptional("elected_at"), backendPID: holderPID)
+                    pid: try row?.decode("pid"), httpAddress: try row?.decodeOptional("http_address", as: String.self), term: term, electedAt: try l.decodeOptional("elected_at"), backendPID: holderPID)
             }
             let instances = try rows.map { row in
                 let id = try row.decode("instance_id", as: UUID.self)
                 return Instance(
                     instanceID: id, nodeName: try row.decode("node_name"), host: try row.decode("host"), pid: try row.decode("pid"),
-                    version: try row.decode("version"), startedAt: try row.decode("started_at"),
+                    version: try row.decode("version"), httpAddress: try row.decodeOptional("http_address"), startedAt: try row.decode("started_at"),
                     lastHeartbeat: try row.decode("last_heartbeat"), heartbeatAgeMs: try row.decode("age_ms"),
                     stale: try row.decode("stale"), isLeader: id == leader?.instanceID)
             }

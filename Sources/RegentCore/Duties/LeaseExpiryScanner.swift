@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Logging
 import PostgresClient
@@ -16,9 +17,11 @@ public struct LeaseExpiryScanner: LeaderDuty {
     let interval: Duration
     let pageSize: Int
     let logger: Logger
+    let metrics: RegentMetrics
 
     public init(pool: ConnectionPool, interval: Duration = .milliseconds(500), pageSize: Int = 1000,
-                logger: Logger = Logger(label: "regent.duty.lease-scanner")) {
+                metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.duty.lease-scanner")) {
+        self.metrics = metrics
         self.pool = pool
         self.interval = interval
         self.pageSize = pageSize
@@ -83,6 +86,7 @@ public struct LeaseExpiryScanner: LeaderDuty {
         while !Task.isCancelled {
             let page = try await reclaimOnce(fence: fence)
             if page.expired > 0 {
+                metrics.leasesReclaimed.increment(by: page.expired)
                 logger.info("reclaimed expired leases", metadata: [
                     "requeued": "\(page.requeued)", "dead_lettered": "\(page.deadLettered)", "term": "\(fence.term)",
                 ])

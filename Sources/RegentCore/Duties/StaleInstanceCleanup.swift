@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Logging
 import PostgresClient
@@ -16,9 +17,11 @@ public struct StaleInstanceCleanup: LeaderDuty {
     let interval: Duration
     let maxPerSweep: Int
     let logger: Logger
+    let metrics: RegentMetrics
 
     public init(pool: ConnectionPool, membership: Membership, staleAfter: Duration, interval: Duration? = nil, maxPerSweep: Int = 100,
-                logger: Logger = Logger(label: "regent.duty.stale-instances")) {
+                metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.duty.stale-instances")) {
+        self.metrics = metrics
         self.pool = pool
         self.membership = membership
         self.staleAfter = staleAfter
@@ -67,6 +70,7 @@ public struct StaleInstanceCleanup: LeaderDuty {
         while !Task.isCancelled {
             let removed = try await sweepOnce(fence: fence)
             if !removed.isEmpty {
+                metrics.staleInstancesSwept.increment(by: removed.count)
                 logger.notice("swept stale instances", metadata: ["nodes": "\(removed.joined(separator: ","))", "term": "\(fence.term)"])
             }
             try await Task.sleep(for: interval)

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Logging
 import PostgresClient
@@ -25,6 +26,7 @@ public actor EventBus {
     let publisher: UUID?
     let options: Options
     let logger: Logger
+    let metrics: RegentMetrics
     private var sequencer: EventSequencer<ContinuousClock.Instant>?
     private var subscriptions: [Int: Subscription] = [:]
     private var nextSubscriptionID = 0
@@ -37,8 +39,9 @@ public actor EventBus {
 
     public init(
         configuration: ConnectionConfiguration, pool: ConnectionPool, publisher: UUID? = nil, options: Options = Options(),
-        logger: Logger = Logger(label: "regent.events")
+        metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.events")
     ) {
+        self.metrics = metrics
         self.configuration = configuration
         self.pool = pool
         self.publisher = publisher
@@ -52,9 +55,11 @@ public actor EventBus {
     @discardableResult
     public func publish(topic: String, payload: String) async throws -> Int64 {
         let (topic, payload) = try Self.validate(topic: topic, payload: payload)
-        return try await pool.withConnection { conn in
+        let id = try await pool.withConnection { conn in
             try await Self.publish(topic: topic, payload: payload, publisher: publisher, on: conn)
         }
+        metrics.eventsPublished.increment()
+        return id
     }
 
     /// Publishes inside the caller's open transaction: the event exists, and is announced,
@@ -205,13 +210,19 @@ public actor EventBus {
         return EventSubscription(bus: self, id: sub.id)
     }
 
+    private func recordDelivery(_ events: some Collection<Event>) {
+        delivered += events.count
+        metrics.eventsDelivered.increment(by: events.count)
+        if let at = events.first?.publishedAt { metrics.eventLag.record(max(0, Date().timeIntervalSince(at))) }
+    }
+
     /// Up to `max` events for subscription `id`, waiting for at least one; empty when it ended.
     func nextBatch(_ id: Int, max: Int) async throws -> [Event] {
         guard let sub = subscriptions[id] else { return [] }
         while true {
             let batch = sub.popBatch(max: max)
             if !batch.isEmpty {
-                delivered += batch.count
+                recordDelivery(batch)
                 return batch
             }
             if sub.finished { return [] }
@@ -221,7 +232,7 @@ public actor EventBus {
             }
             let event = try await withCheckedThrowingContinuation { sub.waiter = $0 }
             if let event {
-                delivered += 1
+                recordDelivery(CollectionOfOne(event))
                 return [event]
             }
             return []

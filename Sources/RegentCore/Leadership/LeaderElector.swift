@@ -1,3 +1,4 @@
+import CoreMetrics
 import Dispatch
 import Foundation
 import Logging
@@ -48,11 +49,15 @@ public actor LeaderElector {
     private var resignRequested = false
     private var fence: LeaderFence?
     private var elections = 0
+    let metrics: RegentMetrics
+    /// When the lock was granted after a wait (someone else held it), else nil.
+    private var takeoverGrantedAt: ContinuousClock.Instant?
 
     public init(
         instanceID: UUID, configuration: ConnectionConfiguration, options: Options = Options(), hooks: Hooks = Hooks(),
-        logger: Logger = Logger(label: "regent.leadership")
+        metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.leadership")
     ) {
+        self.metrics = metrics
         self.instanceID = instanceID
         self.configuration = configuration
         self.options = options
@@ -98,7 +103,15 @@ public actor LeaderElector {
                 guard let conn = lockConnection else { action = machine.connectionLost("no connection"); continue }
                 logger.info("following: waiting for the leadership lock")
                 do {
-                    try await conn.query(LeadershipQueries.waitForLock, purpose: "wait for the leadership lock")
+                    // Try first: a lock taken at once means nobody led (a fresh start), which is
+                    // not a failover; a lock granted after blocking is one.
+                    takeoverGrantedAt = nil
+                    let free = try await conn.query(LeadershipQueries.tryLock, purpose: "try the leadership lock").single()
+                        .decode("locked", as: Bool.self)
+                    if !free {
+                        try await conn.query(LeadershipQueries.waitForLock, purpose: "wait for the leadership lock")
+                        takeoverGrantedAt = .now
+                    }
                     action = stopping ? machine.shutdownRequested() : machine.lockAcquired()
                 } catch {
                     if stopping { action = machine.shutdownRequested(); continue }
@@ -120,6 +133,9 @@ public actor LeaderElector {
             case .startDuties(let term):
                 guard let conn = lockConnection else { action = machine.connectionLost("no connection"); continue }
                 elections += 1
+                metrics.elections.increment()
+                metrics.isLeader.record(1)
+                metrics.leaderTerm.record(Double(term))
                 let fence = LeaderFence(term: term, instanceID: instanceID, lockBackendPID: conn.backendPID) { [weak self] reason in
                     Task { await self?.fenceFailed(reason) }
                 }
@@ -130,6 +146,7 @@ public actor LeaderElector {
             case .demote(let reason):
                 let term = fence?.term ?? 0
                 fence = nil
+                metrics.isLeader.record(0)
                 logger.warning("stepping down as leader", metadata: ["term": "\(term)", "reason": "\(reason)"])
                 await hooks.demoted(term, reason)
                 await dropConnection()
@@ -182,7 +199,15 @@ public actor LeaderElector {
         let row = try await conn.query(
             LeadershipQueries.recordElection(instance: instanceID, actor: "instance:\(instanceID.uuidString.lowercased())"),
             purpose: "record the new term").single()
-        return try row.decode("term", as: Int64.self)
+        let term = try row.decode("term", as: Int64.self)
+        // A takeover: measure the leaderless time from the predecessor's resignation, or, when it
+        // did not resign (crash, partition), from PostgreSQL releasing its lock to our recorded term.
+        if let granted = takeoverGrantedAt {
+            let seconds = try row.decodeOptional("since_resignation", as: Double.self) ?? (ContinuousClock.now - granted).milliseconds / 1000
+            metrics.failover.recordNanoseconds(Int64((seconds * 1e9).rounded()))
+            logger.info("took over leadership", metadata: ["term": "\(term)", "leaderless_ms": "\(Int((seconds * 1000).rounded()))"])
+        }
+        return term
     }
 
     /// Graceful handover: duties off, `leader.resigned` audited and announced, lock released.
@@ -192,6 +217,7 @@ public actor LeaderElector {
             return
         }
         self.fence = nil
+        metrics.isLeader.record(0)
         await hooks.demoted(fence.term, "resigned")
         do {
             // Audit and announce in one statement (still holding the lock), then release it.

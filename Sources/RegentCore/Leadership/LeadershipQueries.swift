@@ -3,6 +3,8 @@ import PostgresClient
 
 /// The statements of the leadership protocol, one named constant each.
 public enum LeadershipQueries {
+    static let tryLock: PostgresQuery =
+        "SELECT pg_try_advisory_lock(\(AdvisoryLockKey.classID), \(AdvisoryLockKey.leadership)) AS locked"
     static let waitForLock: PostgresQuery =
         "SELECT pg_advisory_lock(\(AdvisoryLockKey.classID), \(AdvisoryLockKey.leadership))"
     static let releaseLock: PostgresQuery =
@@ -16,7 +18,8 @@ public enum LeadershipQueries {
         """
 
     /// One statement, one round trip, one implicit transaction: bump the term, audit the
-    /// election and publish `leader.elected` on the event bus. Runs on the lock session, so it is fenced by construction.
+    /// election and publish `leader.elected` on the event bus; `since_resignation` is how long
+    /// ago the previous term's leader resigned (NULL when it did not: it crashed or was cut off). Runs on the lock session, so it is fenced by construction.
     static func recordElection(instance: UUID, actor: String) -> PostgresQuery {
         """
         WITH t AS (
@@ -28,6 +31,9 @@ public enum LeadershipQueries {
             SELECT \(actor)::text, 'leader.elected', term, \(instance)::uuid FROM t RETURNING id
         )
         SELECT t.term, t.elected_at,
+               (SELECT extract(epoch FROM now() - r.at)::float8
+                FROM (SELECT at, term FROM engine.audit WHERE action = 'leader.resigned' ORDER BY id DESC LIMIT 1) r
+                WHERE r.term = t.term - 1) AS since_resignation,
                engine.publish_event('leader.elected',
                    jsonb_build_object('term', t.term, 'instance_id', \(instance.uuidString.lowercased())::text), \(instance)::uuid) AS event_id
         FROM t, a

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Logging
 import PostgresClient
@@ -15,7 +16,13 @@ public actor Membership {
     public private(set) var heartbeatFailures = 0
     public private(set) var reinsertions = 0
 
-    public init(identity: NodeIdentity, pool: ConnectionPool, heartbeatInterval: Duration, logger: Logger = Logger(label: "regent.membership")) {
+    let metrics: RegentMetrics
+
+    public init(
+        identity: NodeIdentity, pool: ConnectionPool, heartbeatInterval: Duration, metrics: RegentMetrics = .discarded,
+        logger: Logger = Logger(label: "regent.membership")
+    ) {
+        self.metrics = metrics
         self.identity = identity
         self.pool = pool
         self.heartbeatInterval = heartbeatInterval
@@ -74,6 +81,7 @@ public actor Membership {
             if healthySince == nil { healthySince = .now }
         } catch {
             heartbeatFailures += 1
+            metrics.heartbeatFailures.increment()
             healthySince = nil
             logger.warning("heartbeat failed", metadata: ["error": "\(error)"])
         }

@@ -14,6 +14,8 @@ public actor RegentNode {
     /// This process start's identity (fixed for the node's life).
     public nonisolated let instanceID: UUID
     let logger: Logger
+    /// What this node records (elections, heartbeats, events, sweeps); read by `/metrics`.
+    public nonisolated let metrics: RegentMetrics
     private var pool: ConnectionPool?
     private var membership: Membership?
     private var elector: LeaderElector?
@@ -22,7 +24,8 @@ public actor RegentNode {
     private var shuttingDown = false
     private let stopped = Doorbell()
 
-    public init(configuration: NodeConfiguration, logger: Logger = Logger(label: "regent.node")) {
+    public init(configuration: NodeConfiguration, metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.node")) {
+        self.metrics = metrics
         self.configuration = configuration
         let identity = NodeIdentity(nodeName: configuration.nodeName, httpAddress: configuration.httpAddress)
         self.identity = identity
@@ -30,6 +33,8 @@ public actor RegentNode {
         self.logger = logger
     }
 
+    /// True once `shutdown()` was called: the node is handing over and takes no new work.
+    public var isDraining: Bool { shuttingDown }
     public var isLeader: Bool { get async { await elector?.isLeader ?? false } }
     public var currentFence: LeaderFence? { get async { await elector?.currentFence } }
     public var leaderElector: LeaderElector? { elector }
@@ -48,16 +53,16 @@ public actor RegentNode {
         // already, so the first moments of leadership do not wait for backends to fork.
         try? await pool.prewarm(6)
         identity.modules = boot.enabledSchemas
-        let membership = Membership(identity: identity, pool: pool, heartbeatInterval: configuration.heartbeatInterval)
+        let membership = Membership(identity: identity, pool: pool, heartbeatInterval: configuration.heartbeatInterval, metrics: metrics)
         self.membership = membership
         try await membership.join()
 
-        let staleCleanup = StaleInstanceCleanup(pool: pool, membership: membership, staleAfter: configuration.staleAfter)
+        let staleCleanup = StaleInstanceCleanup(pool: pool, membership: membership, staleAfter: configuration.staleAfter, metrics: metrics)
         let migrations = ModuleMigrationDuty(pool: pool)
         let electorBox = ElectorBox()
         let pruning = EventOutboxPruning(pool: pool, retention: configuration.eventRetention)
         let duties = DutyRunner(duties: [
-            migrations, staleCleanup, pruning, WorkerTTLSweep(pool: pool), LeaseExpiryScanner(pool: pool),
+            migrations, staleCleanup, pruning, WorkerTTLSweep(pool: pool), LeaseExpiryScanner(pool: pool, metrics: metrics),
         ]) { [logger] reason in
             logger.error("a leader duty keeps failing; resigning so another node can try", metadata: ["reason": "\(reason)"])
             _ = await electorBox.elector?.requestResign()
@@ -68,10 +73,11 @@ public actor RegentNode {
             options: .init(leaseWindow: configuration.leaseWindow),
             hooks: .init(
                 elected: { fence in await duties.start(fence) },
-                demoted: { _, _ in await duties.stop() }))
+                demoted: { _, _ in await duties.stop() }),
+            metrics: metrics)
         await electorBox.set(elector)
         self.elector = elector
-        let bus = EventBus(configuration: configuration.database, pool: pool, publisher: identity.instanceID)
+        let bus = EventBus(configuration: configuration.database, pool: pool, publisher: identity.instanceID, metrics: metrics)
         self.bus = bus
         logger.notice("node started", metadata: [
             "instance_id": "\(identity.instanceID)", "node_name": "\(identity.nodeName)", "pid": "\(identity.pid)",

@@ -3,15 +3,20 @@ import Dispatch
 import Foundation
 import PostgresClient
 import RegentCore
+import Logging
+import Prometheus
 import RegentHTTP
+import ServiceLifecycle
+import UnixSignals
 
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
         abstract: "Run a node: boot, heartbeat, join the leader election, run leader duties.",
         discussion: """
-            Runs until SIGTERM or SIGINT, then hands over gracefully: leader duties stop, the \
-            leadership lock is released (and announced), the instance row is deleted, exit 0. \
+            Runs until SIGTERM or SIGINT, then hands over gracefully: claims are refused, leader \
+            duties stop, the leadership lock is released (and announced), the instance row is \
+            deleted, connections close, exit 0 — within --shutdown-timeout. \
             The node migrates the engine schema itself; module schemas are migrated by the leader.
             """
     )
@@ -26,6 +31,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Serve the admin HTTP API on HOST:PORT (e.g. 0.0.0.0:8080); off when not given.") var httpAddress: String?
     @Option(help: "How long the event outbox keeps events (the leader prunes older ones).") var eventRetention = "24h"
     @Flag(help: "Exit at once when the database is unreachable at boot, instead of retrying with backoff.") var failFast = false
+    @Option(help: "How long a graceful shutdown (SIGTERM) may take before the process exits anyway.") var shutdownTimeout = "20s"
+    @Flag(help: "Require a bearer token (any role) for GET /metrics; it is open by default, as scrapers expect.") var metricsRequireToken = false
 
     func makeConfiguration() throws -> NodeConfiguration {
         var config = NodeConfiguration(database: try database.configuration())
@@ -43,32 +50,68 @@ struct ServeCommand: AsyncParsableCommand {
 
     func run() async throws {
         let config = try makeConfiguration()
+        let shutdownTimeout = try parseDuration(self.shutdownTimeout, flag: "--shutdown-timeout")
         try log.bootstrap(defaultLevel: "info")
-        let node = RegentNode(configuration: config)
-        let signals = SignalHandler(signals: [SIGTERM, SIGINT]) { Task { await node.shutdown() } }
-        defer { signals.cancel() }
-        guard let address = config.httpAddress else { return try await node.run() }
-        let (host, port) = try NodeConfiguration.parseHTTPAddress(address)
-        let apiPool = ConnectionPool(configuration: config.database, options: .init(maxConnections: 4))
-        let api = AdminAPI(pool: apiPool, node: node, staleAfter: config.staleAfter)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await api.serve(host: host, port: port) }
-            try await node.run()
-            group.cancelAll()  // the node drained: stop serving
+        let logger = Logger(label: "regent.serve")
+        let registry = PrometheusCollectorRegistry()
+        let node = RegentNode(configuration: config, metrics: AdminAPI.nodeMetrics(registry: registry))
+        // Every long-lived part runs under one service group: SIGTERM/SIGINT start a graceful
+        // shutdown in reverse order — first the node drains (no claims, duties stop,
+        // leadership handed over, instance row deleted), then the HTTP server stops.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        var apiPool: ConnectionPool?
+        if let address = config.httpAddress {
+            let (host, port) = try NodeConfiguration.parseHTTPAddress(address)
+            let pool = ConnectionPool(configuration: config.database, options: .init(maxConnections: 4))
+            apiPool = pool
+            let api = AdminAPI(
+                pool: pool, node: node, registry: registry,
+                options: .init(staleAfter: config.staleAfter, metricsRequireToken: metricsRequireToken))
+            services.append(.init(
+                service: api.application(host: host, port: port), successTerminationBehavior: .gracefullyShutdownGroup,
+                failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "http"))
         }
-        await apiPool.shutdown()
+        services.append(.init(
+            service: NodeService(node: node), successTerminationBehavior: .gracefullyShutdownGroup,
+            failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "node"))
+        var groupConfig = ServiceGroupConfiguration(
+            services: services, gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [], logger: logger)
+        groupConfig.maximumGracefulShutdownDuration = shutdownTimeout
+        let watchdog = ShutdownWatchdog(timeout: shutdownTimeout, logger: logger)
+        defer { watchdog.cancel() }
+        try await ServiceGroup(configuration: groupConfig).run()
+        await apiPool?.shutdown()
     }
 }
 
-/// Turns SIGTERM/SIGINT into a callback (the default action, exiting, is disabled).
-final class SignalHandler {
+/// Runs a node under swift-service-lifecycle: graceful shutdown asks the node to drain.
+struct NodeService: Service {
+    let node: RegentNode
+    func run() async throws {
+        let node = self.node
+        try await withGracefulShutdownHandler {
+            try await node.run()
+        } onGracefulShutdown: {
+            Task { await node.shutdown() }
+        }
+    }
+}
+
+/// Bounds the whole shutdown: once SIGTERM or SIGINT arrived, the process exits (status 1)
+/// if it is still alive `timeout` plus a short grace later, whatever is stuck.
+final class ShutdownWatchdog {
     private let sources: [any DispatchSourceSignal]
 
-    init(signals: [Int32], handler: @escaping @Sendable () -> Void) {
-        sources = signals.map { sig in
-            signal(sig, SIG_IGN)
+    init(timeout: Duration, logger: Logger) {
+        let deadline = timeout + .seconds(2)
+        sources = [SIGTERM, SIGINT].map { sig in
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler(handler: handler)
+            source.setEventHandler {
+                DispatchQueue.global().asyncAfter(deadline: .now() + deadline.milliseconds / 1000) {
+                    logger.critical("shutdown took longer than --shutdown-timeout; exiting now", metadata: ["timeout": "\(timeout)"])
+                    exit(1)
+                }
+            }
             source.resume()
             return source
         }

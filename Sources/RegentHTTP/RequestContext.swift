@@ -1,0 +1,26 @@
+import Hummingbird
+import NIOCore
+import RegentCore
+
+/// The request context of the admin API: the client's address (for auth-failure audit and
+/// rate limiting) and, once the auth middleware accepted a token, who presented it.
+public struct RegentRequestContext: RequestContext, RemoteAddressRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let remoteAddress: SocketAddress?
+    /// Set by the auth middleware on `/v1` routes.
+    public var identity: TokenIdentity?
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        remoteAddress = source.channel.remoteAddress
+    }
+
+    /// Bodies larger than this are refused with 413 before they are parsed.
+    public var maxUploadSize: Int { AdminAPI.maxBodyBytes }
+
+    /// The client's IP address (no port), or "unknown".
+    var clientAddress: String { remoteAddress?.ipAddress ?? "unknown" }
+
+    /// The audit actor for a change made through the API.
+    var actor: String { identity.map { "token:\($0.name)" } ?? "http:\(clientAddress)" }
+}

@@ -1,0 +1,65 @@
+import CoreMetrics
+import Hummingbird
+import PostgresClient
+import RegentCore
+
+/// Builds the router and, from the same calls, the table of routes (checked against
+/// docs/openapi.yaml by a test). Routes of one role share one group with that role's auth
+/// middleware.
+final class RouteRegistrar {
+    typealias Handler = @Sendable (Request, RegentRequestContext) async throws -> Response
+    let router = Router(context: RegentRequestContext.self)
+    let authenticator: Authenticator
+    private(set) var routes: [AdminAPI.Route] = []
+    private var groups: [TokenRole: RouterGroup<RegentRequestContext>] = [:]
+
+    init(authenticator: Authenticator) {
+        self.authenticator = authenticator
+    }
+
+    /// `path` in OpenAPI form (`/v1/modules/{name}/enable`).
+    func add(_ method: HTTPRequest.Method, _ path: String, role: TokenRole?, _ handler: @escaping Handler) {
+        routes.append(AdminAPI.Route(method: method.rawValue, path: path, role: role))
+        let hbPath = RouterPath(
+            path.split(separator: "/", omittingEmptySubsequences: false).map { part in
+                part.hasPrefix("{") && part.hasSuffix("}") ? ":" + part.dropFirst().dropLast() : String(part)
+            }.joined(separator: "/"))
+        guard let role else {
+            router.on(hbPath, method: method, use: handler)
+            return
+        }
+        let group = groups[role] ?? router.group().add(middleware: AuthMiddleware(minimum: role, authenticator: authenticator))
+        groups[role] = group
+        group.on(hbPath, method: method, use: handler)
+    }
+}
+
+/// Connection pool gauges of the API's pool and the node's pool, set when metrics are read.
+struct PoolGauges: Sendable {
+    struct Set: Sendable {
+        let open: Gauge
+        let idle: Gauge
+        let waiting: Gauge
+        let max: Gauge
+        init(pool: String, factory: any MetricsFactory) {
+            open = Gauge(label: "regent_db_pool_connections", dimensions: [("pool", pool), ("state", "open")], factory: factory)
+            idle = Gauge(label: "regent_db_pool_connections", dimensions: [("pool", pool), ("state", "idle")], factory: factory)
+            waiting = Gauge(label: "regent_db_pool_waiters", dimensions: [("pool", pool)], factory: factory)
+            max = Gauge(label: "regent_db_pool_max_connections", dimensions: [("pool", pool)], factory: factory)
+        }
+        func update(_ pool: ConnectionPool) async {
+            let stats = await pool.statistics
+            open.record(stats.open)
+            idle.record(stats.idle)
+            waiting.record(stats.waiting)
+            max.record(pool.options.maxConnections)
+        }
+    }
+    let http: Set
+    let node: Set
+
+    init(factory: any MetricsFactory) {
+        http = Set(pool: "http", factory: factory)
+        node = Set(pool: "node", factory: factory)
+    }
+}

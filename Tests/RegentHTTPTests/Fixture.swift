@@ -1,0 +1,94 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import NIOCore
+import PostgresClient
+import Prometheus
+@testable import RegentCore
+@testable import RegentHTTP
+import RegentTestSupport
+import Testing
+
+func parse(_ buffer: ByteBuffer) throws -> Any {
+    try JSONSerialization.jsonObject(with: Data(String(buffer: buffer).utf8))
+}
+
+func object(_ buffer: ByteBuffer) throws -> [String: Any] {
+    try #require(try parse(buffer) as? [String: Any])
+}
+
+func errorCode(_ response: TestResponse) -> String? {
+    ((try? object(response.body))?["error"] as? [String: Any])?["code"] as? String
+}
+
+func errorMessage(_ response: TestResponse) -> String? {
+    ((try? object(response.body))?["error"] as? [String: Any])?["message"] as? String
+}
+
+/// A node configuration with short intervals, so tests see elections quickly.
+func fastNode(_ database: ConnectionConfiguration, name: String) -> NodeConfiguration {
+    var c = NodeConfiguration(database: database)
+    c.nodeName = name
+    c.heartbeatInterval = .milliseconds(200)
+    c.staleAfter = .seconds(1)
+    c.leaseWindow = .seconds(1)
+    return c
+}
+
+/// A booted database with one running node (the leader), its API, and a token of each role.
+struct Fixture {
+    let node: RegentNode
+    let api: AdminAPI
+    let tokens: [TokenRole: String]
+    var database: ConnectionConfiguration { node.configuration.database }
+    var admin: String { tokens[.admin]! }
+    var worker: String { tokens[.worker]! }
+    var reader: String { tokens[.read]! }
+
+    static func with(metricsRequireToken: Bool = false, _ body: (Fixture) async throws -> Void) async throws {
+        let config = try await TestDatabase.shared.freshDatabase()
+        let registry = PrometheusCollectorRegistry()
+        let node = RegentNode(configuration: fastNode(config, name: "api-node"), metrics: AdminAPI.nodeMetrics(registry: registry))
+        let task = Task { try await node.run() }
+        #expect(await eventually { await node.isLeader })
+        let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 3))
+        // The leader migrates the module schemas right after its election.
+        #expect(await eventually {
+            try await pool.withConnection { conn in
+                try await MigrationRunner(appliedBy: "").status(on: conn, schemas: ["engine", "workflow", "auth"]).allSatisfy { $0.isCurrent }
+            }
+        })
+        var tokens: [TokenRole: String] = [:]
+        for role in TokenRole.allCases {
+            tokens[role] = try await pool.withConnection {
+                try await TokenStore().create(name: "test-\(role.rawValue)", role: role, actor: "test", on: $0).1
+            }
+        }
+        let api = AdminAPI(pool: pool, node: node, registry: registry, options: .init(staleAfter: .seconds(1), metricsRequireToken: metricsRequireToken))
+        try await body(Fixture(node: node, api: api, tokens: tokens))
+        await pool.shutdown()
+        await node.shutdown()
+        _ = try? await task.value
+    }
+
+    func app() -> some ApplicationProtocol { Application(router: api.router()) }
+}
+
+extension TestClientProtocol {
+    /// One request; `json` is sent as an application/json body.
+    @discardableResult
+    func call(
+        _ method: HTTPRequest.Method, _ uri: String, token: String?, json: String? = nil, contentType: String = "application/json"
+    ) async throws -> TestResponse {
+        var headers = HTTPFields()
+        if let token { headers[.authorization] = "Bearer \(token)" }
+        if json != nil { headers[.contentType] = contentType }
+        return try await executeRequest(uri: uri, method: method, headers: headers, body: json.map { ByteBuffer(string: $0) })
+    }
+}
+
+/// Counts rows of a table (for "nothing changed" checks).
+func count(_ pool: ConnectionPool, _ table: String) async throws -> Int64 {
+    try await pool.query(PostgresQuery(unsafeSQL: "SELECT count(*) AS n FROM \(table)")).single().decode("n")
+}
