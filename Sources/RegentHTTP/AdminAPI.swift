@@ -19,9 +19,14 @@ public struct AdminAPI: Sendable {
         public var staleAfter: Duration = .seconds(10)
         /// Put `/metrics` behind a token (role read) instead of leaving it open for scrapers.
         public var metricsRequireToken = false
-        public init(staleAfter: Duration = .seconds(10), metricsRequireToken: Bool = false) {
+        /// Failed authentications from one address within 10 s after which it gets 429 until the window ends.
+        public var authFailureLimit = 50
+        /// How often an idle event stream sends a keep-alive comment.
+        public var eventStreamKeepAlive: Duration = .seconds(15)
+        public init(staleAfter: Duration = .seconds(10), metricsRequireToken: Bool = false, authFailureLimit: Int = 50) {
             self.staleAfter = staleAfter
             self.metricsRequireToken = metricsRequireToken
+            self.authFailureLimit = authFailureLimit
         }
     }
 
@@ -42,7 +47,7 @@ public struct AdminAPI: Sendable {
         self.node = node
         self.options = options
         self.registry = registry
-        self.authFailures = AuthFailureLog(pool: pool)
+        self.authFailures = AuthFailureLog(pool: pool, throttleAfter: options.authFailureLimit)
         self.poolGauges = PoolGauges(factory: PrometheusMetricsFactory(registry: registry))
     }
 

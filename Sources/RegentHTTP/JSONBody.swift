@@ -19,6 +19,8 @@ struct JSONBody {
             buffer = try await request.body.collect(upTo: context.maxUploadSize)
         } catch let error as HTTPError where error.status == .contentTooLarge {
             throw APIError(status: .contentTooLarge, code: "body_too_large", message: "the body is larger than \(context.maxUploadSize) bytes")
+        } catch is NIOTooManyBytesError {
+            throw APIError(status: .contentTooLarge, code: "body_too_large", message: "the body is larger than \(context.maxUploadSize) bytes")
         }
         return try parse(Data(buffer.readableBytesView), allowed: allowed)
     }

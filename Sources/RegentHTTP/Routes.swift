@@ -6,6 +6,7 @@ import NIOCore
 import PostgresClient
 import Prometheus
 import RegentCore
+import ServiceLifecycle
 
 let lastEventID = HTTPField.Name("Last-Event-ID")!
 
@@ -95,21 +96,36 @@ extension AdminAPI {
             ? queryInt64(request, "after", default: 0, range: 0...Int64.max, code: "invalid_cursor") : resume
         let topics = try request.uri.queryParameters.getAll("topic").map { try EventTopic($0).name }
         let subscription = try await bus.subscribe(topics: topics.isEmpty ? nil : topics, fromID: after)
+        let keepAlive = options.eventStreamKeepAlive
         let body = ResponseBody { writer in
-            do {
-                try await writer.write(ByteBuffer(string: ": regent event stream\n\n"))
-                for try await event in subscription {
-                    let data = try jsonEncoder.encode(EventDocument(event: event))
-                    var buffer = ByteBuffer(string: "id: \(event.id)\nevent: \(event.topic)\ndata: ")
-                    buffer.writeBytes(data)
-                    buffer.writeString("\n\n")
-                    try await writer.write(buffer)
+            // End the stream when the server shuts down gracefully (it waits for open responses).
+            try await withGracefulShutdownHandler {
+                do {
+                    try await writer.write(ByteBuffer(string: ": regent event stream\n\n"))
+                    while true {
+                        guard let batch = try await subscription.nextBatch(idleAfter: keepAlive) else {
+                            // Idle: a comment keeps proxies from closing the connection, and
+                            // finds out when the client went away (the write fails).
+                            try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                            continue
+                        }
+                        if batch.isEmpty { break }
+                        var buffer = ByteBuffer()
+                        for event in batch {
+                            buffer.writeString("id: \(event.id)\nevent: \(event.topic)\ndata: ")
+                            buffer.writeBytes(try jsonEncoder.encode(EventDocument(event: event)))
+                            buffer.writeString("\n\n")
+                        }
+                        try await writer.write(buffer)
+                    }
+                } catch {
+                    await subscription.cancel()
+                    throw error
                 }
-            } catch {
                 await subscription.cancel()
-                throw error
+            } onGracefulShutdown: {
+                Task { await subscription.cancel() }
             }
-            await subscription.cancel()
             try await writer.finish(nil)
         }
         return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
@@ -235,7 +251,7 @@ extension AdminAPI {
         let epoch = LeaseEpoch(try body.int("lease_epoch"))
         let result = try body.optionalObjectJSON("result") ?? "{}"
         try await pool.withConnection { try await LeaseStore().complete(executionID: id, epoch: epoch, result: result, on: $0) }
-        return try json(["state": "succeeded"])
+        return try json(["state": "completed"])
     }
 
     func fail(_ request: Request, _ context: RegentRequestContext) async throws -> Response {

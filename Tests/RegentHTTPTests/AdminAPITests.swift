@@ -71,7 +71,7 @@ struct AdminAPITests {
     }
 
     @Test func everyRouteDemandsItsRoleAndFailuresAreAuditedAtAModestRate() async throws {
-        try await Fixture.with { f in
+        try await Fixture.with(authFailureLimit: 10_000) { f in
             let routes = f.api.routeTable()
             #expect(routes.count >= 20)
             let auditedBefore = try await count(f.api.pool, "engine.audit WHERE action = 'auth.failed'")
@@ -262,6 +262,7 @@ struct AdminAPITests {
                 let done = try await client.call(
                     .post, "/v1/leases/complete", token: f.worker, json: #"{"execution_id":"\#(ids[0])","lease_epoch":\#(epoch1),"result":{"ok":true}}"#)
                 #expect(done.status == .ok)
+                #expect(try object(done.body)["state"] as? String == "completed")
                 let again = try await client.call(
                     .post, "/v1/leases/complete", token: f.worker, json: #"{"execution_id":"\#(ids[0])","lease_epoch":\#(epoch1)}"#)
                 #expect(again.status == .conflict)
@@ -276,7 +277,7 @@ struct AdminAPITests {
             }
             let states = try await f.api.pool.query(
                 "SELECT state FROM workflow.executions WHERE namespace = 'ns' ORDER BY state").map { try $0.decode("state", as: String.self) }
-            #expect(states == ["dead_lettered", "succeeded"])
+            #expect(states == ["completed", "dead_lettered"])
         }
     }
 

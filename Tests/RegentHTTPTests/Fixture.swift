@@ -18,13 +18,14 @@ func object(_ buffer: ByteBuffer) throws -> [String: Any] {
     try #require(try parse(buffer) as? [String: Any])
 }
 
-func errorCode(_ response: TestResponse) -> String? {
-    ((try? object(response.body))?["error"] as? [String: Any])?["code"] as? String
+/// The `error` object of a JSON error answer (nil for any other body; records no issue).
+func errorObject(_ response: TestResponse) -> [String: Any]? {
+    ((try? JSONSerialization.jsonObject(with: Data(String(buffer: response.body).utf8))) as? [String: Any])?["error"] as? [String: Any]
 }
 
-func errorMessage(_ response: TestResponse) -> String? {
-    ((try? object(response.body))?["error"] as? [String: Any])?["message"] as? String
-}
+func errorCode(_ response: TestResponse) -> String? { errorObject(response)?["code"] as? String }
+
+func errorMessage(_ response: TestResponse) -> String? { errorObject(response)?["message"] as? String }
 
 /// A node configuration with short intervals, so tests see elections quickly.
 func fastNode(_ database: ConnectionConfiguration, name: String) -> NodeConfiguration {
@@ -46,7 +47,7 @@ struct Fixture {
     var worker: String { tokens[.worker]! }
     var reader: String { tokens[.read]! }
 
-    static func with(metricsRequireToken: Bool = false, _ body: (Fixture) async throws -> Void) async throws {
+    static func with(metricsRequireToken: Bool = false, authFailureLimit: Int = 50, _ body: (Fixture) async throws -> Void) async throws {
         let config = try await TestDatabase.shared.freshDatabase()
         let registry = PrometheusCollectorRegistry()
         let node = RegentNode(configuration: fastNode(config, name: "api-node"), metrics: AdminAPI.nodeMetrics(registry: registry))
@@ -65,7 +66,7 @@ struct Fixture {
                 try await TokenStore().create(name: "test-\(role.rawValue)", role: role, actor: "test", on: $0).1
             }
         }
-        let api = AdminAPI(pool: pool, node: node, registry: registry, options: .init(staleAfter: .seconds(1), metricsRequireToken: metricsRequireToken))
+        let api = AdminAPI(pool: pool, node: node, registry: registry, options: .init(staleAfter: .seconds(1), metricsRequireToken: metricsRequireToken, authFailureLimit: authFailureLimit))
         try await body(Fixture(node: node, api: api, tokens: tokens))
         await pool.shutdown()
         await node.shutdown()

@@ -216,27 +216,59 @@ public actor EventBus {
         if let at = events.first?.publishedAt { metrics.eventLag.record(max(0, Date().timeIntervalSince(at))) }
     }
 
-    /// Up to `max` events for subscription `id`, waiting for at least one; empty when it ended.
-    func nextBatch(_ id: Int, max: Int) async throws -> [Event] {
-        guard let sub = subscriptions[id] else { return [] }
+    enum BatchResult: Sendable {
+        case events([Event])
+        case ended
+        /// Nothing arrived within the idle time; the subscription is still open.
+        case idle
+    }
+
+    /// What wakes a waiting subscriber.
+    enum Wake: Sendable {
+        case event(Event)
+        case finished
+        case idle
+    }
+
+    /// Up to `max` events for subscription `id`, waiting for at least one (or, with
+    /// `idleAfter`, until that much time passed without one).
+    func nextBatch(_ id: Int, max: Int, idleAfter: Duration? = nil) async throws -> BatchResult {
+        guard let sub = subscriptions[id] else { return .ended }
         while true {
             let batch = sub.popBatch(max: max)
             if !batch.isEmpty {
                 recordDelivery(batch)
-                return batch
+                return .events(batch)
             }
-            if sub.finished { return [] }
+            if sub.finished { return .ended }
             if sub.lagging {
                 try await page(sub)
                 continue
             }
-            let event = try await withCheckedThrowingContinuation { sub.waiter = $0 }
-            if let event {
-                recordDelivery(CollectionOfOne(event))
-                return [event]
+            sub.waitGeneration += 1
+            let generation = sub.waitGeneration
+            let timer = idleAfter.map { idle in
+                Task { [weak self] in
+                    try? await Task.sleep(for: idle)
+                    await self?.wakeIdle(id, generation: generation)
+                }
             }
-            return []
+            let wake = try await withCheckedThrowingContinuation { sub.waiter = $0 }
+            timer?.cancel()
+            switch wake {
+            case .event(let event):
+                recordDelivery(CollectionOfOne(event))
+                return .events([event])
+            case .finished: return .ended
+            case .idle: return .idle
+            }
         }
+    }
+
+    private func wakeIdle(_ id: Int, generation: Int) {
+        guard let sub = subscriptions[id], sub.waitGeneration == generation, let waiter = sub.waiter else { return }
+        sub.waiter = nil
+        waiter.resume(returning: .idle)
     }
 
     /// Reads the table for a subscription that fell behind (or started in the past), after
@@ -276,7 +308,9 @@ public actor EventBus {
         var lastQueued: Int64
         var lagging: Bool
         var finished = false
-        var waiter: CheckedContinuation<Event?, any Error>?
+        var waiter: CheckedContinuation<Wake, any Error>?
+        /// Tells an idle timer whether the wait it was set for is still the current one.
+        var waitGeneration = 0
 
         init(id: Int, topics: Set<String>?, lastDelivered: Int64, lagging: Bool) {
             self.id = id
@@ -296,7 +330,7 @@ public actor EventBus {
                 self.waiter = nil
                 lastDelivered = max(lastDelivered, event.id)
                 lastQueued = max(lastQueued, event.id)
-                waiter.resume(returning: event)
+                waiter.resume(returning: .event(event))
                 return
             }
             if buffer.count - head >= limit {
@@ -329,7 +363,7 @@ public actor EventBus {
             finished = true
             if let waiter {
                 self.waiter = nil
-                if let error { waiter.resume(throwing: error) } else { waiter.resume(returning: nil) }
+                if let error { waiter.resume(throwing: error) } else { waiter.resume(returning: .finished) }
             }
         }
     }
@@ -356,11 +390,12 @@ public struct EventSubscription: AsyncSequence, Sendable {
             }
             let bus = self.bus
             let id = self.id
-            batch = try await withTaskCancellationHandler {
+            let result = try await withTaskCancellationHandler {
                 try await bus.nextBatch(id, max: 256)
             } onCancel: {
                 Task { await bus.cancel(id) }
             }
+            if case .events(let events) = result { batch = events } else { batch = [] }
             index = 0
             guard !batch.isEmpty else { return nil }
             index = 1
@@ -372,4 +407,21 @@ public struct EventSubscription: AsyncSequence, Sendable {
 
     /// Ends this subscription.
     public func cancel() async { await bus.cancel(id) }
+
+    /// The next events in order; nil when none arrived within `idleAfter` (the subscription
+    /// stays open: a stream can send a keep-alive and ask again); empty once it ended.
+    public func nextBatch(idleAfter: Duration, max: Int = 256) async throws -> [Event]? {
+        let bus = self.bus
+        let id = self.id
+        let result = try await withTaskCancellationHandler {
+            try await bus.nextBatch(id, max: max, idleAfter: idleAfter)
+        } onCancel: {
+            Task { await bus.cancel(id) }
+        }
+        switch result {
+        case .events(let events): return events
+        case .ended: return []
+        case .idle: return nil
+        }
+    }
 }

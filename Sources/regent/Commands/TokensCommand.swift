@@ -45,7 +45,7 @@ struct TokensCommand: AsyncParsableCommand {
             do {
                 _ = try TokenRole(parsing: role)
                 try TokenStore.validateName(name)
-            } catch let error as RegentError {
+            } catch {
                 throw ValidationError(error.description)
             }
         }
