@@ -9,7 +9,7 @@ final class RawHTTPStream {
     let fd: Int32
     private var received = Data()
 
-    init(port: Int, path: String, token: String?) throws {
+    init(port: Int, path: String, token: String?, method: String = "GET", close: Bool = false) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw POSIXError(.EIO) }
         var addr = sockaddr_in()
@@ -23,7 +23,8 @@ final class RawHTTPStream {
             Glibc.close(fd)
             throw POSIXError(.ECONNREFUSED)
         }
-        var request = "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+        var request = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        if close { request += "Connection: close\r\n" }
         if let token { request += "Authorization: Bearer \(token)\r\n" }
         request += "\r\n"
         _ = request.withCString { send(fd, $0, strlen($0), 0) }
@@ -45,4 +46,31 @@ final class RawHTTPStream {
     }
 
     func close() { Glibc.close(fd) }
+
+    /// One whole request over a fresh connection (Connection: close): status and body.
+    static func fetch(port: Int, path: String, token: String? = nil, method: String = "GET") throws -> (status: Int, body: String) {
+        let stream = try RawHTTPStream(port: port, path: path, token: token, method: method, close: true)
+        defer { stream.close() }
+        let text = try stream.read(until: "\u{0}never\u{0}", timeout: .seconds(5))
+        let status = text.split(separator: " ", maxSplits: 2).dropFirst().first.flatMap { Int($0) } ?? 0
+        let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? ""
+        return (status, body)
+    }
+
+    /// A loopback port that was free a moment ago.
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { Glibc.close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = 0
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        try withUnsafeMutablePointer(to: &addr) { ptr in
+            try ptr.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                guard bind(fd, $0, len) == 0, getsockname(fd, $0, &len) == 0 else { throw POSIXError(.EADDRINUSE) }
+            }
+        }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
 }

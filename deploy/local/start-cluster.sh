@@ -21,8 +21,9 @@ as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -o "-p $port -k $di
 url="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
 swift build --product regent >/dev/null
 for i in $(seq 1 "$nodes"); do
-  nohup .build/debug/regent serve --database-url "$url" --node-name "node$i" >"$dir/logs/node$i.log" 2>&1 &
+  nohup .build/debug/regent serve --database-url "$url" --node-name "node$i" --http-address "127.0.0.1:$((8080 + i))" >"$dir/logs/node$i.log" 2>&1 &
   echo $! >"$dir/node$i.pid"
 done
 echo "PostgreSQL on 127.0.0.1:$port, $nodes nodes (logs in $dir/logs)"
 echo "export REGENT_DATABASE_URL='$url'; .build/debug/regent status"
+echo "admin API: http://127.0.0.1:8081 .. :$((8080 + nodes)) (token: .build/debug/regent tokens create --role admin --name me)"

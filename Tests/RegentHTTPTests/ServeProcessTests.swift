@@ -1,0 +1,108 @@
+import Foundation
+import PostgresClient
+@testable import RegentCore
+import RegentTestSupport
+import Testing
+
+/// Real `regent` processes: the tokens CLI, and `serve` with its HTTP API, JSON logs,
+/// metrics and SIGTERM drain.
+@Suite("regent serve processes with the admin API", .serialized)
+struct ServeProcessTests {
+    func run(_ args: [String]) async throws -> (code: Int32?, output: String) {
+        let p = try RegentProcess(args, logPath: NSTemporaryDirectory() + "regent-cli-\(UUID().uuidString).log")
+        let code = await p.waitForExit(timeout: .seconds(30))
+        return (code, p.log)
+    }
+
+    @Test func tokensAreCreatedOnceListedWithoutSecretsAndRevoked() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary))
+        let db = try await TestDatabase.shared.freshDatabase()
+        let created = try await run(["tokens", "create", "--database-url", db.conninfo, "--role", "admin", "--name", "ops"])
+        #expect(created.code == 0, "\(created.output)")
+        let token = try #require(created.output.split(separator: "\n").last.map(String.init))
+        #expect(token.wholeMatch(of: /rgt_[0-9a-f]{16}_[0-9a-f]{64}/) != nil, "the token is alone on the last line")
+        let listed = try await run(["tokens", "list", "--database-url", db.conninfo, "--json"])
+        #expect(listed.code == 0)
+        #expect(listed.output.contains("\"ops\""))
+        #expect(!listed.output.contains(String(token.suffix(64))), "no secret in listings")
+        let conn = try await PostgresConnection.connect(db)
+        defer { Task { await conn.close() } }
+        let stored = try await conn.query("SELECT secret_sha256 FROM auth.tokens WHERE name = 'ops'").single().decode("secret_sha256", as: String.self)
+        #expect(!stored.contains(String(token.suffix(64))), "only a hash is stored")
+        #expect(try await TokenStore().authenticate(token, on: conn)?.role == .admin)
+        // A second live token of the same name is refused; bad input changes nothing.
+        let duplicate = try await run(["tokens", "create", "--database-url", db.conninfo, "--role", "read", "--name", "ops"])
+        #expect(duplicate.code != 0)
+        #expect(duplicate.output.contains("already exists"))
+        let badRole = try await run(["tokens", "create", "--database-url", db.conninfo, "--role", "root", "--name", "x"])
+        #expect(badRole.code != 0)
+        #expect(badRole.output.contains("admin, worker or read"))
+        let badName = try await run(["tokens", "create", "--database-url", db.conninfo, "--role", "read", "--name", "bad name;"])
+        #expect(badName.code != 0)
+        #expect(try await conn.query("SELECT count(*) AS n FROM auth.tokens").single().decode("n", as: Int64.self) == 1)
+        let revoked = try await run(["tokens", "revoke", "--database-url", db.conninfo, "ops"])
+        #expect(revoked.code == 0)
+        #expect(try await TokenStore().authenticate(token, on: conn) == nil)
+        let audit = try await conn.query("SELECT action FROM engine.audit WHERE action LIKE 'token.%' ORDER BY id").map { try $0.decode("action", as: String.self) }
+        #expect(audit == ["token.created", "token.revoked"])
+    }
+
+    @Test func sigtermDrainsTheLeaderAndTheFollowersMetricsShowTheTakeover() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary))
+        let db = try await TestDatabase.shared.freshDatabase()
+        let created = try await run(["tokens", "create", "--database-url", db.conninfo, "--role", "read", "--name", "probe"])
+        let token = try #require(created.output.split(separator: "\n").last.map(String.init))
+        let ports = [try RawHTTPStream.freePort(), try RawHTTPStream.freePort()]
+        let nodes = try (0..<2).map { i in
+            try RegentProcess(
+                ["serve", "--database-url", db.conninfo, "--node-name", "web\(i)", "--http-address", "127.0.0.1:\(ports[i])",
+                 "--heartbeat-interval", "200ms", "--stale-after", "1s", "--lease-window", "1s", "--log-format", "json",
+                 "--shutdown-timeout", "5s"],
+                logPath: NSTemporaryDirectory() + "regent-web\(i)-\(UUID().uuidString).log")
+        }
+        defer { nodes.forEach { $0.signal(SIGKILL) } }
+        // Both serve; find the leader through the API of either.
+        #expect(await eventually(timeout: .seconds(20)) {
+            guard let r = try? RawHTTPStream.fetch(port: ports[0], path: "/v1/leader", token: token), r.status == 200,
+                  let doc = try JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any],
+                  doc["leader"] is [String: Any], (doc["instances"] as? [Any])?.count == 2
+            else { return false }
+            return (try? RawHTTPStream.fetch(port: ports[1], path: "/readyz"))?.status == 200
+        })
+        let status = try RawHTTPStream.fetch(port: ports[1], path: "/v1/leader", token: token)
+        let doc = try #require(try JSONSerialization.jsonObject(with: Data(status.body.utf8)) as? [String: Any])
+        let leader = try #require(doc["leader"] as? [String: Any], "no leader; logs:\n\(nodes[0].log)\n\(nodes[1].log)")
+        let leaderIndex = leader["node_name"] as? String == "web0" ? 0 : 1
+        #expect(leader["http_address"] as? String == "127.0.0.1:\(ports[leaderIndex])")
+        let follower = 1 - leaderIndex
+        let before = try RawHTTPStream.fetch(port: ports[follower], path: "/metrics")
+        #expect(before.body.contains("regent_is_leader 0"))
+        #expect(before.body.contains("regent_elections_total 0"))
+        // SIGTERM the leader: it hands over, deletes its row and exits 0 within the timeout.
+        let signalled = ContinuousClock.now
+        nodes[leaderIndex].signal(SIGTERM)
+        let code = await nodes[leaderIndex].waitForExit(timeout: .seconds(8))
+        #expect(code == 0, "log:\n\(nodes[leaderIndex].log)")
+        #expect(ContinuousClock.now - signalled < .seconds(6))
+        #expect(await eventually(timeout: .seconds(5)) {
+            let r = try RawHTTPStream.fetch(port: ports[follower], path: "/metrics")
+            return r.body.contains("regent_is_leader 1") && r.body.contains("regent_elections_total 1")
+                && r.body.contains("regent_failover_seconds_count 1")
+        })
+        let conn = try await PostgresConnection.connect(db)
+        defer { Task { await conn.close() } }
+        let rows = try await conn.query("SELECT node_name FROM engine.instances").map { try $0.decode("node_name", as: String.self) }
+        #expect(rows == ["web\(follower)"])
+        // The drained node logged JSON, one object a line, including its resignation.
+        let lines = nodes[leaderIndex].log.split(separator: "\n")
+        #expect(!lines.isEmpty)
+        for line in lines {
+            let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            #expect(object?["message"] != nil && object?["level"] != nil, "not a JSON log line: \(line)")
+        }
+        #expect(lines.contains { $0.contains("resigned leadership") })
+        nodes[follower].signal(SIGTERM)
+        #expect(await nodes[follower].waitForExit(timeout: .seconds(8)) == 0)
+        #expect(try await conn.query("SELECT count(*) AS n FROM engine.instances").single().decode("n", as: Int64.self) == 0)
+    }
+}
