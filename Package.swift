@@ -98,7 +98,7 @@ let package = Package(
         ),
         .target(
             name: "RegentTestSupport",
-            dependencies: ["PostgresClient", "EmbeddedPostgres"],
+            dependencies: ["PostgresClient", "EmbeddedPostgres", "RegentCore"],
             path: "Tests/RegentTestSupport",
             swiftSettings: swiftSettings
         ),

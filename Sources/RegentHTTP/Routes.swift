@@ -147,16 +147,17 @@ extension AdminAPI {
             try await WorkerRegistry().list(namespace: namespace, after: after, limit: limit, on: $0)
         }
         let next = workers.count == limit ? workers.last.map { "\($0.namespace)/\($0.workerInstanceID)" } : nil
-        return try json(WorkerPage(items: workers, next: next))
+        return try json(Page(items: workers, next: next))
     }
 
-    struct WorkerPage: Encodable {
-        let items: [WorkerRecord]
+    /// A page of a listing and the cursor of the next one (`null` on the last page).
+    struct Page<Item: Encodable>: Encodable {
+        let items: [Item]
         let next: String?
         func encode(to encoder: any Encoder) throws {
             var c = encoder.container(keyedBy: CodingKeys.self)
             try c.encode(items, forKey: .items)
-            try c.encode(next, forKey: .next)  // null on the last page
+            try c.encode(next, forKey: .next)
         }
         enum CodingKeys: String, CodingKey { case items, next }
     }
@@ -282,17 +283,6 @@ extension AdminAPI {
         let next = leases.count == limit
             ? leases.last.map { "\($0.expiresAt.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true))),\($0.executionID.uuidString.lowercased())" }
             : nil
-        return try json(ExpiredPage(items: leases, next: next))
-    }
-
-    struct ExpiredPage: Encodable {
-        let items: [ExpiredLease]
-        let next: String?
-        func encode(to encoder: any Encoder) throws {
-            var c = encoder.container(keyedBy: CodingKeys.self)
-            try c.encode(items, forKey: .items)
-            try c.encode(next, forKey: .next)
-        }
-        enum CodingKeys: String, CodingKey { case items, next }
+        return try json(Page(items: leases, next: next))
     }
 }

@@ -10,14 +10,7 @@ struct Cluster {
     var nodes: [RegentNode] = []
     var tasks: [Task<Void, any Error>] = []
 
-    static func nodeConfig(_ db: ConnectionConfiguration, name: String) -> NodeConfiguration {
-        var c = NodeConfiguration(database: db)
-        c.nodeName = name
-        c.heartbeatInterval = .milliseconds(200)
-        c.staleAfter = .seconds(1)
-        c.leaseWindow = .seconds(1)
-        return c
-    }
+    static func nodeConfig(_ db: ConnectionConfiguration, name: String) -> NodeConfiguration { fastNode(db, name: name) }
 
     mutating func start(_ name: String, database: ConnectionConfiguration? = nil) -> RegentNode {
         let node = RegentNode(configuration: Self.nodeConfig(database ?? config, name: name))

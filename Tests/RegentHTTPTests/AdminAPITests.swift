@@ -281,6 +281,21 @@ struct AdminAPITests {
         }
     }
 
+    @Test func aDrainingNodeTakesNoClaims() async throws {
+        try await Fixture.with { f in
+            try await f.app().test(.router) { client in
+                let register = #"{"namespace":"ns","worker_instance_id":"w-1","worker_id":"w","lanes":["default"]}"#
+                let registered = try await client.call(.post, "/v1/workers/register", token: f.worker, json: register)
+                #expect(registered.status == .created)
+                await f.node.shutdown()  // SIGTERM does this
+                let claim = #"{"namespace":"ns","worker_instance_id":"w-1","lanes":["default"]}"#
+                let r = try await client.call(.post, "/v1/leases/claim", token: f.worker, json: claim)
+                #expect(r.status == .serviceUnavailable)
+                #expect(errorCode(r) == "draining")
+            }
+        }
+    }
+
     @Test func modulesAreToggledThroughTheAPIAndAudited() async throws {
         try await Fixture.with { f in
             try await f.app().test(.router) { client in

@@ -27,16 +27,6 @@ func errorCode(_ response: TestResponse) -> String? { errorObject(response)?["co
 
 func errorMessage(_ response: TestResponse) -> String? { errorObject(response)?["message"] as? String }
 
-/// A node configuration with short intervals, so tests see elections quickly.
-func fastNode(_ database: ConnectionConfiguration, name: String) -> NodeConfiguration {
-    var c = NodeConfiguration(database: database)
-    c.nodeName = name
-    c.heartbeatInterval = .milliseconds(200)
-    c.staleAfter = .seconds(1)
-    c.leaseWindow = .seconds(1)
-    return c
-}
-
 /// A booted database with one running node (the leader), its API, and a token of each role.
 struct Fixture {
     let node: RegentNode
