@@ -125,7 +125,10 @@ let package = Package(
         ),
         .testTarget(
             name: "RegentCoreTests",
-            dependencies: ["RegentCore", "PostgresClient", "RegentTestSupport"],
+            dependencies: [
+                "RegentCore", "PostgresClient", "RegentTestSupport",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ],
             swiftSettings: swiftSettings
         ),
     ]

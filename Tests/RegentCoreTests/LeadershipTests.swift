@@ -2,6 +2,7 @@ import Foundation
 import PostgresClient
 @testable import RegentCore
 import RegentTestSupport
+import MetricsTestKit
 import Testing
 
 /// Nodes in this process, each with its own connections, against a fresh database.
@@ -212,5 +213,42 @@ struct LeadershipTests {
         })
         #expect(await eventually { await cluster.leaders().count == 1 })
         await cluster.stopAll()
+    }
+}
+
+@Suite("Leadership metrics against a real server", .serialized)
+struct LeadershipMetricsTests {
+    @Test func aCrashTakeoverIsObservedByTheTakerAndAFreshStartIsNot() async throws {
+        let db = try await TestDatabase.shared.freshDatabase()
+        let firstMetrics = TestMetrics()
+        let first = RegentNode(configuration: fastNode(db, name: "first"), metrics: RegentMetrics(factory: firstMetrics))
+        let firstTask = Task { try await first.run() }
+        #expect(await eventually { await first.isLeader })
+        // Nobody led before: the lock was free, so this election is not a failover.
+        #expect(try firstMetrics.expectCounter("regent_elections_total").totalValue == 1)
+        #expect(try firstMetrics.expectGauge("regent_is_leader").lastValue == 1)
+        #expect((try? firstMetrics.expectTimer(RegentMetrics.Name.failoverSeconds).values.count) ?? 0 == 0)
+
+        let secondMetrics = TestMetrics()
+        let second = RegentNode(configuration: fastNode(db, name: "second"), metrics: RegentMetrics(factory: secondMetrics))
+        let secondTask = Task { try await second.run() }
+        #expect(await eventually { await second.membershipService != nil })
+        try await Task.sleep(for: .milliseconds(200))  // the second node is now blocked on the lock
+        // Crash the leader's lock session: the second node takes over and measures it.
+        let fence = try #require(await first.currentFence)
+        let admin = try await PostgresConnection.connect(db)
+        try await admin.query("SELECT pg_terminate_backend(\(Int(fence.lockBackendPID)))")
+        #expect(await eventually(timeout: .seconds(3)) { await second.isLeader })
+        let failovers = try secondMetrics.expectTimer(RegentMetrics.Name.failoverSeconds).values
+        #expect(failovers.count == 1)
+        #expect(failovers.allSatisfy { $0 > 0 && $0 < 2_000_000_000 }, "\(failovers) ns")
+        #expect(try secondMetrics.expectCounter("regent_elections_total").totalValue == 1)
+        #expect(try secondMetrics.expectGauge("regent_leader_term").lastValue == 2)
+        #expect(await eventually { (try? firstMetrics.expectGauge("regent_is_leader").lastValue) == 0 })
+        await admin.close()
+        await second.shutdown()
+        await first.shutdown()
+        _ = try? await secondTask.value
+        _ = try? await firstTask.value
     }
 }
