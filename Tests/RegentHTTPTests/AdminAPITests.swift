@@ -106,9 +106,10 @@ struct AdminAPITests {
                     }
                 }
             }
-            // Dozens of failures from one address in seconds: one audit row, not dozens.
+            // Dozens of failures from one address in seconds: one audit row per 10 s window, not dozens
+            // (two if this loop happened to straddle a window on a slow machine).
             let audited = try await count(f.api.pool, "engine.audit WHERE action = 'auth.failed'") - auditedBefore
-            #expect(audited == 1)
+            #expect((1...2).contains(audited), "\(audited) rows")
             let row = try await f.api.pool.query(
                 "SELECT actor, detail->>'reason' AS reason FROM engine.audit WHERE action = 'auth.failed' ORDER BY id DESC LIMIT 1").single()
             #expect(try row.decode("actor", as: String.self) == "http:unknown")

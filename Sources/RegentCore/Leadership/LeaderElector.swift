@@ -200,10 +200,13 @@ public actor LeaderElector {
             LeadershipQueries.recordElection(instance: instanceID, actor: "instance:\(instanceID.uuidString.lowercased())"),
             purpose: "record the new term").single()
         let term = try row.decode("term", as: Int64.self)
-        // A takeover: measure the leaderless time from the predecessor's resignation, or, when it
-        // did not resign (crash, partition), from PostgreSQL releasing its lock to our recorded term.
-        if let granted = takeoverGrantedAt {
-            let seconds = try row.decodeOptional("since_resignation", as: Double.self) ?? (ContinuousClock.now - granted).milliseconds / 1000
+        // A takeover: measure the leaderless time from the predecessor's resignation (if it
+        // resigned within the last minute: older means the cluster was down, not failing over),
+        // or, when it did not resign (crash, partition) and we had to wait for the lock, from
+        // PostgreSQL releasing it to our recorded term. A lock taken at once with no recent
+        // resignation is a fresh start, not a failover.
+        let sinceResignation = try row.decodeOptional("since_resignation", as: Double.self).flatMap { $0 < 60 ? max(0, $0) : nil }
+        if let seconds = sinceResignation ?? takeoverGrantedAt.map({ (ContinuousClock.now - $0).milliseconds / 1000 }) {
             metrics.failover.recordNanoseconds(Int64((seconds * 1e9).rounded()))
             logger.info("took over leadership", metadata: ["term": "\(term)", "leaderless_ms": "\(Int((seconds * 1000).rounded()))"])
         }
