@@ -7,8 +7,10 @@ export PATH="$PATH:/opt/swift/usr/bin"
 bash scripts/ensure-deps.sh
 swift build --build-tests
 status=0
-swift test --skip-build "$@" || status=$?
-# A crashed test process can leave its private cluster behind; stop any of ours.
+# A hung test must fail the run, not hold it until CI's own limit.
+timeout --signal=TERM --kill-after=30 "${REGENT_TEST_TIMEOUT:-1800}" swift test --skip-build "$@" || status=$?
+# A crashed or timed-out test process can leave its private cluster behind; stop any of ours.
+pkill -KILL -f RegentPackageTests.xctest 2>/dev/null || true
 pgctl="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)/pg_ctl"
 for d in /tmp/regent-pg-*/data; do
   [ -f "$d/postmaster.pid" ] || continue
