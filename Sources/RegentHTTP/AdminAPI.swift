@@ -85,7 +85,7 @@ public struct AdminAPI: Sendable {
         r.add(.get, "/v1/leader", role: .read) { _, _ in try await leader() }
         r.add(.post, "/v1/leader/resign", role: .admin) { _, _ in try await resign() }
         r.add(.get, "/v1/instances", role: .read) { _, _ in
-            try json(try await pool.withConnection { try await ClusterStatus.read(on: $0, staleAfter: staleAfter) }.instances)
+            try json(try await clusterStatus().instances)
         }
         r.add(.get, "/v1/modules", role: .read) { _, _ in
             try json(try await pool.withConnection { try await ModuleRegistry().list(on: $0) })
@@ -145,7 +145,7 @@ public struct AdminAPI: Sendable {
     }
 
     func leader() async throws -> Response {
-        let status = try await pool.withConnection { try await ClusterStatus.read(on: $0, staleAfter: staleAfter) }
+        let status = try await clusterStatus()
         let me = node?.instanceID
         return try json(LeaderDocument(status: status, selfIsLeader: me != nil && status.leader?.instanceID == me))
     }
@@ -169,15 +169,8 @@ public struct AdminAPI: Sendable {
     }
 
     func audit(_ request: Request) async throws -> Response {
-        let params = request.uri.queryParameters
-        let after = try params.get("after").map { text -> Int64 in
-            guard let v = Int64(text), v >= 0 else { throw APIError.badRequest("invalid_cursor", "after must be a non-negative integer, got \(SQLIdentifier.printable(String(text)))") }
-            return v
-        } ?? 0
-        let limit = try params.get("limit").map { text -> Int in
-            guard let v = Int(text), (1...1000).contains(v) else { throw APIError.badRequest("invalid_limit", "limit must be 1 to 1000, got \(SQLIdentifier.printable(String(text)))") }
-            return v
-        } ?? 100
+        let after = try afterID(request) ?? 0
+        let limit = try limit(request)
         let rows = try await pool.query(Self.auditPage(after: after, limit: limit), purpose: "http: audit page").map { row in
             AuditRow(
                 id: try row.decode("id"), at: try row.decode("at"), actor: try row.decode("actor"), action: try row.decode("action"),
@@ -190,7 +183,7 @@ public struct AdminAPI: Sendable {
     func resign() async throws -> Response {
         guard let node else { throw APIError.conflict("not_a_node", "this process runs no node") }
         if await node.resign() { return try json(["resigning": true], status: .accepted) }
-        let status = try await pool.withConnection { try await ClusterStatus.read(on: $0, staleAfter: staleAfter) }
+        let status = try await clusterStatus()
         guard let leader = status.leader else {
             throw APIError.conflict("not_leader", "this node is not the leader and no leader is elected right now; retry shortly")
         }

@@ -14,16 +14,29 @@ let lastEventID = HTTPField.Name("Last-Event-ID")!
 extension AdminAPI {
     // MARK: Query parameters
 
-    func queryInt64(_ request: Request, _ name: String, default value: Int64, range: ClosedRange<Int64>, code: String) throws -> Int64 {
-        guard let text = request.uri.queryParameters.get(name) else { return value }
+    /// An integer query parameter in `range`, nil when absent; otherwise 400 with `code`.
+    func queryInt64(_ request: Request, _ name: String, range: ClosedRange<Int64>, code: String) throws -> Int64? {
+        guard let text = request.uri.queryParameters.get(name) else { return nil }
         guard let v = Int64(text), range.contains(v) else {
-            throw APIError.badRequest(code, "\(name) must be an integer from \(range.lowerBound) to \(range.upperBound), got \(SQLIdentifier.printable(String(text.prefix(64))))")
+            let expected = range.upperBound < .max ? "an integer from \(range.lowerBound) to \(range.upperBound)"
+                : range.lowerBound == 0 ? "a non-negative integer" : "an integer of at least \(range.lowerBound)"
+            throw APIError.badRequest(code, "\(name) must be \(expected), got \(SQLIdentifier.printable(String(text.prefix(64))))")
         }
         return v
     }
 
+    /// `limit`, 1–1000, default 100.
     func limit(_ request: Request) throws -> Int {
-        Int(try queryInt64(request, "limit", default: 100, range: 1...1000, code: "invalid_limit"))
+        Int(try queryInt64(request, "limit", range: 1...1000, code: "invalid_limit") ?? 100)
+    }
+
+    /// An id cursor `after` (0 or more), nil when absent.
+    func afterID(_ request: Request) throws -> Int64? {
+        try queryInt64(request, "after", range: 0...Int64.max, code: "invalid_cursor")
+    }
+
+    func clusterStatus() async throws -> ClusterStatus {
+        try await pool.withConnection { try await ClusterStatus.read(on: $0, staleAfter: staleAfter) }
     }
 
     func optionalNamespace(_ request: Request) throws -> Namespace? {
@@ -34,7 +47,7 @@ extension AdminAPI {
 
     func metrics() async throws -> Response {
         // Gauges that describe the cluster or the pools are read now, so a scrape is current.
-        if let status = try? await pool.withConnection({ try await ClusterStatus.read(on: $0, staleAfter: staleAfter) }) {
+        if let status = try? await clusterStatus() {
             let stale = status.instances.filter(\.stale).count
             node?.metrics.liveInstances.record(status.instances.count - stale)
             node?.metrics.staleInstances.record(stale)
@@ -92,8 +105,7 @@ extension AdminAPI {
             throw APIError(status: .serviceUnavailable, code: "no_event_bus", message: "this process runs no node, so it has no event bus")
         }
         let resume = request.headers[lastEventID].flatMap { Int64($0) }
-        let after: Int64? = try request.uri.queryParameters.get("after") != nil
-            ? queryInt64(request, "after", default: 0, range: 0...Int64.max, code: "invalid_cursor") : resume
+        let after = try afterID(request) ?? resume
         let topics = try request.uri.queryParameters.getAll("topic").map { try EventTopic($0).name }
         let subscription = try await bus.subscribe(topics: topics.isEmpty ? nil : topics, fromID: after)
         let keepAlive = options.eventStreamKeepAlive
