@@ -77,7 +77,7 @@ struct ServeCommand: AsyncParsableCommand {
         var groupConfig = ServiceGroupConfiguration(
             services: services, gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [], logger: logger)
         groupConfig.maximumGracefulShutdownDuration = shutdownTimeout
-        let watchdog = ShutdownWatchdog(timeout: shutdownTimeout, logger: logger)
+        let watchdog = shutdownWatchdog(timeout: shutdownTimeout, logger: logger)
         defer { watchdog.cancel() }
         try await ServiceGroup(configuration: groupConfig).run()
         await apiPool?.shutdown()
@@ -99,23 +99,12 @@ struct NodeService: Service {
 
 /// Bounds the whole shutdown: once SIGTERM or SIGINT arrived, the process exits (status 1)
 /// if it is still alive `timeout` plus a short grace later, whatever is stuck.
-final class ShutdownWatchdog {
-    private let sources: [any DispatchSourceSignal]
-
-    init(timeout: Duration, logger: Logger) {
-        let deadline = timeout + .seconds(2)
-        sources = [SIGTERM, SIGINT].map { sig in
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler {
-                DispatchQueue.global().asyncAfter(deadline: .now() + deadline.milliseconds / 1000) {
-                    logger.critical("shutdown took longer than --shutdown-timeout; exiting now", metadata: ["timeout": "\(timeout)"])
-                    exit(1)
-                }
-            }
-            source.resume()
-            return source
+func shutdownWatchdog(timeout: Duration, logger: Logger) -> SignalHandler {
+    let deadline = timeout + .seconds(2)
+    return SignalHandler(signals: [SIGTERM, SIGINT]) {
+        DispatchQueue.global().asyncAfter(deadline: .now() + deadline.milliseconds / 1000) {
+            logger.critical("shutdown took longer than --shutdown-timeout; exiting now", metadata: ["timeout": "\(timeout)"])
+            exit(1)
         }
     }
-
-    func cancel() { sources.forEach { $0.cancel() } }
 }
