@@ -10,19 +10,55 @@ public struct PostgresNotification: Sendable, Hashable {
     public var senderPID: Int32
 }
 
+/// The listener's connection, lent to a ``PostgresListenerHandler`` for the length of one
+/// callback, on the listener thread. Not `Sendable` on purpose: it must not leave the call.
+public struct ListenerSession {
+    let conn: OpaquePointer
+    /// The server pid of the LISTEN session.
+    public let backendPID: Int32
+
+    /// Runs one statement on the listener's own connection. Notifications that arrive
+    /// meanwhile are kept and handed over after the callback returns, in arrival order.
+    public func query(_ query: PostgresQuery) throws(PostgresError) -> PostgresRows {
+        try LibPQ.exec(conn, query)
+    }
+}
+
+/// Receives a listener's traffic on the listener thread itself, with no hop to another
+/// thread or task: the fastest way from the socket to the code that acts on it. Callbacks
+/// run one at a time, in order; they must not block on anything but the session they get.
+/// Throwing from one ends the listener with that error (as a lost connection would).
+public protocol PostgresListenerHandler: Sendable {
+    /// After LISTEN, before the first notification: the place to catch up on what was missed.
+    func listenerConnected(_ session: ListenerSession) throws
+    func received(_ notification: PostgresNotification, session: ListenerSession) throws
+    /// Called at least every `tickInterval` while the listener runs (nil: never).
+    var tickInterval: Duration? { get }
+    func tick(_ session: ListenerSession) throws
+}
+
+extension PostgresListenerHandler {
+    public func listenerConnected(_ session: ListenerSession) throws {}
+    public var tickInterval: Duration? { nil }
+    public func tick(_ session: ListenerSession) throws {}
+}
+
 /// A dedicated LISTEN connection.
 ///
 /// It owns one `PGconn` on one thread of its own, which sleeps in `poll()` on the
-/// connection's socket (no busy polling) and on a wake-up pipe for commands. Every
-/// notification is yielded to ``notifications`` in arrival order. When the
-/// connection breaks (server restart, `pg_terminate_backend`, a failed ping) the
-/// sequence ends by throwing a ``PostgresError`` with code `connectionClosed`;
-/// reconnecting, and re-reading what was missed, is the caller's job.
+/// connection's socket (no busy polling) and on a wake-up pipe for commands. Started with
+/// ``connect(_:channels:pingInterval:)``, every notification is yielded to
+/// ``notifications`` in arrival order; started with a ``PostgresListenerHandler``, the
+/// handler gets them on the listener thread. When the connection breaks (server restart,
+/// `pg_terminate_backend`, a failed ping) the listener ends with a ``PostgresError`` with
+/// code `connectionClosed`; reconnecting, and re-reading what was missed, is the caller's job.
 public final class PostgresListener: @unchecked Sendable {
     // Why @unchecked Sendable is safe: `pgconn` is touched only by the listener
-    // thread (`runLoop`), after `connect` hands it over and before the thread
-    // exits. Other threads talk to that thread through `state` (a Mutex) and the
-    // wake-up pipe, whose file descriptors never change after init.
+    // thread (`runLoop`), after `start` hands it over and before the thread exits, or by
+    // `deinit` when no thread ever started. Other threads talk to that thread through
+    // `state` (a Mutex) and the wake-up pipe, whose file descriptors never change after init.
+    /// Every notification, when started by ``connect(_:channels:pingInterval:)``; with a
+    /// handler of your own it only ends (with the listener's error, if any).
     public let notifications: AsyncThrowingStream<PostgresNotification, any Error>
     private let continuation: AsyncThrowingStream<PostgresNotification, any Error>.Continuation
     private nonisolated(unsafe) var pgconn: OpaquePointer?
@@ -36,7 +72,10 @@ public final class PostgresListener: @unchecked Sendable {
     private struct State {
         var commands: [Command] = []
         var stopping = false
+        var started = false
         var finished = false
+        var outcome: Result<Void, PostgresError>?
+        var closeWaiters: [CheckedContinuation<Void, any Error>] = []
         var socketFD: Int32 = -1
     }
 
@@ -64,12 +103,22 @@ public final class PostgresListener: @unchecked Sendable {
         if let pgconn { PQfinish(pgconn) }
     }
 
-    /// Connects, LISTENs on `channels`, and starts the listener thread.
+    /// Connects, LISTENs on `channels`, and starts the listener thread, which yields every
+    /// notification to ``notifications``.
     public static func connect(
         _ configuration: ConnectionConfiguration, channels: [SQLIdentifier], pingInterval: Duration = .seconds(5)
     ) async throws -> PostgresListener {
+        let listener = try await open(configuration, channels: channels, pingInterval: pingInterval)
+        listener.start(StreamHandler(continuation: listener.continuation))
+        return listener
+    }
+
+    /// Connects and LISTENs on `channels`; nothing is read until ``start(_:)``.
+    public static func open(
+        _ configuration: ConnectionConfiguration, channels: [SQLIdentifier], pingInterval: Duration = .seconds(5)
+    ) async throws -> PostgresListener {
         let queue = DispatchQueue(label: "regent.pg.listener.connect")
-        let listener: PostgresListener = try await withCheckedThrowingContinuation { cont in
+        return try await withCheckedThrowingContinuation { cont in
             queue.async {
                 do {
                     let conn = try LibPQ.connect(configuration)
@@ -85,10 +134,31 @@ public final class PostgresListener: @unchecked Sendable {
                 }
             }
         }
-        let thread = Thread { [listener] in listener.runLoop() }
+    }
+
+    /// Starts the listener thread with `handler` (once; later calls do nothing).
+    public func start(_ handler: some PostgresListenerHandler) {
+        let first = state.withLock { s -> Bool in
+            guard !s.started, !s.stopping else { return false }
+            s.started = true
+            return true
+        }
+        guard first else { return }
+        let thread = Thread { [self] in runLoop(handler) }
         thread.name = "regent-listener"
         thread.start()
-        return listener
+    }
+
+    /// Returns when the listener has ended: normally after ``stop()``, or throwing the
+    /// `connectionClosed` error (or the handler's error) that ended it.
+    public func waitUntilClosed() async throws {
+        try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
+            let outcome = state.withLock { s -> Result<Void, PostgresError>? in
+                if s.outcome == nil { s.closeWaiters.append(cont) }
+                return s.outcome
+            }
+            if let outcome { cont.resume(with: outcome.mapError { $0 as any Error }) }
+        }
     }
 
     /// Starts listening on another channel; returns once the server confirmed.
@@ -111,9 +181,13 @@ public final class PostgresListener: @unchecked Sendable {
         }
     }
 
-    /// Stops the thread and closes the connection; the sequence finishes without error.
+    /// Stops the thread and closes the connection; the listener ends without error.
     public func stop() {
-        state.withLock { $0.stopping = true }
+        let neverStarted = state.withLock { s -> Bool in
+            s.stopping = true
+            return !s.started
+        }
+        if neverStarted { finish(nil) }
         wake()
     }
 
@@ -129,85 +203,132 @@ public final class PostgresListener: @unchecked Sendable {
         _ = write(wakeWrite, &byte, 1)
     }
 
-    private func runLoop() {
+    private static func milliseconds(_ d: Duration) -> Int32 {
+        Int32(clamping: max(0, d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000))
+    }
+
+    private func runLoop(_ handler: some PostgresListenerHandler) {
         guard let conn = pgconn else { return }
+        let session = ListenerSession(conn: conn, backendPID: backendPID)
+        let tickInterval = handler.tickInterval
         var lastTraffic = ContinuousClock.now
-        var failure: (any Error)?
-        loop: while true {
+        var lastTick = ContinuousClock.now
+        var failure: PostgresError?
+        do {
+            try handler.listenerConnected(session)
+            try drain(conn, handler, session)
+        } catch {
+            failure = Self.ending(error)
+        }
+        loop: while failure == nil {
             let (commands, stopping) = state.withLock { s -> ([Command], Bool) in
                 let c = s.commands
                 s.commands.removeAll()
                 return (c, s.stopping)
             }
-            for command in commands {
-                do {
-                    _ = try LibPQ.exec(conn, command.query)
-                    command.done.resume()
-                } catch {
-                    command.done.resume(throwing: error)
+            do {
+                for command in commands {
+                    do {
+                        _ = try LibPQ.exec(conn, command.query)
+                        command.done.resume()
+                    } catch {
+                        command.done.resume(throwing: error)
+                    }
+                    try drain(conn, handler, session)
                 }
-                drain(conn)
-            }
-            if stopping { break loop }
-            if PQstatus(conn) != CONNECTION_OK {
-                failure = PostgresError(.connectionClosed, "listener connection lost: \(LibPQ.errorMessage(conn))")
-                break loop
-            }
-            var fds = [
-                pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0),
-                pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
-            ]
-            let timeoutMs = Int32(clamping: pingInterval.components.seconds * 1000 + pingInterval.components.attoseconds / 1_000_000_000_000_000)
-            let ready = poll(&fds, 2, timeoutMs)
-            if ready < 0 {
-                if errno == EINTR { continue }
-                failure = PostgresError(.connectionClosed, "poll failed on the listener socket (errno \(errno))")
-                break loop
-            }
-            if fds[1].revents != 0 {
-                var buf = [UInt8](repeating: 0, count: 64)
-                while read(wakeRead, &buf, buf.count) > 0 {}
-            }
-            if fds[0].revents != 0 {
-                lastTraffic = .now
-                if PQconsumeInput(conn) == 0 {
+                if stopping { break loop }
+                if PQstatus(conn) != CONNECTION_OK {
                     failure = PostgresError(.connectionClosed, "listener connection lost: \(LibPQ.errorMessage(conn))")
                     break loop
                 }
-                drain(conn)
-            } else if ready == 0, ContinuousClock.now - lastTraffic >= pingInterval {
-                // A silent socket says nothing about the peer: write to it so a dead one shows.
-                do {
-                    _ = try LibPQ.exec(conn, "SELECT 1")
-                    lastTraffic = .now
-                    drain(conn)
-                } catch {
-                    failure = PostgresError(.connectionClosed, "listener ping failed: \(error)")
+                var fds = [
+                    pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0),
+                    pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
+                ]
+                var timeout = pingInterval
+                if let tickInterval { timeout = min(timeout, tickInterval - lastTick.duration(to: .now)) }
+                let ready = poll(&fds, 2, Self.milliseconds(timeout))
+                if ready < 0 {
+                    if errno == EINTR { continue }
+                    failure = PostgresError(.connectionClosed, "poll failed on the listener socket (errno \(errno))")
                     break loop
                 }
+                if fds[1].revents != 0 {
+                    var buf = [UInt8](repeating: 0, count: 64)
+                    while read(wakeRead, &buf, buf.count) > 0 {}
+                }
+                if fds[0].revents != 0 {
+                    lastTraffic = .now
+                    if PQconsumeInput(conn) == 0 {
+                        failure = PostgresError(.connectionClosed, "listener connection lost: \(LibPQ.errorMessage(conn))")
+                        break loop
+                    }
+                    try drain(conn, handler, session)
+                } else if ready == 0, ContinuousClock.now - lastTraffic >= pingInterval {
+                    // A silent socket says nothing about the peer: write to it so a dead one shows.
+                    do {
+                        _ = try LibPQ.exec(conn, "SELECT 1")
+                    } catch {
+                        failure = PostgresError(.connectionClosed, "listener ping failed: \(error)")
+                        break loop
+                    }
+                    lastTraffic = .now
+                    try drain(conn, handler, session)
+                }
+                if let tickInterval, lastTick.duration(to: .now) >= tickInterval {
+                    lastTick = .now
+                    try handler.tick(session)
+                    try drain(conn, handler, session)
+                }
+            } catch {
+                failure = Self.ending(error)
             }
         }
-        let leftover = state.withLock { s -> [Command] in
-            s.finished = true
-            s.socketFD = -1
-            let c = s.commands
-            s.commands.removeAll()
-            return c
-        }
-        for command in leftover { command.done.resume(throwing: PostgresError(.connectionClosed, "listener is closed")) }
         PQfinish(conn)
         pgconn = nil
+        finish(failure)
+    }
+
+    /// The error a handler's failure ends the listener with.
+    private static func ending(_ error: any Error) -> PostgresError {
+        if let error = error as? PostgresError, error.code == .connectionClosed { return error }
+        return PostgresError(.connectionClosed, "listener ended: \(error)")
+    }
+
+    private func finish(_ failure: PostgresError?) {
+        let (leftover, waiters) = state.withLock { s -> ([Command], [CheckedContinuation<Void, any Error>]) in
+            s.finished = true
+            s.socketFD = -1
+            s.outcome = failure.map { .failure($0) } ?? .success(())
+            defer {
+                s.commands.removeAll()
+                s.closeWaiters.removeAll()
+            }
+            return (s.commands, s.closeWaiters)
+        }
+        for command in leftover { command.done.resume(throwing: PostgresError(.connectionClosed, "listener is closed")) }
+        for waiter in waiters {
+            if let failure { waiter.resume(throwing: failure) } else { waiter.resume() }
+        }
         if let failure { continuation.finish(throwing: failure) } else { continuation.finish() }
     }
 
-    private func drain(_ conn: OpaquePointer) {
+    private func drain(_ conn: OpaquePointer, _ handler: some PostgresListenerHandler, _ session: ListenerSession) throws {
         while let n = PQnotifies(conn) {
             let note = PostgresNotification(
                 channel: String(cString: n.pointee.relname),
                 payload: String(cString: n.pointee.extra),
                 senderPID: n.pointee.be_pid)
             PQfreemem(n)
-            continuation.yield(note)
+            try handler.received(note, session: session)
         }
+    }
+}
+
+/// Hands every notification to the listener's `notifications` sequence.
+private struct StreamHandler: PostgresListenerHandler {
+    let continuation: AsyncThrowingStream<PostgresNotification, any Error>.Continuation
+    func received(_ notification: PostgresNotification, session: ListenerSession) throws {
+        continuation.yield(notification)
     }
 }

@@ -131,12 +131,12 @@ extension AdminAPI {
                         try await writer.write(buffer)
                     }
                 } catch {
-                    await subscription.cancel()
+                    subscription.cancel()
                     throw error
                 }
-                await subscription.cancel()
+                subscription.cancel()
             } onGracefulShutdown: {
-                Task { await subscription.cancel() }
+                subscription.cancel()
             }
             try await writer.finish(nil)
         }

@@ -19,7 +19,7 @@ struct RunningBus {
     }
 
     func stop() async {
-        await bus.stop()
+        bus.stop()
         await task.value
         await pool.shutdown()
     }
@@ -45,7 +45,7 @@ func collect(_ sub: EventSubscription, count: Int, timeout: Duration = .seconds(
         }
         group.addTask {
             try await Task.sleep(for: timeout)
-            await sub.cancel()
+            sub.cancel()
             return []
         }
         let first = try await group.next() ?? []
@@ -127,7 +127,7 @@ struct EventBusTests {
         let admin = try await PostgresConnection.connect(config)
         try await Task.sleep(for: .milliseconds(30))
         for _ in 0..<2 {
-            if let pid = await running.bus.listenerBackendPID {
+            if let pid = running.bus.listenerBackendPID {
                 try await admin.query("SELECT pg_terminate_backend(\(Int(pid)))")
             }
             try await Task.sleep(for: .milliseconds(80))
@@ -136,7 +136,7 @@ struct EventBusTests {
         let got = try await collect(sub, count: total)
         #expect(got.count == total)
         #expect(got.map(\.id) == Array(got.first!.id...(got.first!.id + Int64(total) - 1)))
-        #expect(await running.bus.reconnects >= 1)
+        #expect(running.bus.reconnects >= 1)
         await admin.close()
         await running.stop()
     }

@@ -2,18 +2,21 @@ import CoreMetrics
 import Foundation
 import Logging
 import PostgresClient
+import Synchronization
 
 /// The engine event bus of one node: publish into the durable outbox, subscribe to
 /// what others publish.
 ///
-/// One LISTEN connection per bus multiplexes every subscription. Events are released to
-/// subscribers in id order (see ``EventSequencer``). When the listener connection breaks
-/// the bus reconnects with backoff, LISTENs first, then reads from the outbox everything
-/// after what it had released, then resumes live delivery: at-least-once, in order, no
-/// gaps, no duplicates within a subscription. Each subscription buffers at most
+/// One LISTEN connection per bus multiplexes every subscription. Its thread does the
+/// bus's whole receiving side itself — parse, read truncated bodies, put in id order (see
+/// ``EventSequencer``), hand to each subscription — so an event reaches a waiting
+/// subscriber in one hop from the socket. When the connection breaks the bus reconnects
+/// with backoff, LISTENs first, then reads from the outbox (on the listener connection)
+/// everything after what it had released, then resumes live delivery: at-least-once, in
+/// order, no gaps, no duplicates within a subscription. Each subscription buffers at most
 /// `bufferLimit` events; a slower consumer is switched to paging from the table instead
 /// of growing without bound.
-public actor EventBus {
+public final class EventBus: Sendable {
     public struct Options: Sendable {
         public var gapTimeout: Duration = .milliseconds(500)
         public var bufferLimit: Int = 1024
@@ -27,15 +30,26 @@ public actor EventBus {
     let options: Options
     let logger: Logger
     let metrics: RegentMetrics
-    private var sequencer: EventSequencer<ContinuousClock.Instant>?
-    private var subscriptions: [Int: Subscription] = [:]
-    private var nextSubscriptionID = 0
-    private var stopped = false
-    private var listener: PostgresListener?
-    private var ready: [CheckedContinuation<Void, Never>] = []
+    private let state = Mutex(State())
+    private let deliveredCount = Atomic<Int>(0)
+    private let reconnectCount = Atomic<Int>(0)
+
+    private struct State: ~Copyable {
+        var sequencer: EventSequencer<ContinuousClock.Instant>?
+        var subscriptions: [Int: Subscription] = [:]
+        var nextSubscriptionID = 0
+        var stopped = false
+        var listener: PostgresListener?
+        /// The current listener connection has caught up (subscribing may proceed).
+        var caughtUp = false
+        var listenerPID: Int32?
+        var ready: [CheckedContinuation<Void, Never>] = []
+    }
+
     /// Times the listener connection was re-established.
-    public private(set) var reconnects = 0
-    public private(set) var delivered = 0
+    public var reconnects: Int { reconnectCount.load(ordering: .relaxed) }
+    /// Events handed to subscribers so far.
+    public var delivered: Int { deliveredCount.load(ordering: .relaxed) }
 
     public init(
         configuration: ConnectionConfiguration, pool: ConnectionPool, publisher: UUID? = nil, options: Options = Options(),
@@ -55,6 +69,7 @@ public actor EventBus {
     @discardableResult
     public func publish(topic: String, payload: String) async throws -> Int64 {
         let (topic, payload) = try Self.validate(topic: topic, payload: payload)
+        let publisher = self.publisher
         let id = try await pool.withConnection { conn in
             try await Self.publish(topic: topic, payload: payload, publisher: publisher, on: conn)
         }
@@ -82,103 +97,140 @@ public actor EventBus {
     /// Listens until `stop()`, reconnecting with backoff.
     public func run() async {
         var delay = Duration.milliseconds(50)
-        let ticker = Task { [weak self] in
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(25))
-                await self?.tick()
-            }
-        }
-        defer { ticker.cancel() }
-        while !stopped {
+        let receiver = Receiver(bus: self)
+        while !state.withLock({ $0.stopped }) {
             do {
-                let listener = try await PostgresListener.connect(configuration, channels: [try SQLIdentifier(EventQueries.channel)])
-                self.listener = listener
-                if stopped { listener.stop() }
-                // LISTEN first (done), then read what we missed, then deliver live.
-                try await catchUp()
-                delay = .milliseconds(50)
-                for continuation in ready { continuation.resume() }
-                ready.removeAll()
-                for try await note in listener.notifications {
-                    try await handle(note.payload)
+                let listener = try await PostgresListener.open(configuration, channels: [try SQLIdentifier(EventQueries.channel)])
+                let stopped = state.withLock { s -> Bool in
+                    if !s.stopped { s.listener = listener }
+                    return s.stopped
                 }
-                if stopped { break }
+                if stopped {
+                    listener.stop()
+                    break
+                }
+                listener.start(receiver)
+                do {
+                    try await listener.waitUntilClosed()
+                } catch {
+                    // A listener that got as far as catching up was a working connection.
+                    if state.withLock({ $0.caughtUp }) { delay = .milliseconds(50) }
+                    throw error
+                }
+                if state.withLock({ $0.stopped }) { break }
                 throw PostgresError(.connectionClosed, "listener ended")
             } catch {
-                listener = nil
+                let stopped = state.withLock { s -> Bool in
+                    s.listener = nil
+                    s.caughtUp = false
+                    s.listenerPID = nil
+                    return s.stopped
+                }
                 if stopped { break }
-                reconnects += 1
+                reconnectCount.add(1, ordering: .relaxed)
                 logger.warning("event listener lost; reconnecting", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
                 try? await Task.sleep(for: delay)
                 delay = min(delay * 2, .seconds(5))
             }
         }
-        for sub in subscriptions.values { sub.finish(nil) }
-        subscriptions.removeAll()
+        let ready = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            for sub in s.subscriptions.values { sub.finish(nil) }
+            s.subscriptions.removeAll()
+            s.listener = nil
+            s.caughtUp = false
+            defer { s.ready.removeAll() }
+            return s.ready
+        }
         for continuation in ready { continuation.resume() }
-        ready.removeAll()
     }
 
     /// Returns once the bus is listening and caught up (for callers that publish right after starting it).
     public func waitUntilListening() async {
-        if listener != nil, sequencer != nil { return }
-        await withCheckedContinuation { ready.append($0) }
+        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.caughtUp || s.stopped { return true }
+                s.ready.append(cont)
+                return false
+            }
+            if now { cont.resume() }
+        }
     }
 
     public func stop() {
-        stopped = true
+        let listener = state.withLock { s -> PostgresListener? in
+            s.stopped = true
+            return s.listener
+        }
         listener?.stop()
     }
 
     /// The server pid of the LISTEN session (drills and tests).
-    public var listenerBackendPID: Int32? { listener?.backendPID }
+    public var listenerBackendPID: Int32? { state.withLock { $0.listenerPID } }
 
     /// Cuts the listener connection as a network failure would (drills and tests).
-    public func abortListener() { listener?.abort() }
+    public func abortListener() { state.withLock { $0.listener }?.abort() }
 
-    private func catchUp() async throws {
-        if sequencer == nil {
-            let max = try await pool.query(EventQueries.maxID, purpose: "events: current max id").single().decode("id", as: Int64.self)
-            sequencer = EventSequencer(horizon: max, gapTimeout: options.gapTimeout)
-            return
-        }
-        var after = sequencer!.catchUpFrom
-        while true {
-            let rows = try await pool.query(
-                EventQueries.page(after: after, upTo: nil, topics: nil, limit: options.pageSize), purpose: "events: catch up")
-            for row in rows {
-                let event = try EventQueries.decode(row)
-                dispatch(sequencer!.receive(event, now: .now))
-                after = event.id
+    /// The bus's receiving side, run by the listener thread.
+    private struct Receiver: PostgresListenerHandler {
+        let bus: EventBus
+        var tickInterval: Duration? { .milliseconds(25) }
+
+        /// LISTEN is done; read what was missed (or, the first time, where "now" is), then go live.
+        func listenerConnected(_ session: ListenerSession) throws {
+            let from = bus.state.withLock { $0.sequencer?.catchUpFrom }
+            if let from {
+                var after = from
+                while true {
+                    let rows = try session.query(
+                        EventQueries.page(after: after, upTo: nil, topics: nil, limit: bus.options.pageSize))
+                    let events = try rows.map(EventQueries.decode)
+                    bus.state.withLock { s in
+                        for event in events { Self.dispatch(s.sequencer!.receive(event, now: .now), to: s, limit: bus.options.bufferLimit) }
+                    }
+                    after = events.last?.id ?? after
+                    if events.count < bus.options.pageSize { break }
+                }
+            } else {
+                let max = try session.query(EventQueries.maxID).single().decode("id", as: Int64.self)
+                bus.state.withLock { $0.sequencer = EventSequencer(horizon: max, gapTimeout: bus.options.gapTimeout) }
             }
-            if rows.count < options.pageSize { break }
+            let ready = bus.state.withLock { s -> [CheckedContinuation<Void, Never>] in
+                s.caughtUp = true
+                s.listenerPID = session.backendPID
+                defer { s.ready.removeAll() }
+                return s.ready
+            }
+            for continuation in ready { continuation.resume() }
         }
-    }
 
-    private func handle(_ text: String) async throws {
-        guard let parsed = EventQueries.parseNotification(text) else {
-            logger.warning("ignoring a malformed regent_events notification", metadata: ["payload": "\(text.prefix(200))"])
-            return
-        }
-        var event = parsed.event
-        if event == nil {
+        func received(_ notification: PostgresNotification, session: ListenerSession) throws {
+            guard let parsed = EventQueries.parseNotification(notification.payload) else {
+                bus.logger.warning(
+                    "ignoring a malformed regent_events notification", metadata: ["payload": "\(notification.payload.prefix(200))"])
+                return
+            }
             // Too large for NOTIFY: the body is in the table.
-            let rows = try await pool.query(EventQueries.byID(parsed.id), purpose: "events: read truncated event")
-            event = try rows.first.map(EventQueries.decode)
+            guard let event = try parsed.event ?? session.query(EventQueries.byID(parsed.id)).first.map(EventQueries.decode) else {
+                return
+            }
+            bus.state.withLock { s in
+                guard s.sequencer != nil else { return }
+                Self.dispatch(s.sequencer!.receive(event, now: .now), to: s, limit: bus.options.bufferLimit)
+            }
         }
-        guard let event, sequencer != nil else { return }
-        dispatch(sequencer!.receive(event, now: .now))
-    }
 
-    private func tick() {
-        guard sequencer?.nextDeadline != nil else { return }
-        dispatch(sequencer!.tick(now: .now))
-    }
+        func tick(_ session: ListenerSession) throws {
+            bus.state.withLock { s in
+                guard s.sequencer?.nextDeadline != nil else { return }
+                Self.dispatch(s.sequencer!.tick(now: .now), to: s, limit: bus.options.bufferLimit)
+            }
+        }
 
-    private func dispatch(_ events: [Event]) {
-        guard !events.isEmpty else { return }
-        for event in events {
-            for sub in subscriptions.values { sub.offer(event, limit: options.bufferLimit) }
+        static func dispatch(_ events: [Event], to s: borrowing State, limit: Int) {
+            guard !events.isEmpty else { return }
+            for event in events {
+                for sub in s.subscriptions.values { sub.offer(event, limit: limit) }
+            }
         }
     }
 
@@ -189,9 +241,6 @@ public actor EventBus {
     /// retention kept.
     public func subscribe(topics: [String]? = nil, fromID: Int64? = nil) async throws -> EventSubscription {
         let topicNames = try topics.map { try $0.map { try EventTopic($0).name } }
-        await waitUntilListening()
-        let horizon = sequencer?.horizon ?? 0
-        let start: Int64
         if let fromID {
             guard fromID >= 1 else { throw RegentError(.invalidInput, "--from-id must be 1 or more, got \(fromID)") }
             let pruned = try await pool.query(EventQueries.prunedThrough, purpose: "events: retention horizon").single()
@@ -200,18 +249,21 @@ public actor EventBus {
                 throw RegentError(
                     .invalidInput, "events up to id \(pruned) were pruned by retention; resume from id \(pruned + 1) or later")
             }
-            start = fromID - 1
-        } else {
-            start = horizon
         }
-        nextSubscriptionID += 1
-        let sub = Subscription(id: nextSubscriptionID, topics: topicNames.map(Set.init), lastDelivered: start, lagging: fromID != nil)
-        subscriptions[sub.id] = sub
-        return EventSubscription(bus: self, id: sub.id)
+        await waitUntilListening()
+        let id = state.withLock { s -> Int in
+            s.nextSubscriptionID += 1
+            let start = fromID.map { $0 - 1 } ?? s.sequencer?.horizon ?? 0
+            let sub = Subscription(id: s.nextSubscriptionID, topics: topicNames.map(Set.init), lastDelivered: start, lagging: fromID != nil)
+            if s.stopped { sub.finish(nil) }
+            s.subscriptions[sub.id] = sub
+            return sub.id
+        }
+        return EventSubscription(bus: self, id: id)
     }
 
     private func recordDelivery(_ events: some Collection<Event>) {
-        delivered += events.count
+        deliveredCount.add(events.count, ordering: .relaxed)
         metrics.eventsDelivered.increment(by: events.count)
         if let at = events.first?.publishedAt { metrics.eventLag.record(max(0, Date().timeIntervalSince(at))) }
     }
@@ -228,75 +280,118 @@ public actor EventBus {
         case event(Event)
         case finished
         case idle
+        /// Its state changed before it could wait: look again.
+        case retry
+    }
+
+    /// The next step of a subscriber, decided under the lock.
+    private enum Step {
+        case events([Event])
+        case ended
+        case page(after: Int64, upTo: Int64, topics: [String]?)
+        case wait
     }
 
     /// Up to `max` events for subscription `id`, waiting for at least one (or, with
     /// `idleAfter`, until that much time passed without one).
     func nextBatch(_ id: Int, max: Int, idleAfter: Duration? = nil) async throws -> BatchResult {
-        guard let sub = subscriptions[id] else { return .ended }
         while true {
-            let batch = sub.popBatch(max: max)
-            if !batch.isEmpty {
+            let step = state.withLock { s -> Step in
+                guard let sub = s.subscriptions[id] else { return .ended }
+                let batch = sub.popBatch(max: max)
+                if !batch.isEmpty { return .events(batch) }
+                if sub.finished { return .ended }
+                if sub.lagging { return .page(after: sub.lastQueued, upTo: s.sequencer?.horizon ?? 0, topics: sub.topics.map { Array($0) }) }
+                return .wait
+            }
+            switch step {
+            case .events(let batch):
                 recordDelivery(batch)
                 return .events(batch)
-            }
-            if sub.finished { return .ended }
-            if sub.lagging {
-                try await page(sub)
+            case .ended:
+                return .ended
+            case .page(let after, let upTo, let topics):
+                try await page(id, after: after, upTo: upTo, topics: topics)
                 continue
+            case .wait:
+                break
             }
-            sub.waitGeneration += 1
-            let generation = sub.waitGeneration
-            let timer = idleAfter.map { idle in
-                Task { [weak self] in
-                    try? await Task.sleep(for: idle)
-                    await self?.wakeIdle(id, generation: generation)
-                }
-            }
-            let wake = try await withCheckedThrowingContinuation { sub.waiter = $0 }
-            timer?.cancel()
+            let wake = try await wait(id, idleAfter: idleAfter)
             switch wake {
             case .event(let event):
                 recordDelivery(CollectionOfOne(event))
                 return .events([event])
             case .finished: return .ended
             case .idle: return .idle
+            case .retry: continue
             }
         }
     }
 
+    /// Parks subscription `id` until the listener thread hands it an event (or it ends, or idles).
+    private func wait(_ id: Int, idleAfter: Duration?) async throws -> Wake {
+        let generation = state.withLock { s -> Int in
+            guard let sub = s.subscriptions[id] else { return 0 }
+            sub.waitGeneration += 1
+            return sub.waitGeneration
+        }
+        let timer = idleAfter.map { idle in
+            Task { [weak self] in
+                try? await Task.sleep(for: idle)
+                self?.wakeIdle(id, generation: generation)
+            }
+        }
+        defer { timer?.cancel() }
+        return try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Wake, any Error>) in
+            let immediate = state.withLock { s -> Wake? in
+                guard let sub = s.subscriptions[id] else { return .finished }
+                if sub.finished { return .finished }
+                if sub.hasBuffered || sub.lagging || sub.waitGeneration != generation { return .retry }
+                sub.waiter = cont
+                return nil
+            }
+            if let immediate { cont.resume(returning: immediate) }
+        }
+    }
+
     private func wakeIdle(_ id: Int, generation: Int) {
-        guard let sub = subscriptions[id], sub.waitGeneration == generation, let waiter = sub.waiter else { return }
-        sub.waiter = nil
-        waiter.resume(returning: .idle)
+        let waiter = state.withLock { s -> CheckedContinuation<Wake, any Error>? in
+            guard let sub = s.subscriptions[id], sub.waitGeneration == generation, let waiter = sub.waiter else { return nil }
+            sub.waiter = nil
+            return waiter
+        }
+        waiter?.resume(returning: .idle)
     }
 
     /// Reads the table for a subscription that fell behind (or started in the past), after
-    /// what it has queued and up to what the bus has released; once a short page shows it
-    /// has everything released so far, it goes back to live delivery. (No await between the
-    /// last horizon check and the switch, so nothing slips between paging and live.)
-    private func page(_ sub: Subscription) async throws {
-        let upTo = sequencer?.horizon ?? 0
+    /// what it has queued and up to what the bus had released; once a short page shows it
+    /// has everything released so far, it goes back to live delivery. (The switch is
+    /// decided under the lock, against the horizon at that moment, so nothing the listener
+    /// releases in the meantime slips between paging and live.)
+    private func page(_ id: Int, after: Int64, upTo: Int64, topics: [String]?) async throws {
         let rows = try await pool.query(
-            EventQueries.page(after: sub.lastQueued, upTo: upTo, topics: sub.topics.map { Array($0) }, limit: options.pageSize),
-            purpose: "events: page for a subscriber")
+            EventQueries.page(after: after, upTo: upTo, topics: topics, limit: options.pageSize), purpose: "events: page for a subscriber")
         let events = try rows.map(EventQueries.decode)
-        sub.buffer.append(contentsOf: events)
-        if let last = events.last { sub.lastQueued = last.id }
-        if events.count < options.pageSize, (sequencer?.horizon ?? 0) == upTo {
-            sub.lagging = false
-            sub.lastQueued = max(sub.lastQueued, upTo)
+        let pageSize = options.pageSize
+        state.withLock { s in
+            guard let sub = s.subscriptions[id], sub.lagging, sub.lastQueued == after else { return }
+            sub.buffer.append(contentsOf: events)
+            if let last = events.last { sub.lastQueued = last.id }
+            if events.count < pageSize, (s.sequencer?.horizon ?? 0) == upTo {
+                sub.lagging = false
+                sub.lastQueued = Swift.max(sub.lastQueued, upTo)
+            }
         }
     }
 
     func cancel(_ id: Int) {
-        subscriptions.removeValue(forKey: id)?.finish(nil)
+        state.withLock { s in s.subscriptions.removeValue(forKey: id)?.finish(nil) }
     }
 
     /// Subscriptions currently open (for metrics and tests).
-    public var subscriptionCount: Int { subscriptions.count }
+    public var subscriptionCount: Int { state.withLock { $0.subscriptions.count } }
 
-    /// One subscriber's state; only touched by the bus actor.
+    /// One subscriber's state; only touched under the bus's lock.
     final class Subscription {
         let id: Int
         let topics: Set<String>?
@@ -319,6 +414,8 @@ public actor EventBus {
             self.lastQueued = lastDelivered
             self.lagging = lagging
         }
+
+        var hasBuffered: Bool { head < buffer.count }
 
         func offer(_ event: Event, limit: Int) {
             guard !finished, !lagging, topics?.contains(event.topic) ?? true else { return }  // a lagging one pages
@@ -393,7 +490,7 @@ public struct EventSubscription: AsyncSequence, Sendable {
             let result = try await withTaskCancellationHandler {
                 try await bus.nextBatch(id, max: 256)
             } onCancel: {
-                Task { await bus.cancel(id) }
+                bus.cancel(id)
             }
             if case .events(let events) = result { batch = events } else { batch = [] }
             index = 0
@@ -406,7 +503,7 @@ public struct EventSubscription: AsyncSequence, Sendable {
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(bus: bus, id: id) }
 
     /// Ends this subscription.
-    public func cancel() async { await bus.cancel(id) }
+    public func cancel() { bus.cancel(id) }
 
     /// The next events in order; nil when none arrived within `idleAfter` (the subscription
     /// stays open: a stream can send a keep-alive and ask again); empty once it ended.
@@ -416,7 +513,7 @@ public struct EventSubscription: AsyncSequence, Sendable {
         let result = try await withTaskCancellationHandler {
             try await bus.nextBatch(id, max: max, idleAfter: idleAfter)
         } onCancel: {
-            Task { await bus.cancel(id) }
+            bus.cancel(id)
         }
         switch result {
         case .events(let events): return events

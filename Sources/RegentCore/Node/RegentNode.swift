@@ -94,7 +94,7 @@ public actor RegentNode {
             // it would cancel the resignation statement itself.
             await elector.stop()
             await elector.waitUntilFinished()
-            await bus.stop()
+            bus.stop()
             group.cancelAll()
         }
         await duties.stop()

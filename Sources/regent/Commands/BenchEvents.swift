@@ -199,8 +199,8 @@ enum BusRun {
             print(String(format: "  publishing alone took %.0f ms; all delivered after %.0f ms", publishedIn.milliseconds, started.duration(to: .now).milliseconds))
             let elapsed = started.duration(to: .now)
             let lost = 3 * throughputEvents - arrivals.snapshot().map(\.count).reduce(0, +)
-            for (bus, _) in buses { await bus.stop() }
-            for sub in subs { await sub.cancel() }
+            for (bus, _) in buses { bus.stop() }
+            for sub in subs { sub.cancel() }
             try await group.waitForAll()
             for (_, pool) in buses { await pool.shutdown() }
             await publisher.close()

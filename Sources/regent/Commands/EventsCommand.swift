@@ -56,7 +56,7 @@ struct EventsCommand: AsyncParsableCommand {
             let bus = EventBus(configuration: config, pool: pool)
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await bus.run() }
-                let signals = SignalHandler(signals: [SIGTERM, SIGINT]) { Task { await bus.stop() } }
+                let signals = SignalHandler(signals: [SIGTERM, SIGINT]) { bus.stop() }
                 defer { signals.cancel() }
                 let subscription = try await bus.subscribe(topics: topics.isEmpty ? nil : topics, fromID: fromId)
                 var count = 0
@@ -73,7 +73,7 @@ struct EventsCommand: AsyncParsableCommand {
                     count += 1
                     if let limit, count >= limit { break }
                 }
-                await bus.stop()
+                bus.stop()
                 try await group.waitForAll()
             }
             await pool.shutdown()
