@@ -44,6 +44,57 @@ enum LibPQ {
 
     /// Runs one parameterized statement.
     static func exec(_ conn: OpaquePointer, _ query: PostgresQuery) throws(PostgresError) -> PostgresRows {
+        let result = withParameters(query) { types, values, lengths, formats in
+            PQexecParams(conn, query.sql, Int32(query.binds.count), types, values, lengths, formats, 0)
+        }
+        return try consume(conn, result)
+    }
+
+    /// Sends one parameterized statement without waiting: in nonblocking mode, so what the
+    /// socket does not take at once stays in libpq's buffer for ``receive(_:)`` to flush.
+    /// May be called from any thread that owns the connection for the moment.
+    static func send(_ conn: OpaquePointer, _ query: PostgresQuery) throws(PostgresError) {
+        guard PQsetnonblocking(conn, 1) == 0 else {
+            throw PostgresError(.connectionClosed, "cannot switch the connection to nonblocking mode: \(errorMessage(conn))")
+        }
+        let sent = withParameters(query) { types, values, lengths, formats in
+            PQsendQueryParams(conn, query.sql, Int32(query.binds.count), types, values, lengths, formats, 0)
+        }
+        guard sent == 1 else {
+            throw PostgresError(
+                PQstatus(conn) == CONNECTION_OK ? .protocolViolation : .connectionClosed, "cannot send the statement: \(errorMessage(conn))")
+        }
+    }
+
+    /// Finishes what ``send(_:_:)`` started, blocking: flushes the rest of the statement,
+    /// then waits for and returns its result (the last one, as PQexec does).
+    static func receive(_ conn: OpaquePointer) throws(PostgresError) -> PostgresRows {
+        while true {
+            let flushed = PQflush(conn)
+            if flushed == 0 { break }
+            guard flushed == 1 else { throw PostgresError(.connectionClosed, "cannot send the statement: \(errorMessage(conn))") }
+            var fd = pollfd(fd: PQsocket(conn), events: Int16(POLLOUT | POLLIN), revents: 0)
+            if poll(&fd, 1, -1) < 0, errno != EINTR {
+                throw PostgresError(.connectionClosed, "poll failed while sending (errno \(errno))")
+            }
+            if fd.revents & Int16(POLLIN) != 0, PQconsumeInput(conn) == 0 {
+                throw PostgresError(.connectionClosed, "connection lost: \(errorMessage(conn))")
+            }
+        }
+        _ = PQsetnonblocking(conn, 0)
+        var last: OpaquePointer?
+        while let result = PQgetResult(conn) {
+            if let last { PQclear(last) }
+            last = result
+        }
+        return try consume(conn, last)
+    }
+
+    /// Calls `body` with the statement's parameters laid out as libpq wants them.
+    private static func withParameters<R>(
+        _ query: PostgresQuery,
+        _ body: (UnsafePointer<Oid>, UnsafePointer<UnsafePointer<CChar>?>, UnsafePointer<Int32>, UnsafePointer<Int32>) -> R
+    ) -> R {
         var cStrings: [UnsafeMutablePointer<CChar>?] = []
         var byteBuffers: [UnsafeMutablePointer<UInt8>] = []
         var lengths: [Int32] = []
@@ -67,10 +118,15 @@ enum LibPQ {
             for (i, p) in cStrings.enumerated() where formats[i] == 0 { free(p) }
             byteBuffers.forEach { $0.deallocate() }
         }
-        var values: [UnsafePointer<CChar>?] = cStrings.map { $0.map { UnsafePointer($0) } }
-        let result = PQexecParams(
-            conn, query.sql, Int32(query.binds.count), &types, &values, &lengths, &formats, 0)
-        return try consume(conn, result)
+        let values: [UnsafePointer<CChar>?] = cStrings.map { $0.map { UnsafePointer($0) } }
+        // One element at least, so the pointers are valid for a statement without parameters.
+        return (types + [0]).withUnsafeBufferPointer { t in
+            (values + [nil]).withUnsafeBufferPointer { v in
+                (lengths + [0]).withUnsafeBufferPointer { l in
+                    (formats + [0]).withUnsafeBufferPointer { f in body(t.baseAddress!, v.baseAddress!, l.baseAddress!, f.baseAddress!) }
+                }
+            }
+        }
     }
 
     /// Runs a script of several statements with no parameters (embedded migration files only).

@@ -6,17 +6,24 @@ import Synchronization
 
 /// One PostgreSQL session.
 ///
-/// Every libpq call runs on the connection's own serial dispatch queue, never on
-/// Swift's cooperative pool, so a slow statement blocks nobody else. A connection
-/// runs one statement at a time; callers that share one must not interleave
-/// transactions (the pool hands a connection to one task at a time).
+/// Every libpq call that can wait runs on the connection's own serial dispatch queue,
+/// never on Swift's cooperative pool, so a slow statement blocks nobody else. The one
+/// exception is the send of a statement on an idle connection: it is written from the
+/// calling thread in libpq's nonblocking mode (it never waits; what the socket does not
+/// take at once is flushed by the queue), so the server starts on it without waiting for
+/// the queue's thread to wake, and the queue collects the result. A connection runs one
+/// statement at a time; callers that share one must not interleave transactions (the
+/// pool hands a connection to one task at a time).
 ///
 /// `abort()` may be called from any thread: it shuts the socket down so that a
 /// statement stuck on a silent network returns at once with an error.
 public final class PostgresConnection: @unchecked Sendable {
     // Why @unchecked Sendable is safe: `pgconn` is read and written only inside
-    // blocks running on `queue`, a serial queue, so libpq sees one thread at a
-    // time. The fields shared with other threads (`socketFD`, `cancelHandle`,
+    // blocks running on `queue`, a serial queue, or by `query`'s send on an idle
+    // connection, which first checks under `shared`'s lock that no block is running or
+    // queued (`outstanding == 0`, counted under that lock for every block) and counts
+    // itself, so libpq sees one thread at a time; the lock and `queue.async` order the
+    // accesses. The fields shared with other threads (`socketFD`, `cancelHandle`,
     // `closed`) live in `shared`, a Mutex.
     private let queue: DispatchQueue
     private nonisolated(unsafe) var pgconn: OpaquePointer?
@@ -32,6 +39,8 @@ public final class PostgresConnection: @unchecked Sendable {
         var cancelHandle: OpaquePointer?
         var closed = false
         var broken = false
+        /// Blocks queued or running on `queue` (and a send in progress on a caller's thread).
+        var outstanding = 0
     }
 
     private init(conn: OpaquePointer, configuration: ConnectionConfiguration, queue: DispatchQueue) {
@@ -76,7 +85,9 @@ public final class PostgresConnection: @unchecked Sendable {
     ) async throws -> T {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, any Error>) in
+                shared.withLock { $0.outstanding += 1 }
                 queue.async { [self] in
+                    defer { shared.withLock { $0.outstanding -= 1 } }
                     guard let conn = pgconn, !shared.withLock({ $0.closed }) else {
                         cont.resume(throwing: PostgresError(.connectionClosed, "connection is closed", purpose: purpose))
                         return
@@ -98,7 +109,61 @@ public final class PostgresConnection: @unchecked Sendable {
     /// Runs one statement with bound parameters and returns all its rows.
     @discardableResult
     public func query(_ query: PostgresQuery, purpose: String? = nil) async throws -> PostgresRows {
-        try await run(purpose: purpose) { conn throws(PostgresError) in try LibPQ.exec(conn, query) }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (cont: CheckedContinuation<PostgresRows, any Error>) in
+                let idle = shared.withLock { s -> Bool in
+                    guard !s.closed, !s.broken, s.outstanding == 0 else { return false }
+                    s.outstanding += 1
+                    return true
+                }
+                guard idle, let conn = pgconn else {
+                    if idle { shared.withLock { $0.outstanding -= 1 } }
+                    queueQuery(query, purpose: purpose, cont)
+                    return
+                }
+                do {
+                    try LibPQ.send(conn, query)
+                } catch {
+                    shared.withLock { s in
+                        s.outstanding -= 1
+                        if PQstatus(conn) != CONNECTION_OK { s.broken = true }
+                    }
+                    cont.resume(throwing: error.with(purpose: purpose))
+                    return
+                }
+                queue.async { [self] in
+                    defer { shared.withLock { $0.outstanding -= 1 } }
+                    // Still set: close() queues behind this block.
+                    guard let conn = pgconn else { return cont.resume(throwing: PostgresError(.connectionClosed, "connection is closed")) }
+                    do {
+                        cont.resume(returning: try LibPQ.receive(conn))
+                    } catch {
+                        if PQstatus(conn) != CONNECTION_OK { shared.withLock { $0.broken = true } }
+                        cont.resume(throwing: error.with(purpose: purpose))
+                    }
+                }
+            }
+        } onCancel: {
+            cancelCurrentStatement()
+        }
+    }
+
+    /// The whole statement on the queue (the connection is busy, closed or broken).
+    private func queueQuery(_ query: PostgresQuery, purpose: String?, _ cont: CheckedContinuation<PostgresRows, any Error>) {
+        shared.withLock { $0.outstanding += 1 }
+        queue.async { [self] in
+            defer { shared.withLock { $0.outstanding -= 1 } }
+            guard let conn = pgconn, !shared.withLock({ $0.closed }) else {
+                cont.resume(throwing: PostgresError(.connectionClosed, "connection is closed", purpose: purpose))
+                return
+            }
+            do {
+                cont.resume(returning: try LibPQ.exec(conn, query))
+            } catch {
+                if PQstatus(conn) != CONNECTION_OK { shared.withLock { $0.broken = true } }
+                cont.resume(throwing: error.with(purpose: purpose))
+            }
+        }
     }
 
     /// Runs a multi-statement script without parameters. Only for SQL compiled into
@@ -129,7 +194,9 @@ public final class PostgresConnection: @unchecked Sendable {
     /// Closes the session (idempotent). Waits for a running statement to end.
     public func close() async {
         await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            shared.withLock { $0.outstanding += 1 }
             queue.async { [self] in
+                defer { shared.withLock { $0.outstanding -= 1 } }
                 let cancel = shared.withLock { s -> OpaquePointer? in
                     s.closed = true
                     let c = s.cancelHandle

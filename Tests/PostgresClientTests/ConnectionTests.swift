@@ -165,4 +165,48 @@ struct ConnectionTests {
         #expect(!conn.isUsable)
         await conn.close()
     }
+
+    // The send of a statement on an idle connection happens on the caller's thread; these
+    // check that the hand-over to the connection's queue keeps statements apart.
+
+    @Test func concurrentStatementsOnOneConnectionEachGetTheirOwnResult() async throws {
+        let (conn, _) = try await TestDatabase.shared.connect()
+        let results = try await withThrowingTaskGroup(of: (Int, Int).self) { group in
+            for i in 0..<200 {
+                group.addTask { (i, try await conn.query("SELECT \(i)::int + 0 AS v").single().decode("v", as: Int.self)) }
+            }
+            return try await group.reduce(into: [(Int, Int)]()) { $0.append($1) }
+        }
+        #expect(results.count == 200)
+        #expect(results.allSatisfy { $0.0 == $0.1 })
+        await conn.close()
+    }
+
+    @Test func statementLargerThanTheSocketBufferIsSentWhole() async throws {
+        let (conn, _) = try await TestDatabase.shared.connect()
+        let big = String(repeating: "x", count: 8 << 20)
+        for _ in 0..<3 {
+            let n = try await conn.query("SELECT length(\(big)) AS n, md5(\(big)) = md5(repeat('x', \(8 << 20))) AS same").single()
+            #expect(try n.decode("n", as: Int.self) == 8 << 20)
+            #expect(try n.decode("same", as: Bool.self))
+        }
+        #expect(try await conn.query("SELECT 1 AS one").single().decode("one", as: Int.self) == 1)
+        await conn.close()
+    }
+
+    @Test func failedOrCancelledStatementLeavesTheConnectionUsable() async throws {
+        let (conn, _) = try await TestDatabase.shared.connect()
+        await #expect(throws: PostgresError.self) { try await conn.query("SELECT 1/0") }
+        #expect(try await conn.query("SELECT 2 AS two").single().decode("two", as: Int.self) == 2)
+        let started = ContinuousClock.now
+        let sleeper = Task { try await conn.query("SELECT pg_sleep(30)") }
+        try await Task.sleep(for: .milliseconds(200))
+        sleeper.cancel()
+        await #expect(throws: PostgresError.self) { try await sleeper.value }
+        #expect(ContinuousClock.now - started < .seconds(10))
+        #expect(conn.isUsable)
+        #expect(try await conn.query("SELECT 3 AS three").single().decode("three", as: Int.self) == 3)
+        await conn.close()
+        await #expect(throws: PostgresError.self) { try await conn.query("SELECT 4") }
+    }
 }
