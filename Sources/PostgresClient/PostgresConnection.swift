@@ -20,11 +20,12 @@ import Synchronization
 public final class PostgresConnection: @unchecked Sendable {
     // Why @unchecked Sendable is safe: `pgconn` is read and written only inside
     // blocks running on `queue`, a serial queue, or by `query`'s send on an idle
-    // connection, which first checks under `shared`'s lock that no block is running or
-    // queued (`outstanding == 0`, counted under that lock for every block) and counts
-    // itself, so libpq sees one thread at a time; the lock and `queue.async` order the
-    // accesses. The fields shared with other threads (`socketFD`, `cancelHandle`,
-    // `closed`) live in `shared`, a Mutex.
+    // connection, which happens while holding `shared`'s lock, only when no block is
+    // running or queued (`outstanding == 0`, counted under that lock for every block),
+    // and queues the block that collects the result before letting the lock go; so libpq
+    // sees one thread at a time, and the lock and `queue.async` order the accesses. The
+    // fields shared with other threads (`socketFD`, `cancelHandle`, `closed`) live in
+    // `shared`, a Mutex.
     private let queue: DispatchQueue
     private nonisolated(unsafe) var pgconn: OpaquePointer?
     private let shared: Mutex<Shared>
@@ -85,24 +86,41 @@ public final class PostgresConnection: @unchecked Sendable {
     ) async throws -> T {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, any Error>) in
-                shared.withLock { $0.outstanding += 1 }
-                queue.async { [self] in
-                    defer { shared.withLock { $0.outstanding -= 1 } }
-                    guard let conn = pgconn, !shared.withLock({ $0.closed }) else {
-                        cont.resume(throwing: PostgresError(.connectionClosed, "connection is closed", purpose: purpose))
-                        return
-                    }
-                    do {
-                        let value = try body(conn)
-                        cont.resume(returning: value)
-                    } catch {
-                        if PQstatus(conn) != CONNECTION_OK { shared.withLock { $0.broken = true } }
-                        cont.resume(throwing: error.with(purpose: purpose))
-                    }
-                }
+                enqueue(purpose: purpose, cont, body)
             }
         } onCancel: {
             cancelCurrentStatement()
+        }
+    }
+
+    /// Runs `body` on the queue (counted as outstanding until it ends) and resumes `cont`
+    /// with its outcome; a connection found broken is marked so.
+    private func enqueue<T: Sendable>(
+        purpose: String?, _ cont: CheckedContinuation<T, any Error>,
+        _ body: @escaping @Sendable (OpaquePointer) throws(PostgresError) -> T
+    ) {
+        shared.withLock { $0.outstanding += 1 }
+        submit(purpose: purpose, cont, body)
+    }
+
+    /// `enqueue` for a caller that has counted the block already.
+    private func submit<T: Sendable>(
+        purpose: String?, _ cont: CheckedContinuation<T, any Error>,
+        _ body: @escaping @Sendable (OpaquePointer) throws(PostgresError) -> T
+    ) {
+        queue.async { [self] in
+            defer { shared.withLock { $0.outstanding -= 1 } }
+            guard let conn = pgconn, !shared.withLock({ $0.closed }) else {
+                cont.resume(throwing: PostgresError(.connectionClosed, "connection is closed", purpose: purpose))
+                return
+            }
+            do {
+                let value = try body(conn)
+                cont.resume(returning: value)
+            } catch {
+                if PQstatus(conn) != CONNECTION_OK { shared.withLock { $0.broken = true } }
+                cont.resume(throwing: error.with(purpose: purpose))
+            }
         }
     }
 
@@ -111,58 +129,28 @@ public final class PostgresConnection: @unchecked Sendable {
     public func query(_ query: PostgresQuery, purpose: String? = nil) async throws -> PostgresRows {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (cont: CheckedContinuation<PostgresRows, any Error>) in
-                let idle = shared.withLock { s -> Bool in
-                    guard !s.closed, !s.broken, s.outstanding == 0 else { return false }
-                    s.outstanding += 1
-                    return true
-                }
-                guard idle, let conn = pgconn else {
-                    if idle { shared.withLock { $0.outstanding -= 1 } }
-                    queueQuery(query, purpose: purpose, cont)
-                    return
-                }
-                do {
-                    try LibPQ.send(conn, query)
-                } catch {
-                    shared.withLock { s in
-                        s.outstanding -= 1
-                        if PQstatus(conn) != CONNECTION_OK { s.broken = true }
-                    }
-                    cont.resume(throwing: error.with(purpose: purpose))
-                    return
-                }
-                queue.async { [self] in
-                    defer { shared.withLock { $0.outstanding -= 1 } }
-                    // Still set: close() queues behind this block.
-                    guard let conn = pgconn else { return cont.resume(throwing: PostgresError(.connectionClosed, "connection is closed")) }
-                    do {
-                        cont.resume(returning: try LibPQ.receive(conn))
+                // Sent, and the block that collects the result queued, under the lock: a
+                // statement arriving meanwhile finds the connection busy and queues behind.
+                let sent = shared.withLock { s -> Result<Bool, PostgresError> in
+                    guard !s.closed, !s.broken, s.outstanding == 0, let conn = pgconn else { return .success(false) }
+                    do throws(PostgresError) {
+                        try LibPQ.send(conn, query)
                     } catch {
-                        if PQstatus(conn) != CONNECTION_OK { shared.withLock { $0.broken = true } }
-                        cont.resume(throwing: error.with(purpose: purpose))
+                        if PQstatus(conn) != CONNECTION_OK { s.broken = true }
+                        return .failure(error)
                     }
+                    s.outstanding += 1
+                    submit(purpose: purpose, cont) { conn throws(PostgresError) in try LibPQ.receive(conn) }
+                    return .success(true)
+                }
+                switch sent {
+                case .success(true): break
+                case .success(false): enqueue(purpose: purpose, cont) { conn throws(PostgresError) in try LibPQ.exec(conn, query) }
+                case .failure(let error): cont.resume(throwing: error.with(purpose: purpose))
                 }
             }
         } onCancel: {
             cancelCurrentStatement()
-        }
-    }
-
-    /// The whole statement on the queue (the connection is busy, closed or broken).
-    private func queueQuery(_ query: PostgresQuery, purpose: String?, _ cont: CheckedContinuation<PostgresRows, any Error>) {
-        shared.withLock { $0.outstanding += 1 }
-        queue.async { [self] in
-            defer { shared.withLock { $0.outstanding -= 1 } }
-            guard let conn = pgconn, !shared.withLock({ $0.closed }) else {
-                cont.resume(throwing: PostgresError(.connectionClosed, "connection is closed", purpose: purpose))
-                return
-            }
-            do {
-                cont.resume(returning: try LibPQ.exec(conn, query))
-            } catch {
-                if PQstatus(conn) != CONNECTION_OK { shared.withLock { $0.broken = true } }
-                cont.resume(throwing: error.with(purpose: purpose))
-            }
         }
     }
 
