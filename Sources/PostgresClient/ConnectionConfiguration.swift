@@ -21,6 +21,14 @@ public struct ConnectionConfiguration: Sendable, Hashable {
     public var connectTimeoutSeconds: Int = 5
     /// Reported in `pg_stat_activity.application_name`.
     public var applicationName: String = "regent"
+    /// How long a statement sent on an idle connection may wait for its result on the
+    /// caller's own thread before the wait moves to the connection's queue. A short
+    /// statement (most of a coordinator's) then completes without two thread wake-ups;
+    /// a longer one holds the caller's thread at most this long. That thread belongs to
+    /// Swift's small cooperative pool, so no more than ``maxCallerThreadWait`` is used.
+    /// Zero: always move.
+    public var callerThreadWait: Duration = .milliseconds(1)
+    public static let maxCallerThreadWait: Duration = .milliseconds(10)
 
     /// The hosts and ports named by `conninfo` (for error messages).
     public private(set) var endpoint: String

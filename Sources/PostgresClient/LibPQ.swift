@@ -66,23 +66,65 @@ enum LibPQ {
         }
     }
 
-    /// Finishes what ``send(_:_:)`` started, blocking: flushes the rest of the statement,
-    /// then waits for and returns its result (the last one, as PQexec does).
-    static func receive(_ conn: OpaquePointer) throws(PostgresError) -> PostgresRows {
+    /// What ``receive(_:within:)`` got before its time ran out.
+    enum Collected {
+        /// The whole result: libpq is idle again.
+        case done(Result<PostgresRows, PostgresError>)
+        /// Not all of it yet; ``receive(_:after:)`` finishes (and frees `last`).
+        case pending(last: OpaquePointer?)
+    }
+
+    /// Collects what ``send(_:_:)`` started without ever blocking past `deadline`: waits
+    /// for the socket up to then, and returns `.pending` (with what it has) if the result
+    /// is not all there. A broken connection counts as done (its error is the result).
+    static func receive(_ conn: OpaquePointer, within deadline: ContinuousClock.Instant) -> Collected {
+        func wait(_ events: Int32) -> Bool {
+            let left = ContinuousClock.now.duration(to: deadline)
+            guard left > .zero else { return false }
+            var fd = pollfd(fd: PQsocket(conn), events: Int16(events), revents: 0)
+            let micros = left.components.seconds * 1_000_000 + left.components.attoseconds / 1_000_000_000_000
+            let millis = Int32(clamping: (micros + 999) / 1000)
+            return poll(&fd, 1, millis) != 0  // ready, or interrupted/failed (the next call sees why)
+        }
+        var flushed = PQflush(conn)
+        while flushed == 1 {
+            guard wait(Int32(POLLOUT | POLLIN)) else { return .pending(last: nil) }
+            if PQconsumeInput(conn) == 0 { break }
+            flushed = PQflush(conn)
+        }
+        if flushed == -1 { return .done(.failure(PostgresError(.connectionClosed, "cannot send the statement: \(errorMessage(conn))"))) }
+        var last: OpaquePointer?
         while true {
-            let flushed = PQflush(conn)
-            if flushed == 0 { break }
-            guard flushed == 1 else { throw PostgresError(.connectionClosed, "cannot send the statement: \(errorMessage(conn))") }
-            var fd = pollfd(fd: PQsocket(conn), events: Int16(POLLOUT | POLLIN), revents: 0)
-            if poll(&fd, 1, -1) < 0, errno != EINTR {
-                throw PostgresError(.connectionClosed, "poll failed while sending (errno \(errno))")
+            while PQisBusy(conn) == 1 {
+                guard wait(Int32(POLLIN)) else { return .pending(last: last) }
+                if PQconsumeInput(conn) == 0 { break }  // broken: PQgetResult reports it without waiting
             }
-            if fd.revents & Int16(POLLIN) != 0, PQconsumeInput(conn) == 0 {
-                throw PostgresError(.connectionClosed, "connection lost: \(errorMessage(conn))")
-            }
+            guard let result = PQgetResult(conn) else { break }
+            if let last { PQclear(last) }
+            last = result
         }
         _ = PQsetnonblocking(conn, 0)
-        var last: OpaquePointer?
+        do throws(PostgresError) {
+            return .done(.success(try consume(conn, last)))
+        } catch {
+            return .done(.failure(error))
+        }
+    }
+
+    /// Finishes what ``send(_:_:)`` started (or a ``receive(_:within:)`` that ran out of
+    /// time, with what it had), blocking: flushes the rest of the statement, then waits for
+    /// and returns its result (the last one, as PQexec does).
+    static func receive(_ conn: OpaquePointer, after last: OpaquePointer? = nil) throws(PostgresError) -> PostgresRows {
+        var last = last
+        while PQflush(conn) == 1 {
+            var fd = pollfd(fd: PQsocket(conn), events: Int16(POLLOUT | POLLIN), revents: 0)
+            if poll(&fd, 1, -1) < 0, errno != EINTR {
+                if let last { PQclear(last) }
+                throw PostgresError(.connectionClosed, "poll failed while sending (errno \(errno))")
+            }
+            if fd.revents & Int16(POLLIN) != 0, PQconsumeInput(conn) == 0 { break }
+        }
+        _ = PQsetnonblocking(conn, 0)
         while let result = PQgetResult(conn) {
             if let last { PQclear(last) }
             last = result

@@ -6,26 +6,28 @@ import Synchronization
 
 /// One PostgreSQL session.
 ///
-/// Every libpq call that can wait runs on the connection's own serial dispatch queue,
-/// never on Swift's cooperative pool, so a slow statement blocks nobody else. The one
-/// exception is the send of a statement on an idle connection: it is written from the
-/// calling thread in libpq's nonblocking mode (it never waits; what the socket does not
-/// take at once is flushed by the queue), so the server starts on it without waiting for
-/// the queue's thread to wake, and the queue collects the result. A connection runs one
-/// statement at a time; callers that share one must not interleave transactions (the
-/// pool hands a connection to one task at a time).
+/// Every libpq call that can wait long runs on the connection's own serial dispatch
+/// queue, never on Swift's cooperative pool, so a slow statement blocks nobody else. The
+/// exception is a statement on an idle connection: it is written from the calling thread
+/// in libpq's nonblocking mode, so the server starts on it at once, and the caller then
+/// waits for the result itself for at most `configuration.callerThreadWait` (1 ms by
+/// default); a statement that takes longer is left to the queue, which flushes what the
+/// socket did not take and collects the result. A short statement thus completes without
+/// waking the queue's thread and then the caller's task. A connection runs one statement
+/// at a time; callers that share one must not interleave transactions (the pool hands a
+/// connection to one task at a time).
 ///
 /// `abort()` may be called from any thread: it shuts the socket down so that a
 /// statement stuck on a silent network returns at once with an error.
 public final class PostgresConnection: @unchecked Sendable {
-    // Why @unchecked Sendable is safe: `pgconn` is read and written only inside
-    // blocks running on `queue`, a serial queue, or by `query`'s send on an idle
-    // connection, which happens while holding `shared`'s lock, only when no block is
-    // running or queued (`outstanding == 0`, counted under that lock for every block),
-    // and queues the block that collects the result before letting the lock go; so libpq
-    // sees one thread at a time, and the lock and `queue.async` order the accesses. The
-    // fields shared with other threads (`socketFD`, `cancelHandle`, `closed`) live in
-    // `shared`, a Mutex.
+    // Why @unchecked Sendable is safe: `pgconn` is used by one thread at a time. Blocks
+    // on `queue` (a serial queue) use it; so does `query`'s caller thread, but only after
+    // finding, under `shared`'s lock, that no block is running or queued (`outstanding ==
+    // 0`, counted under that lock for every block) and marking `callerOwns` there: while
+    // that is set, blocks are held in `deferred` rather than queued, and they are queued
+    // (after the one that finishes the caller's statement, if any) under the lock when the
+    // caller lets go. The lock orders the hand-overs. The fields shared with other threads
+    // (`socketFD`, `cancelHandle`, `closed`, …) live in `shared`, a Mutex.
     private let queue: DispatchQueue
     private nonisolated(unsafe) var pgconn: OpaquePointer?
     private let shared: Mutex<Shared>
@@ -40,8 +42,16 @@ public final class PostgresConnection: @unchecked Sendable {
         var cancelHandle: OpaquePointer?
         var closed = false
         var broken = false
-        /// Blocks queued or running on `queue` (and a send in progress on a caller's thread).
+        /// Blocks queued or running on `queue` (and a statement on a caller's thread).
         var outstanding = 0
+        /// A caller's thread is using the connection: blocks wait in `deferred`.
+        var callerOwns = false
+        var deferred: [@Sendable () -> Void] = []
+
+        /// Queues `block`, or holds it while a caller's thread owns the connection.
+        mutating func schedule(_ block: @escaping @Sendable () -> Void, on queue: DispatchQueue) {
+            if callerOwns { deferred.append(block) } else { queue.async(execute: block) }
+        }
     }
 
     private init(conn: OpaquePointer, configuration: ConnectionConfiguration, queue: DispatchQueue) {
@@ -99,16 +109,19 @@ public final class PostgresConnection: @unchecked Sendable {
         purpose: String?, _ cont: CheckedContinuation<T, any Error>,
         _ body: @escaping @Sendable (OpaquePointer) throws(PostgresError) -> T
     ) {
-        shared.withLock { $0.outstanding += 1 }
-        submit(purpose: purpose, cont, body)
+        let block = block(purpose: purpose, cont, body)
+        shared.withLock { s in
+            s.outstanding += 1
+            s.schedule(block, on: queue)
+        }
     }
 
-    /// `enqueue` for a caller that has counted the block already.
-    private func submit<T: Sendable>(
+    /// The queue block that runs `body` and resumes `cont`.
+    private func block<T: Sendable>(
         purpose: String?, _ cont: CheckedContinuation<T, any Error>,
         _ body: @escaping @Sendable (OpaquePointer) throws(PostgresError) -> T
-    ) {
-        queue.async { [self] in
+    ) -> @Sendable () -> Void {
+        { [self] in
             defer { shared.withLock { $0.outstanding -= 1 } }
             guard let conn = pgconn, !shared.withLock({ $0.closed }) else {
                 cont.resume(throwing: PostgresError(.connectionClosed, "connection is closed", purpose: purpose))
@@ -129,10 +142,10 @@ public final class PostgresConnection: @unchecked Sendable {
     public func query(_ query: PostgresQuery, purpose: String? = nil) async throws -> PostgresRows {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (cont: CheckedContinuation<PostgresRows, any Error>) in
-                // Sent, and the block that collects the result queued, under the lock: a
-                // statement arriving meanwhile finds the connection busy and queues behind.
-                let sent = shared.withLock { s -> Result<Bool, PostgresError> in
-                    guard !s.closed, !s.broken, s.outstanding == 0, let conn = pgconn else { return .success(false) }
+                // Sent, and the connection taken by this thread, under the lock: a statement
+                // arriving meanwhile finds it busy and waits its turn.
+                let sent = shared.withLock { s -> Result<OpaquePointer?, PostgresError> in
+                    guard !s.closed, !s.broken, s.outstanding == 0, let conn = pgconn else { return .success(nil) }
                     do throws(PostgresError) {
                         try LibPQ.send(conn, query)
                     } catch {
@@ -140,17 +153,49 @@ public final class PostgresConnection: @unchecked Sendable {
                         return .failure(error)
                     }
                     s.outstanding += 1
-                    submit(purpose: purpose, cont) { conn throws(PostgresError) in try LibPQ.receive(conn) }
-                    return .success(true)
+                    s.callerOwns = true
+                    return .success(conn)
                 }
                 switch sent {
-                case .success(true): break
-                case .success(false): enqueue(purpose: purpose, cont) { conn throws(PostgresError) in try LibPQ.exec(conn, query) }
+                case .success(let conn?): collect(conn, purpose: purpose, cont)
+                case .success(nil): enqueue(purpose: purpose, cont) { conn throws(PostgresError) in try LibPQ.exec(conn, query) }
                 case .failure(let error): cont.resume(throwing: error.with(purpose: purpose))
                 }
             }
         } onCancel: {
             cancelCurrentStatement()
+        }
+    }
+
+    /// Waits on this thread, briefly, for the result of the statement just sent; hands
+    /// the rest of the wait to the queue if it does not come in time.
+    private func collect(_ conn: OpaquePointer, purpose: String?, _ cont: CheckedContinuation<PostgresRows, any Error>) {
+        let wait = min(max(configuration.callerThreadWait, .zero), ConnectionConfiguration.maxCallerThreadWait)
+        let collected = LibPQ.receive(conn, within: .now + wait)
+        let broken = PQstatus(conn) != CONNECTION_OK
+        let finish: (@Sendable () -> Void)?
+        switch collected {
+        case .done: finish = nil
+        case .pending(let last):
+            let partial = PartialResult(last)
+            finish = block(purpose: purpose, cont) { conn throws(PostgresError) in try LibPQ.receive(conn, after: partial.take()) }
+        }
+        shared.withLock { s in
+            s.callerOwns = false
+            if let finish {
+                queue.async(execute: finish)
+            } else {
+                s.outstanding -= 1
+                if broken { s.broken = true }
+            }
+            for block in s.deferred { queue.async(execute: block) }
+            s.deferred.removeAll()
+        }
+        if case .done(let result) = collected {
+            switch result {
+            case .success(let rows): cont.resume(returning: rows)
+            case .failure(let error): cont.resume(throwing: error.with(purpose: purpose))
+            }
         }
     }
 
@@ -182,8 +227,7 @@ public final class PostgresConnection: @unchecked Sendable {
     /// Closes the session (idempotent). Waits for a running statement to end.
     public func close() async {
         await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
-            shared.withLock { $0.outstanding += 1 }
-            queue.async { [self] in
+            let block: @Sendable () -> Void = { [self] in
                 defer { shared.withLock { $0.outstanding -= 1 } }
                 let cancel = shared.withLock { s -> OpaquePointer? in
                     s.closed = true
@@ -197,6 +241,10 @@ public final class PostgresConnection: @unchecked Sendable {
                     pgconn = nil
                 }
                 cont.resume()
+            }
+            shared.withLock { s in
+                s.outstanding += 1
+                s.schedule(block, on: queue)
             }
         }
     }
@@ -239,5 +287,19 @@ public enum IsolationLevel: String, Sendable, CaseIterable {
 extension Error {
     func with(purpose: String?) -> any Error {
         (self as? PostgresError)?.with(purpose: purpose) ?? self
+    }
+}
+
+/// A libpq result handed from the caller's thread to the queue's block that finishes the
+/// statement.
+// @unchecked: the pointer is taken exactly once, by that block, which runs after the
+// caller's thread let go of the connection (the hand-over is ordered by `shared`'s lock
+// and `queue.async`); nothing else touches it.
+private final class PartialResult: @unchecked Sendable {
+    private var result: OpaquePointer?
+    init(_ result: OpaquePointer?) { self.result = result }
+    func take() -> OpaquePointer? {
+        defer { result = nil }
+        return result
     }
 }

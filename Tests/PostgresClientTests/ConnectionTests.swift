@@ -169,8 +169,13 @@ struct ConnectionTests {
     // The send of a statement on an idle connection happens on the caller's thread; these
     // check that the hand-over to the connection's queue keeps statements apart.
 
-    @Test func concurrentStatementsOnOneConnectionEachGetTheirOwnResult() async throws {
-        let (conn, _) = try await TestDatabase.shared.connect()
+    /// Zero: every wait on the queue; 1 ms (the default): short statements complete on the
+    /// caller's thread; 10 ms (the most): nearly every statement does, the others held back.
+    @Test(arguments: [Duration.zero, .milliseconds(1), ConnectionConfiguration.maxCallerThreadWait])
+    func concurrentStatementsOnOneConnectionEachGetTheirOwnResult(callerThreadWait: Duration) async throws {
+        var config = try await TestDatabase.shared.freshDatabase()
+        config.callerThreadWait = callerThreadWait
+        let conn = try await PostgresConnection.connect(config)
         let results = try await withThrowingTaskGroup(of: (Int, Int).self) { group in
             for i in 0..<200 {
                 group.addTask { (i, try await conn.query("SELECT \(i)::int + 0 AS v").single().decode("v", as: Int.self)) }
@@ -208,5 +213,53 @@ struct ConnectionTests {
         #expect(try await conn.query("SELECT 3 AS three").single().decode("three", as: Int.self) == 3)
         await conn.close()
         await #expect(throws: PostgresError.self) { try await conn.query("SELECT 4") }
+    }
+
+    @Test func statementOutlastingTheCallersWaitIsFinishedByTheQueueInOrder() async throws {
+        var config = try await TestDatabase.shared.freshDatabase()
+        config.callerThreadWait = .milliseconds(1)
+        let conn = try await PostgresConnection.connect(config)
+        // A slow statement runs out of the caller's wait with nothing read; a large result
+        // usually with part of it read. Statements sent meanwhile wait their turn.
+        let big = 4 << 20
+        async let slow = conn.query("SELECT pg_sleep(0.2), 'slow' AS v").single().decode("v", as: String.self)
+        async let large = conn.query("SELECT repeat('y', \(big)) AS v").single().decode("v", as: String.self)
+        let quick = try await withThrowingTaskGroup(of: Bool.self) { group in
+            for i in 0..<50 {
+                group.addTask { try await conn.query("SELECT \(i)::int * 2 AS v").single().decode("v", as: Int.self) == i * 2 }
+            }
+            return try await group.reduce(true) { $0 && $1 }
+        }
+        #expect(quick)
+        #expect(try await slow == "slow")
+        let text = try await large
+        #expect(text.utf8.count == big && text.utf8.allSatisfy { $0 == UInt8(ascii: "y") })
+        #expect(try await conn.query("SELECT 5 AS five").single().decode("five", as: Int.self) == 5)
+        await conn.close()
+    }
+
+    // A statement waited for on the caller's thread can still be cut short. The abort or
+    // cancel comes from a thread of its own (the caller's thread may be the pool's last),
+    // a moment after the statement starts: inside the caller's wait when the machine keeps
+    // up, on the queue otherwise; either way it must end the statement.
+
+    @Test(arguments: [true, false])
+    func statementWaitedForOnTheCallersThreadCanBeCutShort(byAbort: Bool) async throws {
+        var config = try await TestDatabase.shared.freshDatabase()
+        config.callerThreadWait = ConnectionConfiguration.maxCallerThreadWait
+        let conn = try await PostgresConnection.connect(config)
+        let started = ContinuousClock.now
+        Thread {
+            usleep(3000)
+            if byAbort { conn.abort() } else { conn.cancelCurrentStatement() }
+        }.start()
+        await #expect(throws: PostgresError.self) { try await conn.query("SELECT pg_sleep(30)") }
+        #expect(ContinuousClock.now - started < .seconds(10))
+        if byAbort {
+            #expect(!conn.isUsable)
+        } else {
+            #expect(try await conn.query("SELECT 6 AS six").single().decode("six", as: Int.self) == 6)
+        }
+        await conn.close()
     }
 }
