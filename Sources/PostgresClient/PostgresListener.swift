@@ -65,6 +65,10 @@ public final class PostgresListener: @unchecked Sendable {
     private let wakeRead: Int32
     private let wakeWrite: Int32
     private let state = Mutex(State())
+    private let wakeUpCount = Atomic<Int>(0)
+    /// Times the listener thread has come out of `poll()`: about one per notification
+    /// burst, command, ping and tick (a diagnostic, and the proof that it does not spin).
+    public var wakeUps: Int { wakeUpCount.load(ordering: .relaxed) }
     /// How long the connection may stay silent before the thread pings it.
     public let pingInterval: Duration
     public let backendPID: Int32
@@ -203,8 +207,12 @@ public final class PostgresListener: @unchecked Sendable {
         _ = write(wakeWrite, &byte, 1)
     }
 
+    /// `d` in whole milliseconds for poll(), rounded up: rounding down would make the last
+    /// fraction of a millisecond before a tick a busy loop of zero-timeout polls.
     private static func milliseconds(_ d: Duration) -> Int32 {
-        Int32(clamping: max(0, d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000))
+        let (seconds, attoseconds) = d.components
+        guard seconds > 0 || attoseconds > 0 else { return 0 }
+        return Int32(clamping: seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
     }
 
     private func runLoop(_ handler: some PostgresListenerHandler) {
@@ -248,6 +256,7 @@ public final class PostgresListener: @unchecked Sendable {
                 var timeout = pingInterval
                 if let tickInterval { timeout = min(timeout, tickInterval - lastTick.duration(to: .now)) }
                 let ready = poll(&fds, 2, Self.milliseconds(timeout))
+                wakeUpCount.add(1, ordering: .relaxed)
                 if ready < 0 {
                     if errno == EINTR { continue }
                     failure = PostgresError(.connectionClosed, "poll failed on the listener socket (errno \(errno))")

@@ -1,6 +1,7 @@
 import Foundation
 import PostgresClient
 import RegentTestSupport
+import Synchronization
 import Testing
 
 @Suite("Pool and LISTEN/NOTIFY against a real server")
@@ -78,5 +79,29 @@ struct PoolAndListenerTests {
             #expect(error.code == .connectionClosed)
         }
         await admin.close()
+    }
+
+    /// Counts ticks on the listener thread.
+    final class TickCounter: PostgresListenerHandler {
+        let ticks = Atomic<Int>(0)
+        var tickInterval: Duration? { .milliseconds(20) }
+        func received(_ notification: PostgresNotification, session: ListenerSession) throws {}
+        func tick(_ session: ListenerSession) throws { ticks.add(1, ordering: .relaxed) }
+    }
+
+    /// An idle listener with a tick sleeps between ticks: it once spun through zero-timeout
+    /// polls for the last fraction of a millisecond before each one (thousands of wake-ups a
+    /// second; ~50 are expected here).
+    @Test func idleListenerWithATickSleepsBetweenTicks() async throws {
+        let config = try await TestDatabase.shared.freshDatabase()
+        let listener = try await PostgresListener.open(config, channels: [try SQLIdentifier("idle")])
+        let counter = TickCounter()
+        listener.start(counter)
+        try await Task.sleep(for: .seconds(1))
+        let (wakeUps, ticks) = (listener.wakeUps, counter.ticks.load(ordering: .relaxed))
+        listener.stop()
+        try await listener.waitUntilClosed()
+        #expect(ticks >= 10, "ticks at least every 20 ms: \(ticks) in a second")
+        #expect(wakeUps <= 3 * ticks + 10, "\(wakeUps) wake-ups for \(ticks) ticks")
     }
 }

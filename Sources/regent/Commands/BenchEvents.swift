@@ -14,17 +14,20 @@ extension BenchCommand {
                 Latency: one event every 2 ms, each delivered to 3 subscribers on separate \
                 connections; publish call → delivery. Throughput: one publisher sends as fast as it \
                 can until all 3 subscribers have every event. The baseline does the same with raw \
-                libpq: `SELECT pg_notify(...)` per transaction and 3 LISTEN connections.
+                libpq: `SELECT pg_notify(...)` per transaction and 3 LISTEN connections; a middle \
+                row publishes through the outbox but receives with raw libpq (the server's share). \
+                The three take turns in rounds, so that a noisy machine disturbs them alike.
                 """
         )
-        @Option(help: "Events in the latency run.") var latencyEvents = 500
-        @Option(help: "Events in the throughput run.") var throughputEvents = 5000
+        @Option(help: "Events in the latency run (split over the rounds).") var latencyEvents = 1000
+        @Option(help: "Events in the throughput run (split over the rounds).") var throughputEvents = 10000
+        @Option(help: "Rounds: each variant's share of the events, taken in turn.") var rounds = 5
         @Option(name: .customLong("database-url"), help: ArgumentHelp("Use this database.", valueName: "url"))
         var databaseURL: String?
 
         func validate() throws {
-            guard (10...100_000).contains(latencyEvents), (100...1_000_000).contains(throughputEvents) else {
-                throw ValidationError("--latency-events 10-100000, --throughput-events 100-1000000")
+            guard (10...100_000).contains(latencyEvents), (100...1_000_000).contains(throughputEvents), (1...50).contains(rounds) else {
+                throw ValidationError("--latency-events 10-100000, --throughput-events 100-1000000, --rounds 1-50")
             }
         }
 
@@ -36,33 +39,85 @@ extension BenchCommand {
             try await MigrationRunner(appliedBy: "bench").migrate(on: setup, schemas: ["engine"])
             await setup.close()
 
-            print("▶ raw NOTIFY → LISTEN: \(latencyEvents) spaced, \(throughputEvents) flat out, 3 listeners")
-            let raw = try RawNotify.run(conninfo: url, latencyEvents: latencyEvents, throughputEvents: throughputEvents)
-            print("▶ engine.publish_event → raw LISTEN: the same (server-side cost alone)")
-            let outbox = try RawNotify.run(conninfo: url, latencyEvents: latencyEvents, throughputEvents: throughputEvents, viaOutbox: true)
-            print("▶ Regent event bus: the same")
-            let bus = try await BusRun.run(config: config, latencyEvents: latencyEvents, throughputEvents: throughputEvents)
+            let perRound = (latency: max(1, latencyEvents / rounds), throughput: max(1, throughputEvents / rounds))
+            print("▶ \(rounds) rounds; in each, per variant: \(perRound.latency) events 2 ms apart, then \(perRound.throughput) flat out; 3 receivers")
+            // One variant's connections at a time: PostgreSQL signals every listening backend
+            // of the database on each NOTIFY, whatever its channel.
+            var figures = [RunFigures](repeating: RunFigures(), count: 3)
+            for round in 1...rounds {
+                // Each round starts with another variant, so none always runs first or last.
+                for variant in (0..<3).map({ ($0 + round) % 3 }) {
+                    if variant < 2 {
+                        let raw = try RawNotify(conninfo: url, viaOutbox: variant == 1)
+                        defer { raw.stop() }
+                        figures[variant].add(try raw.latency(events: perRound.latency))
+                        figures[variant].add(raw.throughput(events: perRound.throughput))
+                        continue
+                    }
+                    let bus = try await BusRun.start(config: config)
+                    do {
+                        figures[2].add(try await bus.latency(events: perRound.latency))
+                        figures[2].add(try await bus.throughput(events: perRound.throughput))
+                    } catch {
+                        await bus.stop()
+                        throw error
+                    }
+                    await bus.stop()
+                }
+                print(String(
+                    format: "  round %d: p50 raw %@, outbox %@, Regent %@; throughput raw %.0f/s, outbox %.0f/s, Regent %.0f/s", round,
+                    ms(Figures(figures[0].lastLatencies).median), ms(Figures(figures[1].lastLatencies).median),
+                    ms(Figures(figures[2].lastLatencies).median), figures[0].lastThroughput, figures[1].lastThroughput,
+                    figures[2].lastThroughput))
+            }
 
-            let rl = Figures(raw.latencies), bl = Figures(bus.latencies), ol = Figures(outbox.latencies)
+            let (r, o, b) = (figures[0], figures[1], figures[2])
+            let rl = Figures(r.latencies), ol = Figures(o.latencies), bl = Figures(b.latencies)
             print("")
             print(table(
                 ["", "p50", "p99", "throughput", "lost"],
                 [
-                    ["raw NOTIFY → LISTEN (limit)", ms(rl.median), ms(rl.p99), String(format: "%.0f /s", raw.throughput), "\(raw.lost)"],
-                    ["outbox publish → raw LISTEN", ms(ol.median), ms(ol.p99), String(format: "%.0f /s", outbox.throughput), "\(outbox.lost)"],
-                    ["Regent publish → subscriber", ms(bl.median), ms(bl.p99), String(format: "%.0f /s", bus.throughput), "\(bus.lost)"],
+                    ["raw NOTIFY → LISTEN (limit)", ms(rl.median), ms(rl.p99), String(format: "%.0f /s", r.throughput), "\(r.lost)"],
+                    ["outbox publish → raw LISTEN", ms(ol.median), ms(ol.p99), String(format: "%.0f /s", o.throughput), "\(o.lost)"],
+                    ["Regent publish → subscriber", ms(bl.median), ms(bl.p99), String(format: "%.0f /s", b.throughput), "\(b.lost)"],
                 ]))
             print(String(
-                format: "\nratios: p50 latency %.2f× raw (goal ≤ 1.5×), throughput %.0f%% of raw (goal ≥ 50%%), lost events: %d (goal 0)",
-                bl.median.milliseconds / max(rl.median.milliseconds, 0.0001), 100 * bus.throughput / max(raw.throughput, 1), bus.lost))
-            if bus.lost > 0 { throw ExitCode(1) }
+                format: "\nratios: p50 latency %.2f× raw (goal ≤ 1.5×; the outbox alone: %.2f×), throughput %.0f%% of raw (goal ≥ 50%%), lost events: %d (goal 0)",
+                bl.median.milliseconds / max(rl.median.milliseconds, 0.0001), ol.median.milliseconds / max(rl.median.milliseconds, 0.0001),
+                100 * b.throughput / max(r.throughput, 1), b.lost))
+            if b.lost > 0 { throw ExitCode(1) }
         }
     }
 }
 
+/// One variant's figures, summed over rounds.
 struct RunFigures {
-    var latencies: [Duration]
-    var throughput: Double
+    var latencies: [Duration] = []
+    var lastLatencies: [Duration] = []
+    var events = 0
+    var elapsed = Duration.zero
+    var lastThroughput = 0.0
+    var lost = 0
+
+    mutating func add(_ latencies: [Duration]) {
+        self.latencies += latencies
+        lastLatencies = latencies
+    }
+
+    mutating func add(_ run: ThroughputRun) {
+        events += run.events
+        elapsed += run.elapsed
+        lost += run.lost
+        lastThroughput = Double(run.events) / max(run.elapsed.milliseconds / 1000, 1e-9)
+    }
+
+    /// Events per second over every round.
+    var throughput: Double { Double(events) / max(elapsed.milliseconds / 1000, 1e-9) }
+}
+
+struct ThroughputRun {
+    var events: Int
+    var elapsed: Duration
     var lost: Int
 }
 
@@ -87,27 +142,35 @@ func waitFor(_ condition: () -> Bool, timeout: Duration) -> Bool {
 }
 
 /// Raw libpq: one publishing connection, three LISTEN connections on threads of their own.
-enum RawNotify {
-    /// `viaOutbox`: publish with `engine.publish_event` (Regent's server-side work) but
-    /// receive with raw libpq, to split Regent's cost into server and client parts.
-    static func run(conninfo: String, latencyEvents: Int, throughputEvents: Int, viaOutbox: Bool = false) throws -> RunFigures {
-        let arrivals = Arrivals(receivers: 3)
-        let stop = Mutex(false)
-        var threads: [Thread] = []
+/// `viaOutbox`: publish with `engine.publish_event` (Regent's server-side work) but receive
+/// with raw libpq, to split Regent's cost into server and client parts.
+final class RawNotify {
+    let viaOutbox: Bool
+    let arrivals = Arrivals(receivers: 3)
+    let stopFlag = StopFlag()
+    let publisher: OpaquePointer
+    let exited = DispatchGroup()
+    var nextKey: Int64 = 0
+
+    init(conninfo: String, viaOutbox: Bool) throws {
+        self.viaOutbox = viaOutbox
         let ready = DispatchSemaphore(value: 0)
+        let (arrivals, stop, exited) = (self.arrivals, self.stopFlag, self.exited)
         for r in 0..<3 {
+            exited.enter()
             let t = Thread {
+                defer { exited.leave() }
                 guard let conn = PQconnectdb(conninfo), PQstatus(conn) == CONNECTION_OK else { ready.signal(); return }
                 PQclear(PQexec(conn, viaOutbox ? "LISTEN regent_events" : "LISTEN bench_raw"))
                 ready.signal()
                 var pfd = pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)
-                while !stop.withLock({ $0 }) {
+                while !stop.isSet {
                     if poll(&pfd, 1, 50) <= 0 { continue }
                     PQconsumeInput(conn)
                     while let n = PQnotifies(conn) {
                         let now = ContinuousClock.now
                         let text = String(cString: n.pointee.extra)
-                        let key = viaOutbox ? seq(in: text) : (Int64(text) ?? -1)
+                        let key = viaOutbox ? Self.seq(in: text) : (Int64(text) ?? -1)
                         PQfreemem(n)
                         arrivals.record(r, key: key, at: now)
                     }
@@ -115,40 +178,55 @@ enum RawNotify {
                 PQfinish(conn)
             }
             t.start()
-            threads.append(t)
         }
         for _ in 0..<3 { ready.wait() }
         guard let pub = PQconnectdb(conninfo), PQstatus(pub) == CONNECTION_OK else {
+            stopFlag.set()
             throw RegentError(.bootFailed, "raw bench: cannot connect")
         }
-        defer {
-            stop.withLock { $0 = true }
-            PQfinish(pub)
-        }
-        func notify(_ key: Int64) {
-            let text = strdup(viaOutbox ? #"{"seq": \#(key)}"# : String(key))
-            var values: [UnsafePointer<CChar>?] = [UnsafePointer(text)]
-            let sql = viaOutbox ? "SELECT engine.publish_event('bench', $1::jsonb, NULL)" : "SELECT pg_notify('bench_raw', $1)"
-            PQclear(PQexecParams(pub, sql, 1, nil, &values, nil, nil, 0))
-            free(text)
-        }
+        publisher = pub
+    }
+
+    /// Closes every connection, waiting for the listener threads to end.
+    func stop() {
+        stopFlag.set()
+        PQfinish(publisher)
+        exited.wait()
+    }
+
+    private func notify(_ key: Int64) {
+        let text = strdup(viaOutbox ? #"{"seq": \#(key)}"# : String(key))
+        var values: [UnsafePointer<CChar>?] = [UnsafePointer(text)]
+        let sql = viaOutbox ? "SELECT engine.publish_event('bench', $1::jsonb, NULL)" : "SELECT pg_notify('bench_raw', $1)"
+        PQclear(PQexecParams(publisher, sql, 1, nil, &values, nil, nil, 0))
+        free(text)
+    }
+
+    func latency(events: Int) throws -> [Duration] {
+        arrivals.reset()
         var sent: [Int64: ContinuousClock.Instant] = [:]
-        for k in 0..<Int64(latencyEvents) {
-            sent[k] = .now
-            notify(k)
+        for _ in 0..<events {
+            nextKey += 1
+            sent[nextKey] = .now
+            notify(nextKey)
             usleep(2000)
         }
-        _ = waitFor({ arrivals.minCount() >= latencyEvents }, timeout: .seconds(10))
-        let latencies = arrivals.snapshot().flatMap { received in
+        _ = waitFor({ arrivals.minCount() >= events }, timeout: .seconds(10))
+        return arrivals.snapshot().flatMap { received in
             received.compactMap { key, at in sent[key].map { $0.duration(to: at) } }
         }
+    }
+
+    func throughput(events: Int) -> ThroughputRun {
         arrivals.reset()
         let started = ContinuousClock.now
-        for k in 0..<Int64(throughputEvents) { notify(1_000_000 + k) }
-        _ = waitFor({ arrivals.minCount() >= throughputEvents }, timeout: .seconds(60))
+        for _ in 0..<events {
+            nextKey += 1
+            notify(nextKey)
+        }
+        _ = waitFor({ arrivals.minCount() >= events }, timeout: .seconds(60))
         let elapsed = started.duration(to: .now)
-        let lost = 3 * throughputEvents - arrivals.snapshot().map(\.count).reduce(0, +)
-        return RunFigures(latencies: latencies, throughput: Double(throughputEvents) / (elapsed.milliseconds / 1000), lost: lost)
+        return ThroughputRun(events: events, elapsed: elapsed, lost: 3 * events - arrivals.snapshot().map(\.count).reduce(0, +))
     }
 
     /// The `"seq": N` number in a notification's payload.
@@ -158,57 +236,90 @@ enum RawNotify {
     }
 }
 
+final class StopFlag: Sendable {
+    private let value = Mutex(false)
+    var isSet: Bool { value.withLock { $0 } }
+    func set() { value.withLock { $0 = true } }
+}
+
 /// The same through Regent: three buses (three listener connections), one publisher.
-enum BusRun {
-    static func run(config: ConnectionConfiguration, latencyEvents: Int, throughputEvents: Int) async throws -> RunFigures {
-        let arrivals = Arrivals(receivers: 3)
+final class BusRun {
+    let arrivals: Arrivals
+    let buses: [(EventBus, ConnectionPool)]
+    let subscriptions: [EventSubscription]
+    let publisher: PostgresConnection
+    let tasks: [Task<Void, any Error>]
+    let topic: EventTopic
+
+    private init(
+        arrivals: Arrivals, buses: [(EventBus, ConnectionPool)], subscriptions: [EventSubscription], publisher: PostgresConnection,
+        tasks: [Task<Void, any Error>]
+    ) throws {
+        self.arrivals = arrivals
+        self.buses = buses
+        self.subscriptions = subscriptions
+        self.publisher = publisher
+        self.tasks = tasks
+        topic = try EventTopic("bench")
+    }
+
+    static func start(config: ConnectionConfiguration) async throws -> BusRun {
         var buses: [(EventBus, ConnectionPool)] = []
+        var tasks: [Task<Void, any Error>] = []
         for _ in 0..<3 {
             let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
-            buses.append((EventBus(configuration: config, pool: pool), pool))
+            let bus = EventBus(configuration: config, pool: pool)
+            buses.append((bus, pool))
+            tasks.append(Task { await bus.run() })
         }
-        let publisher = try await PostgresConnection.connect(config)
-        let topic = try EventTopic("bench")
-        return try await withThrowingTaskGroup(of: Void.self) { group in
-            for (bus, _) in buses { group.addTask { await bus.run() } }
-            var subs: [EventSubscription] = []
-            for (bus, _) in buses { subs.append(try await bus.subscribe(topics: ["bench"])) }
-            for (r, sub) in subs.enumerated() {
-                group.addTask {
-                    for try await event in sub { arrivals.record(r, key: event.id, at: .now) }
-                }
-            }
-            var sent: [Int64: ContinuousClock.Instant] = [:]
-            for k in 0..<latencyEvents {
-                let t0 = ContinuousClock.now
-                let id = try await EventBus.publish(topic: topic, payload: try EventPayload(trusted: #"{"seq": \#(k)}"#), publisher: nil, on: publisher)
-                sent[id] = t0
-                try await Task.sleep(for: .milliseconds(2))
-            }
-            _ = await eventuallyCount(arrivals, latencyEvents)
-            let latencies = arrivals.snapshot().flatMap { received in
-                received.compactMap { key, at in sent[key].map { $0.duration(to: at) } }
-            }
-            arrivals.reset()
-            let started = ContinuousClock.now
-            for k in 0..<throughputEvents {
-                try await EventBus.publish(topic: topic, payload: try EventPayload(trusted: #"{"seq": \#(k)}"#), publisher: nil, on: publisher)
-            }
-            let publishedIn = started.duration(to: .now)
-            _ = await eventuallyCount(arrivals, throughputEvents)
-            print(String(format: "  publishing alone took %.0f ms; all delivered after %.0f ms", publishedIn.milliseconds, started.duration(to: .now).milliseconds))
-            let elapsed = started.duration(to: .now)
-            let lost = 3 * throughputEvents - arrivals.snapshot().map(\.count).reduce(0, +)
-            for (bus, _) in buses { bus.stop() }
-            for sub in subs { sub.cancel() }
-            try await group.waitForAll()
-            for (_, pool) in buses { await pool.shutdown() }
-            await publisher.close()
-            return RunFigures(latencies: latencies, throughput: Double(throughputEvents) / (elapsed.milliseconds / 1000), lost: lost)
+        var subs: [EventSubscription] = []
+        for (bus, _) in buses { subs.append(try await bus.subscribe(topics: ["bench"])) }
+        let arrivals = Arrivals(receivers: 3)
+        for (r, sub) in subs.enumerated() {
+            tasks.append(Task {
+                for try await event in sub { arrivals.record(r, key: event.id, at: .now) }
+            })
+        }
+        return try BusRun(
+            arrivals: arrivals, buses: buses, subscriptions: subs, publisher: try await PostgresConnection.connect(config), tasks: tasks)
+    }
+
+    func stop() async {
+        for (bus, _) in buses { bus.stop() }
+        for sub in subscriptions { sub.cancel() }
+        for task in tasks { _ = await task.result }
+        for (_, pool) in buses { await pool.shutdown() }
+        await publisher.close()
+    }
+
+    private func publish(_ k: Int) async throws -> Int64 {
+        try await EventBus.publish(topic: topic, payload: try EventPayload(trusted: #"{"seq": \#(k)}"#), publisher: nil, on: publisher)
+    }
+
+    func latency(events: Int) async throws -> [Duration] {
+        arrivals.reset()
+        var sent: [Int64: ContinuousClock.Instant] = [:]
+        for k in 0..<events {
+            let t0 = ContinuousClock.now
+            sent[try await publish(k)] = t0
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        _ = await eventuallyCount(events)
+        return arrivals.snapshot().flatMap { received in
+            received.compactMap { key, at in sent[key].map { $0.duration(to: at) } }
         }
     }
 
-    static func eventuallyCount(_ arrivals: Arrivals, _ n: Int) async -> Bool {
+    func throughput(events: Int) async throws -> ThroughputRun {
+        arrivals.reset()
+        let started = ContinuousClock.now
+        for k in 0..<events { _ = try await publish(k) }
+        _ = await eventuallyCount(events)
+        let elapsed = started.duration(to: .now)
+        return ThroughputRun(events: events, elapsed: elapsed, lost: 3 * events - arrivals.snapshot().map(\.count).reduce(0, +))
+    }
+
+    func eventuallyCount(_ n: Int) async -> Bool {
         let deadline = ContinuousClock.now + .seconds(60)
         while ContinuousClock.now < deadline {
             if arrivals.minCount() >= n { return true }
