@@ -25,7 +25,8 @@ public struct ConnectionConfiguration: Sendable, Hashable {
     /// caller's own thread before the wait moves to the connection's queue. A short
     /// statement (most of a coordinator's) then completes without two thread wake-ups;
     /// a longer one holds the caller's thread at most this long. That thread belongs to
-    /// Swift's small cooperative pool, so no more than ``maxCallerThreadWait`` is used.
+    /// Swift's small cooperative pool, so no more than ``maxCallerThreadWait`` is used, and
+    /// no more than half of the pool's threads wait at once (the rest move their wait).
     /// Zero: always move.
     public var callerThreadWait: Duration = .milliseconds(1)
     public static let maxCallerThreadWait: Duration = .milliseconds(10)

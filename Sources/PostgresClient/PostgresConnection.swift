@@ -142,10 +142,10 @@ public final class PostgresConnection: @unchecked Sendable {
     public func query(_ query: PostgresQuery, purpose: String? = nil) async throws -> PostgresRows {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (cont: CheckedContinuation<PostgresRows, any Error>) in
-                // Sent, and the connection taken by this thread, under the lock: a statement
-                // arriving meanwhile finds it busy and waits its turn.
-                let sent = shared.withLock { s -> Result<OpaquePointer?, PostgresError> in
-                    guard !s.closed, !s.broken, s.outstanding == 0, let conn = pgconn else { return .success(nil) }
+                // Sent, and the connection taken by this thread (or the result's collection
+                // queued), under the lock: a statement arriving meanwhile waits its turn.
+                let sent = shared.withLock { s -> Result<OpaquePointer?, PostgresError>? in
+                    guard !s.closed, !s.broken, s.outstanding == 0, let conn = pgconn else { return nil }
                     do throws(PostgresError) {
                         try LibPQ.send(conn, query)
                     } catch {
@@ -153,12 +153,17 @@ public final class PostgresConnection: @unchecked Sendable {
                         return .failure(error)
                     }
                     s.outstanding += 1
-                    s.callerOwns = true
-                    return .success(conn)
+                    if configuration.callerThreadWait > .zero, CallerThreadWaits.enter() {
+                        s.callerOwns = true
+                        return .success(conn)
+                    }
+                    s.schedule(block(purpose: purpose, cont) { conn throws(PostgresError) in try LibPQ.receive(conn) }, on: queue)
+                    return .success(nil)
                 }
                 switch sent {
                 case .success(let conn?): collect(conn, purpose: purpose, cont)
-                case .success(nil): enqueue(purpose: purpose, cont) { conn throws(PostgresError) in try LibPQ.exec(conn, query) }
+                case .success(nil): break
+                case nil: enqueue(purpose: purpose, cont) { conn throws(PostgresError) in try LibPQ.exec(conn, query) }
                 case .failure(let error): cont.resume(throwing: error.with(purpose: purpose))
                 }
             }
@@ -172,6 +177,7 @@ public final class PostgresConnection: @unchecked Sendable {
     private func collect(_ conn: OpaquePointer, purpose: String?, _ cont: CheckedContinuation<PostgresRows, any Error>) {
         let wait = min(max(configuration.callerThreadWait, .zero), ConnectionConfiguration.maxCallerThreadWait)
         let collected = LibPQ.receive(conn, within: .now + wait)
+        CallerThreadWaits.leave()
         let broken = PQstatus(conn) != CONNECTION_OK
         let finish: (@Sendable () -> Void)?
         switch collected {
@@ -288,6 +294,30 @@ extension Error {
     func with(purpose: String?) -> any Error {
         (self as? PostgresError)?.with(purpose: purpose) ?? self
     }
+}
+
+/// How many threads wait for a result in ``PostgresConnection/query(_:purpose:)`` at once.
+///
+/// Those are threads of Swift's cooperative pool (one per core): with every one of them
+/// waiting on the network, nothing else in the process would run — a leader's lock
+/// confirmation included — until a wait ended. So at most half of them (one at least) may
+/// wait; a statement that finds no room hands its wait to its connection's queue, as a
+/// statement that outlasts the wait does.
+enum CallerThreadWaits {
+    static let limit = max(1, ProcessInfo.processInfo.activeProcessorCount / 2)
+    private static let current = Atomic<Int>(0)
+
+    static func enter() -> Bool {
+        var now = current.load(ordering: .relaxed)
+        while now < limit {
+            let (exchanged, original) = current.compareExchange(expected: now, desired: now + 1, ordering: .acquiringAndReleasing)
+            if exchanged { return true }
+            now = original
+        }
+        return false
+    }
+
+    static func leave() { current.subtract(1, ordering: .releasing) }
 }
 
 /// A libpq result handed from the caller's thread to the queue's block that finishes the
