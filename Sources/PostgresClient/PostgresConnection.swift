@@ -328,6 +328,8 @@ enum CallerThreadWaits {
 private final class PartialResult: @unchecked Sendable {
     private var result: OpaquePointer?
     init(_ result: OpaquePointer?) { self.result = result }
+    /// Frees a result nobody took (the connection was closed before the block ran).
+    deinit { if let result { PQclear(result) } }
     func take() -> OpaquePointer? {
         defer { result = nil }
         return result
