@@ -82,9 +82,7 @@ enum LibPQ {
             let left = ContinuousClock.now.duration(to: deadline)
             guard left > .zero else { return false }
             var fd = pollfd(fd: PQsocket(conn), events: Int16(events), revents: 0)
-            let micros = left.components.seconds * 1_000_000 + left.components.attoseconds / 1_000_000_000_000
-            let millis = Int32(clamping: (micros + 999) / 1000)
-            return poll(&fd, 1, millis) != 0  // ready, or interrupted/failed (the next call sees why)
+            return poll(&fd, 1, pollMilliseconds(left)) != 0  // ready, or interrupted/failed (the next call sees why)
         }
         var flushed = PQflush(conn)
         while flushed == 1 {
@@ -130,6 +128,15 @@ enum LibPQ {
             last = result
         }
         return try consume(conn, last)
+    }
+
+    /// `d` in whole milliseconds for `poll()`, rounded up (zero for none or less): rounding
+    /// down would turn the last fraction of a millisecond of a wait into a busy loop of
+    /// zero-timeout polls.
+    static func pollMilliseconds(_ d: Duration) -> Int32 {
+        let (seconds, attoseconds) = d.components
+        guard seconds > 0 || (seconds == 0 && attoseconds > 0) else { return 0 }
+        return Int32(clamping: seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
     }
 
     /// Calls `body` with the statement's parameters laid out as libpq wants them.

@@ -144,32 +144,43 @@ public final class PostgresConnection: @unchecked Sendable {
             try await withCheckedThrowingContinuation { (cont: CheckedContinuation<PostgresRows, any Error>) in
                 // Sent, and the connection taken by this thread (or the result's collection
                 // queued), under the lock: a statement arriving meanwhile waits its turn.
-                let sent = shared.withLock { s -> Result<OpaquePointer?, PostgresError>? in
-                    guard !s.closed, !s.broken, s.outstanding == 0, let conn = pgconn else { return nil }
+                let sent = shared.withLock { s -> Send in
+                    guard !s.closed, !s.broken, s.outstanding == 0, let conn = pgconn else { return .busy }
                     do throws(PostgresError) {
                         try LibPQ.send(conn, query)
                     } catch {
                         if PQstatus(conn) != CONNECTION_OK { s.broken = true }
-                        return .failure(error)
+                        return .failed(error)
                     }
                     s.outstanding += 1
                     if configuration.callerThreadWait > .zero, CallerThreadWaits.enter() {
                         s.callerOwns = true
-                        return .success(conn)
+                        return .callerWaits(conn)
                     }
                     s.schedule(block(purpose: purpose, cont) { conn throws(PostgresError) in try LibPQ.receive(conn) }, on: queue)
-                    return .success(nil)
+                    return .queueWaits
                 }
                 switch sent {
-                case .success(let conn?): collect(conn, purpose: purpose, cont)
-                case .success(nil): break
-                case nil: enqueue(purpose: purpose, cont) { conn throws(PostgresError) in try LibPQ.exec(conn, query) }
-                case .failure(let error): cont.resume(throwing: error.with(purpose: purpose))
+                case .callerWaits(let conn): collect(conn, purpose: purpose, cont)
+                case .queueWaits: break
+                case .busy: enqueue(purpose: purpose, cont) { conn throws(PostgresError) in try LibPQ.exec(conn, query) }
+                case .failed(let error): cont.resume(throwing: error.with(purpose: purpose))
                 }
             }
         } onCancel: {
             cancelCurrentStatement()
         }
+    }
+
+    /// How `query` found the connection and sent its statement.
+    private enum Send {
+        /// Sent; this thread owns the connection and waits for the result itself.
+        case callerWaits(OpaquePointer)
+        /// Sent; the queue collects the result.
+        case queueWaits
+        /// Another statement is running or queued: this one queues behind it, unsent.
+        case busy
+        case failed(PostgresError)
     }
 
     /// Waits on this thread, briefly, for the result of the statement just sent; hands

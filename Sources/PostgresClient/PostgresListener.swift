@@ -207,14 +207,6 @@ public final class PostgresListener: @unchecked Sendable {
         _ = write(wakeWrite, &byte, 1)
     }
 
-    /// `d` in whole milliseconds for poll(), rounded up: rounding down would make the last
-    /// fraction of a millisecond before a tick a busy loop of zero-timeout polls.
-    private static func milliseconds(_ d: Duration) -> Int32 {
-        let (seconds, attoseconds) = d.components
-        guard seconds > 0 || attoseconds > 0 else { return 0 }
-        return Int32(clamping: seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
-    }
-
     private func runLoop(_ handler: some PostgresListenerHandler) {
         guard let conn = pgconn else { return }
         let session = ListenerSession(conn: conn, backendPID: backendPID)
@@ -255,7 +247,7 @@ public final class PostgresListener: @unchecked Sendable {
                 ]
                 var timeout = pingInterval
                 if let tickInterval { timeout = min(timeout, tickInterval - lastTick.duration(to: .now)) }
-                let ready = poll(&fds, 2, Self.milliseconds(timeout))
+                let ready = poll(&fds, 2, LibPQ.pollMilliseconds(timeout))
                 wakeUpCount.add(1, ordering: .relaxed)
                 if ready < 0 {
                     if errno == EINTR { continue }
