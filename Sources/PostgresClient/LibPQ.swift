@@ -66,7 +66,18 @@ enum LibPQ {
         }
     }
 
-    /// What ``receive(_:within:)`` got before its time ran out.
+    /// A wake-up pipe's read end that can cut ``receive(_:within:interrupt:)`` short.
+    struct Interrupt {
+        let fd: Int32
+        let stop: () -> Bool
+
+        func drain() {
+            var buf = [UInt8](repeating: 0, count: 64)
+            while read(fd, &buf, buf.count) > 0 {}
+        }
+    }
+
+    /// What ``receive(_:within:interrupt:)`` got before its time ran out.
     enum Collected {
         /// The whole result: libpq is idle again.
         case done(Result<PostgresRows, PostgresError>)
@@ -77,12 +88,20 @@ enum LibPQ {
     /// Collects what ``send(_:_:)`` started without ever blocking past `deadline`: waits
     /// for the socket up to then, and returns `.pending` (with what it has) if the result
     /// is not all there. A broken connection counts as done (its error is the result).
-    static func receive(_ conn: OpaquePointer, within deadline: ContinuousClock.Instant) -> Collected {
+    ///
+    /// With an `interrupt`, the wait also ends (`.pending`) when its file descriptor turns
+    /// readable and its `stop()` then says so; the descriptor is drained.
+    static func receive(_ conn: OpaquePointer, within deadline: ContinuousClock.Instant, interrupt: Interrupt? = nil) -> Collected {
         func wait(_ events: Int32) -> Bool {
             let left = ContinuousClock.now.duration(to: deadline)
             guard left > .zero else { return false }
-            var fd = pollfd(fd: PQsocket(conn), events: Int16(events), revents: 0)
-            return poll(&fd, 1, pollMilliseconds(left)) != 0  // ready, or interrupted/failed (the next call sees why)
+            var fds = [pollfd(fd: PQsocket(conn), events: Int16(events), revents: 0), pollfd(fd: interrupt?.fd ?? -1, events: Int16(POLLIN), revents: 0)]
+            let ready = poll(&fds, interrupt == nil ? 1 : 2, pollMilliseconds(left))
+            if let interrupt, fds[1].revents != 0 {
+                interrupt.drain()
+                if interrupt.stop() { return false }
+            }
+            return ready != 0  // ready, or interrupted/failed (the next call sees why)
         }
         var flushed = PQflush(conn)
         while flushed == 1 {
@@ -109,7 +128,7 @@ enum LibPQ {
         }
     }
 
-    /// Finishes what ``send(_:_:)`` started (or a ``receive(_:within:)`` that ran out of
+    /// Finishes what ``send(_:_:)`` started (or a ``receive(_:within:interrupt:)`` that ran out of
     /// time, with what it had), blocking: flushes the rest of the statement, then waits for
     /// and returns its result (the last one, as PQexec does).
     static func receive(_ conn: OpaquePointer, after last: OpaquePointer? = nil) throws(PostgresError) -> PostgresRows {

@@ -27,7 +27,7 @@ public final class PostgresConnection: @unchecked Sendable {
     // that is set, blocks are held in `deferred` rather than queued, and they are queued
     // (after the one that finishes the caller's statement, if any) under the lock when the
     // caller lets go. The lock orders the hand-overs. The fields shared with other threads
-    // (`socketFD`, `cancelHandle`, `closed`, …) live in `shared`, a Mutex.
+    // (`socketFD`, `canceller`, `closed`, …) live in `shared`, a Mutex.
     private let queue: DispatchQueue
     private nonisolated(unsafe) var pgconn: OpaquePointer?
     private let shared: Mutex<Shared>
@@ -35,11 +35,9 @@ public final class PostgresConnection: @unchecked Sendable {
     /// The server process id of this session (`pg_backend_pid()`).
     public let backendPID: Int32
 
-    // @unchecked: holds a PGcancel pointer; every access goes through `shared`'s lock,
-    // and PQcancel is documented as safe to call from any thread.
-    struct Shared: @unchecked Sendable {
+    struct Shared: Sendable {
         var socketFD: Int32
-        var cancelHandle: OpaquePointer?
+        var canceller: Canceller?
         var closed = false
         var broken = false
         /// Blocks queued or running on `queue` (and a statement on a caller's thread).
@@ -59,18 +57,11 @@ public final class PostgresConnection: @unchecked Sendable {
         self.queue = queue
         self.configuration = configuration
         self.backendPID = PQbackendPID(conn)
-        self.shared = Mutex(Shared(socketFD: PQsocket(conn), cancelHandle: PQgetCancel(conn)))
+        self.shared = Mutex(Shared(socketFD: PQsocket(conn), canceller: Canceller(conn)))
     }
 
     deinit {
-        let conn = pgconn
-        let cancel = shared.withLock { s -> OpaquePointer? in
-            let c = s.cancelHandle
-            s.cancelHandle = nil
-            return c
-        }
-        if let cancel { PQfreeCancel(cancel) }
-        if let conn { PQfinish(conn) }
+        if let conn = pgconn { PQfinish(conn) }
     }
 
     /// Opens a session; errors name the host and port and carry libpq's reason.
@@ -223,12 +214,12 @@ public final class PostgresConnection: @unchecked Sendable {
     }
 
     /// Asks the server to cancel the running statement (thread-safe; no-op when idle).
+    ///
+    /// Returns at once: the request goes out from a background thread (see ``Canceller``),
+    /// so it is safe in a task-cancellation handler, which must never block.
     public func cancelCurrentStatement() {
-        shared.withLock { s in
-            guard let cancel = s.cancelHandle, !s.closed else { return }
-            var buf = [CChar](repeating: 0, count: 256)
-            _ = PQcancel(cancel, &buf, Int32(buf.count))
-        }
+        let canceller = shared.withLock { s in s.closed ? nil : s.canceller }
+        canceller?.request()
     }
 
     /// Shuts the socket down from any thread: a statement blocked on a silent peer
@@ -246,13 +237,10 @@ public final class PostgresConnection: @unchecked Sendable {
         await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
             let block: @Sendable () -> Void = { [self] in
                 defer { shared.withLock { $0.outstanding -= 1 } }
-                let cancel = shared.withLock { s -> OpaquePointer? in
+                shared.withLock { s in
                     s.closed = true
-                    let c = s.cancelHandle
-                    s.cancelHandle = nil
-                    return c
+                    s.canceller = nil
                 }
-                if let cancel { PQfreeCancel(cancel) }
                 if let conn = pgconn {
                     PQfinish(conn)
                     pgconn = nil
@@ -304,6 +292,54 @@ public enum IsolationLevel: String, Sendable, CaseIterable {
 extension Error {
     func with(purpose: String?) -> any Error {
         (self as? PostgresError)?.with(purpose: purpose) ?? self
+    }
+}
+
+/// Sends a connection's cancel requests (PQcancel) from a background thread, one at a time.
+///
+/// PQcancel opens a connection of its own to the server and waits for the server to close
+/// it, with no time limit: against a server that has stopped answering (a partition, a
+/// stalled proxy) it blocks for as long as that lasts. Called from a task's cancellation
+/// handler it would hold the Swift runtime's lock on that task's status — and a thread of
+/// the cooperative pool (one per core) — the whole time; a test once froze a whole process
+/// that way. So `request()` only hands the work to a global dispatch queue; a request made
+/// while one is on its way is sent after it, by the same thread: a stalled server costs at
+/// most one blocked background thread per connection, never a cooperative one.
+final class Canceller: Sendable {
+    // The PGcancel is freed in deinit, when the last reference (the connection's, or a
+    // request on its way) goes; PQcancel only reads it, from one thread at a time here.
+    private nonisolated(unsafe) let handle: OpaquePointer
+    /// A request is on its way; `again`: another came meanwhile and goes out after it (it
+    /// may be meant for a later statement than the one the first request reached).
+    private let state = Mutex((inFlight: false, again: false))
+
+    init?(_ conn: OpaquePointer) {
+        guard let handle = PQgetCancel(conn) else { return nil }
+        self.handle = handle
+    }
+
+    deinit { PQfreeCancel(handle) }
+
+    func request() {
+        let start = state.withLock { s -> Bool in
+            if s.inFlight {
+                s.again = true
+                return false
+            }
+            s.inFlight = true
+            return true
+        }
+        guard start else { return }
+        DispatchQueue.global().async { [self] in
+            repeat {
+                var buf = [CChar](repeating: 0, count: 256)
+                _ = PQcancel(handle, &buf, Int32(buf.count))
+            } while state.withLock { s -> Bool in
+                s.inFlight = s.again
+                s.again = false
+                return s.inFlight
+            }
+        }
     }
 }
 

@@ -13,14 +13,17 @@ public struct PostgresNotification: Sendable, Hashable {
 /// The listener's connection, lent to a ``PostgresListenerHandler`` for the length of one
 /// callback, on the listener thread. Not `Sendable` on purpose: it must not leave the call.
 public struct ListenerSession {
-    let conn: OpaquePointer
+    let exec: (PostgresQuery) throws(PostgresError) -> PostgresRows
     /// The server pid of the LISTEN session.
     public let backendPID: Int32
 
     /// Runs one statement on the listener's own connection. Notifications that arrive
     /// meanwhile are kept and handed over after the callback returns, in arrival order.
+    /// A statement the server does not answer within the listener's `answerTimeout`, or
+    /// one cut short by ``PostgresListener/stop()``, fails with `connectionClosed`, and the
+    /// listener ends with that error.
     public func query(_ query: PostgresQuery) throws(PostgresError) -> PostgresRows {
-        try LibPQ.exec(conn, query)
+        try exec(query)
     }
 }
 
@@ -71,6 +74,10 @@ public final class PostgresListener: @unchecked Sendable {
     public var wakeUps: Int { wakeUpCount.load(ordering: .relaxed) }
     /// How long the connection may stay silent before the thread pings it.
     public let pingInterval: Duration
+    /// How long a statement on the listener's connection (LISTEN, the ping, a handler's
+    /// query) may go unanswered before the connection is taken for lost: a server behind a
+    /// partition never answers, and TCP alone would not say so for minutes.
+    public let answerTimeout: Duration
     public let backendPID: Int32
 
     private struct State {
@@ -88,7 +95,7 @@ public final class PostgresListener: @unchecked Sendable {
         var done: CheckedContinuation<Void, any Error>
     }
 
-    private init(conn: OpaquePointer, pingInterval: Duration) throws {
+    private init(conn: OpaquePointer, pingInterval: Duration, answerTimeout: Duration) throws {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw PostgresError(.connectionFailed, "cannot create the listener's wake-up pipe") }
         _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)
@@ -97,6 +104,7 @@ public final class PostgresListener: @unchecked Sendable {
         pgconn = conn
         backendPID = PQbackendPID(conn)
         self.pingInterval = pingInterval
+        self.answerTimeout = answerTimeout
         (notifications, continuation) = AsyncThrowingStream.makeStream(bufferingPolicy: .unbounded)
         state.withLock { $0.socketFD = PQsocket(conn) }
     }
@@ -110,16 +118,18 @@ public final class PostgresListener: @unchecked Sendable {
     /// Connects, LISTENs on `channels`, and starts the listener thread, which yields every
     /// notification to ``notifications``.
     public static func connect(
-        _ configuration: ConnectionConfiguration, channels: [SQLIdentifier], pingInterval: Duration = .seconds(5)
+        _ configuration: ConnectionConfiguration, channels: [SQLIdentifier], pingInterval: Duration = .seconds(5),
+        answerTimeout: Duration = .seconds(10)
     ) async throws -> PostgresListener {
-        let listener = try await open(configuration, channels: channels, pingInterval: pingInterval)
+        let listener = try await open(configuration, channels: channels, pingInterval: pingInterval, answerTimeout: answerTimeout)
         listener.start(StreamHandler(continuation: listener.continuation))
         return listener
     }
 
     /// Connects and LISTENs on `channels`; nothing is read until ``start(_:)``.
     public static func open(
-        _ configuration: ConnectionConfiguration, channels: [SQLIdentifier], pingInterval: Duration = .seconds(5)
+        _ configuration: ConnectionConfiguration, channels: [SQLIdentifier], pingInterval: Duration = .seconds(5),
+        answerTimeout: Duration = .seconds(10)
     ) async throws -> PostgresListener {
         let queue = DispatchQueue(label: "regent.pg.listener.connect")
         return try await withCheckedThrowingContinuation { cont in
@@ -127,12 +137,12 @@ public final class PostgresListener: @unchecked Sendable {
                 do {
                     let conn = try LibPQ.connect(configuration)
                     for channel in channels {
-                        do { _ = try LibPQ.exec(conn, "LISTEN \(identifier: channel)") } catch {
+                        do { _ = try Self.exec(conn, "LISTEN \(identifier: channel)", answerTimeout: answerTimeout) } catch {
                             PQfinish(conn)
                             throw error
                         }
                     }
-                    cont.resume(returning: try PostgresListener(conn: conn, pingInterval: pingInterval))
+                    cont.resume(returning: try PostgresListener(conn: conn, pingInterval: pingInterval, answerTimeout: answerTimeout))
                 } catch {
                     cont.resume(throwing: error)
                 }
@@ -209,7 +219,11 @@ public final class PostgresListener: @unchecked Sendable {
 
     private func runLoop(_ handler: some PostgresListenerHandler) {
         guard let conn = pgconn else { return }
-        let session = ListenerSession(conn: conn, backendPID: backendPID)
+        let interrupt = LibPQ.Interrupt(fd: wakeRead) { [self] in state.withLock { $0.stopping } }
+        let exec = { [answerTimeout] (query: PostgresQuery) throws(PostgresError) -> PostgresRows in
+            try Self.exec(conn, query, answerTimeout: answerTimeout, interrupt: interrupt)
+        }
+        let session = ListenerSession(exec: exec, backendPID: backendPID)
         let tickInterval = handler.tickInterval
         var lastTraffic = ContinuousClock.now
         var lastTick = ContinuousClock.now
@@ -229,7 +243,7 @@ public final class PostgresListener: @unchecked Sendable {
             do {
                 for command in commands {
                     do {
-                        _ = try LibPQ.exec(conn, command.query)
+                        _ = try exec(command.query)
                         command.done.resume()
                     } catch {
                         command.done.resume(throwing: error)
@@ -268,7 +282,7 @@ public final class PostgresListener: @unchecked Sendable {
                 } else if ready == 0, ContinuousClock.now - lastTraffic >= pingInterval {
                     // A silent socket says nothing about the peer: write to it so a dead one shows.
                     do {
-                        _ = try LibPQ.exec(conn, "SELECT 1")
+                        _ = try exec("SELECT 1")
                     } catch {
                         failure = PostgresError(.connectionClosed, "listener ping failed: \(error)")
                         break loop
@@ -287,7 +301,25 @@ public final class PostgresListener: @unchecked Sendable {
         }
         PQfinish(conn)
         pgconn = nil
-        finish(failure)
+        // Asked to stop: whatever the stop cut short, the listener ends as asked, cleanly.
+        finish(state.withLock { $0.stopping } ? nil : failure)
+    }
+
+    /// Runs one statement, waiting for its answer at most `answerTimeout` (and, with an
+    /// `interrupt`, only until a stop is requested); a statement left unanswered leaves the
+    /// connection in an unknown state, so it counts as lost.
+    private static func exec(
+        _ conn: OpaquePointer, _ query: PostgresQuery, answerTimeout: Duration, interrupt: LibPQ.Interrupt? = nil
+    ) throws(PostgresError) -> PostgresRows {
+        try LibPQ.send(conn, query)
+        switch LibPQ.receive(conn, within: .now + answerTimeout, interrupt: interrupt) {
+        case .done(let result):
+            return try result.get()
+        case .pending(let last):
+            if let last { PQclear(last) }
+            if let interrupt, interrupt.stop() { throw PostgresError(.connectionClosed, "listener stopped during a statement") }
+            throw PostgresError(.connectionClosed, "no answer from the server within \(answerTimeout); the listener connection is taken for lost")
+        }
     }
 
     /// The error a handler's failure ends the listener with.

@@ -1,6 +1,7 @@
 import Foundation
 import PostgresClient
 import RegentTestSupport
+import Synchronization
 import Testing
 
 @Suite("PostgreSQL client against a real server")
@@ -260,6 +261,29 @@ struct ConnectionTests {
         } else {
             #expect(try await conn.query("SELECT 6 AS six").single().decode("six", as: Int.self) == 6)
         }
+        await conn.close()
+    }
+
+    /// Cancelling a task whose statement's server went silent returns at once. A cancel
+    /// request (PQcancel) opens a connection of its own and waits on it without limit; it
+    /// once ran inside the task's cancellation handler, holding the task's status lock and
+    /// the calling thread until the network came back: on two cores a whole test process
+    /// froze that way, its two cooperative threads stuck behind one frozen proxy.
+    @Test func cancellingAStatementOnASilentNetworkDoesNotBlockTheCanceller() async throws {
+        let (proxy, viaProxy) = try TCPProxy.inFront(of: try await TestDatabase.shared.freshDatabase())
+        defer { proxy.close() }
+        let conn = try await PostgresConnection.connect(viaProxy)
+        let statement = Task { try await conn.query("SELECT pg_sleep(60)") }
+        try await Task.sleep(for: .milliseconds(200))
+        proxy.freeze()
+        let returned = Atomic<Bool>(false)
+        Thread {
+            statement.cancel()
+            returned.store(true, ordering: .releasing)
+        }.start()
+        #expect(await eventually(timeout: .seconds(2)) { returned.load(ordering: .acquiring) })
+        proxy.close()  // the network fails for good: the statement ends with an error
+        await #expect(throws: PostgresError.self) { try await statement.value }
         await conn.close()
     }
 }

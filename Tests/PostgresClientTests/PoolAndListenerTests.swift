@@ -104,4 +104,67 @@ struct PoolAndListenerTests {
         #expect(ticks >= 10, "ticks at least every 20 ms: \(ticks) in a second")
         #expect(wakeUps <= 3 * ticks + 10, "\(wakeUps) wake-ups for \(ticks) ticks")
     }
+
+    /// Waits for `listener` to end, without ever hanging the test: nil while it runs,
+    /// then `.some(nil)` for a clean end or the error it ended with.
+    final class EndWatcher: Sendable {
+        let outcome = Mutex<PostgresError??>(nil)
+        init(_ listener: PostgresListener) {
+            Task { [self] in
+                do {
+                    try await listener.waitUntilClosed()
+                    outcome.withLock { $0 = .some(nil) }
+                } catch {
+                    outcome.withLock { $0 = .some(error as? PostgresError) }
+                }
+            }
+        }
+        var ended: Bool { outcome.withLock { $0 != nil } }
+        /// The error it ended with (nil while it runs, or after a clean end).
+        var error: PostgresError? { outcome.withLock { $0 ?? nil } }
+    }
+
+    /// A listener behind a silent network (a partition: packets vanish, no reset) finds out
+    /// through its ping: the server must answer within `answerTimeout`. Its ping once waited
+    /// for an answer without limit, so such a listener never noticed, and never reconnected.
+    @Test func listenerOnASilentNetworkEndsWhenItsPingGoesUnanswered() async throws {
+        let (proxy, viaProxy) = try TCPProxy.inFront(of: try await TestDatabase.shared.freshDatabase())
+        defer { proxy.close() }
+        let listener = try await PostgresListener.connect(
+            viaProxy, channels: [try SQLIdentifier("silent")], pingInterval: .milliseconds(200), answerTimeout: .milliseconds(500))
+        let watcher = EndWatcher(listener)
+        proxy.freeze()
+        let frozenAt = ContinuousClock.now
+        #expect(await eventually(timeout: .seconds(5)) { watcher.ended })
+        #expect(ContinuousClock.now - frozenAt < .seconds(3))
+        let error = watcher.error
+        #expect(error?.code == .connectionClosed)
+        #expect(error?.message.contains("no answer") == true, "\(String(describing: error))")
+    }
+
+    /// Runs one long statement from its first tick.
+    final class SlowTick: PostgresListenerHandler {
+        let started = Atomic<Bool>(false)
+        var tickInterval: Duration? { .milliseconds(10) }
+        func received(_ notification: PostgresNotification, session: ListenerSession) throws {}
+        func tick(_ session: ListenerSession) throws {
+            guard !started.exchange(true, ordering: .acquiringAndReleasing) else { return }
+            _ = try session.query("SELECT pg_sleep(30)")
+        }
+    }
+
+    /// `stop()` ends a listener at once even while a statement of its handler waits on the
+    /// server, and the listener ends cleanly, as a stop should.
+    @Test func stopCutsShortAStatementOnTheListenerThread() async throws {
+        let config = try await TestDatabase.shared.freshDatabase()
+        let listener = try await PostgresListener.open(config, channels: [try SQLIdentifier("slow")])
+        let handler = SlowTick()
+        listener.start(handler)
+        let watcher = EndWatcher(listener)
+        #expect(await eventually { handler.started.load(ordering: .acquiring) })
+        try await Task.sleep(for: .milliseconds(100))
+        listener.stop()
+        #expect(await eventually(timeout: .seconds(2)) { watcher.ended })
+        #expect(watcher.error == nil, "a stopped listener ends without error: \(String(describing: watcher.error))")
+    }
 }

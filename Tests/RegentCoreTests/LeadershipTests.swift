@@ -106,11 +106,8 @@ struct LeadershipTests {
 
     @Test func hungLeaderConnectionSelfDemotesAndCannotWriteAfterwards() async throws {
         let db = try await TestDatabase.shared.freshDatabase()
-        let port = try #require(Int(db.endpoint.split(separator: "=").last ?? ""))
-        let proxy = try TCPProxy(upstreamPort: port)
+        var (proxy, viaProxy) = try TCPProxy.inFront(of: db)
         defer { proxy.close() }
-        var viaProxy = try ConnectionConfiguration(
-            db.conninfo.replacingOccurrences(of: ":\(port)/", with: ":\(proxy.port)/"))
         viaProxy.tcpUserTimeoutMilliseconds = 10_000
         var cluster = Cluster(config: db)
         let hung = cluster.start("hung", database: viaProxy)

@@ -1,4 +1,5 @@
 import Foundation
+import PostgresClient
 import Synchronization
 
 /// A loopback TCP proxy for fault injection: forwards bytes both ways until `freeze()`,
@@ -109,4 +110,16 @@ public func eventually(timeout: Duration = .seconds(5), _ condition: () async th
         try? await Task.sleep(for: .milliseconds(10))
     }
     return (try? await condition()) == true
+}
+
+extension TCPProxy {
+    /// A proxy in front of `configuration`'s server, and that configuration pointed at it.
+    public static func inFront(of configuration: ConnectionConfiguration) throws -> (TCPProxy, ConnectionConfiguration) {
+        guard let port = Int(configuration.endpoint.split(separator: "=").last ?? "") else {
+            throw NSError(domain: "TCPProxy", code: 2, userInfo: [NSLocalizedDescriptionKey: "no port in \(configuration.endpoint)"])
+        }
+        let proxy = try TCPProxy(upstreamPort: port)
+        let via = try ConnectionConfiguration(configuration.conninfo.replacingOccurrences(of: ":\(port)/", with: ":\(proxy.port)/"))
+        return (proxy, via)
+    }
 }

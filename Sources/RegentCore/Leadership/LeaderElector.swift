@@ -260,10 +260,10 @@ public actor LeaderElector {
     public func stop() async {
         stopping = true
         await doorbell.ring()
-        // A follower is blocked in pg_advisory_lock: cancel that statement. PQcancel opens a
-        // connection of its own, so it runs off this actor. A leader just needs the doorbell.
+        // A follower is blocked in pg_advisory_lock: cancel that statement (the request goes
+        // out from a background thread). A leader just needs the doorbell.
         if case .following = machine.state, let conn = lockConnection {
-            DispatchQueue.global().async { conn.cancelCurrentStatement() }
+            conn.cancelCurrentStatement()
         }
     }
 }
