@@ -286,4 +286,33 @@ struct ConnectionTests {
         await #expect(throws: PostgresError.self) { try await statement.value }
         await conn.close()
     }
+
+    /// Cancel requests stuck on a silent network must not take threads the process needs:
+    /// with more of them than cores, timers (`Task.sleep`) and dispatch's global queues must
+    /// still run. (They once went to a global queue, whose few threads they then held.)
+    @Test func cancelRequestsStuckOnASilentNetworkLeaveTimersAndGlobalQueuesRunning() async throws {
+        let (proxy, viaProxy) = try TCPProxy.inFront(of: try await TestDatabase.shared.freshDatabase())
+        defer { proxy.close() }
+        let count = 3 * ProcessInfo.processInfo.activeProcessorCount + 2
+        var conns: [PostgresConnection] = []
+        for _ in 0..<count { conns.append(try await PostgresConnection.connect(viaProxy)) }
+        let statements = conns.map { conn in Task { try await conn.query("SELECT pg_sleep(60)") } }
+        try await Task.sleep(for: .milliseconds(300))
+        proxy.freeze()
+        for statement in statements { statement.cancel() }
+        try await Task.sleep(for: .milliseconds(100))  // the requests are out, and stuck
+
+        let started = ContinuousClock.now
+        for _ in 0..<5 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(ContinuousClock.now - started < .milliseconds(900))
+        let ran = Atomic<Bool>(false)
+        let queued = ContinuousClock.now
+        DispatchQueue.global().async { ran.store(true, ordering: .releasing) }
+        #expect(await eventually(timeout: .seconds(3)) { ran.load(ordering: .acquiring) })
+        #expect(ContinuousClock.now - queued < .milliseconds(900))
+
+        proxy.close()
+        for statement in statements { _ = try? await statement.value }
+        for conn in conns { await conn.close() }
+    }
 }
