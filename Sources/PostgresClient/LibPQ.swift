@@ -42,23 +42,39 @@ enum LibPQ {
         return String(cString: p).trimmingCharactersInWhitespace().replacingOccurrences(of: "\n", with: "; ").replacingOccurrences(of: "\t", with: "")
     }
 
-    /// Runs one parameterized statement.
-    static func exec(_ conn: OpaquePointer, _ query: PostgresQuery) throws(PostgresError) -> PostgresRows {
+    /// Runs one parameterized statement, or the statement prepared as `statement`.
+    static func exec(_ conn: OpaquePointer, _ query: PostgresQuery, statement: String? = nil) throws(PostgresError) -> PostgresRows {
         let result = withParameters(query) { types, values, lengths, formats in
-            PQexecParams(conn, query.sql, Int32(query.binds.count), types, values, lengths, formats, 0)
+            if let statement {
+                PQexecPrepared(conn, statement, Int32(query.binds.count), values, lengths, formats, 0)
+            } else {
+                PQexecParams(conn, query.sql, Int32(query.binds.count), types, values, lengths, formats, 0)
+            }
         }
         return try consume(conn, result)
+    }
+
+    /// Prepares `query`'s text as the named statement `name` (parameter types as its binds give them).
+    static func prepare(_ conn: OpaquePointer, _ query: PostgresQuery, as name: String) throws(PostgresError) {
+        let result = withParameters(query) { types, _, _, _ in
+            PQprepare(conn, name, query.sql, Int32(query.binds.count), types)
+        }
+        _ = try consume(conn, result)
     }
 
     /// Sends one parameterized statement without waiting: in nonblocking mode, so what the
     /// socket does not take at once stays in libpq's buffer for ``receive(_:)`` to flush.
     /// May be called from any thread that owns the connection for the moment.
-    static func send(_ conn: OpaquePointer, _ query: PostgresQuery) throws(PostgresError) {
+    static func send(_ conn: OpaquePointer, _ query: PostgresQuery, statement: String? = nil) throws(PostgresError) {
         guard PQsetnonblocking(conn, 1) == 0 else {
             throw PostgresError(.connectionClosed, "cannot switch the connection to nonblocking mode: \(errorMessage(conn))")
         }
         let sent = withParameters(query) { types, values, lengths, formats in
-            PQsendQueryParams(conn, query.sql, Int32(query.binds.count), types, values, lengths, formats, 0)
+            if let statement {
+                PQsendQueryPrepared(conn, statement, Int32(query.binds.count), values, lengths, formats, 0)
+            } else {
+                PQsendQueryParams(conn, query.sql, Int32(query.binds.count), types, values, lengths, formats, 0)
+            }
         }
         guard sent == 1 else {
             throw PostgresError(

@@ -45,6 +45,11 @@ public final class PostgresConnection: @unchecked Sendable {
         /// A caller's thread is using the connection: blocks wait in `deferred`.
         var callerOwns = false
         var deferred: [@Sendable () -> Void] = []
+        /// Statements prepared on this session (``PostgresQuery/prepared()``): text → name.
+        /// Added to only by the connection's owner of the moment, after the server said yes.
+        var statements: [String: String] = [:]
+        /// Names are never reused on a session, even for a statement it lost.
+        var statementsNamed = 0
 
         /// Queues `block`, or holds it while a caller's thread owns the connection.
         mutating func schedule(_ block: @escaping @Sendable () -> Void, on queue: DispatchQueue) {
@@ -131,14 +136,32 @@ public final class PostgresConnection: @unchecked Sendable {
     /// Runs one statement with bound parameters and returns all its rows.
     @discardableResult
     public func query(_ query: PostgresQuery, purpose: String? = nil) async throws -> PostgresRows {
+        do {
+            return try await run(query, purpose: purpose)
+        } catch let error as PostgresError where query.reusesPlan && error.sqlState == "26000" {
+            // The session lost the prepared statement (DISCARD ALL, DEALLOCATE ALL): it is
+            // prepared again on the next run — this one, if no transaction was open (nothing
+            // ran; a transaction is aborted by the error and must see it).
+            shared.withLock { _ = $0.statements.removeValue(forKey: query.sql) }
+            guard try await run(purpose: purpose, { conn throws(PostgresError) in PQtransactionStatus(conn) == PQTRANS_IDLE }) else {
+                throw error
+            }
+            return try await run(query, purpose: purpose)
+        }
+    }
+
+    private func run(_ query: PostgresQuery, purpose: String?) async throws -> PostgresRows {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (cont: CheckedContinuation<PostgresRows, any Error>) in
                 // Sent, and the connection taken by this thread (or the result's collection
                 // queued), under the lock: a statement arriving meanwhile waits its turn.
                 let sent = shared.withLock { s -> Send in
                     guard !s.closed, !s.broken, s.outstanding == 0, let conn = pgconn else { return .busy }
+                    let statement = query.reusesPlan ? s.statements[query.sql] : nil
+                    // Not prepared on this session yet: the queue prepares it first.
+                    if query.reusesPlan, statement == nil { return .busy }
                     do throws(PostgresError) {
-                        try LibPQ.send(conn, query)
+                        try LibPQ.send(conn, query, statement: statement)
                     } catch {
                         if PQstatus(conn) != CONNECTION_OK { s.broken = true }
                         return .failed(error)
@@ -154,13 +177,26 @@ public final class PostgresConnection: @unchecked Sendable {
                 switch sent {
                 case .callerWaits(let conn): collect(conn, purpose: purpose, cont)
                 case .queueWaits: break
-                case .busy: enqueue(purpose: purpose, cont) { conn throws(PostgresError) in try LibPQ.exec(conn, query) }
+                case .busy: enqueue(purpose: purpose, cont) { [self] conn throws(PostgresError) in try execute(conn, query) }
                 case .failed(let error): cont.resume(throwing: error.with(purpose: purpose))
                 }
             }
         } onCancel: {
             cancelCurrentStatement()
         }
+    }
+
+    /// Runs `query` as the connection's owner (a block on the queue), preparing it first
+    /// when it reuses a plan that this session has not prepared yet.
+    private func execute(_ conn: OpaquePointer, _ query: PostgresQuery) throws(PostgresError) -> PostgresRows {
+        guard query.reusesPlan else { return try LibPQ.exec(conn, query) }
+        let (known, named) = shared.withLock { ($0.statements[query.sql], $0.statementsNamed) }
+        if let known { return try LibPQ.exec(conn, query, statement: known) }
+        let name = "regent_\(named + 1)"
+        shared.withLock { $0.statementsNamed += 1 }
+        try LibPQ.prepare(conn, query, as: name)
+        shared.withLock { $0.statements[query.sql] = name }
+        return try LibPQ.exec(conn, query, statement: name)
     }
 
     /// How `query` found the connection and sent its statement.

@@ -7,6 +7,8 @@
 public struct PostgresQuery: Sendable, ExpressibleByStringInterpolation, CustomStringConvertible {
     public internal(set) var sql: String
     public internal(set) var binds: [PostgresBind]
+    /// Prepare once per connection and execute by name from then on: see ``prepared()``.
+    public internal(set) var reusesPlan = false
 
     public init(unsafeSQL sql: String, binds: [PostgresBind] = []) {
         self.sql = sql
@@ -47,6 +49,18 @@ public struct PostgresQuery: Sendable, ExpressibleByStringInterpolation, CustomS
         public mutating func appendInterpolation(identifier: SQLIdentifier) {
             sql += identifier.quoted
         }
+    }
+
+    /// The same statement, prepared on each connection the first time it runs there and
+    /// executed by name afterwards: the server parses and plans it once per session instead
+    /// of on every call (for an INSERT, most of the server's work). For hot statements of a
+    /// fixed text; the text is the cache key, so it must not vary with the values (it
+    /// cannot: they are bound). Needs a session of its own (a direct connection or a
+    /// session pooler), as the rest of Regent does.
+    public func prepared() -> PostgresQuery {
+        var copy = self
+        copy.reusesPlan = true
+        return copy
     }
 
     public var description: String { sql }

@@ -287,6 +287,53 @@ struct ConnectionTests {
         await conn.close()
     }
 
+    /// A statement marked `prepared()` is parsed and planned once per session, whatever its
+    /// values; a rolled-back transaction does not undo that; a session that lost it
+    /// (DEALLOCATE ALL) prepares it again without the caller noticing, except inside a
+    /// transaction, which the error aborts and which must therefore see it.
+    @Test func preparedStatementsArePreparedOncePerSessionAndRecoverWhenLost() async throws {
+        let (conn, _) = try await TestDatabase.shared.connect()
+        defer { Task { await conn.close() } }
+        func add(_ n: Int) async throws -> Int {
+            let q: PostgresQuery = "SELECT \(n)::int + 1 AS v, \("é ✓")::text AS s"
+            let row = try await conn.query(q.prepared()).single()
+            #expect(try row.decode("s", as: String.self) == "é ✓")
+            return try row.decode("v", as: Int.self)
+        }
+        func prepared() async throws -> [String] {
+            try await conn.query("SELECT name FROM pg_prepared_statements ORDER BY name").map { try $0.decode("name", as: String.self) }
+        }
+        for n in 0..<5 { #expect(try await add(n) == n + 1) }
+        let names = try await prepared()
+        #expect(names.count == 1)
+        // Another text is another statement; the unprepared form of the same text prepares nothing.
+        #expect(try await conn.query(PostgresQuery("SELECT 7 AS v").prepared()).single().decode("v", as: Int.self) == 7)
+        try await conn.query("SELECT \(1)::int + 1 AS v, \("x")::text AS s")
+        #expect(try await prepared().count == 2)
+
+        struct Abandon: Error {}
+        await #expect(throws: Abandon.self) {
+            try await conn.withTransaction { tx in
+                #expect(try await tx.query(PostgresQuery("SELECT \(1)::int + 2 AS w").prepared()).single().decode("w", as: Int.self) == 3)
+                throw Abandon()
+            }
+        }
+        #expect(try await prepared().count == 3)  // preparing is not transactional
+        #expect(try await add(10) == 11)
+
+        try await conn.query("DEALLOCATE ALL")
+        #expect(try await add(20) == 21)  // lost, prepared again, run: the caller sees nothing
+        #expect(try await prepared().count == 1)
+        #expect(try await prepared() != names)  // under a new name
+
+        try await conn.query("DEALLOCATE ALL")
+        await #expect(throws: PostgresError.self) {
+            try await conn.withTransaction { tx in _ = try await tx.query(PostgresQuery("SELECT \(1)::int + 1 AS v, \("é ✓")::text AS s").prepared()) }
+        }
+        #expect(try await add(30) == 31)  // and the next run outside prepares it again
+        #expect(conn.isUsable)
+    }
+
     /// Cancel requests stuck on a silent network must not take threads the process needs:
     /// with more of them than cores, timers (`Task.sleep`) and dispatch's global queues must
     /// still run. (They once went to a global queue, whose few threads they then held.)

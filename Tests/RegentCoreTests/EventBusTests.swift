@@ -218,6 +218,46 @@ struct EventBusTests {
         await conn.close()
     }
 
+    /// Regent publishes with a prepared statement of its own; other programs call
+    /// `engine.publish_event`. Listeners must not be able to tell them apart: the same
+    /// transaction publishes the same events both ways (so `published_at` agrees) and the
+    /// texts must be equal but for the id — escapes, a publisher, and both sides of the
+    /// 8000-byte truncation limit included.
+    @Test func preparedPublishAnnouncesExactlyWhatPublishEventDoes() async throws {
+        let config = try await migratedDatabase()
+        let listener = try await PostgresListener.connect(config, channels: [try SQLIdentifier("regent_events")])
+        let conn = try await PostgresConnection.connect(config)
+        let publisher = UUID()
+        // The notification's frame around the payload is 120-160 bytes: these sizes step
+        // across the 8000-byte limit, with and without a publisher.
+        let payloads =
+            [#"{"a": [1, 2], "s": "quote \" backslash \\ tab \t é ✓ \u0001"}"#, #"{}"#, #"{"x": "\#(String(repeating: "y", count: 100_000))"}"#]
+            + stride(from: 7800, through: 7900, by: 5).map { #"{"x": "\#(String(repeating: "y", count: $0))"}"# }
+        var expected = 0
+        for (i, json) in payloads.enumerated() {
+            let who: UUID? = i.isMultiple(of: 2) ? publisher : nil
+            try await conn.withTransaction { tx in
+                _ = try await EventBus.publish(topic: EventTopic("parity.t-1/x:y"), payload: EventPayload(json: json), publisher: who, on: tx)
+                try await tx.query("SELECT engine.publish_event('parity.t-1/x:y', \(json)::jsonb, \(who)::uuid)")
+            }
+            expected += 2
+        }
+        var it = listener.notifications.makeAsyncIterator()
+        var texts: [String] = []
+        for _ in 0..<expected { texts.append(try #require(try await it.next()).payload) }
+        var truncatedSeen = 0
+        for pair in stride(from: 0, to: texts.count, by: 2) {
+            let (mine, theirs) = (texts[pair], texts[pair + 1])
+            let withoutID = { (t: String) in t.replacing(/^\{"id":\d+,/, with: "{") }
+            #expect(withoutID(mine) == withoutID(theirs))
+            #expect(mine != theirs)  // the ids differ
+            if mine.contains(#""truncated":true"#) { truncatedSeen += 1 } else { #expect(mine.utf8.count < 8000) }
+        }
+        #expect(truncatedSeen > 1 && truncatedSeen < payloads.count - 2)
+        listener.stop()
+        await conn.close()
+    }
+
     @Test func slowConsumerIsBoundedAndStillGetsEverything() async throws {
         let config = try await migratedDatabase()
         var options = EventBus.Options()

@@ -88,6 +88,10 @@ public final class EventBus: Sendable {
         ).single().decode("id", as: Int64.self)
     }
 
+    /// The text of the statement `publish` prepares and runs (parameters: topic, payload
+    /// JSON, publisher uuid), for `regent bench events`'s raw-libpq row.
+    public static var publishStatementText: String { EventQueries.publish(topic: "", payload: "{}", publisher: nil).sql }
+
     public static func validate(topic: String, payload: String) throws(RegentError) -> (EventTopic, EventPayload) {
         (try EventTopic(topic), try EventPayload(json: payload))
     }

@@ -151,6 +151,7 @@ final class RawNotify {
     let publisher: OpaquePointer
     let exited = DispatchGroup()
     var nextKey: Int64 = 0
+    var outboxPrepared = false
 
     init(conninfo: String, viaOutbox: Bool) throws {
         self.viaOutbox = viaOutbox
@@ -195,10 +196,21 @@ final class RawNotify {
     }
 
     private func notify(_ key: Int64) {
-        let text = strdup(viaOutbox ? #"{"seq": \#(key)}"# : String(key))
+        if viaOutbox {
+            // Regent's own statement, prepared once, as Regent's connections run it.
+            if !outboxPrepared {
+                PQclear(PQprepare(publisher, "publish", EventBus.publishStatementText, 3, nil))
+                outboxPrepared = true
+            }
+            let values = [strdup("bench"), strdup(#"{"seq": \#(key)}"#)]
+            var pointers: [UnsafePointer<CChar>?] = values.map { UnsafePointer($0) } + [nil]
+            PQclear(PQexecPrepared(publisher, "publish", 3, &pointers, nil, nil, 0))
+            values.forEach { free($0) }
+            return
+        }
+        let text = strdup(String(key))
         var values: [UnsafePointer<CChar>?] = [UnsafePointer(text)]
-        let sql = viaOutbox ? "SELECT engine.publish_event('bench', $1::jsonb, NULL)" : "SELECT pg_notify('bench_raw', $1)"
-        PQclear(PQexecParams(publisher, sql, 1, nil, &values, nil, nil, 0))
+        PQclear(PQexecParams(publisher, "SELECT pg_notify('bench_raw', $1)", 1, nil, &values, nil, nil, 0))
         free(text)
     }
 
