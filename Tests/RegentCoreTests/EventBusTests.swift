@@ -258,6 +258,39 @@ struct EventBusTests {
         await conn.close()
     }
 
+    /// The outbox's rules hold for any writer, not only for the publish paths; and the
+    /// migration that moved them into domains keeps the events of an existing outbox.
+    @Test func outboxRulesBindEveryWriterAndSurviveTheUpgradeToDomains() async throws {
+        let (conn, _) = try await TestDatabase.shared.connect()
+        defer { Task { await conn.close() } }
+        let runner = MigrationRunner(appliedBy: "test")
+        try await runner.migrate(on: conn, schemas: ["engine"], target: MigrationTarget(schema: "engine", version: 3))
+        for i in 1...3 { try await conn.query("SELECT engine.publish_event('before.upgrade', \(#"{"n": \#(i)}"#)::jsonb, NULL)") }
+        #expect(try await runner.migrate(on: conn, schemas: ["engine"]).map(\.description) == ["engine 0004_event_domains"])
+        let kept = try await conn.query("SELECT topic, payload->>'n' AS n FROM engine.events WHERE topic <> 'migration.applied' ORDER BY id")
+            .map { "\(try $0.decode("topic", as: String.self))/\(try $0.decode("n", as: String.self))" }
+        #expect(kept == ["before.upgrade/1", "before.upgrade/2", "before.upgrade/3"])
+
+        let badTopics = ["", "has space", "tab\tin", String(repeating: "t", count: 201), "ünicode", "quote\"d"]
+        for topic in badTopics {
+            await #expect(throws: PostgresError.self, "topic \(topic.debugDescription)") {
+                try await conn.query("INSERT INTO engine.events (topic, payload) VALUES (\(topic), '{}')")
+            }
+        }
+        for payload in ["[]", "1", "\"text\"", "null"] {
+            await #expect(throws: PostgresError.self, "payload \(payload)") {
+                try await conn.query("INSERT INTO engine.events (topic, payload) VALUES ('ok', \(payload)::jsonb)")
+            }
+        }
+        do {
+            try await conn.query("INSERT INTO engine.events (topic, payload) VALUES ('has space', '{}')")
+        } catch let error as PostgresError {
+            #expect(error.sqlState == "23514")  // check_violation
+        }
+        try await conn.query("INSERT INTO engine.events (topic, payload) VALUES (\(String(repeating: "t", count: 200)), '{\"ok\": true}')")
+        #expect(try await conn.query("SELECT count(*) AS n FROM engine.events WHERE topic <> 'migration.applied'").single().decode("n", as: Int.self) == 4)
+    }
+
     @Test func slowConsumerIsBoundedAndStillGetsEverything() async throws {
         let config = try await migratedDatabase()
         var options = EventBus.Options()
