@@ -42,6 +42,9 @@ public final class PostgresConnection: @unchecked Sendable {
         var broken = false
         /// Blocks queued or running on `queue` (and a statement on a caller's thread).
         var outstanding = 0
+        /// Blocks and caller-thread statements that have ended: a cancel request sent late
+        /// checks it, so that it never reaches a statement that began after its own ended.
+        var ended = 0
         /// A caller's thread is using the connection: blocks wait in `deferred`.
         var callerOwns = false
         var deferred: [@Sendable () -> Void] = []
@@ -52,6 +55,11 @@ public final class PostgresConnection: @unchecked Sendable {
         var statementsNamed = 0
 
         /// Queues `block`, or holds it while a caller's thread owns the connection.
+        mutating func endOne() {
+            outstanding -= 1
+            ended += 1
+        }
+
         mutating func schedule(_ block: @escaping @Sendable () -> Void, on queue: DispatchQueue) {
             if callerOwns { deferred.append(block) } else { queue.async(execute: block) }
         }
@@ -118,7 +126,11 @@ public final class PostgresConnection: @unchecked Sendable {
         _ body: @escaping @Sendable (OpaquePointer) throws(PostgresError) -> T
     ) -> @Sendable () -> Void {
         { [self] in
-            defer { shared.withLock { $0.outstanding -= 1 } }
+            defer { shared.withLock { $0.endOne() } }
+            // A statement must not start while a cancel request meant for an earlier one is
+            // on its way: PostgreSQL cancels whatever runs when the request arrives. Once sent,
+            // the signal has reached the backend, which drops it if it is idle.
+            shared.withLock { $0.canceller }?.waitUntilSent(timeout: .seconds(10))
             guard let conn = pgconn, !shared.withLock({ $0.closed }) else {
                 cont.resume(throwing: PostgresError(.connectionClosed, "connection is closed", purpose: purpose))
                 return
@@ -157,6 +169,9 @@ public final class PostgresConnection: @unchecked Sendable {
                 // queued), under the lock: a statement arriving meanwhile waits its turn.
                 let sent = shared.withLock { s -> Send in
                     guard !s.closed, !s.broken, s.outstanding == 0, let conn = pgconn else { return .busy }
+                    // A cancel request still on its way could reach this statement: the queue
+                    // waits for it first.
+                    if s.canceller?.isSending == true { return .busy }
                     let statement = query.reusesPlan ? s.statements[query.sql] : nil
                     // Not prepared on this session yet: the queue prepares it first.
                     if query.reusesPlan, statement == nil { return .busy }
@@ -229,7 +244,7 @@ public final class PostgresConnection: @unchecked Sendable {
             if let finish {
                 queue.async(execute: finish)
             } else {
-                s.outstanding -= 1
+                s.endOne()
                 if broken { s.broken = true }
             }
             for block in s.deferred { queue.async(execute: block) }
@@ -254,8 +269,19 @@ public final class PostgresConnection: @unchecked Sendable {
     /// Returns at once: the request goes out from a background thread (see ``Canceller``),
     /// so it is safe in a task-cancellation handler, which must never block.
     public func cancelCurrentStatement() {
-        let canceller = shared.withLock { s in s.closed ? nil : s.canceller }
-        canceller?.request()
+        let (canceller, ended) = shared.withLock { s in s.closed || s.outstanding == 0 ? (nil, 0) : (s.canceller, s.ended) }
+        // The request goes out later, from another thread: by then the statement may have
+        // ended and the session begun another, which PostgreSQL would cancel instead.
+        canceller?.request(unlessStale: { [weak self] in
+            self?.shared.withLock { s in s.closed || s.outstanding == 0 || s.ended != ended } ?? true
+        })
+    }
+
+    /// Tests only: holds this connection's cancel requests back (see ``Canceller``).
+    func delayCancelRequestsForTesting(_ delay: Duration) {
+        let canceller = shared.withLock { $0.canceller }
+        let (seconds, attoseconds) = delay.components
+        canceller?.testDelayMicroseconds.store(Int(seconds) * 1_000_000 + Int(attoseconds / 1_000_000_000_000), ordering: .relaxed)
     }
 
     /// Shuts the socket down from any thread: a statement blocked on a silent peer
@@ -272,7 +298,7 @@ public final class PostgresConnection: @unchecked Sendable {
     public func close() async {
         await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
             let block: @Sendable () -> Void = { [self] in
-                defer { shared.withLock { $0.outstanding -= 1 } }
+                defer { shared.withLock { $0.endOne() } }
                 shared.withLock { s in
                     s.closed = true
                     s.canceller = nil
@@ -338,16 +364,26 @@ extension Error {
 /// stalled proxy) it blocks for as long as that lasts. Called from a task's cancellation
 /// handler it would hold the Swift runtime's lock on that task's status — and a thread of
 /// the cooperative pool (one per core) — the whole time; a test once froze a whole process
-/// that way. So `request()` only hands the work to a global dispatch queue; a request made
-/// while one is on its way is sent after it, by the same thread: a stalled server costs at
-/// most one blocked background thread per connection, never a cooperative one.
+/// that way. So `request(unlessStale:)` only hands the work to a thread of its own; a request
+/// made while one is on its way is sent after it, by the same thread: a stalled server costs
+/// at most one blocked background thread per connection, never a cooperative or a dispatch
+/// one. Sent late, a request could reach the next statement instead of the one it was made
+/// for (PostgreSQL cancels whatever the session runs when it arrives), so each carries a
+/// check, made just before sending, that its statement is still the one running.
 final class Canceller: Sendable {
     // The PGcancel is freed in deinit, when the last reference (the connection's, or a
     // request on its way) goes; PQcancel only reads it, from one thread at a time here.
     private nonisolated(unsafe) let handle: OpaquePointer
-    /// A request is on its way; `again`: another came meanwhile and goes out after it (it
-    /// may be meant for a later statement than the one the first request reached).
-    private let state = Mutex((inFlight: false, again: false))
+    /// A request is on its way (`inFlight`); `next`: the staleness check of a request made
+    /// meanwhile, sent after it (it may be meant for a later statement than the first).
+    private let state = Mutex<(inFlight: Bool, next: (@Sendable () -> Bool)?)>((false, nil))
+    /// Entered while requests are on their way.
+    private let sending = DispatchGroup()
+
+    /// Holds this connection's requests back this long between their staleness check and
+    /// sending (tests only: it widens the window in which a statement ends, and the next one
+    /// could begin, before the request arrives).
+    let testDelayMicroseconds = Atomic<Int>(0)
 
     init?(_ conn: OpaquePointer) {
         guard let handle = PQgetCancel(conn) else { return nil }
@@ -356,26 +392,43 @@ final class Canceller: Sendable {
 
     deinit { PQfreeCancel(handle) }
 
-    func request() {
+    /// Sends a cancel request from a thread of its own, unless `stale()` says, just before,
+    /// that the statement it was meant for has ended.
+    func request(unlessStale stale: @escaping @Sendable () -> Bool) {
         let start = state.withLock { s -> Bool in
-            if s.inFlight {
-                s.again = true
-                return false
-            }
+            s.next = stale
+            if s.inFlight { return false }
             s.inFlight = true
             return true
         }
         guard start else { return }
-        DispatchQueue.global().async { [self] in
-            repeat {
+        sending.enter()
+        // A thread of its own, not a global dispatch queue: PQcancel may block for as long as
+        // the network stays silent, and those queues have few threads to spare.
+        Thread { [self] in
+            while let stale = state.withLock({ s -> (@Sendable () -> Bool)? in
+                let next = s.next
+                s.next = nil
+                if next == nil { s.inFlight = false }
+                return next
+            }) {
+                if stale() { continue }
+                let delay = testDelayMicroseconds.load(ordering: .relaxed)
+                if delay > 0 { usleep(UInt32(delay)) }
                 var buf = [CChar](repeating: 0, count: 256)
                 _ = PQcancel(handle, &buf, Int32(buf.count))
-            } while state.withLock { s -> Bool in
-                s.inFlight = s.again
-                s.again = false
-                return s.inFlight
             }
-        }
+            sending.leave()
+        }.start()
+    }
+
+    /// A request is on its way.
+    var isSending: Bool { state.withLock { $0.inFlight } }
+
+    /// Blocks until no request is on its way, or `timeout` passed (a silent network).
+    func waitUntilSent(timeout: Duration) {
+        let (seconds, attoseconds) = timeout.components
+        _ = sending.wait(timeout: .now() + Double(seconds) + Double(attoseconds) / 1e18)
     }
 }
 

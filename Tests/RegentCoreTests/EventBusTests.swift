@@ -142,8 +142,8 @@ struct EventBusTests {
     }
 
     @Test func databaseRestartLosesNothing() async throws {
-        let pg = try EmbeddedPostgresForTest.start()
-        defer { pg.destroy() }
+        let pg = try await EmbeddedPostgresForTest.start()
+        defer { pg.destroy() }  // on failure; a passing run has destroyed it off the pool already
         let config = try await pg.createDatabase("bus_restart")
         let setup = try await PostgresConnection.connect(config)
         try await MigrationRunner(appliedBy: "test").migrate(on: setup, schemas: ["engine"])
@@ -156,7 +156,7 @@ struct EventBusTests {
             await conn.close()
         }
         try await publish(0..<20)
-        try pg.restart()
+        try await offThePool { try pg.restart() }
         // Published while the bus is still reconnecting: read back from the outbox.
         try await publish(20..<40)
         let got = try await collect(sub, count: 40, timeout: .seconds(20))
@@ -166,6 +166,7 @@ struct EventBusTests {
         }
         #expect(numbers == Array(0..<40))
         await running.stop()
+        try await offThePool { pg.destroy() }
     }
 
     @Test func lowerIDCommittingLaterIsDeliveredInOrderNotSkipped() async throws {

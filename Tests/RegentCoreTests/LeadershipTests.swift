@@ -203,14 +203,14 @@ struct LeadershipTests {
     }
 
     @Test func databaseRestartLeadsToReElection() async throws {
-        let pg = try EmbeddedPostgresForTest.start()
-        defer { pg.destroy() }
+        let pg = try await EmbeddedPostgresForTest.start()
+        defer { pg.destroy() }  // on failure; a passing run has destroyed it off the pool already
         let db = try await pg.createDatabase("restart_test")
         var cluster = Cluster(config: db)
         for i in 1...2 { _ = cluster.start("n\(i)") }
         #expect(await eventually { await cluster.leaders().count == 1 })
         let term = try await cluster.status().term
-        try pg.restart()
+        try await offThePool { try pg.restart() }
         // Right after the restart nobody may act as leader without confirming the lock again.
         #expect(await eventually(timeout: .seconds(10)) {
             guard let s = try? await cluster.status() else { return false }
@@ -218,6 +218,7 @@ struct LeadershipTests {
         })
         #expect(await eventually { await cluster.leaders().count == 1 })
         await cluster.stopAll()
+        try await offThePool { pg.destroy() }
     }
 }
 

@@ -103,6 +103,8 @@ struct ServeProcessTests {
         #expect(lines.contains { $0.contains("resigned leadership") })
         nodes[follower].signal(SIGTERM)
         #expect(await nodes[follower].waitForExit(timeout: .seconds(8)) == 0)
-        #expect(try await conn.query("SELECT count(*) AS n FROM engine.instances").single().decode("n", as: Int64.self) == 0)
+        #expect(
+            try await conn.query("SELECT count(*) AS n FROM engine.instances").single().decode("n", as: Int64.self) == 0,
+            "log:\n\(nodes[follower].log)")
     }
 }

@@ -25,13 +25,20 @@ public actor TestDatabase {
             adminURL = url
             return url
         }
-        let pg = try EmbeddedPostgres.start()
-        server = pg
-        startedServer.withLock { $0 = pg }
-        atexit { startedServer.withLock { $0 }?.destroy() }
+        // Started off the cooperative pool; the actor is free meanwhile, so callers that
+        // come while it starts wait for the same start instead of starting their own.
+        let start = starting ?? Task { try await offThePool { try EmbeddedPostgres.start() } }
+        starting = start
+        let pg = try await start.value
+        if server == nil {
+            server = pg
+            startedServer.withLock { $0 = pg }
+            atexit { startedServer.withLock { $0 }?.destroy() }
+        }
         adminURL = pg.url()
         return pg.url()
     }
+    private var starting: Task<EmbeddedPostgres, any Error>?
 
     /// Creates a fresh, empty database named after `label` and returns its configuration.
     public func freshDatabase(_ label: String = #function) async throws -> ConnectionConfiguration {
@@ -62,5 +69,15 @@ private let startedServer = Mutex<EmbeddedPostgres?>(nil)
 
 /// A private cluster for tests that must own their server (restart drills).
 public enum EmbeddedPostgresForTest {
-    public static func start() throws -> EmbeddedPostgres { try EmbeddedPostgres.start() }
+    public static func start() async throws -> EmbeddedPostgres { try await offThePool { try EmbeddedPostgres.start() } }
+}
+
+/// Runs blocking work (initdb, pg_ctl) on a thread of its own and waits for it without
+/// holding a thread. Called straight from a test, it held one of the cooperative pool's
+/// threads (two, on two cores) for seconds: two restart drills at once froze every other
+/// test of the process, whose elections and takeovers then missed their time limits.
+public func offThePool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, any Error>) in
+        Thread { cont.resume(with: Result { try work() }) }.start()
+    }
 }
