@@ -239,10 +239,18 @@ struct LeadershipMetricsTests {
         let second = RegentNode(configuration: fastNode(db, name: "second"), metrics: RegentMetrics(factory: secondMetrics))
         let secondTask = Task { try await second.run() }
         #expect(await eventually { await second.membershipService != nil })
-        try await Task.sleep(for: .milliseconds(200))  // the second node is now blocked on the lock
+        // Wait until the second node is blocked on the lock (on a busy machine 200 ms were
+        // not always enough, and a node that finds the lock free is not taking over).
+        let admin = try await PostgresConnection.connect(db)
+        #expect(await eventually {
+            try await admin.query("""
+                SELECT count(*) AS n FROM pg_locks
+                WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                """)
+                .single().decode("n", as: Int.self) == 1
+        })
         // Crash the leader's lock session: the second node takes over and measures it.
         let fence = try #require(await first.currentFence)
-        let admin = try await PostgresConnection.connect(db)
         try await admin.query("SELECT pg_terminate_backend(\(Int(fence.lockBackendPID)))")
         #expect(await eventually(timeout: .seconds(3)) { await second.isLeader })
         let failovers = try secondMetrics.expectTimer(RegentMetrics.Name.failoverSeconds).values
