@@ -313,6 +313,36 @@ struct ConnectionTests {
         #expect(conn.isUsable)
     }
 
+    /// Cancel requests stuck on a silent network must not take threads the process needs:
+    /// with more of them than cores, timers (`Task.sleep`) and dispatch's global queues must
+    /// still run. (Each goes out from a thread of its own; a request sent from the
+    /// cancellation handler once froze a whole process.)
+    @Test func cancelRequestsStuckOnASilentNetworkLeaveTimersAndGlobalQueuesRunning() async throws {
+        let (proxy, viaProxy) = try TCPProxy.inFront(of: try await TestDatabase.shared.freshDatabase())
+        defer { proxy.close() }
+        let count = 3 * ProcessInfo.processInfo.activeProcessorCount + 2
+        var conns: [PostgresConnection] = []
+        for _ in 0..<count { conns.append(try await PostgresConnection.connect(viaProxy)) }
+        let statements = conns.map { conn in Task { try await conn.query("SELECT pg_sleep(60)") } }
+        try await Task.sleep(for: .milliseconds(300))
+        proxy.freeze()
+        for statement in statements { statement.cancel() }
+        try await Task.sleep(for: .milliseconds(100))  // the requests are out, and stuck
+
+        let started = ContinuousClock.now
+        for _ in 0..<5 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(ContinuousClock.now - started < .milliseconds(900))
+        let ran = Atomic<Bool>(false)
+        let queued = ContinuousClock.now
+        DispatchQueue.global().async { ran.store(true, ordering: .releasing) }
+        #expect(await eventually(timeout: .seconds(3)) { ran.load(ordering: .acquiring) })
+        #expect(ContinuousClock.now - queued < .milliseconds(900))
+
+        proxy.close()
+        for statement in statements { _ = try? await statement.value }
+        for conn in conns { await conn.close() }
+    }
+
     /// A statement marked `prepared()` is parsed and planned once per session, whatever its
     /// values; a rolled-back transaction does not undo that; a session that lost it
     /// (DEALLOCATE ALL) prepares it again without the caller noticing, except inside a

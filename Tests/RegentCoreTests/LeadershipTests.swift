@@ -157,6 +157,11 @@ struct LeadershipTests {
         _ = cluster.start("n1")
         _ = cluster.start("n2")
         #expect(await eventually { await cluster.leaders().count == 1 })
+        // Both have joined (a leader can be elected before the other node's row exists).
+        #expect(await eventually {
+            for node in cluster.nodes where await node.membershipService == nil { return false }
+            return true
+        })
         let ghost = UUID()
         let admin = try await PostgresConnection.connect(cluster.config)
         try await admin.query(
