@@ -54,12 +54,13 @@ public final class PostgresConnection: @unchecked Sendable {
         /// Names are never reused on a session, even for a statement it lost.
         var statementsNamed = 0
 
-        /// Queues `block`, or holds it while a caller's thread owns the connection.
+        /// A block or a caller-thread statement has ended.
         mutating func endOne() {
             outstanding -= 1
             ended += 1
         }
 
+        /// Queues `block`, or holds it while a caller's thread owns the connection.
         mutating func schedule(_ block: @escaping @Sendable () -> Void, on queue: DispatchQueue) {
             if callerOwns { deferred.append(block) } else { queue.async(execute: block) }
         }
@@ -205,10 +206,13 @@ public final class PostgresConnection: @unchecked Sendable {
     /// when it reuses a plan that this session has not prepared yet.
     private func execute(_ conn: OpaquePointer, _ query: PostgresQuery) throws(PostgresError) -> PostgresRows {
         guard query.reusesPlan else { return try LibPQ.exec(conn, query) }
-        let (known, named) = shared.withLock { ($0.statements[query.sql], $0.statementsNamed) }
-        if let known { return try LibPQ.exec(conn, query, statement: known) }
-        let name = "regent_\(named + 1)"
-        shared.withLock { $0.statementsNamed += 1 }
+        // The prepared name, or a fresh one to prepare under.
+        let (name, known) = shared.withLock { s -> (String, Bool) in
+            if let known = s.statements[query.sql] { return (known, true) }
+            s.statementsNamed += 1
+            return ("regent_\(s.statementsNamed)", false)
+        }
+        if known { return try LibPQ.exec(conn, query, statement: name) }
         try LibPQ.prepare(conn, query, as: name)
         shared.withLock { $0.statements[query.sql] = name }
         return try LibPQ.exec(conn, query, statement: name)
