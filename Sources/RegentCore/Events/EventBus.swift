@@ -188,9 +188,12 @@ public final class EventBus: Sendable {
                     let rows = try session.query(
                         EventQueries.page(after: after, upTo: nil, topics: nil, limit: bus.options.pageSize))
                     let events = try rows.map(EventQueries.decode)
-                    bus.state.withLock { s in
-                        for event in events { Self.dispatch(s.sequencer!.receive(event, now: .now), to: s, limit: bus.options.bufferLimit) }
+                    let woken = bus.state.withLock { s in
+                        var woken = Handoffs()
+                        for event in events { Self.dispatch(s.sequencer!.receive(event, now: .now), to: s, limit: bus.options.bufferLimit, &woken) }
+                        return woken
                     }
+                    woken.resume()
                     after = events.last?.id ?? after
                     if events.count < bus.options.pageSize { break }
                 }
@@ -217,24 +220,40 @@ public final class EventBus: Sendable {
             guard let event = try parsed.event ?? session.query(EventQueries.byID(parsed.id)).first.map(EventQueries.decode) else {
                 return
             }
-            bus.state.withLock { s in
-                guard s.sequencer != nil else { return }
-                Self.dispatch(s.sequencer!.receive(event, now: .now), to: s, limit: bus.options.bufferLimit)
+            let woken = bus.state.withLock { s in
+                var woken = Handoffs()
+                if s.sequencer != nil { Self.dispatch(s.sequencer!.receive(event, now: .now), to: s, limit: bus.options.bufferLimit, &woken) }
+                return woken
             }
+            woken.resume()
         }
 
         func tick(_ session: ListenerSession) throws {
-            bus.state.withLock { s in
-                guard s.sequencer?.nextDeadline != nil else { return }
-                Self.dispatch(s.sequencer!.tick(now: .now), to: s, limit: bus.options.bufferLimit)
+            let woken = bus.state.withLock { s in
+                var woken = Handoffs()
+                if s.sequencer?.nextDeadline != nil { Self.dispatch(s.sequencer!.tick(now: .now), to: s, limit: bus.options.bufferLimit, &woken) }
+                return woken
             }
+            woken.resume()
         }
 
-        static func dispatch(_ events: [Event], to s: borrowing State, limit: Int) {
-            guard !events.isEmpty else { return }
+        /// Offers `events` to every subscription; the subscribers this wakes are added to
+        /// `woken`, to be resumed once the lock is released (a subscriber resumed under it
+        /// could wake up only to wait for the lock).
+        static func dispatch(_ events: [Event], to s: borrowing State, limit: Int, _ woken: inout Handoffs) {
             for event in events {
-                for sub in s.subscriptions.values { sub.offer(event, limit: limit) }
+                for sub in s.subscriptions.values {
+                    if let waiter = sub.offer(event, limit: limit) { woken.list.append((waiter, event)) }
+                }
             }
+        }
+    }
+
+    /// Subscribers to resume with an event, collected under the bus's lock.
+    private struct Handoffs {
+        var list: [(CheckedContinuation<Wake, any Error>, Event)] = []
+        func resume() {
+            for (waiter, event) in list { waiter.resume(returning: .event(event)) }
         }
     }
 
@@ -421,18 +440,15 @@ public final class EventBus: Sendable {
 
         var hasBuffered: Bool { head < buffer.count }
 
-        func offer(_ event: Event, limit: Int) {
-            guard !finished, !lagging, topics?.contains(event.topic) ?? true else { return }  // a lagging one pages
-            deliverOrBuffer(event, limit: limit)
-        }
-
-        private func deliverOrBuffer(_ event: Event, limit: Int) {
+        /// Takes `event` if it is for this subscription: hands it to the waiting subscriber
+        /// (returned, for the caller to resume after the lock), or buffers it.
+        func offer(_ event: Event, limit: Int) -> CheckedContinuation<Wake, any Error>? {
+            guard !finished, !lagging, topics?.contains(event.topic) ?? true else { return nil }  // a lagging one pages
             if let waiter {
                 self.waiter = nil
                 lastDelivered = max(lastDelivered, event.id)
                 lastQueued = max(lastQueued, event.id)
-                waiter.resume(returning: .event(event))
-                return
+                return waiter
             }
             if buffer.count - head >= limit {
                 // Slow consumer: stop buffering; it will page from the table after what it has.
@@ -441,10 +457,11 @@ public final class EventBus: Sendable {
                 head = 0
                 lastQueued = lastDelivered
                 lagging = true
-                return
+                return nil
             }
             buffer.append(event)
             lastQueued = max(lastQueued, event.id)
+            return nil
         }
 
         func popBatch(max: Int) -> [Event] {
