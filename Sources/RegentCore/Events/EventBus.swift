@@ -190,7 +190,7 @@ public final class EventBus: Sendable {
                     let events = try rows.map(EventQueries.decode)
                     let woken = bus.state.withLock { s in
                         var woken = Handoffs()
-                        for event in events { Self.dispatch(s.sequencer!.receive(event, now: .now), to: s, limit: bus.options.bufferLimit, &woken) }
+                        for event in events { Self.receive(event, into: &s, limit: bus.options.bufferLimit, &woken) }
                         return woken
                     }
                     woken.resume()
@@ -222,7 +222,7 @@ public final class EventBus: Sendable {
             }
             let woken = bus.state.withLock { s in
                 var woken = Handoffs()
-                if s.sequencer != nil { Self.dispatch(s.sequencer!.receive(event, now: .now), to: s, limit: bus.options.bufferLimit, &woken) }
+                if s.sequencer != nil { Self.receive(event, into: &s, limit: bus.options.bufferLimit, &woken) }
                 return woken
             }
             woken.resume()
@@ -231,19 +231,29 @@ public final class EventBus: Sendable {
         func tick(_ session: ListenerSession) throws {
             let woken = bus.state.withLock { s in
                 var woken = Handoffs()
-                if s.sequencer?.nextDeadline != nil { Self.dispatch(s.sequencer!.tick(now: .now), to: s, limit: bus.options.bufferLimit, &woken) }
+                if s.sequencer?.nextDeadline != nil {
+                    Self.dispatch(s.sequencer!.tick(now: .now), late: false, to: s, limit: bus.options.bufferLimit, &woken)
+                }
                 return woken
             }
             woken.resume()
         }
 
+        /// Puts `event` (from a notification or the table) through the sequencer and offers
+        /// what that releases. An id at or below the horizon comes out only if it is late (a
+        /// given-up id that committed after all); anything else releases in order.
+        static func receive(_ event: Event, into s: inout State, limit: Int, _ woken: inout Handoffs) {
+            let late = event.id <= s.sequencer!.horizon
+            dispatch(s.sequencer!.receive(event, now: .now), late: late, to: s, limit: limit, &woken)
+        }
+
         /// Offers `events` to every subscription; the subscribers this wakes are added to
         /// `woken`, to be resumed once the lock is released (a subscriber resumed under it
         /// could wake up only to wait for the lock).
-        static func dispatch(_ events: [Event], to s: borrowing State, limit: Int, _ woken: inout Handoffs) {
+        static func dispatch(_ events: [Event], late: Bool, to s: borrowing State, limit: Int, _ woken: inout Handoffs) {
             for event in events {
                 for sub in s.subscriptions.values {
-                    if let waiter = sub.offer(event, limit: limit) { woken.list.append((waiter, event)) }
+                    if let waiter = sub.offer(event, late: late, limit: limit) { woken.list.append((waiter, event)) }
                 }
             }
         }
@@ -398,11 +408,33 @@ public final class EventBus: Sendable {
         let pageSize = options.pageSize
         state.withLock { s in
             guard let sub = s.subscriptions[id], sub.lagging, sub.lastQueued == after else { return }
+            let caughtUp = events.count < pageSize && (s.sequencer?.horizon ?? 0) == upTo
+            // What this page covers: (after, covered]. Late events offered while paging are
+            // settled against it: one the page returned is already here; one in its range that
+            // the page did not return committed after the page's snapshot, and one below its
+            // range was passed by an earlier page: both are queued now (late, out of order).
+            let covered = caughtUp ? Swift.max(upTo, events.last?.id ?? after) : (events.last?.id ?? after)
+            if !sub.lateWhilePaging.isEmpty {
+                let paged = Set(events.map(\.id))
+                var waiting: [Event] = []
+                for late in sub.lateWhilePaging {
+                    if late.id > covered { waiting.append(late) } else if !paged.contains(late.id) { sub.buffer.append(late) }
+                }
+                sub.lateWhilePaging = waiting
+            }
+            // A given-up id that this page found committed will also come from the listener,
+            // late: remember it, so that this subscription does not get it twice.
+            if let sequencer = s.sequencer {
+                sub.pagedLate = sub.pagedLate.filter { sequencer.awaitsLateRelease($0) }
+                for event in events where sequencer.awaitsLateRelease(event.id) { sub.pagedLate.insert(event.id) }
+            }
             sub.buffer.append(contentsOf: events)
-            if let last = events.last { sub.lastQueued = last.id }
-            if events.count < pageSize, (s.sequencer?.horizon ?? 0) == upTo {
+            sub.lastQueued = covered
+            if caughtUp {
                 sub.lagging = false
-                sub.lastQueued = Swift.max(sub.lastQueued, upTo)
+                // Nothing late can be above the horizon; anything left is queued, not dropped.
+                sub.buffer.append(contentsOf: sub.lateWhilePaging)
+                sub.lateWhilePaging.removeAll()
             }
         }
     }
@@ -424,7 +456,14 @@ public final class EventBus: Sendable {
         var lastDelivered: Int64
         /// The highest id put into the buffer (paging continues after it).
         var lastQueued: Int64
+        /// Paging from the table instead of taking live events.
         var lagging: Bool
+        /// Late events the listener released while this subscription was paging: each is
+        /// settled by the next page that covers its id (see `page`).
+        var lateWhilePaging: [Event] = []
+        /// Given-up ids that a page returned before the listener released them late: that
+        /// late release is a duplicate for this subscription.
+        var pagedLate: Set<Int64> = []
         var finished = false
         var waiter: CheckedContinuation<Wake, any Error>?
         /// Tells an idle timer whether the wait it was set for is still the current one.
@@ -441,9 +480,16 @@ public final class EventBus: Sendable {
         var hasBuffered: Bool { head < buffer.count }
 
         /// Takes `event` if it is for this subscription: hands it to the waiting subscriber
-        /// (returned, for the caller to resume after the lock), or buffers it.
-        func offer(_ event: Event, limit: Int) -> CheckedContinuation<Wake, any Error>? {
-            guard !finished, !lagging, topics?.contains(event.topic) ?? true else { return nil }  // a lagging one pages
+        /// (returned, for the caller to resume after the lock), or buffers it. A paging
+        /// subscription reads in-order events from the table itself, but a `late` one may lie
+        /// below where its pages already are: it keeps those (see `page`).
+        func offer(_ event: Event, late: Bool, limit: Int) -> CheckedContinuation<Wake, any Error>? {
+            guard !finished, topics?.contains(event.topic) ?? true else { return nil }
+            if late, !pagedLate.isEmpty, pagedLate.remove(event.id) != nil { return nil }  // a page had it
+            if lagging {
+                if late { lateWhilePaging.append(event) }
+                return nil
+            }
             if let waiter {
                 self.waiter = nil
                 lastDelivered = max(lastDelivered, event.id)
@@ -452,8 +498,9 @@ public final class EventBus: Sendable {
             }
             if buffer.count - head >= limit {
                 // Slow consumer: stop buffering; it will page from the table after what it has.
-                buffer.removeSubrange(head...)
-                buffer.removeSubrange(..<head)
+                // Late events at or below that point would not be read again: they are kept.
+                lateWhilePaging = buffer[head...].filter { $0.id <= lastDelivered } + (late && event.id <= lastDelivered ? [event] : [])
+                buffer.removeAll()
                 head = 0
                 lastQueued = lastDelivered
                 lagging = true

@@ -32,7 +32,7 @@ public struct EventSequencer<Instant: InstantProtocol>: Sendable where Instant.D
     /// Takes an event (from a notification or the table); returns what can be released now, in order.
     public mutating func receive(_ event: Event, now: Instant) -> [Event] {
         if event.id <= horizon {
-            let late = event.id <= startHorizon || givenUp.contains { $0.contains(event.id) }
+            let late = event.id <= startHorizon || isGivenUp(event.id)
             guard late, !lateReleased.contains(event.id) else { return [] }  // a duplicate
             lateReleased.insert(event.id)
             if lateReleased.count > memory { lateReleased.remove(lateReleased.min()!) }
@@ -44,6 +44,23 @@ public struct EventSequencer<Instant: InstantProtocol>: Sendable where Instant.D
 
     /// Gives up gaps that waited `gapTimeout`; returns what that releases.
     public mutating func tick(now: Instant) -> [Event] { release(now: now) }
+
+    /// Whether `id` was given up and has not been released since: if it commits, it will
+    /// be released late. (Ids from before the sequencer started are not tracked.)
+    public func awaitsLateRelease(_ id: Int64) -> Bool {
+        isGivenUp(id) && !lateReleased.contains(id)
+    }
+
+    /// Whether `id` lies in a given-up gap (binary search: the gaps are disjoint and in order).
+    private func isGivenUp(_ id: Int64) -> Bool {
+        var low = 0
+        var high = givenUp.count
+        while low < high {
+            let mid = (low + high) / 2
+            if givenUp[mid].upperBound < id { low = mid + 1 } else { high = mid }
+        }
+        return low < givenUp.count && givenUp[low].contains(id)
+    }
 
     /// When the lowest gap will time out, if there is one.
     public var nextDeadline: Instant? {

@@ -1,0 +1,137 @@
+import Foundation
+import PostgresClient
+@testable import RegentCore
+import RegentTestSupport
+import Testing
+
+/// Late events (an id given up by the sequencer whose transaction commits after all) meeting
+/// subscriptions that page from the table: a slow consumer, or one replaying from an id.
+/// Each test orders the steps so that the case happens for certain, not by chance.
+@Suite("Late events and paging subscriptions")
+struct LateEventTests {
+    /// A short gap timeout, so that tests do not wait long for ids to be given up.
+    static func options(bufferLimit: Int = 1024, pageSize: Int = 500) -> EventBus.Options {
+        var options = EventBus.Options()
+        options.gapTimeout = .milliseconds(100)
+        options.bufferLimit = bufferLimit
+        options.pageSize = pageSize
+        return options
+    }
+
+    static func publish(_ label: String, on conn: PostgresConnection) async throws -> Int64 {
+        try await EventBus.publish(topic: EventTopic("late"), payload: EventPayload(json: #"{"e":"\#(label)"}"#), publisher: nil, on: conn)
+    }
+
+    /// Reads until the event with id `last` (a sentinel published after everything else),
+    /// so that a lost event shows as a missing id rather than as a test that never ends.
+    static func read(_ it: inout EventSubscription.AsyncIterator, through last: Int64) async throws -> [Int64] {
+        var ids: [Int64] = []
+        while let event = try await it.next() {
+            ids.append(event.id)
+            if event.id == last { break }
+        }
+        return ids
+    }
+
+    @Test func aLateEventIsNotLostByASubscriptionThatIsPaging() async throws {
+        let config = try await migratedDatabase()
+        let running = await RunningBus(config, options: Self.options(pageSize: 2))
+        let watch = try await running.bus.subscribe()
+        let pub = try await PostgresConnection.connect(config)
+        let slow = try await PostgresConnection.connect(config)
+        let a = try await Self.publish("a", on: pub)
+        try await slow.query("BEGIN")
+        let t = try await Self.publish("t", on: slow)  // holds its id past the gap timeout
+        var after: [Int64] = []
+        for label in ["b", "c", "d", "e", "f"] { after.append(try await Self.publish(label, on: pub)) }
+        // The listener gave t up and released the rest.
+        #expect(try await collect(watch, count: 6).map(\.id) == [a] + after)
+
+        // Replaying from a: two events a page. After three events its pages are past t.
+        let pager = try await running.bus.subscribe(fromID: a)
+        var it = pager.makeAsyncIterator()
+        var got: [Int64] = []
+        for _ in 0..<3 { got.append(try #require(try await it.next()).id) }
+        #expect(got == [a, after[0], after[1]])
+        // t commits while the pager is still paging; the listener releases it late.
+        try await slow.query("COMMIT")
+        #expect(try await collect(watch, count: 1).map(\.id) == [t])
+        let sentinel = try await Self.publish("end", on: pub)
+        got += try await Self.read(&it, through: sentinel)
+        #expect(Set(got) == Set([a, t, sentinel] + after))
+        #expect(got.count == 8, "no event twice: \(got)")
+        await pub.close()
+        await slow.close()
+        await running.stop()
+    }
+
+    @Test func anEventAPageAlreadyDeliveredIsNotDeliveredAgainWhenItsLateReleaseFollows() async throws {
+        let config = try await migratedDatabase()
+        // Three a page: [a, t, b], then [c], a short page that takes it back to live delivery.
+        let running = await RunningBus(config, options: Self.options(pageSize: 3))
+        let watch = try await running.bus.subscribe()
+        let pub = try await PostgresConnection.connect(config)
+        let slow = try await PostgresConnection.connect(config)
+        let a = try await Self.publish("a", on: pub)
+        // A row written without NOTIFY: the listener learns of it only from the table, when it
+        // catches up after a reconnect; until then a page can have it and the listener not.
+        try await slow.query("BEGIN")
+        let t = try await slow.query(#"INSERT INTO engine.events (topic, payload) VALUES ('late', '{"e":"t"}') RETURNING id"#).single()
+            .decode("id", as: Int64.self)
+        let b = try await Self.publish("b", on: pub)
+        let c = try await Self.publish("c", on: pub)
+        #expect(try await collect(watch, count: 3).map(\.id) == [a, b, c])  // t was given up
+        try await slow.query("COMMIT")
+
+        let pager = try await running.bus.subscribe(fromID: a)
+        var it = pager.makeAsyncIterator()
+        var got: [Int64] = []
+        for _ in 0..<4 { got.append(try #require(try await it.next()).id) }
+        #expect(got == [a, t, b, c])
+        // The listener reconnects, catches up from below t, and releases t late; the pager
+        // (live again by now) had it from a page.
+        let pid = running.bus.listenerBackendPID
+        running.bus.abortListener()
+        #expect(try await collect(watch, count: 1).map(\.id) == [t])
+        #expect(running.bus.listenerBackendPID != pid)
+        let sentinel = try await Self.publish("end", on: pub)
+        let rest = try await Self.read(&it, through: sentinel)
+        #expect(rest == [sentinel], "t came twice: \(rest)")
+        await pub.close()
+        await slow.close()
+        await running.stop()
+    }
+
+    @Test func aLateEventWaitingInTheBufferIsKeptWhenTheConsumerFallsBehind() async throws {
+        let config = try await migratedDatabase()
+        let running = await RunningBus(config, options: Self.options(bufferLimit: 3))
+        let sub = try await running.bus.subscribe()
+        let watch = try await running.bus.subscribe()
+        let pub = try await PostgresConnection.connect(config)
+        let slow = try await PostgresConnection.connect(config)
+        let a = try await Self.publish("a", on: pub)
+        try await slow.query("BEGIN")
+        let t = try await Self.publish("t", on: slow)
+        let b = try await Self.publish("b", on: pub)
+        let c = try await Self.publish("c", on: pub)
+        var it = sub.makeAsyncIterator()
+        var got: [Int64] = []
+        for _ in 0..<3 { got.append(try #require(try await it.next()).id) }
+        #expect(got == [a, b, c])
+        // The consumer stops reading; t commits and waits in its buffer, below what it has read.
+        try await slow.query("COMMIT")
+        // (The watcher's own buffer may overflow at t too: then it pages, and has t in id order.)
+        #expect(Set(try await collect(watch, count: 4).map(\.id)) == [a, b, c, t])
+        // Three more overflow the buffer (limit 3): the subscription goes back to paging from c.
+        var more: [Int64] = []
+        for label in ["d", "e", "f"] { more.append(try await Self.publish(label, on: pub)) }
+        #expect(try await collect(watch, count: 3).map(\.id) == more)
+        let sentinel = try await Self.publish("end", on: pub)
+        got += try await Self.read(&it, through: sentinel)
+        #expect(Set(got) == Set([a, b, c, t, sentinel] + more))
+        #expect(got.count == 8, "no event twice: \(got)")
+        await pub.close()
+        await slow.close()
+        await running.stop()
+    }
+}
