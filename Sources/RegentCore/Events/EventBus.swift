@@ -33,6 +33,7 @@ public final class EventBus: Sendable {
     private let state = Mutex(State())
     private let deliveredCount = Atomic<Int>(0)
     private let reconnectCount = Atomic<Int>(0)
+    private let catchUpRowCount = Atomic<Int>(0)
 
     private struct State: ~Copyable {
         var sequencer: EventSequencer<ContinuousClock.Instant>?
@@ -48,6 +49,8 @@ public final class EventBus: Sendable {
 
     /// Times the listener connection was re-established.
     public var reconnects: Int { reconnectCount.load(ordering: .relaxed) }
+    /// Rows the last catch-up read from the outbox (tests: a reconnect reads what it must, no more).
+    var rowsReadByLastCatchUp: Int { catchUpRowCount.load(ordering: .relaxed) }
     /// Events handed to subscribers so far.
     public var delivered: Int { deliveredCount.load(ordering: .relaxed) }
 
@@ -180,22 +183,22 @@ public final class EventBus: Sendable {
         var tickInterval: Duration? { .milliseconds(25) }
 
         /// LISTEN is done; read what was missed (or, the first time, where "now" is), then go live.
+        ///
+        /// What was missed: events in the given-up gaps (transactions that held their ids and
+        /// committed while no notification could reach us), then everything above the
+        /// horizon. The gaps are read by range, so an old gap (a rolled-back publish leaves
+        /// one for good) does not make every reconnect re-read the outbox from there.
         func listenerConnected(_ session: ListenerSession) throws {
-            let from = bus.state.withLock { $0.sequencer?.catchUpFrom }
-            if let from {
-                var after = from
-                while true {
-                    let rows = try session.query(
-                        EventQueries.page(after: after, upTo: nil, topics: nil, limit: bus.options.pageSize))
-                    let events = try rows.map(EventQueries.decode)
-                    let woken = bus.state.withLock { s in
-                        var woken = Handoffs()
-                        for event in events { Self.receive(event, into: &s, limit: bus.options.bufferLimit, &woken) }
-                        return woken
+            let start = bus.state.withLock { s in s.sequencer.map { ($0.gapsToRecheck, $0.horizon) } }
+            if let (gaps, horizon) = start {
+                bus.catchUpRowCount.store(0, ordering: .relaxed)
+                if !gaps.isEmpty {
+                    try catchUp(session, from: gaps.first!.lowerBound - 1) { after in
+                        EventQueries.inGaps(gaps, after: after, limit: bus.options.pageSize)
                     }
-                    woken.resume()
-                    after = events.last?.id ?? after
-                    if events.count < bus.options.pageSize { break }
+                }
+                try catchUp(session, from: horizon) { after in
+                    EventQueries.page(after: after, upTo: nil, topics: nil, limit: bus.options.pageSize)
                 }
             } else {
                 let max = try session.query(EventQueries.maxID).single().decode("id", as: Int64.self)
@@ -208,6 +211,23 @@ public final class EventBus: Sendable {
                 return s.ready
             }
             for continuation in ready { continuation.resume() }
+        }
+
+        /// Reads pages (`query` after an id) until a short one, feeding the sequencer.
+        private func catchUp(_ session: ListenerSession, from: Int64, _ query: (Int64) -> PostgresQuery) throws {
+            var after = from
+            while true {
+                let events = try session.query(query(after)).map(EventQueries.decode)
+                bus.catchUpRowCount.add(events.count, ordering: .relaxed)
+                let woken = bus.state.withLock { s in
+                    var woken = Handoffs()
+                    for event in events { Self.receive(event, into: &s, limit: bus.options.bufferLimit, &woken) }
+                    return woken
+                }
+                woken.resume()
+                after = events.last?.id ?? after
+                if events.count < bus.options.pageSize { return }
+            }
         }
 
         func received(_ notification: PostgresNotification, session: ListenerSession) throws {

@@ -38,6 +38,23 @@ enum EventQueries {
         """
     }
 
+    /// Events whose ids lie in `gaps` (disjoint ranges, in order) and above `after`, in id
+    /// order: one index range scan per gap, however far back the oldest gap is.
+    static func inGaps(_ gaps: [ClosedRange<Int64>], after: Int64, limit: Int) -> PostgresQuery {
+        let lows = gaps.map { String($0.lowerBound) }
+        let highs = gaps.map { String($0.upperBound) }
+        return """
+            SELECT e.id, e.topic, e.payload::text AS payload, e.publisher, e.published_at
+            FROM unnest(\(lows)::text[]::bigint[], \(highs)::text[]::bigint[]) AS g(lo, hi)
+            CROSS JOIN LATERAL (
+                SELECT * FROM engine.events
+                WHERE id BETWEEN greatest(g.lo, \(after)::bigint + 1) AND g.hi
+                ORDER BY id LIMIT \(limit)
+            ) AS e
+            ORDER BY e.id LIMIT \(limit)
+            """
+    }
+
     static func byID(_ id: Int64) -> PostgresQuery {
         "SELECT id, topic, payload::text AS payload, publisher, published_at FROM engine.events WHERE id = \(id)"
     }

@@ -26,8 +26,9 @@ public struct EventSequencer<Instant: InstantProtocol>: Sendable where Instant.D
 
     public var pendingCount: Int { pending.count }
 
-    /// The lowest id a catch-up read must start above to see everything that might still come.
-    public var catchUpFrom: Int64 { min(horizon, (givenUp.first?.lowerBound).map { $0 - 1 } ?? horizon) }
+    /// What a catch-up read must look at besides the ids above ``horizon``: the given-up
+    /// gaps (in order), where a transaction that held its id may have committed since.
+    public var gapsToRecheck: [ClosedRange<Int64>] { givenUp }
 
     /// Takes an event (from a notification or the table); returns what can be released now, in order.
     public mutating func receive(_ event: Event, now: Instant) -> [Event] {
