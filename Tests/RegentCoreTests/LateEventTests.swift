@@ -22,6 +22,22 @@ struct LateEventTests {
         try await EventBus.publish(topic: EventTopic("late"), payload: EventPayload(json: #"{"e":"\#(label)"}"#), publisher: nil, on: conn)
     }
 
+    /// Opens a transaction on `conn` that inserts an event without NOTIFY (as if its
+    /// notification were lost): the listener learns of it only from the table, when it
+    /// catches up after a reconnect. Returns its id; the caller commits.
+    static func beginUnannouncedRow(on conn: PostgresConnection) async throws -> Int64 {
+        try await conn.query("BEGIN")
+        return try await conn.query(#"INSERT INTO engine.events (topic, payload) VALUES ('late', '{"e":"t"}') RETURNING id"#).single()
+            .decode("id", as: Int64.self)
+    }
+
+    /// Leaves a gap for good: an id taken and never committed.
+    static func rollBackAPublish(on conn: PostgresConnection) async throws {
+        try await conn.query("BEGIN")
+        _ = try await publish("rolled back", on: conn)
+        try await conn.query("ROLLBACK")
+    }
+
     /// Reads until the event with id `last` (a sentinel published after everything else),
     /// so that a lost event shows as a missing id rather than as a test that never ends.
     static func read(_ it: inout EventSubscription.AsyncIterator, through last: Int64) async throws -> [Int64] {
@@ -73,11 +89,8 @@ struct LateEventTests {
         let pub = try await PostgresConnection.connect(config)
         let slow = try await PostgresConnection.connect(config)
         let a = try await Self.publish("a", on: pub)
-        // A row written without NOTIFY: the listener learns of it only from the table, when it
-        // catches up after a reconnect; until then a page can have it and the listener not.
-        try await slow.query("BEGIN")
-        let t = try await slow.query(#"INSERT INTO engine.events (topic, payload) VALUES ('late', '{"e":"t"}') RETURNING id"#).single()
-            .decode("id", as: Int64.self)
+        // Until the listener catches up, a page can have this row and the listener not.
+        let t = try await Self.beginUnannouncedRow(on: slow)
         let b = try await Self.publish("b", on: pub)
         let c = try await Self.publish("c", on: pub)
         #expect(try await collect(watch, count: 3).map(\.id) == [a, b, c])  // t was given up
@@ -143,12 +156,8 @@ struct LateEventTests {
         let slow = try await PostgresConnection.connect(config)
         // A rolled-back publish leaves a gap for good; a row written without NOTIFY (as if its
         // notification had been lost) is a gap that fills without the listener knowing.
-        try await pub.query("BEGIN")
-        _ = try await Self.publish("rolled back", on: pub)
-        try await pub.query("ROLLBACK")
-        try await slow.query("BEGIN")
-        let t = try await slow.query(#"INSERT INTO engine.events (topic, payload) VALUES ('late', '{"e":"t"}') RETURNING id"#).single()
-            .decode("id", as: Int64.self)
+        try await Self.rollBackAPublish(on: pub)
+        let t = try await Self.beginUnannouncedRow(on: slow)
         var ids: [Int64] = []
         for i in 0..<40 { ids.append(try await Self.publish("\(i)", on: pub)) }
         #expect(try await collect(watch, count: 40).map(\.id) == ids)  // both gaps given up
@@ -172,5 +181,46 @@ struct LateEventTests {
         await pub.close()
         await slow.close()
         await running.stop()
+    }
+
+    @Test func anEventInFlightWhenTheBusStartsIsFoundByACatchUp() async throws {
+        let config = try await migratedDatabase()
+        let pub = try await PostgresConnection.connect(config)
+        let slow = try await PostgresConnection.connect(config)
+        try await Self.rollBackAPublish(on: pub)
+        // Taken before the bus starts, committed after, its notification lost.
+        let t = try await Self.beginUnannouncedRow(on: slow)
+        let b = try await Self.publish("b", on: pub)
+        let running = await RunningBus(config, options: Self.options())
+        let watch = try await running.bus.subscribe()
+        try await slow.query("COMMIT")
+        running.bus.abortListener()
+        #expect(try await collect(watch, count: 1).map(\.id) == [t])
+        // Two gaps below b when the bus started (the rolled-back id and t): one row found.
+        #expect(running.bus.rowsReadByLastCatchUp == 1)
+        let c = try await Self.publish("c", on: pub)
+        #expect(try await collect(watch, count: 1).map(\.id) == [c])
+        #expect(b < c)
+        await pub.close()
+        await slow.close()
+        await running.stop()
+    }
+
+    @Test func aStartingBusFindsTheGapsBelowTheHighestID() async throws {
+        let config = try await migratedDatabase()
+        let conn = try await PostgresConnection.connect(config)
+        var ids: [Int64] = []
+        for i in 0..<8 { ids.append(try await Self.publish("\(i)", on: conn)) }
+        try await conn.query("DELETE FROM engine.events WHERE id = ANY(\([ids[1], ids[2], ids[5]].map(String.init))::text[]::bigint[])")
+        let rows = try await conn.query(EventQueries.start(window: 6))
+        #expect(try rows.map { try $0.decode("max", as: Int64.self) } == [ids[7], ids[7]])
+        // The window is the 6 ids up to the highest (ids[2] to ids[7]): ids[2] and ids[5] are
+        // missing in it; ids[1] is below it.
+        #expect(try rows.map { try $0.decode("lo", as: Int64.self) ... $0.decode("hi", as: Int64.self) } == [ids[2]...ids[2], ids[5]...ids[5]])
+        // No gap in ids[6] to ids[7]: one row, null bounds.
+        let none = try await conn.query(EventQueries.start(window: 2))
+        #expect(none.count == 1)
+        #expect(try none.first?.decodeOptional("lo", as: Int64.self) == nil)
+        await conn.close()
     }
 }

@@ -34,6 +34,9 @@ public final class EventBus: Sendable {
     private let deliveredCount = Atomic<Int>(0)
     private let reconnectCount = Atomic<Int>(0)
     private let catchUpRowCount = Atomic<Int>(0)
+    /// How many ids below the highest one a starting bus checks for gaps (transactions in
+    /// flight before it started, which may commit later).
+    static let startGapWindow = 10_000
 
     private struct State: ~Copyable {
         var sequencer: EventSequencer<ContinuousClock.Instant>?
@@ -201,8 +204,20 @@ public final class EventBus: Sendable {
                     EventQueries.page(after: after, upTo: nil, topics: nil, limit: bus.options.pageSize)
                 }
             } else {
-                let max = try session.query(EventQueries.maxID).single().decode("id", as: Int64.self)
-                bus.state.withLock { $0.sequencer = EventSequencer(horizon: max, gapTimeout: bus.options.gapTimeout) }
+                // Where "now" is, and the ids below it that are still missing: a transaction
+                // that took one before this bus started may commit later, and must then be
+                // found by a catch-up like any other late event.
+                let rows = try session.query(EventQueries.start(window: Int64(EventBus.startGapWindow)))
+                let max = try rows.first.map { try $0.decode("max", as: Int64.self) } ?? 0
+                let gaps = try rows.compactMap { row -> ClosedRange<Int64>? in
+                    guard let lo = try row.decodeOptional("lo", as: Int64.self), let hi = try row.decodeOptional("hi", as: Int64.self) else {
+                        return nil
+                    }
+                    return lo...hi
+                }
+                bus.state.withLock {
+                    $0.sequencer = EventSequencer(horizon: max, gapTimeout: bus.options.gapTimeout, gaps: gaps)
+                }
             }
             let ready = bus.state.withLock { s -> [CheckedContinuation<Void, Never>] in
                 s.caughtUp = true

@@ -26,7 +26,25 @@ enum EventQueries {
         return query.prepared()
     }
 
-    static let maxID: PostgresQuery = "SELECT coalesce(max(id), 0) AS id FROM engine.events"
+    /// The highest committed id, and the ranges of ids missing among the `window` ids below
+    /// it (and above what retention pruned): one row per gap (`lo`, `hi`), or a single row
+    /// with null bounds when there is none.
+    static func start(window: Int64) -> PostgresQuery {
+        """
+        WITH bounds AS (
+            SELECT m.max, greatest(m.max - \(window)::bigint, r.pruned_through, 0) AS low
+            FROM (SELECT coalesce(max(id), 0) AS max FROM engine.events) AS m, engine.event_retention AS r
+            WHERE r.id = 1
+        ), present AS (
+            SELECT e.id, lag(e.id, 1, b.low) OVER (ORDER BY e.id) AS prev
+            FROM engine.events AS e, bounds AS b
+            WHERE e.id > b.low AND e.id <= b.max
+        )
+        SELECT b.max, p.prev + 1 AS lo, p.id - 1 AS hi
+        FROM bounds AS b LEFT JOIN present AS p ON p.id > p.prev + 1
+        ORDER BY lo
+        """
+    }
     static let prunedThrough: PostgresQuery = "SELECT pruned_through FROM engine.event_retention WHERE id = 1"
 
     static func page(after id: Int64, upTo: Int64?, topics: [String]?, limit: Int) -> PostgresQuery {

@@ -9,7 +9,8 @@
 public struct EventSequencer<Instant: InstantProtocol>: Sendable where Instant.Duration == Duration {
     /// Every id at or below `horizon` was released or given up.
     public private(set) var horizon: Int64
-    /// Ids at or below this were before the sequencer started: arriving now, they are new.
+    /// Ids at or below this were before the sequencer started: arriving now, they are new
+    /// (those in the start gaps are tracked as given up; older ones are not).
     let startHorizon: Int64
     public let gapTimeout: Duration
     private var pending: [Int64: (event: Event, arrived: Instant)] = [:]
@@ -18,10 +19,14 @@ public struct EventSequencer<Instant: InstantProtocol>: Sendable where Instant.D
     /// How many given-up ranges and late ids are remembered.
     let memory = 4096
 
-    public init(horizon: Int64, gapTimeout: Duration) {
+    /// Starts at `horizon` (the highest committed id). `gaps`: ids below it that were missing
+    /// then (in order, disjoint): rolled back, or taken by transactions still in flight, which
+    /// will come late; they count as given up from the start.
+    public init(horizon: Int64, gapTimeout: Duration, gaps: [ClosedRange<Int64>] = []) {
         self.horizon = horizon
         self.startHorizon = horizon
         self.gapTimeout = gapTimeout
+        self.givenUp = Array(gaps.filter { $0.upperBound <= horizon }.suffix(memory))
     }
 
     public var pendingCount: Int { pending.count }
