@@ -41,4 +41,28 @@ struct EventSequencerTests {
         #expect(s.receive(e(4), now: t0).map(\.id) == [4])
         #expect(s.receive(e(4), now: t0).isEmpty)
     }
+
+    @Test func gapsFoundAtTheStartAreGivenUpAndTracked() {
+        var s = EventSequencer<TestInstant>(horizon: 20, gapTimeout: .milliseconds(500), gaps: [3...4, 9...9, 30...31])
+        #expect(s.gapsToRecheck == [3...4, 9...9])  // none above the horizon
+        #expect(s.awaitsLateRelease(4) && s.awaitsLateRelease(9))
+        #expect(!s.awaitsLateRelease(5) && !s.awaitsLateRelease(21))
+        #expect(s.receive(e(9), now: t0).map(\.id) == [9])  // late, once
+        #expect(!s.awaitsLateRelease(9))
+        #expect(s.receive(e(9), now: t0).isEmpty)
+        #expect(s.receive(e(21), now: t0).map(\.id) == [21])
+    }
+
+    @Test func givenUpGapsAreFoundByBinarySearchAmongMany() {
+        var s = EventSequencer<TestInstant>(horizon: 0, gapTimeout: .milliseconds(1))
+        // Every odd id is missing: 100 gaps, given up one after another.
+        for id in stride(from: Int64(2), through: 200, by: 2) {
+            _ = s.receive(e(id), now: t0)
+            _ = s.tick(now: t0.advanced(by: .milliseconds(1)))
+        }
+        #expect(s.horizon == 200)
+        #expect(s.gapsToRecheck.count == 100)
+        for id in Int64(1)...200 { #expect(s.awaitsLateRelease(id) == (id % 2 == 1)) }
+    }
 }
+
