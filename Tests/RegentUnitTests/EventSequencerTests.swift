@@ -30,7 +30,7 @@ struct EventSequencerTests {
         // The given-up id commits after all: released late, once.
         #expect(s.receive(e(1), now: t0.advanced(by: .seconds(2))).map(\.id) == [1])
         #expect(s.receive(e(1), now: t0.advanced(by: .seconds(2))).isEmpty)
-        #expect(s.gapsToRecheck == [1...1])
+        #expect(s.gapsToRecheck.isEmpty)  // it came: no catch-up looks for it again
     }
 
     @Test func duplicatesAreDropped() {
@@ -43,14 +43,37 @@ struct EventSequencerTests {
     }
 
     @Test func gapsFoundAtTheStartAreGivenUpAndTracked() {
-        var s = EventSequencer<TestInstant>(horizon: 20, gapTimeout: .milliseconds(500), gaps: [3...4, 9...9, 30...31])
+        var s = EventSequencer<TestInstant>(horizon: 20, gapTimeout: .milliseconds(500), checkedFrom: 2, gaps: [3...4, 9...9, 30...31])
         #expect(s.gapsToRecheck == [3...4, 9...9])  // none above the horizon
+        // Checked at the start: ids of the window that were there are duplicates; older ones new.
+        #expect(s.receive(e(7), now: t0).isEmpty)
+        #expect(s.receive(e(2), now: t0).map(\.id) == [2])
+        #expect(s.receive(e(2), now: t0).isEmpty)
         #expect(s.awaitsLateRelease(4) && s.awaitsLateRelease(9))
         #expect(!s.awaitsLateRelease(5) && !s.awaitsLateRelease(21))
         #expect(s.receive(e(9), now: t0).map(\.id) == [9])  // late, once
         #expect(!s.awaitsLateRelease(9))
         #expect(s.receive(e(9), now: t0).isEmpty)
         #expect(s.receive(e(21), now: t0).map(\.id) == [21])
+        // An id that comes leaves its gap: catch-ups no longer look for it.
+        #expect(s.gapsToRecheck == [3...4])
+        #expect(s.receive(e(3), now: t0).map(\.id) == [3])
+        #expect(s.gapsToRecheck == [4...4])
+        #expect(s.receive(e(4), now: t0).map(\.id) == [4])
+        #expect(s.gapsToRecheck.isEmpty)
+    }
+
+    @Test func anIDInsideAWideGapSplitsIt() {
+        var s = EventSequencer<TestInstant>(horizon: 0, gapTimeout: .milliseconds(1))
+        _ = s.receive(e(10), now: t0)
+        #expect(s.tick(now: t0.advanced(by: .milliseconds(1))).map(\.id) == [10])
+        #expect(s.gapsToRecheck == [1...9])
+        #expect(s.receive(e(5), now: t0).map(\.id) == [5])
+        #expect(s.gapsToRecheck == [1...4, 6...9])
+        #expect(s.receive(e(5), now: t0).isEmpty)
+        #expect(s.receive(e(1), now: t0).map(\.id) == [1])
+        #expect(s.receive(e(9), now: t0).map(\.id) == [9])
+        #expect(s.gapsToRecheck == [2...4, 6...8])
     }
 
     @Test func givenUpGapsAreFoundByBinarySearchAmongMany() {

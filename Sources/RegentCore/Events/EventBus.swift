@@ -209,6 +209,7 @@ public final class EventBus: Sendable {
                 // found by a catch-up like any other late event.
                 let rows = try session.query(EventQueries.start(window: Int64(EventBus.startGapWindow)))
                 let max = try rows.first.map { try $0.decode("max", as: Int64.self) } ?? 0
+                let low = try rows.first.map { try $0.decode("low", as: Int64.self) } ?? max
                 let gaps = try rows.compactMap { row -> ClosedRange<Int64>? in
                     guard let lo = try row.decodeOptional("lo", as: Int64.self), let hi = try row.decodeOptional("hi", as: Int64.self) else {
                         return nil
@@ -216,7 +217,7 @@ public final class EventBus: Sendable {
                     return lo...hi
                 }
                 bus.state.withLock {
-                    $0.sequencer = EventSequencer(horizon: max, gapTimeout: bus.options.gapTimeout, gaps: gaps)
+                    $0.sequencer = EventSequencer(horizon: max, gapTimeout: bus.options.gapTimeout, checkedFrom: low, gaps: gaps)
                 }
             }
             let ready = bus.state.withLock { s -> [CheckedContinuation<Void, Never>] in

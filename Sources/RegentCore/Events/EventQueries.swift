@@ -26,9 +26,9 @@ enum EventQueries {
         return query.prepared()
     }
 
-    /// The highest committed id, and the ranges of ids missing among the `window` ids below
-    /// it (and above what retention pruned): one row per gap (`lo`, `hi`), or a single row
-    /// with null bounds when there is none.
+    /// The highest committed id (`max`), and the ranges of ids missing in (`low`, `max`], the
+    /// `window` ids up to it (above what retention pruned): one row per gap (`lo`, `hi`), or a
+    /// single row with null bounds when there is none.
     static func start(window: Int64) -> PostgresQuery {
         """
         WITH bounds AS (
@@ -40,7 +40,7 @@ enum EventQueries {
             FROM engine.events AS e, bounds AS b
             WHERE e.id > b.low AND e.id <= b.max
         )
-        SELECT b.max, p.prev + 1 AS lo, p.id - 1 AS hi
+        SELECT b.max, b.low, p.prev + 1 AS lo, p.id - 1 AS hi
         FROM bounds AS b LEFT JOIN present AS p ON p.id > p.prev + 1
         ORDER BY lo
         """

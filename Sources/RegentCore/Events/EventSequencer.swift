@@ -9,24 +9,27 @@
 public struct EventSequencer<Instant: InstantProtocol>: Sendable where Instant.Duration == Duration {
     /// Every id at or below `horizon` was released or given up.
     public private(set) var horizon: Int64
-    /// Ids at or below this were before the sequencer started: arriving now, they are new
-    /// (those in the start gaps are tracked as given up; older ones are not).
-    let startHorizon: Int64
+    /// Ids at or below this were before the sequencer started and are not tracked: one
+    /// arriving now is new to it (the first time). Ids above it are: released, or given up.
+    let untrackedThrough: Int64
     public let gapTimeout: Duration
     private var pending: [Int64: (event: Event, arrived: Instant)] = [:]
     private var givenUp: [ClosedRange<Int64>] = []
     private var lateReleased: Set<Int64> = []
-    /// How many given-up ranges and late ids are remembered.
+    /// How many given-up ranges, and late untracked ids, are remembered.
     let memory = 4096
 
-    /// Starts at `horizon` (the highest committed id). `gaps`: ids below it that were missing
-    /// then (in order, disjoint): rolled back, or taken by transactions still in flight, which
-    /// will come late; they count as given up from the start.
-    public init(horizon: Int64, gapTimeout: Duration, gaps: [ClosedRange<Int64>] = []) {
+    /// Starts at `horizon` (the highest committed id). `gaps`: the ids in (`checkedFrom`,
+    /// `horizon`] that were missing then (in order, disjoint): rolled back, or taken by
+    /// transactions still in flight, which will come late; they count as given up from the
+    /// start, and every other id in that window as released. Without `checkedFrom`, nothing
+    /// below the horizon was checked.
+    public init(horizon: Int64, gapTimeout: Duration, checkedFrom: Int64? = nil, gaps: [ClosedRange<Int64>] = []) {
         self.horizon = horizon
-        self.startHorizon = horizon
+        let checked = min(checkedFrom ?? horizon, horizon)
+        self.untrackedThrough = checked
         self.gapTimeout = gapTimeout
-        self.givenUp = Array(gaps.filter { $0.upperBound <= horizon }.suffix(memory))
+        self.givenUp = Array(gaps.filter { $0.lowerBound > checked && $0.upperBound <= horizon }.suffix(memory))
     }
 
     public var pendingCount: Int { pending.count }
@@ -38,8 +41,19 @@ public struct EventSequencer<Instant: InstantProtocol>: Sendable where Instant.D
     /// Takes an event (from a notification or the table); returns what can be released now, in order.
     public mutating func receive(_ event: Event, now: Instant) -> [Event] {
         if event.id <= horizon {
-            let late = event.id <= startHorizon || isGivenUp(event.id)
-            guard late, !lateReleased.contains(event.id) else { return [] }  // a duplicate
+            // A given-up id leaves its gap when it comes: later copies of it (a catch-up, a
+            // replayed notification) are duplicates, and catch-ups stop looking for it.
+            if let gap = givenUpIndex(event.id) {
+                let range = givenUp[gap]
+                var rest: [ClosedRange<Int64>] = []
+                if range.lowerBound < event.id { rest.append(range.lowerBound...(event.id - 1)) }
+                if event.id < range.upperBound { rest.append((event.id + 1)...range.upperBound) }
+                givenUp.replaceSubrange(gap...gap, with: rest)
+                return [event]
+            }
+            // Ids from before the window it checked at the start are not tracked: new to it
+            // the first time. Any other id here was released already.
+            guard event.id <= untrackedThrough, !lateReleased.contains(event.id) else { return [] }  // a duplicate
             lateReleased.insert(event.id)
             if lateReleased.count > memory { lateReleased.remove(lateReleased.min()!) }
             return [event]
@@ -51,21 +65,19 @@ public struct EventSequencer<Instant: InstantProtocol>: Sendable where Instant.D
     /// Gives up gaps that waited `gapTimeout`; returns what that releases.
     public mutating func tick(now: Instant) -> [Event] { release(now: now) }
 
-    /// Whether `id` was given up and has not been released since: if it commits, it will
-    /// be released late. (Ids from before the sequencer started are not tracked.)
-    public func awaitsLateRelease(_ id: Int64) -> Bool {
-        isGivenUp(id) && !lateReleased.contains(id)
-    }
+    /// Whether `id` was given up and has not come since: if it commits, it will be released
+    /// late. (Ids at or below `untrackedThrough` are not tracked.)
+    public func awaitsLateRelease(_ id: Int64) -> Bool { givenUpIndex(id) != nil }
 
-    /// Whether `id` lies in a given-up gap (binary search: the gaps are disjoint and in order).
-    private func isGivenUp(_ id: Int64) -> Bool {
+    /// The given-up gap that holds `id` (binary search: the gaps are disjoint and in order).
+    private func givenUpIndex(_ id: Int64) -> Int? {
         var low = 0
         var high = givenUp.count
         while low < high {
             let mid = (low + high) / 2
             if givenUp[mid].upperBound < id { low = mid + 1 } else { high = mid }
         }
-        return low < givenUp.count && givenUp[low].contains(id)
+        return low < givenUp.count && givenUp[low].contains(id) ? low : nil
     }
 
     /// When the lowest gap will time out, if there is one.
