@@ -10,8 +10,11 @@ import Testing
 @Suite("Late events and paging subscriptions")
 struct LateEventTests {
     /// A short gap timeout, so that tests do not wait long for ids to be given up.
-    static func options(bufferLimit: Int = 1024, pageSize: Int = 500) -> EventBus.Options {
+    /// (Gap checks are off unless a test turns them on: they would find the rows these
+    /// tests leave for a catch-up or a page to find.)
+    static func options(bufferLimit: Int = 1024, pageSize: Int = 500, gapCheckInterval: Duration = .seconds(3600)) -> EventBus.Options {
         var options = EventBus.Options()
+        options.gapCheckInterval = gapCheckInterval
         options.gapTimeout = .milliseconds(100)
         options.bufferLimit = bufferLimit
         options.pageSize = pageSize
@@ -223,4 +226,34 @@ struct LateEventTests {
         #expect(try none.first?.decodeOptional("lo", as: Int64.self) == nil)
         await conn.close()
     }
+
+    @Test func gapsNothingCanFillAreForgottenAfterALastLook() async throws {
+        let config = try await migratedDatabase()
+        let running = await RunningBus(config, options: Self.options(gapCheckInterval: .milliseconds(100)))
+        let watch = try await running.bus.subscribe()
+        let pub = try await PostgresConnection.connect(config)
+        let slow = try await PostgresConnection.connect(config)
+        try await Self.rollBackAPublish(on: pub)
+        let b = try await Self.publish("b", on: pub)
+        #expect(try await collect(watch, count: 1).map(\.id) == [b])
+        // The rolled-back id's gap goes once the transactions running when it was given up
+        // have ended (here: at once).
+        #expect(await eventually { running.bus.givenUpGaps.isEmpty })
+        let t = try await Self.beginUnannouncedRow(on: slow)
+        let c = try await Self.publish("c", on: pub)
+        #expect(try await collect(watch, count: 1).map(\.id) == [c])
+        #expect(running.bus.givenUpGaps == [t...t])
+        // t's stays while its transaction is open, however many checks pass.
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(running.bus.givenUpGaps == [t...t])
+        // t commits without a notification: the last look at its gap finds it, no reconnect needed.
+        try await slow.query("COMMIT")
+        #expect(try await collect(watch, count: 1).map(\.id) == [t])
+        #expect(await eventually { running.bus.givenUpGaps.isEmpty })
+        #expect(running.bus.reconnects == 0)
+        await pub.close()
+        await slow.close()
+        await running.stop()
+    }
 }
+

@@ -87,5 +87,13 @@ struct EventSequencerTests {
         #expect(s.gapsToRecheck.count == 100)
         for id in Int64(1)...200 { #expect(s.awaitsLateRelease(id) == (id % 2 == 1)) }
     }
+
+    @Test func forgottenGapsAreNoLongerLookedForAndTheirIDsAreDuplicates() {
+        var s = EventSequencer<TestInstant>(horizon: 20, gapTimeout: .milliseconds(500), checkedFrom: 0, gaps: [3...4, 9...9, 15...16])
+        s.forgetGaps(through: 9)
+        #expect(s.gapsToRecheck == [15...16])
+        #expect(s.receive(e(9), now: t0).isEmpty)
+        #expect(s.receive(e(15), now: t0).map(\.id) == [15])
+    }
 }
 

@@ -21,6 +21,10 @@ public final class EventBus: Sendable {
         public var gapTimeout: Duration = .milliseconds(500)
         public var bufferLimit: Int = 1024
         public var pageSize: Int = 500
+        /// How often the listener asks PostgreSQL whether the transactions that could still
+        /// fill a given-up gap have all ended; then it reads those gaps one last time and
+        /// forgets them (see `checkGaps`).
+        public var gapCheckInterval: Duration = .seconds(1)
         public init() {}
     }
 
@@ -48,12 +52,19 @@ public final class EventBus: Sendable {
         var caughtUp = false
         var listenerPID: Int32?
         var ready: [CheckedContinuation<Void, Never>] = []
+        /// Gap checks not yet settled, oldest first: PostgreSQL's next transaction id then
+        /// (`xmax`) and the sequencer's horizon then.
+        var gapChecks: [(xmax: Int64, horizon: Int64)] = []
+        var lastGapCheck: ContinuousClock.Instant?
     }
 
     /// Times the listener connection was re-established.
     public var reconnects: Int { reconnectCount.load(ordering: .relaxed) }
-    /// Rows the last catch-up read from the outbox (tests: a reconnect reads what it must, no more).
+    /// Rows read from the outbox since the listener last connected, by its catch-up and gap
+    /// checks (tests: a reconnect reads what it must, no more).
     var rowsReadByLastCatchUp: Int { catchUpRowCount.load(ordering: .relaxed) }
+    /// The sequencer's given-up gaps (tests).
+    var givenUpGaps: [ClosedRange<Int64>] { state.withLock { $0.sequencer?.gapsToRecheck ?? [] } }
     /// Events handed to subscribers so far.
     public var delivered: Int { deliveredCount.load(ordering: .relaxed) }
 
@@ -265,14 +276,43 @@ public final class EventBus: Sendable {
         }
 
         func tick(_ session: ListenerSession) throws {
-            let woken = bus.state.withLock { s in
+            let (woken, checkDue) = bus.state.withLock { s in
                 var woken = Handoffs()
                 if s.sequencer?.nextDeadline != nil {
                     Self.dispatch(s.sequencer!.tick(now: .now), late: false, to: s, limit: bus.options.bufferLimit, &woken)
                 }
-                return woken
+                let due = !(s.sequencer?.gapsToRecheck.isEmpty ?? true)
+                    && s.lastGapCheck.map { $0.duration(to: .now) >= bus.options.gapCheckInterval } ?? true
+                return (woken, due)
             }
             woken.resume()
+            if checkDue { try checkGaps(session) }
+        }
+
+        /// Forgets the given-up gaps that nothing can fill any more. A gap's id was taken by
+        /// a transaction that had (or, within the same INSERT, was about to get) a transaction
+        /// id below PostgreSQL's next one at the first check after the gap was given up. Once
+        /// the oldest running transaction id has passed that mark, every such transaction has
+        /// ended: the gaps given up before that check are read one last time (a row that
+        /// committed there is released late, even if its notification never came) and then
+        /// forgotten. Rolled-back publishes thus stop costing memory and catch-up reads.
+        private func checkGaps(_ session: ListenerSession) throws {
+            let row = try session.query(EventQueries.transactionHorizon).single()
+            let (xmin, xmax) = (try row.decode("xmin", as: Int64.self), try row.decode("xmax", as: Int64.self))
+            let settled = bus.state.withLock { s -> (through: Int64, gaps: [ClosedRange<Int64>])? in
+                s.lastGapCheck = .now
+                // (A check at the same horizon as the last one would settle nothing more.)
+                if s.gapChecks.last?.horizon != s.sequencer!.horizon { s.gapChecks.append((xmax, s.sequencer!.horizon)) }
+                guard let done = s.gapChecks.lastIndex(where: { $0.xmax <= xmin }) else { return nil }
+                let through = s.gapChecks[done].horizon
+                s.gapChecks.removeSubrange(...done)
+                return (through, s.sequencer!.gapsToRecheck.filter { $0.upperBound <= through })
+            }
+            guard let settled, let first = settled.gaps.first else { return }
+            try catchUp(session, from: first.lowerBound - 1) { after in
+                EventQueries.inGaps(settled.gaps, after: after, limit: bus.options.pageSize)
+            }
+            bus.state.withLock { $0.sequencer!.forgetGaps(through: settled.through) }
         }
 
         /// Puts `event` (from a notification or the table) through the sequencer and offers

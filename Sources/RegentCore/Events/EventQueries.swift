@@ -45,6 +45,11 @@ enum EventQueries {
         ORDER BY lo
         """
     }
+    /// The oldest transaction id still running (`xmin`) and the next one to be assigned (`xmax`).
+    static let transactionHorizon: PostgresQuery = """
+        SELECT pg_snapshot_xmin(s)::text::bigint AS xmin, pg_snapshot_xmax(s)::text::bigint AS xmax
+        FROM pg_current_snapshot() AS s
+        """
     static let prunedThrough: PostgresQuery = "SELECT pruned_through FROM engine.event_retention WHERE id = 1"
 
     static func page(after id: Int64, upTo: Int64?, topics: [String]?, limit: Int) -> PostgresQuery {

@@ -65,6 +65,12 @@ public struct EventSequencer<Instant: InstantProtocol>: Sendable where Instant.D
     /// Gives up gaps that waited `gapTimeout`; returns what that releases.
     public mutating func tick(now: Instant) -> [Event] { release(now: now) }
 
+    /// Forgets the given-up gaps at or below `id` (nothing can fill them any more). An id
+    /// from them that still arrives is taken for a duplicate.
+    public mutating func forgetGaps(through id: Int64) {
+        givenUp.removeAll { $0.upperBound <= id }
+    }
+
     /// Whether `id` was given up and has not come since: if it commits, it will be released
     /// late. (Ids at or below `untrackedThrough` are not tracked.)
     public func awaitsLateRelease(_ id: Int64) -> Bool { givenUpIndex(id) != nil }
