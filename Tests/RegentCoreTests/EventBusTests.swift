@@ -10,9 +10,9 @@ struct RunningBus {
     let pool: ConnectionPool
     let task: Task<Void, Never>
 
-    init(_ config: ConnectionConfiguration, options: EventBus.Options = .init()) async {
+    init(_ config: ConnectionConfiguration, options: EventBus.Options = .init(), metrics: RegentMetrics = .discarded) async {
         pool = ConnectionPool(configuration: config, options: .init(maxConnections: 4))
-        let bus = EventBus(configuration: config, pool: pool, options: options)
+        let bus = EventBus(configuration: config, pool: pool, options: options, metrics: metrics)
         self.bus = bus
         task = Task { await bus.run() }
         await bus.waitUntilListening()

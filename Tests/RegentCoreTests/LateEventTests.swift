@@ -1,4 +1,5 @@
 import Foundation
+import MetricsTestKit
 import PostgresClient
 @testable import RegentCore
 import RegentTestSupport
@@ -153,7 +154,8 @@ struct LateEventTests {
 
     @Test func aReconnectReadsTheGapsAndWhatItMissedNotTheWholeOutbox() async throws {
         let config = try await migratedDatabase()
-        let running = await RunningBus(config, options: Self.options())
+        let metrics = TestMetrics()
+        let running = await RunningBus(config, options: Self.options(), metrics: RegentMetrics(factory: metrics))
         let watch = try await running.bus.subscribe()
         let pub = try await PostgresConnection.connect(config)
         let slow = try await PostgresConnection.connect(config)
@@ -172,6 +174,8 @@ struct LateEventTests {
         #expect(try await collect(watch, count: 1).map(\.id) == [t])
         #expect(running.bus.listenerBackendPID != pid)
         #expect(running.bus.rowsReadByLastCatchUp == 1)
+        #expect(try metrics.expectCounter("regent_event_listener_reconnects_total").totalValue == 1)
+        #expect(try metrics.expectCounter("regent_events_late_total").totalValue == 1)
         // Events published while the listener is away come from the pages above the horizon.
         await running.bus.waitUntilListening()
         let pid2 = running.bus.listenerBackendPID
@@ -229,7 +233,8 @@ struct LateEventTests {
 
     @Test func gapsNothingCanFillAreForgottenAfterALastLook() async throws {
         let config = try await migratedDatabase()
-        let running = await RunningBus(config, options: Self.options(gapCheckInterval: .milliseconds(100)))
+        let metrics = TestMetrics()
+        let running = await RunningBus(config, options: Self.options(gapCheckInterval: .milliseconds(100)), metrics: RegentMetrics(factory: metrics))
         let watch = try await running.bus.subscribe()
         let pub = try await PostgresConnection.connect(config)
         let slow = try await PostgresConnection.connect(config)
@@ -246,11 +251,15 @@ struct LateEventTests {
         // t's stays while its transaction is open, however many checks pass.
         try await Task.sleep(for: .milliseconds(500))
         #expect(running.bus.givenUpGaps == [t...t])
+        #expect(try metrics.expectGauge("regent_event_gaps").lastValue == 1)
         // t commits without a notification: the last look at its gap finds it, no reconnect needed.
         try await slow.query("COMMIT")
         #expect(try await collect(watch, count: 1).map(\.id) == [t])
         #expect(await eventually { running.bus.givenUpGaps.isEmpty })
         #expect(running.bus.reconnects == 0)
+        #expect(try metrics.expectCounter("regent_events_late_total").totalValue == 1)
+        #expect(await eventually { (try? metrics.expectGauge("regent_event_gaps").lastValue) == 0 })
+        #expect(try metrics.expectCounter("regent_event_listener_reconnects_total").totalValue == 0)
         await pub.close()
         await slow.close()
         await running.stop()

@@ -56,6 +56,8 @@ public final class EventBus: Sendable {
         /// (`xmax`) and the sequencer's horizon then.
         var gapChecks: [(xmax: Int64, horizon: Int64)] = []
         var lastGapCheck: ContinuousClock.Instant?
+        /// The gap count last given to the `regent_event_gaps` gauge.
+        var reportedGaps = 0
     }
 
     /// Times the listener connection was re-established.
@@ -149,6 +151,7 @@ public final class EventBus: Sendable {
                 }
                 if stopped { break }
                 reconnectCount.add(1, ordering: .relaxed)
+                metrics.eventListenerReconnects.increment()
                 logger.warning("event listener lost; reconnecting", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
                 try? await Task.sleep(for: delay)
                 delay = min(delay * 2, .seconds(5))
@@ -251,7 +254,7 @@ public final class EventBus: Sendable {
                     for event in events { Self.receive(event, into: &s, limit: bus.options.bufferLimit, &woken) }
                     return woken
                 }
-                woken.resume()
+                woken.resume(bus.metrics)
                 after = events.last?.id ?? after
                 if events.count < bus.options.pageSize { return }
             }
@@ -272,7 +275,7 @@ public final class EventBus: Sendable {
                 if s.sequencer != nil { Self.receive(event, into: &s, limit: bus.options.bufferLimit, &woken) }
                 return woken
             }
-            woken.resume()
+            woken.resume(bus.metrics)
         }
 
         func tick(_ session: ListenerSession) throws {
@@ -281,11 +284,15 @@ public final class EventBus: Sendable {
                 if s.sequencer?.nextDeadline != nil {
                     Self.dispatch(s.sequencer!.tick(now: .now), late: false, to: s, limit: bus.options.bufferLimit, &woken)
                 }
-                let due = !(s.sequencer?.gapsToRecheck.isEmpty ?? true)
-                    && s.lastGapCheck.map { $0.duration(to: .now) >= bus.options.gapCheckInterval } ?? true
+                let gaps = s.sequencer?.gapsToRecheck.count ?? 0
+                if gaps != s.reportedGaps {
+                    s.reportedGaps = gaps
+                    bus.metrics.eventGaps.record(gaps)
+                }
+                let due = gaps > 0 && s.lastGapCheck.map { $0.duration(to: .now) >= bus.options.gapCheckInterval } ?? true
                 return (woken, due)
             }
-            woken.resume()
+            woken.resume(bus.metrics)
             if checkDue { try checkGaps(session) }
         }
 
@@ -320,7 +327,9 @@ public final class EventBus: Sendable {
         /// given-up id that committed after all); anything else releases in order.
         static func receive(_ event: Event, into s: inout State, limit: Int, _ woken: inout Handoffs) {
             let late = event.id <= s.sequencer!.horizon
-            dispatch(s.sequencer!.receive(event, now: .now), late: late, to: s, limit: limit, &woken)
+            let released = s.sequencer!.receive(event, now: .now)
+            if late, !released.isEmpty { woken.late += 1 }
+            dispatch(released, late: late, to: s, limit: limit, &woken)
         }
 
         /// Offers `events` to every subscription; the subscribers this wakes are added to
@@ -335,10 +344,13 @@ public final class EventBus: Sendable {
         }
     }
 
-    /// Subscribers to resume with an event, collected under the bus's lock.
+    /// Subscribers to resume with an event, collected under the bus's lock (and the late
+    /// events released meanwhile, counted once it is released).
     private struct Handoffs {
         var list: [(CheckedContinuation<Wake, any Error>, Event)] = []
-        func resume() {
+        var late = 0
+        func resume(_ metrics: RegentMetrics) {
+            if late > 0 { metrics.eventsLate.increment(by: late) }
             for (waiter, event) in list { waiter.resume(returning: .event(event)) }
         }
     }

@@ -27,6 +27,13 @@ public struct RegentMetrics: Sendable {
     public let eventsDelivered: Counter
     /// Seconds between an event's commit (database clock) and its delivery here (this node's clock).
     public let eventLag: Gauge
+    /// Events this node's bus released late: their transaction held its id past the gap
+    /// timeout, so they came after higher ids.
+    public let eventsLate: Counter
+    /// Given-up id gaps this node's bus is still watching (transactions that may yet commit).
+    public let eventGaps: Gauge
+    /// Times this node's bus lost its LISTEN connection and reconnected.
+    public let eventListenerReconnects: Counter
     /// Expired leases this node reclaimed as leader.
     public let leasesReclaimed: Counter
     /// Stale instance rows this node removed as leader.
@@ -48,6 +55,9 @@ public struct RegentMetrics: Sendable {
         eventsPublished = Counter(label: "regent_events_published_total", factory: factory)
         eventsDelivered = Counter(label: "regent_events_delivered_total", factory: factory)
         eventLag = Gauge(label: "regent_event_lag_seconds", factory: factory)
+        eventsLate = Counter(label: "regent_events_late_total", factory: factory)
+        eventGaps = Gauge(label: "regent_event_gaps", factory: factory)
+        eventListenerReconnects = Counter(label: "regent_event_listener_reconnects_total", factory: factory)
         leasesReclaimed = Counter(label: "regent_leases_reclaimed_total", factory: factory)
         staleInstancesSwept = Counter(label: "regent_stale_instances_swept_total", factory: factory)
     }
