@@ -52,7 +52,8 @@ struct LeadershipTests {
         let leader = try #require(await cluster.leaders().first)
         let status = try await cluster.status()
         #expect(status.leader?.instanceID == leader.instanceID)
-        #expect(status.term == 1)
+        // Term 1, unless a leader stepped down (its lock confirmation late on a busy machine) and was re-elected.
+        #expect(status.term >= 1)
         #expect(await eventually { try await cluster.status().instances.count == 3 })
         let leaders = try await cluster.status().instances.filter { $0.isLeader }
         #expect(leaders.count == 1)
@@ -86,12 +87,14 @@ struct LeadershipTests {
         #expect(await eventually { await cluster.leaders().count == 1 })
         let leader = try #require(await cluster.leaders().first)
         let index = try #require(cluster.nodes.firstIndex { $0 === leader })
+        // Term 1, unless the leader stepped down (late lock confirmation on a busy machine) and was re-elected.
+        let term = try #require(await leader.currentFence).term
         let started = ContinuousClock.now
         await leader.shutdown()
         _ = try? await cluster.tasks[index].value
         #expect(await eventually(timeout: .seconds(1)) {
             let s = try await cluster.status()
-            return s.term == 2 && s.leader != nil
+            return s.term == term + 1 && s.leader != nil
         })
         #expect(ContinuousClock.now - started < .seconds(1))
         let status = try await cluster.status()
@@ -99,7 +102,7 @@ struct LeadershipTests {
         let conn = try await PostgresConnection.connect(cluster.config)
         let actions = try await conn.query("SELECT action, term FROM engine.audit WHERE action LIKE 'leader.%' ORDER BY id")
             .map { "\(try $0.decode("action", as: String.self))@\(try $0.decode("term", as: Int64.self))" }
-        #expect(actions == ["leader.elected@1", "leader.resigned@1", "leader.elected@2"])
+        #expect(actions.suffix(3) == ["leader.elected@\(term)", "leader.resigned@\(term)", "leader.elected@\(term + 1)"])
         await conn.close()
         await cluster.stopAll()
     }
@@ -112,9 +115,12 @@ struct LeadershipTests {
         var cluster = Cluster(config: db)
         let hung = cluster.start("hung", database: viaProxy)
         #expect(await eventually { await hung.isLeader })
-        let fence = try #require(await hung.currentFence)
         let follower = cluster.start("follower")
         #expect(await eventually { try await cluster.status().instances.count == 2 })
+        // Read just before the freeze: on a busy machine a leader can step down (its lock
+        // confirmation late) and be re-elected, on a new lock session, under a new term.
+        #expect(await eventually { await hung.isLeader })
+        let fence = try #require(await hung.currentFence)
 
         proxy.freeze()
         let frozenAt = ContinuousClock.now
@@ -134,7 +140,10 @@ struct LeadershipTests {
         #expect(await !follower.isLeader)
         // Once the server drops that session, the follower takes over ...
         let admin = try await PostgresConnection.connect(db)
-        try await admin.query("SELECT pg_terminate_backend(\(Int(fence.lockBackendPID)))")
+        try await admin.query("""
+            SELECT pg_terminate_backend(pid) FROM pg_locks
+            WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            """)
         #expect(await eventually(timeout: .seconds(5)) { await follower.isLeader })
         // ... and a write fenced with the old term lands nowhere.
         let pool = ConnectionPool(configuration: db)
@@ -262,7 +271,9 @@ struct LeadershipMetricsTests {
         #expect(failovers.count == 1)
         #expect(failovers.allSatisfy { $0 > 0 && $0 < 2_000_000_000 }, "\(failovers) ns")
         #expect(try secondMetrics.expectCounter("regent_elections_total").totalValue == 1)
-        #expect(try secondMetrics.expectGauge("regent_leader_term").lastValue == 2)
+        // The term after the one it crashed in (on a busy machine the first node can have
+        // stepped down and been re-elected before: its lock confirmation came back late).
+        #expect(try secondMetrics.expectGauge("regent_leader_term").lastValue == Double(fence.term + 1))
         #expect(await eventually { (try? firstMetrics.expectGauge("regent_is_leader").lastValue) == 0 })
         await admin.close()
         await second.shutdown()
