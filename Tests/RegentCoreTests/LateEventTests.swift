@@ -173,7 +173,7 @@ struct LateEventTests {
         // Caught up: t, found in its gap; nothing else was missed, and nothing else is read.
         #expect(try await collect(watch, count: 1).map(\.id) == [t])
         #expect(running.bus.listenerBackendPID != pid)
-        #expect(running.bus.rowsReadByLastCatchUp == 1)
+        #expect(running.bus.rowsReadSinceConnected == 1)
         #expect(try metrics.expectCounter("regent_event_listener_reconnects_total").totalValue == 1)
         #expect(try metrics.expectCounter("regent_events_late_total").totalValue == 1)
         // Events published while the listener is away come from the pages above the horizon.
@@ -204,7 +204,7 @@ struct LateEventTests {
         running.bus.abortListener()
         #expect(try await collect(watch, count: 1).map(\.id) == [t])
         // Two gaps below b when the bus started (the rolled-back id and t): one row found.
-        #expect(running.bus.rowsReadByLastCatchUp == 1)
+        #expect(running.bus.rowsReadSinceConnected == 1)
         let c = try await Self.publish("c", on: pub)
         #expect(try await collect(watch, count: 1).map(\.id) == [c])
         #expect(b < c)

@@ -64,7 +64,7 @@ public final class EventBus: Sendable {
     public var reconnects: Int { reconnectCount.load(ordering: .relaxed) }
     /// Rows read from the outbox since the listener last connected, by its catch-up and gap
     /// checks (tests: a reconnect reads what it must, no more).
-    var rowsReadByLastCatchUp: Int { catchUpRowCount.load(ordering: .relaxed) }
+    var rowsReadSinceConnected: Int { catchUpRowCount.load(ordering: .relaxed) }
     /// The sequencer's given-up gaps (tests).
     var givenUpGaps: [ClosedRange<Int64>] { state.withLock { $0.sequencer?.gapsToRecheck ?? [] } }
     /// Events handed to subscribers so far.
@@ -209,11 +209,7 @@ public final class EventBus: Sendable {
             let start = bus.state.withLock { s in s.sequencer.map { ($0.gapsToRecheck, $0.horizon) } }
             if let (gaps, horizon) = start {
                 bus.catchUpRowCount.store(0, ordering: .relaxed)
-                if !gaps.isEmpty {
-                    try catchUp(session, from: gaps.first!.lowerBound - 1) { after in
-                        EventQueries.inGaps(gaps, after: after, limit: bus.options.pageSize)
-                    }
-                }
+                try readGaps(session, gaps)
                 try catchUp(session, from: horizon) { after in
                     EventQueries.page(after: after, upTo: nil, topics: nil, limit: bus.options.pageSize)
                 }
@@ -243,18 +239,23 @@ public final class EventBus: Sendable {
             for continuation in ready { continuation.resume() }
         }
 
+        /// Reads the rows that appeared in `gaps` (given-up ranges, in order), by range.
+        private func readGaps(_ session: ListenerSession, _ gaps: [ClosedRange<Int64>]) throws {
+            guard let first = gaps.first else { return }
+            try catchUp(session, from: first.lowerBound - 1) { after in
+                EventQueries.inGaps(gaps, after: after, limit: bus.options.pageSize)
+            }
+        }
+
         /// Reads pages (`query` after an id) until a short one, feeding the sequencer.
         private func catchUp(_ session: ListenerSession, from: Int64, _ query: (Int64) -> PostgresQuery) throws {
             var after = from
             while true {
                 let events = try session.query(query(after)).map(EventQueries.decode)
                 bus.catchUpRowCount.add(events.count, ordering: .relaxed)
-                let woken = bus.state.withLock { s in
-                    var woken = Handoffs()
+                bus.handingOff { s, woken in
                     for event in events { Self.receive(event, into: &s, limit: bus.options.bufferLimit, &woken) }
-                    return woken
                 }
-                woken.resume(bus.metrics)
                 after = events.last?.id ?? after
                 if events.count < bus.options.pageSize { return }
             }
@@ -270,17 +271,13 @@ public final class EventBus: Sendable {
             guard let event = try parsed.event ?? session.query(EventQueries.byID(parsed.id)).first.map(EventQueries.decode) else {
                 return
             }
-            let woken = bus.state.withLock { s in
-                var woken = Handoffs()
+            bus.handingOff { s, woken in
                 if s.sequencer != nil { Self.receive(event, into: &s, limit: bus.options.bufferLimit, &woken) }
-                return woken
             }
-            woken.resume(bus.metrics)
         }
 
         func tick(_ session: ListenerSession) throws {
-            let (woken, checkDue) = bus.state.withLock { s in
-                var woken = Handoffs()
+            let checkDue = bus.handingOff { s, woken in
                 if s.sequencer?.nextDeadline != nil {
                     Self.dispatch(s.sequencer!.tick(now: .now), late: false, to: s, limit: bus.options.bufferLimit, &woken)
                 }
@@ -289,10 +286,8 @@ public final class EventBus: Sendable {
                     s.reportedGaps = gaps
                     bus.metrics.eventGaps.record(gaps)
                 }
-                let due = gaps > 0 && s.lastGapCheck.map { $0.duration(to: .now) >= bus.options.gapCheckInterval } ?? true
-                return (woken, due)
+                return gaps > 0 && s.lastGapCheck.map { $0.duration(to: .now) >= bus.options.gapCheckInterval } ?? true
             }
-            woken.resume(bus.metrics)
             if checkDue { try checkGaps(session) }
         }
 
@@ -315,10 +310,8 @@ public final class EventBus: Sendable {
                 s.gapChecks.removeSubrange(...done)
                 return (through, s.sequencer!.gapsToRecheck.filter { $0.upperBound <= through })
             }
-            guard let settled, let first = settled.gaps.first else { return }
-            try catchUp(session, from: first.lowerBound - 1) { after in
-                EventQueries.inGaps(settled.gaps, after: after, limit: bus.options.pageSize)
-            }
+            guard let settled, !settled.gaps.isEmpty else { return }
+            try readGaps(session, settled.gaps)
             bus.state.withLock { $0.sequencer!.forgetGaps(through: settled.through) }
         }
 
@@ -342,6 +335,18 @@ public final class EventBus: Sendable {
                 }
             }
         }
+    }
+
+    /// Runs `body` under the bus's lock; the subscribers it wakes (collected in its
+    /// `Handoffs`) are resumed, and its late events counted, once the lock is released.
+    private func handingOff<T: Sendable>(_ body: @Sendable (inout State, inout Handoffs) -> T) -> T {
+        let (result, woken) = state.withLock { s in
+            var woken = Handoffs()
+            let result = body(&s, &woken)
+            return (result, woken)
+        }
+        woken.resume(metrics)
+        return result
     }
 
     /// Subscribers to resume with an event, collected under the bus's lock (and the late
