@@ -366,10 +366,16 @@ struct EventBusTests {
         #expect(joined.first?.payload.contains("\"node_name\": \"n2\"") == true)
         // The leader hands over: the follower's own bus delivers the resignation, then the new election.
         #expect(await eventually { await second.eventBus != nil })
-        let sub2 = try await (try #require(await second.eventBus)).subscribe(topics: ["leader.resigned", "leader.elected"])
+        let secondBus = try #require(await second.eventBus)
+        let sub2 = try await secondBus.subscribe(topics: ["leader.resigned", "leader.elected"])
+        let left = try await secondBus.subscribe(topics: ["instance.left"])
         await node.shutdown()
         let handover = try await collect(sub2, count: 2)
         #expect(handover.map(\.topic) == ["leader.resigned", "leader.elected"])
+        // The node that shut down says so as it deletes its row.
+        let gone = try await collect(left, count: 1)
+        #expect(gone.first?.payload.contains("\"node_name\": \"n1\"") == true)
+        #expect(gone.first?.publisher == node.instanceID)
         await cluster.stopAll()
     }
 

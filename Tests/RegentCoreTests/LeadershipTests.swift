@@ -199,6 +199,15 @@ struct LeadershipTests {
         #expect(try audit.decode("term", as: Int64.self) == status.term)
         let leaderID = try #require(status.leader?.instanceID)
         #expect(try audit.decode("actor", as: String.self) == "instance:\(leaderID.uuidString.lowercased())")
+        // …and announces it on the bus, once, naming the node and the term, published by the leader.
+        let swept = try await admin.query(
+            """
+            SELECT payload->>'node_name' AS node, (payload->>'term')::bigint AS term, publisher::text AS publisher
+            FROM engine.events WHERE topic = 'instance.swept' AND payload->>'instance_id' = \(ghost.uuidString.lowercased())
+            """).single()
+        #expect(try swept.decode("node", as: String.self) == "ghost")
+        #expect(try swept.decode("term", as: Int64.self) == status.term)
+        #expect(try swept.decode("publisher", as: String.self) == leaderID.uuidString.lowercased())
         await pool.shutdown()
         await admin.close()
         await cluster.stopAll()
