@@ -79,6 +79,21 @@ extension TestClientProtocol {
     }
 }
 
+extension TestClientProtocol {
+    /// `GET /v1/leader` until the answer says this node leads (at most 10 s), and that answer.
+    /// The fixture's node leads, but on a loaded machine its 1 s test lease can lapse: it steps
+    /// down for a moment and is elected again, and a single request could land in between.
+    func leaderOnceLeading(token: String) async throws -> (TestResponse, [String: Any]) {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while true {
+            let response = try await call(.get, "/v1/leader", token: token)
+            let doc = try object(response.body)
+            if doc["self_is_leader"] as? Bool == true || ContinuousClock.now >= deadline { return (response, doc) }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+}
+
 /// Counts rows of a table (for "nothing changed" checks).
 func count(_ pool: ConnectionPool, _ table: String) async throws -> Int64 {
     try await pool.query(PostgresQuery(unsafeSQL: "SELECT count(*) AS n FROM \(table)")).single().decode("n")
