@@ -264,5 +264,45 @@ struct LateEventTests {
         await slow.close()
         await running.stop()
     }
-}
 
+    /// A transaction can take an event id and only write (and so get a transaction id) much
+    /// later: here the INSERT waits on an advisory lock between its `nextval` and its row,
+    /// as a slow `BEFORE INSERT` trigger would. Its gap must stay until the transaction ends,
+    /// however many gap checks pass meanwhile, and then the row is delivered.
+    @Test func anIDTakenLongBeforeItsRowIsWrittenKeepsItsGap() async throws {
+        let config = try await migratedDatabase()
+        let running = await RunningBus(config, options: Self.options(gapCheckInterval: .milliseconds(100)))
+        let watch = try await running.bus.subscribe()
+        let pub = try await PostgresConnection.connect(config)
+        let slow = try await PostgresConnection.connect(config)
+        let gate = try await PostgresConnection.connect(config)
+        try await gate.query("SELECT pg_advisory_lock(4242)")
+        let insert = Task {
+            try await slow.query(
+                """
+                INSERT INTO engine.events (id, topic, payload)
+                SELECT a.id, 'late', '{"e":"t"}'::jsonb
+                FROM (SELECT nextval('engine.events_id_seq') AS id) AS a, LATERAL pg_advisory_xact_lock(4242 + 0 * a.id) AS w
+                """)
+        }
+        // The INSERT has taken its id and waits for the gate, with no transaction id yet.
+        #expect(await eventually {
+            try await gate.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").count == 1
+        })
+        let c = try await Self.publish("c", on: pub)
+        let t = c - 1
+        #expect(try await collect(watch, count: 1).map(\.id) == [c])
+        #expect(await eventually { running.bus.givenUpGaps == [t...t] })
+        try await Task.sleep(for: .milliseconds(600))  // several gap checks
+        #expect(running.bus.givenUpGaps == [t...t])
+        try await gate.query("SELECT pg_advisory_unlock(4242)")
+        try await insert.value
+        // Committed without a notification: the last look at its gap finds it.
+        #expect(try await collect(watch, count: 1).map(\.id) == [t])
+        #expect(await eventually { running.bus.givenUpGaps.isEmpty })
+        await gate.close()
+        await pub.close()
+        await slow.close()
+        await running.stop()
+    }
+}

@@ -52,9 +52,9 @@ public final class EventBus: Sendable {
         var caughtUp = false
         var listenerPID: Int32?
         var ready: [CheckedContinuation<Void, Never>] = []
-        /// Gap checks not yet settled, oldest first: PostgreSQL's next transaction id then
-        /// (`xmax`) and the sequencer's horizon then.
-        var gapChecks: [(xmax: Int64, horizon: Int64)] = []
+        /// Gap checks not yet settled, oldest first: the transactions writing to the outbox
+        /// then, and the sequencer's horizon then.
+        var gapChecks: [(writers: Set<String>, horizon: Int64)] = []
         var lastGapCheck: ContinuousClock.Instant?
         /// The gap count last given to the `regent_event_gaps` gauge.
         var reportedGaps = 0
@@ -291,21 +291,22 @@ public final class EventBus: Sendable {
             if checkDue { try checkGaps(session) }
         }
 
-        /// Forgets the given-up gaps that nothing can fill any more. A gap's id was taken by
-        /// a transaction that had (or, within the same INSERT, was about to get) a transaction
-        /// id below PostgreSQL's next one at the first check after the gap was given up. Once
-        /// the oldest running transaction id has passed that mark, every such transaction has
-        /// ended: the gaps given up before that check are read one last time (a row that
-        /// committed there is released late, even if its notification never came) and then
-        /// forgotten. Rolled-back publishes thus stop costing memory and catch-up reads.
+        /// Forgets the given-up gaps that nothing can fill any more. A gap's id was taken
+        /// before the gap was given up, by a transaction that has held a write lock on
+        /// `engine.events` since before it took the id and holds it until it ends. So the
+        /// transactions that can still fill the gaps given up before a check are among the
+        /// writers seen at that check; once none of those is writing any more, the gaps are
+        /// read one last time (a row that committed there is released late, even if its
+        /// notification never came) and forgotten. Rolled-back publishes thus stop costing
+        /// memory and catch-up reads. (The writers set of a later check holds every writer
+        /// of an earlier one still running, so settling a check settles those before it.)
         private func checkGaps(_ session: ListenerSession) throws {
-            let row = try session.query(EventQueries.transactionHorizon).single()
-            let (xmin, xmax) = (try row.decode("xmin", as: Int64.self), try row.decode("xmax", as: Int64.self))
+            let writers = Set(try session.query(EventQueries.eventWriters).map { try $0.decode("vxid", as: String.self) })
             let settled = bus.state.withLock { s -> (through: Int64, gaps: [ClosedRange<Int64>])? in
                 s.lastGapCheck = .now
                 // (A check at the same horizon as the last one would settle nothing more.)
-                if s.gapChecks.last?.horizon != s.sequencer!.horizon { s.gapChecks.append((xmax, s.sequencer!.horizon)) }
-                guard let done = s.gapChecks.lastIndex(where: { $0.xmax <= xmin }) else { return nil }
+                if s.gapChecks.last?.horizon != s.sequencer!.horizon { s.gapChecks.append((writers, s.sequencer!.horizon)) }
+                guard let done = s.gapChecks.lastIndex(where: { $0.writers.isDisjoint(with: writers) }) else { return nil }
                 let through = s.gapChecks[done].horizon
                 s.gapChecks.removeSubrange(...done)
                 return (through, s.sequencer!.gapsToRecheck.filter { $0.upperBound <= through })

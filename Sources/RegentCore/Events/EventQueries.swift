@@ -45,10 +45,15 @@ enum EventQueries {
         ORDER BY lo
         """
     }
-    /// The oldest transaction id still running (`xmin`) and the next one to be assigned (`xmax`).
-    static let transactionHorizon: PostgresQuery = """
-        SELECT pg_snapshot_xmin(s)::text::bigint AS xmin, pg_snapshot_xmax(s)::text::bigint AS xmax
-        FROM pg_current_snapshot() AS s
+    /// The transactions (virtual transaction ids, one row each) that hold a write lock on
+    /// `engine.events`. A transaction takes that lock before it can take an event id (an
+    /// INSERT or COPY locks its table before evaluating the id's default, a prepared one
+    /// before it runs) and keeps it until it ends, when its commit is already visible.
+    static let eventWriters: PostgresQuery = """
+        SELECT DISTINCT virtualtransaction AS vxid FROM pg_locks
+        WHERE locktype = 'relation' AND mode = 'RowExclusiveLock'
+          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND relation = 'engine.events'::regclass
         """
     static let prunedThrough: PostgresQuery = "SELECT pruned_through FROM engine.event_retention WHERE id = 1"
 
