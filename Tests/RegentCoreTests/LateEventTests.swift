@@ -11,8 +11,9 @@ import Testing
 @Suite("Late events and paging subscriptions")
 struct LateEventTests {
     /// A short gap timeout, so that tests do not wait long for ids to be given up.
-    /// (Gap checks are off unless a test turns them on: they would find the rows these
-    /// tests leave for a catch-up or a page to find.)
+    /// (Gap checks are off unless a test turns them on: the first comes an interval after
+    /// the listener connects, and they would find the rows these tests leave for a catch-up
+    /// or a page to find.)
     static func options(bufferLimit: Int = 1024, pageSize: Int = 500, gapCheckInterval: Duration = .seconds(3600)) -> EventBus.Options {
         var options = EventBus.Options()
         options.gapCheckInterval = gapCheckInterval
@@ -303,6 +304,37 @@ struct LateEventTests {
         await gate.close()
         await pub.close()
         await slow.close()
+        await running.stop()
+    }
+
+    /// A catch-up looks into the given-up gaps a few hundred at a time; every one of them is
+    /// read, the first and the last of each batch included.
+    @Test func aCatchUpReadsEveryGapHoweverMany() async throws {
+        let config = try await migratedDatabase()
+        let running = await RunningBus(config, options: Self.options())
+        let watch = try await running.bus.subscribe()
+        let pub = try await PostgresConnection.connect(config)
+        let count = EventBus.gapsPerRead + 44
+        let withRows: Set = [0, EventBus.gapsPerRead - 1, EventBus.gapsPerRead, count - 1]
+        var announced: [Int64] = []
+        var unannounced: [Int64] = []
+        for i in 0..<count {
+            if withRows.contains(i) {
+                // Committed without a notification: the listener knows it only as a gap.
+                unannounced.append(try await pub.query(#"INSERT INTO engine.events (topic, payload) VALUES ('late', '{"e":"t"}') RETURNING id"#)
+                    .single().decode("id", as: Int64.self))
+            } else {
+                try await Self.rollBackAPublish(on: pub)
+            }
+            announced.append(try await Self.publish("\(i)", on: pub))
+        }
+        #expect(try await collect(watch, count: count).map(\.id) == announced)
+        #expect(running.bus.givenUpGaps.count == count)
+        running.bus.abortListener()
+        #expect(try await collect(watch, count: withRows.count).map(\.id) == unannounced)
+        #expect(running.bus.rowsReadSinceConnected == withRows.count)
+        #expect(running.bus.givenUpGaps.count == count - withRows.count)
+        await pub.close()
         await running.stop()
     }
 }

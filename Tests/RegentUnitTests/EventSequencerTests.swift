@@ -95,5 +95,20 @@ struct EventSequencerTests {
         #expect(s.receive(e(9), now: t0).isEmpty)
         #expect(s.receive(e(15), now: t0).map(\.id) == [15])
     }
-}
 
+    @Test func pastItsMemoryTheSequencerForgetsItsOldestGapsOnly() {
+        let limit = EventSequencer<TestInstant>.gapMemory
+        var s = EventSequencer<TestInstant>(horizon: 0, gapTimeout: .milliseconds(1))
+        // Every odd id is missing: two gaps more than it remembers.
+        for id in stride(from: Int64(2), through: Int64(2 * (limit + 2)), by: 2) {
+            _ = s.receive(e(id), now: t0)
+            _ = s.tick(now: t0.advanced(by: .milliseconds(1)))
+        }
+        #expect(s.gapsToRecheck.count == limit)
+        #expect(!s.awaitsLateRelease(1) && !s.awaitsLateRelease(3))
+        #expect(s.awaitsLateRelease(5) && s.awaitsLateRelease(Int64(2 * (limit + 2) - 1)))
+        // The remembered ones still come late; the forgotten ones are taken for duplicates.
+        #expect(s.receive(e(5), now: t0).map(\.id) == [5])
+        #expect(s.receive(e(3), now: t0).isEmpty)
+    }
+}

@@ -23,7 +23,8 @@ public final class EventBus: Sendable {
         public var pageSize: Int = 500
         /// How often the listener asks PostgreSQL whether the transactions that could still
         /// fill a given-up gap have all ended; then it reads those gaps one last time and
-        /// forgets them (see `checkGaps`).
+        /// forgets them (see `checkGaps`). The first check comes an interval after the listener
+        /// connects.
         public var gapCheckInterval: Duration = .seconds(1)
         public init() {}
     }
@@ -41,6 +42,8 @@ public final class EventBus: Sendable {
     /// How many ids below the highest one a starting bus checks for gaps (transactions in
     /// flight before it started, which may commit later).
     static let startGapWindow = 10_000
+    /// How many gaps one catch-up query looks into.
+    static let gapsPerRead = 256
 
     private struct State: ~Copyable {
         var sequencer: EventSequencer<ContinuousClock.Instant>?
@@ -233,6 +236,7 @@ public final class EventBus: Sendable {
             let ready = bus.state.withLock { s -> [CheckedContinuation<Void, Never>] in
                 s.caughtUp = true
                 s.listenerPID = session.backendPID
+                s.lastGapCheck = .now  // the catch-up just read the gaps: the next look is an interval away
                 defer { s.ready.removeAll() }
                 return s.ready
             }
@@ -241,9 +245,14 @@ public final class EventBus: Sendable {
 
         /// Reads the rows that appeared in `gaps` (given-up ranges, in order), by range.
         private func readGaps(_ session: ListenerSession, _ gaps: [ClosedRange<Int64>]) throws {
-            guard let first = gaps.first else { return }
-            try catchUp(session, from: first.lowerBound - 1) { after in
-                EventQueries.inGaps(gaps, after: after, limit: bus.options.pageSize)
+            // A few hundred gaps a query: each page probes every gap it is given.
+            var rest = gaps[...]
+            while !rest.isEmpty {
+                let chunk = Array(rest.prefix(EventBus.gapsPerRead))
+                rest = rest.dropFirst(chunk.count)
+                try catchUp(session, from: chunk[0].lowerBound - 1) { after in
+                    EventQueries.inGaps(chunk, after: after, limit: bus.options.pageSize)
+                }
             }
         }
 
@@ -286,7 +295,7 @@ public final class EventBus: Sendable {
                     s.reportedGaps = gaps
                     bus.metrics.eventGaps.record(gaps)
                 }
-                return gaps > 0 && s.lastGapCheck.map { $0.duration(to: .now) >= bus.options.gapCheckInterval } ?? true
+                return gaps > 0 && s.lastGapCheck.map { $0.duration(to: .now) >= bus.options.gapCheckInterval } ?? false
             }
             if checkDue { try checkGaps(session) }
         }

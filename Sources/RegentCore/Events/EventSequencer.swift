@@ -16,8 +16,12 @@ public struct EventSequencer<Instant: InstantProtocol>: Sendable where Instant.D
     private var pending: [Int64: (event: Event, arrived: Instant)] = [:]
     private var givenUp: [ClosedRange<Int64>] = []
     private var lateReleased: Set<Int64> = []
-    /// How many given-up ranges, and late untracked ids, are remembered.
-    let memory = 4096
+    /// How many given-up ranges are remembered (16 bytes each: 1 MiB at most). Gap checks
+    /// forget dead ones within seconds, so this fills only while one transaction writing to
+    /// the outbox stays open for as long as that many gaps take to appear.
+    static var gapMemory: Int { 65_536 }
+    /// How many late ids from below `untrackedThrough` are remembered (to drop their copies).
+    static var lateMemory: Int { 4096 }
 
     /// Starts at `horizon` (the highest committed id). `gaps`: the ids in (`checkedFrom`,
     /// `horizon`] that were missing then (in order, disjoint): rolled back, or taken by
@@ -29,7 +33,7 @@ public struct EventSequencer<Instant: InstantProtocol>: Sendable where Instant.D
         let checked = min(checkedFrom ?? horizon, horizon)
         self.untrackedThrough = checked
         self.gapTimeout = gapTimeout
-        self.givenUp = Array(gaps.filter { $0.lowerBound > checked && $0.upperBound <= horizon }.suffix(memory))
+        self.givenUp = Array(gaps.filter { $0.lowerBound > checked && $0.upperBound <= horizon }.suffix(Self.gapMemory))
     }
 
     public var pendingCount: Int { pending.count }
@@ -55,7 +59,7 @@ public struct EventSequencer<Instant: InstantProtocol>: Sendable where Instant.D
             // the first time. Any other id here was released already.
             guard event.id <= untrackedThrough, !lateReleased.contains(event.id) else { return [] }  // a duplicate
             lateReleased.insert(event.id)
-            if lateReleased.count > memory { lateReleased.remove(lateReleased.min()!) }
+            if lateReleased.count > Self.lateMemory { lateReleased.remove(lateReleased.min()!) }
             return [event]
         }
         if pending[event.id] == nil { pending[event.id] = (event, now) }
@@ -104,7 +108,7 @@ public struct EventSequencer<Instant: InstantProtocol>: Sendable where Instant.D
             // Ids horizon+1 ..< lowest are missing; they have been since `lowest` arrived at the latest.
             guard pending[lowest]!.arrived.duration(to: now) >= gapTimeout else { break }
             givenUp.append((horizon + 1)...(lowest - 1))
-            if givenUp.count > memory { givenUp.removeFirst() }
+            if givenUp.count > Self.gapMemory { givenUp.removeFirst() }
             horizon = lowest - 1
         }
         return out
