@@ -32,7 +32,13 @@ struct LateEventTests {
     /// catches up after a reconnect. Returns its id; the caller commits.
     static func beginUnannouncedRow(on conn: PostgresConnection) async throws -> Int64 {
         try await conn.query("BEGIN")
-        return try await conn.query(#"INSERT INTO engine.events (topic, payload) VALUES ('late', '{"e":"t"}') RETURNING id"#).single()
+        return try await insertUnannouncedRow(on: conn)
+    }
+
+    /// Inserts an event without NOTIFY, in whatever transaction `conn` is in (committed at
+    /// once if none): the listener knows its id only as a gap. Returns its id.
+    static func insertUnannouncedRow(on conn: PostgresConnection) async throws -> Int64 {
+        try await conn.query(#"INSERT INTO engine.events (topic, payload) VALUES ('late', '{"e":"t"}') RETURNING id"#).single()
             .decode("id", as: Int64.self)
     }
 
@@ -321,8 +327,7 @@ struct LateEventTests {
         for i in 0..<count {
             if withRows.contains(i) {
                 // Committed without a notification: the listener knows it only as a gap.
-                unannounced.append(try await pub.query(#"INSERT INTO engine.events (topic, payload) VALUES ('late', '{"e":"t"}') RETURNING id"#)
-                    .single().decode("id", as: Int64.self))
+                unannounced.append(try await Self.insertUnannouncedRow(on: pub))
             } else {
                 try await Self.rollBackAPublish(on: pub)
             }
