@@ -58,7 +58,8 @@ public final class EventBus: Sendable {
         /// Gap checks not yet settled, oldest first: the transactions writing to the outbox
         /// then, and the sequencer's horizon then.
         var gapChecks: [(writers: Set<String>, horizon: Int64)] = []
-        var lastGapCheck: ContinuousClock.Instant?
+        /// When the gaps were last looked at (a gap check, or the catch-up on connecting).
+        var lastGapCheck = ContinuousClock.now
         /// The gap count last given to the `regent_event_gaps` gauge.
         var reportedGaps = 0
     }
@@ -295,7 +296,7 @@ public final class EventBus: Sendable {
                     s.reportedGaps = gaps
                     bus.metrics.eventGaps.record(gaps)
                 }
-                return gaps > 0 && s.lastGapCheck.map { $0.duration(to: .now) >= bus.options.gapCheckInterval } ?? false
+                return gaps > 0 && s.lastGapCheck.duration(to: .now) >= bus.options.gapCheckInterval
             }
             if checkDue { try checkGaps(session) }
         }
