@@ -18,4 +18,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+# Optional: PgBouncer for the pooler tests (they skip with a printed reason without it).
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing: pgbouncer (for the pooler tests)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -qq --no-install-recommends pgbouncer >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends pgbouncer >/dev/null; }; } \
+      || echo "pgbouncer could not be installed; the pooler tests will be skipped" >&2
+    # The package enables a system service on port 6432 we do not use.
+    { systemctl disable --now pgbouncer >/dev/null 2>&1 || service pgbouncer stop >/dev/null 2>&1; } || true
+  else
+    echo "pgbouncer is not installed; the pooler tests will be skipped (sudo apt-get install -y pgbouncer)" >&2
+  fi
+fi
 command -v swift >/dev/null 2>&1 || { echo "swift is not on PATH (expected /opt/swift/usr/bin)" >&2; exit 1; }

@@ -5,9 +5,18 @@ import Foundation
 /// owner of the `PGconn` (a connection's serial queue or a listener's thread).
 enum LibPQ {
     /// Session settings every connection starts with: ISO dates (the row decoder relies on them).
-    static let sessionSetup = "SET DateStyle TO ISO, YMD"
+    /// Run once per session: the date style our decoders read, then the session's process id
+    /// as the server reports it (`PQbackendPID()` is what the client was told at startup, which a
+    /// pooler such as PgBouncer fakes; `pg_locks.pid` and `pg_terminate_backend` use the real one).
+    static let sessionSetup = "SET DateStyle TO ISO, YMD; SELECT pg_backend_pid()"
 
-    static func connect(_ config: ConnectionConfiguration) throws(PostgresError) -> OpaquePointer {
+    /// A connected session and its server-side process id.
+    struct Session {
+        let conn: OpaquePointer
+        let serverPID: Int32
+    }
+
+    static func connect(_ config: ConnectionConfiguration) throws(PostgresError) -> Session {
         let pairs = config.keywordValues
         let keys = pairs.map { strdup($0.0) }
         let values = pairs.map { strdup($0.1) }
@@ -29,12 +38,39 @@ enum LibPQ {
         }
         PQsetNoticeProcessor(conn, { _, _ in }, nil)  // NOTICEs (e.g. IF NOT EXISTS) are not errors
         do {
-            _ = try execScript(conn, sessionSetup)
+            let rows = try execScript(conn, sessionSetup)
+            return Session(conn: conn, serverPID: try rows.single().decode(at: 0, as: Int32.self))
         } catch {
             PQfinish(conn)
             throw error
         }
-        return conn
+    }
+
+    /// Checks that this client connection is one server session for its whole life, as a
+    /// session advisory lock and LISTEN need. A transaction- or statement-mode pooler hands
+    /// each transaction to whichever server connection is free, and hands a connection that
+    /// one client left idle to the next client: so (1) a session setting must survive into the
+    /// next statement on the same server process, and (2) a second client connection opened
+    /// now must not land on the server process this one was given (a pooler reuses its most
+    /// recently freed server connection first). Direct connections and session pooling pass.
+    static func verifySessionPinned(_ session: Session, config: ConnectionConfiguration) throws(PostgresError) {
+        let conn = session.conn
+        let marker = "\(UInt64.random(in: 1...UInt64.max))"
+        _ = try execScript(conn, "SELECT set_config('regent.session_probe', '\(marker)', false)")
+        let row = try execScript(conn, "SELECT current_setting('regent.session_probe', true), pg_backend_pid()").single()
+        let seen = try row.decodeOptional(at: 0, as: String.self)
+        let pid = try row.decode(at: 1, as: Int32.self)
+        var other: Session?
+        if seen == marker, pid == session.serverPID {
+            other = try connect(config)
+        }
+        defer { if let other { PQfinish(other.conn) } }
+        guard seen == marker, pid == session.serverPID, other?.serverPID != session.serverPID else {
+            throw PostgresError(
+                .sessionNotPinned,
+                "the connection to \(config.endpoint) does not keep one server session: statements ran on server processes \(session.serverPID) and \(other?.serverPID ?? pid) (a session setting \(seen == marker ? "survived" : "was lost")); a transaction- or statement-mode pooler (PgBouncer pool_mode=transaction) is in between",
+                hint: "point --database-url at PostgreSQL directly or at a pooler in session mode (pool_mode=session); advisory locks and LISTEN need one session")
+        }
     }
 
     static func errorMessage(_ conn: OpaquePointer) -> String {

@@ -32,7 +32,8 @@ public final class PostgresConnection: @unchecked Sendable {
     private nonisolated(unsafe) var pgconn: OpaquePointer?
     private let shared: Mutex<Shared>
     public let configuration: ConnectionConfiguration
-    /// The server process id of this session (`pg_backend_pid()`).
+    /// The server process id of this session, read with `pg_backend_pid()` at connect (never
+    /// `PQbackendPID()`, which a pooler fakes).
     public let backendPID: Int32
 
     struct Shared: Sendable {
@@ -66,11 +67,12 @@ public final class PostgresConnection: @unchecked Sendable {
         }
     }
 
-    private init(conn: OpaquePointer, configuration: ConnectionConfiguration, queue: DispatchQueue) {
+    private init(session: LibPQ.Session, configuration: ConnectionConfiguration, queue: DispatchQueue) {
+        let conn = session.conn
         self.pgconn = conn
         self.queue = queue
         self.configuration = configuration
-        self.backendPID = PQbackendPID(conn)
+        self.backendPID = session.serverPID
         self.shared = Mutex(Shared(socketFD: PQsocket(conn), canceller: Canceller(conn)))
     }
 
@@ -79,13 +81,23 @@ public final class PostgresConnection: @unchecked Sendable {
     }
 
     /// Opens a session; errors name the host and port and carry libpq's reason.
-    public static func connect(_ configuration: ConnectionConfiguration) async throws -> PostgresConnection {
+    ///
+    /// With `requireSession`, the connection must be one server session for its life (a
+    /// session advisory lock needs that): a transaction-mode pooler in between is refused
+    /// with ``PostgresError/Code/sessionNotPinned``.
+    public static func connect(_ configuration: ConnectionConfiguration, requireSession: Bool = false) async throws -> PostgresConnection {
         let queue = DispatchQueue(label: "regent.pg.connection")
         return try await withCheckedThrowingContinuation { cont in
             queue.async {
                 do {
-                    let conn = try LibPQ.connect(configuration)
-                    cont.resume(returning: PostgresConnection(conn: conn, configuration: configuration, queue: queue))
+                    let session = try LibPQ.connect(configuration)
+                    if requireSession {
+                        do { try LibPQ.verifySessionPinned(session, config: configuration) } catch {
+                            PQfinish(session.conn)
+                            throw error
+                        }
+                    }
+                    cont.resume(returning: PostgresConnection(session: session, configuration: configuration, queue: queue))
                 } catch {
                     cont.resume(throwing: error)
                 }

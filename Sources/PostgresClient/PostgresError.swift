@@ -18,6 +18,7 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible, CustomDeb
             case poolClosed
             case protocolViolation
             case cancelled
+            case sessionNotPinned
         }
         let base: Base
         /// The connection settings (URL, keyword string or a parameter) are malformed.
@@ -38,6 +39,10 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible, CustomDeb
         public static let poolClosed = Code(base: .poolClosed)
         /// libpq returned something the client did not expect.
         public static let protocolViolation = Code(base: .protocolViolation)
+        /// Consecutive statements of one client connection did not run on one server session
+        /// (a transaction- or statement-mode pooler sits in between): session locks and LISTEN
+        /// cannot work through it.
+        public static let sessionNotPinned = Code(base: .sessionNotPinned)
         /// The operation was cancelled by its caller.
         public static let cancelled = Code(base: .cancelled)
         public var description: String { base.rawValue }

@@ -95,14 +95,15 @@ public final class PostgresListener: @unchecked Sendable {
         var done: CheckedContinuation<Void, any Error>
     }
 
-    private init(conn: OpaquePointer, pingInterval: Duration, answerTimeout: Duration) throws {
+    private init(session: LibPQ.Session, pingInterval: Duration, answerTimeout: Duration) throws {
+        let conn = session.conn
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw PostgresError(.connectionFailed, "cannot create the listener's wake-up pipe") }
         _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)
         wakeRead = fds[0]
         wakeWrite = fds[1]
         pgconn = conn
-        backendPID = PQbackendPID(conn)
+        backendPID = session.serverPID
         self.pingInterval = pingInterval
         self.answerTimeout = answerTimeout
         (notifications, continuation) = AsyncThrowingStream.makeStream(bufferingPolicy: .unbounded)
@@ -135,14 +136,20 @@ public final class PostgresListener: @unchecked Sendable {
         return try await withCheckedThrowingContinuation { cont in
             queue.async {
                 do {
-                    let conn = try LibPQ.connect(configuration)
+                    let session = try LibPQ.connect(configuration)
+                    let conn = session.conn
+                    // LISTEN is per session: through a transaction-mode pooler it would be lost.
+                    do { try LibPQ.verifySessionPinned(session, config: configuration) } catch {
+                        PQfinish(conn)
+                        throw error
+                    }
                     for channel in channels {
                         do { _ = try Self.exec(conn, "LISTEN \(identifier: channel)", answerTimeout: answerTimeout) } catch {
                             PQfinish(conn)
                             throw error
                         }
                     }
-                    cont.resume(returning: try PostgresListener(conn: conn, pingInterval: pingInterval, answerTimeout: answerTimeout))
+                    cont.resume(returning: try PostgresListener(session: session, pingInterval: pingInterval, answerTimeout: answerTimeout))
                 } catch {
                     cont.resume(throwing: error)
                 }

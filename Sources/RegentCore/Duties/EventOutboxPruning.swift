@@ -8,7 +8,7 @@ public struct EventOutboxPruning: LeaderDuty {
     let pool: ConnectionPool
     let retention: Duration
     let keep: Int
-    let interval: Duration
+    public let interval: Duration
     let batch: Int
     let logger: Logger
 
@@ -30,14 +30,9 @@ public struct EventOutboxPruning: LeaderDuty {
         }
     }
 
-    public func run(fence: LeaderFence) async throws {
-        while !Task.isCancelled {
-            var removed = 0
-            repeat {
-                removed = try await pruneOnce(fence: fence)
-                if removed > 0 { logger.info("pruned events", metadata: ["removed": "\(removed)", "term": "\(fence.term)"]) }
-            } while removed == batch && !Task.isCancelled
-            try await Task.sleep(for: interval)
-        }
+    public func runOnce(fence: LeaderFence) async throws -> Bool {
+        let removed = try await pruneOnce(fence: fence)
+        if removed > 0 { logger.info("pruned events", metadata: ["removed": "\(removed)", "term": "\(fence.term)"]) }
+        return removed == batch
     }
 }

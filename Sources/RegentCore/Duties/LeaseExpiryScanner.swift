@@ -10,17 +10,25 @@ import PostgresClient
 ///
 /// The query walks a partial index of live leases in expiry order, so a page costs what
 /// its expired rows cost, however many unexpired leases exist. A lease is reclaimed only
-/// when `lease_expires_at <= now()` (database time).
+/// when `lease_expires_at <= now()` (database time) **and** a full lease duration of its own
+/// has gone by since `reachableSince` (the later of: the leader's heartbeats succeeding
+/// without a gap, and its election): after an outage or a failover every worker gets one
+/// whole lease duration of reachable database to renew.
 public struct LeaseExpiryScanner: LeaderDuty {
     public let name = "lease-expiry-scanner"
     let pool: ConnectionPool
-    let interval: Duration
+    public let interval: Duration
     let pageSize: Int
     let logger: Logger
     let metrics: RegentMetrics
+    let reachableSince: @Sendable () async -> Date?
 
+    /// `reachableSince` is database time since when this node has reached the database without
+    /// a gap (nil: not now, so nothing is reclaimed).
     public init(pool: ConnectionPool, interval: Duration = .milliseconds(500), pageSize: Int = 1000,
+                reachableSince: @escaping @Sendable () async -> Date? = { .distantPast },
                 metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.duty.lease-scanner")) {
+        self.reachableSince = reachableSince
         self.metrics = metrics
         self.pool = pool
         self.interval = interval
@@ -28,11 +36,12 @@ public struct LeaseExpiryScanner: LeaderDuty {
         self.logger = logger
     }
 
-    static func reclaim(pageSize: Int, leader: UUID, term: Int64) -> PostgresQuery {
+    static func reclaim(pageSize: Int, leader: UUID, term: Int64, since: Date) -> PostgresQuery {
         """
         WITH expired AS (
             SELECT execution_id, attempt_index FROM workflow.attempts
             WHERE state = 'leased' AND lease_expires_at <= now()
+              AND now() >= \(since)::timestamptz + COALESCE(lease_ms * interval '1 millisecond', lease_expires_at - started_at)
             ORDER BY lease_expires_at, execution_id
             LIMIT \(pageSize) FOR UPDATE SKIP LOCKED
         ), ended AS (
@@ -73,26 +82,26 @@ public struct LeaseExpiryScanner: LeaderDuty {
 
     /// One page; all zero while the tables do not exist.
     public func reclaimOnce(fence: LeaderFence) async throws -> Page {
-        guard try await WorkflowSchema.isPresent(pool) else {
+        guard let healthy = await reachableSince(), try await WorkflowSchema.isPresent(pool) else {
             return Page(expired: 0, requeued: 0, deadLettered: 0)
         }
+        let since = max(healthy, fence.electedAt)
         return try await fence.withTransaction(pool) { tx in
-            let row = try await tx.query(Self.reclaim(pageSize: pageSize, leader: fence.instanceID, term: fence.term), purpose: "reclaim expired leases").single()
+            let row = try await tx.query(
+                Self.reclaim(pageSize: pageSize, leader: fence.instanceID, term: fence.term, since: since), purpose: "reclaim expired leases").single()
             return Page(expired: try row.decode("expired"), requeued: try row.decode("requeued"), deadLettered: try row.decode("dead_lettered"))
         }
     }
 
-    public func run(fence: LeaderFence) async throws {
-        while !Task.isCancelled {
-            let page = try await reclaimOnce(fence: fence)
-            if page.expired > 0 {
-                metrics.leasesReclaimed.increment(by: page.expired)
-                logger.info("reclaimed expired leases", metadata: [
-                    "requeued": "\(page.requeued)", "dead_lettered": "\(page.deadLettered)", "term": "\(fence.term)",
-                ])
-            }
-            // A full page means more are waiting: go on at once.
-            if page.expired < pageSize { try await Task.sleep(for: interval) }
+    public func runOnce(fence: LeaderFence) async throws -> Bool {
+        let page = try await reclaimOnce(fence: fence)
+        if page.expired > 0 {
+            metrics.leasesReclaimed.increment(by: page.expired)
+            logger.info("reclaimed expired leases", metadata: [
+                "requeued": "\(page.requeued)", "dead_lettered": "\(page.deadLettered)", "term": "\(fence.term)",
+            ])
         }
+        // A full page means more are waiting: go on at once.
+        return page.expired == pageSize
     }
 }

@@ -7,7 +7,7 @@ import PostgresClient
 public struct ModuleMigrationDuty: LeaderDuty {
     public let name = "module-migrations"
     let pool: ConnectionPool
-    let interval: Duration
+    public let interval: Duration
     let logger: Logger
 
     public init(pool: ConnectionPool, interval: Duration = .seconds(2), logger: Logger = Logger(label: "regent.duty.migrations")) {
@@ -25,13 +25,11 @@ public struct ModuleMigrationDuty: LeaderDuty {
         }
     }
 
-    public func run(fence: LeaderFence) async throws {
-        while !Task.isCancelled {
-            let ran = try await migrateOnce(fence: fence)
-            if !ran.isEmpty {
-                logger.notice("leader applied module migrations", metadata: ["files": "\(ran.map(\.description))", "term": "\(fence.term)"])
-            }
-            try await Task.sleep(for: interval)
+    public func runOnce(fence: LeaderFence) async throws -> Bool {
+        let ran = try await migrateOnce(fence: fence)
+        if !ran.isEmpty {
+            logger.notice("leader applied module migrations", metadata: ["files": "\(ran.map(\.description))", "term": "\(fence.term)"])
         }
+        return false
     }
 }

@@ -14,7 +14,7 @@ public struct StaleInstanceCleanup: LeaderDuty {
     let pool: ConnectionPool
     let membership: Membership
     let staleAfter: Duration
-    let interval: Duration
+    public let interval: Duration
     let maxPerSweep: Int
     let logger: Logger
     let metrics: RegentMetrics
@@ -66,14 +66,12 @@ public struct StaleInstanceCleanup: LeaderDuty {
         }
     }
 
-    public func run(fence: LeaderFence) async throws {
-        while !Task.isCancelled {
-            let removed = try await sweepOnce(fence: fence)
-            if !removed.isEmpty {
-                metrics.staleInstancesSwept.increment(by: removed.count)
-                logger.notice("swept stale instances", metadata: ["nodes": "\(removed.joined(separator: ","))", "term": "\(fence.term)"])
-            }
-            try await Task.sleep(for: interval)
+    public func runOnce(fence: LeaderFence) async throws -> Bool {
+        let removed = try await sweepOnce(fence: fence)
+        if !removed.isEmpty {
+            metrics.staleInstancesSwept.increment(by: removed.count)
+            logger.notice("swept stale instances", metadata: ["nodes": "\(removed.joined(separator: ","))", "term": "\(fence.term)"])
         }
+        return false
     }
 }

@@ -53,6 +53,12 @@ public struct ElectionStateMachine<Instant: InstantProtocol>: Sendable where Ins
         return false
     }
 
+    /// Until when leadership is trusted (nil unless leading).
+    public var validUntil: Instant? {
+        if case .leading(_, let validUntil) = state { return validUntil }
+        return nil
+    }
+
     public var term: Int64? {
         if case .leading(let term, _) = state { return term }
         return nil

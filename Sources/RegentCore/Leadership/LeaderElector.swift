@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import Logging
 import PostgresClient
+import Synchronization
 
 /// Runs the leadership protocol for one node on a dedicated lock connection.
 ///
@@ -48,6 +49,13 @@ public actor LeaderElector {
     private var stopping = false
     private var resignRequested = false
     private var fence: LeaderFence?
+    private var timelineUnreadableWarned = false
+    /// The server identity read before the election, recorded with the new term.
+    private var pendingTimeline: (String, Int)?
+    /// When the current term was recorded (database time).
+    private var electedAt = Date.distantPast
+    /// The trust window of the current term, shared with its fence.
+    private var trust: LeadershipTrust?
     private var elections = 0
     let metrics: RegentMetrics
     /// When the lock was granted after a wait (someone else held it), else nil.
@@ -92,9 +100,13 @@ public actor LeaderElector {
                 if delay > .zero { _ = await doorbell.wait(upTo: delay) }
                 if stopping { action = machine.shutdownRequested(); continue }
                 do {
-                    lockConnection = try await PostgresConnection.connect(configuration)
+                    // The lock needs one server session for its life: a transaction-mode pooler is refused here.
+                    lockConnection = try await PostgresConnection.connect(configuration, requireSession: true)
                     logger.debug("lock connection open", metadata: ["backend_pid": "\(lockConnection!.backendPID)"])
                     action = machine.connected()
+                } catch let error as PostgresError where error.code == .sessionNotPinned {
+                    action = machine.connectFailed()
+                    logger.error("refusing to lead through this connection", metadata: ["error": "\(error)", "retry_in": "\(action)"])
                 } catch {
                     action = machine.connectFailed()
                     logger.warning("cannot reach the database; retrying", metadata: ["error": "\(error)", "retry_in": "\(action)"])
@@ -121,9 +133,22 @@ public actor LeaderElector {
                 }
             case .recordTerm:
                 guard let conn = lockConnection else { action = machine.connectionLost("no connection"); continue }
+                if let refusal = await timelineRefusal(on: conn) {
+                    logger.critical("refusing to lead on this server", metadata: ["reason": "\(refusal)"])
+                    action = machine.connectionLost("refused to lead: \(refusal)")
+                    await dropConnection()  // releases the lock for a node on the right server
+                    _ = await doorbell.wait(upTo: .seconds(5))
+                    continue
+                }
                 let started = ContinuousClock.now
                 do {
-                    let term = try await recordTerm(on: conn)
+                    let (term, electedAt) = try await recordTerm(on: conn)
+                    self.electedAt = electedAt
+                    if let (systemID, timeline) = pendingTimeline {
+                        pendingTimeline = nil
+                        try await conn.query(
+                            LeadershipQueries.recordTimeline(systemID: systemID, timeline: timeline, term: term), purpose: "record the server's timeline")
+                    }
                     action = machine.termRecorded(term, startedAt: started)
                 } catch {
                     logger.error("won the lock but could not record the term; reconnecting", metadata: ["error": "\(error)"])
@@ -136,7 +161,9 @@ public actor LeaderElector {
                 metrics.elections.increment()
                 metrics.isLeader.record(1)
                 metrics.leaderTerm.record(Double(term))
-                let fence = LeaderFence(term: term, instanceID: instanceID, lockBackendPID: conn.backendPID) { [weak self] reason in
+                let trust = LeadershipTrust(leaseWindow: options.leaseWindow, validUntil: machine.validUntil)
+                self.trust = trust
+                let fence = LeaderFence(term: term, instanceID: instanceID, lockBackendPID: conn.backendPID, trust: trust, electedAt: electedAt) { [weak self] reason in
                     Task { await self?.fenceFailed(reason) }
                 }
                 self.fence = fence
@@ -145,6 +172,8 @@ public actor LeaderElector {
                 action = await lead(conn: conn, term: term)
             case .demote(let reason):
                 let term = fence?.term ?? 0
+                trust?.revoke()
+                trust = nil
                 fence = nil
                 metrics.isLeader.record(0)
                 logger.warning("stepping down as leader", metadata: ["term": "\(term)", "reason": "\(reason)"])
@@ -188,6 +217,7 @@ public actor LeaderElector {
                 guard ok.0 else { return machine.confirmationFailed("this session no longer holds the lock") }
                 guard ok.1 else { return machine.confirmationFailed("another term was recorded") }
                 if let lapsed = machine.confirmationSucceeded(startedAt: started, now: .now) { return lapsed }
+                if let until = machine.validUntil { trust?.extend(to: until) }
             } catch {
                 return machine.confirmationFailed("\(error)")
             }
@@ -195,7 +225,7 @@ public actor LeaderElector {
         }
     }
 
-    private func recordTerm(on conn: PostgresConnection) async throws -> Int64 {
+    private func recordTerm(on conn: PostgresConnection) async throws -> (Int64, Date) {
         let row = try await conn.query(
             LeadershipQueries.recordElection(instance: instanceID, actor: "instance:\(instanceID.uuidString.lowercased())"),
             purpose: "record the new term").single()
@@ -210,7 +240,42 @@ public actor LeaderElector {
             metrics.failover.recordNanoseconds(Int64((seconds * 1e9).rounded()))
             logger.info("took over leadership", metadata: ["term": "\(term)", "leaderless_ms": "\(Int((seconds * 1000).rounded()))"])
         }
-        return term
+        return (term, try row.decode("elected_at", as: Date.self))
+    }
+
+    /// Why this node must not lead on the server its lock session reached, or nil. Refused: a
+    /// server in recovery, or one whose timeline is behind the highest this process or the
+    /// cluster's records have seen for its system identifier (an old primary brought back
+    /// writable after a failover). Records the timeline when it is new.
+    private func timelineRefusal(on conn: PostgresConnection) async -> String? {
+        let row: PostgresRow
+        do {
+            row = try await conn.query(LeadershipQueries.serverTimeline, purpose: "read the server's timeline").single()
+        } catch {
+            if !timelineUnreadableWarned {
+                timelineUnreadableWarned = true
+                logger.warning(
+                    "cannot read the server's system identifier and timeline; an old primary brought back writable will not be noticed (GRANT EXECUTE ON FUNCTION pg_control_system(), pg_control_checkpoint() TO <this role>)",
+                    metadata: ["error": "\(error)"])
+            }
+            return nil
+        }
+        do {
+            if try row.decode("in_recovery", as: Bool.self) { return "the server is in recovery (a standby)" }
+            let systemID = try row.decode("system_id", as: String.self)
+            let timeline = try row.decode("timeline", as: Int.self)
+            let recorded = try row.decodeOptional("highest", as: Int.self) ?? 0
+            let seen = ServerTimelines.highest(systemID)
+            let highest = max(recorded, seen)
+            if timeline < highest {
+                return "server \(systemID) is on timeline \(timeline), behind timeline \(highest) a leader was elected on (\(seen > recorded ? "seen by this process" : "recorded in engine.server_timelines")): this looks like an old primary brought back writable after a failover; fence it or pg_rewind it"
+            }
+            ServerTimelines.saw(systemID, timeline)
+            pendingTimeline = (systemID, timeline)
+        } catch {
+            logger.warning("cannot decode the server's timeline", metadata: ["error": "\(error)"])
+        }
+        return nil
     }
 
     /// Graceful handover: duties off, `leader.resigned` audited and announced, lock released.
@@ -220,6 +285,8 @@ public actor LeaderElector {
             return
         }
         self.fence = nil
+        trust?.revoke()
+        trust = nil
         metrics.isLeader.record(0)
         await hooks.demoted(fence.term, "resigned")
         do {
@@ -287,4 +354,13 @@ func withDeadline<T: Sendable>(
         }
         throw RegentError(.timeout, "no answer before the deadline")
     }
+}
+
+/// The highest timeline this process has seen a leader elected on, per system identifier: a
+/// node that lived through a failover refuses the old primary even when that server's own
+/// tables never saw the new timeline.
+enum ServerTimelines {
+    private static let seen = Mutex<[String: Int]>([:])
+    static func highest(_ systemID: String) -> Int { seen.withLock { $0[systemID] ?? 0 } }
+    static func saw(_ systemID: String, _ timeline: Int) { seen.withLock { $0[systemID] = max($0[systemID] ?? 0, timeline) } }
 }

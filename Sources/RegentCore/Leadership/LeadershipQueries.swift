@@ -40,6 +40,21 @@ public enum LeadershipQueries {
         """
     }
 
+    /// The server's identity and timeline, whether it is in recovery, and the highest timeline
+    /// a leader was ever elected on for this system identifier (NULL before the first).
+    static let serverTimeline: PostgresQuery = """
+        SELECT pg_is_in_recovery() AS in_recovery, s.system_identifier::text AS system_id, c.timeline_id AS timeline,
+               (SELECT max(t.timeline) FROM engine.server_timelines t WHERE t.system_identifier = s.system_identifier::text) AS highest
+        FROM pg_control_system() s, pg_control_checkpoint() c
+        """
+
+    static func recordTimeline(systemID: String, timeline: Int, term: Int64) -> PostgresQuery {
+        """
+        INSERT INTO engine.server_timelines (system_identifier, timeline, first_term)
+        VALUES (\(systemID), \(timeline), \(term)) ON CONFLICT DO NOTHING
+        """
+    }
+
     static func recordResignation(term: Int64, instance: UUID, actor: String) -> PostgresQuery {
         """
         WITH a AS (
@@ -65,14 +80,15 @@ public enum LeadershipQueries {
 
     /// Run inside a fenced transaction: locks the leadership row (a successor's term bump
     /// waits for this transaction) and checks that our lock session still holds the lock.
-    static func fenceCheck(term: Int64, instance: UUID, lockBackendPID: Int32) -> PostgresQuery {
+    static func fenceCheck(term: Int64, instance: UUID, lockBackendPID: Int32, idleTimeoutMs: Int) -> PostgresQuery {
         PostgresQuery(
             unsafeSQL: """
                 WITH l AS (SELECT term, leader_instance FROM engine.leadership WHERE id = 1 FOR SHARE)
                 SELECT l.term = $1 AND l.leader_instance = $2::uuid AS current,
                        EXISTS (SELECT 1 FROM pg_locks WHERE \(lockHolderFilter) AND pid = $3) AS holds,
-                       l.term AS term
+                       l.term AS term,
+                       set_config('idle_in_transaction_session_timeout', $4::text, true) AS idle_timeout
                 FROM l
-                """, binds: [term.postgresBind, instance.postgresBind, Int(lockBackendPID).postgresBind])
+                """, binds: [term.postgresBind, instance.postgresBind, Int(lockBackendPID).postgresBind, "\(idleTimeoutMs)".postgresBind])
     }
 }

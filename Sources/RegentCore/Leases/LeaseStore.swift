@@ -104,8 +104,8 @@ public struct LeaseStore: Sendable {
             FROM picked WHERE e.execution_id = picked.execution_id
             RETURNING e.execution_id, e.lane, e.attempts, e.lease_epoch, e.payload
         ), attempt AS (
-            INSERT INTO workflow.attempts (execution_id, attempt_index, lease_epoch, worker_instance_id, state, lease_expires_at)
-            SELECT execution_id, attempts, lease_epoch, \(worker.value), 'leased', now() + \(lease)::interval FROM claimed
+            INSERT INTO workflow.attempts (execution_id, attempt_index, lease_epoch, worker_instance_id, state, lease_expires_at, lease_ms)
+            SELECT execution_id, attempts, lease_epoch, \(worker.value), 'leased', now() + \(lease)::interval, \(Int64(lease.milliseconds)) FROM claimed
             RETURNING execution_id, lease_expires_at
         )
         SELECT c.execution_id, c.lane, c.attempts AS attempt_index, c.lease_epoch, c.payload::text AS payload, a.lease_expires_at
@@ -115,9 +115,9 @@ public struct LeaseStore: Sendable {
     }
     static func renew(_ id: UUID, _ epoch: LeaseEpoch, _ lease: Duration) -> PostgresQuery {
         """
-        UPDATE workflow.attempts a SET lease_expires_at = now() + \(lease)::interval
+        UPDATE workflow.attempts a SET lease_expires_at = now() + \(lease)::interval, lease_ms = \(Int64(lease.milliseconds))
         FROM workflow.executions e
-        WHERE a.execution_id = \(id) AND a.lease_epoch = \(epoch.value) AND a.state = 'leased' AND a.lease_expires_at > now()
+        WHERE a.execution_id = \(id) AND a.lease_epoch = \(epoch.value) AND a.state = 'leased'
           AND e.execution_id = a.execution_id AND e.lease_epoch = \(epoch.value) AND e.state = 'running'
         RETURNING a.lease_expires_at
         """

@@ -13,6 +13,9 @@ public actor Membership {
     let logger: Logger
     /// Since when heartbeats have succeeded without a gap (nil while failing).
     public private(set) var healthySince: ContinuousClock.Instant?
+    /// The same instant in database time: the `now()` of the first heartbeat (or join) of the
+    /// current run of successes (nil while failing). Leader duties measure lapses from it.
+    public private(set) var healthySinceDatabase: Date?
     public private(set) var heartbeatFailures = 0
     public private(set) var reinsertions = 0
 
@@ -31,14 +34,16 @@ public actor Membership {
 
     static func insertInstance(_ n: NodeIdentity) -> PostgresQuery {
         """
-        INSERT INTO engine.instances (instance_id, node_name, host, pid, version, modules, http_address)
-        VALUES (\(n.instanceID), \(n.nodeName), \(n.host), \(Int(n.pid)), \(n.version), \(n.modules)::text[], \(n.httpAddress))
+        INSERT INTO engine.instances (instance_id, node_name, host, pid, version, modules, http_address, can_signal_backends)
+        VALUES (\(n.instanceID), \(n.nodeName), \(n.host), \(Int(n.pid)), \(n.version), \(n.modules)::text[], \(n.httpAddress),
+                (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'))
         ON CONFLICT (instance_id) DO UPDATE SET last_heartbeat = now()
         """
     }
     static func heartbeat(_ id: UUID) -> PostgresQuery {
-        "UPDATE engine.instances SET last_heartbeat = now() WHERE instance_id = \(id)"
+        "UPDATE engine.instances SET last_heartbeat = now() WHERE instance_id = \(id) RETURNING now() AS at"
     }
+    static let databaseNow: PostgresQuery = "SELECT now() AS at"
     static func deleteInstance(_ id: UUID) -> PostgresQuery {
         """
         WITH gone AS (DELETE FROM engine.instances WHERE instance_id = \(id) RETURNING instance_id, node_name)
@@ -56,33 +61,54 @@ public actor Membership {
 
     /// Inserts the row (boot).
     public func join() async throws {
-        try await pool.withTransaction { tx in
+        let at = try await pool.withTransaction { tx in
             try await tx.query(Self.insertInstance(identity), purpose: "membership: insert instance row")
             try await tx.query(Self.announceJoin(identity, reinserted: false), purpose: "membership: announce join")
+            return try await tx.query(Self.databaseNow, purpose: "membership: database time").single().decode("at", as: Date.self)
         }
         healthySince = .now
+        healthySinceDatabase = at
+        if try await !canSignalBackends() {
+            logger.warning(
+                "this node's database role is neither superuser nor a member of pg_signal_backend: it can end a frozen leader's session only when that leader runs as a role it belongs to; otherwise failover from a frozen leader waits until PostgreSQL drops the session (GRANT pg_signal_backend TO <role>)")
+        }
         logger.info("joined the cluster", metadata: ["instance_id": "\(identity.instanceID)", "node_name": "\(identity.nodeName)"])
+    }
+
+    static func canSignal(_ id: UUID) -> PostgresQuery {
+        "SELECT COALESCE(can_signal_backends, false) AS can FROM engine.instances WHERE instance_id = \(id)"
+    }
+
+    /// Whether this node's role may end other roles' sessions (as recorded when it joined).
+    public func canSignalBackends() async throws -> Bool {
+        try await pool.query(Self.canSignal(identity.instanceID), purpose: "membership: signal privilege").first?.decode("can", as: Bool.self) ?? false
     }
 
     /// One heartbeat; re-inserts the row if it was swept.
     public func beat() async {
         do {
-            let updated = try await pool.query(Self.heartbeat(identity.instanceID), purpose: "membership: heartbeat").affectedRows
-            if updated == 0 {
+            let rows = try await pool.query(Self.heartbeat(identity.instanceID), purpose: "membership: heartbeat")
+            var at = try rows.first?.decode("at", as: Date.self)
+            if rows.isEmpty {
                 reinsertions += 1
                 logger.error(
                     "this node's instance row was swept while it was alive; re-inserting it (was the database unreachable, or the stale cutoff too short?)",
                     metadata: ["instance_id": "\(identity.instanceID)"])
-                try await pool.withTransaction { tx in
+                at = try await pool.withTransaction { tx in
                     try await tx.query(Self.insertInstance(identity), purpose: "membership: re-insert instance row")
                     try await tx.query(Self.announceJoin(identity, reinserted: true), purpose: "membership: announce re-join")
+                    return try await tx.query(Self.databaseNow, purpose: "membership: database time").single().decode("at", as: Date.self)
                 }
             }
-            if healthySince == nil { healthySince = .now }
+            if healthySince == nil {
+                healthySince = .now
+                healthySinceDatabase = at
+            }
         } catch {
             heartbeatFailures += 1
             metrics.heartbeatFailures.increment()
             healthySince = nil
+            healthySinceDatabase = nil
             logger.warning("heartbeat failed", metadata: ["error": "\(error)"])
         }
     }

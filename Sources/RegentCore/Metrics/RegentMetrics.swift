@@ -44,7 +44,11 @@ public struct RegentMetrics: Sendable {
         public static let failoverSeconds = "regent_failover_seconds"
     }
 
+    /// Where per-duty and other dynamically labelled metrics are created.
+    public let factory: any MetricsFactory
+
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
+        self.factory = factory
         isLeader = Gauge(label: "regent_is_leader", factory: factory)
         leaderTerm = Gauge(label: "regent_leader_term", factory: factory)
         elections = Counter(label: "regent_elections_total", factory: factory)

@@ -34,10 +34,15 @@ public struct NodeConfiguration: Sendable {
     public func validate() throws(RegentError) {
         if let nodeName { try NodeIdentity.validateNodeName(nodeName) }
         if let httpAddress { _ = try Self.parseHTTPAddress(httpAddress) }
-        guard staleAfter > heartbeatInterval * 2 else {
+        guard staleAfter >= heartbeatInterval * 2 else {
             throw RegentError(
                 .invalidInput,
-                "--stale-after (\(staleAfter)) must be more than twice --heartbeat-interval (\(heartbeatInterval)), or live nodes get swept")
+                "--stale-after (\(staleAfter)) must be at least twice --heartbeat-interval (\(heartbeatInterval)), or live nodes get swept and a live leader's session terminated")
+        }
+        guard leaseWindow <= staleAfter else {
+            throw RegentError(
+                .invalidInput,
+                "--lease-window (\(leaseWindow)) must not be longer than --stale-after (\(staleAfter)): a frozen leader's session is ended once its heartbeat is stale-after old, and it must have stopped trusting its leadership by then")
         }
         guard leaseWindow >= heartbeatInterval else {
             throw RegentError(

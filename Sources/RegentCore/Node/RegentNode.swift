@@ -21,6 +21,7 @@ public actor RegentNode {
     private var elector: LeaderElector?
     private var duties: DutyRunner?
     private var bus: EventBus?
+    private var hungLeaderWatch: HungLeaderWatch?
     private var shuttingDown = false
     private let stopped = Doorbell()
 
@@ -46,6 +47,7 @@ public actor RegentNode {
     /// Boots, joins, and runs until `shutdown()`. Returns after a graceful stop.
     public func run() async throws {
         try configuration.validate()
+        try await refuseTransactionPooling()
         let boot = try await bootWithRetry()
         let pool = boot.pool
         self.pool = pool
@@ -61,9 +63,12 @@ public actor RegentNode {
         let migrations = ModuleMigrationDuty(pool: pool)
         let electorBox = ElectorBox()
         let pruning = EventOutboxPruning(pool: pool, retention: configuration.eventRetention)
+        // Worker and lease lapses count only reachable database (see WorkerTTLSweep).
+        let reachableSince: @Sendable () async -> Date? = { await membership.healthySinceDatabase }
         let duties = DutyRunner(duties: [
-            migrations, staleCleanup, pruning, WorkerTTLSweep(pool: pool), LeaseExpiryScanner(pool: pool, metrics: metrics),
-        ]) { [logger] reason in
+            migrations, staleCleanup, pruning, WorkerTTLSweep(pool: pool, reachableSince: reachableSince),
+            LeaseExpiryScanner(pool: pool, reachableSince: reachableSince, metrics: metrics),
+        ], metrics: metrics) { [logger] reason in
             logger.error("a leader duty keeps failing; resigning so another node can try", metadata: ["reason": "\(reason)"])
             _ = await electorBox.elector?.requestResign()
         }
@@ -77,6 +82,10 @@ public actor RegentNode {
             metrics: metrics)
         await electorBox.set(elector)
         self.elector = elector
+        let watch = HungLeaderWatch(
+            instanceID: identity.instanceID, pool: pool, staleAfter: configuration.staleAfter,
+            isHealthy: { await membership.continuouslyHealthy(for: $0) }, isLeader: { await elector.isLeader }, metrics: metrics)
+        self.hungLeaderWatch = watch
         let bus = EventBus(configuration: configuration.database, pool: pool, publisher: identity.instanceID, metrics: metrics)
         self.bus = bus
         logger.notice("node started", metadata: [
@@ -86,6 +95,7 @@ public actor RegentNode {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await membership.run() }
             group.addTask { await elector.run() }
+            group.addTask { await watch.run() }
             group.addTask { [self] in await self.waitForSchemas() }
             group.addTask { await bus.run() }
             // Park here until shutdown() rings.
@@ -108,6 +118,30 @@ public actor RegentNode {
         guard !shuttingDown else { return }
         shuttingDown = true
         await stopped.ring()
+    }
+
+    /// Ends a frozen leader's session when this node is a follower (see ``HungLeaderWatch``).
+    public var frozenLeaderWatch: HungLeaderWatch? { hungLeaderWatch }
+
+    /// The lock session and the listener need one server session each: behind a
+    /// transaction-mode pooler neither can work, so the node refuses to start, saying why.
+    private func refuseTransactionPooling() async throws {
+        var delay = Duration.milliseconds(200)
+        while true {
+            do {
+                let probe = try await PostgresConnection.connect(configuration.database, requireSession: true)
+                await probe.close()
+                return
+            } catch let error as PostgresError where error.code == .sessionNotPinned {
+                logger.critical("refusing to start: the database URL goes through a transaction-mode pooler", metadata: ["error": "\(error)"])
+                throw error
+            } catch {
+                if configuration.failFast || shuttingDown { throw error }
+                logger.warning("cannot reach the database yet; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+                try await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(5))
+            }
+        }
     }
 
     /// Steps down as leader (if leading); another node takes over.

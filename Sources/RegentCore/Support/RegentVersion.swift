@@ -11,4 +11,7 @@ public enum AdvisoryLockKey {
     public static let migrations: Int32 = 1
     /// Held, on a dedicated session, by the leader.
     public static let leadership: Int32 = 2
+    /// Taken (transaction-scoped) by the follower that ends a frozen leader's session, so
+    /// exactly one follower acts.
+    public static let takeover: Int32 = 3
 }

@@ -66,7 +66,7 @@ public struct WorkerRegistry: Sendable {
     static func heartbeat(_ ns: Namespace, _ instance: WorkerInstanceID) -> PostgresQuery {
         """
         UPDATE workflow.workers SET last_heartbeat = now(), expires_at = now() + liveness_ttl_ms * interval '1 millisecond'
-        WHERE namespace = \(ns.value) AND worker_instance_id = \(instance.value) AND NOT dead AND expires_at > now()
+        WHERE namespace = \(ns.value) AND worker_instance_id = \(instance.value) AND NOT dead
         RETURNING expires_at
         """
     }
