@@ -153,7 +153,7 @@ public final class EmbeddedPostgres: Sendable {
         return try ConnectionConfiguration(url(database: name))
     }
 
-    static func freeLoopbackPort() throws(EmbeddedPostgresError) -> Int {
+    public static func freeLoopbackPort() throws(EmbeddedPostgresError) -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw EmbeddedPostgresError("cannot open a socket to find a free port") }
         defer { close(fd) }
@@ -174,7 +174,7 @@ public final class EmbeddedPostgres: Sendable {
     /// Runs a command to its end (through `runuser` when `runAs` is set) and returns its
     /// exit status and output.
     @discardableResult
-    static func run(_ argv: [String], runAs: String?) throws(EmbeddedPostgresError) -> (status: Int32, output: String) {
+    public static func run(_ argv: [String], runAs: String?) throws(EmbeddedPostgresError) -> (status: Int32, output: String) {
         let full = runAs.map { ["runuser", "-u", $0, "--"] + argv } ?? argv
         let outPath = try ChildProcess.temporaryFile(prefix: "regent-cmd")
         defer { unlink(outPath) }

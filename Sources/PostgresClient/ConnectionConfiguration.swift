@@ -96,6 +96,21 @@ public struct ConnectionConfiguration: Sendable, Hashable {
         return copy
     }
 
+    /// A copy that logs in as another user (same server, same database).
+    public func withUser(_ user: String) throws(PostgresError) -> ConnectionConfiguration {
+        var copy = self
+        if conninfo.hasPrefix("postgres://") || conninfo.hasPrefix("postgresql://") {
+            let schemeEnd = conninfo.range(of: "://")!.upperBound
+            var rest = String(conninfo[schemeEnd...])
+            if let at = rest.firstIndex(of: "@"), rest[..<at].firstIndex(of: "/") == nil { rest = String(rest[rest.index(after: at)...]) }
+            copy.conninfo = String(conninfo[..<schemeEnd]) + user + "@" + rest
+        } else {
+            copy.conninfo = conninfo + " user=\(user)"
+        }
+        _ = try ConnectionConfiguration(copy.conninfo)
+        return copy
+    }
+
     static func replacingDatabase(in conninfo: String, with name: String) -> String {
         if conninfo.hasPrefix("postgres://") || conninfo.hasPrefix("postgresql://") {
             let schemeEnd = conninfo.range(of: "://")!.upperBound
