@@ -64,19 +64,19 @@ struct StatusDocumentTests {
         let id = UUID()
         let now = Date(timeIntervalSince1970: 1_763_000_000)
         let status = ClusterStatus(
-            leader: .init(instanceID: id, nodeName: "n1", host: "h", pid: 42, httpAddress: "10.0.0.1:8080", term: 7, electedAt: now, backendPID: 99),
+            leader: .init(instanceID: id, nodeName: "n1", host: "h", pid: 42, httpAddress: "10.0.0.1:8080", term: 7, electedAt: now, backendPID: 99, heartbeatStale: false),
             term: 7,
             instances: [.init(instanceID: id, nodeName: "n1", host: "h", pid: 42, version: "0.1.0", httpAddress: nil, startedAt: now, lastHeartbeat: now,
-                              heartbeatAgeMs: 12, stale: false, isLeader: true)])
+                              heartbeatAgeMs: 12, stale: false, isLeader: true, canSignalBackends: true)])
         let encoder = JSONEncoder()
         encoder.dateEncodingStrategy = .iso8601
         let doc = try #require(try JSONSerialization.jsonObject(with: encoder.encode(status)) as? [String: Any])
         let leader = try #require(doc["leader"] as? [String: Any])
-        #expect(Set(leader.keys) == ["instance_id", "node_name", "host", "pid", "http_address", "term", "elected_at", "backend_pid"])
+        #expect(Set(leader.keys) == ["instance_id", "node_name", "host", "pid", "http_address", "term", "elected_at", "backend_pid", "heartbeat_stale"])
         #expect(leader["instance_id"] as? String == id.uuidString.lowercased())
         let instance = try #require((doc["instances"] as? [[String: Any]])?.first)
         #expect(Set(instance.keys) == ["instance_id", "node_name", "host", "pid", "version", "http_address", "started_at", "last_heartbeat",
-                                        "heartbeat_age_ms", "stale", "is_leader"])
+                                        "heartbeat_age_ms", "stale", "is_leader", "can_signal_backends"])
         #expect(doc["term"] as? Int == 7)
         // And it reads back.
         #expect(try JSONDecoder.iso.decode(ClusterStatus.self, from: encoder.encode(status)) == status)

@@ -16,10 +16,13 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
         public let electedAt: Date?
         /// The lock holder's backend pid in `pg_locks`.
         public let backendPID: Int32
+        /// The leader holds the lock but its heartbeat is older than the stale cutoff (frozen,
+        /// or its pool cannot reach the database): a follower will end its session.
+        public let heartbeatStale: Bool
 
         enum CodingKeys: String, CodingKey {
             case instanceID = "instance_id", nodeName = "node_name", host, pid, httpAddress = "http_address", term
-            case electedAt = "elected_at", backendPID = "backend_pid"
+            case electedAt = "elected_at", backendPID = "backend_pid", heartbeatStale = "heartbeat_stale"
         }
 
         public func encode(to encoder: any Encoder) throws {
@@ -32,6 +35,7 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
             try c.encode(term, forKey: .term)
             try c.encode(electedAt, forKey: .electedAt)
             try c.encode(backendPID, forKey: .backendPID)
+            try c.encode(heartbeatStale, forKey: .heartbeatStale)
         }
     }
 
@@ -47,11 +51,16 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
         public let heartbeatAgeMs: Int64
         public let stale: Bool
         public let isLeader: Bool
+        /// This node's database role may end other roles' sessions (superuser or
+        /// `pg_signal_backend`), so it can end a frozen leader's session whatever its role; nil
+        /// when unknown.
+        public let canSignalBackends: Bool?
 
         enum CodingKeys: String, CodingKey {
             case instanceID = "instance_id", nodeName = "node_name", host, pid, version, httpAddress = "http_address"
             case startedAt = "started_at"
             case lastHeartbeat = "last_heartbeat", heartbeatAgeMs = "heartbeat_age_ms", stale, isLeader = "is_leader"
+            case canSignalBackends = "can_signal_backends"
         }
 
         public func encode(to encoder: any Encoder) throws {
@@ -67,6 +76,7 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
             try c.encode(heartbeatAgeMs, forKey: .heartbeatAgeMs)
             try c.encode(stale, forKey: .stale)
             try c.encode(isLeader, forKey: .isLeader)
+            try c.encode(canSignalBackends, forKey: .canSignalBackends)
         }
     }
 
@@ -88,7 +98,7 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
         """
         SELECT instance_id, node_name, host, pid, version, http_address, started_at, last_heartbeat,
                (extract(epoch FROM now() - last_heartbeat) * 1000)::bigint AS age_ms,
-               last_heartbeat < now() - \(staleAfter)::interval AS stale
+               last_heartbeat < now() - \(staleAfter)::interval AS stale, can_signal_backends
         FROM engine.instances ORDER BY started_at, instance_id
         """
     }
@@ -107,7 +117,8 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
                 let row = try rows.first { try $0.decode("instance_id", as: UUID.self) == leaderID }
                 leader = Leader(
                     instanceID: leaderID, nodeName: try row?.decode("node_name"), host: try row?.decode("host"),
-                    pid: try row?.decode("pid"), httpAddress: try row?.decodeOptional("http_address", as: String.self), term: term, electedAt: try l.decodeOptional("elected_at"), backendPID: holderPID)
+                    pid: try row?.decode("pid"), httpAddress: try row?.decodeOptional("http_address", as: String.self), term: term, electedAt: try l.decodeOptional("elected_at"), backendPID: holderPID,
+                    heartbeatStale: try row?.decode("stale", as: Bool.self) ?? true)
             }
             let instances = try rows.map { row in
                 let id = try row.decode("instance_id", as: UUID.self)
@@ -115,7 +126,8 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
                     instanceID: id, nodeName: try row.decode("node_name"), host: try row.decode("host"), pid: try row.decode("pid"),
                     version: try row.decode("version"), httpAddress: try row.decodeOptional("http_address"), startedAt: try row.decode("started_at"),
                     lastHeartbeat: try row.decode("last_heartbeat"), heartbeatAgeMs: try row.decode("age_ms"),
-                    stale: try row.decode("stale"), isLeader: id == leader?.instanceID)
+                    stale: try row.decode("stale"), isLeader: id == leader?.instanceID,
+                    canSignalBackends: try row.decodeOptional("can_signal_backends", as: Bool.self))
             }
             return ClusterStatus(leader: leader, term: term, instances: instances)
         }

@@ -11,7 +11,9 @@ import PostgresClient
 /// older than `staleAfter` **by database time**, and the session recorded as the leader's still
 /// holds the lock, one follower (the one that takes the `takeover` advisory lock for its
 /// transaction) ends that session with `pg_terminate_backend` and audits `leader.terminated`
-/// (who, which instance, which term, the heartbeat's age) in the same statement. The
+/// (who, which instance, which term, the heartbeat's age) in the same statement. It does not
+/// wait for the session to exit (so the audit commits at once); a session already audited as
+/// ended for that term is not ended twice. The
 /// followers blocked on the lock then elect a successor as after a crash; the thawed leader
 /// finds its session gone and its fence refused.
 ///
@@ -75,8 +77,10 @@ public actor HungLeaderWatch {
                     WHERE l.leader_instance IS DISTINCT FROM $1::uuid
                       AND EXISTS (SELECT 1 FROM pg_locks WHERE \(LeadershipQueries.lockHolderFilter) AND pid = l.leader_backend_pid)
                       AND COALESCE(i.last_heartbeat, l.elected_at) < now() - $2::interval
+                      AND NOT EXISTS (SELECT 1 FROM engine.audit x WHERE x.action = 'leader.terminated' AND x.term = l.term
+                                      AND (x.detail->>'backend_pid')::int = l.leader_backend_pid)
                 ), acted AS (
-                    SELECT c.term, c.leader_instance, c.pid, c.age_ms, pg_terminate_backend(c.pid, 2000) AS terminated
+                    SELECT c.term, c.leader_instance, c.pid, c.age_ms, pg_terminate_backend(c.pid) AS terminated
                     FROM candidate c
                     WHERE c.permitted AND pg_try_advisory_xact_lock(\(AdvisoryLockKey.classID), \(AdvisoryLockKey.takeover))
                 ), audited AS (
@@ -125,7 +129,8 @@ public actor HungLeaderWatch {
             try? await Task.sleep(for: checkInterval)
             if Task.isCancelled { break }
             do { _ = try await checkOnce() } catch {
-                logger.debug("frozen-leader check failed", metadata: ["error": "\(error)"])
+                if Task.isCancelled { break }
+                logger.warning("frozen-leader check failed", metadata: ["error": "\(error)"])
             }
         }
     }

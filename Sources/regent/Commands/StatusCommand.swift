@@ -36,8 +36,17 @@ func renderStatus(_ status: ClusterStatus) -> String {
         let since = l.electedAt.map { ISO8601DateFormatter().string(from: $0) } ?? "?"
         out += "leader  \(l.nodeName ?? "?") (instance \(l.instanceID.uuidString.lowercased().prefix(8)), pid \(l.pid.map(String.init) ?? "?"), backend \(l.backendPID))\n"
         out += "term    \(l.term), since \(since)\n"
+        if l.heartbeatStale {
+            out += "WARNING the leader holds the lock but has not heartbeated within the stale cutoff (frozen, or cut off from the\n"
+            out += "        database on its pool): a follower ends its session once it has been stale for --stale-after\n"
+        }
     } else {
-        out += "leader  none (term \(status.term))\n"
+        out += "leader  none: no working leader (term \(status.term)); nobody holds the lock, or its holder is not the session that recorded the term\n"
+    }
+    let unable = status.instances.filter { $0.canSignalBackends == false }.map(\.nodeName)
+    if !unable.isEmpty {
+        out += "note    \(unable.joined(separator: ", ")): role may not end other roles' sessions (no pg_signal_backend); a frozen leader\n"
+        out += "        running as another role is replaced only when PostgreSQL drops its session (see docs/operations.md)\n"
     }
     out += "\n"
     out += table(
