@@ -132,6 +132,9 @@ public final class EmbeddedPostgres: Sendable {
         logger.info("private PostgreSQL stopped", metadata: ["port": "\(port)"])
     }
 
+    /// Starts a stopped server again on the same port (outage drills: `stop()`, wait, this).
+    public func startAgain() throws(EmbeddedPostgresError) { try startServer() }
+
     /// Stops the server and starts it again on the same port (every session is cut).
     public func restart() throws(EmbeddedPostgresError) {
         stop()

@@ -55,13 +55,41 @@ struct WorkerLeaseTests {
         #expect(kinds == ["registered", "refreshed", "marked_dead"])
     }
 
-    @Test func heartbeatAfterTTLLapsedIsRefused() async throws {
+    @Test func heartbeatAfterTTLLapsedRevivesAnUnsweptWorkerAndIsRefusedOnceSwept() async throws {
         let (_, conn) = try await bootedDatabase()
         defer { Task { await conn.close() } }
         let reg = WorkerRegistry()
         _ = try await reg.register(namespace: ns, workerInstanceID: w1, workerID: try WorkerID("a"), lanes: [lane], capabilities: [], livenessTTL: .milliseconds(150), on: conn)
         try await Task.sleep(for: .milliseconds(300))
+        // Lapsed but not swept (after an outage the leader waits a TTL of reachable database):
+        // the worker's heartbeat is accepted, not answered `notRegistered`.
+        guard case .alive(let expiry) = try await reg.heartbeat(namespace: ns, workerInstanceID: w1, on: conn) else {
+            Issue.record("a lapsed, unswept worker's heartbeat was refused")
+            return
+        }
+        let now = try await conn.query("SELECT now() AS t").single().decode("t", as: Date.self)
+        #expect(expiry > now)
+        // Once the sweep removed it, it must register again.
+        try await conn.query("DELETE FROM workflow.workers WHERE worker_instance_id = \(w1.value)")
         #expect(try await reg.heartbeat(namespace: ns, workerInstanceID: w1, on: conn) == .notRegistered)
+    }
+
+    @Test func renewOfALeasePastItsExpiryButWithTheCurrentEpochSucceeds() async throws {
+        let (_, conn) = try await bootedDatabase()
+        defer { Task { await conn.close() } }
+        let reg = WorkerRegistry()
+        let store = LeaseStore()
+        _ = try await reg.register(namespace: ns, workerInstanceID: w1, workerID: try WorkerID("a"), lanes: [lane], capabilities: [], livenessTTL: .seconds(30), on: conn)
+        let id = try await store.enqueue(namespace: ns, lane: lane, payload: "{}", maxAttempts: 3, on: conn)
+        let lease = try #require(try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w1, capabilities: [], leaseDuration: .milliseconds(100), limit: 1, on: conn).first)
+        try await Task.sleep(for: .milliseconds(250))
+        // Expired, not reclaimed: nobody else has it, so the current epoch may renew.
+        let renewed = try await store.renew(executionID: id, epoch: lease.epoch, leaseDuration: .seconds(5), on: conn)
+        #expect(renewed > lease.expiresAt)
+        #expect(try await conn.query("SELECT lease_ms FROM workflow.attempts WHERE execution_id = \(id)").single().decode("lease_ms", as: Int64.self) == 5000)
+        // A stale epoch still may not.
+        await #expect { _ = try await store.renew(executionID: id, epoch: LeaseEpoch(lease.epoch.value + 1), leaseDuration: .seconds(5), on: conn) }
+            throws: { ($0 as? RegentError)?.code == .staleLease }
     }
 
     @Test func listingAcrossNamespacesPagesWithoutSkipOrRepeat() async throws {

@@ -26,7 +26,7 @@ public struct LeaseExpiryScanner: LeaderDuty {
     /// `reachableSince` is database time since when this node has reached the database without
     /// a gap (nil: not now, so nothing is reclaimed).
     public init(pool: ConnectionPool, interval: Duration = .milliseconds(500), pageSize: Int = 1000,
-                reachableSince: @escaping @Sendable () async -> Date? = { .distantPast },
+                reachableSince: @escaping @Sendable () async -> Date? = { Date(timeIntervalSince1970: 0) },
                 metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.duty.lease-scanner")) {
         self.reachableSince = reachableSince
         self.metrics = metrics

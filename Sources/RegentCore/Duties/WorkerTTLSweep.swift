@@ -22,7 +22,7 @@ public struct WorkerTTLSweep: LeaderDuty {
     /// a gap (nil: not now, so nothing is swept).
     public init(
         pool: ConnectionPool, interval: Duration = .seconds(1), batch: Int = 1000,
-        reachableSince: @escaping @Sendable () async -> Date? = { .distantPast },
+        reachableSince: @escaping @Sendable () async -> Date? = { Date(timeIntervalSince1970: 0) },
         logger: Logger = Logger(label: "regent.duty.worker-sweep")
     ) {
         self.pool = pool

@@ -53,7 +53,7 @@ public actor LeaderElector {
     /// The server identity read before the election, recorded with the new term.
     private var pendingTimeline: (String, Int)?
     /// When the current term was recorded (database time).
-    private var electedAt = Date.distantPast
+    private var electedAt = Date(timeIntervalSince1970: 0)
     /// The trust window of the current term, shared with its fence.
     private var trust: LeadershipTrust?
     private var elections = 0

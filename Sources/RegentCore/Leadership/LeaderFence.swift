@@ -49,7 +49,7 @@ public struct LeaderFence: Sendable, CustomStringConvertible {
     let onLost: @Sendable (String) -> Void
 
     public init(
-        term: Int64, instanceID: UUID, lockBackendPID: Int32, trust: LeadershipTrust = .unbounded, electedAt: Date = .distantPast,
+        term: Int64, instanceID: UUID, lockBackendPID: Int32, trust: LeadershipTrust = .unbounded, electedAt: Date = Date(timeIntervalSince1970: 0),
         onLost: @escaping @Sendable (String) -> Void = { _ in }
     ) {
         self.electedAt = electedAt
