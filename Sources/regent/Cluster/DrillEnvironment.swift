@@ -9,11 +9,14 @@ final class DrillEnvironment {
     let databaseURL: String
     let cluster: LocalCluster
     let probeConnection: PostgresConnection
-    private let embedded: EmbeddedPostgres?
+    /// The private PostgreSQL, when the drill started one (outage and pooler drills need it).
+    let embedded: EmbeddedPostgres?
 
     static let nodeArguments = ["--heartbeat-interval", "500ms", "--stale-after", "2s", "--lease-window", "2s", "--log-level", "info"]
 
-    static func start(databaseURL: String?, nodes: Int, say: (String) -> Void) async throws -> DrillEnvironment {
+    static func start(
+        databaseURL: String?, nodes: Int, nodeArguments: [String] = DrillEnvironment.nodeArguments, say: (String) -> Void
+    ) async throws -> DrillEnvironment {
         var embedded: EmbeddedPostgres?
         let url: String
         if let databaseURL {
@@ -26,7 +29,7 @@ final class DrillEnvironment {
             say("  127.0.0.1:\(pg.port), data in \(pg.directory)")
         }
         do {
-            let config = try ConnectionConfiguration(url)
+            let config = try drillConfiguration(url)
             // Bootstrap the engine schema once so the probe can read it before any node is up.
             let setup = try await PostgresConnection.connect(config)
             try await MigrationRunner(appliedBy: "drill").migrate(on: setup, schemas: ["engine"])

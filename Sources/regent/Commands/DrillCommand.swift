@@ -1,13 +1,189 @@
 import ArgumentParser
+import EmbeddedPostgres
+import PostgresClient
 import Foundation
 import RegentCore
 
 struct DrillCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "drill",
-        abstract: "Failover drills against a local cluster.",
-        subcommands: [Failover.self]
+        abstract: "Failover and fault drills against a local cluster.",
+        subcommands: [Failover.self, Freeze.self, Outage.self, TerminateAll.self, Pooler.self]
     )
+
+    /// Prints the violations and exits non-zero when there are any.
+    static func finish(_ violations: [String], held: String) throws {
+        if !violations.isEmpty {
+            print("\n✘ invariants broken:")
+            for v in violations { print("  - \(v)") }
+            throw ExitCode(1)
+        }
+        print("\n✔ \(held)")
+    }
+
+    static let invariantsHeld = "invariants held: at most one lock holder, terms strictly increasing, no duty write under a term after a later term began"
+
+    struct Freeze: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Freeze the leader (SIGSTOP); a follower must end its session and take over within --stale-after + 2 s.",
+            discussion: """
+                Starts NODES `regent serve` processes (stale-after 2 s, heartbeat 500 ms, lease window \
+                2 s) and a churn of short-lived workers and leases so the leader's duties keep \
+                writing. Each round freezes the leader with SIGSTOP, times the takeover, thaws it with \
+                SIGCONT and checks that it rejoins as a follower. Afterwards: one leader.terminated \
+                audit row per takeover, no duty write (engine.audit, workflow.lease_decisions, \
+                workflow.worker_events) under a term after a later term began, terms strictly \
+                increasing, never two lock holders. Exits non-zero if anything broke.
+                """)
+        @Option(help: "Nodes in the cluster (2-16).") var nodes = 3
+        @Option(help: "Rounds (1-20).") var freezes = 2
+        @Option(name: .customLong("database-url"), help: ArgumentHelp("Use this database instead of a private PostgreSQL.", valueName: "url"))
+        var databaseURL: String?
+
+        func validate() throws {
+            guard (2...16).contains(nodes) else { throw ValidationError("--nodes must be 2 to 16, got \(nodes)") }
+            guard (1...20).contains(freezes) else { throw ValidationError("--freezes must be 1 to 20, got \(freezes)") }
+        }
+
+        func run() async throws {
+            let env = try await DrillEnvironment.start(databaseURL: databaseURL, nodes: nodes) { print($0) }
+            let result: FreezeDrill.Result
+            do {
+                print("▶ \(freezes) freezes")
+                result = try await FreezeDrill(env: env, freezes: freezes, staleAfter: .seconds(2), say: { print($0) }).run()
+            } catch {
+                await env.close()
+                throw error
+            }
+            await env.close()
+            let f = Figures(result.takeovers)
+            if !result.takeovers.isEmpty {
+                print("\n" + table(["takeover of a frozen leader", "rounds", "min", "median", "max", "bound"],
+                                   [["", "\(result.takeovers.count)", ms(f.min), ms(f.median), ms(f.max), ms(.seconds(4))]]))
+            }
+            try DrillCommand.finish(result.violations, held: DrillCommand.invariantsHeld + ", every takeover audited and within its bound")
+        }
+    }
+
+    struct Outage: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Stop PostgreSQL longer than the workers' TTL and lease; nothing live may be swept or reclaimed.",
+            discussion: """
+                Needs the private PostgreSQL (it stops and restarts it), so it takes no database URL. \
+                Registers live workers that heartbeat and renew their leases every quarter TTL \
+                (reconnecting through the outage) and one silent worker, stops the server for \
+                --down-for, starts it again and watches for three TTLs. Checks: no live worker swept, \
+                no live lease reclaimed, no heartbeat or renewal refused, the silent worker swept no \
+                sooner than one TTL after recovery, and the term invariants.
+                """)
+        @Option(help: "Nodes in the cluster (1-16).") var nodes = 2
+        @Option(help: "Live workers (1-100).") var workers = 5
+        @Option(name: .customLong("ttl"), help: "Worker TTL and lease duration, e.g. 2s.") var ttlText = "2s"
+        @Option(name: .customLong("down-for"), help: "How long the server stays down (at least the TTL), e.g. 5s.") var downForText = "5s"
+        var ttl: Duration { (try? parseDuration(ttlText, flag: "--ttl")) ?? .seconds(2) }
+        var downFor: Duration { (try? parseDuration(downForText, flag: "--down-for")) ?? .seconds(5) }
+
+        func validate() throws {
+            _ = try parseDuration(ttlText, flag: "--ttl")
+            _ = try parseDuration(downForText, flag: "--down-for")
+            guard (1...16).contains(nodes) else { throw ValidationError("--nodes must be 1 to 16, got \(nodes)") }
+            guard (1...100).contains(workers) else { throw ValidationError("--workers must be 1 to 100, got \(workers)") }
+            guard ttl >= .milliseconds(500), ttl <= .seconds(60) else { throw ValidationError("--ttl must be 500ms to 60s, got \(ttl)") }
+            guard downFor >= ttl, downFor <= .seconds(300) else {
+                throw ValidationError("--down-for (\(downFor)) must be at least --ttl (\(ttl)) and at most 300s")
+            }
+        }
+
+        func run() async throws {
+            let env = try await DrillEnvironment.start(databaseURL: nil, nodes: nodes) { print($0) }
+            let violations: [String]
+            do {
+                guard let server = env.embedded else { throw ValidationError("the outage drill needs the private PostgreSQL") }
+                print("▶ outage of \(downFor)")
+                violations = try await OutageDrill(env: env, server: server, downFor: downFor, ttl: ttl, workers: workers, say: { print($0) }).run()
+            } catch {
+                await env.close()
+                throw error
+            }
+            await env.close()
+            try DrillCommand.finish(violations, held: DrillCommand.invariantsHeld + ", nothing live swept or reclaimed across the outage")
+        }
+    }
+
+    struct TerminateAll: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "terminate-all",
+            abstract: "End every node's database session at once; a leader must come back, under a new term.",
+            discussion: """
+                Each round runs pg_terminate_backend on every backend whose application_name is \
+                'regent' (lock sessions, listeners, pools) while a churn keeps the duties writing, \
+                and times the return of a settled leader. Then checks the term invariants.
+                """)
+        @Option(help: "Nodes in the cluster (1-16).") var nodes = 3
+        @Option(help: "Rounds (1-50).") var rounds = 3
+        @Option(name: .customLong("database-url"), help: ArgumentHelp("Use this database instead of a private PostgreSQL.", valueName: "url"))
+        var databaseURL: String?
+
+        func validate() throws {
+            guard (1...16).contains(nodes) else { throw ValidationError("--nodes must be 1 to 16, got \(nodes)") }
+            guard (1...50).contains(rounds) else { throw ValidationError("--rounds must be 1 to 50, got \(rounds)") }
+        }
+
+        func run() async throws {
+            let env = try await DrillEnvironment.start(databaseURL: databaseURL, nodes: nodes) { print($0) }
+            let result: (recoveries: [Duration], violations: [String])
+            do {
+                print("▶ \(rounds) rounds")
+                result = try await TerminateAllDrill(env: env, rounds: rounds, say: { print($0) }).run()
+            } catch {
+                await env.close()
+                throw error
+            }
+            await env.close()
+            let f = Figures(result.recoveries)
+            if !result.recoveries.isEmpty {
+                print("\n" + table(["leader back after", "rounds", "min", "median", "max"],
+                                   [["every session ended", "\(result.recoveries.count)", ms(f.min), ms(f.median), ms(f.max)]]))
+            }
+            try DrillCommand.finish(result.violations, held: DrillCommand.invariantsHeld)
+        }
+    }
+
+    struct Pooler: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run nodes through PgBouncer: transaction mode must be refused, session mode must work.",
+            discussion: """
+                Needs the Debian pgbouncer package and the private PostgreSQL. A node pointed at a \
+                transaction-mode PgBouncer must exit at start naming the pooler mode and leave no lock; \
+                three nodes behind a session-mode PgBouncer must elect, fail over on SIGKILL and write \
+                their duties. Then checks the term invariants.
+                """)
+        @Option(help: "Failovers through the session-mode pooler (1-20).") var kills = 2
+
+        func validate() throws {
+            guard (1...20).contains(kills) else { throw ValidationError("--kills must be 1 to 20, got \(kills)") }
+            guard EmbeddedPgBouncer.binary != nil else {
+                throw ValidationError("pgbouncer is not installed (apt-get install -y pgbouncer); the pooler drill cannot run")
+            }
+        }
+
+        func run() async throws {
+            print("▶ starting a private PostgreSQL …")
+            let pg = try await runOffThePool { try EmbeddedPostgres.start() }
+            let violations: [String]
+            do {
+                let setup = try await PostgresConnection.connect(try drillConfiguration(pg.url()))
+                try await MigrationRunner(appliedBy: "drill").migrate(on: setup, schemas: ["engine"])
+                await setup.close()
+                violations = try await PoolerDrill(server: pg, databaseURL: pg.url(), kills: kills, say: { print($0) }).run()
+            } catch {
+                pg.destroy()
+                throw error
+            }
+            pg.destroy()
+            try DrillCommand.finish(violations, held: DrillCommand.invariantsHeld + "; transaction pooling refused, session pooling works")
+        }
+    }
 
     struct Failover: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
