@@ -97,3 +97,56 @@ struct ProcessTests {
         await conn.close()
     }
 }
+
+/// The fault drills, run as an operator would, bounded to fit CI.
+@Suite("Fault drills", .serialized)
+struct FaultDrillTests {
+    func drill(_ args: [String], timeout: Duration = .seconds(150)) async throws -> (Int32?, String) {
+        try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary), "build the regent binary first (swift build)")
+        let p = try RegentProcess(["drill"] + args, logPath: NSTemporaryDirectory() + "regent-test-\(getpid())-drill-\(args[0]).log")
+        let code = await p.waitForExit(timeout: timeout)
+        if code == nil { p.signal(SIGKILL) }
+        return (code, p.log)
+    }
+
+    @Test func freezeDrillReplacesAFrozenLeaderWithinItsBound() async throws {
+        let (code, log) = try await drill(["freeze", "--nodes", "3", "--freezes", "1"])
+        #expect(code == 0, "\(log.suffix(3000))")
+        #expect(log.contains("SIGSTOP") && log.contains("every takeover audited and within its bound"))
+    }
+
+    @Test func outageDrillSweepsNothingLive() async throws {
+        let (code, log) = try await drill(["outage", "--nodes", "2", "--workers", "3", "--ttl", "1s", "--down-for", "3s"])
+        #expect(code == 0, "\(log.suffix(3000))")
+        #expect(log.contains("live workers: 0 swept, 0 leases reclaimed, 0 heartbeats/renewals refused"))
+    }
+
+    @Test func terminateAllDrillElectsAgain() async throws {
+        let (code, log) = try await drill(["terminate-all", "--nodes", "3", "--rounds", "2"])
+        #expect(code == 0, "\(log.suffix(3000))")
+        #expect(log.contains("every session ended"))
+    }
+
+    @Test func poolerDrill() async throws {
+        guard EmbeddedPgBouncer.binary != nil else {
+            print("SKIPPED poolerDrill: pgbouncer is not installed")
+            return
+        }
+        let (code, log) = try await drill(["pooler", "--kills", "1"])
+        #expect(code == 0, "\(log.suffix(3000))")
+        #expect(log.contains("transaction pooling refused, session pooling works"))
+    }
+
+    @Test func drillFlagsOutOfRangeAreRefused() async throws {
+        for (args, expected) in [
+            (["freeze", "--freezes", "0"], "--freezes must be 1 to 20"),
+            (["outage", "--ttl", "2s", "--down-for", "1s"], "must be at least --ttl"),
+            (["outage", "--ttl", "soon"], "invalid duration"),
+            (["terminate-all", "--rounds", "0"], "--rounds must be 1 to 50"),
+        ] {
+            let (code, log) = try await drill(args, timeout: .seconds(20))
+            #expect(code != nil && code != 0, "\(args) must fail")
+            #expect(log.contains(expected), "\(args): expected \(expected) in \(log)")
+        }
+    }
+}
