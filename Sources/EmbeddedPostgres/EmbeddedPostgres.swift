@@ -132,6 +132,39 @@ public final class EmbeddedPostgres: Sendable {
         logger.info("private PostgreSQL stopped", metadata: ["port": "\(port)"])
     }
 
+    /// A streaming standby of this server in a directory of its own (`pg_basebackup -R`), started
+    /// on a port of its own: for failover drills that promote it.
+    public func startStandby() throws(EmbeddedPostgresError) -> EmbeddedPostgres {
+        var template = Array((NSTemporaryDirectory().replacingOccurrences(of: "/$", with: "", options: .regularExpression) + "/regent-pg-XXXXXX").utf8CString)
+        guard let p = mkdtemp(&template) else { throw EmbeddedPostgresError("cannot create a temporary directory") }
+        let dir = String(cString: p)
+        try? FileManager.default.createDirectory(atPath: dir + "/socket", withIntermediateDirectories: true)
+        if let runAs, let pw = getpwnam(runAs) {
+            for path in [dir, dir + "/socket"] { chown(path, pw.pointee.pw_uid, pw.pointee.pw_gid) }
+        }
+        let backup = try Self.run(
+            [binDirectory + "/pg_basebackup", "-D", dir + "/data", "-R", "-X", "stream", "-c", "fast", "-h", "127.0.0.1", "-p", "\(port)", "-U", "postgres"],
+            runAs: runAs)
+        guard backup.status == 0 else { throw EmbeddedPostgresError("pg_basebackup failed: \(backup.output.suffix(400))") }
+        var lastError: EmbeddedPostgresError?
+        for _ in 0..<5 {
+            let standby = EmbeddedPostgres(directory: dir, port: try Self.freeLoopbackPort(), binDirectory: binDirectory, runAs: runAs, logger: logger)
+            do {
+                try standby.startServer()
+                return standby
+            } catch {
+                lastError = error
+            }
+        }
+        throw lastError ?? EmbeddedPostgresError("could not start the standby")
+    }
+
+    /// Promotes a standby to a writable primary on a new timeline (waits until it is).
+    public func promote() throws(EmbeddedPostgresError) {
+        let result = try Self.run([binDirectory + "/pg_ctl", "-D", dataDirectory, "-w", "-t", "60", "promote"], runAs: runAs)
+        guard result.status == 0 else { throw EmbeddedPostgresError("pg_ctl promote failed: \(result.output.suffix(300))") }
+    }
+
     /// Starts a stopped server again on the same port (outage drills: `stop()`, wait, this).
     public func startAgain() throws(EmbeddedPostgresError) { try startServer() }
 

@@ -33,6 +33,33 @@ public struct ConnectionConfiguration: Sendable, Hashable {
 
     /// The hosts and ports named by `conninfo` (for error messages).
     public private(set) var endpoint: String
+    /// Every host of a multi-host list, in order, with its port (one entry for a single host).
+    public private(set) var hosts: [(host: String, port: String)] = []
+    /// Connect to this one host of the list only, whatever the server's role (set by
+    /// ``onlyHost(_:)``).
+    var pinnedHost: (host: String, port: String)?
+
+    public static func == (a: Self, b: Self) -> Bool {
+        a.conninfo == b.conninfo && a.keepalivesIdle == b.keepalivesIdle && a.keepalivesInterval == b.keepalivesInterval
+            && a.keepalivesCount == b.keepalivesCount && a.tcpUserTimeoutMilliseconds == b.tcpUserTimeoutMilliseconds
+            && a.connectTimeoutSeconds == b.connectTimeoutSeconds && a.applicationName == b.applicationName
+            && a.callerThreadWait == b.callerThreadWait && a.pinnedHost?.host == b.pinnedHost?.host && a.pinnedHost?.port == b.pinnedHost?.port
+    }
+
+    public func hash(into h: inout Hasher) {
+        h.combine(conninfo)
+        h.combine(applicationName)
+        h.combine(pinnedHost?.host)
+        h.combine(pinnedHost?.port)
+    }
+
+    /// A copy that connects to `host` of the list alone, with `target_session_attrs=any`
+    /// (to ask a standby or an old primary what it is).
+    public func onlyHost(_ host: (host: String, port: String)) -> ConnectionConfiguration {
+        var copy = self
+        copy.pinnedHost = host
+        return copy
+    }
 
     /// Parses `conninfo` with libpq; a malformed string is refused with libpq's reason.
     public init(_ conninfo: String) throws(PostgresError) {
@@ -72,6 +99,11 @@ public struct ConnectionConfiguration: Sendable, Hashable {
         }
         self.conninfo = trimmed
         self.endpoint = "host=\(host) port=\(port)"
+        let hostList = host.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        let portList = port.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        self.hosts = hostList.enumerated().map { i, h in
+            (h, portList.count == hostList.count ? portList[i] : (portList.first.flatMap { $0.isEmpty ? nil : $0 } ?? "5432"))
+        }
     }
 
     /// Keyword/value pairs for `PQconnectdbParams`; ours come first so that `conninfo` overrides them.
@@ -85,7 +117,7 @@ public struct ConnectionConfiguration: Sendable, Hashable {
             ("connect_timeout", String(connectTimeoutSeconds)),
             ("application_name", applicationName),
             ("dbname", conninfo),
-        ]
+        ] + (pinnedHost.map { [("host", $0.host), ("port", $0.port), ("target_session_attrs", "any")] } ?? [])
     }
 
     /// A copy pointing at another database on the same server.

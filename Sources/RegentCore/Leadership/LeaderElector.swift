@@ -270,10 +270,34 @@ public actor LeaderElector {
             if timeline < highest {
                 return "server \(systemID) is on timeline \(timeline), behind timeline \(highest) a leader was elected on (\(seen > recorded ? "seen by this process" : "recorded in engine.server_timelines")): this looks like an old primary brought back writable after a failover; fence it or pg_rewind it"
             }
+            if let newer = await newerPrimaryElsewhere(systemID: systemID, timeline: timeline) { return newer }
             ServerTimelines.saw(systemID, timeline)
             pendingTimeline = (systemID, timeline)
         } catch {
             logger.warning("cannot decode the server's timeline", metadata: ["error": "\(error)"])
+        }
+        return nil
+    }
+
+    /// With a multi-host URL, asks every listed host what it is: another writable server of the
+    /// same system on a later timeline means this one is an old primary (a node that just
+    /// started cannot know that from this server's own tables, which never saw the new timeline).
+    /// Hosts that do not answer within the connect timeout are skipped.
+    private func newerPrimaryElsewhere(systemID: String, timeline: Int) async -> String? {
+        let hosts = configuration.hosts
+        guard hosts.count > 1 else { return nil }
+        for host in hosts {
+            var probe = configuration.onlyHost(host)
+            probe.connectTimeoutSeconds = min(configuration.connectTimeoutSeconds, 2)
+            guard let conn = try? await PostgresConnection.connect(probe) else { continue }
+            let row = try? await conn.query(LeadershipQueries.serverTimeline, purpose: "ask another listed host its timeline").single()
+            await conn.close()
+            guard let row, let other = try? row.decode("system_id", as: String.self), other == systemID,
+                let recovering = try? row.decode("in_recovery", as: Bool.self), !recovering,
+                let otherTimeline = try? row.decode("timeline", as: Int.self), otherTimeline > timeline
+            else { continue }
+            ServerTimelines.saw(systemID, otherTimeline)
+            return "host \(host.host):\(host.port) of the database URL is a writable server of the same system (\(systemID)) on timeline \(otherTimeline), ahead of this server's timeline \(timeline): this server is an old primary brought back writable after a failover; fence it or pg_rewind it, and put the current primary first in the URL"
         }
         return nil
     }
@@ -311,6 +335,7 @@ public actor LeaderElector {
     }
 
     private func fenceFailed(_ reason: String) async {
+        guard fence != nil else { return }  // already stepping down or resigning
         logger.warning("a fenced write found the term over; re-confirming now", metadata: ["reason": "\(reason)"])
         await doorbell.ring()
     }
@@ -363,4 +388,6 @@ enum ServerTimelines {
     private static let seen = Mutex<[String: Int]>([:])
     static func highest(_ systemID: String) -> Int { seen.withLock { $0[systemID] ?? 0 } }
     static func saw(_ systemID: String, _ timeline: Int) { seen.withLock { $0[systemID] = max($0[systemID] ?? 0, timeline) } }
+    /// Tests that fake a higher timeline in one process clear what it remembered.
+    static func forgetForTests() { seen.withLock { $0 = [:] } }
 }

@@ -42,8 +42,12 @@ public enum LeadershipQueries {
 
     /// The server's identity and timeline, whether it is in recovery, and the highest timeline
     /// a leader was ever elected on for this system identifier (NULL before the first).
+    /// A primary's current timeline is read from its current WAL file name (the checkpoint's
+    /// lags a promotion until the next checkpoint); a standby's from its last checkpoint.
     static let serverTimeline: PostgresQuery = """
-        SELECT pg_is_in_recovery() AS in_recovery, s.system_identifier::text AS system_id, c.timeline_id AS timeline,
+        SELECT pg_is_in_recovery() AS in_recovery, s.system_identifier::text AS system_id,
+               CASE WHEN pg_is_in_recovery() THEN c.timeline_id
+                    ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END AS timeline,
                (SELECT max(t.timeline) FROM engine.server_timelines t WHERE t.system_identifier = s.system_identifier::text) AS highest
         FROM pg_control_system() s, pg_control_checkpoint() c
         """
