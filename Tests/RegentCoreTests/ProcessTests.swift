@@ -77,7 +77,7 @@ struct ProcessTests {
             (["serve", "--database-url", db.conninfo, "--heartbeat-interval", "3"], "invalid duration"),
             (["serve", "--database-url", db.conninfo, "--heartbeat-interval", "2s", "--lease-window", "1s"], "lease-window"),
             (["serve", "--database-url", db.conninfo, "--heartbeat-interval", "2s", "--stale-after", "3s"], "--stale-after (3.0 seconds) must be at least twice --heartbeat-interval (2.0 seconds)"),
-            (["serve", "--database-url", db.conninfo, "--stale-after", "4s", "--lease-window", "5s"], "--lease-window (5.0 seconds) must not be longer than --stale-after (4.0 seconds)"),
+            (["serve", "--database-url", db.conninfo, "--heartbeat-interval", "1s", "--stale-after", "4s", "--lease-window", "5s"], "--lease-window (5.0 seconds) must not be longer than --stale-after (4.0 seconds)"),
             (["serve", "--database-url", "postgres://u@127.0.0.1:1/x", "--fail-fast"], "cannot connect"),
             (["serve", "--database-url", "postgres://h:port/x"], "malformed database URL"),
             (["migrate", "--database-url", db.conninfo, "--target", "nosuch:1"], "unknown schema"),
