@@ -26,11 +26,11 @@ public final class EmbeddedPgBouncer: Sendable {
     }
 
     /// Starts PgBouncer in `mode` in front of `server`; throws naming the package when missing.
-    public static func start(inFrontOf server: EmbeddedPostgres, mode: PoolMode, poolSize: Int = 20) throws -> EmbeddedPgBouncer {
+    public static func start(inFrontOf server: EmbeddedPostgres, mode: PoolMode, poolSize: Int = 100) throws -> EmbeddedPgBouncer {
         try start(serverHost: "127.0.0.1", serverPort: server.port, mode: mode, poolSize: poolSize)
     }
 
-    public static func start(serverHost: String, serverPort: Int, mode: PoolMode, poolSize: Int = 20) throws -> EmbeddedPgBouncer {
+    public static func start(serverHost: String, serverPort: Int, mode: PoolMode, poolSize: Int = 100) throws -> EmbeddedPgBouncer {
         guard let bin = binary else {
             throw EmbeddedPostgresError("pgbouncer is not installed", hint: "apt-get install -y pgbouncer")
         }

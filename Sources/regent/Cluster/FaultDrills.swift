@@ -172,6 +172,11 @@ struct FreezeDrill {
             if next.leaderPID == node.pid {
                 result.violations.append("round \(round): the thawed node \(node.name) leads again under term \(next.term)")
             }
+            // ... and heartbeats again as a follower (its row re-inserted if the new leader swept it).
+            let rejoined = try await env.probe.connection.query(
+                "SELECT count(*) AS n FROM engine.instances WHERE pid = \(Int(node.pid)) AND last_heartbeat > now() - interval '2 seconds'"
+            ).single().decode("n", as: Int.self)
+            if rejoined != 1 { result.violations.append("round \(round): the thawed node \(node.name) is not heartbeating as a follower") }
             current = next
         }
         let made = await churn.stop()
