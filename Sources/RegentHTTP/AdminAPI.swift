@@ -249,8 +249,7 @@ let jsonEncoder: JSONEncoder = {
 }()
 
 func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) throws -> Response {
-    let data = try jsonEncoder.encode(value)
-    return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: try encodeJSON(value))))
 }
 
 func errorResponse(_ status: HTTPResponse.Status, code: String, message: String) throws -> Response {

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Hummingbird
 import NIOCore
 
@@ -28,9 +29,9 @@ struct JSONBody {
     static func parse(_ data: Data, allowed: Set<String>) throws -> JSONBody {
         let value: JSONValue
         do {
-            value = try JSONDecoder().decode(JSONValue.self, from: data)
+            value = try StrictJSON.parse(Array(data))
         } catch {
-            throw APIError.badRequest("malformed_json", "the body is not valid JSON")
+            throw APIError.badRequest(error.code, error.message)
         }
         guard case .object(let fields) = value else { throw APIError.badRequest("invalid_body", "the body must be a JSON object") }
         if let unknown = fields.keys.filter({ !allowed.contains($0) }).sorted().first {
@@ -77,6 +78,18 @@ struct JSONBody {
 
     func strings(_ name: String) throws -> [String] { try required(name, try optionalStrings(name)) }
 
+    /// A set of names given as an array: duplicates are refused, naming the first one.
+    func optionalNameSet(_ name: String) throws -> [String]? {
+        guard let items = try optionalStrings(name) else { return nil }
+        var seen: Set<String> = []
+        for item in items where !seen.insert(item).inserted {
+            throw APIError.badRequest("invalid_field", "field \(Self.quotedField(name)) lists \(Self.quotedField(item)) twice")
+        }
+        return items
+    }
+
+    func nameSet(_ name: String) throws -> [String] { try required(name, try optionalNameSet(name)) }
+
     func optionalInt(_ name: String) throws -> Int64? {
         switch fields[name] {
         case nil, .null?: return nil
@@ -104,7 +117,7 @@ struct JSONBody {
     func optionalObjectJSON(_ name: String) throws -> String? {
         switch fields[name] {
         case nil, .null?: return nil
-        case .object?: return String(decoding: try jsonEncoder.encode(fields[name]!), as: UTF8.self)
+        case .object?: return fields[name]!.text
         default: throw wrongType(name, "a JSON object")
         }
     }
@@ -112,20 +125,9 @@ struct JSONBody {
     func objectJSON(_ name: String) throws -> String { try required(name, try optionalObjectJSON(name)) }
 }
 
-/// Any JSON document, decodable and encodable; integers stay integers.
-enum JSONValue: Codable, Equatable {
+/// Any JSON document; integers stay integers. Read by ``StrictJSON``, written by its `text`.
+enum JSONValue: Encodable, Equatable {
     case null, bool(Bool), integer(Int64), number(Double), string(String), array([JSONValue]), object([String: JSONValue])
-
-    init(from decoder: any Decoder) throws {
-        let c = try decoder.singleValueContainer()
-        if c.decodeNil() { self = .null }
-        else if let v = try? c.decode(Bool.self) { self = .bool(v) }
-        else if let v = try? c.decode(Int64.self) { self = .integer(v) }
-        else if let v = try? c.decode(Double.self) { self = .number(v) }
-        else if let v = try? c.decode(String.self) { self = .string(v) }
-        else if let v = try? c.decode([JSONValue].self) { self = .array(v) }
-        else { self = .object(try c.decode([String: JSONValue].self)) }
-    }
 
     func encode(to encoder: any Encoder) throws {
         var c = encoder.singleValueContainer()
@@ -141,11 +143,66 @@ enum JSONValue: Codable, Equatable {
     }
 }
 
-/// A JSON value kept as its text, encoded as itself (not as a string).
+/// A JSON value kept as its text (a jsonb column read as text), written into a response as
+/// itself: ``encodeJSON(_:)`` splices the stored text in, so no stored document is decoded
+/// and re-encoded on the way out, however deep or large it is.
 struct AnyJSON: Encodable {
     let text: String
     func encode(to encoder: any Encoder) throws {
-        let value = try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
-        try value.encode(to: encoder)
+        var c = encoder.singleValueContainer()
+        if let slots = RawJSONSlots.current {
+            try c.encode(slots.add(text))
+        } else {
+            // Outside encodeJSON (not used by the routes): parse once, linearly.
+            try c.encode((try? StrictJSON.parse(Array(text.utf8), maxDepth: 10_000)) ?? .string(text))
+        }
     }
+}
+
+/// Stored JSON texts collected while one response is encoded, each replaced by a marker
+/// string that carries a random nonce (so no value a client sent can look like one).
+final class RawJSONSlots: Sendable {
+    @TaskLocal static var current: RawJSONSlots?
+    let nonce = String(UInt64.random(in: 1...UInt64.max), radix: 36)
+    private let texts = Mutex<[String]>([])
+
+    func add(_ text: String) -> String {
+        let n = texts.withLock { $0.append(text); return $0.count - 1 }
+        return "@@rgtraw:\(nonce):\(n)@@"
+    }
+
+    var all: [String] { texts.withLock { $0 } }
+}
+
+/// Encodes `value` as JSON, splicing stored JSON texts (``AnyJSON``) in as they are: one
+/// linear pass over the encoder's output.
+func encodeJSON<T: Encodable>(_ value: T) throws -> [UInt8] {
+    let slots = RawJSONSlots()
+    let data = try RawJSONSlots.$current.withValue(slots) { try jsonEncoder.encode(value) }
+    let texts = slots.all
+    guard !texts.isEmpty else { return Array(data) }
+    let prefix = Array("\"@@rgtraw:\(slots.nonce):".utf8)
+    let bytes = Array(data)
+    var out: [UInt8] = []
+    out.reserveCapacity(bytes.count + texts.reduce(0) { $0 + $1.utf8.count })
+    var i = 0
+    while i < bytes.count {
+        if bytes[i] == 0x22, i + prefix.count < bytes.count, bytes[i..<(i + prefix.count)].elementsEqual(prefix) {
+            var j = i + prefix.count
+            var n = 0
+            while j < bytes.count, bytes[j] >= 0x30, bytes[j] <= 0x39 {
+                n = n * 10 + Int(bytes[j] - 0x30)
+                j += 1
+            }
+            // "@@" and the closing quote
+            if j + 2 < bytes.count, bytes[j] == 0x40, bytes[j + 1] == 0x40, bytes[j + 2] == 0x22, n < texts.count {
+                out.append(contentsOf: texts[n].utf8)
+                i = j + 3
+                continue
+            }
+        }
+        out.append(bytes[i])
+        i += 1
+    }
+    return out
 }

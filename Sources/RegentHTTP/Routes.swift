@@ -125,7 +125,7 @@ extension AdminAPI {
                         var buffer = ByteBuffer()
                         for event in batch {
                             buffer.writeString("id: \(event.id)\nevent: \(event.topic)\ndata: ")
-                            buffer.writeBytes(try jsonEncoder.encode(EventDocument(event: event)))
+                            buffer.writeBytes(try encodeJSON(EventDocument(event: event)))
                             buffer.writeString("\n\n")
                         }
                         try await writer.write(buffer)
@@ -181,8 +181,8 @@ extension AdminAPI {
         let namespace = try Namespace(try body.string("namespace"))
         let instance = try WorkerInstanceID(try body.string("worker_instance_id"))
         let worker = try WorkerID(try body.string("worker_id"))
-        let lanes = try body.strings("lanes").map { try Lane($0) }
-        let capabilities = try (body.optionalStrings("capabilities") ?? []).map { try Capability($0) }
+        let lanes = try body.nameSet("lanes").map { try Lane($0) }
+        let capabilities = try (body.optionalNameSet("capabilities") ?? []).map { try Capability($0) }
         let ttl = Duration.milliseconds(try body.optionalInt("liveness_ttl_ms") ?? 30_000)
         let outcome = try await pool.withConnection {
             try await WorkerRegistry().register(
@@ -216,8 +216,8 @@ extension AdminAPI {
             request, context: context, allowed: ["namespace", "worker_instance_id", "lanes", "capabilities", "lease_ms", "limit"])
         let namespace = try Namespace(try body.string("namespace"))
         let instance = try WorkerInstanceID(try body.string("worker_instance_id"))
-        let lanes = try body.strings("lanes").map { try Lane($0) }
-        let capabilities = try (body.optionalStrings("capabilities") ?? []).map { try Capability($0) }
+        let lanes = try body.nameSet("lanes").map { try Lane($0) }
+        let capabilities = try (body.optionalNameSet("capabilities") ?? []).map { try Capability($0) }
         let lease = Duration.milliseconds(try body.optionalInt("lease_ms") ?? 30_000)
         let limit = try body.optionalInt("limit") ?? 1
         guard (1...1000).contains(limit) else { throw APIError.badRequest("invalid_field", "field \"limit\" must be 1 to 1000") }
