@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Hummingbird
 import Logging
@@ -40,6 +41,7 @@ public struct AdminAPI: Sendable {
     public let registry: PrometheusCollectorRegistry
     let authFailures: AuthFailureLog
     let poolGauges: PoolGauges
+    let modules: ModuleGate
 
     public init(pool: ConnectionPool, node: RegentNode?, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
                 options: Options = Options()) {
@@ -47,8 +49,12 @@ public struct AdminAPI: Sendable {
         self.node = node
         self.options = options
         self.registry = registry
-        self.authFailures = AuthFailureLog(pool: pool, throttleAfter: options.authFailureLimit)
-        self.poolGauges = PoolGauges(factory: PrometheusMetricsFactory(registry: registry))
+        let factory = PrometheusMetricsFactory(registry: registry)
+        self.authFailures = AuthFailureLog(
+            pool: pool, throttleAfter: options.authFailureLimit,
+            throttled: CoreMetrics.Counter(label: "regent_http_throttled_total", factory: factory))
+        self.poolGauges = PoolGauges(factory: factory)
+        self.modules = ModuleGate(pool: pool, module: "workflow")
     }
 
     var staleAfter: Duration { options.staleAfter }
@@ -77,8 +83,9 @@ public struct AdminAPI: Sendable {
     public func router() -> Router<RegentRequestContext> { build().router }
 
     private func build() -> RouteRegistrar {
-        let r = RouteRegistrar(authenticator: Authenticator(pool: pool, failures: authFailures))
-        r.router.add(middleware: JSONErrorMiddleware())
+        let index = RouteIndex()
+        let r = RouteRegistrar(authenticator: Authenticator(pool: pool, failures: authFailures), index: index)
+        r.router.add(middleware: JSONErrorMiddleware(routes: index))
         r.add(.get, "/healthz", role: nil) { _, _ in try json(["status": "ok"]) }
         r.add(.get, "/readyz", role: nil) { _, _ in try await readiness() }
         r.add(.get, "/metrics", role: options.metricsRequireToken ? .read : nil) { _, _ in try await metrics() }
@@ -95,14 +102,16 @@ public struct AdminAPI: Sendable {
         r.add(.get, "/v1/audit", role: .read) { request, _ in try await audit(request) }
         r.add(.get, "/v1/events", role: .read) { request, _ in try await eventStream(request) }
         r.add(.post, "/v1/events", role: .worker) { request, context in try await publishEvent(request, context) }
-        r.add(.get, "/v1/workers", role: .read) { request, _ in try await listWorkers(request) }
-        r.add(.post, "/v1/workers/register", role: .worker) { request, context in try await registerWorker(request, context) }
-        r.add(.post, "/v1/workers/heartbeat", role: .worker) { request, context in try await heartbeatWorker(request, context) }
-        r.add(.post, "/v1/leases/claim", role: .worker) { request, context in try await claim(request, context) }
-        r.add(.post, "/v1/leases/renew", role: .worker) { request, context in try await renew(request, context) }
-        r.add(.post, "/v1/leases/complete", role: .worker) { request, context in try await complete(request, context) }
-        r.add(.post, "/v1/leases/fail", role: .worker) { request, context in try await fail(request, context) }
-        r.add(.get, "/v1/leases/expired", role: .read) { request, _ in try await expiredLeases(request) }
+        // The workflow module's routes answer 503 module_disabled while it is disabled.
+        let workflow = modules
+        r.add(.get, "/v1/workers", role: .read) { request, _ in try await workflow.require(); return try await listWorkers(request) }
+        r.add(.post, "/v1/workers/register", role: .worker) { request, context in try await workflow.require(); return try await registerWorker(request, context) }
+        r.add(.post, "/v1/workers/heartbeat", role: .worker) { request, context in try await workflow.require(); return try await heartbeatWorker(request, context) }
+        r.add(.post, "/v1/leases/claim", role: .worker) { request, context in try await workflow.require(); return try await claim(request, context) }
+        r.add(.post, "/v1/leases/renew", role: .worker) { request, context in try await workflow.require(); return try await renew(request, context) }
+        r.add(.post, "/v1/leases/complete", role: .worker) { request, context in try await workflow.require(); return try await complete(request, context) }
+        r.add(.post, "/v1/leases/fail", role: .worker) { request, context in try await workflow.require(); return try await fail(request, context) }
+        r.add(.get, "/v1/leases/expired", role: .read) { request, _ in try await workflow.require(); return try await expiredLeases(request) }
         return r
     }
 
@@ -198,6 +207,7 @@ struct APIError: Error {
     let status: HTTPResponse.Status
     let code: String
     let message: String
+    var retryAfterSeconds: Int? = nil
     static func badRequest(_ code: String, _ message: String) -> APIError { APIError(status: .badRequest, code: code, message: message) }
     static func conflict(_ code: String, _ message: String) -> APIError { APIError(status: .conflict, code: code, message: message) }
     static func notFound(_ code: String, _ message: String) -> APIError { APIError(status: .notFound, code: code, message: message) }
@@ -205,14 +215,25 @@ struct APIError: Error {
         status: .unauthorized, code: "unauthorized", message: "a valid bearer token is required (Authorization: Bearer rgt_...)")
 }
 
-/// Turns every error into the JSON error document; no internal detail leaks for 5xx.
+/// Turns every error into the JSON error document; no internal detail leaks for 5xx. A path
+/// served for other methods answers 405 with `Allow`; database trouble answers 503 with
+/// `Retry-After`, a refused fence 409.
 struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    let routes: RouteIndex
+
+    func unavailable(_ code: String, _ message: String) throws -> Response {
+        var response = try errorResponse(.serviceUnavailable, code: code, message: message)
+        response.headers[.retryAfter] = "1"
+        return response
+    }
+
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
             return try await next(request, context)
         } catch let error as APIError {
             var response = try errorResponse(error.status, code: error.code, message: error.message)
             if error.status == .unauthorized { response.headers[.wwwAuthenticate] = "Bearer" }
+            if let retry = error.retryAfterSeconds { response.headers[.retryAfter] = "\(retry)" }
             return response
         } catch let error as RegentError {
             switch error.code {
@@ -220,14 +241,29 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             case .unknownModule: return try errorResponse(.notFound, code: "unknown_module", message: error.description)
             case .staleLease: return try errorResponse(.conflict, code: "stale_lease", message: error.description)
             case .notRegistered: return try errorResponse(.notFound, code: "not_registered", message: error.description)
+            case .notLeader: return try errorResponse(.conflict, code: "not_leader", message: error.description)
+            case .timeout: return try unavailable("timeout", "the database did not answer in time; retry shortly")
             default:
                 context.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
                 return try errorResponse(.internalServerError, code: "internal", message: "internal error; see the node's log")
             }
+        } catch let error as PostgresError where error.code == .poolExhausted || error.code == .timeout {
+            return try unavailable(error.code == .timeout ? "timeout" : "pool_exhausted", "the node's database connections are all busy; retry shortly")
+        } catch let error as PostgresError where error.code == .connectionFailed || error.code == .connectionClosed || error.code == .poolClosed {
+            context.logger.warning("request failed: database unavailable", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
+            return try unavailable("database_unavailable", "the database is not reachable from this node; retry shortly")
         } catch let error as HTTPError {
             let code: String
             let message: String
             switch error.status {
+            case .notFound where request.method == .options || !routes.allowed(request.uri.path).isEmpty:
+                let allowed = routes.allowed(request.uri.path)
+                var response = try errorResponse(
+                    .methodNotAllowed, code: "method_not_allowed",
+                    message: "\(request.method) is not allowed on \(String(request.uri.path.prefix(200))); allowed: \(allowed.joined(separator: ", "))")
+                if allowed.isEmpty { return try errorResponse(.notFound, code: "not_found", message: "no route \(request.method) \(String(request.uri.path.prefix(200)))") }
+                response.headers[.allow] = allowed.joined(separator: ", ")
+                return response
             case .notFound: (code, message) = ("not_found", "no route \(request.method) \(String(request.uri.path.prefix(200)))")
             case .methodNotAllowed: (code, message) = ("method_not_allowed", "\(request.method) is not allowed on \(String(request.uri.path.prefix(200)))")
             case .contentTooLarge: (code, message) = ("body_too_large", "the body is larger than \(AdminAPI.maxBodyBytes) bytes")

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Hummingbird
 import Logging
@@ -15,9 +16,24 @@ struct AuthMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let address = context.clientAddress
-        if await authenticator.failures.isThrottled(address) {
-            throw APIError(status: .tooManyRequests, code: "too_many_auth_failures",
-                           message: "too many failed authentications from this address; retry later")
+        if let retryAfter = await authenticator.failures.throttledFor(address) {
+            // A request that carries a valid token is not a guess: it passes, so one client's
+            // failures cannot lock out every other client behind the same address.
+            let valid = try await Self.bearerToken(request).asyncMap { try await authenticator.authenticate($0) } ?? nil
+            guard let identity = valid else {
+                await authenticator.failures.recordThrottled(address: address, request: request)
+                var error = APIError(
+                    status: .tooManyRequests, code: "too_many_auth_failures",
+                    message: "too many failed authentications from this address; retry after \(retryAfter) s, or send a valid token")
+                error.retryAfterSeconds = retryAfter
+                throw error
+            }
+            guard identity.role >= minimum else {
+                throw APIError(status: .forbidden, code: "forbidden", message: "this token's role (\(identity.role.rawValue)) may not use this route; it needs \(minimum.rawValue)")
+            }
+            var context = context
+            context.identity = identity
+            return try await next(request, context)
         }
         guard let token = Self.bearerToken(request) else {
             await authenticator.failures.record(address: address, reason: "missing_token", request: request)
@@ -71,6 +87,9 @@ actor AuthFailureLog {
         var windowStart: ContinuousClock.Instant
         var failures: Int
         var written: Bool
+        /// Requests refused with 429 in this window, and whether that got its audit row.
+        var throttled = 0
+        var throttledWritten = false
     }
 
     let pool: ConnectionPool
@@ -78,12 +97,15 @@ actor AuthFailureLog {
     let throttleAfter: Int
     let maxAddresses: Int
     let logger: Logger
+    let throttledCounter: CoreMetrics.Counter
     private var entries: [String: Entry] = [:]
     /// Audit rows written (for tests and metrics).
     private(set) var rowsWritten = 0
 
     init(pool: ConnectionPool, window: Duration = .seconds(10), throttleAfter: Int = 50, maxAddresses: Int = 10_000,
+         throttled: CoreMetrics.Counter = CoreMetrics.Counter(label: "regent_http_throttled_total", factory: NOOPMetricsHandler.instance),
          logger: Logger = Logger(label: "regent.http.auth")) {
+        self.throttledCounter = throttled
         self.pool = pool
         self.window = window
         self.throttleAfter = throttleAfter
@@ -91,10 +113,37 @@ actor AuthFailureLog {
         self.logger = logger
     }
 
-    func isThrottled(_ address: String) -> Bool {
-        guard let entry = entries[address], ContinuousClock.now - entry.windowStart < window else { return false }
-        return entry.failures >= throttleAfter
+    func isThrottled(_ address: String) -> Bool { throttledFor(address) != nil }
+
+    /// Whole seconds until the address's window ends, while it is throttled; else nil.
+    func throttledFor(_ address: String) -> Int? {
+        guard let entry = entries[address], entry.failures >= throttleAfter else { return nil }
+        let left = window - (ContinuousClock.now - entry.windowStart)
+        guard left > .zero else { return nil }
+        return max(1, Int((left.milliseconds / 1000).rounded(.up)))
     }
+
+    /// Requests refused with 429: counted (`regent_http_throttled_total`) and audited, one
+    /// `auth.throttled` row per address per window (`refused` counts the requests of the
+    /// previous window that got no row of their own).
+    func recordThrottled(address: String, request: Request) async {
+        throttledCounter.increment()
+        guard var entry = entries[address] else { return }
+        entry.throttled += 1
+        let write = !entry.throttledWritten
+        entry.throttledWritten = true
+        entries[address] = entry
+        guard write else { return }
+        rowsWritten += 1
+        let detail: [String: String] = [
+            "address": address, "method": request.method.rawValue, "path": String(request.uri.path.prefix(256)),
+            "failures_in_window": String(entry.failures),
+        ]
+        await audit(action: "auth.throttled", address: address, detail: detail)
+    }
+
+    /// Requests refused with 429 since this address's window began (for tests).
+    func throttledCount(_ address: String) -> Int { entries[address]?.throttled ?? 0 }
 
     func record(address: String, reason: String, request: Request, token: TokenIdentity? = nil) async {
         let now = ContinuousClock.now
@@ -116,18 +165,29 @@ actor AuthFailureLog {
             "path": String(request.uri.path.prefix(256)), "token": token?.name ?? "",
             "unlogged_before": String(unlogged),
         ]
+        await audit(action: "auth.failed", address: address, detail: detail)
+    }
+
+    private func audit(action: String, address: String, detail: [String: String]) async {
         do {
             let json = String(decoding: try JSONSerialization.data(withJSONObject: detail, options: [.sortedKeys]), as: UTF8.self)
             try await pool.query(
-                "INSERT INTO engine.audit (actor, action, detail) VALUES (\("http:\(address)"), 'auth.failed', \(json)::jsonb)",
-                purpose: "audit a failed authentication")
+                "INSERT INTO engine.audit (actor, action, detail) VALUES (\("http:\(address)"), \(action), \(json)::jsonb)",
+                purpose: "audit a refused request")
         } catch {
-            logger.warning("could not audit a failed authentication", metadata: ["address": "\(address)", "error": "\(error)"])
+            logger.warning("could not audit a refused request", metadata: ["address": "\(address)", "action": "\(action)", "error": "\(error)"])
         }
     }
 
     private func evictOldest() {
         let victims = entries.sorted { $0.value.windowStart < $1.value.windowStart }.prefix(max(1, maxAddresses / 10))
         for (key, _) in victims { entries.removeValue(forKey: key) }
+    }
+}
+
+extension Optional {
+    func asyncMap<U>(_ transform: (Wrapped) async throws -> U) async rethrows -> U? {
+        guard let value = self else { return nil }
+        return try await transform(value)
     }
 }

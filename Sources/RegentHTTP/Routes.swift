@@ -104,10 +104,22 @@ extension AdminAPI {
         guard let bus = await node?.eventBus else {
             throw APIError(status: .serviceUnavailable, code: "no_event_bus", message: "this process runs no node, so it has no event bus")
         }
-        let resume = request.headers[lastEventID].flatMap { Int64($0) }
-        let after = try afterID(request) ?? resume
+        // `after` and `Last-Event-ID` name the last event the client has: the stream starts
+        // after it (0: from the oldest kept event). An unreadable Last-Event-ID is refused, not ignored.
+        var resume: Int64?
+        if let header = request.headers[lastEventID] {
+            guard let v = Int64(header.trimmingCharacters(in: .whitespaces)), v >= 0, v < .max else {
+                throw APIError.badRequest(
+                    "invalid_last_event_id", "Last-Event-ID must be the id of the last event received (a non-negative integer), got \(SQLIdentifier.printable(String(header.prefix(64))))")
+            }
+            resume = v
+        }
+        let after = try queryInt64(request, "after", range: 0...(Int64.max - 1), code: "invalid_cursor") ?? resume
         let topics = try request.uri.queryParameters.getAll("topic").map { try EventTopic($0).name }
-        let subscription = try await bus.subscribe(topics: topics.isEmpty ? nil : topics, fromID: after)
+        if request.method == .head {
+            return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"])
+        }
+        let subscription = try await bus.subscribe(topics: topics.isEmpty ? nil : topics, fromID: after.map { $0 + 1 })
         let keepAlive = options.eventStreamKeepAlive
         let body = ResponseBody { writer in
             // End the stream when the server shuts down gracefully (it waits for open responses).

@@ -124,12 +124,27 @@ struct AdminAPITests {
                 #expect(revoked)
                 let r3 = try await client.call(.get, "/v1/leader", token: f.reader)
                 #expect(r3.status == .unauthorized)
-                // Keep failing from the same address: after the limit, 429 even with a good token.
+                // Keep failing from the same address: after the limit, 429 with Retry-After for
+                // anything but a valid token; a valid token still passes (no lock-out of the
+                // other clients behind the same address).
                 for _ in 0..<50 { _ = try await client.call(.get, "/v1/leader", token: "nope") }
-                let throttled = try await client.call(.get, "/v1/leader", token: f.admin)
+                let throttled = try await client.call(.get, "/v1/leader", token: "nope")
                 #expect(throttled.status == .tooManyRequests)
                 #expect(errorCode(throttled) == "too_many_auth_failures")
+                let retryAfter = try #require(throttled.headers[.retryAfter].flatMap { Int($0) })
+                #expect((1...10).contains(retryAfter))
+                let anonymous = try await client.call(.get, "/v1/leader", token: nil)
+                #expect(anonymous.status == .tooManyRequests)
+                let good = try await client.call(.get, "/v1/leader", token: f.admin)
+                #expect(good.status == .ok)
+                // Counted and audited (one row per address per window).
+                let counted = await f.api.authFailures.throttledCount("unknown")
+                // The revoked token and 49 of the loop filled the window; the 50th, "nope" and the anonymous one were refused.
+                #expect(counted == 3, "\(counted)")  // the router test client has no address
+                let metrics = try await client.call(.get, "/metrics", token: nil)
+                #expect(String(buffer: metrics.body).contains("regent_http_throttled_total 3"), "\(String(buffer: metrics.body).split(separator: "\n").filter { $0.contains("throttled") })")
             }
+            #expect(try await f.api.pool.query("SELECT count(*) AS n FROM engine.audit WHERE action = 'auth.throttled'").single().decode("n", as: Int.self) == 1)
         }
     }
 
@@ -330,7 +345,7 @@ struct AdminAPITests {
                 #expect(text.contains("HTTP/1.1 200"))
                 #expect(text.lowercased().contains("content-type: text/event-stream"))
                 #expect(text.contains("id: \(firstID)\nevent: orders.created\ndata: {"))
-                #expect(text.contains(#""payload":{"order":2}"#))
+                #expect(text.contains(#""payload":{"order": 2}"#))  // the stored jsonb text, as PostgreSQL writes it
                 #expect(!text.contains("other.topic"))
                 // Reading without a token is refused before any stream starts.
                 let denied = try await client.call(.get, "/v1/events", token: nil)

@@ -101,3 +101,85 @@ struct HostileInputTests {
         }
     }
 }
+
+@Suite("The admin API's methods, cursors and module switches", .serialized)
+struct APIContractTests {
+    @Test func otherMethodsGet405WithAllowAndHeadWorksOnGetRoutes() async throws {
+        try await Fixture.with { f in
+            try await f.app().test(.router) { client in
+                var r = try await client.call(.delete, "/v1/leader", token: f.admin)
+                #expect(r.status == .methodNotAllowed && errorCode(r) == "method_not_allowed")
+                #expect(r.headers[.allow] == "GET, HEAD")
+                r = try await client.call(.put, "/v1/modules/auth/enable", token: f.admin)
+                #expect(r.status == .methodNotAllowed && r.headers[.allow] == "POST")
+                r = try await client.call(.get, "/v1/events/nowhere", token: f.admin)
+                #expect(r.status == .notFound)
+                r = try await client.call(.head, "/v1/leader", token: f.reader)
+                #expect(r.status == .ok && r.body.readableBytes == 0)
+                #expect(r.headers[.contentType] == "application/json")
+                r = try await client.call(.head, "/healthz", token: nil)
+                #expect(r.status == .ok)
+                r = try await client.call(.head, "/v1/events", token: f.reader)
+                #expect(r.status == .ok && r.headers[.contentType] == "text/event-stream")
+            }
+        }
+    }
+
+    @Test func modulesAnswerSnakeCaseAuthCannotBeDisabledAndADisabledWorkflowModuleAnswers503() async throws {
+        try await Fixture.with { f in
+            try await f.app().test(.router) { client in
+                let list = try #require(try parse(try await client.call(.get, "/v1/modules", token: f.reader).body) as? [[String: Any]])
+                #expect(list.allSatisfy { Set($0.keys) == ["name", "version", "enabled", "updated_at"] })
+                var r = try await client.call(.post, "/v1/modules/auth/disable", token: f.admin)
+                #expect(r.status == .badRequest && errorMessage(r)?.contains("auth cannot be disabled") == true)
+                r = try await client.call(.post, "/v1/modules/workflow/disable", token: f.admin)
+                #expect(r.status == .ok)
+                try await Task.sleep(for: .milliseconds(1100))  // the gate caches for a second
+                r = try await client.call(.get, "/v1/workers", token: f.reader)
+                #expect(r.status == .serviceUnavailable && errorCode(r) == "module_disabled")
+                r = try await client.call(
+                    .post, "/v1/workers/register", token: f.worker,
+                    json: #"{"namespace":"n","worker_instance_id":"w","worker_id":"x","lanes":["a"]}"#)
+                #expect(r.status == .serviceUnavailable && errorCode(r) == "module_disabled")
+                r = try await client.call(.post, "/v1/modules/workflow/enable", token: f.admin)
+                try await Task.sleep(for: .milliseconds(1100))
+                r = try await client.call(.get, "/v1/workers", token: f.reader)
+                #expect(r.status == .ok)
+            }
+            #expect(try await count(f.api.pool, "workflow.workers") == 0)
+        }
+    }
+
+    @Test func theEventCursorIsExclusiveZeroMeansFromTheStartAndABadLastEventIDIsRefused() async throws {
+        try await Fixture.with { f in
+            let app = Application(router: f.api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+            try await app.test(.live) { client in
+                let port = try #require(client.port)
+                var ids: [Int] = []
+                for n in 1...2 {
+                    let r = try await client.call(.post, "/v1/events", token: f.worker, json: #"{"topic":"cursor.test","payload":{"n":\#(n)}}"#)
+                    ids.append(try #require(try object(r.body)["id"] as? Int))
+                }
+                // after=N: starts after N (N itself is not sent again).
+                var stream = try RawHTTPStream(port: port, path: "/v1/events?after=\(ids[0])&topic=cursor.test", token: f.reader)
+                var text = try stream.read(until: "id: \(ids[1])\n", timeout: .seconds(5))
+                #expect(!text.contains("id: \(ids[0])\n"))
+                stream.close()
+                // after=0: from the oldest kept event.
+                stream = try RawHTTPStream(port: port, path: "/v1/events?after=0&topic=cursor.test", token: f.reader)
+                text = try stream.read(until: "id: \(ids[1])\n", timeout: .seconds(5))
+                #expect(text.contains("id: \(ids[0])\n"))
+                stream.close()
+                // Last-Event-ID: the same exclusive cursor; garbage is refused.
+                let bad = try await client.execute(
+                    uri: "/v1/events", method: .get, headers: [.authorization: "Bearer \(f.reader)", lastEventIDName: "yesterday"])
+                #expect(bad.status == .badRequest && errorCode(bad) == "invalid_last_event_id")
+                let zero = try await client.execute(
+                    uri: "/v1/events?after=-1", method: .get, headers: [.authorization: "Bearer \(f.reader)"])
+                #expect(zero.status == .badRequest && errorCode(zero) == "invalid_cursor")
+            }
+        }
+    }
+}
+
+let lastEventIDName = HTTPField.Name("Last-Event-ID")!

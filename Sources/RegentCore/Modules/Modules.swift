@@ -11,7 +11,9 @@ public struct BuiltinModule: Sendable, Hashable {
 
     public static let engine = BuiltinModule(name: "engine", defaultEnabled: true, alwaysEnabled: true)
     public static let workflow = BuiltinModule(name: "workflow", defaultEnabled: true, alwaysEnabled: false)
-    public static let auth = BuiltinModule(name: "auth", defaultEnabled: true, alwaysEnabled: false)
+    /// Always on: every `/v1` route authenticates with its tokens, so switching it off could
+    /// only leave the API open to anyone or closed to everyone.
+    public static let auth = BuiltinModule(name: "auth", defaultEnabled: true, alwaysEnabled: true)
 
     /// The modules of this build.
     public static let all: [BuiltinModule] = [.engine, .workflow, .auth]
@@ -23,6 +25,8 @@ public struct ModuleState: Sendable, Hashable, Codable {
     public let version: String
     public let enabled: Bool
     public let updatedAt: Date
+
+    enum CodingKeys: String, CodingKey { case name, version, enabled, updatedAt = "updated_at" }
 }
 
 /// Reads, seeds and toggles `engine.modules`.
@@ -86,7 +90,11 @@ public struct ModuleRegistry: Sendable {
                 .invalidInput, "invalid module name \(quoted(name)): use lowercase letters, digits and underscores (at most 63)")
         }
         if !enabled, builtins.first(where: { $0.name == name })?.alwaysEnabled == true {
-            throw RegentError(.invalidInput, "module \(name) cannot be disabled: the engine needs it")
+            throw RegentError(
+                .invalidInput,
+                name == "auth"
+                    ? "module auth cannot be disabled: every /v1 route of the admin API authenticates with its tokens (revoke tokens instead)"
+                    : "module \(name) cannot be disabled: the engine needs it")
         }
         return try await connection.withTransaction { tx in
             let rows = try await tx.query(Self.setModuleEnabled(name, enabled), purpose: "modules: set enabled")

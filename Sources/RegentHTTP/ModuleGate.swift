@@ -1,0 +1,39 @@
+import Foundation
+import HTTPTypes
+import PostgresClient
+import RegentCore
+
+/// Whether a module's routes may serve: a disabled module's routes answer 503
+/// `module_disabled` (the module's tables may be gone or behind; nothing is half-served). The
+/// answer is cached for a second, so a switch reaches every node within about a second
+/// without a query on every request.
+actor ModuleGate {
+    let pool: ConnectionPool
+    let module: String
+    private var cached: (enabled: Bool, at: ContinuousClock.Instant)?
+
+    init(pool: ConnectionPool, module: String) {
+        self.pool = pool
+        self.module = module
+    }
+
+    static func enabled(_ name: String) -> PostgresQuery {
+        "SELECT COALESCE((SELECT enabled FROM engine.modules WHERE name = \(name)), false) AS enabled"
+    }
+
+    func require() async throws {
+        let now = ContinuousClock.now
+        let enabled: Bool
+        if let cached, now - cached.at < .seconds(1) {
+            enabled = cached.enabled
+        } else {
+            enabled = try await pool.query(Self.enabled(module), purpose: "http: is the module enabled?").single().decode("enabled", as: Bool.self)
+            cached = (enabled, now)
+        }
+        guard enabled else {
+            throw APIError(
+                status: .serviceUnavailable, code: "module_disabled",
+                message: "the \(module) module is disabled; an admin can enable it (POST /v1/modules/\(module)/enable or regent modules enable \(module))")
+        }
+    }
+}
