@@ -24,10 +24,20 @@ public struct AdminAPI: Sendable {
         public var authFailureLimit = 50
         /// How often an idle event stream sends a keep-alive comment.
         public var eventStreamKeepAlive: Duration = .seconds(15)
-        public init(staleAfter: Duration = .seconds(10), metricsRequireToken: Bool = false, authFailureLimit: Int = 50) {
+        /// A connection with no request in progress for this long is closed (a silent client,
+        /// or one that trickles a request head: slowloris).
+        public var idleTimeout: Duration = .seconds(30)
+        /// Open connections beyond this are closed at once.
+        public var maxConnections = 512
+        public init(
+            staleAfter: Duration = .seconds(10), metricsRequireToken: Bool = false, authFailureLimit: Int = 50,
+            idleTimeout: Duration = .seconds(30), maxConnections: Int = 512
+        ) {
             self.staleAfter = staleAfter
             self.metricsRequireToken = metricsRequireToken
             self.authFailureLimit = authFailureLimit
+            self.idleTimeout = idleTimeout
+            self.maxConnections = maxConnections
         }
     }
 
@@ -42,6 +52,7 @@ public struct AdminAPI: Sendable {
     let authFailures: AuthFailureLog
     let poolGauges: PoolGauges
     let modules: ModuleGate
+    let connections: ConnectionCounter
 
     public init(pool: ConnectionPool, node: RegentNode?, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
                 options: Options = Options()) {
@@ -55,6 +66,7 @@ public struct AdminAPI: Sendable {
             throttled: CoreMetrics.Counter(label: "regent_http_throttled_total", factory: factory))
         self.poolGauges = PoolGauges(factory: factory)
         self.modules = ModuleGate(pool: pool, module: "workflow")
+        self.connections = ConnectionCounter(limit: options.maxConnections)
     }
 
     var staleAfter: Duration { options.staleAfter }
@@ -122,7 +134,14 @@ public struct AdminAPI: Sendable {
 
     /// An application serving the API on `host:port`.
     public func application(host: String, port: Int, logger: Logger = Logger(label: "regent.http")) -> some ApplicationProtocol {
-        Application(router: router(), configuration: .init(address: .hostname(host, port: port), serverName: "regent"), logger: logger)
+        let connections = self.connections
+        let idle = options.idleTimeout.components
+        return Application(
+            router: router(),
+            server: .http1(configuration: .init(
+                additionalChannelHandlers: [connections.handler(), CloseAfterRefusal()],
+                idleTimeout: .nanoseconds(idle.seconds * 1_000_000_000 + idle.attoseconds / 1_000_000_000))),
+            configuration: .init(address: .hostname(host, port: port), serverName: "regent"), logger: logger)
     }
 
     func readiness() async throws -> Response {

@@ -8,6 +8,9 @@ import PostgresClient
 @testable import RegentHTTP
 import RegentTestSupport
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite("Strict JSON reader (no server)")
 struct StrictJSONTests {
@@ -183,3 +186,128 @@ struct APIContractTests {
 }
 
 let lastEventIDName = HTTPField.Name("Last-Event-ID")!
+
+/// A raw loopback TCP connection that sends what it is told and can tell when the server closed it.
+final class RawSocket {
+    let fd: Int32
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard rc == 0 else { throw POSIXError(.ECONNREFUSED) }
+    }
+    func send(_ text: String) { _ = text.withCString { Glibc.send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) } }
+    /// True once the server closed the connection (a read returns 0 or an error) within `timeout`.
+    func closedByServer(within timeout: Duration) -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while ContinuousClock.now < deadline {
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 50) > 0 else { continue }
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n <= 0 { return true }
+        }
+        return false
+    }
+    deinit { Glibc.close(fd) }
+}
+
+@Suite("The admin API's connection limits", .serialized)
+struct ConnectionLimitTests {
+    @Test func silentAndTricklingConnectionsAreClosedAfterTheIdleTimeoutAndTheCapHolds() async throws {
+        try await Fixture.with { f in
+            let api = AdminAPI(pool: f.api.pool, node: f.node, options: .init(staleAfter: .seconds(1), idleTimeout: .seconds(1), maxConnections: 3))
+            try await api.application(host: "127.0.0.1", port: 0).test(.live) { client in
+                let port = try #require(client.port)
+                // Five connections against a cap of three: at least two are closed at once.
+                let sockets = try (0..<5).map { _ in try RawSocket(port: port) }
+                try await Task.sleep(for: .milliseconds(200))
+                let closedAtOnce = sockets.filter { $0.closedByServer(within: .milliseconds(100)) }.count
+                #expect(closedAtOnce >= 2, "\(closedAtOnce) closed at once")
+                #expect(api.connections.current <= 3)
+                #expect(api.connections.refusedCount >= 2)
+                // The rest: one silent, the others trickle header bytes (slowloris) but never
+                // complete a request. All are closed by the 1 s idle timeout.
+                for s in sockets.dropFirst() { s.send("GET /healthz HTTP/1.1\r\n") }
+                for n in 0..<5 {
+                    for s in sockets.dropFirst() { s.send("X-Slow-\(n): y\r\n") }
+                    try await Task.sleep(for: .milliseconds(300))
+                }
+                #expect(sockets.allSatisfy { $0.closedByServer(within: .seconds(3)) })
+                // Served again once the slots are free.
+                let fresh = try RawHTTPStream(port: port, path: "/healthz", token: nil, close: true)
+                #expect(try fresh.read(until: "ok", timeout: .seconds(5)).contains("200"))
+                fresh.close()
+            }
+        }
+    }
+}
+
+extension RawSocket {
+    /// Sends `bytes` zero bytes in chunks; returns false once the peer refuses them (reset).
+    func sendZeros(_ bytes: Int) -> Bool {
+        let chunk = [UInt8](repeating: 0x20, count: 16_384)
+        var sent = 0
+        while sent < bytes {
+            let n = chunk.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, min(chunk.count, bytes - sent), Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            if n < 0 {
+                if errno == EAGAIN { usleep(10_000); continue }
+                return false
+            }
+            sent += n
+        }
+        return true
+    }
+    func readAll(timeout: Duration) -> String {
+        var out = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 50) > 0 else { continue }
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n <= 0 { break }
+            out += buffer[0..<n]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+@Suite("Refused requests close their connections", .serialized)
+struct RefusedConnectionTests {
+    @Test func anOversizedBodyIsAnswered413AndTheSocketIsClosedNotHalfClosed() async throws {
+        try await Fixture.with { f in
+            try await f.api.application(host: "127.0.0.1", port: 0).test(.live) { client in
+                let port = try #require(client.port)
+                let s = try RawSocket(port: port)
+                s.send("POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(f.worker)\r\nContent-Type: application/json\r\nContent-Length: 50000000\r\n\r\n")
+                _ = s.sendZeros(300_000)
+                let answer = s.readAll(timeout: .seconds(3))
+                #expect(answer.contains("413"))
+                // The client keeps sending: a fully closed socket refuses it (reset) soon.
+                var refused = false
+                for _ in 0..<50 where !refused {
+                    refused = !s.sendZeros(65_536)
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                #expect(refused, "the server kept reading a refused request's body")
+                // The same for a body sent without a valid token: 401, then closed.
+                let u = try RawSocket(port: port)
+                u.send("POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50000000\r\n\r\n")
+                _ = u.sendZeros(300_000)
+                #expect(u.readAll(timeout: .seconds(3)).contains("401"))
+                var refusedToo = false
+                for _ in 0..<50 where !refusedToo {
+                    refusedToo = !u.sendZeros(65_536)
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                #expect(refusedToo, "the server kept reading an unauthenticated request's body")
+            }
+        }
+    }
+}

@@ -33,6 +33,15 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(help: "Exit at once when the database is unreachable at boot, instead of retrying with backoff.") var failFast = false
     @Option(help: "How long a graceful shutdown (SIGTERM) may take before the process exits anyway.") var shutdownTimeout = "20s"
     @Flag(help: "Require a bearer token (any role) for GET /metrics; it is open by default, as scrapers expect.") var metricsRequireToken = false
+    @Option(help: "Close an HTTP connection with no request in progress after this long (silent clients, slowloris).") var httpIdleTimeout = "30s"
+    @Option(help: "Most HTTP connections open at once; more are closed as they arrive (1-100000).") var httpMaxConnections = 512
+
+    func validate() throws {
+        guard (1...100_000).contains(httpMaxConnections) else {
+            throw ValidationError("--http-max-connections must be 1 to 100000, got \(httpMaxConnections)")
+        }
+        _ = try parseDuration(httpIdleTimeout, flag: "--http-idle-timeout")
+    }
 
     func makeConfiguration() throws -> NodeConfiguration {
         var config = NodeConfiguration(database: try database.configuration())
@@ -66,7 +75,9 @@ struct ServeCommand: AsyncParsableCommand {
             apiPool = pool
             let api = AdminAPI(
                 pool: pool, node: node, registry: registry,
-                options: .init(staleAfter: config.staleAfter, metricsRequireToken: metricsRequireToken))
+                options: .init(
+                    staleAfter: config.staleAfter, metricsRequireToken: metricsRequireToken,
+                    idleTimeout: try parseDuration(httpIdleTimeout, flag: "--http-idle-timeout"), maxConnections: httpMaxConnections))
             services.append(.init(
                 service: api.application(host: host, port: port), successTerminationBehavior: .gracefullyShutdownGroup,
                 failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "http"))
