@@ -136,9 +136,11 @@ struct LeadershipTests {
         })
         if let lastSeenLeading { #expect(lastSeenLeading - frozenAt < .seconds(1)) }
 
-        // PostgreSQL still sees the frozen session holding the lock, so nobody else leads yet.
-        #expect(await !follower.isLeader)
-        // Once the server drops that session, the follower takes over ...
+        // PostgreSQL still sees the frozen session holding the lock: nobody else leads until a
+        // follower ends it because its heartbeat went stale (stale-after 1 s after the last
+        // heartbeat, which came at most 200 ms before the freeze), or the server drops it.
+        if await follower.isLeader { #expect(ContinuousClock.now - frozenAt >= .milliseconds(800)) }
+        // Once that session is gone, the follower takes over ...
         let admin = try await PostgresConnection.connect(db)
         try await admin.query("""
             SELECT pg_terminate_backend(pid) FROM pg_locks

@@ -173,17 +173,17 @@ struct ModuleTests {
         let first = try await Boot(options: .init(database: config, actor: "test")).run()
         let registry = ModuleRegistry()
         let state = try await first.pool.withConnection {
-            try await registry.setEnabled("auth", false, actor: "operator", on: $0)
+            try await registry.setEnabled("workflow", false, actor: "operator", on: $0)
         }
         #expect(state.enabled == false)
         let second = try await Boot(options: .init(database: config, actor: "test")).run()
-        #expect(second.modules.first { $0.name == "auth" }?.enabled == false)
-        #expect(second.enabledSchemas == ["engine", "workflow"])
+        #expect(second.modules.first { $0.name == "workflow" }?.enabled == false)
+        #expect(second.enabledSchemas == ["engine", "auth"])
         let audit = try await second.pool.query(
             "SELECT actor, action, detail->>'module' AS module FROM engine.audit ORDER BY id").single()
         #expect(try audit.decode("action", as: String.self) == "module.disabled")
         #expect(try audit.decode("actor", as: String.self) == "operator")
-        #expect(try audit.decode("module", as: String.self) == "auth")
+        #expect(try audit.decode("module", as: String.self) == "workflow")
         await first.pool.shutdown()
         await second.pool.shutdown()
     }

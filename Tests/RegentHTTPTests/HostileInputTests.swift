@@ -7,6 +7,7 @@ import PostgresClient
 @testable import RegentCore
 @testable import RegentHTTP
 import RegentTestSupport
+import Synchronization
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -238,7 +239,7 @@ struct ConnectionLimitTests {
                     for s in sockets.dropFirst() { s.send("X-Slow-\(n): y\r\n") }
                     try await Task.sleep(for: .milliseconds(300))
                 }
-                #expect(sockets.allSatisfy { $0.closedByServer(within: .seconds(3)) })
+                #expect(sockets.allSatisfy { $0.closedByServer(within: .seconds(8)) })
                 // Served again once the slots are free.
                 let fresh = try RawHTTPStream(port: port, path: "/healthz", token: nil, close: true)
                 #expect(try fresh.read(until: "ok", timeout: .seconds(5)).contains("200"))
@@ -308,6 +309,57 @@ struct RefusedConnectionTests {
                 }
                 #expect(refusedToo, "the server kept reading an unauthenticated request's body")
             }
+        }
+    }
+}
+
+@Suite("Request load never reaches the lock", .serialized)
+struct StarvationTests {
+    @Test func saturatingTheAPIForLongerThanTheLeaseWindowDeposesNobody() async throws {
+        try await Fixture.with { f in
+            // Pages worth encoding: 1000 audit rows.
+            try await f.api.pool.query(
+                """
+                INSERT INTO engine.audit (actor, action, detail)
+                SELECT 'load', 'load.row', jsonb_build_object('note', repeat('x', 200), 'n', g) FROM generate_series(1, 1000) g
+                """)
+            let elector = try #require(await f.node.leaderElector)
+            #expect(await eventually { await f.node.isLeader })
+            let wonBefore = await elector.electionsWon
+            let termBefore = try await f.api.pool.query("SELECT term FROM engine.leadership").single().decode("term", as: Int64.self)
+            // A body as expensive to read as the limits allow (256 KB of small numbers) that is
+            // refused after it was read (an unknown field): CPU on the request path, no database.
+            let heavy = #"{"topic":"load.t","extra":1,"payload":{"n":["# + Array(repeating: "1", count: 120_000).joined(separator: ",") + "]}}"
+            let until = ContinuousClock.now + .seconds(3)  // three lease windows of the test node
+            let requests = Atomic<Int>(0)
+            try await f.app().test(.router) { client in
+                try await withThrowingTaskGroup(of: Int.self) { group in
+                    // Far more busy tasks than the cooperative pool has threads (two here): a job
+                    // queued behind them waits seconds. Almost all of it is CPU on the request
+                    // path (PostgreSQL stays nearly idle, so other tests' servers are not starved).
+                    for worker in 0..<128 {
+                        group.addTask {
+                            var n = 0
+                            while ContinuousClock.now < until {
+                                if worker == 0 {
+                                    _ = try await client.call(.get, "/v1/audit?limit=1000", token: f.reader)
+                                } else {
+                                    _ = try await client.call(.post, "/v1/events", token: f.worker, json: heavy)
+                                }
+                                n += 1
+                            }
+                            return n
+                        }
+                    }
+                    for try await n in group { requests.add(n, ordering: .relaxed) }
+                }
+            }
+            print("saturation: \(requests.load(ordering: .relaxed)) expensive requests in 3 s")
+            #expect(requests.load(ordering: .relaxed) > 6)
+            #expect(await f.node.isLeader)
+            #expect(await elector.electionsWon == wonBefore, "the leader stepped down and was re-elected under load")
+            let termAfter = try await f.api.pool.query("SELECT term FROM engine.leadership").single().decode("term", as: Int64.self)
+            #expect(termAfter == termBefore)
         }
     }
 }

@@ -45,7 +45,8 @@ public actor DutyRunner {
         let duties = self.duties
         let (logger, metrics, limit, retryDelay) = (self.logger, self.metrics, self.maxConsecutiveFailures, self.retryDelay)
         let onRepeatedFailure = self.onRepeatedFailure
-        running = Task {
+        // Duties are not latency-critical: back on the cooperative pool, off the leadership thread.
+        running = Task(executorPreference: globalConcurrentExecutor) {
             await withTaskGroup(of: Void.self) { group in
                 for duty in duties {
                     group.addTask {

@@ -63,8 +63,10 @@ public actor LeaderElector {
 
     public init(
         instanceID: UUID, configuration: ConnectionConfiguration, options: Options = Options(), hooks: Hooks = Hooks(),
-        metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.leadership")
+        metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.leadership"),
+        executor: DedicatedExecutor = DedicatedExecutor(name: "regent.leadership")
     ) {
+        self.executor = executor
         self.metrics = metrics
         self.instanceID = instanceID
         self.configuration = configuration
@@ -73,6 +75,11 @@ public actor LeaderElector {
         self.logger = logger
         self.machine = ElectionStateMachine(leaseWindow: options.leaseWindow, confirmInterval: options.confirmInterval)
     }
+
+    /// Runs on the leadership thread, never on the cooperative pool (see ``DedicatedExecutor``).
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+    /// The thread this elector runs on.
+    public nonisolated let executor: DedicatedExecutor
 
     /// The fence of the current term while this node trusts its leadership, else nil.
     public var currentFence: LeaderFence? { machine.isLeader(at: .now) ? fence : nil }

@@ -21,10 +21,15 @@ public actor Membership {
 
     let metrics: RegentMetrics
 
+    /// Heartbeats run on the leadership thread, never on the cooperative pool.
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+    public nonisolated let executor: DedicatedExecutor
+
     public init(
         identity: NodeIdentity, pool: ConnectionPool, heartbeatInterval: Duration, metrics: RegentMetrics = .discarded,
-        logger: Logger = Logger(label: "regent.membership")
+        logger: Logger = Logger(label: "regent.membership"), executor: DedicatedExecutor = DedicatedExecutor(name: "regent.membership")
     ) {
+        self.executor = executor
         self.metrics = metrics
         self.identity = identity
         self.pool = pool

@@ -55,7 +55,10 @@ public actor RegentNode {
         // already, so the first moments of leadership do not wait for backends to fork.
         try? await pool.prewarm(6)
         identity.modules = boot.enabledSchemas
-        let membership = Membership(identity: identity, pool: pool, heartbeatInterval: configuration.heartbeatInterval, metrics: metrics)
+        // This node's leadership thread: its elector, heartbeats and frozen-leader watch.
+        let leadership = DedicatedExecutor(name: "regent.leadership")
+        let membership = Membership(
+            identity: identity, pool: pool, heartbeatInterval: configuration.heartbeatInterval, metrics: metrics, executor: leadership)
         self.membership = membership
         try await membership.join()
 
@@ -79,7 +82,7 @@ public actor RegentNode {
             hooks: .init(
                 elected: { fence in await duties.start(fence) },
                 demoted: { _, _ in await duties.stop() }),
-            metrics: metrics)
+            metrics: metrics, executor: leadership)
         await electorBox.set(elector)
         self.elector = elector
         let watch = HungLeaderWatch(
@@ -93,9 +96,11 @@ public actor RegentNode {
         ])
 
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { await membership.run() }
-            group.addTask { await elector.run() }
-            group.addTask { await watch.run() }
+            // Leadership, heartbeats and the frozen-leader watch prefer the leadership thread, so
+            // request handling that saturates the cooperative pool cannot delay them.
+            group.addTask(executorPreference: leadership) { await membership.run() }
+            group.addTask(executorPreference: leadership) { await elector.run() }
+            group.addTask(executorPreference: leadership) { await watch.run() }
             group.addTask { [self] in await self.waitForSchemas() }
             group.addTask { await bus.run() }
             // Park here until shutdown() rings.
