@@ -261,6 +261,7 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             case .staleLease: return try errorResponse(.conflict, code: "stale_lease", message: error.description)
             case .notRegistered: return try errorResponse(.notFound, code: "not_registered", message: error.description)
             case .notLeader: return try errorResponse(.conflict, code: "not_leader", message: error.description)
+            case .instanceBound: return try errorResponse(.conflict, code: "instance_bound", message: error.description)
             case .timeout: return try unavailable("timeout", "the database did not answer in time; retry shortly")
             default:
                 context.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])

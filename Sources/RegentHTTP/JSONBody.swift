@@ -54,9 +54,11 @@ struct JSONBody {
         return value
     }
 
+    // An optional field is either absent or of its type: an explicit `null` is refused, as
+    // the OpenAPI document says (no field is nullable).
     func optionalString(_ name: String) throws -> String? {
         switch fields[name] {
-        case nil, .null?: return nil
+        case nil: return nil
         case .string(let s)?: return s
         default: throw wrongType(name, "a string")
         }
@@ -66,7 +68,7 @@ struct JSONBody {
 
     func optionalStrings(_ name: String) throws -> [String]? {
         switch fields[name] {
-        case nil, .null?: return nil
+        case nil: return nil
         case .array(let items)?:
             return try items.map { item in
                 guard case .string(let s) = item else { throw wrongType(name, "an array of strings") }
@@ -92,8 +94,10 @@ struct JSONBody {
 
     func optionalInt(_ name: String) throws -> Int64? {
         switch fields[name] {
-        case nil, .null?: return nil
+        case nil: return nil
         case .integer(let v)?: return v
+        // JSON has one number type: 12.0 is the integer 12 (as JSON Schema says).
+        case .number(let d)? where d.rounded() == d && abs(d) < 9.2e18: return Int64(d)
         default: throw wrongType(name, "an integer")
         }
     }
@@ -102,7 +106,7 @@ struct JSONBody {
 
     func optionalBool(_ name: String) throws -> Bool? {
         switch fields[name] {
-        case nil, .null?: return nil
+        case nil: return nil
         case .bool(let v)?: return v
         default: throw wrongType(name, "true or false")
         }
@@ -116,7 +120,7 @@ struct JSONBody {
     /// A JSON object field as compact JSON text (for payloads kept as jsonb).
     func optionalObjectJSON(_ name: String) throws -> String? {
         switch fields[name] {
-        case nil, .null?: return nil
+        case nil: return nil
         case .object?: return fields[name]!.text
         default: throw wrongType(name, "a JSON object")
         }

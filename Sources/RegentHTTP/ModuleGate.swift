@@ -3,8 +3,9 @@ import HTTPTypes
 import PostgresClient
 import RegentCore
 
-/// Whether a module's routes may serve: a disabled module's routes answer 503
-/// `module_disabled` (the module's tables may be gone or behind; nothing is half-served). The
+/// Whether a module's routes may serve: a disabled module's routes answer 404
+/// `module_disabled` (its resources are not offered while it is off; its tables and rows are
+/// kept). The
 /// answer is cached for a second, so a switch reaches every node within about a second
 /// without a query on every request.
 actor ModuleGate {
@@ -32,7 +33,7 @@ actor ModuleGate {
         }
         guard enabled else {
             throw APIError(
-                status: .serviceUnavailable, code: "module_disabled",
+                status: .notFound, code: "module_disabled",
                 message: "the \(module) module is disabled; an admin can enable it (POST /v1/modules/\(module)/enable or regent modules enable \(module))")
         }
     }

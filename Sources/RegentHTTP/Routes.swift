@@ -66,6 +66,13 @@ extension AdminAPI {
         guard SQLIdentifier.isValid(name) else {
             throw APIError.badRequest("invalid_module_name", "invalid module name \(SQLIdentifier.printable(String(name.prefix(64)))): use lowercase letters, digits and underscores")
         }
+        if !enabled, BuiltinModule.all.first(where: { $0.name == name })?.alwaysEnabled == true {
+            throw APIError.conflict(
+                "module_required",
+                name == "auth"
+                    ? "module auth cannot be disabled: every /v1 route of the admin API authenticates with its tokens (revoke tokens instead)"
+                    : "module \(name) cannot be disabled: the engine needs it")
+        }
         let state = try await pool.withConnection { try await ModuleRegistry().setEnabled(name, enabled, actor: context.actor, on: $0) }
         // The leader migrates an enabled module's schema (ModuleMigrationDuty); readiness shows when it is done.
         return try json(state)
@@ -296,7 +303,7 @@ extension AdminAPI {
         let limit = try limit(request)
         let after = try request.uri.queryParameters.get("after").map { text -> ExpiredLeaseCursor in
             let parts = text.split(separator: ",", maxSplits: 1).map(String.init)
-            guard parts.count == 2, let at = try? Date(parts[0], strategy: .iso8601), let id = UUID(uuidString: parts[1]) else {
+            guard parts.count == 2, let at = Self.parseInstant(parts[0]), let id = UUID(uuidString: parts[1]) else {
                 throw APIError.badRequest("invalid_cursor", "after must be EXPIRES_AT,EXECUTION_ID as given in next")
             }
             return ExpiredLeaseCursor(expiresAt: at, executionID: id)
@@ -308,5 +315,11 @@ extension AdminAPI {
             ? leases.last.map { "\($0.expiresAt.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true))),\($0.executionID.uuidString.lowercased())" }
             : nil
         return try json(Page(items: leases, next: next))
+    }
+
+    /// An ISO 8601 instant with or without fractional seconds (`next` cursors carry them).
+    static func parseInstant(_ text: String) -> Date? {
+        if let d = try? Date(text, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true)) { return d }
+        return try? Date(text, strategy: .iso8601)
     }
 }

@@ -37,7 +37,7 @@ struct WorkerLeaseTests {
             _ = try await reg.register(namespace: ns, workerInstanceID: w1, workerID: try WorkerID("beta"), lanes: [lane], capabilities: [], livenessTTL: .seconds(30), on: conn)
             Issue.record("rebinding an instance id to another worker id must be refused")
         } catch let error as RegentError {
-            #expect(error.code == .invalidInput)
+            #expect(error.code == .instanceBound)
             #expect(error.message.contains("bound to worker alpha"))
         }
         let listed = try await reg.list(namespace: ns, after: nil, limit: 10, on: conn)

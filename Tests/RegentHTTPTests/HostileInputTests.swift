@@ -129,22 +129,22 @@ struct APIContractTests {
         }
     }
 
-    @Test func modulesAnswerSnakeCaseAuthCannotBeDisabledAndADisabledWorkflowModuleAnswers503() async throws {
+    @Test func modulesAnswerSnakeCaseAuthCannotBeDisabledAndADisabledWorkflowModuleAnswers404() async throws {
         try await Fixture.with { f in
             try await f.app().test(.router) { client in
                 let list = try #require(try parse(try await client.call(.get, "/v1/modules", token: f.reader).body) as? [[String: Any]])
                 #expect(list.allSatisfy { Set($0.keys) == ["name", "version", "enabled", "updated_at"] })
                 var r = try await client.call(.post, "/v1/modules/auth/disable", token: f.admin)
-                #expect(r.status == .badRequest && errorMessage(r)?.contains("auth cannot be disabled") == true)
+                #expect(r.status == .conflict && errorCode(r) == "module_required")
                 r = try await client.call(.post, "/v1/modules/workflow/disable", token: f.admin)
                 #expect(r.status == .ok)
                 try await Task.sleep(for: .milliseconds(1100))  // the gate caches for a second
                 r = try await client.call(.get, "/v1/workers", token: f.reader)
-                #expect(r.status == .serviceUnavailable && errorCode(r) == "module_disabled")
+                #expect(r.status == .notFound && errorCode(r) == "module_disabled")
                 r = try await client.call(
                     .post, "/v1/workers/register", token: f.worker,
                     json: #"{"namespace":"n","worker_instance_id":"w","worker_id":"x","lanes":["a"]}"#)
-                #expect(r.status == .serviceUnavailable && errorCode(r) == "module_disabled")
+                #expect(r.status == .notFound && errorCode(r) == "module_disabled")
                 r = try await client.call(.post, "/v1/modules/workflow/enable", token: f.admin)
                 try await Task.sleep(for: .milliseconds(1100))
                 r = try await client.call(.get, "/v1/workers", token: f.reader)

@@ -4,6 +4,7 @@ public struct RegentError: Error, Sendable, CustomStringConvertible {
         enum Base: String, Sendable {
             case invalidInput, databaseNewerThanBinary, migrationChecksumMismatch, migrationFailed
             case unknownModule, schemaNotCurrent, bootFailed, notLeader, timeout, staleLease, notRegistered
+            case instanceBound
         }
         let base: Base
         /// Input (flag, config value, name, body) was rejected; nothing was changed.
@@ -26,6 +27,8 @@ public struct RegentError: Error, Sendable, CustomStringConvertible {
         public static let staleLease = Code(base: .staleLease)
         /// The worker instance is not registered (or its liveness lapsed).
         public static let notRegistered = Code(base: .notRegistered)
+        /// A worker instance id is bound to another worker id; nothing was changed.
+        public static let instanceBound = Code(base: .instanceBound)
         /// Something did not happen within its deadline.
         public static let timeout = Code(base: .timeout)
         public var description: String { base.rawValue }

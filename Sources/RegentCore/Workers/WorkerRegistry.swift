@@ -106,7 +106,7 @@ public struct WorkerRegistry: Sendable {
             guard let row = rows.first else {
                 let bound = try await tx.query(Self.boundWorker(namespace, workerInstanceID)).first?.decode("worker_id", as: String.self) ?? "?"
                 throw RegentError(
-                    .invalidInput,
+                    .instanceBound,
                     "worker instance \(workerInstanceID) in namespace \(namespace) is bound to worker \(bound), not \(workerID); use a new instance id")
             }
             let inserted = try row.decode("inserted", as: Bool.self)

@@ -35,12 +35,16 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(help: "Require a bearer token (any role) for GET /metrics; it is open by default, as scrapers expect.") var metricsRequireToken = false
     @Option(help: "Close an HTTP connection with no request in progress after this long (silent clients, slowloris).") var httpIdleTimeout = "30s"
     @Option(help: "Most HTTP connections open at once; more are closed as they arrive (1-100000).") var httpMaxConnections = 512
+    @Option(help: "Failed authentications from one address within 10 s before it gets 429 (1-1000000).") var httpAuthFailureLimit = 50
 
     func validate() throws {
         guard (1...100_000).contains(httpMaxConnections) else {
             throw ValidationError("--http-max-connections must be 1 to 100000, got \(httpMaxConnections)")
         }
         _ = try parseDuration(httpIdleTimeout, flag: "--http-idle-timeout")
+        guard (1...1_000_000).contains(httpAuthFailureLimit) else {
+            throw ValidationError("--http-auth-failure-limit must be 1 to 1000000, got \(httpAuthFailureLimit)")
+        }
     }
 
     func makeConfiguration() throws -> NodeConfiguration {
@@ -76,7 +80,7 @@ struct ServeCommand: AsyncParsableCommand {
             let api = AdminAPI(
                 pool: pool, node: node, registry: registry,
                 options: .init(
-                    staleAfter: config.staleAfter, metricsRequireToken: metricsRequireToken,
+                    staleAfter: config.staleAfter, metricsRequireToken: metricsRequireToken, authFailureLimit: httpAuthFailureLimit,
                     idleTimeout: try parseDuration(httpIdleTimeout, flag: "--http-idle-timeout"), maxConnections: httpMaxConnections))
             services.append(.init(
                 service: api.application(host: host, port: port), successTerminationBehavior: .gracefullyShutdownGroup,
