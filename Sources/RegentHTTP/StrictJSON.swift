@@ -303,3 +303,6 @@ extension JSONValue {
         out += "\""
     }
 }
+
+/// Reads a request body as the API does (for `regent bench json`): true when it is accepted.
+public func readRequestBodyForBenchmark(_ bytes: [UInt8]) -> Bool { (try? StrictJSON.parse(bytes)) != nil }

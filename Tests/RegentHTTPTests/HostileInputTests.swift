@@ -363,3 +363,22 @@ struct StarvationTests {
         }
     }
 }
+
+@Suite("Database trouble reaches clients as 503", .serialized)
+struct UnavailableTests {
+    @Test func anExhaustedPoolAnswers503WithRetryAfterNot500() async throws {
+        try await Fixture.with { f in
+            let pool = ConnectionPool(configuration: f.database, options: .init(maxConnections: 1, checkoutTimeout: .milliseconds(200)))
+            let api = AdminAPI(pool: pool, node: f.node, options: .init(staleAfter: .seconds(1)))
+            let held = try await pool.checkout()
+            try await Application(router: api.router()).test(.router) { client in
+                let r = try await client.call(.get, "/v1/instances", token: f.reader)
+                #expect(r.status == .serviceUnavailable)
+                #expect(errorCode(r) == "pool_exhausted")
+                #expect(r.headers[.retryAfter] == "1")
+            }
+            await pool.checkin(held)
+            await pool.shutdown()
+        }
+    }
+}
