@@ -12,9 +12,16 @@ status=0
 if [ $# -gt 0 ]; then
   timeout --signal=TERM --kill-after=30 "${REGENT_TEST_TIMEOUT:-1800}" swift test --skip-build "$@" || status=$?
 else
-  # Everything but the starvation test, in parallel; then that test alone: it saturates the
-  # process's cooperative pool on purpose, which would slow every test running beside it.
-  timeout --signal=TERM --kill-after=30 "${REGENT_TEST_TIMEOUT:-1800}" swift test --skip-build --skip StarvationTests || status=$?
+  # 1. Everything in-process, in parallel. 2. The suites that start processes and servers of
+  # their own (drills, regent serve, promoted standbys, outages, PgBouncer), one at a time:
+  # on a two-core machine running them beside everything else starves the other tests'
+  # leaders (1 s test leases) and makes timing assertions flaky. 3. The starvation test
+  # alone: it saturates the process's cooperative pool on purpose.
+  heavy=(FaultDrillTests ProcessTests ServeProcessTests PromotionTests OutageTests PoolerTests)
+  skips=(); for s in "${heavy[@]}" StarvationTests; do skips+=(--skip "$s"); done
+  filters=(); for s in "${heavy[@]}"; do filters+=(--filter "$s"); done
+  timeout --signal=TERM --kill-after=30 "${REGENT_TEST_TIMEOUT:-1800}" swift test --skip-build "${skips[@]}" || status=$?
+  timeout --signal=TERM --kill-after=30 "${REGENT_TEST_TIMEOUT:-1800}" swift test --skip-build --no-parallel "${filters[@]}" || status=$?
   timeout --signal=TERM --kill-after=30 600 swift test --skip-build --filter StarvationTests || status=$?
   # The API contract: Schemathesis against docs/openapi.yaml and a real node (skipped, saying
   # why, when it cannot be installed from PyPI).

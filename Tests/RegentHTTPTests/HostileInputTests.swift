@@ -191,17 +191,7 @@ let lastEventIDName = HTTPField.Name("Last-Event-ID")!
 /// A raw loopback TCP connection that sends what it is told and can tell when the server closed it.
 final class RawSocket {
     let fd: Int32
-    init(port: Int) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard rc == 0 else { throw POSIXError(.ECONNREFUSED) }
-    }
+    init(port: Int) throws { fd = try connectLoopback(port: port) }
     func send(_ text: String) { _ = text.withCString { Glibc.send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) } }
     /// True once the server closed the connection (a read returns 0 or an error) within `timeout`.
     func closedByServer(within timeout: Duration) -> Bool {

@@ -10,19 +10,7 @@ final class RawHTTPStream {
     private var received = Data()
 
     init(port: Int, path: String, token: String?, method: String = "GET", close: Bool = false) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw POSIXError(.EIO) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard rc == 0 else {
-            Glibc.close(fd)
-            throw POSIXError(.ECONNREFUSED)
-        }
+        fd = try connectLoopback(port: port)
         var request = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         if close { request += "Connection: close\r\n" }
         if let token { request += "Authorization: Bearer \(token)\r\n" }
@@ -73,4 +61,22 @@ final class RawHTTPStream {
         }
         return Int(UInt16(bigEndian: addr.sin_port))
     }
+}
+
+/// A TCP connection to 127.0.0.1:`port`; its descriptor.
+func connectLoopback(port: Int) throws -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw POSIXError(.EIO) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard rc == 0 else {
+        Glibc.close(fd)
+        throw POSIXError(.ECONNREFUSED)
+    }
+    return fd
 }

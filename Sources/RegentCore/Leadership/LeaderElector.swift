@@ -262,7 +262,7 @@ public actor LeaderElector {
             if !timelineUnreadableWarned {
                 timelineUnreadableWarned = true
                 logger.warning(
-                    "cannot read the server's system identifier and timeline; an old primary brought back writable will not be noticed (GRANT EXECUTE ON FUNCTION pg_control_system(), pg_control_checkpoint() TO <this role>)",
+                    "cannot read the server's system identifier and timeline; an old primary brought back writable will not be noticed (were pg_control_system() and pg_control_checkpoint() revoked? GRANT EXECUTE ON FUNCTION pg_control_system(), pg_control_checkpoint() TO <this role>)",
                     metadata: ["error": "\(error)"])
             }
             return nil

@@ -64,6 +64,22 @@ func drillConfiguration(_ url: String) throws -> ConnectionConfiguration {
     return c
 }
 
+/// A drill's own connection that reconnects on demand: the database may be away (outages,
+/// terminate-all), and a drill keeps going through that.
+final class DrillConnection {
+    let url: String
+    private var conn: PostgresConnection?
+    init(_ url: String) { self.url = url }
+    func get() async throws -> PostgresConnection {
+        if let conn, conn.isUsable { return conn }
+        let fresh = try await PostgresConnection.connect(try drillConfiguration(url))
+        conn = fresh
+        return fresh
+    }
+    func drop() { conn = nil }
+    func close() async { await conn?.close() }
+}
+
 /// Keeps the leader's duties busy: workers that register and never heartbeat (swept a TTL
 /// later) and executions claimed on leases that expire (reclaimed), so a drill sees duty
 /// writes around every fault.
@@ -73,12 +89,11 @@ final class ChurnLoad: Sendable {
     init(databaseURL: String, every: Duration = .milliseconds(150), ttl: Duration = .milliseconds(300)) {
         task = Task {
             var made = 0
-            var conn: PostgresConnection?
+            let conn = DrillConnection(databaseURL)
             let ns = try! Namespace("drill"), lane = try! Lane("churn")
             while !Task.isCancelled {
                 do {
-                    if conn == nil || conn?.isUsable == false { conn = try await PostgresConnection.connect(try drillConfiguration(databaseURL)) }
-                    guard let c = conn else { continue }
+                    let c = try await conn.get()
                     made += 1
                     let worker = try WorkerInstanceID("churn-\(made)")
                     _ = try await WorkerRegistry().register(
@@ -91,7 +106,7 @@ final class ChurnLoad: Sendable {
                 }
                 try? await Task.sleep(for: every)
             }
-            await conn?.close()
+            await conn.close()
             return made
         }
     }
@@ -106,19 +121,16 @@ final class ChurnLoad: Sendable {
 func sampleLockHolders(databaseURL: String) -> Task<Int, Never> {
     Task {
         var most = 0
-        var conn: PostgresConnection?
+        let conn = DrillConnection(databaseURL)
         while !Task.isCancelled {
             do {
-                if conn == nil || conn?.isUsable == false { conn = try await PostgresConnection.connect(try drillConfiguration(databaseURL)) }
-                if let c = conn {
-                    most = max(most, try await c.query(LeadershipQueries.countLockHolders).single().decode("n", as: Int.self))
-                }
+                most = max(most, try await conn.get().query(LeadershipQueries.countLockHolders).single().decode("n", as: Int.self))
             } catch {
-                conn = nil
+                conn.drop()
             }
             try? await Task.sleep(for: .milliseconds(20))
         }
-        await conn?.close()
+        await conn.close()
         return most
     }
 }
@@ -254,25 +266,23 @@ struct OutageDrill {
     static func liveWorker(url: String, name: String, execution: UUID, epoch: LeaseEpoch, ttl: Duration) -> Task<Int, Never> {
         Task {
             var refused = 0
-            var conn: PostgresConnection?
+            let conn = DrillConnection(url)
             let ns = try! Namespace("drill")
             while !Task.isCancelled {
                 do {
-                    if conn == nil || conn?.isUsable == false { conn = try await PostgresConnection.connect(try drillConfiguration(url)) }
-                    if let c = conn {
-                        if try await WorkerRegistry().heartbeat(namespace: ns, workerInstanceID: try WorkerInstanceID(name), on: c) == .notRegistered {
-                            refused += 1
-                        }
-                        _ = try await LeaseStore().renew(executionID: execution, epoch: epoch, leaseDuration: ttl, on: c)
+                    let c = try await conn.get()
+                    if try await WorkerRegistry().heartbeat(namespace: ns, workerInstanceID: try WorkerInstanceID(name), on: c) == .notRegistered {
+                        refused += 1
                     }
+                    _ = try await LeaseStore().renew(executionID: execution, epoch: epoch, leaseDuration: ttl, on: c)
                 } catch let error as RegentError where error.code == .staleLease {
                     refused += 1
                 } catch {
-                    conn = nil
+                    conn.drop()
                 }
                 try? await Task.sleep(for: ttl / 4)
             }
-            await conn?.close()
+            await conn.close()
             return refused
         }
     }
