@@ -55,6 +55,14 @@ final class DrillEnvironment {
 
     var probe: LeadershipProbe { LeadershipProbe(connection: probeConnection) }
 
+    /// The first settled leader of the drill's cluster; throws naming the logs when none comes.
+    func firstLeader(timeout: Duration = .seconds(30)) async throws -> LeadershipProbe.Reading {
+        guard let reading = try await probe.waitForLeader(after: 0, timeout: timeout) else {
+            throw RegentError(.timeout, "no leader was elected within \(timeout); see the node logs in \(cluster.logDirectory)")
+        }
+        return reading
+    }
+
     func close() async {
         cluster.stopAll()
         await probeConnection.close()

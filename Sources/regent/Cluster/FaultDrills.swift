@@ -153,9 +153,7 @@ struct FreezeDrill {
         var result = Result()
         let churn = ChurnLoad(databaseURL: env.databaseURL)
         let sampler = sampleLockHolders(databaseURL: env.databaseURL)
-        guard var current = try await env.probe.waitForLeader(after: 0, timeout: .seconds(30)) else {
-            throw RegentError(.timeout, "no leader was elected within 30 s; see the node logs in \(env.cluster.logDirectory)")
-        }
+        var current = try await env.firstLeader()
         // Let the followers heartbeat for a whole stale window: only then may they judge.
         try await Task.sleep(for: staleAfter + .seconds(1))
         for round in 1...freezes {
@@ -224,9 +222,7 @@ struct TerminateAllDrill {
         var violations: [String] = []
         let churn = ChurnLoad(databaseURL: env.databaseURL)
         let sampler = sampleLockHolders(databaseURL: env.databaseURL)
-        guard var current = try await env.probe.waitForLeader(after: 0, timeout: .seconds(30)) else {
-            throw RegentError(.timeout, "no leader was elected within 30 s; see the node logs in \(env.cluster.logDirectory)")
-        }
+        var current = try await env.firstLeader()
         let admin = try await PostgresConnection.connect(try drillConfiguration(env.databaseURL))
         for round in 1...rounds {
             try await Task.sleep(for: .seconds(1))
@@ -289,9 +285,7 @@ struct OutageDrill {
 
     func run() async throws -> [String] {
         var violations: [String] = []
-        guard try await env.probe.waitForLeader(after: 0, timeout: .seconds(30)) != nil else {
-            throw RegentError(.timeout, "no leader was elected within 30 s; see the node logs in \(env.cluster.logDirectory)")
-        }
+        _ = try await env.firstLeader()
         let setup = try await PostgresConnection.connect(try drillConfiguration(env.databaseURL))
         // Wait for the leader to migrate the workflow schema.
         let deadline = ContinuousClock.now + .seconds(30)
