@@ -11,6 +11,8 @@ import PostgresClient
 public final class EmbeddedPostgres: Sendable {
     public let directory: String
     public let port: Int
+    /// The server's `max_connections`.
+    public let maxConnections: Int
     public let binDirectory: String
     let runAs: String?
     let logger: Logger
@@ -24,7 +26,8 @@ public final class EmbeddedPostgres: Sendable {
         "postgres://postgres@127.0.0.1:\(port)/\(database)?sslmode=disable"
     }
 
-    init(directory: String, port: Int, binDirectory: String, runAs: String?, logger: Logger) {
+    init(directory: String, port: Int, binDirectory: String, runAs: String?, maxConnections: Int = 400, logger: Logger) {
+        self.maxConnections = maxConnections
         self.directory = directory
         self.port = port
         self.binDirectory = binDirectory
@@ -55,9 +58,9 @@ public final class EmbeddedPostgres: Sendable {
     }
 
     /// Creates and starts a cluster. With `directory` nil a fresh temporary directory is used.
-    public static func start(directory: String? = nil, logger: Logger = Logger(label: "regent.embedded-postgres")) throws
-        -> EmbeddedPostgres
-    {
+    public static func start(
+        directory: String? = nil, maxConnections: Int = 400, logger: Logger = Logger(label: "regent.embedded-postgres")
+    ) throws -> EmbeddedPostgres {
         let bin = try locateBinaries()
         let runAs: String? = geteuid() == 0 ? "postgres" : nil
         let dir: String
@@ -79,7 +82,7 @@ public final class EmbeddedPostgres: Sendable {
             }
             for path in [dir, socketDir] { chown(path, pw.pointee.pw_uid, pw.pointee.pw_gid) }
         }
-        let pg = EmbeddedPostgres(directory: dir, port: 0, binDirectory: bin, runAs: runAs, logger: logger)
+        let pg = EmbeddedPostgres(directory: dir, port: 0, binDirectory: bin, runAs: runAs, maxConnections: maxConnections, logger: logger)
         if !FileManager.default.fileExists(atPath: pg.dataDirectory + "/PG_VERSION") {
             let result = try run(
                 [bin + "/initdb", "-D", pg.dataDirectory, "--no-sync", "--no-locale", "-E", "UTF8", "-U", "postgres", "--auth=trust"],
@@ -92,7 +95,7 @@ public final class EmbeddedPostgres: Sendable {
         var lastError: EmbeddedPostgresError?
         for _ in 0..<5 {
             let port = try freeLoopbackPort()
-            let started = EmbeddedPostgres(directory: dir, port: port, binDirectory: bin, runAs: runAs, logger: logger)
+            let started = EmbeddedPostgres(directory: dir, port: port, binDirectory: bin, runAs: runAs, maxConnections: maxConnections, logger: logger)
             do {
                 try started.startServer()
                 logger.info("private PostgreSQL started", metadata: ["port": "\(port)", "directory": "\(dir)"])
@@ -109,7 +112,7 @@ public final class EmbeddedPostgres: Sendable {
         [
             "-p \(port)", "-k \(socketDirectory)", "-c listen_addresses=127.0.0.1",
             "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
-            "-c max_connections=400", "-c shared_buffers=64MB",
+            "-c max_connections=\(maxConnections)", "-c shared_buffers=64MB",
             "-c tcp_keepalives_idle=5", "-c tcp_keepalives_interval=2", "-c tcp_keepalives_count=3",
             "-c tcp_user_timeout=10000", "-c client_connection_check_interval=1000",
             "-c idle_in_transaction_session_timeout=60000",
@@ -148,7 +151,8 @@ public final class EmbeddedPostgres: Sendable {
         guard backup.status == 0 else { throw EmbeddedPostgresError("pg_basebackup failed: \(backup.output.suffix(400))") }
         var lastError: EmbeddedPostgresError?
         for _ in 0..<5 {
-            let standby = EmbeddedPostgres(directory: dir, port: try Self.freeLoopbackPort(), binDirectory: binDirectory, runAs: runAs, logger: logger)
+            let standby = EmbeddedPostgres(
+                directory: dir, port: try Self.freeLoopbackPort(), binDirectory: binDirectory, runAs: runAs, maxConnections: maxConnections, logger: logger)
             do {
                 try standby.startServer()
                 return standby

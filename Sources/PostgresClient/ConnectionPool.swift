@@ -12,10 +12,19 @@ public actor ConnectionPool {
         public var maxConnections: Int = 8
         public var checkoutTimeout: Duration = .seconds(5)
         public var healthCheckAfterIdle: Duration = .seconds(10)
-        public init(maxConnections: Int = 8, checkoutTimeout: Duration = .seconds(5), healthCheckAfterIdle: Duration = .seconds(10)) {
+        /// Idle connections beyond `minIdle` are closed once idle this long (nil: kept), so an
+        /// idle process holds few backends and a burst's connections go away after it.
+        public var idleTimeout: Duration?
+        public var minIdle: Int = 0
+        public init(
+            maxConnections: Int = 8, checkoutTimeout: Duration = .seconds(5), healthCheckAfterIdle: Duration = .seconds(10),
+            idleTimeout: Duration? = nil, minIdle: Int = 0
+        ) {
             self.maxConnections = maxConnections
             self.checkoutTimeout = checkoutTimeout
             self.healthCheckAfterIdle = healthCheckAfterIdle
+            self.idleTimeout = idleTimeout
+            self.minIdle = minIdle
         }
     }
 
@@ -70,6 +79,7 @@ public actor ConnectionPool {
     }
 
     public func checkout() async throws -> PostgresConnection {
+        reapIdle()
         while true {
             guard !closed else { throw PostgresError(.poolClosed, "connection pool is shut down") }
             if let (connection, since) = idle.popLast() {
@@ -91,7 +101,11 @@ public actor ConnectionPool {
     }
 
     public func checkin(_ connection: PostgresConnection) {
-        guard connection.isUsable, !closed else {
+        let inTransaction = connection.isUsable && connection.isInTransaction
+        if inTransaction {
+            logger.warning("a connection came back inside a transaction; closing it instead of lending it again")
+        }
+        guard connection.isUsable, !closed, !inTransaction else {
             open -= 1
             Task { await connection.close() }
             // A slot freed up: wake one waiter so it can open a fresh connection.
@@ -102,6 +116,20 @@ public actor ConnectionPool {
             waiters.removeFirst().continuation.resume(returning: connection)
         } else {
             idle.append((connection, .now))
+            reapIdle()
+        }
+    }
+
+    /// Closes the idle connections (oldest first: `idle` is used as a stack, so the oldest
+    /// are the coldest) that sat longer than `idleTimeout`, keeping `minIdle`.
+    private func reapIdle() {
+        guard let timeout = options.idleTimeout else { return }
+        let now = ContinuousClock.now
+        while idle.count > options.minIdle, let oldest = idle.first, now - oldest.since >= timeout {
+            idle.removeFirst()
+            open -= 1
+            let connection = oldest.connection
+            Task { await connection.close() }
         }
     }
 

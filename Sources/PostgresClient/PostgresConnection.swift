@@ -108,6 +108,17 @@ public final class PostgresConnection: @unchecked Sendable {
     /// True until the connection is closed or a statement found it broken.
     public var isUsable: Bool { shared.withLock { !$0.closed && !$0.broken } }
 
+    /// True when the session is inside a transaction (or its state is unknown), as libpq last
+    /// saw it, read without a round trip. A pool must not lend such a session to anyone else.
+    /// Read under `shared`'s lock while no statement runs (`outstanding == 0`), so no other
+    /// thread uses `pgconn` meanwhile.
+    public var isInTransaction: Bool {
+        shared.withLock { s in
+            guard !s.closed, s.outstanding == 0, let conn = pgconn else { return s.outstanding > 0 }
+            return PQtransactionStatus(conn) != PQTRANS_IDLE
+        }
+    }
+
     private func run<T: Sendable>(
         purpose: String?, _ body: @escaping @Sendable (OpaquePointer) throws(PostgresError) -> T
     ) async throws -> T {
@@ -344,10 +355,28 @@ public final class PostgresConnection: @unchecked Sendable {
         do {
             value = try await body(self)
         } catch {
-            if isUsable { _ = try? await query("ROLLBACK", purpose: "roll back transaction") }
+            // Report a failed rollback beside the body's error, never instead of it or not at
+            // all: the session is then in an unknown state, and is marked broken so that no
+            // pool lends it again.
+            guard isUsable else { throw error }
+            do {
+                try await query("ROLLBACK", purpose: "roll back transaction")
+            } catch let rollback {
+                shared.withLock { $0.broken = true }
+                throw PostgresError(
+                    .connectionClosed, "transaction failed (\(error)), and its rollback failed too (\(rollback)); the session was discarded",
+                    purpose: "roll back transaction")
+            }
             throw error
         }
-        try await query("COMMIT", purpose: "commit transaction")
+        do {
+            try await query("COMMIT", purpose: "commit transaction")
+        } catch {
+            // A failed COMMIT leaves the outcome to the server (rolled back, or unknown if the
+            // connection broke): say so, and let no pool reuse the session.
+            if isInTransaction { shared.withLock { $0.broken = true } }
+            throw error
+        }
         return value
     }
 }

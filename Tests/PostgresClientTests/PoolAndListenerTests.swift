@@ -168,3 +168,25 @@ struct PoolAndListenerTests {
         #expect(watcher.error == nil, "a stopped listener ends without error: \(String(describing: watcher.error))")
     }
 }
+
+@Suite("Pool check-in against a real server")
+struct PoolCheckinTests {
+    @Test func aConnectionReturnedInsideATransactionIsNeverLentAgain() async throws {
+        let config = try await TestDatabase.shared.freshDatabase()
+        let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
+        let first = try await pool.checkout()
+        try await first.query("BEGIN")
+        try await first.query("CREATE TEMP TABLE leaked (v int)")
+        #expect(first.isInTransaction)
+        await pool.checkin(first)
+        #expect(await pool.statistics.open == 0)
+        let next = try await pool.checkout()
+        #expect(next.backendPID != first.backendPID)
+        #expect(!next.isInTransaction)
+        // Nothing of the abandoned transaction is visible: it was never committed.
+        #expect(try await next.query("SELECT to_regclass('pg_temp.leaked') IS NULL AS gone").single().decode("gone", as: Bool.self))
+        await pool.checkin(next)
+        #expect(await pool.statistics.idle == 1)
+        await pool.shutdown()
+    }
+}

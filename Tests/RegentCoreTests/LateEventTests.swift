@@ -294,7 +294,7 @@ struct LateEventTests {
         }
         // The INSERT has taken its id and waits for the gate, with no transaction id yet.
         #expect(await eventually {
-            try await gate.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").count == 1
+            try await gate.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = 4242 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())").count == 1
         })
         let c = try await Self.publish("c", on: pub)
         let t = c - 1

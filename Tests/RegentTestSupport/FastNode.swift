@@ -8,5 +8,6 @@ public func fastNode(_ database: ConnectionConfiguration, name: String) -> NodeC
     c.heartbeatInterval = .milliseconds(200)
     c.staleAfter = .seconds(1)
     c.leaseWindow = .seconds(1)
+    c.poolIdleTimeout = .seconds(1)
     return c
 }

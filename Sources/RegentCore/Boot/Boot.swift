@@ -22,6 +22,8 @@ public struct Boot: Sendable {
         /// When false, module schemas are only checked, not migrated (a follower waits for the leader).
         public var migrateModules: Bool = true
         public var pool: ConnectionPool.Options = .init()
+        /// Boot on this pool (kept open if boot fails) instead of a new one.
+        public var existingPool: ConnectionPool?
         public init(database: ConnectionConfiguration, actor: String, migrateModules: Bool = true) {
             self.database = database
             self.actor = actor
@@ -38,7 +40,7 @@ public struct Boot: Sendable {
     }
 
     public func run() async throws -> BootResult {
-        let pool = ConnectionPool(configuration: options.database, options: options.pool)
+        let pool = options.existingPool ?? ConnectionPool(configuration: options.database, options: options.pool)
         do {
             return try await pool.withConnection { connection in
                 let runner = MigrationRunner(appliedBy: options.actor)
@@ -71,7 +73,7 @@ public struct Boot: Sendable {
                     migrationsApplied: engineApplied + moduleApplied)
             }
         } catch {
-            await pool.shutdown()
+            if options.existingPool == nil { await pool.shutdown() }
             throw error
         }
     }

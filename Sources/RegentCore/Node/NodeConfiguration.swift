@@ -15,6 +15,12 @@ public struct NodeConfiguration: Sendable {
     public var httpAddress: String?
     /// Events older than this are pruned from the outbox by the leader.
     public var eventRetention: Duration = .seconds(86_400)
+    /// The node's pool of database connections, shared by its duties, heartbeats, event
+    /// publishing and its HTTP API; the lock session and the event listener come on top.
+    public var maxConnections = 8
+    /// Pooled connections idle this long are closed (one is kept): an idle follower holds the
+    /// lock session, the listener and about one pooled connection.
+    public var poolIdleTimeout: Duration = .seconds(30)
 
     public init(database: ConnectionConfiguration) {
         self.database = database
@@ -32,6 +38,9 @@ public struct NodeConfiguration: Sendable {
 
     /// Refuses combinations that cannot work, naming the flags.
     public func validate() throws(RegentError) {
+        guard (2...1000).contains(maxConnections) else {
+            throw RegentError(.invalidInput, "--max-connections must be 2 to 1000, got \(maxConnections)")
+        }
         if let nodeName { try NodeIdentity.validateNodeName(nodeName) }
         if let httpAddress { _ = try Self.parseHTTPAddress(httpAddress) }
         guard staleAfter >= heartbeatInterval * 2 else {

@@ -16,7 +16,9 @@ public actor RegentNode {
     let logger: Logger
     /// What this node records (elections, heartbeats, events, sweeps); read by `/metrics`.
     public nonisolated let metrics: RegentMetrics
-    private var pool: ConnectionPool?
+    /// The node's one pool (duties, heartbeats, events, and the HTTP API when it serves one),
+    /// created here so the API can share it before the node boots.
+    public nonisolated let pool: ConnectionPool
     private var membership: Membership?
     private var elector: LeaderElector?
     private var duties: DutyRunner?
@@ -32,6 +34,9 @@ public actor RegentNode {
         self.identity = identity
         self.instanceID = identity.instanceID
         self.logger = logger
+        self.pool = ConnectionPool(
+            configuration: configuration.database,
+            options: .init(maxConnections: configuration.maxConnections, idleTimeout: configuration.poolIdleTimeout, minIdle: 1))
     }
 
     /// True once `shutdown()` was called: the node is handing over and takes no new work.
@@ -49,11 +54,7 @@ public actor RegentNode {
         try configuration.validate()
         try await refuseTransactionPooling()
         let boot = try await bootWithRetry()
-        let pool = boot.pool
-        self.pool = pool
-        // Every duty checks out a connection the moment this node is elected: have them open
-        // already, so the first moments of leadership do not wait for backends to fork.
-        try? await pool.prewarm(6)
+        // Connections open on demand (no prewarming: an idle follower holds as few as it can).
         identity.modules = boot.enabledSchemas
         // This node's leadership thread: its elector, heartbeats and frozen-leader watch.
         let leadership = DedicatedExecutor(name: "regent.leadership")
@@ -156,7 +157,10 @@ public actor RegentNode {
         var delay = Duration.milliseconds(200)
         while true {
             do {
-                return try await Boot(options: .init(database: configuration.database, actor: "instance:\(identity.instanceID.uuidString.lowercased())", migrateModules: false)).run()
+                var options = Boot.Options(
+                    database: configuration.database, actor: "instance:\(identity.instanceID.uuidString.lowercased())", migrateModules: false)
+                options.existingPool = pool
+                return try await Boot(options: options).run()
             } catch let error as RegentError where error.code != .bootFailed {
                 throw error  // newer database, changed checksum: retrying cannot help
             } catch {
@@ -170,7 +174,7 @@ public actor RegentNode {
 
     /// A follower waits for the leader to migrate the enabled module schemas.
     private func waitForSchemas() async {
-        guard let pool else { return }
+        let pool = self.pool
         let deadline = ContinuousClock.now + configuration.schemaWaitTimeout
         var warned = false
         while !Task.isCancelled, !shuttingDown {

@@ -15,7 +15,8 @@ final class DrillEnvironment {
     static let nodeArguments = ["--heartbeat-interval", "500ms", "--stale-after", "2s", "--lease-window", "2s", "--log-level", "info"]
 
     static func start(
-        databaseURL: String?, nodes: Int, nodeArguments: [String] = DrillEnvironment.nodeArguments, say: (String) -> Void
+        databaseURL: String?, nodes: Int, nodeArguments: [String] = DrillEnvironment.nodeArguments, serverMaxConnections: Int = 400,
+        say: (String) -> Void
     ) async throws -> DrillEnvironment {
         var embedded: EmbeddedPostgres?
         let url: String
@@ -23,7 +24,7 @@ final class DrillEnvironment {
             url = databaseURL
         } else {
             say("▶ starting a private PostgreSQL …")
-            let pg = try EmbeddedPostgres.start()
+            let pg = try EmbeddedPostgres.start(maxConnections: serverMaxConnections)
             embedded = pg
             url = pg.url()
             say("  127.0.0.1:\(pg.port), data in \(pg.directory)")

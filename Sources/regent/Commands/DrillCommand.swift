@@ -200,6 +200,7 @@ struct DrillCommand: AsyncParsableCommand {
         @Option(help: "Nodes in the cluster (2-16).") var nodes = 3
         @Option(help: "Rounds (1-1000).") var kills = 20
         @Option(help: "Every Nth round sends SIGTERM instead of SIGKILL (0: never).") var gracefulEvery = 3
+        @Option(help: "max_connections of the private PostgreSQL (100 is PostgreSQL's default).") var serverMaxConnections = 400
         @Option(
             name: .customLong("database-url"),
             help: ArgumentHelp("Use this database instead of a private PostgreSQL.", valueName: "url"))
@@ -209,10 +210,11 @@ struct DrillCommand: AsyncParsableCommand {
             guard (2...16).contains(nodes) else { throw ValidationError("--nodes must be 2 to 16, got \(nodes)") }
             guard (1...1000).contains(kills) else { throw ValidationError("--kills must be 1 to 1000, got \(kills)") }
             guard gracefulEvery >= 0 else { throw ValidationError("--graceful-every must be 0 or more") }
+            guard (20...10_000).contains(serverMaxConnections) else { throw ValidationError("--server-max-connections must be 20 to 10000") }
         }
 
         func run() async throws {
-            let env = try await DrillEnvironment.start(databaseURL: databaseURL, nodes: nodes) { print($0) }
+            let env = try await DrillEnvironment.start(databaseURL: databaseURL, nodes: nodes, serverMaxConnections: serverMaxConnections) { print($0) }
             let result: FailoverDrill.Result
             do {
                 print("▶ \(kills) rounds")

@@ -36,6 +36,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Close an HTTP connection with no request in progress after this long (silent clients, slowloris).") var httpIdleTimeout = "30s"
     @Option(help: "Most HTTP connections open at once; more are closed as they arrive (1-100000).") var httpMaxConnections = 512
     @Option(help: "Failed authentications from one address within 10 s before it gets 429 (1-1000000).") var httpAuthFailureLimit = 50
+    @Option(help: "The node's pool of database connections, shared by its duties and its HTTP API (2-1000); the lock session and the event listener come on top.") var maxConnections = 8
 
     func validate() throws {
         guard (1...100_000).contains(httpMaxConnections) else {
@@ -57,6 +58,7 @@ struct ServeCommand: AsyncParsableCommand {
         config.failFast = failFast
         config.httpAddress = httpAddress
         config.eventRetention = try parseDuration(eventRetention, flag: "--event-retention")
+        config.maxConnections = maxConnections
         try config.validate()
         return config
     }
@@ -72,13 +74,11 @@ struct ServeCommand: AsyncParsableCommand {
         // shutdown in reverse order — first the node drains (no claims, duties stop,
         // leadership handed over, instance row deleted), then the HTTP server stops.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
-        var apiPool: ConnectionPool?
         if let address = config.httpAddress {
             let (host, port) = try NodeConfiguration.parseHTTPAddress(address)
-            let pool = ConnectionPool(configuration: config.database, options: .init(maxConnections: 4))
-            apiPool = pool
+            // One pool for the node and its API (issue 17: an idle follower holds few backends).
             let api = AdminAPI(
-                pool: pool, node: node, registry: registry,
+                pool: node.pool, node: node, registry: registry,
                 options: .init(
                     staleAfter: config.staleAfter, metricsRequireToken: metricsRequireToken, authFailureLimit: httpAuthFailureLimit,
                     idleTimeout: try parseDuration(httpIdleTimeout, flag: "--http-idle-timeout"), maxConnections: httpMaxConnections))
@@ -95,7 +95,6 @@ struct ServeCommand: AsyncParsableCommand {
         let watchdog = shutdownWatchdog(timeout: shutdownTimeout, logger: logger)
         defer { watchdog.cancel() }
         try await ServiceGroup(configuration: groupConfig).run()
-        await apiPool?.shutdown()
     }
 }
 
