@@ -105,6 +105,9 @@ public final class PostgresConnection: @unchecked Sendable {
         }
     }
 
+    /// The session's socket descriptor (tests read its options).
+    var socketDescriptor: Int32 { shared.withLock { $0.socketFD } }
+
     /// True until the connection is closed or a statement found it broken.
     public var isUsable: Bool { shared.withLock { !$0.closed && !$0.broken } }
 

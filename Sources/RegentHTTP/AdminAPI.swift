@@ -189,21 +189,13 @@ public struct AdminAPI: Sendable {
         enum CodingKeys: String, CodingKey { case id, at, actor, action, term, instanceID = "instance_id", detail }
     }
 
-    static func auditPage(after: Int64, limit: Int) -> PostgresQuery {
-        """
-        SELECT id, at, actor, action, term, instance_id, detail::text AS detail FROM engine.audit
-        WHERE id > \(after) ORDER BY id LIMIT \(limit)
-        """
-    }
-
     func audit(_ request: Request) async throws -> Response {
         let after = try afterID(request) ?? 0
         let limit = try limit(request)
-        let rows = try await pool.query(Self.auditPage(after: after, limit: limit), purpose: "http: audit page").map { row in
+        let rows = try await AuditLog.page(after: after, limit: limit, on: pool).map { row in
             AuditRow(
-                id: try row.decode("id"), at: try row.decode("at"), actor: try row.decode("actor"), action: try row.decode("action"),
-                term: try row.decodeOptional("term"), instanceID: try row.decodeOptional("instance_id"),
-                detail: AnyJSON(text: try row.decode("detail")))
+                id: row.id, at: row.at, actor: row.actor, action: row.action, term: row.term, instanceID: row.instanceID,
+                detail: AnyJSON(text: row.detailJSON))
         }
         return try json(["items": rows])
     }

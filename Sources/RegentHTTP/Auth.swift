@@ -170,10 +170,7 @@ actor AuthFailureLog {
 
     private func audit(action: String, address: String, detail: [String: String]) async {
         do {
-            let json = String(decoding: try JSONSerialization.data(withJSONObject: detail, options: [.sortedKeys]), as: UTF8.self)
-            try await pool.query(
-                "INSERT INTO engine.audit (actor, action, detail) VALUES (\("http:\(address)"), \(action), \(json)::jsonb)",
-                purpose: "audit a refused request")
+            try await AuditLog.record(action, actor: .http(address: address), detail: detail, on: pool)
         } catch {
             logger.warning("could not audit a refused request", metadata: ["address": "\(address)", "action": "\(action)", "error": "\(error)"])
         }

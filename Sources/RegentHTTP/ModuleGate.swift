@@ -18,17 +18,13 @@ actor ModuleGate {
         self.module = module
     }
 
-    static func enabled(_ name: String) -> PostgresQuery {
-        "SELECT COALESCE((SELECT enabled FROM engine.modules WHERE name = \(name)), false) AS enabled"
-    }
-
     func require() async throws {
         let now = ContinuousClock.now
         let enabled: Bool
         if let cached, now - cached.at < .seconds(1) {
             enabled = cached.enabled
         } else {
-            enabled = try await pool.query(Self.enabled(module), purpose: "http: is the module enabled?").single().decode("enabled", as: Bool.self)
+            enabled = try await ModuleRegistry().isEnabled(module, on: pool)
             cached = (enabled, now)
         }
         guard enabled else {

@@ -22,5 +22,5 @@ public struct RegentRequestContext: RequestContext, RemoteAddressRequestContext 
     var clientAddress: String { remoteAddress?.ipAddress ?? "unknown" }
 
     /// The audit actor for a change made through the API.
-    var actor: String { identity.map { "token:\($0.name)" } ?? "http:\(clientAddress)" }
+    var actor: String { (identity.map { AuditActor.token($0.name) } ?? .http(address: clientAddress)).description }
 }

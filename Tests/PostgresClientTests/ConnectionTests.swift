@@ -147,12 +147,25 @@ struct ConnectionTests {
         var config = try await TestDatabase.shared.freshDatabase()
         config.tcpUserTimeoutMilliseconds = 7_000
         config.keepalivesIdle = 9
+        config.keepalivesInterval = 4
+        config.keepalivesCount = 5
         let conn = try await PostgresConnection.connect(config)
-        defer { Task { await conn.close() } }
-        // The server sees the client's keepalive idle only for its own socket; the
-        // application name proves our keyword list reached libpq.
+        // The client socket itself carries the settings (the server cannot see them).
+        func option(_ level: Int32, _ name: Int32) -> Int32 {
+            var value: Int32 = -1
+            var size = socklen_t(MemoryLayout<Int32>.size)
+            _ = getsockopt(conn.socketDescriptor, level, name, &value, &size)
+            return value
+        }
+        let tcp = Int32(IPPROTO_TCP)
+        #expect(option(SOL_SOCKET, SO_KEEPALIVE) == 1)
+        #expect(option(tcp, TCP_KEEPIDLE) == 9)
+        #expect(option(tcp, TCP_KEEPINTVL) == 4)
+        #expect(option(tcp, TCP_KEEPCNT) == 5)
+        #expect(option(tcp, 18 /* TCP_USER_TIMEOUT */) == 7_000)
         let row = try await conn.query("SELECT current_setting('application_name') AS app").single()
         #expect(try row.decode("app", as: String.self) == "regent")
+        await conn.close()
     }
 
     @Test func abortUnblocksAStatementWaitingOnTheServer() async throws {

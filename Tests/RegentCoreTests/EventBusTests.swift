@@ -304,7 +304,10 @@ struct EventBusTests {
         for i in 0..<100 {
             ids.append(try await EventBus.publish(topic: EventTopic("slow"), payload: EventPayload(json: #"{"i": \#(i)}"#), publisher: nil, on: conn))
         }
-        try await Task.sleep(for: .milliseconds(200))  // the consumer is away; the bus must not buffer 100
+        // The consumer is away: the bus holds at most bufferLimit events for it, then pages.
+        #expect(await eventually { running.bus.subscriptionBuffers.first?.paging == true })
+        let buffers = running.bus.subscriptionBuffers
+        #expect(buffers.count == 1 && buffers.allSatisfy { $0.buffered <= options.bufferLimit }, "\(buffers)")
         let got = try await collect(sub, count: 100)
         #expect(got.map(\.id) == ids)
         await conn.close()

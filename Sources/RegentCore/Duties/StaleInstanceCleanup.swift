@@ -60,7 +60,7 @@ public struct StaleInstanceCleanup: LeaderDuty {
         return try await fence.withTransaction(pool) { tx in
             let rows = try await tx.query(
                 Self.sweep(staleAfter: staleAfter, except: fence.instanceID, limit: maxPerSweep, term: fence.term,
-                           actor: "instance:\(fence.instanceID.uuidString.lowercased())"),
+                           actor: AuditActor.instance(fence.instanceID).description),
                 purpose: "sweep stale instances")
             return try rows.map { try $0.decode("node_name", as: String.self) }
         }

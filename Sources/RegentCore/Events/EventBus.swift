@@ -71,6 +71,11 @@ public final class EventBus: Sendable {
     var rowsReadSinceConnected: Int { catchUpRowCount.load(ordering: .relaxed) }
     /// The sequencer's given-up gaps (tests).
     var givenUpGaps: [ClosedRange<Int64>] { state.withLock { $0.sequencer?.gapsToRecheck ?? [] } }
+    /// Events held in memory for each subscription, and whether it reads pages from the table
+    /// instead (tests check the bound on a slow consumer).
+    var subscriptionBuffers: [(buffered: Int, paging: Bool)] {
+        state.withLock { $0.subscriptions.values.map { ($0.buffer.count - $0.head, $0.lagging) } }
+    }
     /// Events handed to subscribers so far.
     public var delivered: Int { deliveredCount.load(ordering: .relaxed) }
 

@@ -101,7 +101,7 @@ public actor HungLeaderWatch {
     public func checkOnce() async throws -> Check? {
         guard await isHealthy(staleAfter), await !isLeader() else { return nil }
         let rows = try await pool.query(
-            Self.check(self: instanceID, staleAfter: staleAfter, actor: AuditActor.instance(instanceID)), purpose: "look for a frozen leader")
+            Self.check(self: instanceID, staleAfter: staleAfter, actor: AuditActor.instance(instanceID).description), purpose: "look for a frozen leader")
         guard let row = rows.first else { return nil }
         let found = Check(
             term: try row.decode("term"), leaderInstance: try row.decodeOptional("leader_instance"), backendPID: try row.decode("pid"),
@@ -134,9 +134,4 @@ public actor HungLeaderWatch {
             }
         }
     }
-}
-
-/// Who did something, as written in `engine.audit.actor`.
-public enum AuditActor {
-    public static func instance(_ id: UUID) -> String { "instance:\(id.uuidString.lowercased())" }
 }

@@ -234,7 +234,7 @@ public actor LeaderElector {
 
     private func recordTerm(on conn: PostgresConnection) async throws -> (Int64, Date) {
         let row = try await conn.query(
-            LeadershipQueries.recordElection(instance: instanceID, actor: "instance:\(instanceID.uuidString.lowercased())"),
+            LeadershipQueries.recordElection(instance: instanceID, actor: AuditActor.instance(instanceID).description),
             purpose: "record the new term").single()
         let term = try row.decode("term", as: Int64.self)
         // A takeover: measure the leaderless time from the predecessor's resignation (if it
@@ -324,7 +324,7 @@ public actor LeaderElector {
             // Audit and announce in one statement (still holding the lock), then release it.
             try await conn.query(
                 LeadershipQueries.recordResignation(
-                    term: fence.term, instance: instanceID, actor: "instance:\(instanceID.uuidString.lowercased())"),
+                    term: fence.term, instance: instanceID, actor: AuditActor.instance(instanceID).description),
                 purpose: "record the resignation")
             try await conn.query(LeadershipQueries.releaseLock, purpose: "release the leadership lock")
             logger.notice("resigned leadership", metadata: ["term": "\(fence.term)"])

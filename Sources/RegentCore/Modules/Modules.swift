@@ -111,6 +111,15 @@ public struct ModuleRegistry: Sendable {
         }
     }
 
+    static func isEnabled(_ name: String) -> PostgresQuery {
+        "SELECT COALESCE((SELECT enabled FROM engine.modules WHERE name = \(name)), false) AS enabled"
+    }
+
+    /// Whether the module is enabled (false when unknown).
+    public func isEnabled(_ name: String, on pool: ConnectionPool) async throws -> Bool {
+        try await pool.query(Self.isEnabled(name), purpose: "modules: is \(name) enabled?").single().decode("enabled", as: Bool.self)
+    }
+
     static func decode(_ row: PostgresRow) throws -> ModuleState {
         ModuleState(
             name: try row.decode("name"), version: try row.decode("version"), enabled: try row.decode("enabled"),

@@ -158,7 +158,7 @@ public actor RegentNode {
         while true {
             do {
                 var options = Boot.Options(
-                    database: configuration.database, actor: "instance:\(identity.instanceID.uuidString.lowercased())", migrateModules: false)
+                    database: configuration.database, actor: AuditActor.instance(identity.instanceID).description, migrateModules: false)
                 options.existingPool = pool
                 return try await Boot(options: options).run()
             } catch let error as RegentError where error.code != .bootFailed {

@@ -1,0 +1,65 @@
+import Foundation
+import PostgresClient
+
+/// Who did something, as written in `engine.audit.actor`.
+public enum AuditActor: Sendable, Hashable, CustomStringConvertible {
+    /// A node (process start), e.g. the leader's duties.
+    case instance(UUID)
+    /// A request authenticated with the named token.
+    case token(String)
+    /// An unauthenticated request from this client address.
+    case http(address: String)
+    /// Anything else that names itself (an operator's CLI run, a drill, a test).
+    case named(String)
+
+    public var description: String {
+        switch self {
+        case .instance(let id): "instance:\(id.uuidString.lowercased())"
+        case .token(let name): "token:\(name)"
+        case .http(let address): "http:\(address)"
+        case .named(let name): name
+        }
+    }
+}
+
+/// `engine.audit`: the named statements that read it and write single rows to it. Writes that
+/// must land in the same statement as a change (an election, a sweep) keep their INSERT in
+/// that statement, in the core, next to the change.
+public enum AuditLog {
+    public struct Row: Sendable {
+        public let id: Int64
+        public let at: Date
+        public let actor: String
+        public let action: String
+        public let term: Int64?
+        public let instanceID: UUID?
+        /// The `detail` jsonb as PostgreSQL writes it.
+        public let detailJSON: String
+    }
+
+    static func page(after: Int64, limit: Int) -> PostgresQuery {
+        """
+        SELECT id, at, actor, action, term, instance_id, detail::text AS detail FROM engine.audit
+        WHERE id > \(after) ORDER BY id LIMIT \(limit)
+        """
+    }
+
+    static func insert(actor: AuditActor, action: String, detailJSON: String) -> PostgresQuery {
+        "INSERT INTO engine.audit (actor, action, detail) VALUES (\(actor.description), \(action), \(detailJSON)::jsonb)"
+    }
+
+    /// The rows after id `after`, oldest first.
+    public static func page(after: Int64, limit: Int, on pool: ConnectionPool) async throws -> [Row] {
+        try await pool.query(page(after: after, limit: limit), purpose: "audit: page").map { row in
+            Row(
+                id: try row.decode("id"), at: try row.decode("at"), actor: try row.decode("actor"), action: try row.decode("action"),
+                term: try row.decodeOptional("term"), instanceID: try row.decodeOptional("instance_id"), detailJSON: try row.decode("detail"))
+        }
+    }
+
+    /// Writes one row; `detail` is a flat object of strings.
+    public static func record(_ action: String, actor: AuditActor, detail: [String: String], on pool: ConnectionPool) async throws {
+        let json = String(decoding: try JSONSerialization.data(withJSONObject: detail, options: [.sortedKeys]), as: UTF8.self)
+        try await pool.query(insert(actor: actor, action: action, detailJSON: json), purpose: "audit: \(action)")
+    }
+}
