@@ -68,9 +68,3 @@ public struct EventPayload: Sendable, Hashable {
     }
 }
 
-/// The notification sent on `regent_events` (documented in docs/events.md).
-struct EventNotification: Decodable {
-    let id: Int64
-    let topic: String
-    let truncated: Bool?
-}
