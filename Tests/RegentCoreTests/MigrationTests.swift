@@ -122,14 +122,14 @@ struct MigrationTests {
         #expect(ran.map(\.description) == ["engine 0001_engine", "demo 0001_one", "demo 0002_two"])
         let c = try await conn.query("SELECT to_regclass('demo.c') IS NULL AS missing").single()
         #expect(try c.decode("missing", as: Bool.self))
-        await #expect(throws: RegentError.self) {
+        await expectCode(.invalidInput) {
             try await runner.migrate(on: conn, schemas: ["demo"], target: MigrationTarget(schema: "demo", version: 1))
         }
         #expect(try await runner.migrate(on: conn, schemas: ["engine", "demo"]).map(\.version) == [3])
-        #expect(throws: RegentError.self) { try MigrationTarget(parsing: "demo:4", catalog: catalog) }
-        #expect(throws: RegentError.self) { try MigrationTarget(parsing: "nope:1", catalog: catalog) }
-        #expect(throws: RegentError.self) { try MigrationTarget(parsing: "demo", catalog: catalog) }
-        #expect(throws: RegentError.self) { try MigrationTarget(parsing: "demo:0", catalog: catalog) }
+        expectCode(.invalidInput) { try MigrationTarget(parsing: "demo:4", catalog: catalog) }
+        expectCode(.invalidInput) { try MigrationTarget(parsing: "nope:1", catalog: catalog) }
+        expectCode(.invalidInput) { try MigrationTarget(parsing: "demo", catalog: catalog) }
+        expectCode(.invalidInput) { try MigrationTarget(parsing: "demo:0", catalog: catalog) }
     }
 
     @Test func failingFileRollsBackItsWholeSchema() async throws {
@@ -140,7 +140,7 @@ struct MigrationTests {
         ])
         let (conn, _) = try await TestDatabase.shared.connect()
         defer { Task { await conn.close() } }
-        await #expect(throws: RegentError.self) {
+        await expectCode(.migrationFailed) {
             try await MigrationRunner(catalog: catalog, appliedBy: "t").migrate(on: conn, schemas: ["engine", "demo"])
         }
         let row = try await conn.query("SELECT to_regclass('demo.a') IS NULL AS gone, (SELECT count(*) FROM engine.migrations WHERE schema_name = 'demo') AS n").single()
@@ -194,7 +194,7 @@ struct ModuleTests {
         let registry = ModuleRegistry()
         try await boot.pool.withConnection { conn in
             for bad in ["", "Auth", "auth; DROP SCHEMA engine", "a\u{7}b", String(repeating: "x", count: 64)] {
-                await #expect(throws: RegentError.self) { try await registry.setEnabled(bad, true, actor: "t", on: conn) }
+                await expectCode(.invalidInput) { try await registry.setEnabled(bad, true, actor: "t", on: conn) }
             }
             do {
                 _ = try await registry.setEnabled("nosuch", true, actor: "t", on: conn)
@@ -203,7 +203,7 @@ struct ModuleTests {
                 #expect(error.code == .unknownModule)
                 #expect(error.message.contains("nosuch"))
             }
-            await #expect(throws: RegentError.self) { try await registry.setEnabled("engine", false, actor: "t", on: conn) }
+            await expectCode(.invalidInput) { try await registry.setEnabled("engine", false, actor: "t", on: conn) }
             let audits = try await conn.query("SELECT count(*) AS n FROM engine.audit").single().decode("n", as: Int.self)
             #expect(audits == 0)
             #expect(try await registry.list(on: conn).allSatisfy { $0.enabled })

@@ -12,6 +12,25 @@ func bootedDatabase(_ label: String = #function) async throws -> (ConnectionConf
     return (config, try await PostgresConnection.connect(config))
 }
 
+/// Expects `body` to throw a ``RegentError`` with `code` (not merely some error).
+func expectCode(
+    _ code: RegentError.Code, sourceLocation: SourceLocation = #_sourceLocation, _ body: () async throws -> Void
+) async {
+    await #expect(sourceLocation: sourceLocation) { try await body() } throws: { error in
+        let got = (error as? RegentError)?.code
+        if got != code { Issue.record("expected RegentError \(code), got \(error)", sourceLocation: sourceLocation) }
+        return got == code
+    }
+}
+
+func expectCode(_ code: RegentError.Code, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) {
+    #expect(sourceLocation: sourceLocation) { try body() } throws: { error in
+        let got = (error as? RegentError)?.code
+        if got != code { Issue.record("expected RegentError \(code), got \(error)", sourceLocation: sourceLocation) }
+        return got == code
+    }
+}
+
 /// A fence held by a real leader node on `config`, for calling leader duties directly.
 func leaderFence(_ config: ConnectionConfiguration) async throws -> (LeaderFence, Cluster) {
     var cluster = Cluster(config: config)
@@ -112,29 +131,29 @@ struct WorkerLeaseTests {
             cursor = WorkerCursor(namespace: page.last!.namespace, workerInstanceID: page.last!.workerInstanceID)
         }
         #expect(seen == expected.sorted())
-        await #expect(throws: RegentError.self) { _ = try await reg.list(namespace: nil, after: WorkerCursor(namespace: "bad ns", workerInstanceID: "x"), limit: 4, on: conn) }
-        await #expect(throws: RegentError.self) { _ = try await reg.list(namespace: nil, after: nil, limit: 0, on: conn) }
+        await expectCode(.invalidInput) { _ = try await reg.list(namespace: nil, after: WorkerCursor(namespace: "bad ns", workerInstanceID: "x"), limit: 4, on: conn) }
+        await expectCode(.invalidInput) { _ = try await reg.list(namespace: nil, after: nil, limit: 0, on: conn) }
     }
 
     @Test func badInputIsRefusedAndChangesNothing() async throws {
         let (_, conn) = try await bootedDatabase()
         defer { Task { await conn.close() } }
         for bad in ["", "has space", "semi;colon", String(repeating: "n", count: 129), "tab\t"] {
-            #expect(throws: RegentError.self) { try Namespace(bad) }
+            expectCode(.invalidInput) { try Namespace(bad) }
         }
-        #expect(throws: RegentError.self) { try DeathReason(String(repeating: "r", count: 257)) }
-        #expect(throws: RegentError.self) { try DeathReason("line\nbreak") }
+        expectCode(.invalidInput) { try DeathReason(String(repeating: "r", count: 257)) }
+        expectCode(.invalidInput) { try DeathReason("line\nbreak") }
         #expect((try? DeathReason(String(repeating: "é", count: 128))) != nil)  // 256 bytes
         let reg = WorkerRegistry()
-        await #expect(throws: RegentError.self) {
+        await expectCode(.invalidInput) {
             _ = try await reg.register(namespace: ns, workerInstanceID: w1, workerID: try WorkerID("a"), lanes: [], capabilities: [], livenessTTL: .seconds(1), on: conn)
         }
-        await #expect(throws: RegentError.self) {
+        await expectCode(.invalidInput) {
             _ = try await reg.register(namespace: ns, workerInstanceID: w1, workerID: try WorkerID("a"), lanes: [lane], capabilities: [], livenessTTL: .milliseconds(1), on: conn)
         }
         let store = LeaseStore()
-        await #expect(throws: RegentError.self) { _ = try await store.enqueue(namespace: ns, lane: lane, payload: "[1]", maxAttempts: 1, on: conn) }
-        await #expect(throws: RegentError.self) { _ = try await store.enqueue(namespace: ns, lane: lane, payload: "{}", maxAttempts: 0, on: conn) }
+        await expectCode(.invalidInput) { _ = try await store.enqueue(namespace: ns, lane: lane, payload: "[1]", maxAttempts: 1, on: conn) }
+        await expectCode(.invalidInput) { _ = try await store.enqueue(namespace: ns, lane: lane, payload: "{}", maxAttempts: 0, on: conn) }
         let counts = try await conn.query("SELECT (SELECT count(*) FROM workflow.workers) + (SELECT count(*) FROM workflow.executions) + (SELECT count(*) FROM workflow.worker_events) AS n").single()
         #expect(try counts.decode("n", as: Int.self) == 0)
     }
@@ -144,7 +163,7 @@ struct WorkerLeaseTests {
         defer { Task { await conn.close() } }
         let reg = WorkerRegistry(), store = LeaseStore()
         // Not registered: refused.
-        await #expect(throws: RegentError.self) {
+        await expectCode(.notRegistered) {
             _ = try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w1, capabilities: [], leaseDuration: .seconds(5), limit: 1, on: conn)
         }
         _ = try await reg.register(namespace: ns, workerInstanceID: w1, workerID: try WorkerID("a"), lanes: [lane], capabilities: [], livenessTTL: .seconds(30), on: conn)
@@ -158,8 +177,8 @@ struct WorkerLeaseTests {
         #expect(lease.payload == #"{"job": 1}"#)
         let renewed = try await store.renew(executionID: plain, epoch: lease.epoch, leaseDuration: .seconds(60), on: conn)
         #expect(renewed > lease.expiresAt)
-        await #expect(throws: RegentError.self) { _ = try await store.renew(executionID: plain, epoch: LeaseEpoch(7), leaseDuration: .seconds(5), on: conn) }
-        await #expect(throws: RegentError.self) { try await store.complete(executionID: plain, epoch: LeaseEpoch(0), on: conn) }
+        await expectCode(.staleLease) { _ = try await store.renew(executionID: plain, epoch: LeaseEpoch(7), leaseDuration: .seconds(5), on: conn) }
+        await expectCode(.staleLease) { try await store.complete(executionID: plain, epoch: LeaseEpoch(0), on: conn) }
         try await store.complete(executionID: plain, epoch: lease.epoch, result: #"{"ok": true}"#, on: conn)
         // Completing twice: the execution is no longer running.
         do {
@@ -190,7 +209,7 @@ struct WorkerLeaseTests {
         let l = try #require(try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w1, capabilities: [], leaseDuration: .seconds(5), limit: 1, on: conn).first)
         #expect(l.executionID == other)
         #expect(try await store.fail(executionID: other, epoch: l.epoch, error: "bad input", retryable: false, on: conn) == .failed)
-        await #expect(throws: RegentError.self) { _ = try await store.fail(executionID: other, epoch: l.epoch, error: "x", retryable: true, on: conn) }
+        await expectCode(.staleLease) { _ = try await store.fail(executionID: other, epoch: l.epoch, error: "x", retryable: true, on: conn) }
     }
 
     @Test func twoWorkersRacingNeverGetTheSameExecution() async throws {
@@ -268,8 +287,8 @@ struct WorkerLeaseTests {
         #expect(states[long]?.0 == "running")
         #expect(states[long]?.1 == longLease.epoch.value)
         // The reclaimed worker's epoch is stale: it can change nothing.
-        await #expect(throws: RegentError.self) { try await store.complete(executionID: retry, epoch: retryLease.epoch, on: conn) }
-        await #expect(throws: RegentError.self) { _ = try await store.renew(executionID: short, epoch: shortLease.epoch, leaseDuration: .seconds(5), on: conn) }
+        await expectCode(.staleLease) { try await store.complete(executionID: retry, epoch: retryLease.epoch, on: conn) }
+        await expectCode(.staleLease) { _ = try await store.renew(executionID: short, epoch: shortLease.epoch, leaseDuration: .seconds(5), on: conn) }
         let decisions = try await conn.query("SELECT decision, term FROM workflow.lease_decisions ORDER BY decision").map {
             "\(try $0.decode("decision", as: String.self))@\(try $0.decode("term", as: Int64.self))"
         }
@@ -309,7 +328,7 @@ struct WorkerLeaseTests {
         try await Task.sleep(for: .milliseconds(200))
         let pool = ConnectionPool(configuration: config)
         let sweep = WorkerTTLSweep(pool: pool)
-        await #expect(throws: RegentError.self) { _ = try await sweep.sweepOnce(fence: LeaderFence(term: 5, instanceID: UUID(), lockBackendPID: 0)) }
+        await expectCode(.notLeader) { _ = try await sweep.sweepOnce(fence: LeaderFence(term: 5, instanceID: UUID(), lockBackendPID: 0)) }
         #expect(try await reg.list(namespace: ns, after: nil, limit: 10, on: conn).count == 2)
         let (fence, cluster) = try await leaderFence(config)
         _ = try await sweep.sweepOnce(fence: fence)
