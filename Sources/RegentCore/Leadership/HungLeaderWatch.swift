@@ -58,6 +58,9 @@ public actor HungLeaderWatch {
         self.takeovers = Counter(label: "regent_leader_sessions_terminated_total", factory: metrics.factory)
     }
 
+    static let takeoverLock = PostgresQuery(
+        unsafeSQL: "SELECT pg_try_advisory_xact_lock(\(AdvisoryLockKey.classID), \(AdvisoryLockKey.takeover)) AS mine")
+
     static func check(self instance: UUID, staleAfter: Duration, actor: String) -> PostgresQuery {
         // $1 this instance, $2 the stale cutoff, $3 the audit actor, $4 stale-after in ms. The
         // lock filter is constant text (no input).
@@ -82,7 +85,7 @@ public actor HungLeaderWatch {
                 ), acted AS (
                     SELECT c.term, c.leader_instance, c.pid, c.age_ms, pg_terminate_backend(c.pid) AS terminated
                     FROM candidate c
-                    WHERE c.permitted AND pg_try_advisory_xact_lock(\(AdvisoryLockKey.classID), \(AdvisoryLockKey.takeover))
+                    WHERE c.permitted
                 ), audited AS (
                     INSERT INTO engine.audit (actor, action, term, instance_id, detail)
                     SELECT $3::text, 'leader.terminated', term, leader_instance,
@@ -100,9 +103,17 @@ public actor HungLeaderWatch {
     /// node is not in a position to judge).
     public func checkOnce() async throws -> Check? {
         guard await isHealthy(staleAfter), await !isLeader() else { return nil }
-        let rows = try await pool.query(
-            Self.check(self: instanceID, staleAfter: staleAfter, actor: AuditActor.instance(instanceID).description), purpose: "look for a frozen leader")
-        guard let row = rows.first else { return nil }
+        // The takeover lock first, in a statement of its own: the check then reads a snapshot
+        // taken after the lock was granted, so it sees the audit row of a follower that acted
+        // and committed just before, and does not end the same session twice.
+        let query = Self.check(self: instanceID, staleAfter: staleAfter, actor: AuditActor.instance(instanceID).description)
+        let rows: PostgresRows? = try await pool.withTransaction { tx in
+            guard try await tx.query(Self.takeoverLock, purpose: "take the takeover lock").single().decode("mine", as: Bool.self) else {
+                return nil  // another follower is looking right now
+            }
+            return try await tx.query(query, purpose: "look for a frozen leader")
+        }
+        guard let row = rows?.first else { return nil }
         let found = Check(
             term: try row.decode("term"), leaderInstance: try row.decodeOptional("leader_instance"), backendPID: try row.decode("pid"),
             heartbeatAgeMs: try row.decode("age_ms"), permitted: try row.decode("permitted"), terminated: try row.decodeOptional("terminated"))
