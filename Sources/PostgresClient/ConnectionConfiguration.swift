@@ -33,29 +33,20 @@ public struct ConnectionConfiguration: Sendable, Hashable {
 
     /// The hosts and ports named by `conninfo` (for error messages).
     public private(set) var endpoint: String
+    /// One host of the URL and its port.
+    public struct Host: Sendable, Hashable {
+        public let host: String
+        public let port: String
+    }
     /// Every host of a multi-host list, in order, with its port (one entry for a single host).
-    public private(set) var hosts: [(host: String, port: String)] = []
+    public private(set) var hosts: [Host] = []
     /// Connect to this one host of the list only, whatever the server's role (set by
     /// ``onlyHost(_:)``).
-    var pinnedHost: (host: String, port: String)?
-
-    public static func == (a: Self, b: Self) -> Bool {
-        a.conninfo == b.conninfo && a.keepalivesIdle == b.keepalivesIdle && a.keepalivesInterval == b.keepalivesInterval
-            && a.keepalivesCount == b.keepalivesCount && a.tcpUserTimeoutMilliseconds == b.tcpUserTimeoutMilliseconds
-            && a.connectTimeoutSeconds == b.connectTimeoutSeconds && a.applicationName == b.applicationName
-            && a.callerThreadWait == b.callerThreadWait && a.pinnedHost?.host == b.pinnedHost?.host && a.pinnedHost?.port == b.pinnedHost?.port
-    }
-
-    public func hash(into h: inout Hasher) {
-        h.combine(conninfo)
-        h.combine(applicationName)
-        h.combine(pinnedHost?.host)
-        h.combine(pinnedHost?.port)
-    }
+    var pinnedHost: Host?
 
     /// A copy that connects to `host` of the list alone, with `target_session_attrs=any`
     /// (to ask a standby or an old primary what it is).
-    public func onlyHost(_ host: (host: String, port: String)) -> ConnectionConfiguration {
+    public func onlyHost(_ host: Host) -> ConnectionConfiguration {
         var copy = self
         copy.pinnedHost = host
         return copy
@@ -102,7 +93,7 @@ public struct ConnectionConfiguration: Sendable, Hashable {
         let hostList = host.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         let portList = port.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         self.hosts = hostList.enumerated().map { i, h in
-            (h, portList.count == hostList.count ? portList[i] : (portList.first.flatMap { $0.isEmpty ? nil : $0 } ?? "5432"))
+            Host(host: h, port: portList.count == hostList.count ? portList[i] : (portList.first.flatMap { $0.isEmpty ? nil : $0 } ?? "5432"))
         }
     }
 

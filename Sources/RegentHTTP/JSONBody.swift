@@ -130,21 +130,8 @@ struct JSONBody {
 }
 
 /// Any JSON document; integers stay integers. Read by ``StrictJSON``, written by its `text`.
-enum JSONValue: Encodable, Equatable {
+enum JSONValue: Equatable {
     case null, bool(Bool), integer(Int64), number(Double), string(String), array([JSONValue]), object([String: JSONValue])
-
-    func encode(to encoder: any Encoder) throws {
-        var c = encoder.singleValueContainer()
-        switch self {
-        case .null: try c.encodeNil()
-        case .bool(let v): try c.encode(v)
-        case .integer(let v): try c.encode(v)
-        case .number(let v): try c.encode(v)
-        case .string(let v): try c.encode(v)
-        case .array(let v): try c.encode(v)
-        case .object(let v): try c.encode(v)
-        }
-    }
 }
 
 /// A JSON value kept as its text (a jsonb column read as text), written into a response as
@@ -153,13 +140,12 @@ enum JSONValue: Encodable, Equatable {
 struct AnyJSON: Encodable {
     let text: String
     func encode(to encoder: any Encoder) throws {
-        var c = encoder.singleValueContainer()
-        if let slots = RawJSONSlots.current {
-            try c.encode(slots.add(text))
-        } else {
-            // Outside encodeJSON (not used by the routes): parse once, linearly.
-            try c.encode((try? StrictJSON.parse(Array(text.utf8), maxDepth: 10_000)) ?? .string(text))
+        guard let slots = RawJSONSlots.current else {
+            throw EncodingError.invalidValue(
+                text, .init(codingPath: encoder.codingPath, debugDescription: "stored JSON is written only by encodeJSON(_:), which splices it in"))
         }
+        var c = encoder.singleValueContainer()
+        try c.encode(slots.add(text))
     }
 }
 

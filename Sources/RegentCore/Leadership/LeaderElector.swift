@@ -54,8 +54,6 @@ public actor LeaderElector {
     private var pendingTimeline: (String, Int)?
     /// When the current term was recorded (database time).
     private var electedAt = Date(timeIntervalSince1970: 0)
-    /// The trust window of the current term, shared with its fence.
-    private var trust: LeadershipTrust?
     private var elections = 0
     let metrics: RegentMetrics
     /// When the lock was granted after a wait (someone else held it), else nil.
@@ -169,7 +167,6 @@ public actor LeaderElector {
                 metrics.isLeader.record(1)
                 metrics.leaderTerm.record(Double(term))
                 let trust = LeadershipTrust(leaseWindow: options.leaseWindow, validUntil: machine.validUntil)
-                self.trust = trust
                 let fence = LeaderFence(term: term, instanceID: instanceID, lockBackendPID: conn.backendPID, trust: trust, electedAt: electedAt) { [weak self] reason in
                     Task { await self?.fenceFailed(reason) }
                 }
@@ -179,8 +176,7 @@ public actor LeaderElector {
                 action = await lead(conn: conn, term: term)
             case .demote(let reason):
                 let term = fence?.term ?? 0
-                trust?.revoke()
-                trust = nil
+                fence?.trust.revoke()
                 fence = nil
                 metrics.isLeader.record(0)
                 logger.warning("stepping down as leader", metadata: ["term": "\(term)", "reason": "\(reason)"])
@@ -224,7 +220,7 @@ public actor LeaderElector {
                 guard ok.0 else { return machine.confirmationFailed("this session no longer holds the lock") }
                 guard ok.1 else { return machine.confirmationFailed("another term was recorded") }
                 if let lapsed = machine.confirmationSucceeded(startedAt: started, now: .now) { return lapsed }
-                if let until = machine.validUntil { trust?.extend(to: until) }
+                if let until = machine.validUntil { fence?.trust.extend(to: until) }
             } catch {
                 return machine.confirmationFailed("\(error)")
             }
@@ -316,8 +312,7 @@ public actor LeaderElector {
             return
         }
         self.fence = nil
-        trust?.revoke()
-        trust = nil
+        fence.trust.revoke()
         metrics.isLeader.record(0)
         await hooks.demoted(fence.term, "resigned")
         do {

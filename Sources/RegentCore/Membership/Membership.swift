@@ -43,12 +43,12 @@ public actor Membership {
         VALUES (\(n.instanceID), \(n.nodeName), \(n.host), \(Int(n.pid)), \(n.version), \(n.modules)::text[], \(n.httpAddress),
                 (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'))
         ON CONFLICT (instance_id) DO UPDATE SET last_heartbeat = now()
+        RETURNING last_heartbeat AS at, can_signal_backends
         """
     }
     static func heartbeat(_ id: UUID) -> PostgresQuery {
-        "UPDATE engine.instances SET last_heartbeat = now() WHERE instance_id = \(id) RETURNING now() AS at"
+        "UPDATE engine.instances SET last_heartbeat = now() WHERE instance_id = \(id) RETURNING last_heartbeat AS at"
     }
-    static let databaseNow: PostgresQuery = "SELECT now() AS at"
     static func deleteInstance(_ id: UUID) -> PostgresQuery {
         """
         WITH gone AS (DELETE FROM engine.instances WHERE instance_id = \(id) RETURNING instance_id, node_name)
@@ -66,14 +66,14 @@ public actor Membership {
 
     /// Inserts the row (boot).
     public func join() async throws {
-        let at = try await pool.withTransaction { tx in
-            try await tx.query(Self.insertInstance(identity), purpose: "membership: insert instance row")
+        let row = try await pool.withTransaction { tx in
+            let row = try await tx.query(Self.insertInstance(identity), purpose: "membership: insert instance row").single()
             try await tx.query(Self.announceJoin(identity, reinserted: false), purpose: "membership: announce join")
-            return try await tx.query(Self.databaseNow, purpose: "membership: database time").single().decode("at", as: Date.self)
+            return row
         }
         healthySince = .now
-        healthySinceDatabase = at
-        if try await !canSignalBackends() {
+        healthySinceDatabase = try row.decode("at", as: Date.self)
+        if try !row.decode("can_signal_backends", as: Bool.self) {
             logger.warning(
                 "this node's database role is neither superuser nor a member of pg_signal_backend: it can end a frozen leader's session only when that leader runs as a role it belongs to; otherwise failover from a frozen leader waits until PostgreSQL drops the session (GRANT pg_signal_backend TO <role>)")
         }
@@ -100,9 +100,9 @@ public actor Membership {
                     "this node's instance row was swept while it was alive; re-inserting it (was the database unreachable, or the stale cutoff too short?)",
                     metadata: ["instance_id": "\(identity.instanceID)"])
                 at = try await pool.withTransaction { tx in
-                    try await tx.query(Self.insertInstance(identity), purpose: "membership: re-insert instance row")
+                    let row = try await tx.query(Self.insertInstance(identity), purpose: "membership: re-insert instance row").single()
                     try await tx.query(Self.announceJoin(identity, reinserted: true), purpose: "membership: announce re-join")
-                    return try await tx.query(Self.databaseNow, purpose: "membership: database time").single().decode("at", as: Date.self)
+                    return try row.decode("at", as: Date.self)
                 }
             }
             if healthySince == nil {

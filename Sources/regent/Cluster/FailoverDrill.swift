@@ -40,26 +40,11 @@ struct FailoverDrill {
         return false
     }
 
-    /// Samples how many sessions hold the leadership lock, every 10 ms, until cancelled;
-    /// returns the most it ever saw.
-    static func sampleLockHolders(databaseURL: String) async throws -> Int {
-        let conn = try await PostgresConnection.connect(try ConnectionConfiguration(databaseURL))
-        defer { Task { await conn.close() } }
-        var most = 0
-        while !Task.isCancelled {
-            let n = try await conn.query(LeadershipQueries.countLockHolders, purpose: "drill: sample lock holders").single().decode("n", as: Int.self)
-            most = max(most, n)
-            try? await Task.sleep(for: .milliseconds(10))
-        }
-        return most
-    }
-
     func run() async throws -> Result {
-        let url = databaseURL
-        let sampler = Task { try await Self.sampleLockHolders(databaseURL: url) }
+        let sampler = sampleLockHolders(databaseURL: databaseURL, every: .milliseconds(10))
         var result = try await rounds()
         sampler.cancel()
-        let most = (try? await sampler.value) ?? 0
+        let most = await sampler.value
         if most > 1 { result.violations.append("\(most) sessions held the leadership lock at once during the drill") }
         return result
     }

@@ -118,7 +118,7 @@ final class ChurnLoad: Sendable {
 }
 
 /// Samples how many sessions hold the leadership lock until cancelled; returns the most seen.
-func sampleLockHolders(databaseURL: String) -> Task<Int, Never> {
+func sampleLockHolders(databaseURL: String, every: Duration = .milliseconds(20)) -> Task<Int, Never> {
     Task {
         var most = 0
         let conn = DrillConnection(databaseURL)
@@ -128,10 +128,31 @@ func sampleLockHolders(databaseURL: String) -> Task<Int, Never> {
             } catch {
                 conn.drop()
             }
-            try? await Task.sleep(for: .milliseconds(20))
+            try? await Task.sleep(for: every)
         }
         await conn.close()
         return most
+    }
+}
+
+/// What a drill runs beside its faults: a churn that keeps the leader's duties writing, and a
+/// sampler of how many sessions hold the leadership lock.
+struct DrillBackground {
+    let churn: ChurnLoad
+    let sampler: Task<Int, Never>
+
+    init(databaseURL: String) {
+        churn = ChurnLoad(databaseURL: databaseURL)
+        sampler = sampleLockHolders(databaseURL: databaseURL)
+    }
+
+    /// Stops both: how many workers the churn made, and a violation if two sessions ever
+    /// held the lock at once.
+    func finish() async -> (made: Int, violations: [String]) {
+        let made = await churn.stop()
+        sampler.cancel()
+        let most = await sampler.value
+        return (made, most > 1 ? ["\(most) sessions held the leadership lock at once"] : [])
     }
 }
 
@@ -151,8 +172,7 @@ struct FreezeDrill {
 
     func run() async throws -> Result {
         var result = Result()
-        let churn = ChurnLoad(databaseURL: env.databaseURL)
-        let sampler = sampleLockHolders(databaseURL: env.databaseURL)
+        let background = DrillBackground(databaseURL: env.databaseURL)
         var current = try await env.firstLeader()
         // Let the followers heartbeat for a whole stale window: only then may they judge.
         try await Task.sleep(for: staleAfter + .seconds(1))
@@ -189,10 +209,8 @@ struct FreezeDrill {
             if rejoined != 1 { result.violations.append("round \(round): the thawed node \(node.name) is not heartbeating as a follower") }
             current = next
         }
-        let made = await churn.stop()
-        sampler.cancel()
-        let most = await sampler.value
-        if most > 1 { result.violations.append("\(most) sessions held the leadership lock at once") }
+        let (made, overlaps) = await background.finish()
+        result.violations += overlaps
         say("  (churn: \(made) short-lived workers and leases kept the duties writing)")
         let conn = try await PostgresConnection.connect(try drillConfiguration(env.databaseURL))
         let terminated = try await conn.query("SELECT count(*) AS n FROM engine.audit WHERE action = 'leader.terminated'").single().decode("n", as: Int.self)
@@ -220,8 +238,7 @@ struct TerminateAllDrill {
     func run() async throws -> (recoveries: [Duration], violations: [String]) {
         var recoveries: [Duration] = []
         var violations: [String] = []
-        let churn = ChurnLoad(databaseURL: env.databaseURL)
-        let sampler = sampleLockHolders(databaseURL: env.databaseURL)
+        let background = DrillBackground(databaseURL: env.databaseURL)
         var current = try await env.firstLeader()
         let admin = try await PostgresConnection.connect(try drillConfiguration(env.databaseURL))
         for round in 1...rounds {
@@ -238,10 +255,7 @@ struct TerminateAllDrill {
             current = next
         }
         await admin.close()
-        _ = await churn.stop()
-        sampler.cancel()
-        let most = await sampler.value
-        if most > 1 { violations.append("\(most) sessions held the leadership lock at once") }
+        violations += await background.finish().violations
         violations += try await DrillInvariants.check(databaseURL: env.databaseURL)
         return (recoveries, violations)
     }
