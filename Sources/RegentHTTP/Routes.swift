@@ -95,12 +95,12 @@ extension AdminAPI {
 
     func publishEvent(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let body = try await JSONBody.read(request, context: context, allowed: ["topic", "payload"])
-        let (topic, payload) = try EventBus.validate(topic: try body.string("topic"), payload: try body.objectJSON("payload"))
+        let (topic, payload) = try EventPublisher.validate(topic: try body.string("topic"), payload: try body.objectJSON("payload"))
         let id: Int64
         if let bus = await node?.eventBus {
             id = try await bus.publish(topic: topic.name, payload: payload.json)
         } else {
-            id = try await pool.withConnection { try await EventBus.publish(topic: topic, payload: payload, publisher: nil, on: $0) }
+            id = try await pool.withConnection { try await EventPublisher.publish(topic: topic, payload: payload, publisher: nil, on: $0) }
         }
         return try json(["id": id], status: .created)
     }

@@ -84,12 +84,12 @@ struct EventBusTests {
         let conn = try await PostgresConnection.connect(config)
         await #expect(throws: Abort.self) {
             try await conn.withTransaction { tx in
-                try await EventBus.publish(topic: EventTopic("t"), payload: EventPayload(json: #"{"rolled":"back"}"#), publisher: nil, on: tx)
+                try await EventPublisher.publish(topic: EventTopic("t"), payload: EventPayload(json: #"{"rolled":"back"}"#), publisher: nil, on: tx)
                 throw Abort()
             }
         }
         try await conn.withTransaction { tx in
-            try await EventBus.publish(topic: EventTopic("t"), payload: EventPayload(json: #"{"kept":true}"#), publisher: nil, on: tx)
+            try await EventPublisher.publish(topic: EventTopic("t"), payload: EventPayload(json: #"{"kept":true}"#), publisher: nil, on: tx)
         }
         let got = try await collect(sub, count: 1)
         #expect(got.map(\.payload) == [#"{"kept": true}"#])
@@ -119,7 +119,7 @@ struct EventBusTests {
         let publisher = Task {
             let conn = try await PostgresConnection.connect(config)
             for i in 0..<total {
-                try await EventBus.publish(topic: EventTopic("s"), payload: EventPayload(json: #"{"i": \#(i)}"#), publisher: nil, on: conn)
+                try await EventPublisher.publish(topic: EventTopic("s"), payload: EventPayload(json: #"{"i": \#(i)}"#), publisher: nil, on: conn)
                 if i % 20 == 0 { try await Task.sleep(for: .milliseconds(5)) }
             }
             await conn.close()
@@ -152,7 +152,7 @@ struct EventBusTests {
         let sub = try await running.bus.subscribe(topics: ["r"])
         func publish(_ range: Range<Int>) async throws {
             let conn = try await PostgresConnection.connect(config)
-            for i in range { try await EventBus.publish(topic: EventTopic("r"), payload: EventPayload(json: #"{"i": \#(i)}"#), publisher: nil, on: conn) }
+            for i in range { try await EventPublisher.publish(topic: EventTopic("r"), payload: EventPayload(json: #"{"i": \#(i)}"#), publisher: nil, on: conn) }
             await conn.close()
         }
         try await publish(0..<20)
@@ -176,8 +176,8 @@ struct EventBusTests {
         let slow = try await PostgresConnection.connect(config)
         let fast = try await PostgresConnection.connect(config)
         try await slow.query("BEGIN")
-        let low = try await EventBus.publish(topic: EventTopic("o"), payload: EventPayload(json: #"{"who":"slow"}"#), publisher: nil, on: slow)
-        let high = try await EventBus.publish(topic: EventTopic("o"), payload: EventPayload(json: #"{"who":"fast"}"#), publisher: nil, on: fast)
+        let low = try await EventPublisher.publish(topic: EventTopic("o"), payload: EventPayload(json: #"{"who":"slow"}"#), publisher: nil, on: slow)
+        let high = try await EventPublisher.publish(topic: EventTopic("o"), payload: EventPayload(json: #"{"who":"fast"}"#), publisher: nil, on: fast)
         #expect(low < high)
         try await Task.sleep(for: .milliseconds(100))
         try await slow.query("COMMIT")
@@ -185,8 +185,8 @@ struct EventBusTests {
         #expect(got.map(\.id) == [low, high])
         // A transaction that holds its id past the gap timeout is delivered late, never skipped.
         try await slow.query("BEGIN")
-        let late = try await EventBus.publish(topic: EventTopic("o"), payload: EventPayload(json: #"{"who":"late"}"#), publisher: nil, on: slow)
-        let after = try await EventBus.publish(topic: EventTopic("o"), payload: EventPayload(json: #"{"who":"after"}"#), publisher: nil, on: fast)
+        let late = try await EventPublisher.publish(topic: EventTopic("o"), payload: EventPayload(json: #"{"who":"late"}"#), publisher: nil, on: slow)
+        let after = try await EventPublisher.publish(topic: EventTopic("o"), payload: EventPayload(json: #"{"who":"after"}"#), publisher: nil, on: fast)
         try await Task.sleep(for: .milliseconds(800))
         try await slow.query("COMMIT")
         let more = try await collect(sub, count: 2)
@@ -200,9 +200,9 @@ struct EventBusTests {
         let config = try await migratedDatabase()
         let listener = try await PostgresListener.connect(config, channels: [try SQLIdentifier("regent_events")])
         let conn = try await PostgresConnection.connect(config)
-        let id = try await EventBus.publish(topic: EventTopic("doc"), payload: EventPayload(json: #"{"a": [1, 2]}"#), publisher: nil, on: conn)
+        let id = try await EventPublisher.publish(topic: EventTopic("doc"), payload: EventPayload(json: #"{"a": [1, 2]}"#), publisher: nil, on: conn)
         let big = String(repeating: "x", count: 9000)
-        let bigID = try await EventBus.publish(topic: EventTopic("doc"), payload: EventPayload(json: #"{"big": "\#(big)"}"#), publisher: nil, on: conn)
+        let bigID = try await EventPublisher.publish(topic: EventTopic("doc"), payload: EventPayload(json: #"{"big": "\#(big)"}"#), publisher: nil, on: conn)
         var it = listener.notifications.makeAsyncIterator()
         let first = try #require(try await it.next())
         let doc = try #require(try JSONSerialization.jsonObject(with: Data(first.payload.utf8)) as? [String: Any])
@@ -238,7 +238,7 @@ struct EventBusTests {
         for (i, json) in payloads.enumerated() {
             let who: UUID? = i.isMultiple(of: 2) ? publisher : nil
             try await conn.withTransaction { tx in
-                _ = try await EventBus.publish(topic: EventTopic("parity.t-1/x:y"), payload: EventPayload(json: json), publisher: who, on: tx)
+                _ = try await EventPublisher.publish(topic: EventTopic("parity.t-1/x:y"), payload: EventPayload(json: json), publisher: who, on: tx)
                 try await tx.query("SELECT engine.publish_event('parity.t-1/x:y', \(json)::jsonb, \(who)::uuid)")
             }
             expected += 2
@@ -302,7 +302,7 @@ struct EventBusTests {
         let conn = try await PostgresConnection.connect(config)
         var ids: [Int64] = []
         for i in 0..<100 {
-            ids.append(try await EventBus.publish(topic: EventTopic("slow"), payload: EventPayload(json: #"{"i": \#(i)}"#), publisher: nil, on: conn))
+            ids.append(try await EventPublisher.publish(topic: EventTopic("slow"), payload: EventPayload(json: #"{"i": \#(i)}"#), publisher: nil, on: conn))
         }
         // The consumer is away: the bus holds at most bufferLimit events for it, then pages.
         #expect(await eventually { running.bus.subscriptionBuffers.first?.paging == true })
@@ -319,7 +319,7 @@ struct EventBusTests {
         let conn = try await PostgresConnection.connect(config)
         var ids: [Int64] = []
         for i in 0..<10 {
-            ids.append(try await EventBus.publish(topic: EventTopic("h"), payload: EventPayload(json: #"{"i": \#(i)}"#), publisher: nil, on: conn))
+            ids.append(try await EventPublisher.publish(topic: EventTopic("h"), payload: EventPayload(json: #"{"i": \#(i)}"#), publisher: nil, on: conn))
         }
         try await conn.query("UPDATE engine.events SET published_at = now() - interval '2 days' WHERE id <= \(ids[4])")
         // Pruning is a leader duty: a made-up fence is refused and removes nothing ...
@@ -396,7 +396,7 @@ struct EventBusTests {
         for payload in ["{not json", "{\"a\": 1"] {
             await #expect(throws: PostgresError.self) {
                 try await running.pool.withConnection { conn in
-                    try await EventBus.publish(topic: EventTopic("ok"), payload: EventPayload(trusted: payload), publisher: nil, on: conn)
+                    try await EventPublisher.publish(topic: EventTopic("ok"), payload: EventPayload(trusted: payload), publisher: nil, on: conn)
                 }
             }
         }

@@ -24,7 +24,7 @@ struct LateEventTests {
     }
 
     static func publish(_ label: String, on conn: PostgresConnection) async throws -> Int64 {
-        try await EventBus.publish(topic: EventTopic("late"), payload: EventPayload(json: #"{"e":"\#(label)"}"#), publisher: nil, on: conn)
+        try await EventPublisher.publish(topic: EventTopic("late"), payload: EventPayload(json: #"{"e":"\#(label)"}"#), publisher: nil, on: conn)
     }
 
     /// Opens a transaction on `conn` that inserts an event without NOTIFY (as if its
@@ -320,8 +320,8 @@ struct LateEventTests {
         let running = await RunningBus(config, options: Self.options())
         let watch = try await running.bus.subscribe()
         let pub = try await PostgresConnection.connect(config)
-        let count = EventBus.gapsPerRead + 44
-        let withRows: Set = [0, EventBus.gapsPerRead - 1, EventBus.gapsPerRead, count - 1]
+        let count = EventCatchUpReader.gapsPerRead + 44
+        let withRows: Set = [0, EventCatchUpReader.gapsPerRead - 1, EventCatchUpReader.gapsPerRead, count - 1]
         var announced: [Int64] = []
         var unannounced: [Int64] = []
         for i in 0..<count {

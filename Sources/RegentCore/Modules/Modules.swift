@@ -104,7 +104,7 @@ public struct ModuleRegistry: Sendable {
             }
             let action = enabled ? "module.enabled" : "module.disabled"
             try await tx.query(Self.auditModuleChange(actor: actor, action: action, name: name), purpose: "modules: audit change")
-            try await EventBus.publish(
+            try await EventPublisher.publish(
                 topic: try EventTopic(action), payload: try EventPayload(json: #"{"module": \#(jsonString(name)), "actor": \#(jsonString(actor))}"#),
                 publisher: nil, on: tx)
             return try Self.decode(row)

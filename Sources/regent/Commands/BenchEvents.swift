@@ -201,7 +201,7 @@ final class RawNotify {
     /// on every call costs ~0.03 ms).
     private func notify(_ key: Int64) {
         if !prepared {
-            let (sql, count) = viaOutbox ? (EventBus.publishStatementText, Int32(3)) : ("SELECT pg_notify('bench_raw', $1)", Int32(1))
+            let (sql, count) = viaOutbox ? (EventPublisher.statementText, Int32(3)) : ("SELECT pg_notify('bench_raw', $1)", Int32(1))
             PQclear(PQprepare(publisher, "publish", sql, count, nil))
             prepared = true
         }
@@ -302,7 +302,7 @@ final class BusRun {
     }
 
     private func publish(_ k: Int) async throws -> Int64 {
-        try await EventBus.publish(topic: topic, payload: try EventPayload(trusted: #"{"seq": \#(k)}"#), publisher: nil, on: publisher)
+        try await EventPublisher.publish(topic: topic, payload: try EventPayload(trusted: #"{"seq": \#(k)}"#), publisher: nil, on: publisher)
     }
 
     func latency(events: Int) async throws -> [Duration] {

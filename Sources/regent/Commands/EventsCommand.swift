@@ -18,15 +18,15 @@ struct EventsCommand: AsyncParsableCommand {
         @Option(help: "Payload: a JSON object, at most 1 MiB.") var data: String
 
         func validate() throws {
-            do { _ = try EventBus.validate(topic: topic, payload: data) } catch { throw ValidationError(error.description) }
+            do { _ = try EventPublisher.validate(topic: topic, payload: data) } catch { throw ValidationError(error.description) }
         }
 
         func run() async throws {
             try log.bootstrap()
-            let (topic, payload) = try EventBus.validate(topic: topic, payload: data)
+            let (topic, payload) = try EventPublisher.validate(topic: topic, payload: data)
             let conn = try await PostgresConnection.connect(try database.configuration())
             defer { Task { await conn.close() } }
-            let id = try await EventBus.publish(topic: topic, payload: payload, publisher: nil, on: conn)
+            let id = try await EventPublisher.publish(topic: topic, payload: payload, publisher: nil, on: conn)
             print("published event \(id) on \(topic)")
         }
     }
