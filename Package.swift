@@ -83,13 +83,26 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Fault and failover drills: a local cluster of `regent serve` processes, the faults, the invariant checks.
+        .target(
+            name: "RegentDrill",
+            dependencies: ["RegentCore", "PostgresClient", "EmbeddedPostgres"],
+            swiftSettings: swiftSettings
+        ),
+        // Benchmarks' measuring parts and their raw-libpq baselines (the CLI prints the figures).
+        .target(
+            name: "RegentBench",
+            dependencies: ["RegentCore", "PostgresClient", "EmbeddedPostgres", "RegentDrill", "CLibPQ"],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "regent",
             dependencies: [
                 "RegentCore",
                 "PostgresClient",
                 "EmbeddedPostgres",
-                "CLibPQ",
+                "RegentDrill",
+                "RegentBench",
                 "RegentHTTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -129,7 +142,7 @@ let package = Package(
         .testTarget(
             name: "RegentCoreTests",
             dependencies: [
-                "RegentCore", "PostgresClient", "RegentTestSupport",
+                "RegentCore", "PostgresClient", "RegentTestSupport", "RegentDrill",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings

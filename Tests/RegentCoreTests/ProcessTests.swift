@@ -1,4 +1,5 @@
 import Foundation
+import RegentDrill
 import PostgresClient
 @testable import RegentCore
 import RegentTestSupport
@@ -148,5 +149,29 @@ struct FaultDrillTests {
             #expect(code != nil && code != 0, "\(args) must fail")
             #expect(log.contains(expected), "\(args): expected \(expected) in \(log)")
         }
+    }
+}
+
+/// The failover drill through its library, as `regent drill failover` runs it, bounded for CI.
+@Suite("Failover drill library", .serialized)
+struct FailoverDrillTests {
+    @Test func shortFailoverDrillReplacesEachKilledLeaderAndKeepsItsInvariants() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary), "build the regent binary first (swift build)")
+        let env = try await DrillEnvironment.start(databaseURL: nil, nodes: 3, executable: RegentProcess.binary, say: { _ in })
+        let result: FailoverDrill.Result
+        do {
+            result = try await FailoverDrill(
+                cluster: env.cluster, probe: env.probe, databaseURL: env.databaseURL, kills: 2, gracefulEvery: 2, say: { _ in }
+            ).run()
+        } catch {
+            await env.close()
+            throw error
+        }
+        let logs = env.cluster.logDirectory
+        await env.close()
+        #expect(result.violations.isEmpty, "\(result.violations); node logs in \(logs)")
+        // Round 1 is a SIGKILL, round 2 a SIGTERM (every second round is graceful).
+        #expect(result.sigkill.count == 1 && result.sigterm.count == 1)
+        for took in result.sigkill + result.sigterm { #expect(took < .seconds(5), "a failover took \(took)") }
     }
 }

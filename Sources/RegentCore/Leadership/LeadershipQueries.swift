@@ -2,7 +2,7 @@ import Foundation
 import PostgresClient
 
 /// The statements of the leadership protocol, one named constant each.
-public enum LeadershipQueries {
+package enum LeadershipQueries {
     static let tryLock: PostgresQuery =
         "SELECT pg_try_advisory_lock(\(AdvisoryLockKey.classID), \(AdvisoryLockKey.leadership)) AS locked"
     static let waitForLock: PostgresQuery =
@@ -12,7 +12,7 @@ public enum LeadershipQueries {
 
     /// A `pg_locks` predicate for the granted leadership lock in this database (advisory
     /// locks are per database). Constant text, no user input: safe to splice into SQL.
-    public static let lockHolderFilter = """
+    package static let lockHolderFilter = """
         locktype = 'advisory' AND classid = \(UInt32(bitPattern: AdvisoryLockKey.classID)) AND objid = \(AdvisoryLockKey.leadership)
         AND objsubid = 2 AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
         """
@@ -71,7 +71,7 @@ public enum LeadershipQueries {
     }
 
     /// How many sessions hold the leadership lock right now (0 or 1, unless something is very wrong).
-    public static let countLockHolders = PostgresQuery(unsafeSQL: "SELECT count(*) AS n FROM pg_locks WHERE \(lockHolderFilter)")
+    package static let countLockHolders = PostgresQuery(unsafeSQL: "SELECT count(*) AS n FROM pg_locks WHERE \(lockHolderFilter)")
 
     /// Run on the lock session: do we still hold the lock, and is our term still current?
     static func confirm(term: Int64) -> PostgresQuery {

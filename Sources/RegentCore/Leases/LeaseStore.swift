@@ -74,20 +74,20 @@ public struct LeaseStore: Sendable {
             hint: "the lease expired and was reclaimed, or the execution finished; drop this work")
     }
 
-    public static func enqueue(_ ns: Namespace, _ lane: Lane, payload: String, maxAttempts: Int, required: [String]) -> PostgresQuery {
+    package static func enqueue(_ ns: Namespace, _ lane: Lane, payload: String, maxAttempts: Int, required: [String]) -> PostgresQuery {
         """
         INSERT INTO workflow.executions (namespace, lane, payload, max_attempts, required_capabilities)
         VALUES (\(ns.value), \(lane.value), \(payload)::jsonb, \(maxAttempts), \(required)::text[])
         RETURNING execution_id
         """
     }
-    public static func workerAlive(_ ns: Namespace, _ w: WorkerInstanceID) -> PostgresQuery {
+    package static func workerAlive(_ ns: Namespace, _ w: WorkerInstanceID) -> PostgresQuery {
         """
         SELECT 1 FROM workflow.workers
         WHERE namespace = \(ns.value) AND worker_instance_id = \(w.value) AND NOT dead AND expires_at > now()
         """
     }
-    public static func claim(_ ns: Namespace, lanes: [String], worker: WorkerInstanceID, capabilities: [String], lease: Duration, limit: Int)
+    package static func claim(_ ns: Namespace, lanes: [String], worker: WorkerInstanceID, capabilities: [String], lease: Duration, limit: Int)
         -> PostgresQuery
     {
         """
@@ -122,7 +122,7 @@ public struct LeaseStore: Sendable {
         RETURNING a.lease_expires_at
         """
     }
-    public static func finishExecution(_ id: UUID, _ epoch: LeaseEpoch, state: String, result: String?, error: String?) -> PostgresQuery {
+    package static func finishExecution(_ id: UUID, _ epoch: LeaseEpoch, state: String, result: String?, error: String?) -> PostgresQuery {
         """
         UPDATE workflow.executions SET state = \(state), result = \(result)::jsonb, last_error = \(error), updated_at = now()
         WHERE execution_id = \(id) AND lease_epoch = \(epoch.value) AND state = 'running'
@@ -139,7 +139,7 @@ public struct LeaseStore: Sendable {
         RETURNING state
         """
     }
-    public static func endAttempt(_ id: UUID, _ epoch: LeaseEpoch, state: String) -> PostgresQuery {
+    package static func endAttempt(_ id: UUID, _ epoch: LeaseEpoch, state: String) -> PostgresQuery {
         """
         UPDATE workflow.attempts SET state = \(state), ended_at = now()
         WHERE execution_id = \(id) AND lease_epoch = \(epoch.value) AND state = 'leased'

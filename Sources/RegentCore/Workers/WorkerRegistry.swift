@@ -40,7 +40,7 @@ public struct WorkerRegistry: Sendable {
 
     public init() {}
 
-    public static func upsert(
+    package static func upsert(
         _ ns: Namespace, _ instance: WorkerInstanceID, _ worker: WorkerID, lanes: [String], capabilities: [String], ttl: Duration
     ) -> PostgresQuery {
         """

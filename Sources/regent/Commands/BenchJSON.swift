@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import RegentBench
+import RegentDrill
 import RegentCore
 import RegentHTTP
 

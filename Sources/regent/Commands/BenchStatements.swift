@@ -1,7 +1,8 @@
 import ArgumentParser
-import CLibPQ
+import RegentBench
 import EmbeddedPostgres
 import Foundation
+import RegentDrill
 import PostgresClient
 import RegentCore
 
@@ -29,7 +30,7 @@ extension BenchCommand {
         }
 
         func run() async throws {
-            let (url, embedded) = try benchDatabase(databaseURL)
+            let (url, embedded) = try benchDatabase(databaseURL, say: { print($0) })
             defer { embedded?.destroy() }
             let config = try ConnectionConfiguration(url)
             let sql = "SELECT $1::int + 1"
@@ -38,9 +39,9 @@ extension BenchCommand {
             var inline: [Duration] = []
             var queued: [Duration] = []
             for _ in 0..<rounds {
-                raw += try rawRound(url, sql: sql)
-                inline += try await regentRound(config, wait: config.callerThreadWait)
-                queued += try await regentRound(config, wait: .zero)
+                raw += try StatementRounds.raw(url, sql: sql, statements: statements)
+                inline += try await StatementRounds.regent(config, wait: config.callerThreadWait, statements: statements)
+                queued += try await StatementRounds.regent(config, wait: .zero, statements: statements)
             }
             let r = Figures(raw), i = Figures(inline), q = Figures(queued)
             print("")
@@ -54,42 +55,6 @@ extension BenchCommand {
             print(String(
                 format: "\nratios: p50 %.2f× raw with the caller's-thread wait, %.2f× raw through the queue",
                 i.median.milliseconds / max(r.median.milliseconds, 0.0001), q.median.milliseconds / max(r.median.milliseconds, 0.0001)))
-        }
-
-        func rawRound(_ conninfo: String, sql: String) throws -> [Duration] {
-            guard let conn = PQconnectdb(conninfo), PQstatus(conn) == CONNECTION_OK else {
-                throw ValidationError("raw bench: cannot connect to \(conninfo)")
-            }
-            defer { PQfinish(conn) }
-            var times: [Duration] = []
-            times.reserveCapacity(statements)
-            for k in 0..<statements {
-                let text = strdup(String(k))
-                var values: [UnsafePointer<CChar>?] = [UnsafePointer(text)]
-                let t0 = ContinuousClock.now
-                let result = PQexecParams(conn, sql, 1, nil, &values, nil, nil, 0)
-                _ = PQgetvalue(result, 0, 0)
-                times.append(t0.duration(to: .now))
-                PQclear(result)
-                free(text)
-            }
-            return times
-        }
-
-        func regentRound(_ base: ConnectionConfiguration, wait: Duration) async throws -> [Duration] {
-            var config = base
-            config.callerThreadWait = wait
-            let conn = try await PostgresConnection.connect(config)
-            var times: [Duration] = []
-            times.reserveCapacity(statements)
-            for k in 0..<statements {
-                let t0 = ContinuousClock.now
-                let row = try await conn.query("SELECT \(k)::int + 1 AS v").single()
-                _ = try row.decode("v", as: Int.self)
-                times.append(t0.duration(to: .now))
-            }
-            await conn.close()
-            return times
         }
 
         func us(_ d: Duration) -> String { String(format: "%.1f µs", d.milliseconds * 1000) }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import RegentDrill
 import PostgresClient
 import RegentCore
 

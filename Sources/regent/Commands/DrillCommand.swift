@@ -2,6 +2,7 @@ import ArgumentParser
 import EmbeddedPostgres
 import PostgresClient
 import Foundation
+import RegentDrill
 import RegentCore
 
 struct DrillCommand: AsyncParsableCommand {

@@ -4,23 +4,32 @@ import RegentCore
 
 /// Kills leaders of a local cluster round after round, times each failover, and checks
 /// the invariants from the database's own records.
-struct FailoverDrill {
-    let cluster: LocalCluster
-    let probe: LeadershipProbe
-    let databaseURL: String
-    let kills: Int
+package struct FailoverDrill {
+    package let cluster: LocalCluster
+    package let probe: LeadershipProbe
+    package let databaseURL: String
+    package let kills: Int
     /// Every `gracefulEvery`-th round sends SIGTERM instead of SIGKILL (0: never).
-    let gracefulEvery: Int
-    let say: (String) -> Void
+    package let gracefulEvery: Int
+    package let say: (String) -> Void
 
-    struct Result {
-        var sigkill: [Duration] = []
-        var sigterm: [Duration] = []
-        var violations: [String] = []
+    package init(cluster: LocalCluster, probe: LeadershipProbe, databaseURL: String, kills: Int, gracefulEvery: Int, say: @escaping (String) -> Void) {
+        self.cluster = cluster
+        self.probe = probe
+        self.databaseURL = databaseURL
+        self.kills = kills
+        self.gracefulEvery = gracefulEvery
+        self.say = say
+    }
+
+    package struct Result {
+        package var sigkill: [Duration] = []
+        package var sigterm: [Duration] = []
+        package var violations: [String] = []
     }
 
     /// Waits for the `leader.elected` announcement of a term above `term`.
-    static func awaitElection(
+    package static func awaitElection(
         _ iterator: inout AsyncThrowingStream<PostgresNotification, any Error>.Iterator, after term: Int64, timeout: Duration
     ) async throws -> Bool {
         struct Announcement: Decodable {
@@ -40,7 +49,7 @@ struct FailoverDrill {
         return false
     }
 
-    func run() async throws -> Result {
+    package func run() async throws -> Result {
         let sampler = sampleLockHolders(databaseURL: databaseURL, every: .milliseconds(10))
         var result = try await rounds()
         sampler.cancel()
@@ -95,7 +104,7 @@ struct FailoverDrill {
     /// Terms strictly increase, each elected once; no leader-duty audit row carries a term
     /// other than the one current (by audit order) when it was written, or comes from
     /// another instance than that term's leader; at most one lock holder now.
-    func checkInvariants() async throws -> [String] {
+    package func checkInvariants() async throws -> [String] {
         var violations: [String] = []
         let conn = try await PostgresConnection.connect(try ConnectionConfiguration(databaseURL))
         defer { Task { await conn.close() } }

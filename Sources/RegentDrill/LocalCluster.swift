@@ -4,19 +4,23 @@ import PostgresClient
 import RegentCore
 
 /// `regent serve` child processes on this machine, for the demo, drills and benchmarks.
-final class LocalCluster {
-    struct Node {
-        let name: String
-        let pid: pid_t
+package final class LocalCluster {
+    package struct Node {
+        package let name: String
+        package let pid: pid_t
     }
 
-    let databaseURL: String
-    let logDirectory: String
-    let extraArguments: [String]
+    package let databaseURL: String
+    package let logDirectory: String
+    package let extraArguments: [String]
     private(set) var nodes: [Node] = []
     private var counter = 0
 
-    init(databaseURL: String, logDirectory: String, extraArguments: [String]) {
+    /// The `regent` binary the nodes run.
+    package let executablePath: String
+
+    package init(databaseURL: String, logDirectory: String, extraArguments: [String], executable: String = LocalCluster.executable) {
+        self.executablePath = executable
         self.databaseURL = databaseURL
         self.logDirectory = logDirectory
         self.extraArguments = extraArguments
@@ -24,25 +28,25 @@ final class LocalCluster {
     }
 
     /// The running binary, so children are exactly this build.
-    static var executable: String {
+    package static var executable: String {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
     }
 
     @discardableResult
-    func spawn() throws -> Node {
+    package func spawn() throws -> Node {
         counter += 1
         let name = "node\(counter)"
-        let argv = [Self.executable, "serve", "--database-url", databaseURL, "--node-name", name] + extraArguments
+        let argv = [executablePath, "serve", "--database-url", databaseURL, "--node-name", name] + extraArguments
         let pid = try ChildProcess.spawn(argv, outputPath: "\(logDirectory)/\(name).log")
         let node = Node(name: name, pid: pid)
         nodes.append(node)
         return node
     }
 
-    func node(pid: Int32) -> Node? { nodes.first { $0.pid == pid } }
+    package func node(pid: Int32) -> Node? { nodes.first { $0.pid == pid } }
 
     /// Sends `signal` and forgets the node; it is reaped by `reap()`.
-    func kill(_ node: Node, signal: Int32) {
+    package func kill(_ node: Node, signal: Int32) {
         _ = Glibc.kill(node.pid, signal)
         nodes.removeAll { $0.pid == node.pid }
         exited.append(node.pid)
@@ -51,12 +55,12 @@ final class LocalCluster {
     private var exited: [pid_t] = []
 
     /// Waits for killed children so none lingers as a zombie.
-    func reap(wait: Bool = false) {
+    package func reap(wait: Bool = false) {
         exited = exited.filter { ChildProcess.exitStatus($0, wait: wait) == nil }
     }
 
     /// SIGTERM to everyone, then SIGKILL whoever is still there after `grace`.
-    func stopAll(grace: Duration = .seconds(10)) {
+    package func stopAll(grace: Duration = .seconds(10)) {
         let all = nodes
         for n in all { kill(n, signal: SIGTERM) }
         let deadline = ContinuousClock.now + grace
@@ -70,19 +74,23 @@ final class LocalCluster {
 }
 
 /// A light, single-statement view of the leadership used to time failovers.
-struct LeadershipProbe {
-    let connection: PostgresConnection
+package struct LeadershipProbe {
+    package let connection: PostgresConnection
 
-    struct Reading: Equatable {
-        let term: Int64
-        /// Whether the lock holder is the session that recorded `term`.
-        let settled: Bool
-        let leaderPID: Int32?
-        /// `elected_at` of the term (database clock), seconds since 1970.
-        let electedEpoch: Double?
+    package init(connection: PostgresConnection) {
+        self.connection = connection
     }
 
-    static let query = PostgresQuery(
+    package struct Reading: Equatable {
+        package let term: Int64
+        /// Whether the lock holder is the session that recorded `term`.
+        package let settled: Bool
+        package let leaderPID: Int32?
+        /// `elected_at` of the term (database clock), seconds since 1970.
+        package let electedEpoch: Double?
+    }
+
+    package static let query = PostgresQuery(
         unsafeSQL: """
             SELECT l.term, i.pid AS os_pid, extract(epoch FROM l.elected_at)::float8 AS elected_epoch,
                    (SELECT min(pid) FROM pg_locks WHERE \(LeadershipQueries.lockHolderFilter)) = l.leader_backend_pid AS settled
@@ -90,7 +98,7 @@ struct LeadershipProbe {
             WHERE l.id = 1
             """)
 
-    func read() async throws -> Reading {
+    package func read() async throws -> Reading {
         let row = try await connection.query(Self.query, purpose: "probe leadership").single()
         return Reading(
             term: try row.decode("term"), settled: try row.decodeOptional("settled", as: Bool.self) ?? false,
@@ -98,7 +106,7 @@ struct LeadershipProbe {
     }
 
     /// Polls until a settled leader with a term above `term` whose OS process is known.
-    func waitForLeader(after term: Int64, timeout: Duration) async throws -> Reading? {
+    package func waitForLeader(after term: Int64, timeout: Duration) async throws -> Reading? {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             let r = try await read()
@@ -110,18 +118,18 @@ struct LeadershipProbe {
 }
 
 /// Order statistics over durations.
-struct Figures {
-    let samples: [Duration]
-    init(_ samples: [Duration]) { self.samples = samples.sorted() }
-    func percentile(_ p: Double) -> Duration {
+package struct Figures {
+    package let samples: [Duration]
+    package init(_ samples: [Duration]) { self.samples = samples.sorted() }
+    package func percentile(_ p: Double) -> Duration {
         guard !samples.isEmpty else { return .zero }
         let index = Swift.min(samples.count - 1, Int((p * Double(samples.count - 1)).rounded(.up)))
         return samples[index]
     }
-    var min: Duration { samples.first ?? .zero }
-    var max: Duration { samples.last ?? .zero }
-    var median: Duration { percentile(0.5) }
-    var p99: Duration { percentile(0.99) }
+    package var min: Duration { samples.first ?? .zero }
+    package var max: Duration { samples.last ?? .zero }
+    package var median: Duration { percentile(0.5) }
+    package var p99: Duration { percentile(0.99) }
 }
 
-func ms(_ d: Duration) -> String { String(format: "%.2f ms", d.milliseconds) }
+package func ms(_ d: Duration) -> String { String(format: "%.2f ms", d.milliseconds) }

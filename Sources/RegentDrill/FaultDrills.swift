@@ -4,11 +4,11 @@ import PostgresClient
 import RegentCore
 
 /// The invariants every fault drill checks, from the database's own records.
-enum DrillInvariants {
+package enum DrillInvariants {
     /// A leader-only write stamped with a term, committed in a transaction that began after a
     /// later term was elected. The fence makes a successor's term bump wait for every fenced
     /// transaction of the old term, so any such row is a write by a leader that was deposed.
-    static let lateWrites: PostgresQuery = """
+    package static let lateWrites: PostgresQuery = """
         WITH elections AS (SELECT term, at FROM engine.audit WHERE action = 'leader.elected'),
         writes AS (
             SELECT 'engine.audit ' || action AS what, id, term, at FROM engine.audit
@@ -25,13 +25,13 @@ enum DrillInvariants {
         ORDER BY w.at LIMIT 20
         """
 
-    static let workflowPresent: PostgresQuery =
+    package static let workflowPresent: PostgresQuery =
         "SELECT to_regclass('workflow.lease_decisions') IS NOT NULL AND to_regclass('workflow.worker_events') IS NOT NULL AS present"
 
     /// Terms strictly increase and each is elected once; no duty write under a term after a later
     /// term began (engine.audit, workflow.lease_decisions, workflow.worker_events); at most one
     /// lock holder now.
-    static func check(databaseURL: String) async throws -> [String] {
+    package static func check(databaseURL: String) async throws -> [String] {
         let conn = try await PostgresConnection.connect(try drillConfiguration(databaseURL))
         defer { Task { await conn.close() } }
         var violations: [String] = []
@@ -58,7 +58,7 @@ enum DrillInvariants {
 }
 
 /// The drill's own connections name themselves, so `terminate-all` spares them.
-func drillConfiguration(_ url: String) throws -> ConnectionConfiguration {
+package func drillConfiguration(_ url: String) throws -> ConnectionConfiguration {
     var c = try ConnectionConfiguration(url)
     c.applicationName = "regent-drill"
     return c
@@ -66,27 +66,27 @@ func drillConfiguration(_ url: String) throws -> ConnectionConfiguration {
 
 /// A drill's own connection that reconnects on demand: the database may be away (outages,
 /// terminate-all), and a drill keeps going through that.
-final class DrillConnection {
-    let url: String
+package final class DrillConnection {
+    package let url: String
     private var conn: PostgresConnection?
-    init(_ url: String) { self.url = url }
-    func get() async throws -> PostgresConnection {
+    package init(_ url: String) { self.url = url }
+    package func get() async throws -> PostgresConnection {
         if let conn, conn.isUsable { return conn }
         let fresh = try await PostgresConnection.connect(try drillConfiguration(url))
         conn = fresh
         return fresh
     }
-    func drop() { conn = nil }
-    func close() async { await conn?.close() }
+    package func drop() { conn = nil }
+    package func close() async { await conn?.close() }
 }
 
 /// Keeps the leader's duties busy: workers that register and never heartbeat (swept a TTL
 /// later) and executions claimed on leases that expire (reclaimed), so a drill sees duty
 /// writes around every fault.
-final class ChurnLoad: Sendable {
-    let task: Task<Int, Never>
+package final class ChurnLoad: Sendable {
+    package let task: Task<Int, Never>
 
-    init(databaseURL: String, every: Duration = .milliseconds(150), ttl: Duration = .milliseconds(300)) {
+    package init(databaseURL: String, every: Duration = .milliseconds(150), ttl: Duration = .milliseconds(300)) {
         task = Task {
             var made = 0
             let conn = DrillConnection(databaseURL)
@@ -111,14 +111,14 @@ final class ChurnLoad: Sendable {
         }
     }
 
-    func stop() async -> Int {
+    package func stop() async -> Int {
         task.cancel()
         return await task.value
     }
 }
 
 /// Samples how many sessions hold the leadership lock until cancelled; returns the most seen.
-func sampleLockHolders(databaseURL: String, every: Duration = .milliseconds(20)) -> Task<Int, Never> {
+package func sampleLockHolders(databaseURL: String, every: Duration = .milliseconds(20)) -> Task<Int, Never> {
     Task {
         var most = 0
         let conn = DrillConnection(databaseURL)
@@ -137,18 +137,18 @@ func sampleLockHolders(databaseURL: String, every: Duration = .milliseconds(20))
 
 /// What a drill runs beside its faults: a churn that keeps the leader's duties writing, and a
 /// sampler of how many sessions hold the leadership lock.
-struct DrillBackground {
-    let churn: ChurnLoad
-    let sampler: Task<Int, Never>
+package struct DrillBackground {
+    package let churn: ChurnLoad
+    package let sampler: Task<Int, Never>
 
-    init(databaseURL: String) {
+    package init(databaseURL: String) {
         churn = ChurnLoad(databaseURL: databaseURL)
         sampler = sampleLockHolders(databaseURL: databaseURL)
     }
 
     /// Stops both: how many workers the churn made, and a violation if two sessions ever
     /// held the lock at once.
-    func finish() async -> (made: Int, violations: [String]) {
+    package func finish() async -> (made: Int, violations: [String]) {
         let made = await churn.stop()
         sampler.cancel()
         let most = await sampler.value
@@ -159,18 +159,25 @@ struct DrillBackground {
 /// Freezes the leader with SIGSTOP and checks that a follower ends its session and takes over
 /// within `--stale-after` + 2 s, and that after SIGCONT the thawed node writes nothing under its
 /// old term and rejoins as a follower.
-struct FreezeDrill {
-    let env: DrillEnvironment
-    let freezes: Int
-    let staleAfter: Duration
-    let say: (String) -> Void
+package struct FreezeDrill {
+    package let env: DrillEnvironment
+    package let freezes: Int
+    package let staleAfter: Duration
+    package let say: (String) -> Void
 
-    struct Result {
-        var takeovers: [Duration] = []
-        var violations: [String] = []
+    package init(env: DrillEnvironment, freezes: Int, staleAfter: Duration, say: @escaping (String) -> Void) {
+        self.env = env
+        self.freezes = freezes
+        self.staleAfter = staleAfter
+        self.say = say
     }
 
-    func run() async throws -> Result {
+    package struct Result {
+        package var takeovers: [Duration] = []
+        package var violations: [String] = []
+    }
+
+    package func run() async throws -> Result {
         var result = Result()
         let background = DrillBackground(databaseURL: env.databaseURL)
         var current = try await env.firstLeader()
@@ -225,17 +232,23 @@ struct FreezeDrill {
 
 /// Ends every node's sessions at once (`pg_terminate_backend` on every `regent` backend, as a
 /// server-side kill or a network blip would) and times the return of a leader.
-struct TerminateAllDrill {
-    let env: DrillEnvironment
-    let rounds: Int
-    let say: (String) -> Void
+package struct TerminateAllDrill {
+    package let env: DrillEnvironment
+    package let rounds: Int
+    package let say: (String) -> Void
 
-    static let terminateAll: PostgresQuery = """
+    package init(env: DrillEnvironment, rounds: Int, say: @escaping (String) -> Void) {
+        self.env = env
+        self.rounds = rounds
+        self.say = say
+    }
+
+    package static let terminateAll: PostgresQuery = """
         SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) AS ended FROM pg_stat_activity
         WHERE datname = current_database() AND application_name = 'regent' AND pid <> pg_backend_pid()
         """
 
-    func run() async throws -> (recoveries: [Duration], violations: [String]) {
+    package func run() async throws -> (recoveries: [Duration], violations: [String]) {
         var recoveries: [Duration] = []
         var violations: [String] = []
         let background = DrillBackground(databaseURL: env.databaseURL)
@@ -264,16 +277,25 @@ struct TerminateAllDrill {
 /// Stops the private PostgreSQL for longer than the workers' TTL and lease, then checks that no
 /// worker that heartbeats on recovery is swept and no lease it renews is reclaimed, while a
 /// silent worker is swept one TTL of reachable database later.
-struct OutageDrill {
-    let env: DrillEnvironment
-    let server: EmbeddedPostgres
-    let downFor: Duration
-    let ttl: Duration
-    let workers: Int
-    let say: (String) -> Void
+package struct OutageDrill {
+    package let env: DrillEnvironment
+    package let server: EmbeddedPostgres
+    package let downFor: Duration
+    package let ttl: Duration
+    package let workers: Int
+    package let say: (String) -> Void
+
+    package init(env: DrillEnvironment, server: EmbeddedPostgres, downFor: Duration, ttl: Duration, workers: Int, say: @escaping (String) -> Void) {
+        self.env = env
+        self.server = server
+        self.downFor = downFor
+        self.ttl = ttl
+        self.workers = workers
+        self.say = say
+    }
 
     /// A worker that heartbeats and renews every quarter TTL, reconnecting through the outage.
-    static func liveWorker(url: String, name: String, execution: UUID, epoch: LeaseEpoch, ttl: Duration) -> Task<Int, Never> {
+    package static func liveWorker(url: String, name: String, execution: UUID, epoch: LeaseEpoch, ttl: Duration) -> Task<Int, Never> {
         Task {
             var refused = 0
             let conn = DrillConnection(url)
@@ -297,7 +319,7 @@ struct OutageDrill {
         }
     }
 
-    func run() async throws -> [String] {
+    package func run() async throws -> [String] {
         var violations: [String] = []
         _ = try await env.firstLeader()
         let setup = try await PostgresConnection.connect(try drillConfiguration(env.databaseURL))
@@ -379,13 +401,20 @@ struct OutageDrill {
 
 /// Runs nodes through a private PgBouncer: in session mode they must elect, fail over and write
 /// their duties; in transaction mode they must refuse to start and leave no lock behind.
-struct PoolerDrill {
-    let server: EmbeddedPostgres
-    let databaseURL: String
-    let kills: Int
-    let say: (String) -> Void
+package struct PoolerDrill {
+    package let server: EmbeddedPostgres
+    package let databaseURL: String
+    package let kills: Int
+    package let say: (String) -> Void
 
-    func run() async throws -> [String] {
+    package init(server: EmbeddedPostgres, databaseURL: String, kills: Int, say: @escaping (String) -> Void) {
+        self.server = server
+        self.databaseURL = databaseURL
+        self.kills = kills
+        self.say = say
+    }
+
+    package func run() async throws -> [String] {
         var violations: [String] = []
         let name = try await PostgresConnection.connect(try drillConfiguration(databaseURL))
         let database = try await name.query("SELECT current_database() AS d").single().decode("d", as: String.self)
@@ -468,7 +497,7 @@ struct PoolerDrill {
 }
 
 /// Blocking work (pg_ctl) on a thread of its own.
-func runOffThePool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+package func runOffThePool<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, any Error>) in
         Thread { cont.resume(with: Result { try work() }) }.start()
     }

@@ -5,18 +5,18 @@ import RegentCore
 
 /// A database (the given URL, or a private PostgreSQL started here) with `nodes` local
 /// `regent serve` processes on it, torn down by `close()`.
-final class DrillEnvironment {
-    let databaseURL: String
-    let cluster: LocalCluster
-    let probeConnection: PostgresConnection
+package final class DrillEnvironment {
+    package let databaseURL: String
+    package let cluster: LocalCluster
+    package let probeConnection: PostgresConnection
     /// The private PostgreSQL, when the drill started one (outage and pooler drills need it).
-    let embedded: EmbeddedPostgres?
+    package let embedded: EmbeddedPostgres?
 
-    static let nodeArguments = ["--heartbeat-interval", "500ms", "--stale-after", "2s", "--lease-window", "2s", "--log-level", "info"]
+    package static let nodeArguments = ["--heartbeat-interval", "500ms", "--stale-after", "2s", "--lease-window", "2s", "--log-level", "info"]
 
-    static func start(
+    package static func start(
         databaseURL: String?, nodes: Int, nodeArguments: [String] = DrillEnvironment.nodeArguments, serverMaxConnections: Int = 400,
-        say: (String) -> Void
+        executable: String = LocalCluster.executable, say: (String) -> Void
     ) async throws -> DrillEnvironment {
         var embedded: EmbeddedPostgres?
         let url: String
@@ -36,7 +36,7 @@ final class DrillEnvironment {
             try await MigrationRunner(appliedBy: "drill").migrate(on: setup, schemas: ["engine"])
             await setup.close()
             let logs = NSTemporaryDirectory() + "regent-drill-\(getpid())"
-            let cluster = LocalCluster(databaseURL: url, logDirectory: logs, extraArguments: nodeArguments)
+            let cluster = LocalCluster(databaseURL: url, logDirectory: logs, extraArguments: nodeArguments, executable: executable)
             say("▶ starting \(nodes) nodes (logs in \(logs))")
             for _ in 0..<nodes { try cluster.spawn() }
             let probe = try await PostgresConnection.connect(config)
@@ -54,17 +54,17 @@ final class DrillEnvironment {
         self.embedded = embedded
     }
 
-    var probe: LeadershipProbe { LeadershipProbe(connection: probeConnection) }
+    package var probe: LeadershipProbe { LeadershipProbe(connection: probeConnection) }
 
     /// The first settled leader of the drill's cluster; throws naming the logs when none comes.
-    func firstLeader(timeout: Duration = .seconds(30)) async throws -> LeadershipProbe.Reading {
+    package func firstLeader(timeout: Duration = .seconds(30)) async throws -> LeadershipProbe.Reading {
         guard let reading = try await probe.waitForLeader(after: 0, timeout: timeout) else {
             throw RegentError(.timeout, "no leader was elected within \(timeout); see the node logs in \(cluster.logDirectory)")
         }
         return reading
     }
 
-    func close() async {
+    package func close() async {
         cluster.stopAll()
         await probeConnection.close()
         embedded?.destroy()
