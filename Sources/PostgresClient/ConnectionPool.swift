@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import ServiceLifecycle
 
 /// A small pool of ``PostgresConnection``s with a maximum size.
 ///
@@ -206,5 +207,15 @@ public actor ConnectionPool {
         idle.removeAll()
         open -= toClose.count
         for connection in toClose { await connection.close() }
+    }
+}
+
+/// A pool runs as a swift-service-lifecycle `Service` (as postgres-nio's `PostgresClient`
+/// does): it serves until graceful shutdown or cancellation, then closes its connections.
+/// In a group, list it before the services that use it: it is then shut down after them.
+extension ConnectionPool: Service {
+    public func run() async {
+        try? await gracefulShutdown()
+        await shutdown()
     }
 }

@@ -28,18 +28,29 @@ final class ScriptedDuty: LeaderDuty {
     }
 }
 
+/// The resignations a duty runner asked for.
+final class Resignations: Sendable {
+    let reasons = Mutex<[String]>([])
+}
+
 @Suite("Leader duty runner")
 struct DutyRunnerTests {
     func run(_ duty: ScriptedDuty, rounds: Int) async -> [String] {
-        let resigned = Mutex<[String]>([])
-        let runner = DutyRunner(duties: [duty], retryDelay: .milliseconds(1)) { reason in resigned.withLock { $0.append(reason) } }
-        await runner.start(LeaderFence(term: 1, instanceID: UUID(), lockBackendPID: 0))
-        let deadline = ContinuousClock.now + .seconds(10)
-        while duty.rounds.load(ordering: .relaxed) < rounds, resigned.withLock({ $0.isEmpty }), ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(2))
+        let resigned = Resignations()
+        let runner = DutyRunner(duties: [duty], retryDelay: .milliseconds(1))
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await runner.run(fence: LeaderFence(term: 1, instanceID: UUID(), lockBackendPID: 0)) { reason in
+                    resigned.reasons.withLock { $0.append(reason) }
+                }
+            }
+            let deadline = ContinuousClock.now + .seconds(10)
+            while duty.rounds.load(ordering: .relaxed) < rounds, resigned.reasons.withLock({ $0.isEmpty }), ContinuousClock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(2))
+            }
+            group.cancelAll()
         }
-        await runner.stop()
-        return resigned.withLock { $0 }
+        return resigned.reasons.withLock { $0 }
     }
 
     @Test func failuresSpreadBetweenSuccessesNeverMakeTheLeaderResign() async {

@@ -12,46 +12,42 @@ public protocol LeaderDuty: Sendable {
     func runOnce(fence: LeaderFence) async throws -> Bool
 }
 
-/// Starts every duty on election, cancels and awaits them on demotion.
+/// Runs every duty of a term, each in a child task, for as long as the leader leads.
 ///
-/// A duty whose rounds fail `maxConsecutiveFailures` times in a row asks the elector to
-/// resign (a leader that cannot do its job should let another node try); a successful round
-/// resets the count, so rare transient errors spread over days never add up. A refused fence
-/// (`notLeader`) counts like any other failure: a node that keeps the lock but whose writes
-/// are refused (a pooler faking its session, a lost term) must not keep the title.
-public actor DutyRunner {
+/// The elector calls ``run(fence:onRepeatedFailure:)`` inside its leading state, in a task
+/// group that it cancels and awaits before it resigns or steps down: no duty round outlives
+/// the term it was started for. A duty whose rounds fail `maxConsecutiveFailures` times in
+/// a row asks the elector to resign (a leader that cannot do its job should let another
+/// node try); a successful round resets the count, so rare transient errors spread over
+/// days never add up. A refused fence (`notLeader`) counts like any other failure: a node
+/// that keeps the lock but whose writes are refused (a pooler faking its session, a lost
+/// term) must not keep the title.
+public struct DutyRunner: Sendable {
     let duties: [any LeaderDuty]
     let logger: Logger
     let maxConsecutiveFailures: Int
     let retryDelay: Duration
-    private var running: Task<Void, Never>?
-    let onRepeatedFailure: @Sendable (String) async -> Void
     let metrics: RegentMetrics
 
     public init(
         duties: [any LeaderDuty], maxConsecutiveFailures: Int = 3, retryDelay: Duration = .milliseconds(500), metrics: RegentMetrics = .discarded,
-        logger: Logger = Logger(label: "regent.duties"), onRepeatedFailure: @escaping @Sendable (String) async -> Void
+        logger: Logger = Logger(label: "regent.duties")
     ) {
         self.duties = duties
         self.maxConsecutiveFailures = maxConsecutiveFailures
         self.retryDelay = retryDelay
         self.metrics = metrics
         self.logger = logger
-        self.onRepeatedFailure = onRepeatedFailure
     }
 
-    public func start(_ fence: LeaderFence) {
-        running?.cancel()
-        let duties = self.duties
+    /// Runs every duty under `fence` until cancelled (each duty also ends once it asked to resign).
+    public func run(fence: LeaderFence, onRepeatedFailure: @escaping @Sendable (String) async -> Void) async {
         let (logger, metrics, limit, retryDelay) = (self.logger, self.metrics, self.maxConsecutiveFailures, self.retryDelay)
-        let onRepeatedFailure = self.onRepeatedFailure
-        // Duties are not latency-critical: back on the cooperative pool, off the leadership thread.
-        running = Task(executorPreference: globalConcurrentExecutor) {
-            await withTaskGroup(of: Void.self) { group in
-                for duty in duties {
-                    group.addTask {
-                        await Self.loop(duty, fence: fence, limit: limit, retryDelay: retryDelay, metrics: metrics, logger: logger, onRepeatedFailure: onRepeatedFailure)
-                    }
+        await withTaskGroup(of: Void.self) { group in
+            for duty in duties {
+                // Duties are not latency-critical: on the cooperative pool, off the leadership thread.
+                group.addTask(executorPreference: globalConcurrentExecutor) {
+                    await Self.loop(duty, fence: fence, limit: limit, retryDelay: retryDelay, metrics: metrics, logger: logger, onRepeatedFailure: onRepeatedFailure)
                 }
             }
         }
@@ -88,13 +84,5 @@ public actor DutyRunner {
                 try? await Task.sleep(for: retryDelay * failures)
             }
         }
-    }
-
-    /// Cancels the duties and waits until every one of them has returned.
-    public func stop() async {
-        guard let task = running else { return }
-        running = nil
-        task.cancel()
-        await task.value
     }
 }

@@ -1,6 +1,7 @@
 import CoreMetrics
 import Foundation
 import Logging
+import ServiceLifecycle
 import PostgresClient
 
 /// Ends the lock session of a leader that stopped heartbeating but whose session lives on.
@@ -19,7 +20,7 @@ import PostgresClient
 ///
 /// A follower acts only after it has itself heartbeated without a gap for `staleAfter`: its
 /// own trouble reaching the database must never look like the leader's.
-public actor HungLeaderWatch {
+public actor HungLeaderWatch: Service {
     public struct Check: Sendable, Equatable {
         /// The frozen leader's term, instance and lock session.
         public let term: Int64
@@ -134,8 +135,13 @@ public actor HungLeaderWatch {
         return found
     }
 
-    /// Looks on a period until cancelled.
+    /// Looks on a period until graceful shutdown or cancellation.
     public func run() async {
+        try? await cancelWhenGracefulShutdown { [self] in await self.watch() }
+    }
+
+    /// Looks on a period until cancelled.
+    func watch() async {
         while !Task.isCancelled {
             try? await Task.sleep(for: checkInterval)
             if Task.isCancelled { break }

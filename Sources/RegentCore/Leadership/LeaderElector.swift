@@ -2,6 +2,7 @@ import CoreMetrics
 import Dispatch
 import Foundation
 import Logging
+import ServiceLifecycle
 import PostgresClient
 import Synchronization
 
@@ -13,7 +14,7 @@ import Synchronization
 /// audit log in one transaction on the lock session, then confirms the lock every
 /// `confirmInterval` with a deadline at the end of its trust window; when a
 /// confirmation fails or is late it stops all duties and reconnects as a follower.
-public actor LeaderElector {
+public actor LeaderElector: Service {
     public struct Options: Sendable {
         public var leaseWindow: Duration = .seconds(5)
         public var confirmInterval: Duration = .seconds(1)
@@ -41,6 +42,8 @@ public actor LeaderElector {
     let configuration: ConnectionConfiguration
     let options: Options
     let hooks: Hooks
+    /// The leader's duties, run inside the leading state (see ``DutyRunner``).
+    let duties: DutyRunner?
     let logger: Logger
     private var machine: ElectionStateMachine<ContinuousClock.Instant>
     private var lockConnection: PostgresConnection?
@@ -61,7 +64,7 @@ public actor LeaderElector {
 
     public init(
         instanceID: UUID, configuration: ConnectionConfiguration, options: Options = Options(), hooks: Hooks = Hooks(),
-        metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.leadership"),
+        duties: DutyRunner? = nil, metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.leadership"),
         executor: DedicatedExecutor = DedicatedExecutor(name: "regent.leadership")
     ) {
         self.executor = executor
@@ -70,6 +73,7 @@ public actor LeaderElector {
         self.configuration = configuration
         self.options = options
         self.hooks = hooks
+        self.duties = duties
         self.logger = logger
         self.machine = ElectionStateMachine(leaseWindow: options.leaseWindow, confirmInterval: options.confirmInterval)
     }
@@ -86,9 +90,10 @@ public actor LeaderElector {
     /// How many times this node won an election.
     public var electionsWon: Int { elections }
 
-    /// Runs until `stop()`; never throws: database trouble means reconnecting.
+    /// Runs until `stop()` or graceful shutdown (a leader resigns first); never throws:
+    /// database trouble means reconnecting.
     public func run() async {
-        await runLoop()
+        await runUntilGracefulShutdown({ await runLoop() }, onShutdown: { [weak self] in await self?.stop() })
         await finished.ring()
     }
 
@@ -173,7 +178,7 @@ public actor LeaderElector {
                 self.fence = fence
                 logger.notice("became leader", metadata: ["term": "\(term)", "instance_id": "\(instanceID)"])
                 await hooks.elected(fence)
-                action = await lead(conn: conn, term: term)
+                action = await leadWithDuties(conn: conn, fence: fence)
             case .demote(let reason):
                 let term = fence?.term ?? 0
                 fence?.trust.revoke()
@@ -193,6 +198,26 @@ public actor LeaderElector {
             case .confirm:
                 action = machine.confirmationFailed("unexpected confirm outside the leader loop")
             }
+        }
+    }
+
+    /// The leading state: the duties run in a child task while the leader loop confirms the
+    /// lock; whatever ends the loop (demotion, resignation, stop), the duties are cancelled and
+    /// awaited before the elector acts on it, so none writes after the term's end is handled.
+    private func leadWithDuties(conn: PostgresConnection, fence: LeaderFence) async -> ElectionStateMachine<ContinuousClock.Instant>.Action {
+        guard let duties else { return await lead(conn: conn, term: fence.term) }
+        let logger = self.logger
+        return await withTaskGroup(of: Void.self) { group in
+            group.addTask { [weak self] in
+                await duties.run(fence: fence) { [weak self] reason in
+                    logger.error("a leader duty keeps failing; resigning so another node can try", metadata: ["reason": "\(reason)"])
+                    _ = await self?.requestResign()
+                }
+            }
+            let action = await lead(conn: conn, term: fence.term)
+            group.cancelAll()
+            await group.waitForAll()
+            return action
         }
     }
 

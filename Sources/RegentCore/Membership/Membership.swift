@@ -1,12 +1,13 @@
 import CoreMetrics
 import Foundation
 import Logging
+import ServiceLifecycle
 import PostgresClient
 
 /// This node's row in `engine.instances`: inserted at boot, heartbeated on a timer,
 /// re-inserted (loudly) if a leader swept it while the node was alive, deleted on
 /// graceful shutdown. Times are the database's `now()`.
-public actor Membership {
+public actor Membership: Service {
     public let identity: NodeIdentity
     let pool: ConnectionPool
     let heartbeatInterval: Duration
@@ -118,8 +119,14 @@ public actor Membership {
         }
     }
 
-    /// Heartbeats until cancelled.
+    /// Heartbeats until graceful shutdown, then deletes its row; cancelled, it just stops.
     public func run() async {
+        try? await cancelWhenGracefulShutdown { [self] in await self.heartbeats() }
+        if !Task.isCancelled { await leave() }
+    }
+
+    /// Heartbeats until cancelled.
+    public func heartbeats() async {
         while !Task.isCancelled {
             try? await Task.sleep(for: heartbeatInterval)
             if Task.isCancelled { break }

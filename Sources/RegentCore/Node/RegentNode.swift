@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PostgresClient
+import ServiceLifecycle
 
 /// One `regent serve` process: boot, membership, leadership and leader duties, until
 /// `shutdown()`.
@@ -8,7 +9,7 @@ import PostgresClient
 /// Schema policy: the node bootstraps the engine schema itself (under the migration
 /// lock, before the election, which needs its tables); module schemas are migrated by
 /// the leader, fenced. A follower waits until the schemas it needs are current.
-public actor RegentNode {
+public actor RegentNode: Service {
     public nonisolated let configuration: NodeConfiguration
     public private(set) var identity: NodeIdentity
     /// This process start's identity (fixed for the node's life).
@@ -21,11 +22,11 @@ public actor RegentNode {
     public nonisolated let pool: ConnectionPool
     private var membership: Membership?
     private var elector: LeaderElector?
-    private var duties: DutyRunner?
     private var bus: EventBus?
     private var hungLeaderWatch: HungLeaderWatch?
     private var shuttingDown = false
-    private let stopped = Doorbell()
+    /// The node's parts, once it has booted (see `run`).
+    private var services: ServiceGroup?
 
     public init(configuration: NodeConfiguration, metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.node")) {
         self.metrics = metrics
@@ -49,8 +50,18 @@ public actor RegentNode {
     /// This node's event bus: one LISTEN connection shared by every subscription in the process.
     public var eventBus: EventBus? { bus }
 
-    /// Boots, joins, and runs until `shutdown()`. Returns after a graceful stop.
+    /// Boots, joins, and runs until `shutdown()` or graceful shutdown of the service group it
+    /// runs in (which then drains it the same way). Returns after a graceful stop.
     public func run() async throws {
+        var failure: (any Error)?
+        await runUntilGracefulShutdown(
+            {
+                do { try await runParts() } catch { failure = error }
+            }, onShutdown: { [weak self] in await self?.shutdown() })
+        if let failure { throw failure }
+    }
+
+    private func runParts() async throws {
         try configuration.validate()
         try await refuseTransactionPooling()
         let boot = try await bootWithRetry()
@@ -63,28 +74,18 @@ public actor RegentNode {
         self.membership = membership
         try await membership.join()
 
-        let staleCleanup = StaleInstanceCleanup(pool: pool, membership: membership, staleAfter: configuration.staleAfter, metrics: metrics)
-        let migrations = ModuleMigrationDuty(pool: pool)
-        let electorBox = ElectorBox()
-        let pruning = EventOutboxPruning(pool: pool, retention: configuration.eventRetention)
         // Worker and lease lapses count only reachable database (see WorkerTTLSweep).
         let reachableSince: @Sendable () async -> Date? = { await membership.healthySinceDatabase }
         let duties = DutyRunner(duties: [
-            migrations, staleCleanup, pruning, WorkerTTLSweep(pool: pool, reachableSince: reachableSince),
+            ModuleMigrationDuty(pool: pool),
+            StaleInstanceCleanup(pool: pool, membership: membership, staleAfter: configuration.staleAfter, metrics: metrics),
+            EventOutboxPruning(pool: pool, retention: configuration.eventRetention),
+            WorkerTTLSweep(pool: pool, reachableSince: reachableSince),
             LeaseExpiryScanner(pool: pool, reachableSince: reachableSince, metrics: metrics),
-        ], metrics: metrics) { [logger] reason in
-            logger.error("a leader duty keeps failing; resigning so another node can try", metadata: ["reason": "\(reason)"])
-            _ = await electorBox.elector?.requestResign()
-        }
-        self.duties = duties
+        ], metrics: metrics)
         let elector = LeaderElector(
             instanceID: identity.instanceID, configuration: configuration.database,
-            options: .init(leaseWindow: configuration.leaseWindow),
-            hooks: .init(
-                elected: { fence in await duties.start(fence) },
-                demoted: { _, _ in await duties.stop() }),
-            metrics: metrics, executor: leadership)
-        await electorBox.set(elector)
+            options: .init(leaseWindow: configuration.leaseWindow), duties: duties, metrics: metrics, executor: leadership)
         self.elector = elector
         let watch = HungLeaderWatch(
             instanceID: identity.instanceID, pool: pool, staleAfter: configuration.staleAfter,
@@ -92,30 +93,33 @@ public actor RegentNode {
         self.hungLeaderWatch = watch
         let bus = EventBus(configuration: configuration.database, pool: pool, publisher: identity.instanceID, metrics: metrics)
         self.bus = bus
+
+        // One ordered group: started in this order, shut down in reverse — the listener and
+        // the watch stop, the elector resigns (its duties stop first), membership deletes the
+        // instance row, and the pool closes last. Leadership, heartbeats and the watch prefer
+        // the leadership thread, so request handling that saturates the cooperative pool
+        // cannot delay them.
+        func part(_ service: some Service, _ name: String, ignoreSuccess: Bool = false) -> ServiceGroupConfiguration.ServiceConfiguration {
+            .init(
+                service: service, successTerminationBehavior: ignoreSuccess ? .ignore : .gracefullyShutdownGroup,
+                failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: name)
+        }
+        let group = ServiceGroup(configuration: .init(
+            services: [
+                part(pool, "pool"),
+                part(OnExecutor(service: membership, executor: leadership), "membership"),
+                part(elector, "elector"),
+                part(OnExecutor(service: watch, executor: leadership), "frozen-leader-watch"),
+                part(bus.listenerService, "event-listener"),
+                part(SchemaWait(node: self), "schema-wait", ignoreSuccess: true),
+            ],
+            logger: logger))
+        services = group
+        if shuttingDown { await group.triggerGracefulShutdown() }
         logger.notice("node started", metadata: [
             "instance_id": "\(identity.instanceID)", "node_name": "\(identity.nodeName)", "pid": "\(identity.pid)",
         ])
-
-        await withTaskGroup(of: Void.self) { group in
-            // Leadership, heartbeats and the frozen-leader watch prefer the leadership thread, so
-            // request handling that saturates the cooperative pool cannot delay them.
-            group.addTask(executorPreference: leadership) { await membership.run() }
-            group.addTask(executorPreference: leadership) { await elector.run() }
-            group.addTask(executorPreference: leadership) { await watch.run() }
-            group.addTask { [self] in await self.waitForSchemas() }
-            group.addTask { await bus.run() }
-            // Park here until shutdown() rings.
-            _ = await stopped.wait(upTo: .seconds(86_400 * 365))
-            // Let the elector resign and disconnect before anything is cancelled: cancelling
-            // it would cancel the resignation statement itself.
-            await elector.stop()
-            await elector.waitUntilFinished()
-            bus.stop()
-            group.cancelAll()
-        }
-        await duties.stop()
-        await membership.leave()
-        await pool.shutdown()
+        try await group.run()
         logger.notice("node stopped", metadata: ["instance_id": "\(identity.instanceID)"])
     }
 
@@ -123,9 +127,8 @@ public actor RegentNode {
     public func shutdown() async {
         guard !shuttingDown else { return }
         shuttingDown = true
-        await stopped.ring()
+        await services?.triggerGracefulShutdown()
     }
-
     /// Ends a frozen leader's session when this node is a follower (see ``HungLeaderWatch``).
     public var frozenLeaderWatch: HungLeaderWatch? { hungLeaderWatch }
 
@@ -173,7 +176,7 @@ public actor RegentNode {
     }
 
     /// A follower waits for the leader to migrate the enabled module schemas.
-    private func waitForSchemas() async {
+    func waitForSchemas() async {
         let pool = self.pool
         let deadline = ContinuousClock.now + configuration.schemaWaitTimeout
         var warned = false
@@ -199,8 +202,11 @@ public actor RegentNode {
     }
 }
 
-/// Lets the duty runner reach the elector that is created after it.
-actor ElectorBox {
-    var elector: LeaderElector?
-    func set(_ e: LeaderElector) { elector = e }
+/// A follower waits for the leader to migrate the enabled module schemas, then ends (or
+/// on graceful shutdown).
+struct SchemaWait: Service {
+    let node: RegentNode
+    func run() async {
+        try? await cancelWhenGracefulShutdown { [node] in await node.waitForSchemas() }
+    }
 }

@@ -87,7 +87,7 @@ struct ServeCommand: AsyncParsableCommand {
                 failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "http"))
         }
         services.append(.init(
-            service: NodeService(node: node), successTerminationBehavior: .gracefullyShutdownGroup,
+            service: node, successTerminationBehavior: .gracefullyShutdownGroup,
             failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "node"))
         var groupConfig = ServiceGroupConfiguration(
             services: services, gracefulShutdownSignals: [.sigterm, .sigint], cancellationSignals: [], logger: logger)
@@ -95,19 +95,6 @@ struct ServeCommand: AsyncParsableCommand {
         let watchdog = shutdownWatchdog(timeout: shutdownTimeout, logger: logger)
         defer { watchdog.cancel() }
         try await ServiceGroup(configuration: groupConfig).run()
-    }
-}
-
-/// Runs a node under swift-service-lifecycle: graceful shutdown asks the node to drain.
-struct NodeService: Service {
-    let node: RegentNode
-    func run() async throws {
-        let node = self.node
-        try await withGracefulShutdownHandler {
-            try await node.run()
-        } onGracefulShutdown: {
-            Task { await node.shutdown() }
-        }
     }
 }
 
