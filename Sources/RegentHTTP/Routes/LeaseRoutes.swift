@@ -1,0 +1,105 @@
+import CoreMetrics
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import PostgresClient
+import Prometheus
+import RegentCore
+import ServiceLifecycle
+
+/// Claims, renewals, completion, failure and expired leases.
+extension AdminAPI {
+    func claim(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let body = try await JSONBody.read(
+            request, context: context, allowed: ["namespace", "worker_instance_id", "lanes", "capabilities", "lease_ms", "limit"])
+        let namespace = try Namespace(try body.string("namespace"))
+        let instance = try WorkerInstanceID(try body.string("worker_instance_id"))
+        let lanes = try body.nameSet("lanes").map { try Lane($0) }
+        let capabilities = try (body.optionalNameSet("capabilities") ?? []).map { try Capability($0) }
+        let lease = Duration.milliseconds(try body.optionalInt("lease_ms") ?? 30_000)
+        let limit = try body.optionalInt("limit") ?? 1
+        guard (1...1000).contains(limit) else { throw APIError.badRequest("invalid_field", "field \"limit\" must be 1 to 1000") }
+        if let node, await node.isDraining {
+            throw APIError(status: .serviceUnavailable, code: "draining", message: "this node is shutting down and takes no claims; use another node")
+        }
+        let leases = try await pool.withConnection {
+            try await LeaseStore().claim(
+                namespace: namespace, lanes: lanes, workerInstanceID: instance, capabilities: capabilities, leaseDuration: lease,
+                limit: Int(limit), on: $0)
+        }
+        return try json(["leases": leases.map(LeaseDocument.init)])
+    }
+
+    struct LeaseDocument: Encodable {
+        let lease: Lease
+        enum Keys: String, CodingKey {
+            case executionID = "execution_id", lane, attemptIndex = "attempt_index", epoch = "lease_epoch", payload
+            case expiresAt = "lease_expires_at"
+        }
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: Keys.self)
+            try c.encode(lease.executionID.uuidString.lowercased(), forKey: .executionID)
+            try c.encode(lease.lane, forKey: .lane)
+            try c.encode(lease.attemptIndex, forKey: .attemptIndex)
+            try c.encode(lease.epoch.value, forKey: .epoch)
+            try c.encode(AnyJSON(text: lease.payload), forKey: .payload)
+            try c.encode(lease.expiresAt, forKey: .expiresAt)
+        }
+    }
+
+    func renew(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let body = try await JSONBody.read(request, context: context, allowed: ["execution_id", "lease_epoch", "lease_ms"])
+        let id = try body.uuid("execution_id")
+        let epoch = LeaseEpoch(try body.int("lease_epoch"))
+        let lease = Duration.milliseconds(try body.optionalInt("lease_ms") ?? 30_000)
+        let expires = try await pool.withConnection { try await LeaseStore().renew(executionID: id, epoch: epoch, leaseDuration: lease, on: $0) }
+        return try json(["lease_expires_at": expires])
+    }
+
+    func complete(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let body = try await JSONBody.read(request, context: context, allowed: ["execution_id", "lease_epoch", "result"])
+        let id = try body.uuid("execution_id")
+        let epoch = LeaseEpoch(try body.int("lease_epoch"))
+        let result = try body.optionalObjectJSON("result") ?? "{}"
+        try await pool.withConnection { try await LeaseStore().complete(executionID: id, epoch: epoch, result: result, on: $0) }
+        return try json(["state": "completed"])
+    }
+
+    func fail(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let body = try await JSONBody.read(request, context: context, allowed: ["execution_id", "lease_epoch", "error", "retryable"])
+        let id = try body.uuid("execution_id")
+        let epoch = LeaseEpoch(try body.int("lease_epoch"))
+        let error = try body.string("error")
+        let retryable = try body.optionalBool("retryable") ?? true
+        let outcome = try await pool.withConnection {
+            try await LeaseStore().fail(executionID: id, epoch: epoch, error: error, retryable: retryable, on: $0)
+        }
+        return try json(["state": outcome.rawValue])
+    }
+
+    func expiredLeases(_ request: Request) async throws -> Response {
+        let namespace = try optionalNamespace(request)
+        let limit = try limit(request)
+        let after = try request.uri.queryParameters.get("after").map { text -> ExpiredLeaseCursor in
+            let parts = text.split(separator: ",", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let at = Self.parseInstant(parts[0]), let id = UUID(uuidString: parts[1]) else {
+                throw APIError.badRequest("invalid_cursor", "after must be EXPIRES_AT,EXECUTION_ID as given in next")
+            }
+            return ExpiredLeaseCursor(expiresAt: at, executionID: id)
+        }
+        let leases = try await pool.withConnection {
+            try await LeaseStore().listExpiredLeases(namespace: namespace, after: after, limit: limit, on: $0)
+        }
+        let next = leases.count == limit
+            ? leases.last.map { "\($0.expiresAt.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true))),\($0.executionID.uuidString.lowercased())" }
+            : nil
+        return try json(Page(items: leases, next: next))
+    }
+
+    /// An ISO 8601 instant with or without fractional seconds (`next` cursors carry them).
+    static func parseInstant(_ text: String) -> Date? {
+        if let d = try? Date(text, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true)) { return d }
+        return try? Date(text, strategy: .iso8601)
+    }
+}
