@@ -121,7 +121,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RegentUnitTests",
-            dependencies: ["RegentCore", "PostgresClient"],
+            dependencies: ["RegentCore", "PostgresClient", "RegentTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

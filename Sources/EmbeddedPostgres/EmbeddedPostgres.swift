@@ -187,10 +187,10 @@ public final class EmbeddedPostgres: Sendable {
     /// Creates a database and returns its configuration.
     public func createDatabase(_ name: String) async throws -> ConnectionConfiguration {
         let identifier = try SQLIdentifier(name)
-        let admin = try await PostgresConnection.connect(try ConnectionConfiguration(url()))
-        defer { Task { await admin.close() } }
-        try await admin.query("CREATE DATABASE \(identifier: identifier)", purpose: "create test database")
-        return try ConnectionConfiguration(url(database: name))
+        return try await PostgresConnection.withConnection(try ConnectionConfiguration(url())) { admin in
+            try await admin.query("CREATE DATABASE \(identifier: identifier)", purpose: "create test database")
+            return try ConnectionConfiguration(url(database: name))
+        }
     }
 
     public static func freeLoopbackPort() throws(EmbeddedPostgresError) -> Int {

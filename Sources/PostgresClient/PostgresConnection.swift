@@ -307,6 +307,23 @@ public final class PostgresConnection: @unchecked Sendable {
         }
     }
 
+    /// Opens a session, runs `body` with it, and closes it (awaited) however `body` ends.
+    public static func withConnection<T>(
+        _ configuration: ConnectionConfiguration, requireSession: Bool = false,
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        let conn = try await connect(configuration, requireSession: requireSession)
+        do {
+            let value = try await body(conn)
+            await conn.close()
+            return value
+        } catch {
+            await conn.close()
+            throw error
+        }
+    }
+
     /// Runs `body` inside BEGIN … COMMIT; any thrown error rolls back and is rethrown.
     @discardableResult
     public func withTransaction<T: Sendable>(

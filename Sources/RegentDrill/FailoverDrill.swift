@@ -106,32 +106,32 @@ package struct FailoverDrill {
     /// another instance than that term's leader; at most one lock holder now.
     package func checkInvariants() async throws -> [String] {
         var violations: [String] = []
-        let conn = try await PostgresConnection.connect(try ConnectionConfiguration(databaseURL))
-        defer { Task { await conn.close() } }
-        let rows = try await conn.query(
-            "SELECT id, action, term, actor FROM engine.audit WHERE term IS NOT NULL ORDER BY id", purpose: "drill: read audit")
-        var currentTerm: Int64 = 0
-        var currentActor = ""
-        for row in rows {
-            let action = try row.decode("action", as: String.self)
-            let term = try row.decode("term", as: Int64.self)
-            let actor = try row.decode("actor", as: String.self)
-            let id = try row.decode("id", as: Int64.self)
-            switch action {
-            case "leader.elected":
-                if term <= currentTerm { violations.append("audit \(id): term \(term) elected after term \(currentTerm)") }
-                currentTerm = term
-                currentActor = actor
-            case "leader.resigned":
-                if term != currentTerm { violations.append("audit \(id): resignation of term \(term) while term \(currentTerm) was current") }
-            default:
-                if term != currentTerm || actor != currentActor {
-                    violations.append("audit \(id): leader duty \(action) by \(actor) under term \(term) while term \(currentTerm) (\(currentActor)) was current")
+        return try await PostgresConnection.withConnection(try ConnectionConfiguration(databaseURL)) { conn in
+            let rows = try await conn.query(
+                "SELECT id, action, term, actor FROM engine.audit WHERE term IS NOT NULL ORDER BY id", purpose: "drill: read audit")
+            var currentTerm: Int64 = 0
+            var currentActor = ""
+            for row in rows {
+                let action = try row.decode("action", as: String.self)
+                let term = try row.decode("term", as: Int64.self)
+                let actor = try row.decode("actor", as: String.self)
+                let id = try row.decode("id", as: Int64.self)
+                switch action {
+                case "leader.elected":
+                    if term <= currentTerm { violations.append("audit \(id): term \(term) elected after term \(currentTerm)") }
+                    currentTerm = term
+                    currentActor = actor
+                case "leader.resigned":
+                    if term != currentTerm { violations.append("audit \(id): resignation of term \(term) while term \(currentTerm) was current") }
+                default:
+                    if term != currentTerm || actor != currentActor {
+                        violations.append("audit \(id): leader duty \(action) by \(actor) under term \(term) while term \(currentTerm) (\(currentActor)) was current")
+                    }
                 }
             }
+            let holders = try await conn.query(LeadershipQueries.countLockHolders, purpose: "drill: count lock holders").single().decode("n", as: Int.self)
+            if holders > 1 { violations.append("\(holders) sessions hold the leadership lock") }
+            return violations
         }
-        let holders = try await conn.query(LeadershipQueries.countLockHolders, purpose: "drill: count lock holders").single().decode("n", as: Int.self)
-        if holders > 1 { violations.append("\(holders) sessions hold the leadership lock") }
-        return violations
     }
 }

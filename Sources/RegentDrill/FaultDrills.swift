@@ -32,28 +32,28 @@ package enum DrillInvariants {
     /// term began (engine.audit, workflow.lease_decisions, workflow.worker_events); at most one
     /// lock holder now.
     package static func check(databaseURL: String) async throws -> [String] {
-        let conn = try await PostgresConnection.connect(try drillConfiguration(databaseURL))
-        defer { Task { await conn.close() } }
-        var violations: [String] = []
-        let elected = try await conn.query(
-            "SELECT term FROM engine.audit WHERE action = 'leader.elected' ORDER BY id", purpose: "drill: read elections")
-        var last: Int64 = 0
-        for row in elected {
-            let term = try row.decode("term", as: Int64.self)
-            if term <= last { violations.append("term \(term) was elected after term \(last)") }
-            last = term
-        }
-        if try await conn.query(workflowPresent).single().decode("present", as: Bool.self) {
-            for row in try await conn.query(lateWrites, purpose: "drill: writes under an old term") {
-                violations.append(String(
-                    format: "%@ #%lld was written under term %lld %.1f ms after term %lld began",
-                    try row.decode("what", as: String.self), try row.decode("id", as: Int64.self), try row.decode("term", as: Int64.self),
-                    try row.decode("after_ms", as: Double.self), try row.decode("later_term", as: Int64.self)))
+        return try await PostgresConnection.withConnection(try drillConfiguration(databaseURL)) { conn in
+            var violations: [String] = []
+            let elected = try await conn.query(
+                "SELECT term FROM engine.audit WHERE action = 'leader.elected' ORDER BY id", purpose: "drill: read elections")
+            var last: Int64 = 0
+            for row in elected {
+                let term = try row.decode("term", as: Int64.self)
+                if term <= last { violations.append("term \(term) was elected after term \(last)") }
+                last = term
             }
+            if try await conn.query(workflowPresent).single().decode("present", as: Bool.self) {
+                for row in try await conn.query(lateWrites, purpose: "drill: writes under an old term") {
+                    violations.append(String(
+                        format: "%@ #%lld was written under term %lld %.1f ms after term %lld began",
+                        try row.decode("what", as: String.self), try row.decode("id", as: Int64.self), try row.decode("term", as: Int64.self),
+                        try row.decode("after_ms", as: Double.self), try row.decode("later_term", as: Int64.self)))
+                }
+            }
+            let holders = try await conn.query(LeadershipQueries.countLockHolders).single().decode("n", as: Int.self)
+            if holders > 1 { violations.append("\(holders) sessions hold the leadership lock") }
+            return violations
         }
-        let holders = try await conn.query(LeadershipQueries.countLockHolders).single().decode("n", as: Int.self)
-        if holders > 1 { violations.append("\(holders) sessions hold the leadership lock") }
-        return violations
     }
 }
 

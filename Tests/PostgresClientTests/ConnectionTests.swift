@@ -7,112 +7,112 @@ import Testing
 @Suite("PostgreSQL client against a real server")
 struct ConnectionTests {
     @Test func typesRoundTripIncludingNullsAndUnicode() async throws {
-        let (conn, _) = try await TestDatabase.shared.connect()
-        defer { Task { await conn.close() } }
-        let id = UUID()
-        let when = Date(timeIntervalSince1970: 1_763_000_000.123456)
-        let text = "héllo, 世界 🚀 \"quoted\" \\ back"
-        let bytes = PostgresBytes([0, 1, 2, 250, 255])
-        let tags = ["a", "b c", "d,e", "\"q\"", "世界", ""]
-        let rows = try await conn.query(
-            """
-            SELECT \(text)::text AS t, \(42)::int AS i, \(Int64.max)::bigint AS big, \(true)::bool AS yes, \(false)::bool AS no,
-                   \(id)::uuid AS id, \(when)::timestamptz AS ts, \(PostgresJSON(#"{"k": [1, "é"]}"#))::jsonb AS doc,
-                   \(bytes) AS raw, \(tags)::text[] AS tags, NULL::text AS missing, \(Optional<String>.none)::text AS bound_null
-            """)
-        let row = try rows.single()
-        #expect(try row.decode("t", as: String.self) == text)
-        #expect(try row.decode("i", as: Int.self) == 42)
-        #expect(try row.decode("big", as: Int64.self) == Int64.max)
-        #expect(try row.decode("yes", as: Bool.self))
-        #expect(try row.decode("no", as: Bool.self) == false)
-        #expect(try row.decode("id", as: UUID.self) == id)
-        let ts = try row.decode("ts", as: Date.self)
-        #expect(abs(ts.timeIntervalSince(when)) < 0.000_001)
-        #expect(try row.decode("doc", as: PostgresJSON.self).text == #"{"k": [1, "é"]}"#)
-        #expect(try row.decode("raw", as: PostgresBytes.self) == bytes)
-        #expect(try row.decode("tags", as: [String].self) == tags)
-        #expect(try row.decodeOptional("missing", as: String.self) == nil)
-        #expect(try row.decodeOptional("bound_null", as: String.self) == nil)
+        try await TestDatabase.shared.withConnection { conn, _ in
+            let id = UUID()
+            let when = Date(timeIntervalSince1970: 1_763_000_000.123456)
+            let text = "héllo, 世界 🚀 \"quoted\" \\ back"
+            let bytes = PostgresBytes([0, 1, 2, 250, 255])
+            let tags = ["a", "b c", "d,e", "\"q\"", "世界", ""]
+            let rows = try await conn.query(
+                """
+                SELECT \(text)::text AS t, \(42)::int AS i, \(Int64.max)::bigint AS big, \(true)::bool AS yes, \(false)::bool AS no,
+                       \(id)::uuid AS id, \(when)::timestamptz AS ts, \(PostgresJSON(#"{"k": [1, "é"]}"#))::jsonb AS doc,
+                       \(bytes) AS raw, \(tags)::text[] AS tags, NULL::text AS missing, \(Optional<String>.none)::text AS bound_null
+                """)
+            let row = try rows.single()
+            #expect(try row.decode("t", as: String.self) == text)
+            #expect(try row.decode("i", as: Int.self) == 42)
+            #expect(try row.decode("big", as: Int64.self) == Int64.max)
+            #expect(try row.decode("yes", as: Bool.self))
+            #expect(try row.decode("no", as: Bool.self) == false)
+            #expect(try row.decode("id", as: UUID.self) == id)
+            let ts = try row.decode("ts", as: Date.self)
+            #expect(abs(ts.timeIntervalSince(when)) < 0.000_001)
+            #expect(try row.decode("doc", as: PostgresJSON.self).text == #"{"k": [1, "é"]}"#)
+            #expect(try row.decode("raw", as: PostgresBytes.self) == bytes)
+            #expect(try row.decode("tags", as: [String].self) == tags)
+            #expect(try row.decodeOptional("missing", as: String.self) == nil)
+            #expect(try row.decodeOptional("bound_null", as: String.self) == nil)
+        }
     }
 
     @Test func timestampsWithOffsetsDecodeToTheSameInstant() async throws {
-        let (conn, _) = try await TestDatabase.shared.connect()
-        defer { Task { await conn.close() } }
-        try await conn.query("SET TimeZone TO 'Asia/Kolkata'")
-        let row = try await conn.query("SELECT '2026-01-02 03:04:05.5+00'::timestamptz AS ts").single()
-        let ts = try row.decode("ts", as: Date.self)
-        #expect(ts.timeIntervalSince1970 == 1_767_323_045.5)
+        try await TestDatabase.shared.withConnection { conn, _ in
+            try await conn.query("SET TimeZone TO 'Asia/Kolkata'")
+            let row = try await conn.query("SELECT '2026-01-02 03:04:05.5+00'::timestamptz AS ts").single()
+            let ts = try row.decode("ts", as: Date.self)
+            #expect(ts.timeIntervalSince1970 == 1_767_323_045.5)
+        }
     }
 
     @Test func nullOrWrongTypeGivesAnErrorNamingTheColumn() async throws {
-        let (conn, _) = try await TestDatabase.shared.connect()
-        defer { Task { await conn.close() } }
-        let row = try await conn.query("SELECT NULL::int AS n, 'abc'::text AS s").single()
-        do {
-            _ = try row.decode("n", as: Int.self)
-            Issue.record("decoding NULL as Int must fail")
-        } catch {
-            #expect(error.message.contains("n is NULL"))
+        try await TestDatabase.shared.withConnection { conn, _ in
+            let row = try await conn.query("SELECT NULL::int AS n, 'abc'::text AS s").single()
+            do throws(PostgresError) {
+                _ = try row.decode("n", as: Int.self)
+                Issue.record("decoding NULL as Int must fail")
+            } catch {
+                #expect(error.message.contains("n is NULL"))
+            }
+            do throws(PostgresError) {
+                _ = try row.decode("s", as: Int.self)
+                Issue.record("decoding 'abc' as Int must fail")
+            } catch {
+                #expect(error.code == .decoding)
+                #expect(error.message.contains("column s"))
+            }
+            #expect(throws: PostgresError.self) { try row.decode("nope", as: Int.self) }
         }
-        do {
-            _ = try row.decode("s", as: Int.self)
-            Issue.record("decoding 'abc' as Int must fail")
-        } catch {
-            #expect(error.code == .decoding)
-            #expect(error.message.contains("column s"))
-        }
-        #expect(throws: PostgresError.self) { try row.decode("nope", as: Int.self) }
     }
 
     @Test func uniqueViolationCarriesSQLState() async throws {
-        let (conn, _) = try await TestDatabase.shared.connect()
-        defer { Task { await conn.close() } }
-        try await conn.executeScript("CREATE TABLE t (id int PRIMARY KEY)")
-        try await conn.query("INSERT INTO t VALUES (\(1))")
-        do {
-            try await conn.query("INSERT INTO t VALUES (\(1))", purpose: "insert duplicate")
-            Issue.record("duplicate insert must fail")
-        } catch let error as PostgresError {
-            #expect(error.sqlState == "23505")
-            #expect(error.isUniqueViolation)
-            #expect(error.code == .server)
-            #expect(error.detail?.contains("already exists") == true)
-            #expect(error.description.hasPrefix("insert duplicate: "))
+        try await TestDatabase.shared.withConnection { conn, _ in
+            try await conn.executeScript("CREATE TABLE t (id int PRIMARY KEY)")
+            try await conn.query("INSERT INTO t VALUES (\(1))")
+            do {
+                try await conn.query("INSERT INTO t VALUES (\(1))", purpose: "insert duplicate")
+                Issue.record("duplicate insert must fail")
+            } catch let error as PostgresError {
+                #expect(error.sqlState == "23505")
+                #expect(error.isUniqueViolation)
+                #expect(error.code == .server)
+                #expect(error.detail?.contains("already exists") == true)
+                #expect(error.description.hasPrefix("insert duplicate: "))
+            }
+            // The connection stays usable after a statement error.
+            #expect(try await conn.query("SELECT count(*) AS n FROM t").single().decode("n", as: Int.self) == 1)
         }
-        // The connection stays usable after a statement error.
-        #expect(try await conn.query("SELECT count(*) AS n FROM t").single().decode("n", as: Int.self) == 1)
     }
 
     @Test func transactionRollsBackWhenBodyThrows() async throws {
         struct Boom: Error {}
-        let (conn, _) = try await TestDatabase.shared.connect()
-        defer { Task { await conn.close() } }
-        try await conn.executeScript("CREATE TABLE t (v text)")
-        await #expect(throws: Boom.self) {
-            try await conn.withTransaction { tx in
-                try await tx.query("INSERT INTO t VALUES (\("x"))")
-                throw Boom()
+        try await TestDatabase.shared.withConnection { conn, _ in
+            try await conn.executeScript("CREATE TABLE t (v text)")
+            await #expect(throws: Boom.self) {
+                try await conn.withTransaction { tx in
+                    try await tx.query("INSERT INTO t VALUES (\("x"))")
+                    throw Boom()
+                }
             }
+            #expect(try await conn.query("SELECT count(*) AS n FROM t").single().decode("n", as: Int.self) == 0)
+            try await conn.withTransaction(isolation: .serializable) { tx in
+                try await tx.query("INSERT INTO t VALUES (\("y"))")
+            }
+            #expect(try await conn.query("SELECT count(*) AS n FROM t").single().decode("n", as: Int.self) == 1)
         }
-        #expect(try await conn.query("SELECT count(*) AS n FROM t").single().decode("n", as: Int.self) == 0)
-        try await conn.withTransaction(isolation: .serializable) { tx in
-            try await tx.query("INSERT INTO t VALUES (\("y"))")
-        }
-        #expect(try await conn.query("SELECT count(*) AS n FROM t").single().decode("n", as: Int.self) == 1)
     }
 
     @Test func injectionAttemptIsBoundNotExecuted() async throws {
-        let (conn, _) = try await TestDatabase.shared.connect()
-        defer { Task { await conn.close() } }
-        try await conn.executeScript("CREATE TABLE t (v text)")
-        let evil = "x'); DROP TABLE t; --"
-        try await conn.query("INSERT INTO t VALUES (\(evil))")
-        #expect(try await conn.query("SELECT v FROM t").single().decode("v", as: String.self) == evil)
-        #expect(throws: PostgresError.self) { try SQLIdentifier("t; DROP TABLE t") }
-        #expect(throws: PostgresError.self) { try SQLIdentifier("") }
-        #expect(throws: PostgresError.self) { try SQLIdentifier("Upper") }
-        #expect(throws: PostgresError.self) { try SQLIdentifier(String(repeating: "a", count: 64)) }
+        try await TestDatabase.shared.withConnection { conn, _ in
+            try await conn.executeScript("CREATE TABLE t (v text)")
+            let evil = "x'); DROP TABLE t; --"
+            try await conn.query("INSERT INTO t VALUES (\(evil))")
+            #expect(try await conn.query("SELECT v FROM t").single().decode("v", as: String.self) == evil)
+            #expect(throws: PostgresError.self) { try SQLIdentifier("t; DROP TABLE t") }
+            #expect(throws: PostgresError.self) { try SQLIdentifier("") }
+            #expect(throws: PostgresError.self) { try SQLIdentifier("Upper") }
+            #expect(throws: PostgresError.self) { try SQLIdentifier(String(repeating: "a", count: 64)) }
+        }
     }
 
     @Test func malformedURLIsRefusedWithReason() {
@@ -317,24 +317,24 @@ struct ConnectionTests {
     /// on its own, and the late request cancelled the DELETE of the node's instance row. The
     /// next statement waits until the request is out (an idle backend drops it).
     @Test func aLateCancelRequestNeverReachesTheNextStatement() async throws {
-        let (conn, _) = try await TestDatabase.shared.connect()
-        defer { Task { await conn.close() } }
-        conn.delayCancelRequestsForTesting(.milliseconds(300))
-        let first = Task { try await conn.query("SELECT pg_sleep(0.05) AS slept") }
-        try await Task.sleep(for: .milliseconds(10))
-        first.cancel()  // the request waits 300 ms; the statement ends after 50
-        _ = try? await first.value
-        let started = ContinuousClock.now
-        let second = try await conn.query("SELECT pg_sleep(0.6) AS slept, 'done' AS outcome").single()
-        #expect(try second.decode("outcome", as: String.self) == "done")
-        #expect(ContinuousClock.now - started >= .milliseconds(550))
+        try await TestDatabase.shared.withConnection { conn, _ in
+            conn.delayCancelRequestsForTesting(.milliseconds(300))
+            let first = Task { try await conn.query("SELECT pg_sleep(0.05) AS slept") }
+            try await Task.sleep(for: .milliseconds(10))
+            first.cancel()  // the request waits 300 ms; the statement ends after 50
+            _ = try? await first.value
+            let started = ContinuousClock.now
+            let second = try await conn.query("SELECT pg_sleep(0.6) AS slept, 'done' AS outcome").single()
+            #expect(try second.decode("outcome", as: String.self) == "done")
+            #expect(ContinuousClock.now - started >= .milliseconds(550))
 
-        // A request made while its statement still runs is sent.
-        let third = Task { try await conn.query("SELECT pg_sleep(30)") }
-        try await Task.sleep(for: .milliseconds(100))
-        third.cancel()
-        await #expect(throws: PostgresError.self) { try await third.value }
-        #expect(conn.isUsable)
+            // A request made while its statement still runs is sent.
+            let third = Task { try await conn.query("SELECT pg_sleep(30)") }
+            try await Task.sleep(for: .milliseconds(100))
+            third.cancel()
+            await #expect(throws: PostgresError.self) { try await third.value }
+            #expect(conn.isUsable)
+        }
     }
 
     /// Cancel requests stuck on a silent network must not take threads the process needs:
@@ -372,45 +372,45 @@ struct ConnectionTests {
     /// (DEALLOCATE ALL) prepares it again without the caller noticing, except inside a
     /// transaction, which the error aborts and which must therefore see it.
     @Test func preparedStatementsArePreparedOncePerSessionAndRecoverWhenLost() async throws {
-        let (conn, _) = try await TestDatabase.shared.connect()
-        defer { Task { await conn.close() } }
-        func add(_ n: Int) async throws -> Int {
-            let q: PostgresQuery = "SELECT \(n)::int + 1 AS v, \("é ✓")::text AS s"
-            let row = try await conn.query(q.prepared()).single()
-            #expect(try row.decode("s", as: String.self) == "é ✓")
-            return try row.decode("v", as: Int.self)
-        }
-        func prepared() async throws -> [String] {
-            try await conn.query("SELECT name FROM pg_prepared_statements ORDER BY name").map { try $0.decode("name", as: String.self) }
-        }
-        for n in 0..<5 { #expect(try await add(n) == n + 1) }
-        let names = try await prepared()
-        #expect(names.count == 1)
-        // Another text is another statement; the unprepared form of the same text prepares nothing.
-        #expect(try await conn.query(PostgresQuery("SELECT 7 AS v").prepared()).single().decode("v", as: Int.self) == 7)
-        try await conn.query("SELECT \(1)::int + 1 AS v, \("x")::text AS s")
-        #expect(try await prepared().count == 2)
-
-        struct Abandon: Error {}
-        await #expect(throws: Abandon.self) {
-            try await conn.withTransaction { tx in
-                #expect(try await tx.query(PostgresQuery("SELECT \(1)::int + 2 AS w").prepared()).single().decode("w", as: Int.self) == 3)
-                throw Abandon()
+        try await TestDatabase.shared.withConnection { conn, _ in
+            func add(_ n: Int) async throws -> Int {
+                let q: PostgresQuery = "SELECT \(n)::int + 1 AS v, \("é ✓")::text AS s"
+                let row = try await conn.query(q.prepared()).single()
+                #expect(try row.decode("s", as: String.self) == "é ✓")
+                return try row.decode("v", as: Int.self)
             }
-        }
-        #expect(try await prepared().count == 3)  // preparing is not transactional
-        #expect(try await add(10) == 11)
+            func prepared() async throws -> [String] {
+                try await conn.query("SELECT name FROM pg_prepared_statements ORDER BY name").map { try $0.decode("name", as: String.self) }
+            }
+            for n in 0..<5 { #expect(try await add(n) == n + 1) }
+            let names = try await prepared()
+            #expect(names.count == 1)
+            // Another text is another statement; the unprepared form of the same text prepares nothing.
+            #expect(try await conn.query(PostgresQuery("SELECT 7 AS v").prepared()).single().decode("v", as: Int.self) == 7)
+            try await conn.query("SELECT \(1)::int + 1 AS v, \("x")::text AS s")
+            #expect(try await prepared().count == 2)
 
-        try await conn.query("DEALLOCATE ALL")
-        #expect(try await add(20) == 21)  // lost, prepared again, run: the caller sees nothing
-        #expect(try await prepared().count == 1)
-        #expect(try await prepared() != names)  // under a new name
+            struct Abandon: Error {}
+            await #expect(throws: Abandon.self) {
+                try await conn.withTransaction { tx in
+                    #expect(try await tx.query(PostgresQuery("SELECT \(1)::int + 2 AS w").prepared()).single().decode("w", as: Int.self) == 3)
+                    throw Abandon()
+                }
+            }
+            #expect(try await prepared().count == 3)  // preparing is not transactional
+            #expect(try await add(10) == 11)
 
-        try await conn.query("DEALLOCATE ALL")
-        await #expect(throws: PostgresError.self) {
-            try await conn.withTransaction { tx in _ = try await tx.query(PostgresQuery("SELECT \(1)::int + 1 AS v, \("é ✓")::text AS s").prepared()) }
+            try await conn.query("DEALLOCATE ALL")
+            #expect(try await add(20) == 21)  // lost, prepared again, run: the caller sees nothing
+            #expect(try await prepared().count == 1)
+            #expect(try await prepared() != names)  // under a new name
+
+            try await conn.query("DEALLOCATE ALL")
+            await #expect(throws: PostgresError.self) {
+                try await conn.withTransaction { tx in _ = try await tx.query(PostgresQuery("SELECT \(1)::int + 1 AS v, \("é ✓")::text AS s").prepared()) }
+            }
+            #expect(try await add(30) == 31)  // and the next run outside prepares it again
+            #expect(conn.isUsable)
         }
-        #expect(try await add(30) == 31)  // and the next run outside prepares it again
-        #expect(conn.isUsable)
     }
 }

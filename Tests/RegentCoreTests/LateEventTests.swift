@@ -256,7 +256,8 @@ struct LateEventTests {
         #expect(try await collect(watch, count: 1).map(\.id) == [c])
         #expect(running.bus.givenUpGaps == [t...t])
         // t's stays while its transaction is open, however many checks pass.
-        try await Task.sleep(for: .milliseconds(500))
+        let checks = running.bus.gapChecksRun
+        #expect(await eventually { running.bus.gapChecksRun >= checks + 3 })
         #expect(running.bus.givenUpGaps == [t...t])
         #expect(try metrics.expectGauge("regent_event_gaps").lastValue == 1)
         // t commits without a notification: the last look at its gap finds it, no reconnect needed.
@@ -300,7 +301,8 @@ struct LateEventTests {
         let t = c - 1
         #expect(try await collect(watch, count: 1).map(\.id) == [c])
         #expect(await eventually { running.bus.givenUpGaps == [t...t] })
-        try await Task.sleep(for: .milliseconds(600))  // several gap checks
+        let checks = running.bus.gapChecksRun
+        #expect(await eventually { running.bus.gapChecksRun >= checks + 3 })
         #expect(running.bus.givenUpGaps == [t...t])
         try await gate.query("SELECT pg_advisory_unlock(4242)")
         try await insert.value

@@ -5,39 +5,6 @@ import RegentTestSupport
 import MetricsTestKit
 import Testing
 
-/// Nodes in this process, each with its own connections, against a fresh database.
-struct Cluster {
-    let config: ConnectionConfiguration
-    var nodes: [RegentNode] = []
-    var tasks: [Task<Void, any Error>] = []
-
-    static func nodeConfig(_ db: ConnectionConfiguration, name: String) -> NodeConfiguration { fastNode(db, name: name) }
-
-    mutating func start(_ name: String, database: ConnectionConfiguration? = nil) -> RegentNode {
-        let node = RegentNode(configuration: Self.nodeConfig(database ?? config, name: name))
-        nodes.append(node)
-        tasks.append(Task { try await node.run() })
-        return node
-    }
-
-    func leaders() async -> [RegentNode] {
-        var out: [RegentNode] = []
-        for n in nodes where await n.isLeader { out.append(n) }
-        return out
-    }
-
-    func status() async throws -> ClusterStatus {
-        let conn = try await PostgresConnection.connect(config)
-        defer { Task { await conn.close() } }
-        return try await ClusterStatus.read(on: conn, staleAfter: .seconds(1))
-    }
-
-    func stopAll() async {
-        for n in nodes { await n.shutdown() }
-        for t in tasks { _ = try? await t.value }
-    }
-}
-
 @Suite("Leadership against a real server", .serialized)
 struct LeadershipTests {
     @Test func exactlyOneLeaderAmongThreeNodesAndStatusAgrees() async throws {

@@ -13,44 +13,44 @@ struct MigrationTests {
     }
 
     @Test func freshDatabaseGetsEveryFileOnceAndRecordsChecksums() async throws {
-        let (conn, _) = try await TestDatabase.shared.connect()
-        defer { Task { await conn.close() } }
-        let runner = MigrationRunner(appliedBy: "test")
-        let ran = try await runner.migrate(on: conn, schemas: allSchemas)
-        #expect(ran.count == MigrationCatalog.builtIn.migrations.count)
-        #expect(ran.first?.schema == "engine")
-        #expect(try await count(conn) == ran.count)
-        let applied = try await runner.applied(on: conn)
-        for file in MigrationCatalog.builtIn.migrations {
-            let row = applied.first { $0.schema == file.schema && $0.version == file.version }
-            #expect(row?.checksum == file.checksum)
-            #expect(row?.appliedBy == "test")
+        try await TestDatabase.shared.withConnection { conn, _ in
+            let runner = MigrationRunner(appliedBy: "test")
+            let ran = try await runner.migrate(on: conn, schemas: allSchemas)
+            #expect(ran.count == MigrationCatalog.builtIn.migrations.count)
+            #expect(ran.first?.schema == "engine")
+            #expect(try await count(conn) == ran.count)
+            let applied = try await runner.applied(on: conn)
+            for file in MigrationCatalog.builtIn.migrations {
+                let row = applied.first { $0.schema == file.schema && $0.version == file.version }
+                #expect(row?.checksum == file.checksum)
+                #expect(row?.appliedBy == "test")
+            }
+            // The engine tables exist and the leadership row was seeded at term 0.
+            let term = try await conn.query("SELECT term FROM engine.leadership WHERE id = 1").single().decode("term", as: Int64.self)
+            #expect(term == 0)
+            let status = try await runner.status(on: conn, schemas: allSchemas)
+            #expect(status.allSatisfy { $0.isCurrent })
         }
-        // The engine tables exist and the leadership row was seeded at term 0.
-        let term = try await conn.query("SELECT term FROM engine.leadership WHERE id = 1").single().decode("term", as: Int64.self)
-        #expect(term == 0)
-        let status = try await runner.status(on: conn, schemas: allSchemas)
-        #expect(status.allSatisfy { $0.isCurrent })
     }
 
     @Test func secondRunAppliesNothing() async throws {
-        let (conn, _) = try await TestDatabase.shared.connect()
-        defer { Task { await conn.close() } }
-        let runner = MigrationRunner(appliedBy: "test")
-        try await runner.migrate(on: conn, schemas: allSchemas)
-        let before = try await count(conn)
-        #expect(try await runner.plan(on: conn, schemas: allSchemas).isEmpty)
-        #expect(try await runner.migrate(on: conn, schemas: allSchemas).isEmpty)
-        #expect(try await count(conn) == before)
+        try await TestDatabase.shared.withConnection { conn, _ in
+            let runner = MigrationRunner(appliedBy: "test")
+            try await runner.migrate(on: conn, schemas: allSchemas)
+            let before = try await count(conn)
+            #expect(try await runner.plan(on: conn, schemas: allSchemas).isEmpty)
+            #expect(try await runner.migrate(on: conn, schemas: allSchemas).isEmpty)
+            #expect(try await count(conn) == before)
+        }
     }
 
     @Test func planChangesNothing() async throws {
-        let (conn, _) = try await TestDatabase.shared.connect()
-        defer { Task { await conn.close() } }
-        let plan = try await MigrationRunner(appliedBy: "test").plan(on: conn, schemas: allSchemas)
-        #expect(plan.count == MigrationCatalog.builtIn.migrations.count)
-        let present = try await conn.query("SELECT to_regclass('engine.migrations') IS NOT NULL AS p").single()
-        #expect(try present.decode("p", as: Bool.self) == false)
+        try await TestDatabase.shared.withConnection { conn, _ in
+            let plan = try await MigrationRunner(appliedBy: "test").plan(on: conn, schemas: allSchemas)
+            #expect(plan.count == MigrationCatalog.builtIn.migrations.count)
+            let present = try await conn.query("SELECT to_regclass('engine.migrations') IS NOT NULL AS p").single()
+            #expect(try present.decode("p", as: Bool.self) == false)
+        }
     }
 
     @Test func concurrentRunnersApplyEachFileExactlyOnce() async throws {
@@ -74,36 +74,36 @@ struct MigrationTests {
     }
 
     @Test func tamperedChecksumIsRefused() async throws {
-        let (conn, _) = try await TestDatabase.shared.connect()
-        defer { Task { await conn.close() } }
-        let runner = MigrationRunner(appliedBy: "test")
-        try await runner.migrate(on: conn, schemas: ["engine"])
-        try await conn.query("UPDATE engine.migrations SET checksum = \("0000") WHERE schema_name = \("engine") AND version = \(1)")
-        do {
-            try await runner.migrate(on: conn, schemas: allSchemas)
-            Issue.record("a changed checksum must be refused")
-        } catch let error as RegentError {
-            #expect(error.code == .migrationChecksumMismatch)
-            #expect(error.message.contains("engine 0001_engine"))
+        try await TestDatabase.shared.withConnection { conn, _ in
+            let runner = MigrationRunner(appliedBy: "test")
+            try await runner.migrate(on: conn, schemas: ["engine"])
+            try await conn.query("UPDATE engine.migrations SET checksum = \("0000") WHERE schema_name = \("engine") AND version = \(1)")
+            do {
+                try await runner.migrate(on: conn, schemas: allSchemas)
+                Issue.record("a changed checksum must be refused")
+            } catch let error as RegentError {
+                #expect(error.code == .migrationChecksumMismatch)
+                #expect(error.message.contains("engine 0001_engine"))
+            }
+            // Nothing of the other schemas ran.
+            #expect(try await count(conn) == MigrationCatalog.builtIn.migrations(for: "engine").count)
         }
-        // Nothing of the other schemas ran.
-        #expect(try await count(conn) == MigrationCatalog.builtIn.migrations(for: "engine").count)
     }
 
     @Test func newerDatabaseIsRefused() async throws {
-        let (conn, _) = try await TestDatabase.shared.connect()
-        defer { Task { await conn.close() } }
-        let runner = MigrationRunner(appliedBy: "test")
-        try await runner.migrate(on: conn, schemas: allSchemas)
-        try await conn.query(
-            "INSERT INTO engine.migrations (schema_name, version, name, checksum, applied_by) VALUES (\("engine"), \(999), \("future"), \("x"), \("newer"))")
-        do {
+        try await TestDatabase.shared.withConnection { conn, _ in
+            let runner = MigrationRunner(appliedBy: "test")
             try await runner.migrate(on: conn, schemas: allSchemas)
-            Issue.record("a database newer than the binary must be refused")
-        } catch let error as RegentError {
-            #expect(error.code == .databaseNewerThanBinary)
-            #expect(error.message.contains("engine is at version 999"))
-            #expect(error.message.contains("only up to \(MigrationCatalog.builtIn.latestVersion(of: "engine"))"))
+            try await conn.query(
+                "INSERT INTO engine.migrations (schema_name, version, name, checksum, applied_by) VALUES (\("engine"), \(999), \("future"), \("x"), \("newer"))")
+            do {
+                try await runner.migrate(on: conn, schemas: allSchemas)
+                Issue.record("a database newer than the binary must be refused")
+            } catch let error as RegentError {
+                #expect(error.code == .databaseNewerThanBinary)
+                #expect(error.message.contains("engine is at version 999"))
+                #expect(error.message.contains("only up to \(MigrationCatalog.builtIn.latestVersion(of: "engine"))"))
+            }
         }
     }
 
@@ -114,22 +114,22 @@ struct MigrationTests {
             Migration(schema: "demo", version: 2, name: "two", sql: "CREATE TABLE demo.b (x int);"),
             Migration(schema: "demo", version: 3, name: "three", sql: "CREATE TABLE demo.c (x int);"),
         ])
-        let (conn, _) = try await TestDatabase.shared.connect()
-        defer { Task { await conn.close() } }
-        let runner = MigrationRunner(catalog: catalog, appliedBy: "test")
-        let target = try MigrationTarget(parsing: "demo:2", catalog: catalog)
-        let ran = try await runner.migrate(on: conn, schemas: ["engine", "demo"], target: target)
-        #expect(ran.map(\.description) == ["engine 0001_engine", "demo 0001_one", "demo 0002_two"])
-        let c = try await conn.query("SELECT to_regclass('demo.c') IS NULL AS missing").single()
-        #expect(try c.decode("missing", as: Bool.self))
-        await expectCode(.invalidInput) {
-            try await runner.migrate(on: conn, schemas: ["demo"], target: MigrationTarget(schema: "demo", version: 1))
+        try await TestDatabase.shared.withConnection { conn, _ in
+            let runner = MigrationRunner(catalog: catalog, appliedBy: "test")
+            let target = try MigrationTarget(parsing: "demo:2", catalog: catalog)
+            let ran = try await runner.migrate(on: conn, schemas: ["engine", "demo"], target: target)
+            #expect(ran.map(\.description) == ["engine 0001_engine", "demo 0001_one", "demo 0002_two"])
+            let c = try await conn.query("SELECT to_regclass('demo.c') IS NULL AS missing").single()
+            #expect(try c.decode("missing", as: Bool.self))
+            await expectCode(.invalidInput) {
+                try await runner.migrate(on: conn, schemas: ["demo"], target: MigrationTarget(schema: "demo", version: 1))
+            }
+            #expect(try await runner.migrate(on: conn, schemas: ["engine", "demo"]).map(\.version) == [3])
+            expectCode(.invalidInput) { try MigrationTarget(parsing: "demo:4", catalog: catalog) }
+            expectCode(.invalidInput) { try MigrationTarget(parsing: "nope:1", catalog: catalog) }
+            expectCode(.invalidInput) { try MigrationTarget(parsing: "demo", catalog: catalog) }
+            expectCode(.invalidInput) { try MigrationTarget(parsing: "demo:0", catalog: catalog) }
         }
-        #expect(try await runner.migrate(on: conn, schemas: ["engine", "demo"]).map(\.version) == [3])
-        expectCode(.invalidInput) { try MigrationTarget(parsing: "demo:4", catalog: catalog) }
-        expectCode(.invalidInput) { try MigrationTarget(parsing: "nope:1", catalog: catalog) }
-        expectCode(.invalidInput) { try MigrationTarget(parsing: "demo", catalog: catalog) }
-        expectCode(.invalidInput) { try MigrationTarget(parsing: "demo:0", catalog: catalog) }
     }
 
     @Test func failingFileRollsBackItsWholeSchema() async throws {
@@ -138,14 +138,14 @@ struct MigrationTests {
             Migration(schema: "demo", version: 1, name: "one", sql: "CREATE SCHEMA IF NOT EXISTS demo; CREATE TABLE demo.a (x int);"),
             Migration(schema: "demo", version: 2, name: "broken", sql: "CREATE TABLE demo.a (x int);"),
         ])
-        let (conn, _) = try await TestDatabase.shared.connect()
-        defer { Task { await conn.close() } }
-        await expectCode(.migrationFailed) {
-            try await MigrationRunner(catalog: catalog, appliedBy: "t").migrate(on: conn, schemas: ["engine", "demo"])
+        try await TestDatabase.shared.withConnection { conn, _ in
+            await expectCode(.migrationFailed) {
+                try await MigrationRunner(catalog: catalog, appliedBy: "t").migrate(on: conn, schemas: ["engine", "demo"])
+            }
+            let row = try await conn.query("SELECT to_regclass('demo.a') IS NULL AS gone, (SELECT count(*) FROM engine.migrations WHERE schema_name = 'demo') AS n").single()
+            #expect(try row.decode("gone", as: Bool.self))
+            #expect(try row.decode("n", as: Int.self) == 0)
         }
-        let row = try await conn.query("SELECT to_regclass('demo.a') IS NULL AS gone, (SELECT count(*) FROM engine.migrations WHERE schema_name = 'demo') AS n").single()
-        #expect(try row.decode("gone", as: Bool.self))
-        #expect(try row.decode("n", as: Int.self) == 0)
     }
 }
 

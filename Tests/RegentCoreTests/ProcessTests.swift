@@ -15,9 +15,9 @@ struct ProcessTests {
     }
 
     func status(_ db: ConnectionConfiguration) async throws -> ClusterStatus {
-        let conn = try await PostgresConnection.connect(db)
-        defer { Task { await conn.close() } }
-        return try await ClusterStatus.read(on: conn, staleAfter: .seconds(1))
+        return try await PostgresConnection.withConnection(db) { conn in
+            return try await ClusterStatus.read(on: conn, staleAfter: .seconds(1))
+        }
     }
 
     @Test func followerTakesOverAfterLeaderProcessIsKilled() async throws {

@@ -25,26 +25,26 @@ struct ServeProcessTests {
         #expect(listed.code == 0)
         #expect(listed.output.contains("\"ops\""))
         #expect(!listed.output.contains(String(token.suffix(64))), "no secret in listings")
-        let conn = try await PostgresConnection.connect(db)
-        defer { Task { await conn.close() } }
-        let stored = try await conn.query("SELECT secret_sha256 FROM auth.tokens WHERE name = 'ops'").single().decode("secret_sha256", as: String.self)
-        #expect(!stored.contains(String(token.suffix(64))), "only a hash is stored")
-        #expect(try await TokenStore().authenticate(token, on: conn)?.role == .admin)
-        // A second live token of the same name is refused; bad input changes nothing.
-        let duplicate = try await run(["tokens", "create", "--database-url", db.conninfo, "--role", "read", "--name", "ops"])
-        #expect(duplicate.code != 0)
-        #expect(duplicate.output.contains("already exists"))
-        let badRole = try await run(["tokens", "create", "--database-url", db.conninfo, "--role", "root", "--name", "x"])
-        #expect(badRole.code != 0)
-        #expect(badRole.output.contains("admin, worker or read"))
-        let badName = try await run(["tokens", "create", "--database-url", db.conninfo, "--role", "read", "--name", "bad name;"])
-        #expect(badName.code != 0)
-        #expect(try await conn.query("SELECT count(*) AS n FROM auth.tokens").single().decode("n", as: Int64.self) == 1)
-        let revoked = try await run(["tokens", "revoke", "--database-url", db.conninfo, "ops"])
-        #expect(revoked.code == 0)
-        #expect(try await TokenStore().authenticate(token, on: conn) == nil)
-        let audit = try await conn.query("SELECT action FROM engine.audit WHERE action LIKE 'token.%' ORDER BY id").map { try $0.decode("action", as: String.self) }
-        #expect(audit == ["token.created", "token.revoked"])
+        try await PostgresConnection.withConnection(db) { conn in
+            let stored = try await conn.query("SELECT secret_sha256 FROM auth.tokens WHERE name = 'ops'").single().decode("secret_sha256", as: String.self)
+            #expect(!stored.contains(String(token.suffix(64))), "only a hash is stored")
+            #expect(try await TokenStore().authenticate(token, on: conn)?.role == .admin)
+            // A second live token of the same name is refused; bad input changes nothing.
+            let duplicate = try await run(["tokens", "create", "--database-url", db.conninfo, "--role", "read", "--name", "ops"])
+            #expect(duplicate.code != 0)
+            #expect(duplicate.output.contains("already exists"))
+            let badRole = try await run(["tokens", "create", "--database-url", db.conninfo, "--role", "root", "--name", "x"])
+            #expect(badRole.code != 0)
+            #expect(badRole.output.contains("admin, worker or read"))
+            let badName = try await run(["tokens", "create", "--database-url", db.conninfo, "--role", "read", "--name", "bad name;"])
+            #expect(badName.code != 0)
+            #expect(try await conn.query("SELECT count(*) AS n FROM auth.tokens").single().decode("n", as: Int64.self) == 1)
+            let revoked = try await run(["tokens", "revoke", "--database-url", db.conninfo, "ops"])
+            #expect(revoked.code == 0)
+            #expect(try await TokenStore().authenticate(token, on: conn) == nil)
+            let audit = try await conn.query("SELECT action FROM engine.audit WHERE action LIKE 'token.%' ORDER BY id").map { try $0.decode("action", as: String.self) }
+            #expect(audit == ["token.created", "token.revoked"])
+        }
     }
 
     @Test func sigtermDrainsTheLeaderAndTheFollowersMetricsShowTheTakeover() async throws {
@@ -89,22 +89,22 @@ struct ServeProcessTests {
             return r.body.contains("regent_is_leader 1") && r.body.contains("regent_elections_total 1")
                 && r.body.contains("regent_failover_seconds_count 1")
         })
-        let conn = try await PostgresConnection.connect(db)
-        defer { Task { await conn.close() } }
-        let rows = try await conn.query("SELECT node_name FROM engine.instances").map { try $0.decode("node_name", as: String.self) }
-        #expect(rows == ["web\(follower)"])
-        // The drained node logged JSON, one object a line, including its resignation.
-        let lines = nodes[leaderIndex].log.split(separator: "\n")
-        #expect(!lines.isEmpty)
-        for line in lines {
-            let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
-            #expect(object?["message"] != nil && object?["level"] != nil, "not a JSON log line: \(line)")
+        try await PostgresConnection.withConnection(db) { conn in
+            let rows = try await conn.query("SELECT node_name FROM engine.instances").map { try $0.decode("node_name", as: String.self) }
+            #expect(rows == ["web\(follower)"])
+            // The drained node logged JSON, one object a line, including its resignation.
+            let lines = nodes[leaderIndex].log.split(separator: "\n")
+            #expect(!lines.isEmpty)
+            for line in lines {
+                let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+                #expect(object?["message"] != nil && object?["level"] != nil, "not a JSON log line: \(line)")
+            }
+            #expect(lines.contains { $0.contains("resigned leadership") })
+            nodes[follower].signal(SIGTERM)
+            #expect(await nodes[follower].waitForExit(timeout: .seconds(8)) == 0)
+            #expect(
+                try await conn.query("SELECT count(*) AS n FROM engine.instances").single().decode("n", as: Int64.self) == 0,
+                "log:\n\(nodes[follower].log)")
         }
-        #expect(lines.contains { $0.contains("resigned leadership") })
-        nodes[follower].signal(SIGTERM)
-        #expect(await nodes[follower].waitForExit(timeout: .seconds(8)) == 0)
-        #expect(
-            try await conn.query("SELECT count(*) AS n FROM engine.instances").single().decode("n", as: Int64.self) == 0,
-            "log:\n\(nodes[follower].log)")
     }
 }

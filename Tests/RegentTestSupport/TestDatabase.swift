@@ -62,6 +62,15 @@ public actor TestDatabase {
         let config = try await freshDatabase(label)
         return (try await PostgresConnection.connect(config), config)
     }
+
+    /// A connection to a fresh database for the length of `body`, closed (awaited) after it.
+    public func withConnection<T>(
+        _ label: String = #function, isolation: isolated (any Actor)? = #isolation,
+        _ body: (PostgresConnection, ConnectionConfiguration) async throws -> T
+    ) async throws -> T {
+        let config = try await freshDatabase(label)
+        return try await PostgresConnection.withConnection(config) { try await body($0, config) }
+    }
 }
 
 import Synchronization

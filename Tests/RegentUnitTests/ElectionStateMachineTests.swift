@@ -1,13 +1,6 @@
+import RegentTestSupport
 @testable import RegentCore
 import Testing
-
-/// A clock reading tests set by hand.
-struct TestInstant: InstantProtocol {
-    var offset: Duration
-    func advanced(by duration: Duration) -> TestInstant { TestInstant(offset: offset + duration) }
-    func duration(to other: TestInstant) -> Duration { other.offset - offset }
-    static func < (a: TestInstant, b: TestInstant) -> Bool { a.offset < b.offset }
-}
 
 @Suite("Election state machine with a controlled clock")
 struct ElectionStateMachineTests {

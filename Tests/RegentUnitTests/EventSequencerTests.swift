@@ -1,3 +1,4 @@
+import RegentTestSupport
 @testable import RegentCore
 import Testing
 

@@ -37,6 +37,7 @@ public final class EventBus: Sendable {
     private let deliveredCount = Atomic<Int>(0)
     private let reconnectCount = Atomic<Int>(0)
     private let catchUpRowCount = Atomic<Int>(0)
+    private let gapCheckCount = Atomic<Int>(0)
     /// How many ids below the highest one a starting bus checks for gaps (transactions in
     /// flight before it started, which may commit later).
     static let startGapWindow = 10_000
@@ -138,6 +139,10 @@ public final class EventBus: Sendable {
         reconnectCount.add(1, ordering: .relaxed)
         metrics.eventListenerReconnects.increment()
     }
+
+    func countGapCheck() { gapCheckCount.add(1, ordering: .relaxed) }
+    /// Gap checks the listener has run (tests wait for some to pass instead of sleeping).
+    var gapChecksRun: Int { gapCheckCount.load(ordering: .relaxed) }
 
     func countCatchUpRows(_ n: Int) { catchUpRowCount.add(n, ordering: .relaxed) }
     func resetCatchUpRows() { catchUpRowCount.store(0, ordering: .relaxed) }

@@ -74,6 +74,7 @@ struct EventReceiver: PostgresListenerHandler {
     /// them: rolled-back publishes stop costing memory and catch-up reads (see ``GapLedger``).
     private func checkGaps(_ session: ListenerSession) throws {
         let writers = Set(try session.query(EventQueries.eventWriters).map { try $0.decode("vxid", as: String.self) })
+        defer { bus.countGapCheck() }
         let settled = bus.state.withLock { s -> (through: Int64, gaps: [ClosedRange<Int64>])? in
             guard let sequencer = s.sequencer, let through = s.ledger.record(writers: writers, horizon: sequencer.horizon, now: .now) else {
                 return nil

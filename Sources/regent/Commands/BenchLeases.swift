@@ -35,7 +35,7 @@ extension BenchCommand {
             defer { embedded?.destroy() }
             let config = try ConnectionConfiguration(url)
             let boot = try await Boot(options: .init(database: config, actor: "bench")).run()
-            defer { Task { await boot.pool.shutdown() } }
+            // (On an error the process exits, which closes the pool's sessions.)
 
             var rows: [[String]] = []
             for workers in [1, 4, 16] {
@@ -78,6 +78,7 @@ extension BenchCommand {
                 ["beside \(live) live leases", "\(expired)", String(format: "%.0f", beside), "\(untouched)"],
             ]))
             print(String(format: "\nratio with / without live leases: %.2f (1.0 = not slowed)", beside / alone))
+            await boot.pool.shutdown()
             if untouched != live { throw RegentError(.invalidInput, "the scanner touched live leases: \(live - untouched) of them") }
         }
     }

@@ -42,39 +42,39 @@ struct DemoCommand: AsyncParsableCommand {
         }
         _ = first
         // Wait until every node has joined.
-        let statusConn = try await PostgresConnection.connect(config)
-        defer { Task { await statusConn.close() } }
-        var status = try await ClusterStatus.read(on: statusConn)
-        for _ in 0..<100 where status.instances.count < nodes {
-            try await Task.sleep(for: .milliseconds(50))
-            status = try await ClusterStatus.read(on: statusConn)
-        }
-        print("\n── the cluster ─────────────────────────────────────────────")
-        print(renderStatus(status))
-
-        let listener = try await PostgresListener.connect(config, channels: [try SQLIdentifier("regent_events")])
-        defer { listener.stop() }
-        var announcements = listener.notifications.makeAsyncIterator()
-        for (signal, label) in [(SIGKILL, "SIGKILL (a crash)"), (SIGTERM, "SIGTERM (a graceful handover)")] {
-            guard let leader = status.leader, let pid = leader.pid, let node = env.cluster.node(pid: pid) else { break }
-            print("\n── \(label) to the leader \(node.name), pid \(pid) ──")
-            let started = ContinuousClock.now
-            env.cluster.kill(node, signal: signal)
-            guard try await FailoverDrill.awaitElection(&announcements, after: leader.term, timeout: .seconds(15)) else {
-                throw RegentError(.timeout, "no new leader within 15 s; node logs are in \(env.cluster.logDirectory)")
+        try await PostgresConnection.withConnection(config) { statusConn in
+            var status = try await ClusterStatus.read(on: statusConn)
+            for _ in 0..<100 where status.instances.count < nodes {
+                try await Task.sleep(for: .milliseconds(50))
+                status = try await ClusterStatus.read(on: statusConn)
             }
-            let took = started.duration(to: .now)
-            _ = try await env.probe.waitForLeader(after: leader.term, timeout: .seconds(5))
-            status = try await ClusterStatus.read(on: statusConn)
-            let newName = status.leader?.nodeName ?? "?"
-            print(String(format: "   new leader %@ under term %lld, %.1f ms after the signal", newName, status.term, took.milliseconds))
-            env.cluster.reap()
+            print("\n── the cluster ─────────────────────────────────────────────")
+            print(renderStatus(status))
+
+            let listener = try await PostgresListener.connect(config, channels: [try SQLIdentifier("regent_events")])
+            defer { listener.stop() }
+            var announcements = listener.notifications.makeAsyncIterator()
+            for (signal, label) in [(SIGKILL, "SIGKILL (a crash)"), (SIGTERM, "SIGTERM (a graceful handover)")] {
+                guard let leader = status.leader, let pid = leader.pid, let node = env.cluster.node(pid: pid) else { break }
+                print("\n── \(label) to the leader \(node.name), pid \(pid) ──")
+                let started = ContinuousClock.now
+                env.cluster.kill(node, signal: signal)
+                guard try await FailoverDrill.awaitElection(&announcements, after: leader.term, timeout: .seconds(15)) else {
+                    throw RegentError(.timeout, "no new leader within 15 s; node logs are in \(env.cluster.logDirectory)")
+                }
+                let took = started.duration(to: .now)
+                _ = try await env.probe.waitForLeader(after: leader.term, timeout: .seconds(5))
+                status = try await ClusterStatus.read(on: statusConn)
+                let newName = status.leader?.nodeName ?? "?"
+                print(String(format: "   new leader %@ under term %lld, %.1f ms after the signal", newName, status.term, took.milliseconds))
+                env.cluster.reap()
+            }
+            try await Task.sleep(for: .milliseconds(100))
+            status = try await ClusterStatus.read(on: statusConn, staleAfter: .seconds(2))
+            print("\n── the cluster now ──")
+            print("   (for comparison: River re-elects after ~15 s, Oban after 30 s, a Kubernetes Lease after 15 s;")
+            print("    the crashed node's row stays until it is 2 s stale and the leader sweeps it)")
+            print(renderStatus(status))
         }
-        try await Task.sleep(for: .milliseconds(100))
-        status = try await ClusterStatus.read(on: statusConn, staleAfter: .seconds(2))
-        print("\n── the cluster now ──")
-        print("   (for comparison: River re-elects after ~15 s, Oban after 30 s, a Kubernetes Lease after 15 s;")
-        print("    the crashed node's row stays until it is 2 s stale and the leader sweeps it)")
-        print(renderStatus(status))
     }
 }

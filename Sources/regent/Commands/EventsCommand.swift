@@ -24,10 +24,10 @@ struct EventsCommand: AsyncParsableCommand {
         func run() async throws {
             try log.bootstrap()
             let (topic, payload) = try EventPublisher.validate(topic: topic, payload: data)
-            let conn = try await PostgresConnection.connect(try database.configuration())
-            defer { Task { await conn.close() } }
-            let id = try await EventPublisher.publish(topic: topic, payload: payload, publisher: nil, on: conn)
-            print("published event \(id) on \(topic)")
+            try await PostgresConnection.withConnection(try database.configuration()) { conn in
+                let id = try await EventPublisher.publish(topic: topic, payload: payload, publisher: nil, on: conn)
+                print("published event \(id) on \(topic)")
+            }
         }
     }
 

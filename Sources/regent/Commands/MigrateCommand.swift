@@ -23,33 +23,33 @@ struct MigrateCommand: AsyncParsableCommand {
         try log.bootstrap()
         let target = try target.map { try MigrationTarget(parsing: $0) }
         let config = try database.configuration()
-        let conn = try await PostgresConnection.connect(config)
-        defer { Task { await conn.close() } }
-        let runner = MigrationRunner(appliedBy: cliActor)
-        var schemas = ["engine"]
-        let registry = ModuleRegistry()
-        let engineApplied = try await runner.applied(on: conn).contains { $0.schema == "engine" }
-        if engineApplied {
-            schemas += try await registry.enabledSchemas(on: conn)
-        } else {
-            schemas += BuiltinModule.all.filter(\.defaultEnabled).map(\.name)
+        try await PostgresConnection.withConnection(config) { conn in
+            let runner = MigrationRunner(appliedBy: cliActor)
+            var schemas = ["engine"]
+            let registry = ModuleRegistry()
+            let engineApplied = try await runner.applied(on: conn).contains { $0.schema == "engine" }
+            if engineApplied {
+                schemas += try await registry.enabledSchemas(on: conn)
+            } else {
+                schemas += BuiltinModule.all.filter(\.defaultEnabled).map(\.name)
+            }
+            if plan {
+                let pending = try await runner.plan(on: conn, schemas: schemas, target: target)
+                print(pending.isEmpty ? "nothing to apply: every schema is current" : "would apply \(pending.count) file(s):")
+                for file in pending { print("  \(file)") }
+                return
+            }
+            let ran = try await runner.migrate(on: conn, schemas: ["engine"], target: target?.schema == "engine" ? target : nil)
+            if !engineApplied { try await registry.seed(on: conn) }
+            var more: [Migration] = []
+            if target?.schema != "engine" {
+                more = try await runner.migrate(on: conn, schemas: try await registry.enabledSchemas(on: conn), target: target)
+            }
+            let all = ran + more
+            print(all.isEmpty ? "nothing to apply: every schema is current" : "applied \(all.count) file(s):")
+            for file in all { print("  \(file)") }
+            let status = try await runner.status(on: conn, schemas: try await registry.enabledSchemas(on: conn))
+            print(table(["schema", "applied", "known"], status.map { [$0.schema, "\($0.appliedVersion)", "\($0.knownVersion)"] }))
         }
-        if plan {
-            let pending = try await runner.plan(on: conn, schemas: schemas, target: target)
-            print(pending.isEmpty ? "nothing to apply: every schema is current" : "would apply \(pending.count) file(s):")
-            for file in pending { print("  \(file)") }
-            return
-        }
-        let ran = try await runner.migrate(on: conn, schemas: ["engine"], target: target?.schema == "engine" ? target : nil)
-        if !engineApplied { try await registry.seed(on: conn) }
-        var more: [Migration] = []
-        if target?.schema != "engine" {
-            more = try await runner.migrate(on: conn, schemas: try await registry.enabledSchemas(on: conn), target: target)
-        }
-        let all = ran + more
-        print(all.isEmpty ? "nothing to apply: every schema is current" : "applied \(all.count) file(s):")
-        for file in all { print("  \(file)") }
-        let status = try await runner.status(on: conn, schemas: try await registry.enabledSchemas(on: conn))
-        print(table(["schema", "applied", "known"], status.map { [$0.schema, "\($0.appliedVersion)", "\($0.knownVersion)"] }))
     }
 }

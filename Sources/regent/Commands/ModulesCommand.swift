@@ -18,13 +18,13 @@ struct ModulesCommand: AsyncParsableCommand {
 
         func run() async throws {
             try log.bootstrap()
-            let conn = try await PostgresConnection.connect(try database.configuration())
-            defer { Task { await conn.close() } }
-            let modules = try await ModuleRegistry().list(on: conn)
-            if json { return try printJSON(modules) }
-            print(table(["module", "version", "enabled", "updated"], modules.map {
-                [$0.name, $0.version, $0.enabled ? "yes" : "no", ISO8601DateFormatter().string(from: $0.updatedAt)]
-            }))
+            try await PostgresConnection.withConnection(try database.configuration()) { conn in
+                let modules = try await ModuleRegistry().list(on: conn)
+                if json { return try printJSON(modules) }
+                print(table(["module", "version", "enabled", "updated"], modules.map {
+                    [$0.name, $0.version, $0.enabled ? "yes" : "no", ISO8601DateFormatter().string(from: $0.updatedAt)]
+                }))
+            }
         }
     }
 
@@ -38,11 +38,11 @@ struct ModulesCommand: AsyncParsableCommand {
 
         func run() async throws {
             try log.bootstrap()
-            let conn = try await PostgresConnection.connect(try database.configuration())
-            defer { Task { await conn.close() } }
-            let state = try await ModuleRegistry().setEnabled(name, true, actor: cliActor, on: conn)
-            let ran = try await MigrationRunner(appliedBy: cliActor).migrate(on: conn, schemas: [state.name])
-            print("module \(state.name) enabled; \(ran.count) migration file(s) applied")
+            try await PostgresConnection.withConnection(try database.configuration()) { conn in
+                let state = try await ModuleRegistry().setEnabled(name, true, actor: cliActor, on: conn)
+                let ran = try await MigrationRunner(appliedBy: cliActor).migrate(on: conn, schemas: [state.name])
+                print("module \(state.name) enabled; \(ran.count) migration file(s) applied")
+            }
         }
     }
 
@@ -56,10 +56,10 @@ struct ModulesCommand: AsyncParsableCommand {
 
         func run() async throws {
             try log.bootstrap()
-            let conn = try await PostgresConnection.connect(try database.configuration())
-            defer { Task { await conn.close() } }
-            let state = try await ModuleRegistry().setEnabled(name, false, actor: cliActor, on: conn)
-            print("module \(state.name) disabled (its schema and data are kept)")
+            try await PostgresConnection.withConnection(try database.configuration()) { conn in
+                let state = try await ModuleRegistry().setEnabled(name, false, actor: cliActor, on: conn)
+                print("module \(state.name) disabled (its schema and data are kept)")
+            }
         }
     }
 }

@@ -22,11 +22,11 @@ struct StatusCommand: AsyncParsableCommand {
     func run() async throws {
         try log.bootstrap()
         let stale = try parseDuration(staleAfter, flag: "--stale-after")
-        let conn = try await PostgresConnection.connect(try database.configuration())
-        defer { Task { await conn.close() } }
-        let status = try await ClusterStatus.read(on: conn, staleAfter: stale)
-        if json { return try printJSON(status) }
-        print(renderStatus(status))
+        try await PostgresConnection.withConnection(try database.configuration()) { conn in
+            let status = try await ClusterStatus.read(on: conn, staleAfter: stale)
+            if json { return try printJSON(status) }
+            print(renderStatus(status))
+        }
     }
 }
 

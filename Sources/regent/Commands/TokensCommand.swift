@@ -34,6 +34,19 @@ struct TokensCommand: AsyncParsableCommand {
         }
     }
 
+    /// A migrated connection for the length of `body`, closed (awaited) after it.
+    static func withConnection<T>(_ database: DatabaseOptions, _ body: (PostgresConnection) async throws -> T) async throws -> T {
+        let conn = try await connect(database)
+        do {
+            let value = try await body(conn)
+            await conn.close()
+            return value
+        } catch {
+            await conn.close()
+            throw error
+        }
+    }
+
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a token and print it once.")
         @OptionGroup var database: DatabaseOptions
@@ -52,11 +65,11 @@ struct TokensCommand: AsyncParsableCommand {
 
         func run() async throws {
             try log.bootstrap()
-            let conn = try await TokensCommand.connect(database)
-            defer { Task { await conn.close() } }
-            let (record, token) = try await TokenStore().create(name: name, role: try TokenRole(parsing: role), actor: cliActor, on: conn)
-            print("created token \(record.name) (role \(record.role.rawValue), id \(record.tokenID)); it is shown only now:")
-            print(token)
+            try await TokensCommand.withConnection(database) { conn in
+                let (record, token) = try await TokenStore().create(name: name, role: try TokenRole(parsing: role), actor: cliActor, on: conn)
+                print("created token \(record.name) (role \(record.role.rawValue), id \(record.tokenID)); it is shown only now:")
+                print(token)
+            }
         }
     }
 
@@ -69,15 +82,15 @@ struct TokensCommand: AsyncParsableCommand {
 
         func run() async throws {
             try log.bootstrap()
-            let conn = try await TokensCommand.connect(database)
-            defer { Task { await conn.close() } }
-            let tokens = try await TokenStore().list(includeRevoked: all, on: conn)
-            if json { return try printJSON(tokens) }
-            let f = ISO8601DateFormatter()
-            print(table(["name", "role", "token id", "created", "last used", "revoked"], tokens.map {
-                [$0.name, $0.role.rawValue, $0.tokenID, f.string(from: $0.createdAt), $0.lastUsedAt.map(f.string) ?? "-",
-                 $0.revokedAt.map(f.string) ?? "-"]
-            }))
+            try await TokensCommand.withConnection(database) { conn in
+                let tokens = try await TokenStore().list(includeRevoked: all, on: conn)
+                if json { return try printJSON(tokens) }
+                let f = ISO8601DateFormatter()
+                print(table(["name", "role", "token id", "created", "last used", "revoked"], tokens.map {
+                    [$0.name, $0.role.rawValue, $0.tokenID, f.string(from: $0.createdAt), $0.lastUsedAt.map(f.string) ?? "-",
+                     $0.revokedAt.map(f.string) ?? "-"]
+                }))
+            }
         }
     }
 
@@ -95,12 +108,12 @@ struct TokensCommand: AsyncParsableCommand {
 
         func run() async throws {
             try log.bootstrap()
-            let conn = try await TokensCommand.connect(database)
-            defer { Task { await conn.close() } }
-            guard try await TokenStore().revoke(token, actor: cliActor, on: conn) else {
-                throw ValidationError("no live token named or with id \(SQLIdentifier.printable(token))")
+            try await TokensCommand.withConnection(database) { conn in
+                guard try await TokenStore().revoke(token, actor: cliActor, on: conn) else {
+                    throw ValidationError("no live token named or with id \(SQLIdentifier.printable(token))")
+                }
+                print("revoked \(token)")
             }
-            print("revoked \(token)")
         }
     }
 }

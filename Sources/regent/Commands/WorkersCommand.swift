@@ -28,22 +28,22 @@ struct WorkersCommand: AsyncParsableCommand {
         func run() async throws {
             try log.bootstrap()
             let ns = try namespace.map { try Namespace($0) }
-            let conn = try await PostgresConnection.connect(try database.configuration())
-            defer { Task { await conn.close() } }
-            var all: [WorkerRecord] = []
-            var cursor: WorkerCursor?
-            while true {
-                let page = try await WorkerRegistry().list(namespace: ns, after: cursor, limit: pageSize, on: conn)
-                all += page
-                guard let last = page.last, page.count == pageSize else { break }
-                cursor = WorkerCursor(namespace: last.namespace, workerInstanceID: last.workerInstanceID)
+            try await PostgresConnection.withConnection(try database.configuration()) { conn in
+                var all: [WorkerRecord] = []
+                var cursor: WorkerCursor?
+                while true {
+                    let page = try await WorkerRegistry().list(namespace: ns, after: cursor, limit: pageSize, on: conn)
+                    all += page
+                    guard let last = page.last, page.count == pageSize else { break }
+                    cursor = WorkerCursor(namespace: last.namespace, workerInstanceID: last.workerInstanceID)
+                }
+                if json { return try printJSON(all) }
+                let now = Date()
+                print(table(["namespace", "instance", "worker", "lanes", "capabilities", "expires in", "state"], all.map { w in
+                    [w.namespace, w.workerInstanceID, w.workerID, w.lanes.joined(separator: ","), w.capabilities.joined(separator: ","),
+                     String(format: "%.1f s", w.expiresAt.timeIntervalSince(now)), w.dead ? "dead: \(w.deadReason ?? "")" : "alive"]
+                }))
             }
-            if json { return try printJSON(all) }
-            let now = Date()
-            print(table(["namespace", "instance", "worker", "lanes", "capabilities", "expires in", "state"], all.map { w in
-                [w.namespace, w.workerInstanceID, w.workerID, w.lanes.joined(separator: ","), w.capabilities.joined(separator: ","),
-                 String(format: "%.1f s", w.expiresAt.timeIntervalSince(now)), w.dead ? "dead: \(w.deadReason ?? "")" : "alive"]
-            }))
         }
     }
 
@@ -63,14 +63,14 @@ struct WorkersCommand: AsyncParsableCommand {
 
         func run() async throws {
             try log.bootstrap()
-            let conn = try await PostgresConnection.connect(try database.configuration())
-            defer { Task { await conn.close() } }
-            let outcome = try await WorkerRegistry().markDead(
-                namespace: try Namespace(namespace), workerInstanceID: try WorkerInstanceID(instance), reason: try DeathReason(reason), on: conn)
-            switch outcome {
-            case .marked: print("worker instance \(instance) in \(namespace) marked dead")
-            case .notRegistered:
-                throw RegentError(.notRegistered, "no live worker instance \(instance) in namespace \(namespace)")
+            try await PostgresConnection.withConnection(try database.configuration()) { conn in
+                let outcome = try await WorkerRegistry().markDead(
+                    namespace: try Namespace(namespace), workerInstanceID: try WorkerInstanceID(instance), reason: try DeathReason(reason), on: conn)
+                switch outcome {
+                case .marked: print("worker instance \(instance) in \(namespace) marked dead")
+                case .notRegistered:
+                    throw RegentError(.notRegistered, "no live worker instance \(instance) in namespace \(namespace)")
+                }
             }
         }
     }
@@ -94,14 +94,14 @@ struct LeasesCommand: AsyncParsableCommand {
 
         func run() async throws {
             try log.bootstrap()
-            let conn = try await PostgresConnection.connect(try database.configuration())
-            defer { Task { await conn.close() } }
-            let leases = try await LeaseStore().listExpiredLeases(namespace: try namespace.map { try Namespace($0) }, limit: limit, on: conn)
-            if json { return try printJSON(leases) }
-            print(table(["execution", "namespace", "lane", "attempt", "epoch", "worker", "expired at"], leases.map { l in
-                [l.executionID.uuidString.lowercased(), l.namespace, l.lane, "\(l.attemptIndex)", "\(l.epoch)", l.workerInstanceID,
-                 ISO8601DateFormatter().string(from: l.expiresAt)]
-            }))
+            try await PostgresConnection.withConnection(try database.configuration()) { conn in
+                let leases = try await LeaseStore().listExpiredLeases(namespace: try namespace.map { try Namespace($0) }, limit: limit, on: conn)
+                if json { return try printJSON(leases) }
+                print(table(["execution", "namespace", "lane", "attempt", "epoch", "worker", "expired at"], leases.map { l in
+                    [l.executionID.uuidString.lowercased(), l.namespace, l.lane, "\(l.attemptIndex)", "\(l.epoch)", l.workerInstanceID,
+                     ISO8601DateFormatter().string(from: l.expiresAt)]
+                }))
+            }
         }
     }
 }
@@ -130,12 +130,12 @@ struct ExecutionsCommand: AsyncParsableCommand {
 
         func run() async throws {
             try log.bootstrap()
-            let conn = try await PostgresConnection.connect(try database.configuration())
-            defer { Task { await conn.close() } }
-            let id = try await LeaseStore().enqueue(
-                namespace: try Namespace(namespace), lane: try Lane(lane), payload: payload, maxAttempts: maxAttempts,
-                requiredCapabilities: try required.map { try Capability($0) }, on: conn)
-            print(id.uuidString.lowercased())
+            try await PostgresConnection.withConnection(try database.configuration()) { conn in
+                let id = try await LeaseStore().enqueue(
+                    namespace: try Namespace(namespace), lane: try Lane(lane), payload: payload, maxAttempts: maxAttempts,
+                    requiredCapabilities: try required.map { try Capability($0) }, on: conn)
+                print(id.uuidString.lowercased())
+            }
         }
     }
 
@@ -158,13 +158,13 @@ struct ExecutionsCommand: AsyncParsableCommand {
 
         func run() async throws {
             try log.bootstrap()
-            let conn = try await PostgresConnection.connect(try database.configuration())
-            defer { Task { await conn.close() } }
-            let rows = try await LeaseStore().listExecutions(namespace: try namespace.map { try Namespace($0) }, state: state, limit: limit, on: conn)
-            if json { return try printJSON(rows) }
-            print(table(["execution", "namespace", "lane", "state", "attempts", "epoch"], rows.map { e in
-                [e.executionID.uuidString.lowercased(), e.namespace, e.lane, e.state, "\(e.attempts)/\(e.maxAttempts)", "\(e.epoch)"]
-            }))
+            try await PostgresConnection.withConnection(try database.configuration()) { conn in
+                let rows = try await LeaseStore().listExecutions(namespace: try namespace.map { try Namespace($0) }, state: state, limit: limit, on: conn)
+                if json { return try printJSON(rows) }
+                print(table(["execution", "namespace", "lane", "state", "attempts", "epoch"], rows.map { e in
+                    [e.executionID.uuidString.lowercased(), e.namespace, e.lane, e.state, "\(e.attempts)/\(e.maxAttempts)", "\(e.epoch)"]
+                }))
+            }
         }
     }
 }
