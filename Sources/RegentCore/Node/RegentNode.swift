@@ -108,7 +108,7 @@ public actor RegentNode: Service {
             services: [
                 part(pool, "pool"),
                 part(OnExecutor(service: membership, executor: leadership), "membership"),
-                part(elector, "elector"),
+                part(OnExecutor(service: elector, executor: leadership), "elector"),
                 part(OnExecutor(service: watch, executor: leadership), "frozen-leader-watch"),
                 part(bus.listenerService, "event-listener"),
                 part(SchemaWait(node: self), "schema-wait", ignoreSuccess: true),

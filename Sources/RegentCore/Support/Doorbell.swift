@@ -22,12 +22,18 @@ actor Doorbell {
         guard duration > .zero else { return false }
         nextID += 1
         let id = nextID
-        let timer = Task { [weak self] in
-            try? await Task.sleep(for: duration)
-            await self?.expire(id)
-        }
-        defer { timer.cancel() }
+        // The timer is a child task (structured), so it inherits the caller's executor
+        // preference: a leader waiting for its next confirmation wakes on the leadership
+        // thread even while request handling saturates the cooperative pool (an unstructured
+        // timer task ran there, and woke the leader seconds late under load). Leaving the
+        // scope cancels and awaits it.
+        async let _ = expire(id, after: duration)
         return await withCheckedContinuation { waiter = (id, $0) }
+    }
+
+    private nonisolated func expire(_ id: Int, after duration: Duration) async {
+        do { try await Task.sleep(for: duration) } catch { return }
+        await expire(id)
     }
 
     private func expire(_ id: Int) {
