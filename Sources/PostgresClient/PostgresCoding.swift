@@ -20,37 +20,22 @@ extension String: PostgresEncodable, PostgresDecodable {
     public init(postgresText text: String, typeOID: UInt32) { self = text }
 }
 
-extension Int: PostgresEncodable, PostgresDecodable {
-    public var postgresBind: PostgresBind { .text(String(self)) }
+/// Numbers travel as their decimal text, and are read back from it (a value the type cannot
+/// hold is a decoding error naming the type).
+public protocol PostgresDecimalText: PostgresEncodable, PostgresDecodable, LosslessStringConvertible {}
+
+extension PostgresDecimalText {
+    public var postgresBind: PostgresBind { .text(description) }
     public init(postgresText text: String, typeOID: UInt32) throws(PostgresError) {
-        guard let v = Int(text) else { throw decodingError(Int.self, text) }
+        guard let v = Self(text) else { throw decodingError(Self.self, text) }
         self = v
     }
 }
 
-extension Int64: PostgresEncodable, PostgresDecodable {
-    public var postgresBind: PostgresBind { .text(String(self)) }
-    public init(postgresText text: String, typeOID: UInt32) throws(PostgresError) {
-        guard let v = Int64(text) else { throw decodingError(Int64.self, text) }
-        self = v
-    }
-}
-
-extension Int32: PostgresEncodable, PostgresDecodable {
-    public var postgresBind: PostgresBind { .text(String(self)) }
-    public init(postgresText text: String, typeOID: UInt32) throws(PostgresError) {
-        guard let v = Int32(text) else { throw decodingError(Int32.self, text) }
-        self = v
-    }
-}
-
-extension Double: PostgresEncodable, PostgresDecodable {
-    public var postgresBind: PostgresBind { .text(String(self)) }
-    public init(postgresText text: String, typeOID: UInt32) throws(PostgresError) {
-        guard let v = Double(text) else { throw decodingError(Double.self, text) }
-        self = v
-    }
-}
+extension Int: PostgresDecimalText {}
+extension Int64: PostgresDecimalText {}
+extension Int32: PostgresDecimalText {}
+extension Double: PostgresDecimalText {}
 
 extension Bool: PostgresEncodable, PostgresDecodable {
     public var postgresBind: PostgresBind { .text(self ? "true" : "false") }

@@ -31,17 +31,12 @@ struct ModulesCommand: AsyncParsableCommand {
     struct Enable: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Enable a module and apply its schema's migrations.")
-        @Argument(help: "Module name.") var name: String
-        func validate() throws { try validateModuleName(name) }
-        @OptionGroup var database: DatabaseOptions
-        @OptionGroup var log: LogOptions
+        @OptionGroup var target: ModuleSwitch
 
         func run() async throws {
-            try log.bootstrap()
-            try await PostgresConnection.withConnection(try database.configuration()) { conn in
-                let state = try await ModuleRegistry().setEnabled(name, true, actor: cliActor, on: conn)
+            try await target.set(enabled: true) { state, conn in
                 let ran = try await MigrationRunner(appliedBy: cliActor).migrate(on: conn, schemas: [state.name])
-                print("module \(state.name) enabled; \(ran.count) migration file(s) applied")
+                return "module \(state.name) enabled; \(ran.count) migration file(s) applied"
             }
         }
     }
@@ -49,17 +44,29 @@ struct ModulesCommand: AsyncParsableCommand {
     struct Disable: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Disable a module. Its schema and data stay; nothing of it runs.")
-        @Argument(help: "Module name.") var name: String
-        func validate() throws { try validateModuleName(name) }
-        @OptionGroup var database: DatabaseOptions
-        @OptionGroup var log: LogOptions
+        @OptionGroup var target: ModuleSwitch
 
         func run() async throws {
-            try log.bootstrap()
-            try await PostgresConnection.withConnection(try database.configuration()) { conn in
-                let state = try await ModuleRegistry().setEnabled(name, false, actor: cliActor, on: conn)
-                print("module \(state.name) disabled (its schema and data are kept)")
-            }
+            try await target.set(enabled: false) { state, _ in "module \(state.name) disabled (its schema and data are kept)" }
+        }
+    }
+}
+
+/// What `modules enable` and `modules disable` take: a module name (checked before anything
+/// connects) and the database.
+struct ModuleSwitch: ParsableArguments {
+    @Argument(help: "Module name.") var name: String
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var log: LogOptions
+
+    func validate() throws { try validateModuleName(name) }
+
+    /// Switches the module (audited), then runs `then` on the same connection and prints what it says.
+    func set(enabled: Bool, then: (ModuleState, PostgresConnection) async throws -> String) async throws {
+        try log.bootstrap()
+        try await PostgresConnection.withConnection(try database.configuration()) { conn in
+            let state = try await ModuleRegistry().setEnabled(name, enabled, actor: cliActor, on: conn)
+            print(try await then(state, conn))
         }
     }
 }

@@ -15,11 +15,11 @@ struct TokensCommand: AsyncParsableCommand {
         subcommands: [Create.self, List.self, Revoke.self]
     )
 
-    /// Connects and makes sure the engine and auth schemas are current (applying what is
-    /// pending, under the migration lock, as `regent migrate` would).
-    static func connect(_ database: DatabaseOptions) async throws -> PostgresConnection {
-        let conn = try await PostgresConnection.connect(try database.configuration())
-        do {
+    /// A connection for the length of `body`, closed (awaited) after it, on which the engine
+    /// and auth schemas are current (pending files applied under the migration lock, as
+    /// `regent migrate` would).
+    static func withConnection<T>(_ database: DatabaseOptions, _ body: (PostgresConnection) async throws -> T) async throws -> T {
+        try await PostgresConnection.withConnection(try database.configuration()) { conn in
             let runner = MigrationRunner(appliedBy: cliActor)
             _ = try await runner.migrate(on: conn, schemas: ["engine"])
             try await ModuleRegistry().seed(on: conn)
@@ -27,23 +27,7 @@ struct TokensCommand: AsyncParsableCommand {
                 throw ValidationError("the auth module is disabled: enable it first (regent modules enable auth)")
             }
             _ = try await runner.migrate(on: conn, schemas: ["auth"])
-            return conn
-        } catch {
-            await conn.close()
-            throw error
-        }
-    }
-
-    /// A migrated connection for the length of `body`, closed (awaited) after it.
-    static func withConnection<T>(_ database: DatabaseOptions, _ body: (PostgresConnection) async throws -> T) async throws -> T {
-        let conn = try await connect(database)
-        do {
-            let value = try await body(conn)
-            await conn.close()
-            return value
-        } catch {
-            await conn.close()
-            throw error
+            return try await body(conn)
         }
     }
 

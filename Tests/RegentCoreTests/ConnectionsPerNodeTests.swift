@@ -1,0 +1,43 @@
+import Foundation
+import PostgresClient
+@testable import RegentCore
+import RegentTestSupport
+import Synchronization
+import Testing
+
+@Suite("Connections per node", .serialized)
+struct ConnectionsPerNodeTests {
+    @Test func anIdleFollowerHoldsAtMostFourBackends() async throws {
+        let (config, conn) = try await bootedDatabase()
+        // A leader by hand, kept heartbeating, so the node below stays a follower.
+        let leader = try await FrozenLeader.start(config)
+        let beat = Task {
+            let c = try await PostgresConnection.connect(config)
+            while !Task.isCancelled {
+                try await c.query("UPDATE engine.instances SET last_heartbeat = now() WHERE instance_id = \(leader.instanceID)")
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            await c.close()
+            return c.backendPID
+        }
+        var cluster = Cluster(config: config)
+        let follower = cluster.start("follower")
+        #expect(await eventually { try await conn.query("SELECT count(*) AS n FROM engine.instances").single().decode("n", as: Int.self) == 2 })
+        // Past the pool's idle timeout (1 s in tests) and some heartbeats.
+        try await Task.sleep(for: .seconds(3))
+        #expect(await !follower.isLeader)
+        let mine = [conn.backendPID, leader.connection.backendPID]
+        let rows = try await conn.query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'regent' AND backend_type = 'client backend'")
+        let others = try rows.map { try $0.decode("pid", as: Int32.self) }.filter { !mine.contains($0) }
+        // The follower's: its lock session, its listener, about one pooled connection; plus the
+        // test's heartbeat connection.
+        print("idle follower backends:", others.count - 1)
+        #expect(others.count - 1 <= 4, "\(others.count - 1) backends for an idle follower")
+        beat.cancel()
+        _ = try? await beat.value
+        await cluster.stopAll()
+        await leader.connection.close()
+        await conn.close()
+    }
+}
