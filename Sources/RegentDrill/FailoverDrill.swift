@@ -30,10 +30,10 @@ package struct FailoverDrill {
 
     /// Waits for the `leader.elected` announcement of a term above `term`.
     package static func awaitElection(
-        _ iterator: inout AsyncThrowingStream<PostgresNotification, any Error>.Iterator, after term: Int64, timeout: Duration
+        _ iterator: inout AsyncThrowingStream<PostgresNotification, any Error>.Iterator, after term: Term, timeout: Duration
     ) async throws -> Bool {
         struct Announcement: Decodable {
-            struct Body: Decodable { let term: Int64 }
+            struct Body: Decodable { let term: Term }
             let topic: String
             let payload: Body?
         }
@@ -83,13 +83,13 @@ package struct FailoverDrill {
                 result.violations.append("round \(round): no new leader within 15 s after \(graceful ? "SIGTERM" : "SIGKILL") of \(node.name)")
                 break
             }
-            if next.term != current.term + 1 {
+            if next.term != current.term.next {
                 result.violations.append("round \(round): term went from \(current.term) to \(next.term) (an election was lost in between)")
             }
             if graceful { result.sigterm.append(took) } else { result.sigkill.append(took) }
             let recorded = next.electedEpoch.map { String(format: " (term recorded after %.2f ms)", ($0 - wallStart) * 1000) } ?? ""
             say(String(format: "  round %2d  %@  %@ (term %lld) → term %lld  %@%@", round, graceful ? "SIGTERM" : "SIGKILL",
-                       node.name, current.term, next.term, ms(took), recorded))
+                       node.name, current.term.value, next.term.value, ms(took), recorded))
             current = next
             try cluster.spawn()
             cluster.reap()

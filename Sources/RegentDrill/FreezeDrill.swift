@@ -48,7 +48,7 @@ package struct FreezeDrill {
             }
             result.takeovers.append(took)
             let bound = staleAfter + .seconds(2)
-            say(String(format: "  round %2d  SIGSTOP %@ (term %lld) → term %lld  after %@ (bound %@)%@", round, node.name, current.term, next.term,
+            say(String(format: "  round %2d  SIGSTOP %@ (term %lld) → term %lld  after %@ (bound %@)%@", round, node.name, current.term.value, next.term.value,
                        ms(took), ms(bound), took > bound ? "  ✘ over the bound" : ""))
             if took > bound { result.violations.append("round \(round): takeover took \(ms(took)), over stale-after + 2 s (\(ms(bound)))") }
             // The thawed node must see its session gone, step down and heartbeat again as a follower.

@@ -82,7 +82,7 @@ package struct LeadershipProbe {
     }
 
     package struct Reading: Equatable {
-        package let term: Int64
+        package let term: Term
         /// Whether the lock holder is the session that recorded `term`.
         package let settled: Bool
         package let leaderPID: Int32?
@@ -106,7 +106,7 @@ package struct LeadershipProbe {
     }
 
     /// Polls until a settled leader with a term above `term` whose OS process is known.
-    package func waitForLeader(after term: Int64, timeout: Duration) async throws -> Reading? {
+    package func waitForLeader(after term: Term, timeout: Duration) async throws -> Reading? {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             let r = try await read()

@@ -37,7 +37,7 @@ package struct TerminateAllDrill {
             }
             let took = started.duration(to: .now)
             recoveries.append(took)
-            say(String(format: "  round %2d  ended %d sessions (term %lld) → term %lld  after %@", round, ended, current.term, next.term, ms(took)))
+            say(String(format: "  round %2d  ended %d sessions (term %lld) → term %lld  after %@", round, ended, current.term.value, next.term.value, ms(took)))
             current = next
         }
         await admin.close()

@@ -183,8 +183,8 @@ public struct AdminAPI: Sendable {
         let at: Date
         let actor: String
         let action: String
-        let term: Int64?
-        let instanceID: UUID?
+        let term: Term?
+        let instanceID: InstanceID?
         let detail: AnyJSON
         enum CodingKeys: String, CodingKey { case id, at, actor, action, term, instanceID = "instance_id", detail }
     }

@@ -297,7 +297,7 @@ struct EventBusTests {
         let pool = ConnectionPool(configuration: config)
         let pruning = EventOutboxPruning(pool: pool)
         await expectCode(.notLeader) {
-            _ = try await pruning.pruneOnce(fence: LeaderFence(term: 1, instanceID: UUID(), lockBackendPID: 0))
+            _ = try await pruning.pruneOnce(fence: LeaderFence(term: 1, instanceID: InstanceID(), lockBackendPID: 0))
         }
         #expect(try await conn.query("SELECT count(*) AS n FROM engine.events WHERE topic = 'h'").single().decode("n", as: Int.self) == 10)
         // ... the leader prunes exactly what is past retention.
@@ -349,7 +349,7 @@ struct EventBusTests {
         // The node that shut down says so as it deletes its row.
         let gone = try await collect(left, count: 1)
         #expect(gone.first?.payload.contains("\"node_name\": \"n1\"") == true)
-        #expect(gone.first?.publisher == node.instanceID)
+        #expect(gone.first?.publisher == node.instanceID.uuid)
         await cluster.stopAll()
     }
 

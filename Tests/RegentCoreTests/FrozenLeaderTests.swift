@@ -9,12 +9,12 @@ import Testing
 /// leader of a new term, for an instance whose heartbeat stopped `heartbeatAge` ago.
 struct FrozenLeader {
     let connection: PostgresConnection
-    let instanceID: UUID
-    let term: Int64
+    let instanceID: InstanceID
+    let term: Term
 
     static func start(_ config: ConnectionConfiguration, heartbeatAge: Duration = .zero) async throws -> FrozenLeader {
         let conn = try await PostgresConnection.connect(config)
-        let id = UUID()
+        let id = InstanceID()
         try await conn.query(LeadershipQueries.waitForLock)
         try await conn.query(
             """
@@ -26,7 +26,7 @@ struct FrozenLeader {
             UPDATE engine.leadership SET term = term + 1, leader_instance = \(id)::uuid, leader_backend_pid = pg_backend_pid(),
                    elected_at = now() - \(heartbeatAge)::interval
             WHERE id = 1 RETURNING term
-            """).single().decode("term", as: Int64.self)
+            """).single().decode("term", as: Term.self)
         return FrozenLeader(connection: conn, instanceID: id, term: term)
     }
 
@@ -52,7 +52,7 @@ func ensureRoles(on conn: PostgresConnection) async throws {
 struct FrozenLeaderTests {
     func watch(_ config: ConnectionConfiguration, healthy: Bool = true, staleAfter: Duration = .seconds(1)) -> (HungLeaderWatch, ConnectionPool) {
         let pool = ConnectionPool(configuration: config)
-        return (HungLeaderWatch(instanceID: UUID(), pool: pool, staleAfter: staleAfter, isHealthy: { _ in healthy }, isLeader: { false }), pool)
+        return (HungLeaderWatch(instanceID: InstanceID(), pool: pool, staleAfter: staleAfter, isHealthy: { _ in healthy }, isLeader: { false }), pool)
     }
 
     @Test func aFollowerEndsTheSessionOfALeaderWhoseHeartbeatIsStaleAndAuditsIt() async throws {
@@ -67,8 +67,8 @@ struct FrozenLeaderTests {
         let audit = try await conn.query(
             "SELECT term, instance_id, (detail->>'heartbeat_age_ms')::bigint AS age, detail->>'by_instance' AS by FROM engine.audit WHERE action = 'leader.terminated'")
         #expect(audit.count == 1)
-        #expect(try audit.first?.decode("term", as: Int64.self) == frozen.term)
-        #expect(try audit.first?.decode("instance_id", as: UUID.self) == frozen.instanceID)
+        #expect(try audit.first?.decode("term", as: Term.self) == frozen.term)
+        #expect(try audit.first?.decode("instance_id", as: InstanceID.self) == frozen.instanceID)
         #expect(try (audit.first?.decode("age", as: Int64.self) ?? 0) >= 5000)
         // Once ended, nobody holds the lock: a second look finds nothing to do.
         #expect(try await w.checkOnce() == nil)

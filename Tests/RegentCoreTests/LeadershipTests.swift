@@ -25,8 +25,8 @@ struct LeadershipTests {
         let elected = try await audit.query(
             "SELECT term, instance_id FROM engine.audit WHERE action = 'leader.elected' ORDER BY id DESC LIMIT 1").single()
         await audit.close()
-        #expect(status.term == (try elected.decode("term", as: Int64.self)))
-        #expect(leader.instanceID == (try elected.decode("instance_id", as: UUID.self)))
+        #expect(status.term == (try elected.decode("term", as: Term.self)))
+        #expect(leader.instanceID == (try elected.decode("instance_id", as: InstanceID.self)))
         #expect(await eventually { try await cluster.status().instances.count == 3 })
         let leaders = try await cluster.status().instances.filter { $0.isLeader }
         #expect(leaders.count == 1)
@@ -180,7 +180,7 @@ struct LeadershipTests {
         })
         let audit = try await admin.query(
             "SELECT term, actor FROM engine.audit WHERE action = 'instance.swept' AND instance_id = \(ghost)").single()
-        #expect(try audit.decode("term", as: Int64.self) == status.term)
+        #expect(try audit.decode("term", as: Term.self) == status.term)
         let leaderID = try #require(status.leader?.instanceID)
         #expect(try audit.decode("actor", as: String.self) == "instance:\(leaderID.uuidString.lowercased())")
         // …and announces it on the bus, once, naming the node and the term, published by the leader.
@@ -190,7 +190,7 @@ struct LeadershipTests {
             FROM engine.events WHERE topic = 'instance.swept' AND payload->>'instance_id' = \(ghost.uuidString.lowercased())
             """).single()
         #expect(try swept.decode("node", as: String.self) == "ghost")
-        #expect(try swept.decode("term", as: Int64.self) == status.term)
+        #expect(try swept.decode("term", as: Term.self) == status.term)
         #expect(try swept.decode("publisher", as: String.self) == leaderID.uuidString.lowercased())
         await pool.shutdown()
         await admin.close()
@@ -266,7 +266,7 @@ struct LeadershipMetricsTests {
         #expect(try secondMetrics.expectCounter("regent_elections_total").totalValue == 1)
         // The term after the one it crashed in (on a busy machine the first node can have
         // stepped down and been re-elected before: its lock confirmation came back late).
-        #expect(try secondMetrics.expectGauge("regent_leader_term").lastValue == Double(fence.term + 1))
+        #expect(try secondMetrics.expectGauge("regent_leader_term").lastValue == Double(fence.term.value + 1))
         #expect(await eventually { (try? firstMetrics.expectGauge("regent_is_leader").lastValue) == 0 })
         await admin.close()
         await second.shutdown()

@@ -57,7 +57,7 @@ struct PoolerTests {
                 try await node.run()
             } throws: { "\($0)".contains("transaction- or statement-mode pooler") }
             // An elector left running through it never leads and leaves no lock behind.
-            let elector = LeaderElector(instanceID: UUID(), configuration: pooled, options: .init(leaseWindow: .seconds(1)))
+            let elector = LeaderElector(instanceID: InstanceID(), configuration: pooled, options: .init(leaseWindow: .seconds(1)))
             let running = Task { await elector.run() }
             try await Task.sleep(for: .seconds(1))
             #expect(await elector.electionsWon == 0)

@@ -267,7 +267,7 @@ struct WorkerLeaseTests {
             let scanner = LeaseExpiryScanner(pool: pool, pageSize: 1)
             // A node that is not the leader cannot reclaim anything.
             await #expect {
-                _ = try await scanner.reclaimOnce(fence: LeaderFence(term: 99, instanceID: UUID(), lockBackendPID: 0))
+                _ = try await scanner.reclaimOnce(fence: LeaderFence(term: 99, instanceID: InstanceID(), lockBackendPID: 0))
             } throws: { ($0 as? RegentError)?.code == .notLeader }
             #expect(try await conn.query("SELECT count(*) AS n FROM workflow.lease_decisions").single().decode("n", as: Int.self) == 0)
             // A leader; its node's own scanner runs too (both are fenced and skip-locked): wait until
@@ -338,7 +338,7 @@ struct WorkerLeaseTests {
             try await Task.sleep(for: .milliseconds(200))
             let pool = ConnectionPool(configuration: config)
             let sweep = WorkerTTLSweep(pool: pool)
-            await expectCode(.notLeader) { _ = try await sweep.sweepOnce(fence: LeaderFence(term: 5, instanceID: UUID(), lockBackendPID: 0)) }
+            await expectCode(.notLeader) { _ = try await sweep.sweepOnce(fence: LeaderFence(term: 5, instanceID: InstanceID(), lockBackendPID: 0)) }
             #expect(try await reg.list(namespace: ns, after: nil, limit: 10, on: conn).count == 2)
             let (fence, cluster) = try await leaderFence(config)
             _ = try await sweep.sweepOnce(fence: fence)

@@ -40,7 +40,7 @@ struct DutyRunnerTests {
         let runner = DutyRunner(duties: [duty], retryDelay: .milliseconds(1))
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
-                await runner.run(fence: LeaderFence(term: 1, instanceID: UUID(), lockBackendPID: 0)) { reason in
+                await runner.run(fence: LeaderFence(term: 1, instanceID: InstanceID(), lockBackendPID: 0)) { reason in
                     resigned.reasons.withLock { $0.append(reason) }
                 }
             }

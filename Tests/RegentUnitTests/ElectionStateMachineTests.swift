@@ -7,7 +7,7 @@ struct ElectionStateMachineTests {
     typealias Machine = ElectionStateMachine<TestInstant>
     let t0 = TestInstant(offset: .seconds(100))
 
-    func leader(term: Int64 = 7) -> Machine {
+    func leader(term: Term = 7) -> Machine {
         var m = Machine(leaseWindow: .seconds(5), confirmInterval: .seconds(1))
         _ = m.start()
         #expect(m.connected() == .waitForLock)

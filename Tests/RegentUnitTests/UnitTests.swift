@@ -61,7 +61,7 @@ struct PureLogicTests {
 @Suite("Status document")
 struct StatusDocumentTests {
     @Test func jsonHasTheDocumentedKeysAndLowercaseUUIDs() throws {
-        let id = UUID()
+        let id = InstanceID()
         let now = Date(timeIntervalSince1970: 1_763_000_000)
         let status = ClusterStatus(
             leader: .init(instanceID: id, nodeName: "n1", host: "h", pid: 42, httpAddress: "10.0.0.1:8080", term: 7, electedAt: now, backendPID: 99, heartbeatStale: false),

@@ -4,7 +4,7 @@ import PostgresClient
 /// Who did something, as written in `engine.audit.actor`.
 public enum AuditActor: Sendable, Hashable, CustomStringConvertible {
     /// A node (process start), e.g. the leader's duties.
-    case instance(UUID)
+    case instance(InstanceID)
     /// A request authenticated with the named token.
     case token(String)
     /// An unauthenticated request from this client address.
@@ -14,7 +14,7 @@ public enum AuditActor: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .instance(let id): "instance:\(id.uuidString.lowercased())"
+        case .instance(let id): "instance:\(id.uuid.uuidString.lowercased())"
         case .token(let name): "token:\(name)"
         case .http(let address): "http:\(address)"
         case .named(let name): name
@@ -31,8 +31,8 @@ public enum AuditLog {
         public let at: Date
         public let actor: String
         public let action: String
-        public let term: Int64?
-        public let instanceID: UUID?
+        public let term: Term?
+        public let instanceID: InstanceID?
         /// The `detail` jsonb as PostgreSQL writes it.
         public let detailJSON: String
     }

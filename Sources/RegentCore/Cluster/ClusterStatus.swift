@@ -6,13 +6,13 @@ import PostgresClient
 /// and the CLI agree. This is the stable document of `regent status --json`.
 public struct ClusterStatus: Sendable, Codable, Equatable {
     public struct Leader: Sendable, Codable, Equatable {
-        public let instanceID: UUID
+        public let instanceID: InstanceID
         public let nodeName: String?
         public let host: String?
         public let pid: Int32?
         /// Where the leader serves its admin API (`--http-address`), if it does.
         public let httpAddress: String?
-        public let term: Int64
+        public let term: Term
         public let electedAt: Date?
         /// The lock holder's backend pid in `pg_locks`.
         public let backendPID: Int32
@@ -40,7 +40,7 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
     }
 
     public struct Instance: Sendable, Codable, Equatable {
-        public let instanceID: UUID
+        public let instanceID: InstanceID
         public let nodeName: String
         public let host: String
         public let pid: Int32
@@ -83,7 +83,7 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
     /// The leader, or nil when nobody holds the lock or the holder has not recorded its term yet.
     public let leader: Leader?
     /// The latest recorded term (0 before the first election).
-    public let term: Int64
+    public let term: Term
     public let instances: [Instance]
 
     static let leadershipQuery = PostgresQuery(
@@ -107,21 +107,21 @@ public struct ClusterStatus: Sendable, Codable, Equatable {
     public static func read(on connection: PostgresConnection, staleAfter: Duration = .seconds(10)) async throws -> ClusterStatus {
         try await connection.withTransaction(isolation: .repeatableRead) { tx in
             let l = try await tx.query(leadershipQuery, purpose: "status: leadership").single()
-            let term = try l.decode("term", as: Int64.self)
+            let term = try l.decode("term", as: Term.self)
             let holderPID = try l.decodeOptional("holder_pid", as: Int32.self)
             let recordedPID = try l.decodeOptional("leader_backend_pid", as: Int32.self)
-            let leaderID = try l.decodeOptional("leader_instance", as: UUID.self)
+            let leaderID = try l.decodeOptional("leader_instance", as: InstanceID.self)
             let rows = try await tx.query(instancesQuery(staleAfter: staleAfter), purpose: "status: instances")
             var leader: Leader?
             if let holderPID, holderPID == recordedPID, let leaderID {
-                let row = try rows.first { try $0.decode("instance_id", as: UUID.self) == leaderID }
+                let row = try rows.first { try $0.decode("instance_id", as: InstanceID.self) == leaderID }
                 leader = Leader(
                     instanceID: leaderID, nodeName: try row?.decode("node_name"), host: try row?.decode("host"),
                     pid: try row?.decode("pid"), httpAddress: try row?.decodeOptional("http_address", as: String.self), term: term, electedAt: try l.decodeOptional("elected_at"), backendPID: holderPID,
                     heartbeatStale: try row?.decode("stale", as: Bool.self) ?? true)
             }
             let instances = try rows.map { row in
-                let id = try row.decode("instance_id", as: UUID.self)
+                let id = try row.decode("instance_id", as: InstanceID.self)
                 return Instance(
                     instanceID: id, nodeName: try row.decode("node_name"), host: try row.decode("host"), pid: try row.decode("pid"),
                     version: try row.decode("version"), httpAddress: try row.decodeOptional("http_address"), startedAt: try row.decode("started_at"),

@@ -36,7 +36,7 @@ public struct LeaseExpiryScanner: LeaderDuty {
         self.logger = logger
     }
 
-    static func reclaim(pageSize: Int, leader: UUID, term: Int64, since: Date) -> PostgresQuery {
+    static func reclaim(pageSize: Int, leader: InstanceID, term: Term, since: Date) -> PostgresQuery {
         """
         WITH expired AS (
             SELECT execution_id, attempt_index FROM workflow.attempts

@@ -30,7 +30,7 @@ public struct StaleInstanceCleanup: LeaderDuty {
         self.logger = logger
     }
 
-    static func sweep(staleAfter: Duration, except: UUID, limit: Int, term: Int64, actor: String) -> PostgresQuery {
+    static func sweep(staleAfter: Duration, except: InstanceID, limit: Int, term: Term, actor: String) -> PostgresQuery {
         """
         WITH gone AS (
             DELETE FROM engine.instances

@@ -32,7 +32,7 @@ public struct WorkerTTLSweep: LeaderDuty {
         self.logger = logger
     }
 
-    static func sweep(batch: Int, leader: UUID, term: Int64, since: Date) -> PostgresQuery {
+    static func sweep(batch: Int, leader: InstanceID, term: Term, since: Date) -> PostgresQuery {
         """
         WITH gone AS (
             DELETE FROM workflow.workers

@@ -11,7 +11,7 @@ public struct ElectionStateMachine<Instant: InstantProtocol>: Sendable where Ins
     public enum State: Sendable, Equatable {
         case disconnected(failures: Int)
         case following
-        case leading(term: Int64, validUntil: Instant)
+        case leading(term: Term, validUntil: Instant)
         case stopped
     }
 
@@ -23,7 +23,7 @@ public struct ElectionStateMachine<Instant: InstantProtocol>: Sendable where Ins
         /// Increment the term on the lock session.
         case recordTerm
         /// Become leader: start the leader duties.
-        case startDuties(term: Int64)
+        case startDuties(term: Term)
         /// Stop acting as leader (duties off) and drop the lock connection.
         case demote(reason: String)
         /// Confirm the lock; the confirmation must finish by `deadline`.
@@ -59,7 +59,7 @@ public struct ElectionStateMachine<Instant: InstantProtocol>: Sendable where Ins
         return nil
     }
 
-    public var term: Int64? {
+    public var term: Term? {
         if case .leading(let term, _) = state { return term }
         return nil
     }
@@ -96,7 +96,7 @@ public struct ElectionStateMachine<Instant: InstantProtocol>: Sendable where Ins
     }
 
     /// The term was recorded by a transaction that started at `startedAt`.
-    public mutating func termRecorded(_ term: Int64, startedAt: Instant) -> Action {
+    public mutating func termRecorded(_ term: Term, startedAt: Instant) -> Action {
         guard state == .following else { return .stop }
         state = .leading(term: term, validUntil: startedAt.advanced(by: leaseWindow))
         return .startDuties(term: term)

@@ -23,8 +23,8 @@ import PostgresClient
 public actor HungLeaderWatch: Service {
     public struct Check: Sendable, Equatable {
         /// The frozen leader's term, instance and lock session.
-        public let term: Int64
-        public let leaderInstance: UUID?
+        public let term: Term
+        public let leaderInstance: InstanceID?
         public let backendPID: Int32
         public let heartbeatAgeMs: Int64
         /// This node's role may end that session.
@@ -33,7 +33,7 @@ public actor HungLeaderWatch: Service {
         public let terminated: Bool?
     }
 
-    let instanceID: UUID
+    let instanceID: InstanceID
     let pool: ConnectionPool
     let staleAfter: Duration
     let checkInterval: Duration
@@ -41,11 +41,11 @@ public actor HungLeaderWatch: Service {
     let isLeader: @Sendable () async -> Bool
     let logger: Logger
     let takeovers: Counter
-    private var warnedNotPermitted: Int64?
+    private var warnedNotPermitted: Term?
     public private(set) var terminations = 0
 
     public init(
-        instanceID: UUID, pool: ConnectionPool, staleAfter: Duration, checkInterval: Duration? = nil,
+        instanceID: InstanceID, pool: ConnectionPool, staleAfter: Duration, checkInterval: Duration? = nil,
         isHealthy: @escaping @Sendable (Duration) async -> Bool, isLeader: @escaping @Sendable () async -> Bool,
         metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.leadership.watch")
     ) {
@@ -62,7 +62,7 @@ public actor HungLeaderWatch: Service {
     static let takeoverLock = PostgresQuery(
         unsafeSQL: "SELECT pg_try_advisory_xact_lock(\(AdvisoryLockKey.classID), \(AdvisoryLockKey.takeover)) AS mine")
 
-    static func check(self instance: UUID, staleAfter: Duration, actor: String) -> PostgresQuery {
+    static func check(self instance: InstanceID, staleAfter: Duration, actor: String) -> PostgresQuery {
         // $1 this instance, $2 the stale cutoff, $3 the audit actor, $4 stale-after in ms. The
         // lock filter is constant text (no input).
         PostgresQuery(

@@ -28,17 +28,17 @@ public actor LeaderElector: Service {
     /// before it returns.
     public struct Hooks: Sendable {
         public var elected: @Sendable (LeaderFence) async -> Void
-        public var demoted: @Sendable (_ term: Int64, _ reason: String) async -> Void
+        public var demoted: @Sendable (_ term: Term, _ reason: String) async -> Void
         public init(
             elected: @escaping @Sendable (LeaderFence) async -> Void = { _ in },
-            demoted: @escaping @Sendable (Int64, String) async -> Void = { _, _ in }
+            demoted: @escaping @Sendable (Term, String) async -> Void = { _, _ in }
         ) {
             self.elected = elected
             self.demoted = demoted
         }
     }
 
-    public let instanceID: UUID
+    public let instanceID: InstanceID
     let configuration: ConnectionConfiguration
     let options: Options
     let hooks: Hooks
@@ -63,7 +63,7 @@ public actor LeaderElector: Service {
     private var takeoverGrantedAt: ContinuousClock.Instant?
 
     public init(
-        instanceID: UUID, configuration: ConnectionConfiguration, options: Options = Options(), hooks: Hooks = Hooks(),
+        instanceID: InstanceID, configuration: ConnectionConfiguration, options: Options = Options(), hooks: Hooks = Hooks(),
         duties: DutyRunner? = nil, metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.leadership"),
         executor: DedicatedExecutor = DedicatedExecutor(name: "regent.leadership")
     ) {
@@ -170,7 +170,7 @@ public actor LeaderElector: Service {
                 elections += 1
                 metrics.elections.increment()
                 metrics.isLeader.record(1)
-                metrics.leaderTerm.record(Double(term))
+                metrics.leaderTerm.record(Double(term.value))
                 let trust = LeadershipTrust(leaseWindow: options.leaseWindow, validUntil: machine.validUntil)
                 let fence = LeaderFence(term: term, instanceID: instanceID, lockBackendPID: conn.backendPID, trust: trust, electedAt: electedAt) { [weak self] reason in
                     Task { await self?.fenceFailed(reason) }
@@ -222,7 +222,7 @@ public actor LeaderElector: Service {
     }
 
     /// The leader loop: confirm on a period, each confirmation with a deadline at the end of the trust window.
-    private func lead(conn: PostgresConnection, term: Int64) async -> ElectionStateMachine<ContinuousClock.Instant>.Action {
+    private func lead(conn: PostgresConnection, term: Term) async -> ElectionStateMachine<ContinuousClock.Instant>.Action {
         var lastStart = ContinuousClock.now
         while true {
             let next = machine.nextConfirmation(after: lastStart)
@@ -253,11 +253,11 @@ public actor LeaderElector: Service {
         }
     }
 
-    private func recordTerm(on conn: PostgresConnection) async throws -> (Int64, Date) {
+    private func recordTerm(on conn: PostgresConnection) async throws -> (Term, Date) {
         let row = try await conn.query(
             LeadershipQueries.recordElection(instance: instanceID, actor: AuditActor.instance(instanceID).description),
             purpose: "record the new term").single()
-        let term = try row.decode("term", as: Int64.self)
+        let term = try row.decode("term", as: Term.self)
         // A takeover: measure the leaderless time from the predecessor's resignation (if it
         // resigned within the last minute: older means the cluster was down, not failing over),
         // or, when it did not resign (crash, partition) and we had to wait for the lock, from

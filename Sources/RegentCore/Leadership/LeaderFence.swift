@@ -37,8 +37,8 @@ public final class LeadershipTrust: Sendable {
 /// (even one that does not know it yet) gets ``RegentError/Code/notLeader`` and writes
 /// nothing.
 public struct LeaderFence: Sendable, CustomStringConvertible {
-    public let term: Int64
-    public let instanceID: UUID
+    public let term: Term
+    public let instanceID: InstanceID
     /// `pg_backend_pid()` of the session holding the advisory lock.
     public let lockBackendPID: Int32
     /// The local trust window, checked before any statement is sent.
@@ -49,7 +49,7 @@ public struct LeaderFence: Sendable, CustomStringConvertible {
     let onLost: @Sendable (String) -> Void
 
     public init(
-        term: Int64, instanceID: UUID, lockBackendPID: Int32, trust: LeadershipTrust = .unbounded, electedAt: Date = Date(timeIntervalSince1970: 0),
+        term: Term, instanceID: InstanceID, lockBackendPID: Int32, trust: LeadershipTrust = .unbounded, electedAt: Date = Date(timeIntervalSince1970: 0),
         onLost: @escaping @Sendable (String) -> Void = { _ in }
     ) {
         self.electedAt = electedAt

@@ -20,7 +20,7 @@ package enum LeadershipQueries {
     /// One statement, one round trip, one implicit transaction: bump the term, audit the
     /// election and publish `leader.elected` on the event bus; `since_resignation` is how long
     /// ago the previous term's leader resigned (NULL when it did not: it crashed or was cut off). Runs on the lock session, so it is fenced by construction.
-    static func recordElection(instance: UUID, actor: String) -> PostgresQuery {
+    static func recordElection(instance: InstanceID, actor: String) -> PostgresQuery {
         """
         WITH t AS (
             UPDATE engine.leadership SET term = term + 1, leader_instance = \(instance)::uuid,
@@ -52,14 +52,14 @@ package enum LeadershipQueries {
         FROM pg_control_system() s, pg_control_checkpoint() c
         """
 
-    static func recordTimeline(systemID: String, timeline: Int, term: Int64) -> PostgresQuery {
+    static func recordTimeline(systemID: String, timeline: Int, term: Term) -> PostgresQuery {
         """
         INSERT INTO engine.server_timelines (system_identifier, timeline, first_term)
         VALUES (\(systemID), \(timeline), \(term)) ON CONFLICT DO NOTHING
         """
     }
 
-    static func recordResignation(term: Int64, instance: UUID, actor: String) -> PostgresQuery {
+    static func recordResignation(term: Term, instance: InstanceID, actor: String) -> PostgresQuery {
         """
         WITH a AS (
             INSERT INTO engine.audit (actor, action, term, instance_id)
@@ -74,7 +74,7 @@ package enum LeadershipQueries {
     package static let countLockHolders = PostgresQuery(unsafeSQL: "SELECT count(*) AS n FROM pg_locks WHERE \(lockHolderFilter)")
 
     /// Run on the lock session: do we still hold the lock, and is our term still current?
-    static func confirm(term: Int64) -> PostgresQuery {
+    static func confirm(term: Term) -> PostgresQuery {
         PostgresQuery(
             unsafeSQL: """
                 SELECT EXISTS (SELECT 1 FROM pg_locks WHERE \(lockHolderFilter) AND pid = pg_backend_pid()) AS holds,
@@ -84,7 +84,7 @@ package enum LeadershipQueries {
 
     /// Run inside a fenced transaction: locks the leadership row (a successor's term bump
     /// waits for this transaction) and checks that our lock session still holds the lock.
-    static func fenceCheck(term: Int64, instance: UUID, lockBackendPID: Int32, idleTimeoutMs: Int) -> PostgresQuery {
+    static func fenceCheck(term: Term, instance: InstanceID, lockBackendPID: Int32, idleTimeoutMs: Int) -> PostgresQuery {
         PostgresQuery(
             unsafeSQL: """
                 WITH l AS (SELECT term, leader_instance FROM engine.leadership WHERE id = 1 FOR SHARE)

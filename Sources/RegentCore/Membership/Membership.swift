@@ -47,10 +47,10 @@ public actor Membership: Service {
         RETURNING last_heartbeat AS at, can_signal_backends
         """
     }
-    static func heartbeat(_ id: UUID) -> PostgresQuery {
+    static func heartbeat(_ id: InstanceID) -> PostgresQuery {
         "UPDATE engine.instances SET last_heartbeat = now() WHERE instance_id = \(id) RETURNING last_heartbeat AS at"
     }
-    static func deleteInstance(_ id: UUID) -> PostgresQuery {
+    static func deleteInstance(_ id: InstanceID) -> PostgresQuery {
         """
         WITH gone AS (DELETE FROM engine.instances WHERE instance_id = \(id) RETURNING instance_id, node_name)
         SELECT engine.publish_event('instance.left', jsonb_build_object('instance_id', instance_id::text, 'node_name', node_name), instance_id)
@@ -81,7 +81,7 @@ public actor Membership: Service {
         logger.info("joined the cluster", metadata: ["instance_id": "\(identity.instanceID)", "node_name": "\(identity.nodeName)"])
     }
 
-    static func canSignal(_ id: UUID) -> PostgresQuery {
+    static func canSignal(_ id: InstanceID) -> PostgresQuery {
         "SELECT COALESCE(can_signal_backends, false) AS can FROM engine.instances WHERE instance_id = \(id)"
     }
 

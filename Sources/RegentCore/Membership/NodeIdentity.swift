@@ -3,7 +3,7 @@ import Foundation
 /// Who a node is: a UUID per process start (never the hostname: several processes
 /// may share one), plus what an operator needs to find it.
 public struct NodeIdentity: Sendable, Hashable, Codable {
-    public let instanceID: UUID
+    public let instanceID: InstanceID
     public let nodeName: String
     public let host: String
     public let pid: Int32
@@ -12,7 +12,7 @@ public struct NodeIdentity: Sendable, Hashable, Codable {
     public var httpAddress: String?
 
     public init(
-        instanceID: UUID = UUID(), nodeName: String? = nil, host: String = ProcessInfo.processInfo.hostName,
+        instanceID: InstanceID = InstanceID(), nodeName: String? = nil, host: String = ProcessInfo.processInfo.hostName,
         pid: Int32 = ProcessInfo.processInfo.processIdentifier, version: String = RegentVersion.current,
         modules: [String] = [], httpAddress: String? = nil
     ) {

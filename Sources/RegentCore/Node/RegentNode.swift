@@ -13,7 +13,7 @@ public actor RegentNode: Service {
     public nonisolated let configuration: NodeConfiguration
     public private(set) var identity: NodeIdentity
     /// This process start's identity (fixed for the node's life).
-    public nonisolated let instanceID: UUID
+    public nonisolated let instanceID: InstanceID
     let logger: Logger
     /// What this node records (elections, heartbeats, events, sweeps); read by `/metrics`.
     public nonisolated let metrics: RegentMetrics
@@ -91,7 +91,7 @@ public actor RegentNode: Service {
             instanceID: identity.instanceID, pool: pool, staleAfter: configuration.staleAfter,
             isHealthy: { await membership.continuouslyHealthy(for: $0) }, isLeader: { await elector.isLeader }, metrics: metrics)
         self.hungLeaderWatch = watch
-        let bus = EventBus(configuration: configuration.database, pool: pool, publisher: identity.instanceID, metrics: metrics)
+        let bus = EventBus(configuration: configuration.database, pool: pool, publisher: identity.instanceID.uuid, metrics: metrics)
         self.bus = bus
 
         // One ordered group: started in this order, shut down in reverse — the listener and

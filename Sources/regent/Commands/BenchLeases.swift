@@ -52,7 +52,7 @@ extension BenchCommand {
             print("\n▶ lease-expiry scanner")
             let fenceBox = Mutex<LeaderFence?>(nil)
             let elector = LeaderElector(
-                instanceID: UUID(), configuration: config, options: .init(leaseWindow: .seconds(5)),
+                instanceID: InstanceID(), configuration: config, options: .init(leaseWindow: .seconds(5)),
                 hooks: .init(elected: { fence in fenceBox.withLock { $0 = fence } }))
             let electorTask = Task { await elector.run() }
             defer { electorTask.cancel() }

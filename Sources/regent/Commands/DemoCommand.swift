@@ -66,7 +66,7 @@ struct DemoCommand: AsyncParsableCommand {
                 _ = try await env.probe.waitForLeader(after: leader.term, timeout: .seconds(5))
                 status = try await ClusterStatus.read(on: statusConn)
                 let newName = status.leader?.nodeName ?? "?"
-                print(String(format: "   new leader %@ under term %lld, %.1f ms after the signal", newName, status.term, took.milliseconds))
+                print(String(format: "   new leader %@ under term %lld, %.1f ms after the signal", newName, status.term.value, took.milliseconds))
                 env.cluster.reap()
             }
             try await Task.sleep(for: .milliseconds(100))
