@@ -61,7 +61,7 @@ struct ConnectionTests {
                 #expect(error.code == .decoding)
                 #expect(error.message.contains("column s"))
             }
-            #expect(throws: PostgresError.self) { try row.decode("nope", as: Int.self) }
+            expectPostgresError(.decoding) { try row.decode("nope", as: Int.self) }
         }
     }
 
@@ -108,17 +108,17 @@ struct ConnectionTests {
             let evil = "x'); DROP TABLE t; --"
             try await conn.query("INSERT INTO t VALUES (\(evil))")
             #expect(try await conn.query("SELECT v FROM t").single().decode("v", as: String.self) == evil)
-            #expect(throws: PostgresError.self) { try SQLIdentifier("t; DROP TABLE t") }
-            #expect(throws: PostgresError.self) { try SQLIdentifier("") }
-            #expect(throws: PostgresError.self) { try SQLIdentifier("Upper") }
-            #expect(throws: PostgresError.self) { try SQLIdentifier(String(repeating: "a", count: 64)) }
+            expectPostgresError(.invalidConfiguration) { try SQLIdentifier("t; DROP TABLE t") }
+            expectPostgresError(.invalidConfiguration) { try SQLIdentifier("") }
+            expectPostgresError(.invalidConfiguration) { try SQLIdentifier("Upper") }
+            expectPostgresError(.invalidConfiguration) { try SQLIdentifier(String(repeating: "a", count: 64)) }
         }
     }
 
     @Test func malformedURLIsRefusedWithReason() {
-        #expect(throws: PostgresError.self) { try ConnectionConfiguration("postgres://host:notaport/db") }
-        #expect(throws: PostgresError.self) { try ConnectionConfiguration("") }
-        #expect(throws: PostgresError.self) { try ConnectionConfiguration("host=a port") }
+        expectPostgresError(.invalidConfiguration) { try ConnectionConfiguration("postgres://host:notaport/db") }
+        expectPostgresError(.invalidConfiguration) { try ConnectionConfiguration("") }
+        expectPostgresError(.invalidConfiguration) { try ConnectionConfiguration("host=a port") }
         do {
             _ = try ConnectionConfiguration("postgresql://u@h/db?bogus_option=1")
             Issue.record("unknown URL parameter must be refused")

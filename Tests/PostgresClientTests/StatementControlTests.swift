@@ -12,7 +12,7 @@ struct StatementControlTests {
         let sleeper = Task { try await conn.query("SELECT pg_sleep(30)") }
         try await Task.sleep(for: .milliseconds(200))
         conn.abort()
-        await #expect(throws: PostgresError.self) { try await sleeper.value }
+        await expectPostgresError(.connectionClosed) { try await sleeper.value }
         #expect(ContinuousClock.now - started < .seconds(10))
         #expect(!conn.isUsable)
         await conn.close()
@@ -53,18 +53,18 @@ struct StatementControlTests {
 
     @Test func failedOrCancelledStatementLeavesTheConnectionUsable() async throws {
         let (conn, _) = try await TestDatabase.shared.connect()
-        await #expect(throws: PostgresError.self) { try await conn.query("SELECT 1/0") }
+        await expectPostgresError(.server, sqlState: "22012") { try await conn.query("SELECT 1/0") }
         #expect(try await conn.query("SELECT 2 AS two").single().decode("two", as: Int.self) == 2)
         let started = ContinuousClock.now
         let sleeper = Task { try await conn.query("SELECT pg_sleep(30)") }
         try await Task.sleep(for: .milliseconds(200))
         sleeper.cancel()
-        await #expect(throws: PostgresError.self) { try await sleeper.value }
+        await expectPostgresError(.server, sqlState: "57014") { try await sleeper.value }
         #expect(ContinuousClock.now - started < .seconds(10))
         #expect(conn.isUsable)
         #expect(try await conn.query("SELECT 3 AS three").single().decode("three", as: Int.self) == 3)
         await conn.close()
-        await #expect(throws: PostgresError.self) { try await conn.query("SELECT 4") }
+        await expectPostgresError(.connectionClosed) { try await conn.query("SELECT 4") }
     }
 
     @Test func statementOutlastingTheCallersWaitIsFinishedByTheQueueInOrder() async throws {
@@ -113,7 +113,7 @@ struct StatementControlTests {
             } while !byAbort && ContinuousClock.now - started < .seconds(10)
             threadDone.store(true, ordering: .relaxed)
         }.start()
-        await #expect(throws: PostgresError.self) { try await conn.query("SELECT pg_sleep(30)") }
+        await expectPostgresError(byAbort ? .connectionClosed : .server, sqlState: byAbort ? nil : "57014") { try await conn.query("SELECT pg_sleep(30)") }
         ended.store(true, ordering: .relaxed)
         // No cancel of that thread's may reach the next statement.
         #expect(await eventually { threadDone.load(ordering: .relaxed) })
@@ -145,7 +145,7 @@ struct StatementControlTests {
         }.start()
         #expect(await eventually(timeout: .seconds(2)) { returned.load(ordering: .acquiring) })
         proxy.close()  // the network fails for good: the statement ends with an error
-        await #expect(throws: PostgresError.self) { try await statement.value }
+        await expectPostgresError(.connectionClosed) { try await statement.value }
         await conn.close()
     }
 
@@ -170,7 +170,7 @@ struct StatementControlTests {
             let third = Task { try await conn.query("SELECT pg_sleep(30)") }
             try await Task.sleep(for: .milliseconds(100))
             third.cancel()
-            await #expect(throws: PostgresError.self) { try await third.value }
+            await expectPostgresError(.server, sqlState: "57014") { try await third.value }
             #expect(conn.isUsable)
         }
     }
@@ -244,7 +244,7 @@ struct StatementControlTests {
             #expect(try await prepared() != names)  // under a new name
 
             try await conn.query("DEALLOCATE ALL")
-            await #expect(throws: PostgresError.self) {
+            await expectPostgresError(.server, sqlState: "26000") {
                 try await conn.withTransaction { tx in _ = try await tx.query(PostgresQuery("SELECT \(1)::int + 1 AS v, \("é ✓")::text AS s").prepared()) }
             }
             #expect(try await add(30) == 31)  // and the next run outside prepares it again

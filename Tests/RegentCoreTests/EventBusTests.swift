@@ -365,8 +365,8 @@ struct EventBusTests {
         await expectCode(.invalidInput) { _ = try await running.bus.subscribe(topics: ["bad topic"]) }
         // A "trusted" payload that is not an object is still refused, by the outbox's constraint.
         for payload in ["{not json", "{\"a\": 1"] {
-            await #expect(throws: PostgresError.self) {
-                try await running.pool.withConnection { conn in
+            await expectPostgresError(.server, sqlState: "22P02") {
+                _ = try await running.pool.withConnection { conn in
                     try await EventPublisher.publish(topic: EventTopic("ok"), payload: EventPayload(trusted: payload), publisher: nil, on: conn)
                 }
             }

@@ -83,7 +83,8 @@ struct ElectionStateMachineTests {
         #expect(try parseDuration("1.5s", flag: "--x") == .milliseconds(1500))
         #expect(try parseDuration("1m", flag: "--x") == .seconds(60))
         for bad in ["", "3", "-1s", "0s", "abc", "1x", "s", "1e3s", "9999h"] {
-            #expect(throws: RegentError.self) { try parseDuration(bad, flag: "--x") }
+            let error = #expect(throws: RegentError.self) { try parseDuration(bad, flag: "--x") }
+            #expect(error?.code == .invalidInput, "\(bad)")
         }
     }
 }
