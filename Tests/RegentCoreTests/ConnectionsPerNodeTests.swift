@@ -23,17 +23,21 @@ struct ConnectionsPerNodeTests {
         var cluster = Cluster(config: config)
         let follower = cluster.start("follower")
         #expect(await eventually { try await conn.query("SELECT count(*) AS n FROM engine.instances").single().decode("n", as: Int.self) == 2 })
-        // Past the pool's idle timeout (1 s in tests) and some heartbeats.
+        let mine = [conn.backendPID, leader.connection.backendPID]
+        // The follower's: its lock session, its listener, about one pooled connection (the
+        // pool's idle timeout is 1 s in tests); plus the test's heartbeat connection.
+        func followerBackends() async throws -> Int {
+            let rows = try await conn.query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'regent' AND backend_type = 'client backend'")
+            return try rows.map { try $0.decode("pid", as: Int32.self) }.filter { !mine.contains($0) }.count - 1
+        }
+        // A duration, not a condition: the steady state after the idle timeout and some
+        // heartbeats (which open pooled connections) have passed.
         try await Task.sleep(for: .seconds(3))
         #expect(await !follower.isLeader)
-        let mine = [conn.backendPID, leader.connection.backendPID]
-        let rows = try await conn.query(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'regent' AND backend_type = 'client backend'")
-        let others = try rows.map { try $0.decode("pid", as: Int32.self) }.filter { !mine.contains($0) }
-        // The follower's: its lock session, its listener, about one pooled connection; plus the
-        // test's heartbeat connection.
-        print("idle follower backends:", others.count - 1)
-        #expect(others.count - 1 <= 4, "\(others.count - 1) backends for an idle follower")
+        let count = try await followerBackends()
+        print("idle follower backends:", count)
+        #expect(count <= 4, "\(count) backends for an idle follower")
         beat.cancel()
         _ = try? await beat.value
         await cluster.stopAll()

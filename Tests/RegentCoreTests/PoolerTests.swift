@@ -59,7 +59,7 @@ struct PoolerTests {
             // An elector left running through it never leads and leaves no lock behind.
             let elector = LeaderElector(instanceID: InstanceID(), configuration: pooled, options: .init(leaseWindow: .seconds(1)))
             let running = Task { await elector.run() }
-            try await Task.sleep(for: .seconds(1))
+            #expect(await eventually { await elector.refusals >= 2 })
             #expect(await elector.electionsWon == 0)
             await elector.stop()
             await running.value

@@ -58,6 +58,7 @@ public actor LeaderElector: Service {
     /// When the current term was recorded (database time).
     private var electedAt = Date(timeIntervalSince1970: 0)
     private var elections = 0
+    private var refused = 0
     let metrics: RegentMetrics
     /// When the lock was granted after a wait (someone else held it), else nil.
     private var takeoverGrantedAt: ContinuousClock.Instant?
@@ -89,6 +90,10 @@ public actor LeaderElector: Service {
     public var state: ElectionStateMachine<ContinuousClock.Instant>.State { machine.state }
     /// How many times this node won an election.
     public var electionsWon: Int { elections }
+    /// How many times it refused to lead: a transaction-mode pooler in front of its lock
+    /// session, or a server it must not lead on (tests wait for this signal instead of
+    /// sleeping while nothing should happen).
+    public var refusals: Int { refused }
 
     /// Runs until `stop()` or graceful shutdown (a leader resigns first); never throws:
     /// database trouble means reconnecting.
@@ -115,6 +120,7 @@ public actor LeaderElector: Service {
                     logger.debug("lock connection open", metadata: ["backend_pid": "\(lockConnection!.backendPID)"])
                     action = machine.connected()
                 } catch let error as PostgresError where error.code == .sessionNotPinned {
+                    refused += 1
                     action = machine.connectFailed()
                     logger.error("refusing to lead through this connection", metadata: ["error": "\(error)", "retry_in": "\(action)"])
                 } catch {
@@ -144,6 +150,7 @@ public actor LeaderElector: Service {
             case .recordTerm:
                 guard let conn = lockConnection else { action = machine.connectionLost("no connection"); continue }
                 if let refusal = await timelineRefusal(on: conn) {
+                    refused += 1
                     logger.critical("refusing to lead on this server", metadata: ["reason": "\(refusal)"])
                     action = machine.connectionLost("refused to lead: \(refusal)")
                     await dropConnection()  // releases the lock for a node on the right server
