@@ -108,7 +108,7 @@ public actor ConnectionPool {
         }
         guard connection.isUsable, !closed, !inTransaction else {
             open -= 1
-            Task { await connection.close() }
+            connection.closeWithoutWaiting()
             // A slot freed up: wake one waiter so it can open a fresh connection.
             if !waiters.isEmpty { waiters.removeFirst().continuation.resume(returning: nil) }
             return
@@ -129,8 +129,7 @@ public actor ConnectionPool {
         while idle.count > options.minIdle, let oldest = idle.first, now - oldest.since >= timeout {
             idle.removeFirst()
             open -= 1
-            let connection = oldest.connection
-            Task { await connection.close() }
+            oldest.connection.closeWithoutWaiting()
         }
     }
 
@@ -153,18 +152,22 @@ public actor ConnectionPool {
         nextWaiterID += 1
         let timeout = options.checkoutTimeout
         let max = options.maxConnections
-        let timer = Task { [weak self] in
-            try await Task.sleep(for: timeout)
-            await self?.expireWaiter(id, timeout: timeout, max: max)
-        }
-        defer { timer.cancel() }
+        // The checkout timeout is a child task: leaving the scope (a connection or a slot came)
+        // cancels and awaits it.
+        async let _ = expire(id, after: timeout, max: max)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
                 waiters.append((id, continuation))
             }
         } onCancel: {
+            // A cancellation handler cannot suspend: one hop onto the pool removes the waiter.
             Task { await self.cancelWaiter(id) }
         }
+    }
+
+    private nonisolated func expire(_ id: Int, after timeout: Duration, max: Int) async {
+        do { try await Task.sleep(for: timeout) } catch { return }
+        await expireWaiter(id, timeout: timeout, max: max)
     }
 
     private func expireWaiter(_ id: Int, timeout: Duration, max: Int) {

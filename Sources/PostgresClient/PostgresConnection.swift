@@ -286,24 +286,35 @@ public final class PostgresConnection: @unchecked Sendable {
         }
     }
 
+    /// Closes the session once a running statement ends, without waiting for that (a pool
+    /// discarding a connection). The connection's own queue does the closing.
+    public func closeWithoutWaiting() {
+        submit(closing(then: {}))
+    }
+
+    /// The block that closes the session, then calls `done`.
+    private func closing(then done: @escaping @Sendable () -> Void) -> @Sendable () -> Void {
+        { [self] in
+            defer { shared.withLock { $0.ownership.workEnded() } }
+            // The cancel handle is freed (PQfreeCancel) outside the lock, when this goes.
+            let canceller = shared.withLock { s -> Canceller? in
+                s.ownership.markClosed()
+                defer { s.canceller = nil }
+                return s.canceller
+            }
+            if let conn = pgconn {
+                PQfinish(conn)
+                pgconn = nil
+            }
+            withExtendedLifetime(canceller) {}
+            done()
+        }
+    }
+
     /// Closes the session (idempotent). Waits for a running statement to end.
     public func close() async {
         await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
-            submit { [self] in
-                defer { shared.withLock { $0.ownership.workEnded() } }
-                // The cancel handle is freed (PQfreeCancel) outside the lock, when this goes.
-                let canceller = shared.withLock { s -> Canceller? in
-                    s.ownership.markClosed()
-                    defer { s.canceller = nil }
-                    return s.canceller
-                }
-                if let conn = pgconn {
-                    PQfinish(conn)
-                    pgconn = nil
-                }
-                withExtendedLifetime(canceller) {}
-                cont.resume()
-            }
+            submit(closing(then: { cont.resume() }))
         }
     }
 

@@ -74,13 +74,8 @@ extension EventBus {
             s.subscriptions[id]?.waitGeneration += 1
             return s.subscriptions[id]?.waitGeneration ?? 0
         }
-        let timer = idleAfter.map { idle in
-            Task { [weak self] in
-                try? await Task.sleep(for: idle)
-                self?.wakeIdle(id, generation: generation)
-            }
-        }
-        defer { timer?.cancel() }
+        // The idle timer is a child task: leaving the scope (an event came) cancels and awaits it.
+        async let _ = wakeIdle(id, generation: generation, after: idleAfter)
         return try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Wake, any Error>) in
             let immediate = state.withLock { s -> Wake? in
                 guard let sub = s.subscriptions[id] else { return .finished }
@@ -95,6 +90,12 @@ extension EventBus {
             }
             if let immediate { cont.resume(returning: immediate) }
         }
+    }
+
+    private func wakeIdle(_ id: Int, generation: Int, after idle: Duration?) async {
+        guard let idle else { return }
+        do { try await Task.sleep(for: idle) } catch { return }
+        wakeIdle(id, generation: generation)
     }
 
     private func wakeIdle(_ id: Int, generation: Int) {

@@ -99,7 +99,7 @@ public actor LeaderElector: Service {
     /// database trouble means reconnecting.
     public func run() async {
         await runUntilGracefulShutdown({ await runLoop() }, onShutdown: { [weak self] in await self?.stop() })
-        await finished.ring()
+        finished.ring()
     }
 
     /// Returns once `run()` has returned (after `stop()`: resigned and disconnected).
@@ -179,8 +179,12 @@ public actor LeaderElector: Service {
                 metrics.isLeader.record(1)
                 metrics.leaderTerm.record(Double(term.value))
                 let trust = LeadershipTrust(leaseWindow: options.leaseWindow, validUntil: machine.validUntil)
-                let fence = LeaderFence(term: term, instanceID: instanceID, lockBackendPID: conn.backendPID, trust: trust, electedAt: electedAt) { [weak self] reason in
-                    Task { await self?.fenceFailed(reason) }
+                // A fenced write that found the term over rings the doorbell: the leader loop
+                // re-confirms at once (an extra confirmation is harmless if the fence is stale).
+                let fence = LeaderFence(term: term, instanceID: instanceID, lockBackendPID: conn.backendPID, trust: trust, electedAt: electedAt) {
+                    [doorbell, logger] reason in
+                    logger.warning("a fenced write found the term over; re-confirming now", metadata: ["reason": "\(reason)"])
+                    doorbell.ring()
                 }
                 self.fence = fence
                 logger.notice("became leader", metadata: ["term": "\(term)", "instance_id": "\(instanceID)"])
@@ -309,24 +313,18 @@ public actor LeaderElector: Service {
         }
     }
 
-    private func fenceFailed(_ reason: String) async {
-        guard fence != nil else { return }  // already stepping down or resigning
-        logger.warning("a fenced write found the term over; re-confirming now", metadata: ["reason": "\(reason)"])
-        await doorbell.ring()
-    }
-
     /// Steps down as leader (if leading) and rejoins as a follower.
     public func requestResign() async -> Bool {
         guard machine.term != nil else { return false }
         resignRequested = true
-        await doorbell.ring()
+        doorbell.ring()
         return true
     }
 
     /// Graceful stop: a leader resigns and releases the lock; a follower stops waiting.
     public func stop() async {
         stopping = true
-        await doorbell.ring()
+        doorbell.ring()
         // A follower is blocked in pg_advisory_lock: cancel that statement (the request goes
         // out from a background thread). A leader just needs the doorbell.
         if case .following = machine.state, let conn = lockConnection {

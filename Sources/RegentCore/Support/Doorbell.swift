@@ -1,44 +1,66 @@
+import Synchronization
+
 /// Wakes one sleeper early: `wait(upTo:)` returns true when `ring()` was called (now or
-/// since the last wait), false when the time ran out.
-actor Doorbell {
-    private var rung = false
-    private var waiter: (id: Int, continuation: CheckedContinuation<Bool, Never>)?
-    private var nextID = 0
+/// since the last wait), false when the time ran out. `ring()` is synchronous, so callbacks
+/// that cannot suspend (a fence that found its term over) ring it directly.
+final class Doorbell: Sendable {
+    private struct State {
+        var rung = false
+        var waiter: (id: Int, continuation: CheckedContinuation<Bool, Never>)?
+        var nextID = 0
+    }
+    private let state = Mutex(State())
 
     func ring() {
-        if let waiter {
-            self.waiter = nil
-            waiter.continuation.resume(returning: true)
-        } else {
-            rung = true
+        let waiter = state.withLock { s -> CheckedContinuation<Bool, Never>? in
+            guard let waiter = s.waiter else {
+                s.rung = true
+                return nil
+            }
+            s.waiter = nil
+            return waiter.continuation
         }
+        waiter?.resume(returning: true)
     }
 
+    /// One sleeper at a time.
     func wait(upTo duration: Duration) async -> Bool {
-        if rung {
-            rung = false
-            return true
+        let id = state.withLock { s -> Int? in
+            if s.rung {
+                s.rung = false
+                return nil
+            }
+            s.nextID += 1
+            return s.nextID
         }
+        guard let id else { return true }
         guard duration > .zero else { return false }
-        nextID += 1
-        let id = nextID
         // The timer is a child task (structured), so it inherits the caller's executor
         // preference: a leader waiting for its next confirmation wakes on the leadership
         // thread even while request handling saturates the cooperative pool (an unstructured
         // timer task ran there, and woke the leader seconds late under load). Leaving the
         // scope cancels and awaits it.
         async let _ = expire(id, after: duration)
-        return await withCheckedContinuation { waiter = (id, $0) }
+        return await withCheckedContinuation { (cont: CheckedContinuation<Bool, Never>) in
+            let rang = state.withLock { s -> Bool in
+                if s.rung {
+                    s.rung = false
+                    return true
+                }
+                s.waiter = (id, cont)
+                return false
+            }
+            if rang { cont.resume(returning: true) }
+        }
     }
 
-    private nonisolated func expire(_ id: Int, after duration: Duration) async {
+    private func expire(_ id: Int, after duration: Duration) async {
         do { try await Task.sleep(for: duration) } catch { return }
-        await expire(id)
-    }
-
-    private func expire(_ id: Int) {
-        guard let waiter, waiter.id == id else { return }
-        self.waiter = nil
-        waiter.continuation.resume(returning: false)
+        let waiter = state.withLock { s -> CheckedContinuation<Bool, Never>? in
+            guard let waiter = s.waiter, waiter.id == id else { return nil }
+            s.waiter = nil
+            return waiter.continuation
+        }
+        waiter?.resume(returning: false)
     }
 }
