@@ -96,6 +96,45 @@ public struct TokenStore: Sendable {
         return diff == 0
     }
 
+    // MARK: Statements
+
+    static func insertToken(id: String, name: String, role: TokenRole, secretSHA256: String, actor: String) -> PostgresQuery {
+        """
+        INSERT INTO auth.tokens (token_id, name, role, secret_sha256, created_by)
+        VALUES (\(id), \(name), \(role.rawValue), \(secretSHA256), \(actor))
+        RETURNING token_id, name, role, created_at, created_by, last_used_at, revoked_at
+        """
+    }
+    /// A token's audit row (`role` only on creation), in the transaction of the change.
+    static func audit(_ action: String, actor: String, tokenID: String, name: String, role: TokenRole?) -> PostgresQuery {
+        """
+        INSERT INTO engine.audit (actor, action, detail)
+        VALUES (\(actor), \(action), jsonb_strip_nulls(jsonb_build_object('token_id', \(tokenID)::text, 'name', \(name)::text, 'role', \(role?.rawValue)::text)))
+        """
+    }
+    static func listTokens(includeRevoked: Bool) -> PostgresQuery {
+        """
+        SELECT token_id, name, role, created_at, created_by, last_used_at, revoked_at FROM auth.tokens
+        WHERE \(includeRevoked) OR revoked_at IS NULL ORDER BY created_at, token_id
+        """
+    }
+    static func revokeToken(_ nameOrID: String) -> PostgresQuery {
+        """
+        UPDATE auth.tokens SET revoked_at = now() WHERE revoked_at IS NULL AND (name = \(nameOrID) OR token_id = \(nameOrID))
+        RETURNING token_id, name
+        """
+    }
+    static func lookUp(_ id: String) -> PostgresQuery {
+        "SELECT name, role, secret_sha256 FROM auth.tokens WHERE token_id = \(id) AND revoked_at IS NULL"
+    }
+    /// At most once a minute, to keep hot paths free of writes.
+    static func markUsed(_ id: String) -> PostgresQuery {
+        """
+        UPDATE auth.tokens SET last_used_at = now()
+        WHERE token_id = \(id) AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
+        """
+    }
+
     /// Creates a token; returns its record and the token text, which exists nowhere else.
     public func create(name: String, role: TokenRole, actor: String, on conn: PostgresConnection) async throws -> (TokenRecord, String) {
         try Self.validateName(name)
@@ -105,16 +144,9 @@ public struct TokenStore: Sendable {
         do {
             row = try await conn.withTransaction { tx in
                 let row = try await tx.query(
-                    """
-                    INSERT INTO auth.tokens (token_id, name, role, secret_sha256, created_by)
-                    VALUES (\(id), \(name), \(role.rawValue), \(SHA256.hex(secret)), \(actor))
-                    RETURNING token_id, name, role, created_at, created_by, last_used_at, revoked_at
-                    """, purpose: "tokens: create").single()
-                try await tx.query(
-                    """
-                    INSERT INTO engine.audit (actor, action, detail)
-                    VALUES (\(actor), 'token.created', jsonb_build_object('token_id', \(id)::text, 'name', \(name)::text, 'role', \(role.rawValue)::text))
-                    """, purpose: "tokens: audit creation")
+                    Self.insertToken(id: id, name: name, role: role, secretSHA256: SHA256.hex(secret), actor: actor), purpose: "tokens: create"
+                ).single()
+                try await tx.query(Self.audit("token.created", actor: actor, tokenID: id, name: name, role: role), purpose: "tokens: audit creation")
                 return row
             }
         } catch let error as PostgresError where error.sqlState == "23505" {
@@ -124,29 +156,17 @@ public struct TokenStore: Sendable {
     }
 
     public func list(includeRevoked: Bool = false, on conn: PostgresConnection) async throws -> [TokenRecord] {
-        try await conn.query(
-            """
-            SELECT token_id, name, role, created_at, created_by, last_used_at, revoked_at FROM auth.tokens
-            WHERE \(includeRevoked) OR revoked_at IS NULL ORDER BY created_at, token_id
-            """, purpose: "tokens: list"
-        ).map(Self.decode)
+        try await conn.query(Self.listTokens(includeRevoked: includeRevoked), purpose: "tokens: list").map(Self.decode)
     }
 
     /// Revokes the live token with this name or token id; false when there is none.
     public func revoke(_ nameOrID: String, actor: String, on conn: PostgresConnection) async throws -> Bool {
         try await conn.withTransaction { tx in
-            let rows = try await tx.query(
-                """
-                UPDATE auth.tokens SET revoked_at = now() WHERE revoked_at IS NULL AND (name = \(nameOrID) OR token_id = \(nameOrID))
-                RETURNING token_id, name
-                """, purpose: "tokens: revoke")
+            let rows = try await tx.query(Self.revokeToken(nameOrID), purpose: "tokens: revoke")
             for row in rows {
                 try await tx.query(
-                    """
-                    INSERT INTO engine.audit (actor, action, detail)
-                    VALUES (\(actor), 'token.revoked', jsonb_build_object('token_id', \(try row.decode("token_id", as: String.self))::text,
-                            'name', \(try row.decode("name", as: String.self))::text))
-                    """, purpose: "tokens: audit revocation")
+                    Self.audit("token.revoked", actor: actor, tokenID: try row.decode("token_id"), name: try row.decode("name"), role: nil),
+                    purpose: "tokens: audit revocation")
             }
             return !rows.isEmpty
         }
@@ -157,17 +177,12 @@ public struct TokenStore: Sendable {
     public func authenticate(_ token: String, on conn: PostgresConnection) async throws -> TokenIdentity? {
         guard let (id, secret) = Self.parse(token) else { return nil }
         let presented = SHA256.hex(secret)
-        let rows = try await conn.query(
-            "SELECT name, role, secret_sha256 FROM auth.tokens WHERE token_id = \(id) AND revoked_at IS NULL", purpose: "tokens: look up")
+        let rows = try await conn.query(Self.lookUp(id), purpose: "tokens: look up")
         guard let row = rows.first else { return nil }
         guard Self.constantTimeEqual(presented, try row.decode("secret_sha256", as: String.self)),
               let role = TokenRole(rawValue: try row.decode("role", as: String.self))
         else { return nil }
-        try await conn.query(
-            """
-            UPDATE auth.tokens SET last_used_at = now()
-            WHERE token_id = \(id) AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
-            """, purpose: "tokens: mark used")
+        try await conn.query(Self.markUsed(id), purpose: "tokens: mark used")
         return TokenIdentity(tokenID: id, name: try row.decode("name"), role: role)
     }
 

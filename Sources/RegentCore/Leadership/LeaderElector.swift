@@ -150,10 +150,10 @@ public actor LeaderElector: Service {
             case .recordTerm:
                 guard let conn = lockConnection else { action = machine.connectionLost("no connection"); continue }
                 if let refusal = await timelineRefusal(on: conn) {
-                    refused += 1
                     logger.critical("refusing to lead on this server", metadata: ["reason": "\(refusal)"])
                     action = machine.connectionLost("refused to lead: \(refusal)")
                     await dropConnection()  // releases the lock for a node on the right server
+                    refused += 1  // counted once the lock is released (tests read both)
                     _ = await doorbell.wait(upTo: .seconds(5))
                     continue
                 }
