@@ -123,8 +123,8 @@ public struct PostgresJSON: PostgresEncodable, PostgresDecodable, Hashable {
 }
 
 /// Text forms of timestamps (`DateStyle = ISO`).
-enum PostgresTimestamp {
-    static func format(_ date: Date) -> String {
+package enum PostgresTimestamp {
+    package static func format(_ date: Date) -> String {
         let micros = (date.timeIntervalSince1970 * 1_000_000).rounded()
         let totalSeconds = Int64((micros / 1_000_000).rounded(.down))
         let frac = Int64(micros) - totalSeconds * 1_000_000

@@ -115,7 +115,7 @@ struct WorkerLeaseTests {
             // Expired, not reclaimed: nobody else has it, so the current epoch may renew.
             let renewed = try await store.renew(executionID: id, epoch: lease.epoch, leaseDuration: .seconds(5), on: conn)
             #expect(renewed > lease.expiresAt)
-            #expect(try await conn.query("SELECT lease_ms FROM workflow.attempts WHERE execution_id = \(id)").single().decode("lease_ms", as: Int64.self) == 5000)
+            #expect(try await conn.query("SELECT lease_ms FROM workflow.leases WHERE execution_id = \(id)").single().decode("lease_ms", as: Int64.self) == 5000)
             // A stale epoch still may not.
             await #expect { _ = try await store.renew(executionID: id, epoch: LeaseEpoch(lease.epoch.value + 1), leaseDuration: .seconds(5), on: conn) }
                 throws: { ($0 as? RegentError)?.code == .staleLease }
@@ -208,13 +208,21 @@ struct WorkerLeaseTests {
         try await withBootedDatabase { _, conn in
             let reg = WorkerRegistry(), store = LeaseStore()
             _ = try await reg.register(namespace: ns, workerInstanceID: w1, workerID: try WorkerID("a"), lanes: [lane], capabilities: [], livenessTTL: .seconds(30), on: conn)
-            let id = try await store.enqueue(namespace: ns, lane: lane, payload: "{}", maxAttempts: 2, on: conn)
+            // A retry policy of 1 ms: the requeued execution is claimable again almost at once.
+            let id = try await store.enqueue(
+                namespace: ns, [EnqueueRequest(lane: lane, maxAttempts: 2, retry: try RetryPolicy(base: .milliseconds(1), maximum: .milliseconds(1)))],
+                on: conn)[0].executionID
             let first = try #require(try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w1, capabilities: [], leaseDuration: .seconds(5), limit: 1, on: conn).first)
             #expect(try await store.fail(executionID: id, epoch: first.epoch, error: "boom", retryable: true, on: conn) == .requeued)
-            let second = try #require(try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w1, capabilities: [], leaseDuration: .seconds(5), limit: 1, on: conn).first)
-            #expect(second.attemptIndex == 2)
-            #expect(second.epoch.value == first.epoch.value + 1)
-            #expect(try await store.fail(executionID: id, epoch: second.epoch, error: "boom", retryable: true, on: conn) == .deadLettered)
+            var second: Lease?
+            #expect(await eventually {
+                second = try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w1, capabilities: [], leaseDuration: .seconds(5), limit: 1, on: conn).first
+                return second != nil
+            })
+            let secondLease = try #require(second)
+            #expect(secondLease.attemptIndex == 2)
+            #expect(secondLease.epoch.value == first.epoch.value + 1)
+            #expect(try await store.fail(executionID: id, epoch: secondLease.epoch, error: "boom", retryable: true, on: conn) == .deadLettered)
             let other = try await store.enqueue(namespace: ns, lane: lane, payload: "{}", maxAttempts: 5, on: conn)
             let l = try #require(try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w1, capabilities: [], leaseDuration: .seconds(5), limit: 1, on: conn).first)
             #expect(l.executionID == other)

@@ -36,25 +36,40 @@ public struct LeaseExpiryScanner: LeaderDuty {
         self.logger = logger
     }
 
+    /// One page of expired leases, oldest first. Leases and their executions are taken
+    /// together with SKIP LOCKED, so the scanner never waits on a worker's completion (and
+    /// cannot deadlock with one); a requeued execution goes back into `ready` and its lane is
+    /// announced to waiting claims.
     static func reclaim(pageSize: Int, leader: InstanceID, term: Term, since: Date) -> PostgresQuery {
         """
         WITH expired AS (
-            SELECT execution_id, attempt_index FROM workflow.attempts
-            WHERE state = 'leased' AND lease_expires_at <= now()
-              AND now() >= \(since)::timestamptz + COALESCE(lease_ms * interval '1 millisecond', lease_expires_at - started_at)
-            ORDER BY lease_expires_at, execution_id
-            LIMIT \(pageSize) FOR UPDATE SKIP LOCKED
+            SELECT l.execution_id, l.attempt_index FROM workflow.leases l JOIN workflow.executions e USING (execution_id)
+            WHERE l.lease_expires_at <= now() AND now() >= \(since)::timestamptz + l.lease_ms * interval '1 millisecond'
+            ORDER BY l.lease_expires_at, l.execution_id
+            LIMIT \(pageSize) FOR UPDATE OF l, e SKIP LOCKED
+        ), unleased AS (
+            DELETE FROM workflow.leases l USING expired x WHERE l.execution_id = x.execution_id
+            RETURNING l.execution_id, l.attempt_index
         ), ended AS (
             UPDATE workflow.attempts a SET state = 'expired', ended_at = now()
-            FROM expired x WHERE a.execution_id = x.execution_id AND a.attempt_index = x.attempt_index
+            FROM unleased u WHERE a.execution_id = u.execution_id AND a.attempt_index = u.attempt_index
             RETURNING a.execution_id, a.attempt_index
         ), decided AS (
             UPDATE workflow.executions e
             SET lease_epoch = e.lease_epoch + 1, updated_at = now(),
                 state = CASE WHEN e.attempts >= e.max_attempts THEN 'dead_lettered' ELSE 'queued' END,
+                finished_at = CASE WHEN e.attempts >= e.max_attempts THEN now() END,
                 last_error = 'lease expired'
             FROM ended WHERE e.execution_id = ended.execution_id AND e.state = 'running'
-            RETURNING e.execution_id, e.state
+            RETURNING e.execution_id, e.state, e.namespace, e.lane, e.priority, e.run_at, e.required_capabilities, e.unique_key
+        ), requeued AS (
+            INSERT INTO workflow.ready (namespace, lane, priority, run_at, execution_id, required_capabilities)
+            SELECT namespace, lane, priority, run_at, execution_id, required_capabilities FROM decided WHERE state = 'queued'
+            RETURNING namespace, lane
+        ), unkeyed AS (
+            DELETE FROM workflow.unique_keys k USING decided d
+            WHERE d.state = 'dead_lettered' AND d.unique_key IS NOT NULL
+              AND k.namespace = d.namespace AND k.unique_key = d.unique_key AND k.execution_id = d.execution_id
         ), recorded AS (
             INSERT INTO workflow.lease_decisions (execution_id, attempt_index, decision, term)
             SELECT d.execution_id, n.attempt_index, CASE WHEN d.state = 'dead_lettered' THEN 'dead_lettered' ELSE 'requeued' END, \(term)::bigint
@@ -69,8 +84,12 @@ public struct LeaseExpiryScanner: LeaderDuty {
             SELECT engine.publish_event('leases.reclaimed',
                        jsonb_build_object('requeued', requeued, 'dead_lettered', dead_lettered, 'term', \(term)::bigint), \(leader)::uuid)
             FROM counts WHERE expired > 0
+        ), notified AS (
+            SELECT pg_notify('regent_queue', CASE WHEN length(lanes) > 7000 THEN namespace || ' *' ELSE namespace || ' ' || lanes END)
+            FROM (SELECT namespace, string_agg(DISTINCT lane, ' ') AS lanes FROM requeued GROUP BY namespace) AS r
         )
-        SELECT requeued, dead_lettered, expired, (SELECT count(*) FROM published) AS events FROM counts
+        SELECT requeued, dead_lettered, expired, (SELECT count(*) FROM published) AS events, (SELECT count(*) FROM notified) AS notified
+        FROM counts
         """
     }
 

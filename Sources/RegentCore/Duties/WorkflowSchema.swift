@@ -2,12 +2,12 @@ import PostgresClient
 
 /// Whether the workflow module's tables exist (the module may be disabled, or its
 /// migrations not applied yet): duties that use them wait instead of failing. "Present"
-/// means migrated at least to the version the duties' queries read (`attempts.lease_ms`, 0003),
+/// means migrated at least to the version the duties' queries read (`workflow.leases`, 0004),
 /// so a leader upgraded ahead of its migration duty waits for it rather than failing.
 enum WorkflowSchema {
     static let present: PostgresQuery = """
         SELECT to_regclass('workflow.workers') IS NOT NULL
-               AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('workflow.attempts') AND attname = 'lease_ms' AND NOT attisdropped)
+               AND to_regclass('workflow.leases') IS NOT NULL
                AS present
         """
 

@@ -15,6 +15,8 @@ public struct NodeConfiguration: Sendable {
     public var httpAddress: String?
     /// Events older than this are pruned from the outbox by the leader.
     public var eventRetention: Duration = .seconds(86_400)
+    /// How long finished executions (and worker events, lease decisions) are kept.
+    public var executionRetention: Duration = .seconds(7 * 86_400)
     /// The node's pool of database connections, shared by its duties, heartbeats, event
     /// publishing and its HTTP API; the lock session and the event listener come on top.
     public var maxConnections = 8
@@ -38,6 +40,9 @@ public struct NodeConfiguration: Sendable {
 
     /// Refuses combinations that cannot work, naming the flags.
     public func validate() throws(RegentError) {
+        guard executionRetention >= .seconds(60) else {
+            throw RegentError(.invalidInput, "--execution-retention must be at least 1m, got \(executionRetention)")
+        }
         guard (2...1000).contains(maxConnections) else {
             throw RegentError(.invalidInput, "--max-connections must be 2 to 1000, got \(maxConnections)")
         }

@@ -24,6 +24,7 @@ public actor RegentNode: Service {
     private var elector: LeaderElector?
     private var bus: EventBus?
     private var hungLeaderWatch: HungLeaderWatch?
+    private var waker: QueueWaker?
     private var shuttingDown = false
     /// The node's parts, once it has booted (see `run`).
     private var services: ServiceGroup?
@@ -82,6 +83,7 @@ public actor RegentNode: Service {
             EventOutboxPruning(pool: pool, retention: configuration.eventRetention),
             WorkerTTLSweep(pool: pool, reachableSince: reachableSince),
             LeaseExpiryScanner(pool: pool, reachableSince: reachableSince, metrics: metrics),
+            QueueRetention(pool: pool, retention: configuration.executionRetention),
         ], metrics: metrics)
         let elector = LeaderElector(
             instanceID: identity.instanceID, configuration: configuration.database,
@@ -93,6 +95,8 @@ public actor RegentNode: Service {
         self.hungLeaderWatch = watch
         let bus = EventBus(configuration: configuration.database, pool: pool, publisher: identity.instanceID.uuid, metrics: metrics)
         self.bus = bus
+        let waker = QueueWaker(configuration: configuration.database)
+        self.waker = waker
 
         // One ordered group: started in this order, shut down in reverse — the listener and
         // the watch stop, the elector resigns (its duties stop first), membership deletes the
@@ -111,6 +115,7 @@ public actor RegentNode: Service {
                 part(OnExecutor(service: elector, executor: leadership), "elector"),
                 part(OnExecutor(service: watch, executor: leadership), "frozen-leader-watch"),
                 part(bus.listenerService, "event-listener"),
+                part(waker, "queue-waker"),
                 part(SchemaWait(node: self), "schema-wait", ignoreSuccess: true),
             ],
             logger: logger))
@@ -129,6 +134,9 @@ public actor RegentNode: Service {
         shuttingDown = true
         await services?.triggerGracefulShutdown()
     }
+    /// Wakes this node's waiting claims (long-polls) when work is enqueued (see ``QueueWaker``).
+    public var queueWaker: QueueWaker? { waker }
+
     /// Ends a frozen leader's session when this node is a follower (see ``HungLeaderWatch``).
     public var frozenLeaderWatch: HungLeaderWatch? { hungLeaderWatch }
 

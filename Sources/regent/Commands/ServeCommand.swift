@@ -30,6 +30,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "How long a follower waits for the leader to migrate module schemas before complaining.") var schemaWait = "60s"
     @Option(help: "Serve the admin HTTP API on HOST:PORT (e.g. 0.0.0.0:8080); off when not given.") var httpAddress: String?
     @Option(help: "How long the event outbox keeps events (the leader prunes older ones).") var eventRetention = "24h"
+    @Option(help: "How long finished executions, worker events and lease decisions are kept (the leader prunes older ones).")
+    var executionRetention = "168h"
     @Flag(help: "Exit at once when the database is unreachable at boot, instead of retrying with backoff.") var failFast = false
     @Option(help: "How long a graceful shutdown (SIGTERM) may take before the process exits anyway.") var shutdownTimeout = "20s"
     @Flag(help: "Require a bearer token (any role) for GET /metrics; it is open by default, as scrapers expect.") var metricsRequireToken = false
@@ -58,6 +60,7 @@ struct ServeCommand: AsyncParsableCommand {
         config.failFast = failFast
         config.httpAddress = httpAddress
         config.eventRetention = try parseDuration(eventRetention, flag: "--event-retention")
+        config.executionRetention = try parseDuration(executionRetention, flag: "--execution-retention")
         config.maxConnections = maxConnections
         try config.validate()
         return config

@@ -1,0 +1,299 @@
+import CLibPQ
+import Foundation
+import PostgresClient
+import RegentCore
+import RegentDrill
+import Synchronization
+
+/// `regent bench queue`: enqueue, drain and wake-up of the execution queue, each next to a
+/// raw baseline measured in the same run on the same server: the very same statements sent
+/// through plain libpq on threads (what Regent's client and Swift code cost on top).
+package struct QueueBench: Sendable {
+    package struct Options: Sendable {
+        package var jobs = 20_000
+        package var workers = 16
+        package var bigBacklog = 100_000
+        package var wakeSamples = 200
+        package init() {}
+    }
+
+    package struct Report: Encodable, Sendable {
+        package var enqueue_per_s = 0.0
+        package var raw_enqueue_per_s = 0.0
+        package var drain_per_s: [String: Double] = [:]
+        package var raw_drain_per_s: [String: Double] = [:]
+        package var drain_1k_per_s = 0.0
+        package var drain_100k_per_s = 0.0
+        package var wake_p50_ms = 0.0
+        package var wake_p99_ms = 0.0
+        package var jobs = 0
+        package var workers = 0
+    }
+
+    let url: String
+    let options: Options
+    let say: @Sendable (String) -> Void
+    let ns: Namespace
+    let lane: Lane
+
+    package init(url: String, options: Options, say: @escaping @Sendable (String) -> Void) throws {
+        self.url = url
+        self.options = options
+        self.say = say
+        self.ns = try Namespace("bench")
+        self.lane = try Lane("l")
+    }
+
+    package func run() async throws -> Report {
+        let config = try ConnectionConfiguration(url)
+        let boot = try await Boot(options: .init(database: config, actor: "bench")).run()
+        let pool = boot.pool
+        var f = Report()
+        f.jobs = options.jobs
+        f.workers = options.workers
+        do {
+            try await registerWorkers(pool)
+
+            say("▶ enqueue: \(options.jobs) executions, 1000 per statement (raw libpq, then Regent)")
+            try await reset(pool)
+            f.raw_enqueue_per_s = try await runOffThePool { [url, ns, lane, options] in try RawQueue.enqueue(url: url, namespace: ns.value, lane: lane.value, jobs: options.jobs) }
+            try await reset(pool)
+            f.enqueue_per_s = try await enqueue(pool, count: options.jobs)
+            say(String(format: "  raw %.0f/s, Regent %.0f/s", f.raw_enqueue_per_s, f.enqueue_per_s))
+
+            for batch in [1, 10, 100] {
+                say("▶ drain \(options.jobs) with \(options.workers) workers, batch \(batch)")
+                try await reset(pool)
+                _ = try await enqueue(pool, count: options.jobs)
+                try await analyze(pool)
+                let raw = try await runOffThePool { [options, ns, url] in
+                    try RawQueue.drain(url: url, namespace: ns.value, lanes: ["l"], workers: options.workers, batch: batch)
+                }
+                try await reset(pool)
+                _ = try await enqueue(pool, count: options.jobs)
+                try await analyze(pool)
+                let regent = try await drain(config, batch: batch, stopAfter: nil)
+                f.raw_drain_per_s["\(batch)"] = raw
+                f.drain_per_s["\(batch)"] = regent
+                say(String(format: "  raw %.0f/s, Regent %.0f/s", raw, regent))
+            }
+
+            say("▶ drain at 1,000 queued and at \(options.bigBacklog) queued (batch 10, the first \(min(options.jobs, options.bigBacklog)) taken)")
+            try await reset(pool)
+            _ = try await enqueue(pool, count: 1000)
+            try await analyze(pool)
+            f.drain_1k_per_s = try await drain(config, batch: 10, stopAfter: nil)
+            try await reset(pool)
+            _ = try await enqueue(pool, count: options.bigBacklog)
+            try await analyze(pool)
+            f.drain_100k_per_s = try await drain(config, batch: 10, stopAfter: min(options.jobs, options.bigBacklog))
+            say(String(format: "  1,000 queued: %.0f/s; %d queued: %.0f/s", f.drain_1k_per_s, options.bigBacklog, f.drain_100k_per_s))
+
+            say("▶ wake-up: \(options.wakeSamples) single enqueues to an idle worker waiting in claim")
+            try await reset(pool)
+            let wake = try await wakeUp(config, pool: pool, samples: options.wakeSamples)
+            f.wake_p50_ms = wake.median.milliseconds
+            f.wake_p99_ms = wake.p99.milliseconds
+            say(String(format: "  p50 %.2f ms, p99 %.2f ms", f.wake_p50_ms, f.wake_p99_ms))
+        } catch {
+            await pool.shutdown()
+            throw error
+        }
+        await pool.shutdown()
+        return f
+    }
+
+    private func worker(_ w: Int) throws -> WorkerInstanceID { try WorkerInstanceID("bench-w\(w)") }
+
+    private func registerWorkers(_ pool: ConnectionPool) async throws {
+        try await pool.withConnection { conn in
+            for w in 0..<(options.workers + 1) {
+                _ = try await WorkerRegistry().register(
+                    namespace: ns, workerInstanceID: try worker(w), workerID: try WorkerID("bench"), lanes: [lane], capabilities: [],
+                    livenessTTL: .seconds(3600), on: conn)
+            }
+        }
+    }
+
+    private func reset(_ pool: ConnectionPool) async throws {
+        try await pool.withConnection { conn in
+            try await conn.query("DELETE FROM workflow.ready WHERE namespace = 'bench'")
+            try await conn.query("DELETE FROM workflow.unique_keys WHERE namespace = 'bench'")
+            try await conn.query("DELETE FROM workflow.executions WHERE namespace = 'bench'")
+            try await conn.query("VACUUM ANALYZE workflow.ready")
+            try await conn.query("VACUUM ANALYZE workflow.executions")
+            try await conn.query("VACUUM ANALYZE workflow.attempts")
+            try await conn.query("VACUUM ANALYZE workflow.leases")
+        }
+    }
+
+    private func analyze(_ pool: ConnectionPool) async throws {
+        try await pool.withConnection { conn in try await conn.query("ANALYZE workflow.ready") }
+    }
+
+    private func enqueue(_ pool: ConnectionPool, count: Int) async throws -> Double {
+        let store = LeaseStore()
+        let request = EnqueueRequest(lane: lane, payload: #"{"n":1}"#)
+        return try await pool.withConnection { conn in
+            let started = ContinuousClock.now
+            var left = count
+            while left > 0 {
+                let n = min(left, 1000)
+                _ = try await store.enqueue(namespace: ns, Array(repeating: request, count: n), on: conn)
+                left -= n
+            }
+            return Double(count) / started.duration(to: .now).inSeconds
+        }
+    }
+
+    /// `workers` connections claim `batch` at a time and complete what they claimed, until
+    /// the queue is empty (or `stopAfter` are done); returns executions per second.
+    private func drain(_ config: ConnectionConfiguration, batch: Int, stopAfter: Int?) async throws -> Double {
+        let store = LeaseStore()
+        var conns: [PostgresConnection] = []
+        for _ in 0..<options.workers { conns.append(try await PostgresConnection.connect(config)) }
+        let done = Counter()
+        let started = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (w, conn) in conns.enumerated() {
+                let me = try worker(w)
+                group.addTask { [ns, lane] in
+                    while stopAfter.map({ done.value < $0 }) ?? true {
+                        let leases = try await store.claim(
+                            namespace: ns, lanes: [lane], workerInstanceID: me, capabilities: [], leaseDuration: .seconds(300), limit: batch,
+                            on: conn)
+                        if leases.isEmpty { return }
+                        let outcome = try await store.complete(leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, on: conn)
+                        done.add(outcome.done.count)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let elapsed = started.duration(to: .now)
+        for conn in conns { await conn.close() }
+        return Double(done.value) / elapsed.inSeconds
+    }
+
+    /// Times enqueue → claimed by a worker that waits in `claim(wait:)`.
+    private func wakeUp(_ config: ConnectionConfiguration, pool: ConnectionPool, samples: Int) async throws -> Figures {
+        let waker = QueueWaker(configuration: config)
+        let store = LeaseStore()
+        let me = try worker(options.workers)
+        let claimPool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
+        var latencies: [Duration] = []
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await waker.run() }
+            while !waker.isListening { try await Task.sleep(for: .milliseconds(5)) }
+            let producer = try await PostgresConnection.connect(config)
+            for _ in 0..<samples {
+                async let claimed = store.claim(
+                    namespace: ns, lanes: [lane], workerInstanceID: me, capabilities: [], leaseDuration: .seconds(60), limit: 1, wait: .seconds(5),
+                    waker: waker, pool: claimPool)
+                // Let the worker reach its wait (an empty claim first), then enqueue.
+                try await Task.sleep(for: .milliseconds(10))
+                let sent = ContinuousClock.now
+                _ = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: lane)], on: producer)
+                let leases = try await claimed
+                latencies.append(sent.duration(to: .now))
+                _ = try await store.complete(leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, on: producer)
+            }
+            await producer.close()
+            group.cancelAll()
+        }
+        await claimPool.shutdown()
+        return Figures(latencies)
+    }
+}
+
+/// A count shared by worker tasks.
+final class Counter: Sendable {
+    private let count = Atomic<Int>(0)
+    func add(_ n: Int) { count.add(n, ordering: .relaxed) }
+    var value: Int { count.load(ordering: .relaxed) }
+}
+
+extension Duration {
+    var inSeconds: Double { milliseconds / 1000 }
+}
+
+/// The queue's statements through plain libpq, one thread per worker: the baseline.
+enum RawQueue {
+    static func exec(_ conn: OpaquePointer, _ q: PostgresQuery) throws -> [[String?]] {
+        let texts: [UnsafeMutablePointer<CChar>?] = q.binds.map { bind in
+            if case .text(let s) = bind { return strdup(s) }
+            return nil
+        }
+        defer { texts.forEach { free($0) } }
+        var values: [UnsafePointer<CChar>?] = texts.map { $0.map { UnsafePointer($0) } }
+        guard let r = PQexecParams(conn, q.sql, Int32(q.binds.count), nil, &values, nil, nil, 0) else {
+            throw RegentError(.invalidInput, "raw bench: no result")
+        }
+        defer { PQclear(r) }
+        let status = PQresultStatus(r)
+        guard status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK else {
+            throw RegentError(.invalidInput, "raw bench: \(String(cString: PQresultErrorMessage(r)))")
+        }
+        var rows: [[String?]] = []
+        for i in 0..<PQntuples(r) {
+            rows.append((0..<PQnfields(r)).map { j in PQgetisnull(r, i, j) == 1 ? nil : String(cString: PQgetvalue(r, i, j)) })
+        }
+        return rows
+    }
+
+    static func connect(_ url: String) throws -> OpaquePointer {
+        guard let conn = PQconnectdb(url), PQstatus(conn) == CONNECTION_OK else { throw RegentError(.invalidInput, "raw bench: cannot connect") }
+        return conn
+    }
+
+    static func enqueue(url: String, namespace: String, lane: String, jobs: Int) throws -> Double {
+        let conn = try connect(url)
+        defer { PQfinish(conn) }
+        let item = #"{"n":0,"lane":"\#(lane)","payload":{"n":1},"max_attempts":3,"priority":0,"required_capabilities":[]}"#
+        let started = ContinuousClock.now
+        var left = jobs
+        while left > 0 {
+            let n = min(left, 1000)
+            // The items differ only in `n` (the statement orders its answer by it).
+            let items = (0..<n).map { item.replacingOccurrences(of: #""n":0,"#, with: #""n":\#($0),"#) }.joined(separator: ",")
+            _ = try exec(conn, LeaseQueries.enqueue(namespace: namespace, itemsJSON: "[" + items + "]"))
+            left -= n
+        }
+        return Double(jobs) / started.duration(to: .now).inSeconds
+    }
+
+    static func drain(url: String, namespace: String, lanes: [String], workers: Int, batch: Int) throws -> Double {
+        let done = Atomic<Int>(0)
+        let failure = Mutex<(any Error)?>(nil)
+        let group = DispatchGroup()
+        let started = ContinuousClock.now
+        for w in 0..<workers {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                do {
+                    let conn = try connect(url)
+                    defer { PQfinish(conn) }
+                    while true {
+                        let rows = try exec(
+                            conn,
+                            LeaseQueries.claim(
+                                namespace: namespace, lanes: lanes, worker: "bench-w\(w)", capabilities: [], lease: .seconds(300), limit: batch))
+                        let items = rows.compactMap { row -> String? in
+                            guard let id = row[1], let epoch = row[4] else { return nil }
+                            return #"{"execution_id":"\#(id)","epoch":\#(epoch),"result":{}}"#
+                        }
+                        if items.isEmpty { return }
+                        let completed = try exec(conn, LeaseQueries.complete(itemsJSON: "[" + items.joined(separator: ",") + "]"))
+                        done.add(completed.count, ordering: .relaxed)
+                    }
+                } catch {
+                    failure.withLock { $0 = error }
+                }
+            }.start()
+        }
+        group.wait()
+        if let error = failure.withLock({ $0 }) { throw error }
+        return Double(done.load(ordering: .relaxed)) / started.duration(to: .now).inSeconds
+    }
+}

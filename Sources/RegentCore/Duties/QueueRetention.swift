@@ -1,0 +1,78 @@
+import Logging
+import PostgresClient
+
+/// Deletes what the queue no longer needs, in pages, fenced: finished executions (completed,
+/// failed, dead-lettered, cancelled) that finished more than `retention` ago, with their
+/// attempts; and worker events and lease decisions older than that. Unfinished executions
+/// are never touched, however old.
+public struct QueueRetention: LeaderDuty {
+    public let name = "queue-retention"
+    let pool: ConnectionPool
+    let retention: Duration
+    public let interval: Duration
+    let pageSize: Int
+    let logger: Logger
+
+    public init(
+        pool: ConnectionPool, retention: Duration = .seconds(7 * 86_400), interval: Duration = .seconds(30), pageSize: Int = 1000,
+        logger: Logger = Logger(label: "regent.duty.queue-retention")
+    ) {
+        self.pool = pool
+        self.retention = retention
+        self.interval = interval
+        self.pageSize = pageSize
+        self.logger = logger
+    }
+
+    /// One page of each; walks `executions` by `created_at` (an index the hot path never
+    /// updates), so the oldest finished rows go first.
+    static func prune(retention: Duration, pageSize: Int) -> PostgresQuery {
+        """
+        WITH executions AS (
+            DELETE FROM workflow.executions WHERE execution_id IN (
+                SELECT execution_id FROM workflow.executions
+                WHERE created_at < now() - \(retention)::interval
+                  AND state IN ('completed', 'failed', 'dead_lettered', 'cancelled')
+                  AND COALESCE(finished_at, updated_at) < now() - \(retention)::interval
+                ORDER BY created_at LIMIT \(pageSize))
+            RETURNING 1
+        ), events AS (
+            DELETE FROM workflow.worker_events WHERE id IN (
+                SELECT id FROM workflow.worker_events WHERE at < now() - \(retention)::interval ORDER BY at LIMIT \(pageSize))
+            RETURNING 1
+        ), decisions AS (
+            DELETE FROM workflow.lease_decisions WHERE id IN (
+                SELECT id FROM workflow.lease_decisions WHERE at < now() - \(retention)::interval ORDER BY at LIMIT \(pageSize))
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM executions) AS executions, (SELECT count(*) FROM events) AS worker_events,
+               (SELECT count(*) FROM decisions) AS lease_decisions
+        """
+    }
+
+    public struct Page: Sendable, Equatable {
+        public let executions: Int
+        public let workerEvents: Int
+        public let leaseDecisions: Int
+    }
+
+    /// One page; all zero while the workflow tables do not exist.
+    public func pruneOnce(fence: LeaderFence) async throws -> Page {
+        guard try await WorkflowSchema.isPresent(pool) else { return Page(executions: 0, workerEvents: 0, leaseDecisions: 0) }
+        return try await fence.withTransaction(pool) { tx in
+            let row = try await tx.query(Self.prune(retention: retention, pageSize: pageSize), purpose: "queue retention").single()
+            return Page(executions: try row.decode("executions"), workerEvents: try row.decode("worker_events"), leaseDecisions: try row.decode("lease_decisions"))
+        }
+    }
+
+    public func runOnce(fence: LeaderFence) async throws -> Bool {
+        let page = try await pruneOnce(fence: fence)
+        if page != Page(executions: 0, workerEvents: 0, leaseDecisions: 0) {
+            logger.info("pruned finished queue rows", metadata: [
+                "executions": "\(page.executions)", "worker_events": "\(page.workerEvents)", "lease_decisions": "\(page.leaseDecisions)",
+                "term": "\(fence.term)",
+            ])
+        }
+        return max(page.executions, page.workerEvents, page.leaseDecisions) == pageSize
+    }
+}

@@ -1,0 +1,235 @@
+import Foundation
+import PostgresClient
+
+/// The execution queue's statements, one named value each. Each hot-path call is one
+/// statement (no explicit transaction): a batch of enqueues, a claim of up to N with the
+/// worker-alive check folded in, a batch of completions or failures.
+///
+/// Lock order, so that no two of them can deadlock: a claim locks `ready` rows, then
+/// `executions`, then writes `attempts` and `leases`; completion and failure lock
+/// `executions`, then `leases`, then `attempts`; the expiry scanner takes `leases` and
+/// `executions` rows together with SKIP LOCKED (it never waits); a cancel deletes the
+/// `ready` row in a statement of its own before it touches `executions`.
+package enum LeaseQueries {
+    /// The channel an enqueue announces its lanes on: `<namespace> <lane> <lane> …`, or
+    /// `<namespace> *` when the list would not fit in a notification.
+    static let channel = "regent_queue"
+
+    /// Enqueues every item of `items` (a JSON array of objects with `n`, `lane`, `payload`,
+    /// `max_attempts`, `required_capabilities`, `priority`, `run_at`, `unique_key`,
+    /// `retry_base_ms`, `retry_max_ms`). One row per item, in `n` order: its execution id,
+    /// and whether this statement created it. An item whose unique key belongs to an
+    /// unfinished execution gets that execution's id (`created` false); nil when that
+    /// execution committed after this statement began (run the item again).
+    package static func enqueue(namespace: String, itemsJSON: String) -> PostgresQuery {
+        """
+        WITH input AS (
+            SELECT * FROM jsonb_to_recordset(\(itemsJSON)::jsonb) AS i(
+                n integer, lane text, payload jsonb, max_attempts integer, required_capabilities text[], priority smallint,
+                run_at timestamptz, unique_key text, retry_base_ms bigint, retry_max_ms bigint)
+        ), keyed AS (
+            INSERT INTO workflow.unique_keys (namespace, unique_key, execution_id)
+            SELECT \(namespace), unique_key, gen_random_uuid() FROM input WHERE unique_key IS NOT NULL
+            ON CONFLICT DO NOTHING
+            RETURNING unique_key, execution_id
+        ), fresh AS (
+            SELECT i.*, COALESCE(k.execution_id, gen_random_uuid()) AS execution_id
+            FROM input i LEFT JOIN keyed k ON k.unique_key = i.unique_key
+            WHERE i.unique_key IS NULL
+               OR (k.execution_id IS NOT NULL AND i.n = (SELECT min(j.n) FROM input j WHERE j.unique_key = i.unique_key))
+        ), inserted AS (
+            INSERT INTO workflow.executions (
+                execution_id, namespace, lane, payload, max_attempts, required_capabilities, priority, run_at, unique_key,
+                retry_base_ms, retry_max_ms)
+            SELECT execution_id, \(namespace), lane, payload, max_attempts, required_capabilities, priority,
+                   COALESCE(run_at, clock_timestamp()), unique_key, retry_base_ms, retry_max_ms
+            FROM fresh ORDER BY n
+            RETURNING execution_id, lane, priority, run_at, required_capabilities
+        ), readied AS (
+            INSERT INTO workflow.ready (namespace, lane, priority, run_at, execution_id, required_capabilities)
+            SELECT \(namespace), lane, priority, run_at, execution_id, required_capabilities FROM inserted
+            RETURNING lane
+        ), notified AS (
+            SELECT pg_notify('regent_queue', CASE WHEN length(lanes) > 7000 THEN \(namespace) || ' *' ELSE \(namespace) || ' ' || lanes END)
+            FROM (SELECT string_agg(DISTINCT lane, ' ') AS lanes FROM readied) AS l WHERE lanes IS NOT NULL
+        )
+        SELECT i.n, COALESCE(f.execution_id, first.execution_id, u.execution_id) AS execution_id, f.execution_id IS NOT NULL AS created,
+               (SELECT count(*) FROM notified) AS notified
+        FROM input i
+        LEFT JOIN fresh f ON f.n = i.n
+        LEFT JOIN fresh first ON f.n IS NULL AND first.unique_key = i.unique_key
+        LEFT JOIN workflow.unique_keys u ON f.n IS NULL AND first.n IS NULL AND u.namespace = \(namespace) AND u.unique_key = i.unique_key
+        ORDER BY i.n
+        """
+    }
+
+    /// Claims up to `limit` runnable executions: for each of the worker's lanes it walks
+    /// `ready`'s key in order (priority, run_at, id) and takes at most `limit`, then keeps the
+    /// best `limit` of those. One row `alive = false` when the worker is not registered and
+    /// alive; one row with NULLs when nothing was runnable.
+    package static func claim(namespace: String, lanes: [String], worker: String, capabilities: [String], lease: Duration, limit: Int)
+        -> PostgresQuery
+    {
+        """
+        WITH alive AS (
+            SELECT EXISTS (
+                SELECT 1 FROM workflow.workers
+                WHERE namespace = \(namespace) AND worker_instance_id = \(worker) AND NOT dead AND expires_at > now()) AS ok
+        ), picked AS (
+            SELECT r.rid, r.execution_id FROM unnest(\(lanes)::text[]) AS l(lane)
+            CROSS JOIN LATERAL (
+                SELECT ctid AS rid, execution_id, priority, run_at FROM workflow.ready
+                WHERE namespace = \(namespace) AND lane = l.lane AND run_at <= now() AND required_capabilities <@ \(capabilities)::text[]
+                ORDER BY priority, run_at, execution_id
+                LIMIT \(limit)
+                FOR UPDATE SKIP LOCKED
+            ) AS r
+            WHERE (SELECT ok FROM alive)
+            ORDER BY r.priority, r.run_at, r.execution_id
+            LIMIT \(limit)
+        ), taken AS (
+            DELETE FROM workflow.ready WHERE ctid = ANY (ARRAY(SELECT rid FROM picked)) RETURNING execution_id
+        ), claimed AS (
+            UPDATE workflow.executions e
+            SET state = 'running', attempts = e.attempts + 1, lease_epoch = e.lease_epoch + 1, updated_at = now()
+            FROM taken t WHERE e.execution_id = t.execution_id AND e.state = 'queued'
+            RETURNING e.execution_id, e.namespace, e.lane, e.attempts, e.lease_epoch, e.payload
+        ), attempt AS (
+            INSERT INTO workflow.attempts (execution_id, attempt_index, lease_epoch, worker_instance_id, state, lease_expires_at, lease_ms)
+            SELECT execution_id, attempts, lease_epoch, \(worker), 'leased', now() + \(lease)::interval, \(Int64(lease.milliseconds)) FROM claimed
+        ), leased AS (
+            INSERT INTO workflow.leases (execution_id, namespace, attempt_index, lease_epoch, worker_instance_id, lease_expires_at, lease_ms)
+            SELECT execution_id, namespace, attempts, lease_epoch, \(worker), now() + \(lease)::interval, \(Int64(lease.milliseconds))
+            FROM claimed
+            RETURNING execution_id, lease_expires_at
+        )
+        SELECT a.ok AS alive, c.execution_id, c.lane, c.attempts AS attempt_index, c.lease_epoch, c.payload::text AS payload, l.lease_expires_at
+        FROM alive a LEFT JOIN (claimed c JOIN leased l USING (execution_id)) ON true
+        ORDER BY c.execution_id
+        """
+    }
+
+    /// Completes every execution of the batch (a JSON array of `execution_id`, `epoch`,
+    /// `result` objects) whose epoch is current; returns their ids (the others' leases were
+    /// reclaimed, cancelled or finished: stale).
+    package static func complete(itemsJSON: String) -> PostgresQuery {
+        """
+        WITH input AS (
+            SELECT * FROM jsonb_to_recordset(\(itemsJSON)::jsonb) AS i(execution_id uuid, epoch bigint, result jsonb)
+        ), done AS (
+            UPDATE workflow.executions e
+            SET state = 'completed', result = i.result, updated_at = now(), finished_at = now()
+            FROM input i WHERE e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running'
+            RETURNING e.execution_id, e.namespace, e.unique_key
+        ), unleased AS (
+            DELETE FROM workflow.leases l USING done d WHERE l.execution_id = d.execution_id RETURNING l.execution_id, l.attempt_index
+        ), ended AS (
+            UPDATE workflow.attempts a SET state = 'completed', ended_at = now()
+            FROM unleased u WHERE a.execution_id = u.execution_id AND a.attempt_index = u.attempt_index
+        ), unkeyed AS (
+            DELETE FROM workflow.unique_keys k USING done d
+            WHERE d.unique_key IS NOT NULL AND k.namespace = d.namespace AND k.unique_key = d.unique_key AND k.execution_id = d.execution_id
+        )
+        SELECT execution_id FROM done
+        """
+    }
+
+    /// Fails every execution of the batch whose epoch is current: retryable with attempts
+    /// left → queued again after a backoff (`min(max, base · 2^(attempt-1))`, times a jitter
+    /// factor in [0.75, 1.25]; the execution's own base and max, else these defaults);
+    /// retryable without → dead-lettered; not retryable → failed. The batch is a JSON array of
+    /// `execution_id`, `epoch`, `error`, `retryable` objects. Returns id, new state and run_at.
+    package static func fail(itemsJSON: String, defaultBaseMs: Int64, defaultMaxMs: Int64) -> PostgresQuery {
+        """
+        WITH input AS (
+            SELECT * FROM jsonb_to_recordset(\(itemsJSON)::jsonb) AS i(execution_id uuid, epoch bigint, error text, retryable boolean)
+        ), failed AS (
+            UPDATE workflow.executions e
+            SET state = CASE WHEN i.retryable AND e.attempts < e.max_attempts THEN 'queued'
+                             WHEN i.retryable THEN 'dead_lettered' ELSE 'failed' END,
+                run_at = CASE WHEN i.retryable AND e.attempts < e.max_attempts
+                              THEN now() + LEAST(COALESCE(e.retry_max_ms, \(defaultMaxMs))::float8,
+                                                 COALESCE(e.retry_base_ms, \(defaultBaseMs)) * power(2::float8, LEAST(e.attempts - 1, 40)))
+                                           * (0.75 + random() * 0.5) * interval '1 millisecond'
+                              ELSE e.run_at END,
+                finished_at = CASE WHEN i.retryable AND e.attempts < e.max_attempts THEN NULL ELSE now() END,
+                last_error = i.error, updated_at = now()
+            FROM input i WHERE e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running'
+            RETURNING e.execution_id, e.namespace, e.lane, e.priority, e.run_at, e.required_capabilities, e.state, e.unique_key
+        ), unleased AS (
+            DELETE FROM workflow.leases l USING failed f WHERE l.execution_id = f.execution_id RETURNING l.execution_id, l.attempt_index
+        ), ended AS (
+            UPDATE workflow.attempts a SET state = 'failed', ended_at = now()
+            FROM unleased u WHERE a.execution_id = u.execution_id AND a.attempt_index = u.attempt_index
+        ), requeued AS (
+            INSERT INTO workflow.ready (namespace, lane, priority, run_at, execution_id, required_capabilities)
+            SELECT namespace, lane, priority, run_at, execution_id, required_capabilities FROM failed WHERE state = 'queued'
+        ), unkeyed AS (
+            DELETE FROM workflow.unique_keys k USING failed f
+            WHERE f.state <> 'queued' AND f.unique_key IS NOT NULL
+              AND k.namespace = f.namespace AND k.unique_key = f.unique_key AND k.execution_id = f.execution_id
+        )
+        SELECT execution_id, state, run_at FROM failed
+        """
+    }
+
+    /// Cancelling, first statement: takes the execution out of the queue (waiting for a
+    /// claim that holds its `ready` row, which then owns it and it is running).
+    static func unready(_ id: UUID) -> PostgresQuery {
+        "DELETE FROM workflow.ready WHERE execution_id = \(id)"
+    }
+
+    /// Cancelling, second statement: a queued or running execution becomes `cancelled`; its
+    /// epoch moves on, so its worker's renew, complete or fail is refused as stale.
+    static func cancel(_ id: UUID) -> PostgresQuery {
+        """
+        WITH before AS (
+            SELECT state FROM workflow.executions WHERE execution_id = \(id)
+        ), cancelled AS (
+            UPDATE workflow.executions e
+            SET state = 'cancelled', lease_epoch = e.lease_epoch + 1, finished_at = now(), updated_at = now(), last_error = 'cancelled'
+            WHERE e.execution_id = \(id) AND e.state IN ('queued', 'running')
+            RETURNING e.execution_id, e.namespace, e.unique_key
+        ), unleased AS (
+            DELETE FROM workflow.leases l USING cancelled c WHERE l.execution_id = c.execution_id RETURNING l.execution_id, l.attempt_index
+        ), ended AS (
+            UPDATE workflow.attempts a SET state = 'cancelled', ended_at = now()
+            FROM unleased u WHERE a.execution_id = u.execution_id AND a.attempt_index = u.attempt_index
+        ), unkeyed AS (
+            DELETE FROM workflow.unique_keys k USING cancelled c
+            WHERE c.unique_key IS NOT NULL AND k.namespace = c.namespace AND k.unique_key = c.unique_key AND k.execution_id = c.execution_id
+        )
+        SELECT (SELECT state FROM before) AS before, (SELECT count(*) FROM cancelled) AS cancelled
+        """
+    }
+
+    static func renew(_ id: UUID, _ epoch: LeaseEpoch, _ lease: Duration) -> PostgresQuery {
+        """
+        UPDATE workflow.leases SET lease_expires_at = now() + \(lease)::interval, lease_ms = \(Int64(lease.milliseconds))
+        WHERE execution_id = \(id) AND lease_epoch = \(epoch.value)
+        RETURNING lease_expires_at
+        """
+    }
+
+    static func listExpired(asOf: Date?, namespace: Namespace?, after: ExpiredLeaseCursor?, limit: Int) -> PostgresQuery {
+        """
+        SELECT l.execution_id, l.namespace, e.lane, l.attempt_index, l.lease_epoch, l.worker_instance_id, l.lease_expires_at
+        FROM workflow.leases l JOIN workflow.executions e USING (execution_id)
+        WHERE l.lease_expires_at <= COALESCE(\(asOf)::timestamptz, now())
+          AND (\(namespace?.value)::text IS NULL OR l.namespace = \(namespace?.value)::text)
+          AND (\(after?.expiresAt)::timestamptz IS NULL
+               OR (l.lease_expires_at, l.execution_id) > (\(after?.expiresAt)::timestamptz, \(after?.executionID)::uuid))
+        ORDER BY l.lease_expires_at, l.execution_id
+        LIMIT \(limit)
+        """
+    }
+
+    static func listExecutions(_ ns: Namespace?, state: String?, limit: Int) -> PostgresQuery {
+        """
+        SELECT execution_id, namespace, lane, state, attempts, max_attempts, lease_epoch, priority, run_at, created_at
+        FROM workflow.executions
+        WHERE (\(ns?.value)::text IS NULL OR namespace = \(ns?.value)::text) AND (\(state)::text IS NULL OR state = \(state)::text)
+        ORDER BY created_at DESC, execution_id LIMIT \(limit)
+        """
+    }
+}

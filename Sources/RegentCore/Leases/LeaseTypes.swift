@@ -1,0 +1,193 @@
+import Foundation
+import PostgresClient
+
+/// A lease on one execution, held by one worker instance until `expiresAt` (database time).
+public struct Lease: Sendable, Hashable, Codable {
+    public let executionID: UUID
+    public let lane: String
+    public let attemptIndex: Int
+    public let epoch: LeaseEpoch
+    public let payload: String
+    public let expiresAt: Date
+
+    enum CodingKeys: String, CodingKey {
+        case executionID = "execution_id", lane, attemptIndex = "attempt_index", epoch = "lease_epoch", payload
+        case expiresAt = "lease_expires_at"
+    }
+}
+
+/// An expired lease, as operators list them.
+public struct ExpiredLease: Sendable, Hashable, Codable {
+    public let executionID: UUID
+    public let namespace: String
+    public let lane: String
+    public let attemptIndex: Int
+    public let epoch: Int64
+    public let workerInstanceID: String
+    public let expiresAt: Date
+
+    enum CodingKeys: String, CodingKey {
+        case executionID = "execution_id", namespace, lane, attemptIndex = "attempt_index", epoch = "lease_epoch"
+        case workerInstanceID = "worker_instance_id", expiresAt = "lease_expires_at"
+    }
+}
+
+/// A stable `(expires_at, execution_id)` position in the expired-lease listing.
+public struct ExpiredLeaseCursor: Sendable, Hashable, Codable {
+    public let expiresAt: Date
+    public let executionID: UUID
+    public init(expiresAt: Date, executionID: UUID) {
+        self.expiresAt = expiresAt
+        self.executionID = executionID
+    }
+}
+
+/// An execution's summary row.
+public struct ExecutionRecord: Sendable, Hashable, Codable {
+    public let executionID: UUID
+    public let namespace: String
+    public let lane: String
+    public let state: String
+    public let attempts: Int
+    public let maxAttempts: Int
+    public let epoch: Int64
+    public let createdAt: Date
+
+    enum CodingKeys: String, CodingKey {
+        case executionID = "execution_id", namespace, lane, state, attempts, maxAttempts = "max_attempts", epoch = "lease_epoch"
+        case createdAt = "created_at"
+    }
+}
+
+/// How a failed execution's retries are spaced: attempt n waits `min(maximum, base · 2^(n-1))`,
+/// times a jitter factor drawn uniformly from [0.75, 1.25] so that executions that failed
+/// together do not come back together.
+public struct RetryPolicy: Sendable, Hashable, Codable {
+    public var base: Duration
+    public var maximum: Duration
+
+    public static let `default` = RetryPolicy(unchecked: .seconds(1), .seconds(3600))
+
+    public init(base: Duration, maximum: Duration) throws(RegentError) {
+        guard base >= .milliseconds(1), base <= .seconds(86_400) else {
+            throw RegentError(.invalidInput, "retry base \(base) must be between 1ms and 24h")
+        }
+        guard maximum >= base, maximum <= .seconds(604_800) else {
+            throw RegentError(.invalidInput, "retry maximum \(maximum) must be at least the base (\(base)) and at most 7 days")
+        }
+        self.base = base
+        self.maximum = maximum
+    }
+
+    private init(unchecked base: Duration, _ maximum: Duration) {
+        self.base = base
+        self.maximum = maximum
+    }
+
+    /// The un-jittered delay before retry number `attempt` (the first retry follows attempt 1).
+    public func delay(afterAttempt attempt: Int) -> Duration {
+        let exponent = min(max(attempt - 1, 0), 40)
+        let ms = min(Double(maximum.milliseconds), Double(base.milliseconds) * pow(2, Double(exponent)))
+        return .milliseconds(Int64(ms))
+    }
+}
+
+/// One execution to enqueue.
+public struct EnqueueRequest: Sendable, Hashable {
+    public var lane: Lane
+    /// A JSON object.
+    public var payload: String
+    public var maxAttempts: Int
+    public var requiredCapabilities: [Capability]
+    /// 0 runs first; at most 1000.
+    public var priority: Int
+    /// Not claimable before this instant (database time); nil: now.
+    public var runAt: Date?
+    /// While an execution with this key is unfinished, enqueueing the key again returns it.
+    public var uniqueKey: String?
+    /// nil: ``RetryPolicy/default``.
+    public var retry: RetryPolicy?
+
+    public init(
+        lane: Lane, payload: String = "{}", maxAttempts: Int = 3, requiredCapabilities: [Capability] = [], priority: Int = 0,
+        runAt: Date? = nil, uniqueKey: String? = nil, retry: RetryPolicy? = nil
+    ) {
+        self.lane = lane
+        self.payload = payload
+        self.maxAttempts = maxAttempts
+        self.requiredCapabilities = requiredCapabilities
+        self.priority = priority
+        self.runAt = runAt
+        self.uniqueKey = uniqueKey
+        self.retry = retry
+    }
+
+    /// Refuses what the table would refuse, naming the field and the item.
+    func validated(_ index: Int) throws(RegentError) -> EventPayload {
+        func bad(_ what: String) -> RegentError { RegentError(.invalidInput, "execution \(index): \(what)") }
+        guard (1...1000).contains(maxAttempts) else { throw bad("max attempts must be 1 to 1000, got \(maxAttempts)") }
+        guard (0...1000).contains(priority) else { throw bad("priority must be 0 (first) to 1000, got \(priority)") }
+        if let uniqueKey {
+            guard (1...255).contains(uniqueKey.utf8.count) else { throw bad("unique key must be 1 to 255 bytes, got \(uniqueKey.utf8.count)") }
+            guard !uniqueKey.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+                throw bad("unique key contains a control character")
+            }
+        }
+        do { return try EventPayload(json: payload) } catch { throw bad(error.message) }
+    }
+}
+
+/// An enqueued execution: created now, or the unfinished one that holds the request's unique key.
+public struct Enqueued: Sendable, Hashable, Codable {
+    public let executionID: UUID
+    public let created: Bool
+
+    enum CodingKeys: String, CodingKey { case executionID = "execution_id", created }
+}
+
+/// One completion of a batch.
+public struct Completion: Sendable, Hashable {
+    public let executionID: UUID
+    public let epoch: LeaseEpoch
+    /// A JSON object.
+    public let result: String
+
+    public init(executionID: UUID, epoch: LeaseEpoch, result: String = "{}") {
+        self.executionID = executionID
+        self.epoch = epoch
+        self.result = result
+    }
+}
+
+/// One failure of a batch.
+public struct Failure: Sendable, Hashable {
+    public let executionID: UUID
+    public let epoch: LeaseEpoch
+    public let error: String
+    public let retryable: Bool
+
+    public init(executionID: UUID, epoch: LeaseEpoch, error: String, retryable: Bool) {
+        self.executionID = executionID
+        self.epoch = epoch
+        self.error = error
+        self.retryable = retryable
+    }
+}
+
+/// What a batch completion or failure did: the executions it finished (or requeued), and
+/// the ones whose epoch was no longer current (reclaimed, cancelled or already finished).
+public struct BatchOutcome: Sendable, Hashable {
+    public var done: [UUID: String]
+    public var stale: [UUID]
+}
+
+/// What `cancel` found.
+public enum CancelOutcome: String, Sendable, Hashable, Codable {
+    /// It was queued: it will not run.
+    case cancelledQueued = "cancelled_queued"
+    /// It was running: its worker's renew, complete and fail are refused from now on.
+    case cancelledRunning = "cancelled_running"
+    /// It had finished already; nothing changed.
+    case alreadyFinished = "already_finished"
+    case notFound = "not_found"
+}

@@ -1,0 +1,63 @@
+import ArgumentParser
+import EmbeddedPostgres
+import Foundation
+import RegentBench
+import RegentCore
+
+extension BenchCommand {
+    struct Queue: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "The execution queue: batched enqueue, drain at batch 1/10/100, drain at a large backlog, wake-up latency.",
+            discussion: """
+                Each figure is measured next to a raw baseline in the same run on the same server: \
+                the very same statements sent through plain libpq on threads. Drain: WORKERS \
+                connections claim a batch and complete it in one statement each, until a backlog \
+                of JOBS is gone. Wake-up: one worker waits in claim (LISTEN-woken); the time from \
+                the enqueue call to the claim's return. For the peer comparison run \
+                ../shared/peers/pgqueuer-drain against the same server. --json prints one JSON \
+                object (enqueue_per_s, drain_per_s {"1","10","100"}, drain_100k_per_s, \
+                wake_p50_ms, wake_p99_ms, and the raw figures).
+                """)
+        @Option(help: "Backlog drained at each batch size (1000-1000000).") var jobs = 20_000
+        @Option(help: "Worker connections draining (1-64).") var workers = 16
+        @Option(help: "The large backlog (10000-10000000).") var backlog = 100_000
+        @Option(name: .customLong("database-url"), help: ArgumentHelp("Use this database (it must be disposable).", valueName: "url"))
+        var databaseURL: String?
+        @Flag(help: "Print one JSON object instead of tables.") var json = false
+
+        func validate() throws {
+            guard (1000...1_000_000).contains(jobs) else { throw ValidationError("--jobs must be 1000 to 1000000, got \(jobs)") }
+            guard (1...64).contains(workers) else { throw ValidationError("--workers must be 1 to 64, got \(workers)") }
+            guard (10_000...10_000_000).contains(backlog) else { throw ValidationError("--backlog must be 10000 to 10000000, got \(backlog)") }
+        }
+
+        func run() async throws {
+            let quiet = json
+            let say: @Sendable (String) -> Void = { line in if !quiet { print(line) } }
+            let (url, embedded) = try benchDatabase(databaseURL, say: say)
+            defer { embedded?.destroy() }
+            var options = QueueBench.Options()
+            options.jobs = jobs
+            options.workers = workers
+            options.bigBacklog = backlog
+            let r = try await QueueBench(url: url, options: options, say: say).run()
+            if json { return try printJSON(r) }
+            func rate(_ v: Double?) -> String { v.map { String(format: "%.0f /s", $0) } ?? "-" }
+            func ratio(_ a: Double?, _ b: Double?) -> String {
+                guard let a, let b, b > 0 else { return "-" }
+                return String(format: "%.0f%%", 100 * a / b)
+            }
+            print("")
+            print(table(["", "raw libpq", "Regent", "Regent / raw"], [
+                ["enqueue (1000 per statement)", rate(r.raw_enqueue_per_s), rate(r.enqueue_per_s), ratio(r.enqueue_per_s, r.raw_enqueue_per_s)],
+            ] + ["1", "10", "100"].map { b in
+                ["drain \(jobs), \(workers) workers, batch \(b)", rate(r.raw_drain_per_s[b]), rate(r.drain_per_s[b]), ratio(r.drain_per_s[b], r.raw_drain_per_s[b])]
+            }))
+            print("")
+            print(String(format: "drain at 1,000 queued %.0f/s; at %d queued %.0f/s (%.0f%%; goal ≥ 80%%)", r.drain_1k_per_s, backlog,
+                         r.drain_100k_per_s, 100 * r.drain_100k_per_s / max(r.drain_1k_per_s, 1)))
+            print(String(format: "wake-up: enqueue → claimed by a waiting worker p50 %.2f ms, p99 %.2f ms (goal < 5 ms / < 50 ms)",
+                         r.wake_p50_ms, r.wake_p99_ms))
+        }
+    }
+}

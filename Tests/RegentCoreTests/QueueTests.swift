@@ -1,0 +1,327 @@
+import Foundation
+import PostgresClient
+@testable import RegentCore
+import RegentTestSupport
+import Synchronization
+import Testing
+
+/// Executions claimed by the racing claimers of a test, to check none is handed out twice.
+final class ClaimLog: Sendable {
+    let ids = Mutex<[UUID]>([])
+    func add(_ leases: [Lease]) { ids.withLock { $0 += leases.map(\.executionID) } }
+}
+
+@Suite("The execution queue against a real server")
+struct QueueTests {
+    let ns = try! Namespace("q")
+    let lane = try! Lane("work")
+    let store = LeaseStore()
+
+    func register(_ w: String, lanes: [Lane]? = nil, on conn: PostgresConnection) async throws -> WorkerInstanceID {
+        let id = try WorkerInstanceID(w)
+        _ = try await WorkerRegistry().register(
+            namespace: ns, workerInstanceID: id, workerID: try WorkerID("q"), lanes: lanes ?? [lane], capabilities: [], livenessTTL: .seconds(60),
+            on: conn)
+        return id
+    }
+
+    func claim(_ w: WorkerInstanceID, lanes: [Lane]? = nil, limit: Int = 1, on conn: PostgresConnection) async throws -> [Lease] {
+        try await store.claim(
+            namespace: ns, lanes: lanes ?? [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: limit, on: conn)
+    }
+
+    @Test func racingBatchClaimersNeverShareAnExecution() async throws {
+        try await withBootedDatabase { config, conn in
+            let total = 3000
+            for _ in 0..<3 { _ = try await store.enqueue(namespace: ns, Array(repeating: EnqueueRequest(lane: lane), count: total / 3), on: conn) }
+            var workers: [WorkerInstanceID] = []
+            for w in 0..<8 { workers.append(try await register("w\(w)", on: conn)) }
+            let log = ClaimLog()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (i, w) in workers.enumerated() {
+                    group.addTask { [store, ns, lane] in
+                        try await PostgresConnection.withConnection(config) { c in
+                            while true {
+                                let leases = try await store.claim(
+                                    namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30),
+                                    limit: [1, 10, 50, 100][i % 4], on: c)
+                                if leases.isEmpty { return }
+                                log.add(leases)
+                            }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let ids = log.ids.withLock { $0 }
+            #expect(ids.count == total)
+            #expect(Set(ids).count == total, "an execution was claimed twice")
+            let leased = try await conn.query("SELECT count(*) AS n FROM workflow.leases").single().decode("n", as: Int.self)
+            #expect(leased == total)
+        }
+    }
+
+    @Test func batchCompletionCompletesTheCurrentEpochsAndReportsTheStaleOnes() async throws {
+        try await withBootedDatabase { _, conn in
+            let w = try await register("w", on: conn)
+            _ = try await store.enqueue(namespace: ns, Array(repeating: EnqueueRequest(lane: lane), count: 4), on: conn)
+            let leases = try await claim(w, limit: 4, on: conn)
+            #expect(leases.count == 4)
+            // Two are presented with a wrong epoch; one of the right ones twice in two batches.
+            let batch = leases.enumerated().map { i, l in
+                Completion(executionID: l.executionID, epoch: i < 2 ? l.epoch : LeaseEpoch(l.epoch.value + 7), result: #"{"i":\#(i)}"#)
+            }
+            let outcome = try await store.complete(batch, on: conn)
+            #expect(Set(outcome.done.keys) == Set(leases.prefix(2).map(\.executionID)))
+            #expect(Set(outcome.stale) == Set(leases.suffix(2).map(\.executionID)))
+            let again = try await store.complete([batch[0]], on: conn)
+            #expect(again.done.isEmpty && again.stale == [leases[0].executionID])
+            let states = try await conn.query("SELECT state, count(*) AS n FROM workflow.executions GROUP BY state ORDER BY state")
+                .map { "\(try $0.decode("state", as: String.self))=\(try $0.decode("n", as: Int.self))" }
+            #expect(states == ["completed=2", "running=2"])
+            // The completed ones left no live lease; their attempts ended.
+            #expect(try await conn.query("SELECT count(*) AS n FROM workflow.leases").single().decode("n", as: Int.self) == 2)
+            #expect(try await conn.query("SELECT count(*) AS n FROM workflow.attempts WHERE state = 'completed'").single().decode("n", as: Int.self) == 2)
+        }
+    }
+
+    @Test func retriesBackOffExponentiallyWithinTheJitterBounds() async throws {
+        try await withBootedDatabase { _, conn in
+            let w = try await register("w", on: conn)
+            let policy = try RetryPolicy(base: .milliseconds(400), maximum: .milliseconds(1600))
+            let id = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: lane, maxAttempts: 5, retry: policy)], on: conn)[0].executionID
+            for attempt in 1...4 {
+                // Make it runnable now (the wait itself is what is measured), claim, fail.
+                try await conn.query("UPDATE workflow.ready SET run_at = now() - interval '1 second' WHERE execution_id = \(id)")
+                let lease = try #require(try await claim(w, on: conn).first)
+                #expect(lease.attemptIndex == attempt)
+                let outcome = try await store.fail([Failure(executionID: id, epoch: lease.epoch, error: "e", retryable: true)], on: conn)
+                #expect(outcome.done[id] == "queued")
+                let waitMs = try await conn.query(
+                    "SELECT extract(epoch FROM run_at - now()) * 1000 AS ms FROM workflow.ready WHERE execution_id = \(id)"
+                ).single().decode("ms", as: Double.self)
+                let expected = policy.delay(afterAttempt: attempt).milliseconds  // 400, 800, 1600, 1600
+                #expect(expected == [400.0, 800, 1600, 1600][attempt - 1])
+                #expect(waitMs >= expected * 0.75 - 50 && waitMs <= expected * 1.25, "attempt \(attempt): waits \(waitMs) ms, expected \(expected) ±25%")
+                // Not claimable before its run_at.
+                #expect(try await claim(w, on: conn).isEmpty)
+            }
+            // The default policy applies without one: 1 s base.
+            #expect(RetryPolicy.default.delay(afterAttempt: 1) == .seconds(1))
+            #expect(RetryPolicy.default.delay(afterAttempt: 30) == .seconds(3600))
+        }
+    }
+
+    @Test func aScheduledExecutionIsNotClaimableBeforeItsRunAt() async throws {
+        try await withBootedDatabase { _, conn in
+            let w = try await register("w", on: conn)
+            let dbNow = try await conn.query("SELECT now() AS t").single().decode("t", as: Date.self)
+            let id = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: lane, runAt: dbNow.addingTimeInterval(1.5))], on: conn)[0].executionID
+            #expect(try await claim(w, on: conn).isEmpty)
+            var got: [Lease] = []
+            #expect(await eventually(timeout: .seconds(10)) {
+                got = try await claim(w, on: conn)
+                return !got.isEmpty
+            })
+            #expect(got.first?.executionID == id)
+            let claimedAt = try await conn.query("SELECT started_at FROM workflow.attempts WHERE execution_id = \(id)").single()
+                .decode("started_at", as: Date.self)
+            #expect(claimedAt >= dbNow.addingTimeInterval(1.5))
+        }
+    }
+
+    @Test func higherPriorityRunsFirstThenOlderRunAt() async throws {
+        try await withBootedDatabase { _, conn in
+            let w = try await register("w", on: conn)
+            let made = try await store.enqueue(
+                namespace: ns,
+                [5, 0, 3, 0].map { EnqueueRequest(lane: lane, payload: #"{"p":\#($0)}"#, priority: $0) }, on: conn)
+            var order: [UUID] = []
+            for _ in 0..<4 { order += try await claim(w, on: conn).map(\.executionID) }
+            #expect(order == [made[1], made[3], made[2], made[0]].map(\.executionID))
+        }
+    }
+
+    @Test func aUniqueKeyYieldsOneExecutionUnderConcurrentEnqueuesUntilItFinishes() async throws {
+        try await withBootedDatabase { config, conn in
+            let box = ResultBox()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<8 {
+                    group.addTask { [store, ns, lane] in
+                        try await PostgresConnection.withConnection(config) { c in
+                            let r = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: lane, uniqueKey: "order-42")], on: c)
+                            box.add(r)
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let all = box.values
+            #expect(all.count == 8)
+            #expect(Set(all.map(\.executionID)).count == 1)
+            #expect(all.filter(\.created).count == 1)
+            // In one batch too: the second request gets the first's id.
+            let batch = try await store.enqueue(
+                namespace: ns, [EnqueueRequest(lane: lane, uniqueKey: "k2"), EnqueueRequest(lane: lane, uniqueKey: "k2")], on: conn)
+            #expect(batch[0].created && !batch[1].created && batch[0].executionID == batch[1].executionID)
+            // Once it finished, the key is free again.
+            let w = try await register("w", on: conn)
+            let leases = try await claim(w, limit: 10, on: conn)
+            _ = try await store.complete(leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, on: conn)
+            let again = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: lane, uniqueKey: "order-42")], on: conn)
+            #expect(again[0].created && again[0].executionID != all[0].executionID)
+        }
+    }
+
+    @Test func cancellingAQueuedOrARunningExecution() async throws {
+        try await withBootedDatabase { _, conn in
+            let w = try await register("w", on: conn)
+            let ids = try await store.enqueue(namespace: ns, Array(repeating: EnqueueRequest(lane: lane), count: 2), on: conn).map(\.executionID)
+            let running = try #require(try await claim(w, on: conn).first)
+            let queued = ids.first { $0 != running.executionID }!
+            #expect(try await store.cancel(executionID: queued, on: conn) == .cancelledQueued)
+            #expect(try await claim(w, on: conn).isEmpty)  // it will not run
+            #expect(try await store.cancel(executionID: running.executionID, on: conn) == .cancelledRunning)
+            await expectCode(.staleLease) { try await store.complete(executionID: running.executionID, epoch: running.epoch, on: conn) }
+            await expectCode(.staleLease) {
+                _ = try await store.renew(executionID: running.executionID, epoch: running.epoch, leaseDuration: .seconds(5), on: conn)
+            }
+            #expect(try await store.cancel(executionID: running.executionID, on: conn) == .alreadyFinished)
+            #expect(try await store.cancel(executionID: UUID(), on: conn) == .notFound)
+            let states = try await conn.query("SELECT DISTINCT state FROM workflow.executions").map { try $0.decode("state", as: String.self) }
+            #expect(states == ["cancelled"])
+            #expect(try await conn.query("SELECT state FROM workflow.attempts WHERE execution_id = \(running.executionID)").single()
+                .decode("state", as: String.self) == "cancelled")
+        }
+    }
+
+    @Test func retentionDeletesOnlyOldFinishedRowsOnlyUnderAFenceInPages() async throws {
+        try await withBootedDatabase { config, conn in
+            let w = try await register("w", on: conn)
+            let ids = try await store.enqueue(namespace: ns, Array(repeating: EnqueueRequest(lane: lane), count: 7), on: conn).map(\.executionID)
+            let leases = try await claim(w, limit: 5, on: conn)
+            _ = try await store.complete(leases.prefix(4).map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, on: conn)
+            // Everything is ten days old; four finished, one running, two queued.
+            try await conn.query(
+                "UPDATE workflow.executions SET created_at = now() - interval '10 days', finished_at = finished_at - interval '10 days'")
+            try await conn.query("UPDATE workflow.worker_events SET at = now() - interval '10 days'")
+            let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
+            let retention = QueueRetention(pool: pool, retention: .seconds(86_400), pageSize: 3)
+            await expectCode(.notLeader) { _ = try await retention.pruneOnce(fence: LeaderFence(term: 9, instanceID: InstanceID(), lockBackendPID: 0)) }
+            #expect(try await conn.query("SELECT count(*) AS n FROM workflow.executions").single().decode("n", as: Int.self) == 7)
+            let (fence, cluster) = try await leaderFence(config)
+            let first = try await retention.pruneOnce(fence: fence)
+            #expect(first.executions == 3)  // one page
+            _ = try await retention.pruneOnce(fence: fence)
+            let left = try await conn.query("SELECT execution_id FROM workflow.executions ORDER BY execution_id").map { try $0.decode("execution_id", as: UUID.self) }
+            let unfinished = Set(ids).subtracting(leases.prefix(4).map(\.executionID))
+            #expect(Set(left) == unfinished)
+            #expect(try await conn.query("SELECT count(*) AS n FROM workflow.attempts").single().decode("n", as: Int.self) == 1)
+            #expect(try await conn.query("SELECT count(*) AS n FROM workflow.worker_events").single().decode("n", as: Int.self) == 0)
+            await cluster.stopAll()
+            await pool.shutdown()
+        }
+    }
+
+    @Test func theClaimWalksTheReadyIndexInOrderWhateverTheBacklog() async throws {
+        try await withBootedDatabase { _, conn in
+            let w = try await register("w", lanes: [lane, try Lane("other")], on: conn)
+            for _ in 0..<20 { _ = try await store.enqueue(namespace: ns, Array(repeating: EnqueueRequest(lane: lane), count: 1000), on: conn) }
+            _ = try await store.enqueue(namespace: ns, Array(repeating: EnqueueRequest(lane: try Lane("other")), count: 1000), on: conn)
+            try await conn.query("ANALYZE workflow.ready")
+            let query = LeaseQueries.claim(
+                namespace: ns.value, lanes: [lane.value, "other"], worker: w.value, capabilities: [], lease: .seconds(30), limit: 10)
+            // EXPLAIN ANALYZE runs the claim: inside a transaction rolled back afterwards.
+            var plan: [String] = []
+            do {
+                try await conn.withTransaction { tx in
+                    let rows = try await tx.query(PostgresQuery(unsafeSQL: "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + query.sql, binds: query.binds))
+                    throw PlanRead(lines: try rows.map { try $0.decode("QUERY PLAN", as: String.self) })
+                }
+            } catch let read as PlanRead {
+                plan = read.lines
+            }
+            let text = plan.joined(separator: "\n")
+            #expect(!text.contains("Seq Scan on ready"), "\(text)")
+            let scans = plan.filter { $0.contains("Index Scan using ready_pkey on ready") }
+            #expect(scans.count == 1, "\(text)")
+            // Walked in index order: at most `limit` rows per lane, not the 21,000 queued.
+            let rows = scans.compactMap { line -> Int? in
+                guard let r = line.range(of: "rows=") else { return nil }
+                return Int(line[r.upperBound...].prefix { $0.isNumber })
+            }
+            #expect(rows.allSatisfy { $0 <= 10 }, "\(text)")
+            #expect(!plan.contains { $0.contains("Sort") && $0.contains("ready") }, "\(text)")
+        }
+    }
+
+    @Test func aWaitingClaimWakesOnItsLaneOnlyAndTimesOutCleanly() async throws {
+        try await withBootedDatabase { config, conn in
+            let other = try Lane("other")
+            let w = try await register("w", lanes: [lane, other], on: conn)
+            let waker = QueueWaker(configuration: config)
+            let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await waker.run() }
+                #expect(await eventually { waker.isListening })
+                // Woken by work in its lane, long before its wait is over.
+                async let woken = store.claim(
+                    namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 1,
+                    wait: .seconds(20), waker: waker, pool: pool)
+                try await Task.sleep(for: .milliseconds(200))
+                let started = ContinuousClock.now
+                let id = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: lane)], on: conn)[0].executionID
+                #expect(try await woken.map(\.executionID) == [id])
+                #expect(started.duration(to: .now) < .seconds(2))
+                // Work in another lane does not wake it; its wait ends empty, on time.
+                let before = ContinuousClock.now
+                async let idle = store.claim(
+                    namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 1,
+                    wait: .milliseconds(1500), waker: waker, pool: pool)
+                try await Task.sleep(for: .milliseconds(200))
+                _ = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: other)], on: conn)
+                #expect(try await idle.isEmpty)
+                let waited = before.duration(to: .now)
+                #expect(waited >= .milliseconds(1500) && waited < .seconds(5), "waited \(waited)")
+                group.cancelAll()
+            }
+            await pool.shutdown()
+        }
+    }
+
+    @Test func badInputIsRefusedAndChangesNothing() async throws {
+        try await withBootedDatabase { _, conn in
+            let w = try await register("w", on: conn)
+            await expectCode(.invalidInput) { _ = try await store.enqueue(namespace: ns, [], on: conn) }
+            await expectCode(.invalidInput) {
+                _ = try await store.enqueue(namespace: ns, Array(repeating: EnqueueRequest(lane: lane), count: 1001), on: conn)
+            }
+            await expectCode(.invalidInput) { _ = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: lane, priority: -1)], on: conn) }
+            await expectCode(.invalidInput) { _ = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: lane, priority: 1001)], on: conn) }
+            await expectCode(.invalidInput) {
+                _ = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: lane, uniqueKey: String(repeating: "k", count: 256))], on: conn)
+            }
+            await expectCode(.invalidInput) { _ = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: lane, uniqueKey: "a\u{1}b")], on: conn) }
+            await expectCode(.invalidInput) {
+                _ = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: lane), EnqueueRequest(lane: lane, payload: "[1]")], on: conn)
+            }
+            expectCode(.invalidInput) { _ = try RetryPolicy(base: .zero, maximum: .seconds(1)) }
+            expectCode(.invalidInput) { _ = try RetryPolicy(base: .seconds(2), maximum: .seconds(1)) }
+            await expectCode(.invalidInput) { _ = try await claim(w, limit: 0, on: conn) }
+            await expectCode(.invalidInput) { _ = try await claim(w, limit: 1001, on: conn) }
+            await expectCode(.invalidInput) { _ = try await store.complete([], on: conn) }
+            #expect(try await conn.query("SELECT count(*) AS n FROM workflow.executions").single().decode("n", as: Int.self) == 0)
+            #expect(try await conn.query("SELECT count(*) AS n FROM workflow.ready").single().decode("n", as: Int.self) == 0)
+        }
+    }
+}
+
+/// Carries a plan out of a transaction that must roll back.
+struct PlanRead: Error { let lines: [String] }
+
+/// Results gathered from concurrent enqueues.
+final class ResultBox: Sendable {
+    private let results = Mutex<[Enqueued]>([])
+    func add(_ r: [Enqueued]) { results.withLock { $0 += r } }
+    var values: [Enqueued] { results.withLock { $0 } }
+}
