@@ -7,6 +7,8 @@ import NIOCore
 /// right type. Every refusal names the field and changes nothing.
 struct JSONBody {
     let fields: [String: JSONValue]
+    /// Where this object sits in the request (`executions[3].`), for error messages.
+    var path = ""
 
     /// Reads and checks the body: `application/json`, at most the context's upload limit,
     /// an object, no field outside `allowed`.
@@ -45,13 +47,35 @@ struct JSONBody {
         "\"" + String(name.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7f ? "?" : Character($0) }.prefix(64)) + "\""
     }
 
-    private func wrongType(_ name: String, _ expected: String) -> APIError {
-        APIError.badRequest("invalid_field", "field \(Self.quotedField(name)) must be \(expected)")
+    func wrongType(_ name: String, _ expected: String) -> APIError {
+        APIError.badRequest("invalid_field", "field \(Self.quotedField(path + name)) must be \(expected)")
     }
 
     private func required<T>(_ name: String, _ value: T?) throws -> T {
-        guard let value else { throw APIError.badRequest("missing_field", "field \(Self.quotedField(name)) is required") }
+        guard let value else { throw APIError.badRequest("missing_field", "field \(Self.quotedField(path + name)) is required") }
         return value
+    }
+
+    /// An array of 1 to `max` objects, each with only fields from `allowed`.
+    func objects(_ name: String, allowed: Set<String>, max: Int) throws -> [JSONBody] {
+        guard case .array(let items)? = fields[name] else {
+            if fields[name] == nil { throw APIError.badRequest("missing_field", "field \(Self.quotedField(path + name)) is required") }
+            throw wrongType(name, "an array of objects")
+        }
+        guard (1...max).contains(items.count) else {
+            throw APIError.badRequest("invalid_field", "field \(Self.quotedField(path + name)) must hold 1 to \(max) items, got \(items.count)")
+        }
+        return try items.enumerated().map { i, item in
+            let at = "\(path)\(name)[\(i)]."
+            guard case .object(let fields) = item else {
+                throw APIError.badRequest("invalid_field", "field \(Self.quotedField(String(at.dropLast()))) must be an object")
+            }
+            if let unknown = fields.keys.filter({ !allowed.contains($0) }).sorted().first {
+                throw APIError.badRequest(
+                    "unknown_field", "unknown field \(Self.quotedField(at + unknown)); allowed: \(allowed.sorted().joined(separator: ", "))")
+            }
+            return JSONBody(fields: fields, path: at)
+        }
     }
 
     // An optional field is either absent or of its type: an explicit `null` is refused, as

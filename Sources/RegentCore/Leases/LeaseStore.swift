@@ -112,18 +112,18 @@ public struct LeaseStore: Sendable {
     }
 
     /// Claims as above; when nothing is runnable, waits up to `wait` (at most 30 s) for work to
-    /// appear in one of `lanes` (``QueueWaker``) and claims again. Connections come from `pool`
-    /// only while a claim runs, never while waiting.
+    /// appear in one of `lanes` (``QueueWaker``; without one it looks again every 100 ms) and
+    /// claims again. Connections come from `pool` only while a claim runs, never while waiting.
     public func claim(
         namespace: Namespace, lanes: [Lane], workerInstanceID: WorkerInstanceID, capabilities: [Capability], leaseDuration: Duration,
-        limit: Int, wait: Duration, waker: QueueWaker, pool: ConnectionPool
+        limit: Int, wait: Duration, waker: QueueWaker?, pool: ConnectionPool
     ) async throws -> [Lease] {
         try Self.validateClaim(lanes: lanes, leaseDuration: leaseDuration, limit: limit)
         guard wait >= .zero, wait <= .seconds(30) else { throw RegentError(.invalidInput, "wait \(wait) must be between 0 and 30s") }
         let deadline = ContinuousClock.now + wait
         // Registered before the first claim: work announced between that claim and the wait is not missed.
-        let ticket = waker.register(namespace: namespace.value, lanes: Set(lanes.map(\.value)))
-        defer { waker.unregister(ticket) }
+        let ticket = waker?.register(namespace: namespace.value, lanes: Set(lanes.map(\.value)))
+        defer { if let waker, let ticket { waker.unregister(ticket) } }
         while true {
             let leases = try await pool.withConnection { conn in
                 try await claim(
@@ -133,7 +133,11 @@ public struct LeaseStore: Sendable {
             let now = ContinuousClock.now
             if !leases.isEmpty || now >= deadline || Task.isCancelled { return leases }
             // Scheduled work (run_at) and retries announce nothing: look again at least every second.
-            _ = await waker.wait(ticket, until: min(deadline, now + .seconds(1)))
+            if let waker, let ticket {
+                _ = await waker.wait(ticket, until: min(deadline, now + .seconds(1)))
+            } else {
+                try await Task.sleep(until: min(deadline, now + .milliseconds(100)), clock: .continuous)
+            }
         }
     }
 

@@ -128,7 +128,8 @@ public struct EnqueueRequest: Sendable, Hashable {
         guard (1...1000).contains(maxAttempts) else { throw bad("max attempts must be 1 to 1000, got \(maxAttempts)") }
         guard (0...1000).contains(priority) else { throw bad("priority must be 0 (first) to 1000, got \(priority)") }
         if let uniqueKey {
-            guard (1...255).contains(uniqueKey.utf8.count) else { throw bad("unique key must be 1 to 255 bytes, got \(uniqueKey.utf8.count)") }
+            let length = uniqueKey.unicodeScalars.count
+            guard (1...255).contains(length) else { throw bad("unique key must be 1 to 255 characters, got \(length)") }
             guard !uniqueKey.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
                 throw bad("unique key contains a control character")
             }

@@ -12,7 +12,7 @@ import ServiceLifecycle
 extension AdminAPI {
     func claim(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let body = try await JSONBody.read(
-            request, context: context, allowed: ["namespace", "worker_instance_id", "lanes", "capabilities", "lease_ms", "limit"])
+            request, context: context, allowed: ["namespace", "worker_instance_id", "lanes", "capabilities", "lease_ms", "limit", "wait_ms"])
         let namespace = try Namespace(try body.string("namespace"))
         let instance = try WorkerInstanceID(try body.string("worker_instance_id"))
         let lanes = try body.nameSet("lanes").map { try Lane($0) }
@@ -20,13 +20,23 @@ extension AdminAPI {
         let lease = Duration.milliseconds(try body.optionalInt("lease_ms") ?? 30_000)
         let limit = try body.optionalInt("limit") ?? 1
         guard (1...1000).contains(limit) else { throw APIError.badRequest("invalid_field", "field \"limit\" must be 1 to 1000") }
+        let wait = try body.optionalInt("wait_ms") ?? 0
+        guard (0...30_000).contains(wait) else { throw APIError.badRequest("invalid_field", "field \"wait_ms\" must be 0 to 30000") }
         if let node, await node.isDraining {
             throw APIError(status: .serviceUnavailable, code: "draining", message: "this node is shutting down and takes no claims; use another node")
         }
-        let leases = try await pool.withConnection {
-            try await LeaseStore().claim(
+        let leases: [Lease]
+        if wait > 0 {
+            // A long poll: no connection is held while it waits (see QueueWaker).
+            leases = try await LeaseStore().claim(
                 namespace: namespace, lanes: lanes, workerInstanceID: instance, capabilities: capabilities, leaseDuration: lease,
-                limit: Int(limit), on: $0)
+                limit: Int(limit), wait: .milliseconds(wait), waker: await node?.queueWaker, pool: pool)
+        } else {
+            leases = try await pool.withConnection {
+                try await LeaseStore().claim(
+                    namespace: namespace, lanes: lanes, workerInstanceID: instance, capabilities: capabilities, leaseDuration: lease,
+                    limit: Int(limit), on: $0)
+            }
         }
         return try json(["leases": leases.map(LeaseDocument.init)])
     }

@@ -1,0 +1,101 @@
+import Foundation
+import Hummingbird
+import PostgresClient
+import RegentCore
+
+/// Enqueueing, cancelling, and batched completion and failure of executions.
+extension AdminAPI {
+    static let enqueueFields: Set<String> = [
+        "lane", "payload", "max_attempts", "required_capabilities", "priority", "run_at", "unique_key", "retry_base_ms", "retry_max_ms",
+    ]
+
+    /// What `run_at` may be (docs/openapi.yaml says the same).
+    static var runAtPattern: Regex<(Substring, Substring, Substring, Substring?, Substring, Substring?)> {
+        /(19[7-9][0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])/
+    }
+
+    func enqueue(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let body = try await JSONBody.read(request, context: context, allowed: ["namespace", "executions"])
+        let namespace = try Namespace(try body.string("namespace"))
+        let requests = try body.objects("executions", allowed: Self.enqueueFields, max: LeaseStore.maxBatch).map { item in
+            var r = EnqueueRequest(lane: try Lane(try item.string("lane")))
+            r.payload = try item.optionalObjectJSON("payload") ?? "{}"
+            r.maxAttempts = Int(try item.optionalInt("max_attempts") ?? 3)
+            r.requiredCapabilities = try (item.optionalNameSet("required_capabilities") ?? []).map { try Capability($0) }
+            r.priority = Int(clamping: try item.optionalInt("priority") ?? 0)
+            if let text = try item.optionalString("run_at") {
+                guard text.wholeMatch(of: Self.runAtPattern) != nil, let at = Self.parseInstant(text) else {
+                    throw item.wrongType("run_at", "an RFC 3339 instant from 1970 to 9999 with at most microseconds, e.g. 2026-11-30T12:00:00Z")
+                }
+                r.runAt = at
+            }
+            r.uniqueKey = try item.optionalString("unique_key")
+            let base = try item.optionalInt("retry_base_ms"), max = try item.optionalInt("retry_max_ms")
+            if base != nil || max != nil {
+                // A maximum below the base is raised to it (the schema cannot relate two fields).
+                let b = base ?? Int64(RetryPolicy.default.base.milliseconds)
+                guard (1...86_400_000).contains(b) else { throw item.wrongType("retry_base_ms", "1 to 86400000") }
+                let m = max ?? Int64(RetryPolicy.default.maximum.milliseconds)
+                guard (1...604_800_000).contains(m) else { throw item.wrongType("retry_max_ms", "1 to 604800000") }
+                r.retry = try RetryPolicy(base: .milliseconds(b), maximum: .milliseconds(Swift.max(b, m)))
+            }
+            return r
+        }
+        let made = try await pool.withConnection { try await LeaseStore().enqueue(namespace: namespace, requests, on: $0) }
+        return try json(["executions": made.map { EnqueuedDocument(executionID: $0.executionID.uuidString.lowercased(), created: $0.created) }])
+    }
+
+    struct EnqueuedDocument: Encodable {
+        let executionID: String
+        let created: Bool
+        enum CodingKeys: String, CodingKey { case executionID = "execution_id", created }
+    }
+
+    func cancel(_ context: RegentRequestContext) async throws -> Response {
+        guard let text = context.parameters.get("id"), let id = UUID(uuidString: text) else {
+            throw APIError.badRequest("invalid_execution_id", "the execution id must be a UUID")
+        }
+        let outcome = try await pool.withConnection { try await LeaseStore().cancel(executionID: id, on: $0) }
+        if outcome == .notFound { throw APIError(status: .notFound, code: "not_found", message: "no execution \(id.uuidString.lowercased())") }
+        return try json(["outcome": outcome.rawValue])
+    }
+
+    func completeBatch(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let body = try await JSONBody.read(request, context: context, allowed: ["completions"])
+        let completions = try body.objects("completions", allowed: ["execution_id", "lease_epoch", "result"], max: LeaseStore.maxBatch).map {
+            Completion(executionID: try $0.uuid("execution_id"), epoch: LeaseEpoch(try $0.int("lease_epoch")), result: try $0.optionalObjectJSON("result") ?? "{}")
+        }
+        let outcome = try await pool.withConnection { try await LeaseStore().complete(completions, on: $0) }
+        return try json(BatchDocument(outcome, order: completions.map(\.executionID)))
+    }
+
+    func failBatch(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let body = try await JSONBody.read(request, context: context, allowed: ["failures"])
+        let failures = try body.objects("failures", allowed: ["execution_id", "lease_epoch", "error", "retryable"], max: LeaseStore.maxBatch).map {
+            Failure(
+                executionID: try $0.uuid("execution_id"), epoch: LeaseEpoch(try $0.int("lease_epoch")), error: try $0.string("error"),
+                retryable: try $0.optionalBool("retryable") ?? true)
+        }
+        let outcome = try await pool.withConnection { try await LeaseStore().fail(failures, on: $0) }
+        return try json(BatchDocument(outcome, order: failures.map(\.executionID)))
+    }
+
+    /// `done`: id → new state, in request order; `stale`: ids whose epoch was not current.
+    struct BatchDocument: Encodable {
+        struct Item: Encodable {
+            let execution_id: String
+            let state: String
+        }
+        let done: [Item]
+        let stale: [String]
+
+        init(_ outcome: BatchOutcome, order: [UUID]) {
+            var seen = Set<UUID>()
+            done = order.compactMap { id in
+                guard let state = outcome.done[id], seen.insert(id).inserted else { return nil }
+                return Item(execution_id: id.uuidString.lowercased(), state: state)
+            }
+            stale = outcome.stale.map { $0.uuidString.lowercased() }
+        }
+    }
+}
