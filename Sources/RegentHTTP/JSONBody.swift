@@ -12,18 +12,19 @@ struct JSONBody {
 
     /// Reads and checks the body: `application/json`, at most the context's upload limit,
     /// an object, no field outside `allowed`.
-    static func read(_ request: Request, context: RegentRequestContext, allowed: Set<String>) async throws -> JSONBody {
+    static func read(_ request: Request, context: RegentRequestContext, allowed: Set<String>, limit: Int? = nil) async throws -> JSONBody {
+        let limit = limit ?? context.maxUploadSize
         guard let type = request.headers[.contentType], type.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased() == "application/json"
         else {
             throw APIError(status: .unsupportedMediaType, code: "unsupported_media_type", message: "send the body as Content-Type: application/json")
         }
         let buffer: ByteBuffer
         do {
-            buffer = try await request.body.collect(upTo: context.maxUploadSize)
+            buffer = try await request.body.collect(upTo: limit)
         } catch let error as HTTPError where error.status == .contentTooLarge {
-            throw APIError(status: .contentTooLarge, code: "body_too_large", message: "the body is larger than \(context.maxUploadSize) bytes")
+            throw APIError(status: .contentTooLarge, code: "body_too_large", message: "the body is larger than \(limit) bytes")
         } catch is NIOTooManyBytesError {
-            throw APIError(status: .contentTooLarge, code: "body_too_large", message: "the body is larger than \(context.maxUploadSize) bytes")
+            throw APIError(status: .contentTooLarge, code: "body_too_large", message: "the body is larger than \(limit) bytes")
         }
         return try parse(Data(buffer.readableBytesView), allowed: allowed)
     }
@@ -54,6 +55,14 @@ struct JSONBody {
     private func required<T>(_ name: String, _ value: T?) throws -> T {
         guard let value else { throw APIError.badRequest("missing_field", "field \(Self.quotedField(path + name)) is required") }
         return value
+    }
+
+    /// A failure's error text: at most 1024 characters, as the API document says (so at most
+    /// 4096 bytes of UTF-8, what the store keeps).
+    func errorText(_ name: String) throws -> String {
+        let text = try string(name)
+        guard text.unicodeScalars.count <= 1024 else { throw wrongType(name, "at most 1024 characters") }
+        return text
     }
 
     /// An array of 1 to `max` objects, each with only fields from `allowed`.

@@ -67,6 +67,19 @@ struct QueueAPITests {
         }
     }
 
+    @Test func aThousandExecutionsWithKilobytePayloadsFitInOneRequest() async throws {
+        try await Fixture.with { f in
+            try await f.app().test(.router) { client in
+                let item = #"{"lane":"a","payload":{"blob":"\#(String(repeating: "x", count: 1000))"}}"#
+                let body = #"{"namespace":"ns","executions":["# + Array(repeating: item, count: 1000).joined(separator: ",") + "]}"
+                #expect(body.utf8.count > 1_000_000)
+                let response = try await client.call(.post, "/v1/executions", token: f.worker, json: body)
+                #expect(response.status == .ok)
+                #expect((try object(response.body)["executions"] as? [Any])?.count == 1000)
+            }
+        }
+    }
+
     @Test func aLongPollClaimReturnsWhenWorkArrives() async throws {
         try await Fixture.with { f in
             try await f.app().test(.router) { client in

@@ -122,6 +122,9 @@ public struct EnqueueRequest: Sendable, Hashable {
         self.retry = retry
     }
 
+    /// Refuses what the queue would refuse (clear errors before anything is sent).
+    public func check() throws(RegentError) { _ = try validated(0) }
+
     /// Refuses what the table would refuse, naming the field and the item.
     func validated(_ index: Int) throws(RegentError) -> EventPayload {
         func bad(_ what: String) -> RegentError { RegentError(.invalidInput, "execution \(index): \(what)") }

@@ -5,6 +5,10 @@ import RegentCore
 
 /// Enqueueing, cancelling, and batched completion and failure of executions.
 extension AdminAPI {
+    /// A batch route's body limit: a thousand items with their payloads do not fit in the
+    /// default limit. Still bounded: a body is read whole before it is parsed.
+    static let maxBatchBodyBytes = 8 << 20
+
     static let enqueueFields: Set<String> = [
         "lane", "payload", "max_attempts", "required_capabilities", "priority", "run_at", "unique_key", "retry_base_ms", "retry_max_ms",
     ]
@@ -15,7 +19,7 @@ extension AdminAPI {
     }
 
     func enqueue(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
-        let body = try await JSONBody.read(request, context: context, allowed: ["namespace", "executions"])
+        let body = try await JSONBody.read(request, context: context, allowed: ["namespace", "executions"], limit: Self.maxBatchBodyBytes)
         let namespace = try Namespace(try body.string("namespace"))
         let requests = try body.objects("executions", allowed: Self.enqueueFields, max: LeaseStore.maxBatch).map { item in
             var r = EnqueueRequest(lane: try Lane(try item.string("lane")))
@@ -61,7 +65,7 @@ extension AdminAPI {
     }
 
     func completeBatch(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
-        let body = try await JSONBody.read(request, context: context, allowed: ["completions"])
+        let body = try await JSONBody.read(request, context: context, allowed: ["completions"], limit: Self.maxBatchBodyBytes)
         let completions = try body.objects("completions", allowed: ["execution_id", "lease_epoch", "result"], max: LeaseStore.maxBatch).map {
             Completion(executionID: try $0.uuid("execution_id"), epoch: LeaseEpoch(try $0.int("lease_epoch")), result: try $0.optionalObjectJSON("result") ?? "{}")
         }
@@ -70,10 +74,10 @@ extension AdminAPI {
     }
 
     func failBatch(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
-        let body = try await JSONBody.read(request, context: context, allowed: ["failures"])
+        let body = try await JSONBody.read(request, context: context, allowed: ["failures"], limit: Self.maxBatchBodyBytes)
         let failures = try body.objects("failures", allowed: ["execution_id", "lease_epoch", "error", "retryable"], max: LeaseStore.maxBatch).map {
             Failure(
-                executionID: try $0.uuid("execution_id"), epoch: LeaseEpoch(try $0.int("lease_epoch")), error: try $0.string("error"),
+                executionID: try $0.uuid("execution_id"), epoch: LeaseEpoch(try $0.int("lease_epoch")), error: try $0.errorText("error"),
                 retryable: try $0.optionalBool("retryable") ?? true)
         }
         let outcome = try await pool.withConnection { try await LeaseStore().fail(failures, on: $0) }

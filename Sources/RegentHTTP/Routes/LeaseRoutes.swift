@@ -80,7 +80,7 @@ extension AdminAPI {
         let body = try await JSONBody.read(request, context: context, allowed: ["execution_id", "lease_epoch", "error", "retryable"])
         let id = try body.uuid("execution_id")
         let epoch = LeaseEpoch(try body.int("lease_epoch"))
-        let error = try body.string("error")
+        let error = try body.errorText("error")
         let retryable = try body.optionalBool("retryable") ?? true
         let outcome = try await pool.withConnection {
             try await LeaseStore().fail(executionID: id, epoch: epoch, error: error, retryable: retryable, on: $0)
