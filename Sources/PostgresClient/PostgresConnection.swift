@@ -133,22 +133,26 @@ public final class PostgresConnection: @unchecked Sendable {
         _ body: @escaping @Sendable (OpaquePointer) throws(PostgresError) -> T
     ) -> @Sendable () -> Void {
         { [self] in
-            defer { shared.withLock { $0.ownership.workEnded() } }
+            // The work ends before its caller resumes: a caller that hands the connection back
+            // at once (to a pool) finds it idle, not still busy with this block.
+            let outcome: Result<T, any Error>
             // A statement must not start while a cancel request meant for an earlier one is
             // on its way: PostgreSQL cancels whatever runs when the request arrives. Once sent,
             // the signal has reached the backend, which drops it if it is idle.
             shared.withLock { $0.canceller }?.waitUntilSent(timeout: .seconds(10))
-            guard let conn = pgconn, !shared.withLock({ $0.ownership.closed }) else {
-                cont.resume(throwing: PostgresError(.connectionClosed, "connection is closed", purpose: purpose))
-                return
+            if let conn = pgconn, !shared.withLock({ $0.ownership.closed }) {
+                do {
+                    outcome = .success(try body(conn))
+                } catch {
+                    let broken = PQstatus(conn) != CONNECTION_OK
+                    if broken { shared.withLock { $0.ownership.markBroken() } }
+                    outcome = .failure(error.with(purpose: purpose))
+                }
+            } else {
+                outcome = .failure(PostgresError(.connectionClosed, "connection is closed", purpose: purpose))
             }
-            do {
-                let value = try body(conn)
-                cont.resume(returning: value)
-            } catch {
-                if PQstatus(conn) != CONNECTION_OK { shared.withLock { $0.ownership.markBroken() } }
-                cont.resume(throwing: error.with(purpose: purpose))
-            }
+            shared.withLock { $0.ownership.workEnded() }
+            cont.resume(with: outcome)
         }
     }
 
