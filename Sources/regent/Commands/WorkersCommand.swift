@@ -77,7 +77,7 @@ struct WorkersCommand: AsyncParsableCommand {
 }
 
 struct LeasesCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "leases", abstract: "Execution leases.", subcommands: [Expired.self])
+    static let configuration = CommandConfiguration(commandName: "leases", abstract: "Execution leases.", subcommands: [Expired.self, Claim.self])
 
     struct Expired: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Leases past their expiry that the leader has not reclaimed yet.")
