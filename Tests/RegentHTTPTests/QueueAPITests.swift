@@ -85,16 +85,21 @@ struct QueueAPITests {
             try await f.app().test(.router) { client in
                 let register = #"{"namespace":"ns","worker_instance_id":"w-1","worker_id":"w","lanes":["a"],"liveness_ttl_ms":30000}"#
                 #expect(try await client.call(.post, "/v1/workers/register", token: f.worker, json: register).status == .created)
-                let started = ContinuousClock.now
+                // The node's waker listens on the event bus's session.
+                let waker = try #require(await f.node.queueWaker)
+                #expect(await eventually { waker.isListening })
                 async let polled = client.call(
                     .post, "/v1/leases/claim", token: f.worker,
                     json: #"{"namespace":"ns","worker_instance_id":"w-1","lanes":["a"],"wait_ms":20000}"#)
-                try await Task.sleep(for: .milliseconds(300))
+                // Past the waiter's first empty claim and its first periodic look (1 s), so only
+                // the enqueue's notification can wake it in time.
+                try await Task.sleep(for: .milliseconds(1300))
+                let sent = ContinuousClock.now
                 let enqueued = try await client.call(.post, "/v1/executions", token: f.worker, json: #"{"namespace":"ns","executions":[{"lane":"a"}]}"#)
                 #expect(enqueued.status == .ok)
                 let response = try await polled
                 #expect((try object(response.body)["leases"] as? [Any])?.count == 1)
-                #expect(started.duration(to: .now) < .seconds(5))
+                #expect(sent.duration(to: .now) < .milliseconds(500), "woken \(sent.duration(to: .now)) after the enqueue")
                 // An empty wait ends on time, with no leases.
                 let t0 = ContinuousClock.now
                 let empty = try await client.call(

@@ -30,6 +30,8 @@ public final class EventBus: Sendable {
     let configuration: ConnectionConfiguration
     let pool: ConnectionPool
     public let publisher: EventPublisher
+    /// When set, the bus's LISTEN session also carries `regent_queue` for it.
+    let queueWaker: QueueWaker?
     let options: Options
     let logger: Logger
     let metrics: RegentMetrics
@@ -81,8 +83,9 @@ public final class EventBus: Sendable {
 
     public init(
         configuration: ConnectionConfiguration, pool: ConnectionPool, publisher: UUID? = nil, options: Options = Options(),
-        metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.events")
+        metrics: RegentMetrics = .discarded, queueWaker: QueueWaker? = nil, logger: Logger = Logger(label: "regent.events")
     ) {
+        self.queueWaker = queueWaker
         self.metrics = metrics
         self.configuration = configuration
         self.pool = pool
@@ -127,7 +130,8 @@ public final class EventBus: Sendable {
 
     /// Forgets the broken connection; returns whether the bus stopped.
     func dropListener() -> Bool {
-        state.withLock { s -> Bool in
+        queueWaker?.notListening()
+        return state.withLock { s -> Bool in
             s.listener = nil
             s.caughtUp = false
             s.listenerPID = nil
@@ -149,6 +153,7 @@ public final class EventBus: Sendable {
 
     /// The listener ended for good: every subscription ends, and whoever waits for it to listen returns.
     func endAll() {
+        queueWaker?.notListening()
         let (consumers, ready) = state.withLock { s -> ([CheckedContinuation<Wake, any Error>], [CheckedContinuation<Void, Never>]) in
             let consumers = s.subscriptions.keys.compactMap { s.subscriptions[$0]!.finish() }
             s.subscriptions.removeAll()

@@ -30,7 +30,9 @@ public struct EventListenerService: Service {
         let receiver = EventReceiver(bus: bus)
         while !bus.isStopped {
             do {
-                let listener = try await PostgresListener.open(bus.configuration, channels: [try SQLIdentifier(EventQueries.channel)])
+                var channels = [try SQLIdentifier(EventQueries.channel)]
+                if bus.queueWaker != nil { channels.append(try SQLIdentifier(LeaseQueries.channel)) }
+                let listener = try await PostgresListener.open(bus.configuration, channels: channels)
                 guard bus.adopt(listener) else {
                     listener.stop()
                     break

@@ -42,9 +42,14 @@ struct EventReceiver: PostgresListenerHandler {
             return s.ready
         }
         for continuation in ready { continuation.resume() }
+        bus.queueWaker?.listening()
     }
 
     func received(_ notification: PostgresNotification, session: ListenerSession) throws {
+        if notification.channel == LeaseQueries.channel {
+            bus.queueWaker?.announced(notification.payload)
+            return
+        }
         guard let parsed = EventQueries.parseNotification(notification.payload) else {
             bus.logger.warning(
                 "ignoring a malformed regent_events notification", metadata: ["payload": "\(notification.payload.prefix(200))"])

@@ -8,9 +8,11 @@ import Synchronization
 /// claim registers a ticket for its namespace and lanes *before* it claims, so work
 /// announced between an empty claim and the wait is not missed.
 ///
-/// Runs as a `Service` (reconnecting with backoff until graceful shutdown or cancellation).
-/// While it is disconnected, and whenever it reconnects, every ticket is woken: the waiters
-/// claim again rather than sleep through work announced meanwhile.
+/// Either it runs as a `Service` with a LISTEN session of its own (reconnecting with backoff
+/// until graceful shutdown or cancellation), or a node's event bus carries `regent_queue` on
+/// its own LISTEN session and hands the announcements over (no extra backend per node). While
+/// no session listens, and whenever one (re)connects, every ticket is woken: the waiters claim
+/// again rather than sleep through work announced meanwhile.
 public final class QueueWaker: Service, Sendable {
     let configuration: ConnectionConfiguration
     let logger: Logger
@@ -91,6 +93,18 @@ public final class QueueWaker: Service, Sendable {
         waiter?.resume(returning: false)
     }
 
+    /// A session that carries `regent_queue` is listening (again).
+    func listening() {
+        state.withLock { $0.connected = true }
+        wake { _ in true }
+    }
+
+    /// That session is gone.
+    func notListening() {
+        state.withLock { $0.connected = false }
+        wake { _ in true }
+    }
+
     /// An announcement: `<namespace> <lane> <lane> …` or `<namespace> *`.
     func announced(_ payload: String) {
         let parts = payload.split(separator: " ").map(String.init)
@@ -117,8 +131,7 @@ public final class QueueWaker: Service, Sendable {
 
     public func run() async {
         try? await cancelWhenGracefulShutdown { [self] in await self.listen() }
-        state.withLock { $0.connected = false }
-        wake { _ in true }
+        notListening()
     }
 
     private func listen() async {
@@ -126,9 +139,8 @@ public final class QueueWaker: Service, Sendable {
         while !Task.isCancelled {
             do {
                 let listener = try await PostgresListener.connect(configuration, channels: [try SQLIdentifier(LeaseQueries.channel)])
-                state.withLock { $0.connected = true }
                 // Whatever was announced while no session listened is unknown: every waiter looks again.
-                wake { _ in true }
+                listening()
                 delay = .milliseconds(50)
                 do {
                     try await withTaskCancellationHandler {
@@ -143,8 +155,7 @@ public final class QueueWaker: Service, Sendable {
                 listener.stop()
                 if Task.isCancelled { return }
             } catch {
-                state.withLock { $0.connected = false }
-                wake { _ in true }
+                notListening()
                 if Task.isCancelled { return }
                 logger.warning("queue listener lost; reconnecting", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
                 try? await Task.sleep(for: delay)

@@ -93,10 +93,12 @@ public actor RegentNode: Service {
             instanceID: identity.instanceID, pool: pool, staleAfter: configuration.staleAfter,
             isHealthy: { await membership.continuouslyHealthy(for: $0) }, isLeader: { await elector.isLeader }, metrics: metrics)
         self.hungLeaderWatch = watch
-        let bus = EventBus(configuration: configuration.database, pool: pool, publisher: identity.instanceID.uuid, metrics: metrics)
-        self.bus = bus
+        // The queue's announcements ride on the bus's LISTEN session: no extra backend.
         let waker = QueueWaker(configuration: configuration.database)
         self.waker = waker
+        let bus = EventBus(
+            configuration: configuration.database, pool: pool, publisher: identity.instanceID.uuid, metrics: metrics, queueWaker: waker)
+        self.bus = bus
 
         // One ordered group: started in this order, shut down in reverse — the listener and
         // the watch stop, the elector resigns (its duties stop first), membership deletes the
@@ -115,7 +117,6 @@ public actor RegentNode: Service {
                 part(OnExecutor(service: elector, executor: leadership), "elector"),
                 part(OnExecutor(service: watch, executor: leadership), "frozen-leader-watch"),
                 part(bus.listenerService, "event-listener"),
-                part(waker, "queue-waker"),
                 part(SchemaWait(node: self), "schema-wait", ignoreSuccess: true),
             ],
             logger: logger))
