@@ -219,16 +219,34 @@ extension Duration {
 
 /// The queue's statements through plain libpq, one thread per worker: the baseline.
 enum RawQueue {
-    static func exec(_ conn: OpaquePointer, _ q: PostgresQuery) throws -> [[String?]] {
+    /// Runs `q` as Regent runs it: a statement marked `prepared()` is prepared once on the
+    /// connection (`statements` remembers it) and executed by name from then on.
+    static func exec(_ conn: OpaquePointer, _ q: PostgresQuery, _ statements: inout [String: String]) throws -> [[String?]] {
         let texts: [UnsafeMutablePointer<CChar>?] = q.binds.map { bind in
             if case .text(let s) = bind { return strdup(s) }
             return nil
         }
         defer { texts.forEach { free($0) } }
         var values: [UnsafePointer<CChar>?] = texts.map { $0.map { UnsafePointer($0) } }
-        guard let r = PQexecParams(conn, q.sql, Int32(q.binds.count), nil, &values, nil, nil, 0) else {
-            throw RegentError(.invalidInput, "raw bench: no result")
+        let result: OpaquePointer?
+        if q.reusesPlan {
+            let name: String
+            if let known = statements[q.sql] {
+                name = known
+            } else {
+                name = "raw_\(statements.count + 1)"
+                guard let prepared = PQprepare(conn, name, q.sql, Int32(q.binds.count), nil) else { throw RegentError(.invalidInput, "raw bench: no result") }
+                defer { PQclear(prepared) }
+                guard PQresultStatus(prepared) == PGRES_COMMAND_OK else {
+                    throw RegentError(.invalidInput, "raw bench: \(String(cString: PQresultErrorMessage(prepared)))")
+                }
+                statements[q.sql] = name
+            }
+            result = PQexecPrepared(conn, name, Int32(q.binds.count), &values, nil, nil, 0)
+        } else {
+            result = PQexecParams(conn, q.sql, Int32(q.binds.count), nil, &values, nil, nil, 0)
         }
+        guard let r = result else { throw RegentError(.invalidInput, "raw bench: no result") }
         defer { PQclear(r) }
         let status = PQresultStatus(r)
         guard status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK else {
@@ -249,6 +267,7 @@ enum RawQueue {
     static func enqueue(url: String, namespace: String, lane: String, jobs: Int) throws -> Double {
         let conn = try connect(url)
         defer { PQfinish(conn) }
+        var statements: [String: String] = [:]
         let item = #"{"n":0,"lane":"\#(lane)","payload":{"n":1},"max_attempts":3,"priority":0,"required_capabilities":[]}"#
         let started = ContinuousClock.now
         var left = jobs
@@ -256,7 +275,7 @@ enum RawQueue {
             let n = min(left, 1000)
             // The items differ only in `n` (the statement orders its answer by it).
             let items = (0..<n).map { item.replacingOccurrences(of: #""n":0,"#, with: #""n":\#($0),"#) }.joined(separator: ",")
-            _ = try exec(conn, LeaseQueries.enqueue(namespace: namespace, itemsJSON: "[" + items + "]"))
+            _ = try exec(conn, LeaseQueries.enqueue(namespace: namespace, itemsJSON: "[" + items + "]"), &statements)
             left -= n
         }
         return Double(jobs) / started.duration(to: .now).inSeconds
@@ -274,17 +293,19 @@ enum RawQueue {
                 do {
                     let conn = try connect(url)
                     defer { PQfinish(conn) }
+                    var statements: [String: String] = [:]
                     while true {
                         let rows = try exec(
                             conn,
                             LeaseQueries.claim(
-                                namespace: namespace, lanes: lanes, worker: "bench-w\(w)", capabilities: [], lease: .seconds(300), limit: batch))
+                                namespace: namespace, lanes: lanes, worker: "bench-w\(w)", capabilities: [], lease: .seconds(300), limit: batch),
+                            &statements)
                         let items = rows.compactMap { row -> String? in
                             guard let id = row[1], let epoch = row[4] else { return nil }
                             return #"{"execution_id":"\#(id)","epoch":\#(epoch),"result":{}}"#
                         }
                         if items.isEmpty { return }
-                        let completed = try exec(conn, LeaseQueries.complete(itemsJSON: "[" + items.joined(separator: ",") + "]"))
+                        let completed = try exec(conn, LeaseQueries.complete(itemsJSON: "[" + items.joined(separator: ",") + "]"), &statements)
                         done.add(completed.count, ordering: .relaxed)
                     }
                 } catch {

@@ -10,6 +10,9 @@ import PostgresClient
 /// `executions`, then `leases`, then `attempts`; the expiry scanner takes `leases` and
 /// `executions` rows together with SKIP LOCKED (it never waits); a cancel deletes the
 /// `ready` row in a statement of its own before it touches `executions`.
+///
+/// The hot-path statements are prepared on each session the first time they run there
+/// (`prepared()`): planning one of these CTEs costs more than running it for a small batch.
 package enum LeaseQueries {
     /// The channel an enqueue announces its lanes on: `<namespace> <lane> <lane> …`, or
     /// `<namespace> *` when the list would not fit in a notification.
@@ -22,7 +25,7 @@ package enum LeaseQueries {
     /// unfinished execution gets that execution's id (`created` false); nil when that
     /// execution committed after this statement began (run the item again).
     package static func enqueue(namespace: String, itemsJSON: String) -> PostgresQuery {
-        """
+        let query: PostgresQuery = """
         WITH input AS (
             SELECT * FROM jsonb_to_recordset(\(itemsJSON)::jsonb) AS i(
                 n integer, lane text, payload jsonb, max_attempts integer, required_capabilities text[], priority smallint,
@@ -61,6 +64,7 @@ package enum LeaseQueries {
         LEFT JOIN workflow.unique_keys u ON f.n IS NULL AND first.n IS NULL AND u.namespace = \(namespace) AND u.unique_key = i.unique_key
         ORDER BY i.n
         """
+        return query.prepared()
     }
 
     /// Claims up to `limit` runnable executions: for each of the worker's lanes it walks
@@ -70,7 +74,7 @@ package enum LeaseQueries {
     package static func claim(namespace: String, lanes: [String], worker: String, capabilities: [String], lease: Duration, limit: Int)
         -> PostgresQuery
     {
-        """
+        let query: PostgresQuery = """
         WITH alive AS (
             SELECT EXISTS (
                 SELECT 1 FROM workflow.workers
@@ -107,13 +111,14 @@ package enum LeaseQueries {
         FROM alive a LEFT JOIN (claimed c JOIN leased l USING (execution_id)) ON true
         ORDER BY c.execution_id
         """
+        return query.prepared()
     }
 
     /// Completes every execution of the batch (a JSON array of `execution_id`, `epoch`,
     /// `result` objects) whose epoch is current; returns their ids (the others' leases were
     /// reclaimed, cancelled or finished: stale).
     package static func complete(itemsJSON: String) -> PostgresQuery {
-        """
+        let query: PostgresQuery = """
         WITH input AS (
             SELECT * FROM jsonb_to_recordset(\(itemsJSON)::jsonb) AS i(execution_id uuid, epoch bigint, result jsonb)
         ), done AS (
@@ -132,6 +137,7 @@ package enum LeaseQueries {
         )
         SELECT execution_id FROM done
         """
+        return query.prepared()
     }
 
     /// Fails every execution of the batch whose epoch is current: retryable with attempts
@@ -140,7 +146,7 @@ package enum LeaseQueries {
     /// retryable without → dead-lettered; not retryable → failed. The batch is a JSON array of
     /// `execution_id`, `epoch`, `error`, `retryable` objects. Returns id, new state and run_at.
     package static func fail(itemsJSON: String, defaultBaseMs: Int64, defaultMaxMs: Int64) -> PostgresQuery {
-        """
+        let query: PostgresQuery = """
         WITH input AS (
             SELECT * FROM jsonb_to_recordset(\(itemsJSON)::jsonb) AS i(execution_id uuid, epoch bigint, error text, retryable boolean)
         ), failed AS (
@@ -171,6 +177,7 @@ package enum LeaseQueries {
         )
         SELECT execution_id, state, run_at FROM failed
         """
+        return query.prepared()
     }
 
     /// Cancelling, first statement: takes the execution out of the queue (waiting for a
