@@ -128,7 +128,10 @@ package struct QueueBench: Sendable {
     }
 
     private func analyze(_ pool: ConnectionPool) async throws {
-        try await pool.withConnection { conn in try await conn.query("ANALYZE workflow.ready") }
+        try await pool.withConnection { conn in
+            try await conn.query("ANALYZE workflow.ready")
+            try await conn.query("ANALYZE workflow.executions")
+        }
     }
 
     private func enqueue(_ pool: ConnectionPool, count: Int) async throws -> Double {

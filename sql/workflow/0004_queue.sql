@@ -26,7 +26,9 @@ ALTER TABLE workflow.executions ADD CONSTRAINT executions_state_check
 DROP INDEX workflow.executions_runnable_idx;
 -- Never updated: retention walks it (finished rows among the oldest), listings too.
 CREATE INDEX executions_created_idx ON workflow.executions (created_at, execution_id);
-ALTER TABLE workflow.executions SET (fillfactor = 70);
+-- Statistics follow a burst quickly: an emptied table (retention, a drained backlog) that
+-- fills again must not keep the plans of an empty one for long.
+ALTER TABLE workflow.executions SET (fillfactor = 70, autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000);
 
 CREATE TABLE workflow.ready (
     namespace             text        NOT NULL,

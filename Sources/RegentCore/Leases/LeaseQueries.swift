@@ -11,8 +11,9 @@ import PostgresClient
 /// `executions` rows together with SKIP LOCKED (it never waits); a cancel deletes the
 /// `ready` row in a statement of its own before it touches `executions`.
 ///
-/// The hot-path statements are prepared on each session the first time they run there
-/// (`prepared()`): planning one of these CTEs costs more than running it for a small batch.
+/// The enqueue, completion and failure statements are prepared on each session the first time
+/// they run there (`prepared()`): planning one of these CTEs costs more than running it for a
+/// small batch. The claim is planned each time (see there).
 package enum LeaseQueries {
     /// The channel an enqueue announces its lanes on: `<namespace> <lane> <lane> …`, or
     /// `<namespace> *` when the list would not fit in a notification.
@@ -111,7 +112,9 @@ package enum LeaseQueries {
         FROM alive a LEFT JOIN (claimed c JOIN leased l USING (execution_id)) ON true
         ORDER BY c.execution_id
         """
-        return query.prepared()
+        // Not prepared: a generic plan cannot know the lanes or how full `ready` is, and the
+        // one PostgreSQL settles on can scan the queue (measured: batch-10 drains fell 5×).
+        return query
     }
 
     /// Completes every execution of the batch (a JSON array of `execution_id`, `epoch`,
