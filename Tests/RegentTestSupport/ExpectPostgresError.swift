@@ -10,13 +10,8 @@ public func expectPostgresError(
 ) async -> PostgresError? {
     do {
         try await body()
-    } catch let error as PostgresError {
-        #expect(error.code == code, "expected \(code), got \(error)", sourceLocation: sourceLocation)
-        if let sqlState { #expect(error.sqlState == sqlState, "expected SQLSTATE \(sqlState), got \(error)", sourceLocation: sourceLocation) }
-        return error
     } catch {
-        Issue.record("expected a PostgresError \(code), got \(error)", sourceLocation: sourceLocation)
-        return nil
+        return judge(error, code, sqlState, sourceLocation)
     }
     Issue.record("expected a PostgresError \(code), nothing was thrown", sourceLocation: sourceLocation)
     return nil
@@ -30,14 +25,19 @@ public func expectPostgresError(
 ) -> PostgresError? {
     do {
         try body()
-    } catch let error as PostgresError {
-        #expect(error.code == code, "expected \(code), got \(error)", sourceLocation: sourceLocation)
-        if let sqlState { #expect(error.sqlState == sqlState, "expected SQLSTATE \(sqlState), got \(error)", sourceLocation: sourceLocation) }
-        return error
     } catch {
-        Issue.record("expected a PostgresError \(code), got \(error)", sourceLocation: sourceLocation)
-        return nil
+        return judge(error, code, sqlState, sourceLocation)
     }
     Issue.record("expected a PostgresError \(code), nothing was thrown", sourceLocation: sourceLocation)
     return nil
+}
+
+private func judge(_ error: any Error, _ code: PostgresError.Code, _ sqlState: String?, _ sourceLocation: SourceLocation) -> PostgresError? {
+    guard let error = error as? PostgresError else {
+        Issue.record("expected a PostgresError \(code), got \(error)", sourceLocation: sourceLocation)
+        return nil
+    }
+    #expect(error.code == code, "expected \(code), got \(error)", sourceLocation: sourceLocation)
+    if let sqlState { #expect(error.sqlState == sqlState, "expected SQLSTATE \(sqlState), got \(error)", sourceLocation: sourceLocation) }
+    return error
 }
