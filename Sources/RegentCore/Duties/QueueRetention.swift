@@ -25,7 +25,8 @@ public struct QueueRetention: LeaderDuty {
     }
 
     /// One page of each; walks `executions` by `created_at` (an index the hot path never
-    /// updates), so the oldest finished rows go first.
+    /// updates), so the oldest finished rows go first. SKIP LOCKED: two rounds that overlap
+    /// (a slow one and the next) take different rows instead of deadlocking.
     static func prune(retention: Duration, pageSize: Int) -> PostgresQuery {
         """
         WITH executions AS (
@@ -34,15 +35,17 @@ public struct QueueRetention: LeaderDuty {
                 WHERE created_at < now() - \(retention)::interval
                   AND state IN ('completed', 'failed', 'dead_lettered', 'cancelled')
                   AND COALESCE(finished_at, updated_at) < now() - \(retention)::interval
-                ORDER BY created_at LIMIT \(pageSize))
+                ORDER BY created_at LIMIT \(pageSize) FOR UPDATE SKIP LOCKED)
             RETURNING 1
         ), events AS (
             DELETE FROM workflow.worker_events WHERE id IN (
-                SELECT id FROM workflow.worker_events WHERE at < now() - \(retention)::interval ORDER BY at LIMIT \(pageSize))
+                SELECT id FROM workflow.worker_events WHERE at < now() - \(retention)::interval ORDER BY at LIMIT \(pageSize)
+                FOR UPDATE SKIP LOCKED)
             RETURNING 1
         ), decisions AS (
             DELETE FROM workflow.lease_decisions WHERE id IN (
-                SELECT id FROM workflow.lease_decisions WHERE at < now() - \(retention)::interval ORDER BY at LIMIT \(pageSize))
+                SELECT id FROM workflow.lease_decisions WHERE at < now() - \(retention)::interval ORDER BY at LIMIT \(pageSize)
+                FOR UPDATE SKIP LOCKED)
             RETURNING 1
         )
         SELECT (SELECT count(*) FROM executions) AS executions, (SELECT count(*) FROM events) AS worker_events,
