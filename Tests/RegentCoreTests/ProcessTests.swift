@@ -175,3 +175,61 @@ struct FailoverDrillTests {
         for took in result.sigkill + result.sigterm { #expect(took < .seconds(5), "a failover took \(took)") }
     }
 }
+
+/// The queue's CLI, run as an operator would.
+@Suite("Queue CLI", .serialized)
+struct QueueCLITests {
+    func run(_ args: [String], _ label: String, timeout: Duration = .seconds(30)) async throws -> (Int32?, String) {
+        let p = try RegentProcess(args + ["--log-level", "error"], logPath: NSTemporaryDirectory() + "regent-test-\(getpid())-q-\(label).log")
+        let code = await p.waitForExit(timeout: timeout)
+        if code == nil { p.signal(SIGKILL) }
+        return (code, p.log)
+    }
+
+    @Test func enqueueClaimWithWaitAndCancelFromTheCommandLine() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary), "build the regent binary first (swift build)")
+        try await withBootedDatabase { config, conn in
+            let url = config.conninfo
+            _ = try await WorkerRegistry().register(
+                namespace: try Namespace("cli"), workerInstanceID: try WorkerInstanceID("w1"), workerID: try WorkerID("w"), lanes: [try Lane("a")],
+                capabilities: [], livenessTTL: .seconds(120), on: conn)
+            // Three at once with one key: one created, then the same id twice, marked existing.
+            let (code, out) = try await run(
+                ["executions", "enqueue", "--database-url", url, "--namespace", "cli", "--lane", "a", "--count", "3", "--unique-key", "k",
+                 "--priority=2", "--retry-base", "1s"], "enqueue")
+            #expect(code == 0, "\(out)")
+            let lines = out.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
+            #expect(lines.count == 3 && lines[1] == lines[0] + " existing" && lines[2] == lines[0] + " existing", "\(out)")
+            let id = lines[0]
+            // A claim takes it at once; a second waits and returns when another is enqueued.
+            let (c1, claimed) = try await run(
+                ["leases", "claim", "--database-url", url, "--namespace", "cli", "--worker", "w1", "--lane", "a"], "claim1")
+            #expect(c1 == 0 && claimed.contains(#""execution_id" : "\#(id)""#), "\(claimed)")
+            let waiting = try RegentProcess(
+                ["leases", "claim", "--database-url", url, "--namespace", "cli", "--worker", "w1", "--lane", "a", "--wait", "20s", "--log-level", "error"],
+                logPath: NSTemporaryDirectory() + "regent-test-\(getpid())-q-wait.log")
+            try await Task.sleep(for: .milliseconds(1500))
+            let later = try await LeaseStore().enqueue(namespace: try Namespace("cli"), [EnqueueRequest(lane: try Lane("a"))], on: conn)[0].executionID
+            let waited = await waiting.waitForExit(timeout: .seconds(15))
+            #expect(waited == 0, "\(waiting.log)")
+            #expect(waiting.log.contains(later.uuidString.lowercased()), "\(waiting.log)")
+            // Cancel the running first one; a made-up id is not found (exit 1).
+            let (c2, cancelled) = try await run(["executions", "cancel", "--database-url", url, id], "cancel")
+            #expect(c2 == 0 && cancelled.contains("cancelled_running"), "\(cancelled)")
+            let (c3, missing) = try await run(["executions", "cancel", "--database-url", url, UUID().uuidString], "cancel-missing")
+            #expect(c3 == 1 && missing.contains("not_found"), "\(missing)")
+            // Bad input: a clear error, nothing enqueued.
+            for (args, expected) in [
+                (["--run-at", "tomorrow"], "invalid --run-at"),
+                (["--priority=1001"], "priority must be 0"),
+                (["--retry-base", "2s", "--retry-max", "1s"], "retry maximum"),
+                (["--count", "0"], "--count must be 1 to 1000"),
+            ] {
+                let (c, o) = try await run(["executions", "enqueue", "--database-url", url, "--namespace", "cli", "--lane", "a"] + args, "bad")
+                #expect(c != 0 && o.contains(expected), "\(args): \(o)")
+            }
+            let count = try await conn.query("SELECT count(*) AS n FROM workflow.executions").single().decode("n", as: Int.self)
+            #expect(count == 2)
+        }
+    }
+}

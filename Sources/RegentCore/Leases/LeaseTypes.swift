@@ -14,6 +14,17 @@ public struct Lease: Sendable, Hashable, Codable {
         case executionID = "execution_id", lane, attemptIndex = "attempt_index", epoch = "lease_epoch", payload
         case expiresAt = "lease_expires_at"
     }
+
+    /// Ids in lower case, as the HTTP API writes them.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(executionID.uuidString.lowercased(), forKey: .executionID)
+        try c.encode(lane, forKey: .lane)
+        try c.encode(attemptIndex, forKey: .attemptIndex)
+        try c.encode(epoch, forKey: .epoch)
+        try c.encode(payload, forKey: .payload)
+        try c.encode(expiresAt, forKey: .expiresAt)
+    }
 }
 
 /// An expired lease, as operators list them.
