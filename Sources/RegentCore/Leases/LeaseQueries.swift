@@ -11,9 +11,8 @@ import PostgresClient
 /// `executions` rows together with SKIP LOCKED (it never waits); a cancel deletes the
 /// `ready` row in a statement of its own before it touches `executions`.
 ///
-/// The enqueue, completion and failure statements are prepared on each session the first time
-/// they run there (`prepared()`): planning one of these CTEs costs more than running it for a
-/// small batch. The claim is planned each time (see there).
+/// The hot statements are prepared on each session the first time they run there
+/// (`prepared()`): planning one of these CTEs costs more than running it for a small batch.
 package enum LeaseQueries {
     /// The channel an enqueue announces its lanes on: `<namespace> <lane> <lane> …`, or
     /// `<namespace> *` when the list would not fit in a notification.
@@ -68,78 +67,28 @@ package enum LeaseQueries {
         return query.prepared()
     }
 
-    /// Claims up to `limit` runnable executions: for each of the worker's lanes it walks
-    /// `ready`'s key in order (priority, run_at, id) and takes at most `limit`, then keeps the
-    /// best `limit` of those. One row `alive = false` when the worker is not registered and
-    /// alive; one row with NULLs when nothing was runnable.
+    /// Claims up to `limit` runnable executions through `workflow.claim` (sql/workflow/0004):
+    /// for each of the worker's lanes it walks `ready`'s key in order (priority, run_at, id)
+    /// and takes at most `limit`, then keeps the best `limit` of those; planned with sequential
+    /// scans off, so an emptied queue's statistics cannot turn it into a scan of the next
+    /// burst. One row `alive = false` when the worker is not registered and alive; one row with
+    /// NULLs when nothing was runnable.
     package static func claim(namespace: String, lanes: [String], worker: String, capabilities: [String], lease: Duration, limit: Int)
         -> PostgresQuery
     {
         let query: PostgresQuery = """
-        WITH alive AS (
-            SELECT EXISTS (
-                SELECT 1 FROM workflow.workers
-                WHERE namespace = \(namespace) AND worker_instance_id = \(worker) AND NOT dead AND expires_at > now()) AS ok
-        ), picked AS (
-            SELECT r.rid, r.execution_id FROM unnest(\(lanes)::text[]) AS l(lane)
-            CROSS JOIN LATERAL (
-                SELECT ctid AS rid, execution_id, priority, run_at FROM workflow.ready
-                WHERE namespace = \(namespace) AND lane = l.lane AND run_at <= now() AND required_capabilities <@ \(capabilities)::text[]
-                ORDER BY priority, run_at, execution_id
-                LIMIT \(limit)
-                FOR UPDATE SKIP LOCKED
-            ) AS r
-            WHERE (SELECT ok FROM alive)
-            ORDER BY r.priority, r.run_at, r.execution_id
-            LIMIT \(limit)
-        ), taken AS (
-            DELETE FROM workflow.ready WHERE ctid = ANY (ARRAY(SELECT rid FROM picked)) RETURNING execution_id
-        ), claimed AS (
-            UPDATE workflow.executions e
-            SET state = 'running', attempts = e.attempts + 1, lease_epoch = e.lease_epoch + 1, updated_at = now()
-            FROM taken t WHERE e.execution_id = t.execution_id AND e.state = 'queued'
-            RETURNING e.execution_id, e.namespace, e.lane, e.attempts, e.lease_epoch, e.payload
-        ), attempt AS (
-            INSERT INTO workflow.attempts (execution_id, attempt_index, lease_epoch, worker_instance_id, state, lease_expires_at, lease_ms)
-            SELECT execution_id, attempts, lease_epoch, \(worker), 'leased', now() + \(lease)::interval, \(Int64(lease.milliseconds)) FROM claimed
-        ), leased AS (
-            INSERT INTO workflow.leases (execution_id, namespace, attempt_index, lease_epoch, worker_instance_id, lease_expires_at, lease_ms)
-            SELECT execution_id, namespace, attempts, lease_epoch, \(worker), now() + \(lease)::interval, \(Int64(lease.milliseconds))
-            FROM claimed
-            RETURNING execution_id, lease_expires_at
-        )
-        SELECT a.ok AS alive, c.execution_id, c.lane, c.attempts AS attempt_index, c.lease_epoch, c.payload::text AS payload, l.lease_expires_at
-        FROM alive a LEFT JOIN (claimed c JOIN leased l USING (execution_id)) ON true
-        ORDER BY c.execution_id
-        """
-        // Not prepared: a generic plan cannot know the lanes or how full `ready` is, and the
-        // one PostgreSQL settles on can scan the queue (measured: batch-10 drains fell 5×).
-        return query
+            SELECT alive, execution_id, lane, attempt_index, lease_epoch, payload, lease_expires_at
+            FROM workflow.claim(\(namespace), \(worker), \(lanes)::text[], \(capabilities)::text[], \(Int64(lease.milliseconds)), \(limit))
+            """
+        return query.prepared()
     }
 
     /// Completes every execution of the batch (a JSON array of `execution_id`, `epoch`,
-    /// `result` objects) whose epoch is current; returns their ids (the others' leases were
+    /// `result` objects) whose epoch is current, through `workflow.complete` (planned with
+    /// sequential scans off, as the claim is); returns their ids (the others' leases were
     /// reclaimed, cancelled or finished: stale).
     package static func complete(itemsJSON: String) -> PostgresQuery {
-        let query: PostgresQuery = """
-        WITH input AS (
-            SELECT * FROM jsonb_to_recordset(\(itemsJSON)::jsonb) AS i(execution_id uuid, epoch bigint, result jsonb)
-        ), done AS (
-            UPDATE workflow.executions e
-            SET state = 'completed', result = i.result, updated_at = now(), finished_at = now()
-            FROM input i WHERE e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running'
-            RETURNING e.execution_id, e.namespace, e.unique_key
-        ), unleased AS (
-            DELETE FROM workflow.leases l USING done d WHERE l.execution_id = d.execution_id RETURNING l.execution_id, l.attempt_index
-        ), ended AS (
-            UPDATE workflow.attempts a SET state = 'completed', ended_at = now()
-            FROM unleased u WHERE a.execution_id = u.execution_id AND a.attempt_index = u.attempt_index
-        ), unkeyed AS (
-            DELETE FROM workflow.unique_keys k USING done d
-            WHERE d.unique_key IS NOT NULL AND k.namespace = d.namespace AND k.unique_key = d.unique_key AND k.execution_id = d.execution_id
-        )
-        SELECT execution_id FROM done
-        """
+        let query: PostgresQuery = "SELECT execution_id FROM workflow.complete(\(itemsJSON)::jsonb)"
         return query.prepared()
     }
 
@@ -149,37 +98,7 @@ package enum LeaseQueries {
     /// retryable without → dead-lettered; not retryable → failed. The batch is a JSON array of
     /// `execution_id`, `epoch`, `error`, `retryable` objects. Returns id, new state and run_at.
     package static func fail(itemsJSON: String, defaultBaseMs: Int64, defaultMaxMs: Int64) -> PostgresQuery {
-        let query: PostgresQuery = """
-        WITH input AS (
-            SELECT * FROM jsonb_to_recordset(\(itemsJSON)::jsonb) AS i(execution_id uuid, epoch bigint, error text, retryable boolean)
-        ), failed AS (
-            UPDATE workflow.executions e
-            SET state = CASE WHEN i.retryable AND e.attempts < e.max_attempts THEN 'queued'
-                             WHEN i.retryable THEN 'dead_lettered' ELSE 'failed' END,
-                run_at = CASE WHEN i.retryable AND e.attempts < e.max_attempts
-                              THEN now() + LEAST(COALESCE(e.retry_max_ms, \(defaultMaxMs))::float8,
-                                                 COALESCE(e.retry_base_ms, \(defaultBaseMs)) * power(2::float8, LEAST(e.attempts - 1, 40)))
-                                           * (0.75 + random() * 0.5) * interval '1 millisecond'
-                              ELSE e.run_at END,
-                finished_at = CASE WHEN i.retryable AND e.attempts < e.max_attempts THEN NULL ELSE now() END,
-                last_error = i.error, updated_at = now()
-            FROM input i WHERE e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running'
-            RETURNING e.execution_id, e.namespace, e.lane, e.priority, e.run_at, e.required_capabilities, e.state, e.unique_key
-        ), unleased AS (
-            DELETE FROM workflow.leases l USING failed f WHERE l.execution_id = f.execution_id RETURNING l.execution_id, l.attempt_index
-        ), ended AS (
-            UPDATE workflow.attempts a SET state = 'failed', ended_at = now()
-            FROM unleased u WHERE a.execution_id = u.execution_id AND a.attempt_index = u.attempt_index
-        ), requeued AS (
-            INSERT INTO workflow.ready (namespace, lane, priority, run_at, execution_id, required_capabilities)
-            SELECT namespace, lane, priority, run_at, execution_id, required_capabilities FROM failed WHERE state = 'queued'
-        ), unkeyed AS (
-            DELETE FROM workflow.unique_keys k USING failed f
-            WHERE f.state <> 'queued' AND f.unique_key IS NOT NULL
-              AND k.namespace = f.namespace AND k.unique_key = f.unique_key AND k.execution_id = f.execution_id
-        )
-        SELECT execution_id, state, run_at FROM failed
-        """
+        let query: PostgresQuery = "SELECT execution_id, state, run_at FROM workflow.fail(\(itemsJSON)::jsonb, \(defaultBaseMs), \(defaultMaxMs))"
         return query.prepared()
     }
 
