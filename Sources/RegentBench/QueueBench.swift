@@ -119,8 +119,6 @@ package struct QueueBench: Sendable {
         try await pool.withConnection { conn in
             try await conn.query("DELETE FROM workflow.ready WHERE namespace = 'bench'")
             try await conn.query("DELETE FROM workflow.unique_keys WHERE namespace = 'bench'")
-            try await conn.query("DELETE FROM workflow.attempts WHERE execution_id IN (SELECT execution_id FROM workflow.executions WHERE namespace = 'bench')")
-            try await conn.query("DELETE FROM workflow.leases WHERE namespace = 'bench'")
             try await conn.query("DELETE FROM workflow.executions WHERE namespace = 'bench'")
             try await conn.query("VACUUM ANALYZE workflow.ready")
             try await conn.query("VACUUM ANALYZE workflow.executions")

@@ -264,9 +264,9 @@ struct QueueTests {
                         #expect(leases.count == 10)
                         let after = try await read()
                         for (key, value) in after { counts[key] = value - (before[key] ?? 0) }
-                        throw PlanRead(lines: [])  // roll back: every round sees the same backlog
+                        throw RollBack()  // every round sees the same backlog
                     }
-                } catch is PlanRead {}
+                } catch is RollBack {}
                 #expect(counts["ready.seq"] == 0 && counts["executions.seq"] == 0, "round \(round): \(counts)")
                 // At most `limit` rows per lane (two lanes) read from `ready`, not the 21,000 queued.
                 #expect((counts["ready.fetched"] ?? 99) <= 20, "round \(round): \(counts)")
@@ -335,8 +335,8 @@ struct QueueTests {
     }
 }
 
-/// Carries a plan out of a transaction that must roll back.
-struct PlanRead: Error { let lines: [String] }
+/// Thrown to roll a test's transaction back once it has read what it needed.
+struct RollBack: Error {}
 
 /// Results gathered from concurrent enqueues.
 final class ResultBox: Sendable {

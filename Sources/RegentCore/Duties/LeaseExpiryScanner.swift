@@ -85,7 +85,7 @@ public struct LeaseExpiryScanner: LeaderDuty {
                        jsonb_build_object('requeued', requeued, 'dead_lettered', dead_lettered, 'term', \(term)::bigint), \(leader)::uuid)
             FROM counts WHERE expired > 0
         ), notified AS (
-            SELECT pg_notify('regent_queue', CASE WHEN length(lanes) > 7000 THEN namespace || ' *' ELSE namespace || ' ' || lanes END)
+            SELECT pg_notify(\(LeaseQueries.channel), CASE WHEN length(lanes) > 7000 THEN namespace || ' *' ELSE namespace || ' ' || lanes END)
             FROM (SELECT namespace, string_agg(DISTINCT lane, ' ') AS lanes FROM requeued GROUP BY namespace) AS r
         )
         SELECT requeued, dead_lettered, expired, (SELECT count(*) FROM published) AS events, (SELECT count(*) FROM notified) AS notified

@@ -16,7 +16,7 @@ import PostgresClient
 package enum LeaseQueries {
     /// The channel an enqueue announces its lanes on: `<namespace> <lane> <lane> …`, or
     /// `<namespace> *` when the list would not fit in a notification.
-    static let channel = "regent_queue"
+    package static let channel = "regent_queue"
 
     /// Enqueues every item of `items` (a JSON array of objects with `n`, `lane`, `payload`,
     /// `max_attempts`, `required_capabilities`, `priority`, `run_at`, `unique_key`,
@@ -53,7 +53,7 @@ package enum LeaseQueries {
             SELECT \(namespace), lane, priority, run_at, execution_id, required_capabilities FROM inserted
             RETURNING lane
         ), notified AS (
-            SELECT pg_notify('regent_queue', CASE WHEN length(lanes) > 7000 THEN \(namespace) || ' *' ELSE \(namespace) || ' ' || lanes END)
+            SELECT pg_notify(\(channel), CASE WHEN length(lanes) > 7000 THEN \(namespace) || ' *' ELSE \(namespace) || ' ' || lanes END)
             FROM (SELECT string_agg(DISTINCT lane, ' ') AS lanes FROM readied) AS l WHERE lanes IS NOT NULL
         )
         SELECT i.n, COALESCE(f.execution_id, first.execution_id, u.execution_id) AS execution_id, f.execution_id IS NOT NULL AS created,
@@ -155,7 +155,7 @@ package enum LeaseQueries {
 
     static func listExecutions(_ ns: Namespace?, state: String?, limit: Int) -> PostgresQuery {
         """
-        SELECT execution_id, namespace, lane, state, attempts, max_attempts, lease_epoch, priority, run_at, created_at
+        SELECT execution_id, namespace, lane, state, attempts, max_attempts, lease_epoch, created_at
         FROM workflow.executions
         WHERE (\(ns?.value)::text IS NULL OR namespace = \(ns?.value)::text) AND (\(state)::text IS NULL OR state = \(state)::text)
         ORDER BY created_at DESC, execution_id LIMIT \(limit)
