@@ -33,6 +33,12 @@ let package = Package(
             pkgConfig: "libpq",
             providers: [.apt(["libpq-dev"])]
         ),
+        // zlib, for .tar.gz workflow packages; Debian/Ubuntu: apt-get install zlib1g-dev
+        .systemLibrary(
+            name: "CZlib",
+            pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
         // Our own small libpq client: connections, bound queries, typed rows, pool, LISTEN/NOTIFY.
         .target(
             name: "PostgresClient",
@@ -60,6 +66,7 @@ let package = Package(
             name: "RegentCore",
             dependencies: [
                 "PostgresClient",
+                "CZlib",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -46,6 +46,8 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             case .notRegistered: return try errorResponse(.notFound, code: "not_registered", message: error.description)
             case .notLeader: return try errorResponse(.conflict, code: "not_leader", message: error.description)
             case .instanceBound: return try errorResponse(.conflict, code: "instance_bound", message: error.description)
+            case .notFound: return try errorResponse(.notFound, code: "not_found", message: error.description)
+            case .conflict: return try errorResponse(.conflict, code: "conflict", message: error.description)
             case .timeout: return try unavailable("timeout", "the database did not answer in time; retry shortly")
             default:
                 context.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])

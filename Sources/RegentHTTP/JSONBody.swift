@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import Hummingbird
 import NIOCore
+import RegentCore
 
 /// A request body that must be one JSON object with only known fields, each of the
 /// right type. Every refusal names the field and changes nothing.
@@ -160,11 +161,6 @@ struct JSONBody {
     }
 
     func objectJSON(_ name: String) throws -> String { try required(name, try optionalObjectJSON(name)) }
-}
-
-/// Any JSON document; integers stay integers. Read by ``StrictJSON``, written by its `text`.
-enum JSONValue: Equatable {
-    case null, bool(Bool), integer(Int64), number(Double), string(String), array([JSONValue]), object([String: JSONValue])
 }
 
 /// A JSON value kept as its text (a jsonb column read as text), written into a response as

@@ -25,6 +25,8 @@ public actor RegentNode: Service {
     private var bus: EventBus?
     private var hungLeaderWatch: HungLeaderWatch?
     private var waker: QueueWaker?
+    /// This node's verified package versions and routes, kept current by the bus.
+    public nonisolated let packageCatalog: PackageCatalog
     private var shuttingDown = false
     /// The node's parts, once it has booted (see `run`).
     private var services: ServiceGroup?
@@ -36,6 +38,7 @@ public actor RegentNode: Service {
         self.identity = identity
         self.instanceID = identity.instanceID
         self.logger = logger
+        self.packageCatalog = PackageCatalog(logger: logger)
         self.pool = ConnectionPool(
             configuration: configuration.database,
             options: .init(maxConnections: configuration.maxConnections, idleTimeout: configuration.poolIdleTimeout, minIdle: 1))
@@ -117,6 +120,7 @@ public actor RegentNode: Service {
                 part(OnExecutor(service: elector, executor: leadership), "elector"),
                 part(OnExecutor(service: watch, executor: leadership), "frozen-leader-watch"),
                 part(bus.listenerService, "event-listener"),
+                part(PackageCatalogService(catalog: packageCatalog, bus: bus, pool: pool), "package-catalog", ignoreSuccess: true),
                 part(SchemaWait(node: self), "schema-wait", ignoreSuccess: true),
             ],
             logger: logger))

@@ -4,7 +4,7 @@ public struct RegentError: Error, Sendable, CustomStringConvertible {
         enum Base: String, Sendable {
             case invalidInput, databaseNewerThanBinary, migrationChecksumMismatch, migrationFailed
             case unknownModule, schemaNotCurrent, bootFailed, notLeader, timeout, staleLease, notRegistered
-            case instanceBound
+            case instanceBound, notFound, conflict
         }
         let base: Base
         /// Input (flag, config value, name, body) was rejected; nothing was changed.
@@ -29,6 +29,11 @@ public struct RegentError: Error, Sendable, CustomStringConvertible {
         public static let notRegistered = Code(base: .notRegistered)
         /// A worker instance id is bound to another worker id; nothing was changed.
         public static let instanceBound = Code(base: .instanceBound)
+        /// The named thing (a package version, a run) does not exist; nothing was changed.
+        public static let notFound = Code(base: .notFound)
+        /// The request contradicts the current state (a routed or pinned version, a finished
+        /// run); nothing was changed. The message says what holds it.
+        public static let conflict = Code(base: .conflict)
         /// Something did not happen within its deadline.
         public static let timeout = Code(base: .timeout)
         public var description: String { base.rawValue }
