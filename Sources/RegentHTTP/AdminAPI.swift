@@ -29,10 +29,13 @@ public struct AdminAPI: Sendable {
         public var idleTimeout: Duration = .seconds(30)
         /// Open connections beyond this are closed at once.
         public var maxConnections = 512
+        /// What a deployed package may hold (and so how large a deploy body may be).
+        public var packageLimits = PackageLimits.default
         public init(
             staleAfter: Duration = .seconds(10), metricsRequireToken: Bool = false, authFailureLimit: Int = 50,
-            idleTimeout: Duration = .seconds(30), maxConnections: Int = 512
+            idleTimeout: Duration = .seconds(30), maxConnections: Int = 512, packageLimits: PackageLimits = .default
         ) {
+            self.packageLimits = packageLimits
             self.staleAfter = staleAfter
             self.metricsRequireToken = metricsRequireToken
             self.authFailureLimit = authFailureLimit
@@ -127,6 +130,12 @@ public struct AdminAPI: Sendable {
         r.add(.post, "/v1/leases/fail-batch", role: .worker) { request, context in try await workflow.require(); return try await failBatch(request, context) }
         r.add(.post, "/v1/executions", role: .worker) { request, context in try await workflow.require(); return try await enqueue(request, context) }
         r.add(.post, "/v1/executions/{id}/cancel", role: .worker) { _, context in try await workflow.require(); return try await cancel(context) }
+        r.add(.post, "/v1/packages", role: .admin) { request, context in try await workflow.require(); return try await deployPackage(request, context) }
+        r.add(.get, "/v1/packages", role: .read) { request, _ in try await workflow.require(); return try await listPackages(request) }
+        r.add(.get, "/v1/packages/{hash}", role: .read) { _, context in try await workflow.require(); return try await showPackage(context) }
+        r.add(.get, "/v1/packages/{hash}/archive", role: .worker) { request, context in try await workflow.require(); return try await fetchPackage(request, context) }
+        r.add(.post, "/v1/packages/{hash}/route", role: .admin) { request, context in try await workflow.require(); return try await routePackage(request, context) }
+        r.add(.post, "/v1/packages/{hash}/unload", role: .admin) { request, context in try await workflow.require(); return try await unloadPackage(request, context) }
         r.add(.get, "/v1/leases/expired", role: .read) { request, _ in try await workflow.require(); return try await expiredLeases(request) }
         return r
     }

@@ -170,7 +170,7 @@ public struct PackageFileInfo: Sendable, Hashable, Codable {
 
 extension PackageLimits {
     /// Limits for re-reading stored versions: what deploy admitted under any configured limits.
-    static let stored = PackageLimits(maxTotalBytes: 1 << 30, maxFiles: 100_000, maxPathLength: pathLengthCeiling)
+    public static let stored = PackageLimits(maxTotalBytes: 1 << 30, maxFiles: 100_000, maxPathLength: pathLengthCeiling)
 }
 
 /// Whether `workflow.packages` exists (the workflow module may be disabled or not migrated yet).

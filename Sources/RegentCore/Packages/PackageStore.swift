@@ -12,7 +12,7 @@ import PostgresClient
 /// the unload and finds the version gone; and no version is deleted while a route or an
 /// unfinished run names it.
 public struct PackageStore: Sendable {
-    public struct Deployed: Sendable, Hashable {
+    public struct Deployed: Sendable, Hashable, Encodable {
         public let workflowType: WorkflowType
         public let contentHash: String
         /// False when this version was already stored (nothing new was written).
@@ -20,6 +20,19 @@ public struct PackageStore: Sendable {
         /// False when the type's route already pointed at this version.
         public let routeChanged: Bool
         public let previousHash: String?
+
+        enum CodingKeys: String, CodingKey {
+            case workflowType = "workflow_type", contentHash = "content_hash", freshlyStored = "freshly_stored", routeChanged = "route_changed"
+            case previousHash = "previous_hash"
+        }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(workflowType, forKey: .workflowType)
+            try c.encode(contentHash, forKey: .contentHash)
+            try c.encode(freshlyStored, forKey: .freshlyStored)
+            try c.encode(routeChanged, forKey: .routeChanged)
+            try c.encode(previousHash, forKey: .previousHash)  // null, not absent
+        }
     }
 
     public struct Routed: Sendable, Hashable {
@@ -27,7 +40,7 @@ public struct PackageStore: Sendable {
         public let previousHash: String?
     }
 
-    public struct Version: Sendable, Hashable {
+    public struct Version: Sendable, Hashable, Encodable {
         public let workflowType: String
         public let contentHash: String
         public let deployedAt: Date
@@ -36,12 +49,24 @@ public struct PackageStore: Sendable {
         public let fileCount: Int
         public let stepCount: Int
         public let routed: Bool
+
+        enum CodingKeys: String, CodingKey {
+            case workflowType = "workflow_type", contentHash = "content_hash", deployedAt = "deployed_at", deployedBy = "deployed_by"
+            case sizeBytes = "size_bytes", fileCount = "file_count", stepCount = "step_count", routed
+        }
     }
 
-    public struct Page: Sendable {
+    public struct Page: Sendable, Encodable {
         public let versions: [Version]
         /// Pass as `after` for the next page; nil on the last one.
         public let nextCursor: String?
+
+        enum CodingKeys: String, CodingKey { case versions = "packages", nextCursor = "next_cursor" }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(versions, forKey: .versions)
+            try c.encode(nextCursor, forKey: .nextCursor)
+        }
     }
 
     public struct Stored: Sendable {

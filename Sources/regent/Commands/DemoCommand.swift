@@ -50,6 +50,7 @@ struct DemoCommand: AsyncParsableCommand {
             }
             print("\n── the cluster ─────────────────────────────────────────────")
             print(renderStatus(status))
+            try await showPackages(on: statusConn)
 
             let listener = try await PostgresListener.connect(config, channels: [try SQLIdentifier("regent_events")])
             defer { listener.stop() }
@@ -75,6 +76,46 @@ struct DemoCommand: AsyncParsableCommand {
             print("   (for comparison: River re-elects after ~15 s, Oban after 30 s, a Kubernetes Lease after 15 s;")
             print("    the crashed node's row stays until it is 2 s stale and the leader sweeps it)")
             print(renderStatus(status))
+        }
+    }
+
+    /// The example package: deployed (content-hashed, routed), runs started pinned to it, an
+    /// unload refused because they pin it.
+    private func showPackages(on conn: PostgresConnection) async throws {
+        let candidates = [
+            FileManager.default.currentDirectoryPath + "/examples/order-fulfilment",
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("../../examples/order-fulfilment").path,
+        ]
+        guard let path = candidates.first(where: { FileManager.default.fileExists(atPath: $0 + "/workflow.json") }) else {
+            print("\n(the example package examples/order-fulfilment was not found from here; skipping the package part)")
+            return
+        }
+        // The leader migrates the workflow schema right after its election.
+        for _ in 0..<200 {
+            let present = try await conn.query("SELECT to_regclass('workflow.runs') IS NOT NULL AS ok")
+                .single().decode("ok", as: Bool.self)
+            if present { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let contents = try PackageContents(path: path, limits: .default)
+        let deployed = try await PackageStore().deploy(contents, actor: .named("demo"), on: conn)
+        print("\n── a workflow package: \(contents.manifest.workflowType), \(contents.manifest.steps.count) steps, \(contents.files.count) files ──")
+        print("   deployed from \(path)")
+        print("   content hash \(deployed.contentHash) (sha256 of its canonical tar)")
+        print("   stored: \(deployed.freshlyStored), route moved: \(deployed.routeChanged)")
+        var runs: [String] = []
+        for order in 1...3 {
+            let run = try await RunStore().start(
+                .init(workflowType: contents.manifest.workflowType, input: #"{"order_id": \#(order), "items": [{"sku": "tea", "quantity": \#(order)}]}"#,
+                      idempotencyKey: "demo-order-\(order)"), actor: .named("demo"), on: conn)
+            runs.append(run.runID)
+        }
+        print("   started runs \(runs.joined(separator: ", ")), each pinned to that version;")
+        print("   their first step (\(contents.manifest.roots.map(\.name).joined(separator: ", "))) is queued in namespace \(RunStore.namespace)")
+        do {
+            try await PackageStore().unload(type: contents.manifest.workflowType, hash: deployed.contentHash, actor: .named("demo"), on: conn)
+        } catch let error as RegentError {
+            print("   unload refused, as it must be: \(error.message)")
         }
     }
 }

@@ -23,6 +23,7 @@ struct ServeCommand: AsyncParsableCommand {
 
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var log: LogOptions
+    @OptionGroup var packageLimits: PackageLimitOptions
     @Option(help: "Name shown in status (default: HOST-PID).") var nodeName: String?
     @Option(help: "How often to heartbeat engine.instances (e.g. 3s, 500ms).") var heartbeatInterval = "3s"
     @Option(help: "A node whose heartbeat is older than this is swept by the leader.") var staleAfter = "10s"
@@ -45,6 +46,7 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("--http-max-connections must be 1 to 100000, got \(httpMaxConnections)")
         }
         _ = try parseDuration(httpIdleTimeout, flag: "--http-idle-timeout")
+        _ = try packageLimits.limits()
         guard (1...1_000_000).contains(httpAuthFailureLimit) else {
             throw ValidationError("--http-auth-failure-limit must be 1 to 1000000, got \(httpAuthFailureLimit)")
         }
@@ -84,7 +86,8 @@ struct ServeCommand: AsyncParsableCommand {
                 pool: node.pool, node: node, registry: registry,
                 options: .init(
                     staleAfter: config.staleAfter, metricsRequireToken: metricsRequireToken, authFailureLimit: httpAuthFailureLimit,
-                    idleTimeout: try parseDuration(httpIdleTimeout, flag: "--http-idle-timeout"), maxConnections: httpMaxConnections))
+                    idleTimeout: try parseDuration(httpIdleTimeout, flag: "--http-idle-timeout"), maxConnections: httpMaxConnections,
+                    packageLimits: try packageLimits.limits()))
             services.append(.init(
                 service: api.application(host: host, port: port), successTerminationBehavior: .gracefullyShutdownGroup,
                 failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "http"))
