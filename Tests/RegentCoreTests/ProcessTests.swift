@@ -233,3 +233,65 @@ struct QueueCLITests {
         }
     }
 }
+
+/// The packages CLI, run as an operator would.
+@Suite("Packages CLI", .serialized)
+struct PackageCLITests {
+    func run(_ args: [String], _ label: String) async throws -> (Int32?, String) {
+        let p = try RegentProcess(args + ["--log-level", "error"], logPath: NSTemporaryDirectory() + "regent-test-\(getpid())-p-\(label).log")
+        let code = await p.waitForExit(timeout: .seconds(30))
+        if code == nil { p.signal(SIGKILL) }
+        return (code, p.log)
+    }
+
+    @Test func deployListShowFetchRouteAndUnloadFromTheCommandLine() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary), "build the regent binary first (swift build)")
+        try await withBootedDatabase { config, conn in
+            let url = config.conninfo
+            let v1 = try PackageFixture(type: "cli.flow", extra: "1"), v2 = try PackageFixture(type: "cli.flow", extra: "2")
+            defer { v1.remove(); v2.remove() }
+            let gz = v2.directory.path + ".tgz"
+            try Data(try v2.tar(gzip: true)).write(to: URL(fileURLWithPath: gz))
+            defer { try? FileManager.default.removeItem(atPath: gz) }
+            // deploy prints the hash (64 lowercase hex digits) first.
+            let (c1, o1) = try await run(["packages", "deploy", v1.directory.path, "--database-url", url], "deploy1")
+            let h1 = String(o1.split(separator: "\n").first ?? "")
+            #expect(c1 == 0 && PackageStore.isHash(h1), "\(o1)")
+            let (c2, o2) = try await run(["packages", "deploy", gz, "--database-url", url, "--json"], "deploy2")
+            #expect(c2 == 0 && o2.contains(#""freshly_stored" : true"#) && o2.contains(#""previous_hash" : "\#(h1)""#), "\(o2)")
+            let h2 = try await PackageStore().routedHash(type: try WorkflowType("cli.flow"), on: conn) ?? ""
+            #expect(h2 != h1 && PackageStore.isHash(h2))
+            let (c3, list) = try await run(["packages", "list", "--database-url", url], "list")
+            #expect(c3 == 0 && list.contains(h1) && list.contains("*  cli.flow  \(h2)"), "\(list)")
+            let (c4, shown) = try await run(["packages", "show", "cli.flow", "--database-url", url], "show")
+            #expect(c4 == 0 && shown.contains("\(h2) (routed)") && shown.contains("schemas/input.json"), "\(shown)")
+            let out = NSTemporaryDirectory() + "regent-test-\(getpid())-fetched.tar"
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            let (c5, _) = try await run(["packages", "fetch", h1, "--out", out, "--database-url", url], "fetch")
+            #expect(c5 == 0)
+            #expect(SHA256.hex(bytes: [UInt8](try Data(contentsOf: URL(fileURLWithPath: out)))) == h1)
+            // Roll back, unload the other; the routed one is refused.
+            let (c6, routed) = try await run(["packages", "route", "cli.flow", h1, "--database-url", url], "route")
+            #expect(c6 == 0 && routed.contains("was \(h2)"), "\(routed)")
+            let (c7, refused) = try await run(["packages", "unload", "cli.flow", h1, "--database-url", url], "unload-routed")
+            #expect(c7 != 0 && refused.contains("routed version"), "\(refused)")
+            let (c8, unloaded) = try await run(["packages", "unload", "cli.flow", h2, "--database-url", url], "unload")
+            #expect(c8 == 0 && unloaded.contains("unloaded"), "\(unloaded)")
+            // Bad input: a clear error, nothing changed.
+            for (args, expected) in [
+                (["packages", "route", "cli.flow", "XYZ"], "invalid content hash"),
+                (["packages", "route", "bad type!", h1], "invalid workflow type"),
+                (["packages", "deploy", "/nonexistent/pkg"], "no package at"),
+                (["packages", "deploy", v1.directory.path, "--package-max-bytes", "12x"], "invalid --package-max-bytes"),
+                (["packages", "deploy", v1.directory.path, "--package-max-files", "2"], "more than 2 files"),
+                (["packages", "deploy", v1.directory.path, "--package-max-bytes", "1"], "size limit 1 bytes"),
+                (["packages", "fetch", String(repeating: "0", count: 64)], "no stored version"),
+            ] {
+                let (c, o) = try await run(args + ["--database-url", url], "bad")
+                #expect(c != 0 && o.contains(expected), "\(args): \(o)")
+            }
+            let count = try await conn.query("SELECT count(*) AS n FROM workflow.packages").single().decode("n", as: Int.self)
+            #expect(count == 1)
+        }
+    }
+}
