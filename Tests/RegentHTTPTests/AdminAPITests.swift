@@ -42,12 +42,12 @@ struct AdminAPITests {
 
     @Test func readinessIsUnavailableWithTheReasonWhenASchemaIsBehind() async throws {
         try await Fixture.with { f in
-            try await f.api.pool.query("DELETE FROM engine.migrations WHERE schema_name = 'workflow' AND version = 4")
+            try await f.api.pool.query("DELETE FROM engine.migrations WHERE schema_name = 'workflow' AND version >= 4")
             try await f.app().test(.router) { client in
                 let response = try await client.call(.get, "/readyz", token: nil)
                 #expect(response.status == .serviceUnavailable)
                 #expect(errorCode(response) == "schema_not_current")
-                #expect(errorMessage(response)?.contains("workflow at 3 of 4") == true)
+                #expect(errorMessage(response)?.contains("workflow at 3 of ") == true)
             }
         }
     }
