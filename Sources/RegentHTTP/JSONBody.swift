@@ -19,15 +19,18 @@ struct JSONBody {
         else {
             throw APIError(status: .unsupportedMediaType, code: "unsupported_media_type", message: "send the body as Content-Type: application/json")
         }
-        let buffer: ByteBuffer
+        return try parse(Data(try await collect(request, limit: limit).readableBytesView), allowed: allowed)
+    }
+
+    /// The whole body, at most `limit` bytes; 413 `body_too_large` past it.
+    static func collect(_ request: Request, limit: Int) async throws -> ByteBuffer {
         do {
-            buffer = try await request.body.collect(upTo: limit)
+            return try await request.body.collect(upTo: limit)
         } catch let error as HTTPError where error.status == .contentTooLarge {
             throw APIError(status: .contentTooLarge, code: "body_too_large", message: "the body is larger than \(limit) bytes")
         } catch is NIOTooManyBytesError {
             throw APIError(status: .contentTooLarge, code: "body_too_large", message: "the body is larger than \(limit) bytes")
         }
-        return try parse(Data(buffer.readableBytesView), allowed: allowed)
     }
 
     static func parse(_ data: Data, allowed: Set<String>) throws -> JSONBody {

@@ -179,12 +179,7 @@ struct FailoverDrillTests {
 /// The queue's CLI, run as an operator would.
 @Suite("Queue CLI", .serialized)
 struct QueueCLITests {
-    func run(_ args: [String], _ label: String, timeout: Duration = .seconds(30)) async throws -> (Int32?, String) {
-        let p = try RegentProcess(args + ["--log-level", "error"], logPath: NSTemporaryDirectory() + "regent-test-\(getpid())-q-\(label).log")
-        let code = await p.waitForExit(timeout: timeout)
-        if code == nil { p.signal(SIGKILL) }
-        return (code, p.log)
-    }
+    func run(_ args: [String], _ label: String) async throws -> (Int32?, String) { try await runRegent(args, "q-\(label)") }
 
     @Test func enqueueClaimWithWaitAndCancelFromTheCommandLine() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary), "build the regent binary first (swift build)")
@@ -237,12 +232,7 @@ struct QueueCLITests {
 /// The packages CLI, run as an operator would.
 @Suite("Packages CLI", .serialized)
 struct PackageCLITests {
-    func run(_ args: [String], _ label: String) async throws -> (Int32?, String) {
-        let p = try RegentProcess(args + ["--log-level", "error"], logPath: NSTemporaryDirectory() + "regent-test-\(getpid())-p-\(label).log")
-        let code = await p.waitForExit(timeout: .seconds(30))
-        if code == nil { p.signal(SIGKILL) }
-        return (code, p.log)
-    }
+    func run(_ args: [String], _ label: String) async throws -> (Int32?, String) { try await runRegent(args, "p-\(label)") }
 
     @Test func deployListShowFetchRouteAndUnloadFromTheCommandLine() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary), "build the regent binary first (swift build)")
@@ -294,4 +284,12 @@ struct PackageCLITests {
             #expect(count == 1)
         }
     }
+}
+
+/// Runs `regent ARGS --log-level error` to its end (at most 30 s): its exit code and output.
+func runRegent(_ args: [String], _ label: String) async throws -> (Int32?, String) {
+    let p = try RegentProcess(args + ["--log-level", "error"], logPath: NSTemporaryDirectory() + "regent-test-\(getpid())-\(label).log")
+    let code = await p.waitForExit(timeout: .seconds(30))
+    if code == nil { p.signal(SIGKILL) }
+    return (code, p.log)
 }

@@ -20,14 +20,7 @@ extension AdminAPI {
         }
         // The compressed body is at most the inflated limit; inflating stops at the limit too.
         let bodyLimit = limits.maxTotalBytes + (limits.maxFiles + 8) * 2048 + (1 << 20)
-        let buffer: ByteBuffer
-        do {
-            buffer = try await request.body.collect(upTo: bodyLimit)
-        } catch let error as HTTPError where error.status == .contentTooLarge {
-            throw APIError(status: .contentTooLarge, code: "body_too_large", message: "the package is larger than \(bodyLimit) bytes")
-        } catch is NIOTooManyBytesError {
-            throw APIError(status: .contentTooLarge, code: "body_too_large", message: "the package is larger than \(bodyLimit) bytes")
-        }
+        let buffer = try await JSONBody.collect(request, limit: bodyLimit)
         let contents = try PackageContents(archive: Array(buffer.readableBytesView), limits: limits)
         let deployed = try await pool.withConnection {
             try await PackageStore(publisher: node?.instanceID.uuid).deploy(contents, actor: .named(context.actor), on: $0)
