@@ -164,6 +164,45 @@ struct JSONBody {
     }
 
     func objectJSON(_ name: String) throws -> String { try required(name, try optionalObjectJSON(name)) }
+
+    /// A completion's result: `output` (a workflow step's name for it) or `result`, not both; `{}` when neither.
+    func output() throws -> String {
+        let output = try optionalObjectJSON("output"), result = try optionalObjectJSON("result")
+        if output != nil && result != nil { throw APIError.badRequest("invalid_field", "give \(path)output or \(path)result, not both") }
+        return output ?? result ?? "{}"
+    }
+
+    /// A completion's `cost`: a number (in the run's budget unit) or a list of `{"amount", "unit"?}`, at most 64.
+    func costs() throws -> [Cost] {
+        func amount(_ value: JSONValue, _ at: String) throws -> Double {
+            switch value {
+            case .integer(let i): return Double(i)
+            case .number(let d): return d
+            default: throw wrongType(at, "a number from 0 to 1e15")
+            }
+        }
+        func cost(_ amount: Double, _ unit: String?, _ at: String) throws -> Cost {
+            do { return try Cost(amount: amount, unit: unit) } catch { throw APIError.badRequest("invalid_field", "\(path)\(at): \(error.message)") }
+        }
+        switch fields["cost"] {
+        case nil, .null?: return []
+        case .integer?, .number?: return [try cost(try amount(fields["cost"]!, "cost"), nil, "cost")]
+        case .array(let items)?:
+            guard items.count <= 64 else { throw wrongType("cost", "at most 64 amounts") }
+            return try items.enumerated().map { n, item in
+                guard case .object(let f) = item, Set(f.keys).isSubset(of: ["amount", "unit"]), let a = f["amount"] else {
+                    throw wrongType("cost", "a list of {\"amount\": number, \"unit\"?: identifier}")
+                }
+                var unit: String?
+                if let u = f["unit"] {
+                    guard case .string(let text) = u else { throw wrongType("cost", "a list of {\"amount\": number, \"unit\"?: identifier}") }
+                    unit = text
+                }
+                return try cost(try amount(a, "cost[\(n)].amount"), unit, "cost[\(n)]")
+            }
+        default: throw wrongType("cost", "a number or a list of {\"amount\", \"unit\"}")
+        }
+    }
 }
 
 /// A JSON value kept as its text (a jsonb column read as text), written into a response as

@@ -59,8 +59,14 @@ CREATE TABLE workflow.budget_ledger (
 );
 CREATE INDEX budget_ledger_run_idx ON workflow.budget_ledger (run_id, at);
 
--- The step an execution carries (NULL for plain queue executions).
-ALTER TABLE workflow.executions ADD COLUMN step_id text;
+-- The step an execution carries (NULL for plain queue executions), the lease a claim of it
+-- gets (the step's timeout, whatever the worker asks), and the costs its completion reported.
+ALTER TABLE workflow.executions
+    ADD COLUMN step_id       text,
+    ADD COLUMN step_lease_ms bigint CHECK (step_lease_ms BETWEEN 1000 AND 86400000),
+    ADD COLUMN cost          jsonb;
+-- Steps whose execution may still be claimed or running: what a finished run must fence.
+CREATE INDEX run_steps_active_idx ON workflow.run_steps (execution_id) WHERE state IN ('queued', 'running');
 
 -- A ULID in lowercase Crockford base32 (26 characters: 48 bits of milliseconds, 80 random).
 CREATE FUNCTION workflow.ulid() RETURNS text LANGUAGE plpgsql VOLATILE AS $$
@@ -91,33 +97,34 @@ END
 $$;
 
 -- Enqueues the named steps of a run as executions in namespace `p_namespace`: each gets the
--- input {"run_id", "step", "input": the run's input, "after": {step: output} of the steps it
--- runs after}, the lane, capabilities, attempts and backoff of its manifest entry. The steps
--- must be 'pending' (or just created); they become 'queued'.
+-- input {"run_id", "step", "package_hash", "input": the run's input, "after": {step: output}
+-- of the steps it runs after}, the lane, capabilities, attempts, backoff and timeout (its
+-- lease) of its manifest entry. The steps must be 'pending'; they become 'queued'.
 CREATE FUNCTION workflow.enqueue_steps(p_run_id text, p_names text[], p_namespace text) RETURNS integer
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     n integer;
 BEGIN
     WITH run AS (
-        SELECT r.run_id, r.input, p.manifest FROM workflow.runs r JOIN workflow.packages p ON p.content_hash = r.package_hash
+        SELECT r.run_id, r.input, r.package_hash, p.manifest FROM workflow.runs r JOIN workflow.packages p ON p.content_hash = r.package_hash
         WHERE r.run_id = p_run_id
     ), spec AS (
         SELECT s.step_id, s.name, m AS entry,
                jsonb_build_object(
-                   'run_id', run.run_id, 'step', s.name, 'input', run.input,
+                   'run_id', run.run_id, 'step', s.name, 'package_hash', run.package_hash, 'input', run.input,
                    'after', COALESCE((SELECT jsonb_object_agg(d.name, d.output) FROM workflow.run_steps d
                                       WHERE d.run_id = s.run_id AND d.name = ANY (s.after_steps)), '{}'::jsonb)) AS payload,
                gen_random_uuid() AS execution_id
         FROM run
-        JOIN workflow.run_steps s ON s.run_id = run.run_id AND s.name = ANY (p_names)
+        JOIN workflow.run_steps s ON s.run_id = run.run_id AND s.name = ANY (p_names) AND s.state = 'pending'
         JOIN LATERAL jsonb_array_elements(run.manifest -> 'steps') AS m ON m ->> 'name' = s.name
     ), inserted AS (
         INSERT INTO workflow.executions (
-            execution_id, namespace, lane, payload, max_attempts, required_capabilities, priority, run_at, retry_base_ms, retry_max_ms, step_id)
+            execution_id, namespace, lane, payload, max_attempts, required_capabilities, priority, run_at, retry_base_ms, retry_max_ms, step_id,
+            step_lease_ms)
         SELECT execution_id, p_namespace, entry ->> 'lane', payload, (entry ->> 'max_attempts')::integer,
                ARRAY(SELECT jsonb_array_elements_text(entry -> 'capabilities')), 0, clock_timestamp(),
-               (entry ->> 'backoff_base_ms')::bigint, (entry ->> 'backoff_max_ms')::bigint, step_id
+               (entry ->> 'backoff_base_ms')::bigint, (entry ->> 'backoff_max_ms')::bigint, step_id, (entry ->> 'timeout_ms')::bigint
         FROM spec
         RETURNING execution_id, lane, priority, run_at, required_capabilities
     ), readied AS (

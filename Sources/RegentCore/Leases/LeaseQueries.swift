@@ -67,7 +67,7 @@ package enum LeaseQueries {
         return query.prepared()
     }
 
-    /// Claims up to `limit` runnable executions through `workflow.claim` (sql/workflow/0004):
+    /// Claims up to `limit` runnable executions through `workflow.claim` (sql/workflow/0007):
     /// for each of the worker's lanes it walks `ready`'s key in order (priority, run_at, id)
     /// and takes at most `limit`, then keeps the best `limit` of those; planned with sequential
     /// scans off, so an emptied queue's statistics cannot turn it into a scan of the next
@@ -77,7 +77,7 @@ package enum LeaseQueries {
         -> PostgresQuery
     {
         let query: PostgresQuery = """
-            SELECT alive, execution_id, lane, attempt_index, lease_epoch, payload, lease_expires_at
+            SELECT alive, execution_id, lane, attempt_index, lease_epoch, payload, lease_expires_at, run_id, step, package_hash
             FROM workflow.claim(\(namespace), \(worker), \(lanes)::text[], \(capabilities)::text[], \(Int64(lease.milliseconds)), \(limit))
             """
         return query.prepared()

@@ -105,9 +105,14 @@ public struct LeaseStore: Sendable {
         }
         return try rows.compactMap { row in
             guard let id = try row.decodeOptional("execution_id", as: UUID.self) else { return nil }
+            var step: Lease.StepRef?
+            if let runID = try row.decodeOptional("run_id", as: String.self) {
+                step = Lease.StepRef(runID: runID, name: try row.decode("step"), packageHash: try row.decode("package_hash"))
+            }
             return Lease(
                 executionID: id, lane: try row.decode("lane"), attemptIndex: try row.decode("attempt_index"),
-                epoch: LeaseEpoch(try row.decode("lease_epoch")), payload: try row.decode("payload"), expiresAt: try row.decode("lease_expires_at"))
+                epoch: LeaseEpoch(try row.decode("lease_epoch")), payload: try row.decode("payload"), expiresAt: try row.decode("lease_expires_at"),
+                step: step)
         }
     }
 
@@ -170,7 +175,8 @@ public struct LeaseStore: Sendable {
         for (n, c) in completions.enumerated() {
             let result: EventPayload
             do { result = try EventPayload(json: c.result) } catch { throw RegentError(.invalidInput, "completion \(n): \(error.message)") }
-            items.append(#"{"execution_id":"\#(c.executionID.uuidString)","epoch":\#(c.epoch.value),"result":\#(result.json)}"#)
+            let cost = c.cost.isEmpty ? "" : #","cost":["# + c.cost.map(\.json).joined(separator: ",") + "]"
+            items.append(#"{"execution_id":"\#(c.executionID.uuidString)","epoch":\#(c.epoch.value),"result":\#(result.json)\#(cost)}"#)
         }
         let rows = try await conn.query(LeaseQueries.complete(itemsJSON: "[" + items.joined(separator: ",") + "]"), purpose: "complete executions")
         var done: [UUID: String] = [:]
@@ -179,8 +185,8 @@ public struct LeaseStore: Sendable {
     }
 
     /// Completes the execution with `result` (a JSON object); ``staleLease`` when its epoch is not current.
-    public func complete(executionID: UUID, epoch: LeaseEpoch, result: String = "{}", on conn: PostgresConnection) async throws {
-        let outcome = try await complete([Completion(executionID: executionID, epoch: epoch, result: result)], on: conn)
+    public func complete(executionID: UUID, epoch: LeaseEpoch, result: String = "{}", cost: [Cost] = [], on conn: PostgresConnection) async throws {
+        let outcome = try await complete([Completion(executionID: executionID, epoch: epoch, result: result, cost: cost)], on: conn)
         guard outcome.stale.isEmpty else { throw Self.staleLease(executionID, epoch) }
     }
 

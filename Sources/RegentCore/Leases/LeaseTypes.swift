@@ -9,10 +9,30 @@ public struct Lease: Sendable, Hashable, Codable {
     public let epoch: LeaseEpoch
     public let payload: String
     public let expiresAt: Date
+    /// For a workflow step (namespace ``RunStore/namespace``): its run, step name and the
+    /// package version the run is pinned to; nil for plain executions.
+    public var step: StepRef?
+
+    public struct StepRef: Sendable, Hashable, Codable {
+        public let runID: String
+        public let name: String
+        public let packageHash: String
+        enum CodingKeys: String, CodingKey { case runID = "run_id", name = "step", packageHash = "package_hash" }
+    }
 
     enum CodingKeys: String, CodingKey {
         case executionID = "execution_id", lane, attemptIndex = "attempt_index", epoch = "lease_epoch", payload
-        case expiresAt = "lease_expires_at"
+        case expiresAt = "lease_expires_at", step
+    }
+
+    public init(executionID: UUID, lane: String, attemptIndex: Int, epoch: LeaseEpoch, payload: String, expiresAt: Date, step: StepRef? = nil) {
+        self.executionID = executionID
+        self.lane = lane
+        self.attemptIndex = attemptIndex
+        self.epoch = epoch
+        self.payload = payload
+        self.expiresAt = expiresAt
+        self.step = step
     }
 
     /// Ids in lower case, as the HTTP API writes them.
@@ -24,6 +44,7 @@ public struct Lease: Sendable, Hashable, Codable {
         try c.encode(epoch, forKey: .epoch)
         try c.encode(payload, forKey: .payload)
         try c.encode(expiresAt, forKey: .expiresAt)
+        try c.encodeIfPresent(step, forKey: .step)
     }
 }
 
@@ -164,14 +185,34 @@ public struct Enqueued: Sendable, Hashable, Codable {
 public struct Completion: Sendable, Hashable {
     public let executionID: UUID
     public let epoch: LeaseEpoch
-    /// A JSON object.
+    /// A JSON object: for a workflow step, its output.
     public let result: String
+    /// What the work cost (a workflow step's budget ledger); empty for none.
+    public let cost: [Cost]
 
-    public init(executionID: UUID, epoch: LeaseEpoch, result: String = "{}") {
+    public init(executionID: UUID, epoch: LeaseEpoch, result: String = "{}", cost: [Cost] = []) {
         self.executionID = executionID
         self.epoch = epoch
         self.result = result
+        self.cost = cost
     }
+}
+
+/// An amount a step's completion reports; `unit` nil means the run's budget unit.
+public struct Cost: Sendable, Hashable {
+    public let amount: Double
+    public let unit: String?
+
+    public init(amount: Double, unit: String? = nil) throws(RegentError) {
+        guard amount.isFinite, amount >= 0, amount <= 1e15 else {
+            throw RegentError(.invalidInput, "a cost amount must be a number from 0 to 1e15, got \(amount)")
+        }
+        if let unit, !Lane.isValid(unit) { throw RegentError(.invalidInput, "cost unit \(quoted(unit)): use 1-128 letters, digits or _ . : -") }
+        self.amount = amount
+        self.unit = unit
+    }
+
+    var json: String { #"{"amount":\#(amount)"# + (unit.map { #","unit":"\#($0)"}"# } ?? "}") }
 }
 
 /// One failure of a batch.

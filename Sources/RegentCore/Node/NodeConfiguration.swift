@@ -17,6 +17,8 @@ public struct NodeConfiguration: Sendable {
     public var eventRetention: Duration = .seconds(86_400)
     /// How long finished executions (and worker events, lease decisions) are kept.
     public var executionRetention: Duration = .seconds(7 * 86_400)
+    /// How long finished workflow runs are kept (the leader prunes older ones).
+    public var runRetention: Duration = .seconds(7 * 86_400)
     /// The node's pool of database connections, shared by its duties, heartbeats, event
     /// publishing and its HTTP API; the lock session and the event listener come on top.
     public var maxConnections = 8
@@ -40,6 +42,9 @@ public struct NodeConfiguration: Sendable {
 
     /// Refuses combinations that cannot work, naming the flags.
     public func validate() throws(RegentError) {
+        guard runRetention >= .seconds(60) else {
+            throw RegentError(.invalidInput, "--run-retention must be at least 1m, got \(runRetention)")
+        }
         guard executionRetention >= .seconds(60) else {
             throw RegentError(.invalidInput, "--execution-retention must be at least 1m, got \(executionRetention)")
         }

@@ -87,6 +87,8 @@ public actor RegentNode: Service {
             WorkerTTLSweep(pool: pool, reachableSince: reachableSince),
             LeaseExpiryScanner(pool: pool, reachableSince: reachableSince, metrics: metrics),
             QueueRetention(pool: pool, retention: configuration.executionRetention),
+            RunDeadlines(pool: pool),
+            RunRetention(pool: pool, retention: configuration.runRetention),
         ], metrics: metrics)
         let elector = LeaderElector(
             instanceID: identity.instanceID, configuration: configuration.database,

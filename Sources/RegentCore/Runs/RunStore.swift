@@ -83,3 +83,278 @@ public struct RunStore: Sendable {
             hint: "deploy a package for it first (regent packages deploy)")
     }
 }
+
+// MARK: Reading and cancelling
+
+extension RunStore {
+    public static let states = ["running", "succeeded", "failed", "cancelled"]
+
+    /// A run as `runs show` and `GET /v1/runs/{id}` present it.
+    public struct Run: Sendable, Encodable {
+        public let runID: String
+        public let workflowType: String
+        public let packageHash: String
+        public let state: String
+        public let reason: String?
+        public let error: String?
+        public let input: String
+        public let output: String?
+        public let idempotencyKey: String?
+        public let deadline: Date?
+        public let budgetLimit: Double?
+        public let budgetUnit: String?
+        public let budgetSpent: Double
+        public let startedBy: String
+        public let finishedBy: String?
+        public let term: Int64?
+        public let startedAt: Date
+        public let finishedAt: Date?
+        public var steps: [Step] = []
+        public var ledger: [LedgerEntry] = []
+
+        /// What is left of the budget (nil without one; never below zero).
+        public var budgetRemaining: Double? { budgetLimit.map { max(0, $0 - budgetSpent) } }
+
+        enum CodingKeys: String, CodingKey {
+            case runID = "run_id", workflowType = "workflow_type", packageHash = "package_hash", state, reason, error, input, output
+            case idempotencyKey = "idempotency_key", deadline, budget, startedBy = "started_by", finishedBy = "finished_by", term
+            case startedAt = "started_at", finishedAt = "finished_at", steps, ledger
+        }
+        enum BudgetKeys: String, CodingKey { case limit, unit, spent, remaining }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(runID, forKey: .runID)
+            try c.encode(workflowType, forKey: .workflowType)
+            try c.encode(packageHash, forKey: .packageHash)
+            try c.encode(state, forKey: .state)
+            try c.encode(reason, forKey: .reason)
+            try c.encode(error, forKey: .error)
+            try c.encode(RawJSON(input), forKey: .input)
+            try c.encode(output.map(RawJSON.init), forKey: .output)
+            try c.encode(idempotencyKey, forKey: .idempotencyKey)
+            try c.encode(deadline, forKey: .deadline)
+            var b = c.nestedContainer(keyedBy: BudgetKeys.self, forKey: .budget)
+            try b.encode(budgetLimit, forKey: .limit)
+            try b.encode(budgetUnit, forKey: .unit)
+            try b.encode(budgetSpent, forKey: .spent)
+            try b.encode(budgetRemaining, forKey: .remaining)
+            try c.encode(startedBy, forKey: .startedBy)
+            try c.encode(finishedBy, forKey: .finishedBy)
+            try c.encode(term, forKey: .term)
+            try c.encode(startedAt, forKey: .startedAt)
+            try c.encode(finishedAt, forKey: .finishedAt)
+            try c.encode(steps, forKey: .steps)
+            try c.encode(ledger, forKey: .ledger)
+        }
+    }
+
+    public struct Step: Sendable, Encodable {
+        public let name: String
+        public let after: [String]
+        public let state: String
+        public let attempts: Int
+        public let maxAttempts: Int?
+        public let worker: String?
+        public let executionID: UUID?
+        public let queuedAt: Date?
+        public let finishedAt: Date?
+        public let output: String?
+        public let error: String?
+
+        enum CodingKeys: String, CodingKey {
+            case name, after, state, attempts, maxAttempts = "max_attempts", worker, executionID = "execution_id", queuedAt = "queued_at"
+            case finishedAt = "finished_at", output, error
+        }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(name, forKey: .name)
+            try c.encode(after, forKey: .after)
+            try c.encode(state, forKey: .state)
+            try c.encode(attempts, forKey: .attempts)
+            try c.encode(maxAttempts, forKey: .maxAttempts)
+            try c.encode(worker, forKey: .worker)
+            try c.encode(executionID?.uuidString.lowercased(), forKey: .executionID)
+            try c.encode(queuedAt, forKey: .queuedAt)
+            try c.encode(finishedAt, forKey: .finishedAt)
+            try c.encode(output.map(RawJSON.init), forKey: .output)
+            try c.encode(error, forKey: .error)
+        }
+    }
+
+    public struct LedgerEntry: Sendable, Encodable {
+        public let entryID: String
+        public let step: String
+        public let amount: Double
+        public let unit: String
+        public let at: Date
+        enum CodingKeys: String, CodingKey { case entryID = "entry_id", step, amount, unit, at }
+    }
+
+    /// A run id as Regent writes them: `run_` and a lowercase ULID.
+    public static func isRunID(_ text: String) -> Bool {
+        text.utf8.count == 30 && text.hasPrefix("run_")
+            && text.utf8.dropFirst(4).allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 122) }
+    }
+
+    public static func checkRunID(_ text: String) throws(RegentError) {
+        guard isRunID(text) else {
+            throw RegentError(.invalidInput, "invalid run id \(quoted(String(text.prefix(64)))): run_ and 26 lowercase letters or digits (regent runs list shows them)")
+        }
+    }
+
+    static let runColumns = """
+        run_id, workflow_type, package_hash, state, reason, error, input::text AS input, output::text AS output, idempotency_key, deadline,
+        budget_limit::float8 AS budget_limit, budget_unit, budget_spent::float8 AS budget_spent, started_by, finished_by, term, started_at, finished_at
+        """
+
+    static func run(_ row: PostgresRow) throws -> Run {
+        Run(
+            runID: try row.decode("run_id"), workflowType: try row.decode("workflow_type"), packageHash: try row.decode("package_hash"),
+            state: try row.decode("state"), reason: try row.decodeOptional("reason"), error: try row.decodeOptional("error"),
+            input: try row.decode("input"), output: try row.decodeOptional("output"), idempotencyKey: try row.decodeOptional("idempotency_key"),
+            deadline: try row.decodeOptional("deadline"), budgetLimit: try row.decodeOptional("budget_limit"), budgetUnit: try row.decodeOptional("budget_unit"),
+            budgetSpent: try row.decode("budget_spent"), startedBy: try row.decode("started_by"), finishedBy: try row.decodeOptional("finished_by"),
+            term: try row.decodeOptional("term"), startedAt: try row.decode("started_at"), finishedAt: try row.decodeOptional("finished_at"))
+    }
+
+    /// A run with its steps (in manifest order) and ledger; nil when there is none.
+    public func get(_ runID: String, on conn: PostgresConnection) async throws -> Run? {
+        try Self.checkRunID(runID)
+        guard let row = try await conn.query(
+            PostgresQuery(unsafeSQL: "SELECT \(Self.runColumns) FROM workflow.runs WHERE run_id = $1", binds: [runID.postgresBind]),
+            purpose: "runs: get"
+        ).first else { return nil }
+        var run = try Self.run(row)
+        run.steps = try await conn.query(
+            """
+            SELECT s.name, s.after_steps, s.state, COALESCE(e.attempts, 0) AS attempts, e.max_attempts, s.execution_id, s.queued_at, s.finished_at,
+                   s.output::text AS output, COALESCE(s.error, e.last_error) AS error,
+                   (SELECT a.worker_instance_id FROM workflow.attempts a WHERE a.execution_id = e.execution_id ORDER BY a.attempt_index DESC LIMIT 1) AS worker
+            FROM workflow.run_steps s LEFT JOIN workflow.executions e ON e.execution_id = s.execution_id
+            WHERE s.run_id = \(runID) ORDER BY s.position
+            """, purpose: "runs: steps"
+        ).map { r in
+            Step(
+                name: try r.decode("name"), after: try r.decode("after_steps"), state: try r.decode("state"), attempts: try r.decode("attempts"),
+                maxAttempts: try r.decodeOptional("max_attempts"), worker: try r.decodeOptional("worker"), executionID: try r.decodeOptional("execution_id"),
+                queuedAt: try r.decodeOptional("queued_at"), finishedAt: try r.decodeOptional("finished_at"), output: try r.decodeOptional("output"),
+                error: try r.decodeOptional("error"))
+        }
+        run.ledger = try await conn.query(
+            "SELECT entry_id, step_name, amount::float8 AS amount, unit, at FROM workflow.budget_ledger WHERE run_id = \(runID) ORDER BY at, entry_id",
+            purpose: "runs: ledger"
+        ).map { r in
+            LedgerEntry(entryID: try r.decode("entry_id"), step: try r.decode("step_name"), amount: try r.decode("amount"), unit: try r.decode("unit"), at: try r.decode("at"))
+        }
+        return run
+    }
+
+    public struct Page: Sendable, Encodable {
+        public let runs: [Run]
+        public let nextCursor: String?
+        enum CodingKeys: String, CodingKey { case runs, nextCursor = "next_cursor" }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(runs, forKey: .runs)
+            try c.encode(nextCursor, forKey: .nextCursor)
+        }
+    }
+
+    /// Runs, newest first (without steps and ledger), paged by `after` (a `next_cursor`).
+    public func list(type: WorkflowType? = nil, state: String? = nil, after cursor: String? = nil, limit: Int = 100, on conn: PostgresConnection) async throws
+        -> Page
+    {
+        guard (1...1000).contains(limit) else { throw RegentError(.invalidInput, "limit must be 1 to 1000, got \(limit)") }
+        if let state, !Self.states.contains(state) {
+            throw RegentError(.invalidInput, "invalid state \(quoted(state)): one of \(Self.states.joined(separator: ", "))")
+        }
+        var position: (micros: Int64, runID: String)?
+        if let cursor {
+            let parts = cursor.split(separator: ".", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let micros = Int64(parts[0]), Self.isRunID(parts[1]) else {
+                throw RegentError(.invalidInput, "invalid cursor \(quoted(String(cursor.prefix(100)))): pass the next_cursor of the previous page")
+            }
+            position = (micros, parts[1])
+        }
+        let rows = try await conn.query(
+            PostgresQuery(
+                unsafeSQL: """
+                    SELECT \(Self.runColumns), (extract(epoch FROM started_at) * 1000000)::bigint AS started_us FROM workflow.runs
+                    WHERE ($1::text IS NULL OR workflow_type = $1) AND ($2::text IS NULL OR state = $2)
+                      AND ($3::bigint IS NULL OR (started_at, run_id) < (to_timestamp($3::float8 / 1000000), $4::text))
+                    ORDER BY started_at DESC, run_id DESC LIMIT $5
+                    """,
+                binds: [type?.value.postgresBind ?? .null, state?.postgresBind ?? .null, position.map { String($0.micros) }?.postgresBind ?? .null,
+                        position?.runID.postgresBind ?? .null, String(limit + 1).postgresBind]),
+            purpose: "runs: list")
+        let runs = try rows.prefix(limit).map(Self.run)
+        let next = rows.count > limit ? "\(try rows[limit - 1].decode("started_us", as: Int64.self)).\(runs[limit - 1].runID)" : nil
+        return Page(runs: runs, nextCursor: next)
+    }
+
+    public enum CancelOutcome: String, Sendable { case cancelled, alreadyFinished = "already_finished" }
+
+    /// Cancels a running run: not-started steps skipped, queued and running ones fenced
+    /// (their workers' completions are refused). `reason` is recorded with the actor.
+    public func cancel(_ runID: String, reason: String, actor: AuditActor, on conn: PostgresConnection) async throws -> CancelOutcome {
+        try Self.checkRunID(runID)
+        guard (1...1024).contains(reason.utf8.count), !reason.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+            throw RegentError(.invalidInput, "the reason must be 1-1024 bytes without control characters")
+        }
+        let before = try await conn.query(
+            "SELECT workflow.cancel_run(\(runID), \(reason), \(actor.description)) AS before", purpose: "runs: cancel"
+        ).single().decodeOptional("before", as: String.self)
+        guard let before else { throw RegentError(.notFound, "no run \(runID)") }
+        return before == "running" ? .cancelled : .alreadyFinished
+    }
+}
+
+/// A JSON document kept as its text, encoded as the document itself.
+struct RawJSON: Encodable {
+    let text: String
+    init(_ text: String) { self.text = text }
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        guard let value = try? StrictJSON.parse(Array(text.utf8)) else { return try c.encodeNil() }
+        try c.encode(JSONValueBox(value))
+    }
+}
+
+struct JSONValueBox: Encodable {
+    let value: JSONValue
+    init(_ value: JSONValue) { self.value = value }
+    func encode(to encoder: any Encoder) throws {
+        switch value {
+        case .null:
+            var c = encoder.singleValueContainer()
+            try c.encodeNil()
+        case .bool(let b):
+            var c = encoder.singleValueContainer()
+            try c.encode(b)
+        case .integer(let i):
+            var c = encoder.singleValueContainer()
+            try c.encode(i)
+        case .number(let d):
+            var c = encoder.singleValueContainer()
+            try c.encode(d)
+        case .string(let s):
+            var c = encoder.singleValueContainer()
+            try c.encode(s)
+        case .array(let items):
+            var c = encoder.unkeyedContainer()
+            for item in items { try c.encode(JSONValueBox(item)) }
+        case .object(let fields):
+            var c = encoder.container(keyedBy: AnyKey.self)
+            for (k, v) in fields { try c.encode(JSONValueBox(v), forKey: AnyKey(k)) }
+        }
+    }
+}
+
+struct AnyKey: CodingKey {
+    let stringValue: String
+    init(_ s: String) { stringValue = s }
+    init?(stringValue: String) { self.stringValue = stringValue }
+    var intValue: Int? { nil }
+    init?(intValue: Int) { nil }
+}

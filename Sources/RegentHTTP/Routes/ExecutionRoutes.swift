@@ -66,8 +66,8 @@ extension AdminAPI {
 
     func completeBatch(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let body = try await JSONBody.read(request, context: context, allowed: ["completions"], limit: Self.maxBatchBodyBytes)
-        let completions = try body.objects("completions", allowed: ["execution_id", "lease_epoch", "result"], max: LeaseStore.maxBatch).map {
-            Completion(executionID: try $0.uuid("execution_id"), epoch: LeaseEpoch(try $0.int("lease_epoch")), result: try $0.optionalObjectJSON("result") ?? "{}")
+        let completions = try body.objects("completions", allowed: ["execution_id", "lease_epoch", "result", "output", "cost"], max: LeaseStore.maxBatch).map {
+            Completion(executionID: try $0.uuid("execution_id"), epoch: LeaseEpoch(try $0.int("lease_epoch")), result: try $0.output(), cost: try $0.costs())
         }
         let outcome = try await pool.withConnection { try await LeaseStore().complete(completions, on: $0) }
         return try json(BatchDocument(outcome, order: completions.map(\.executionID)))

@@ -45,10 +45,15 @@ extension AdminAPI {
         let lease: Lease
         enum Keys: String, CodingKey {
             case executionID = "execution_id", lane, attemptIndex = "attempt_index", epoch = "lease_epoch", payload
-            case expiresAt = "lease_expires_at"
+            case expiresAt = "lease_expires_at", runID = "run_id", step, packageHash = "package_hash"
         }
         func encode(to encoder: any Encoder) throws {
             var c = encoder.container(keyedBy: Keys.self)
+            if let step = lease.step {
+                try c.encode(step.runID, forKey: .runID)
+                try c.encode(step.name, forKey: .step)
+                try c.encode(step.packageHash, forKey: .packageHash)
+            }
             try c.encode(lease.executionID.uuidString.lowercased(), forKey: .executionID)
             try c.encode(lease.lane, forKey: .lane)
             try c.encode(lease.attemptIndex, forKey: .attemptIndex)
@@ -68,11 +73,12 @@ extension AdminAPI {
     }
 
     func complete(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
-        let body = try await JSONBody.read(request, context: context, allowed: ["execution_id", "lease_epoch", "result"])
+        let body = try await JSONBody.read(request, context: context, allowed: ["execution_id", "lease_epoch", "result", "output", "cost"])
         let id = try body.uuid("execution_id")
         let epoch = LeaseEpoch(try body.int("lease_epoch"))
-        let result = try body.optionalObjectJSON("result") ?? "{}"
-        try await pool.withConnection { try await LeaseStore().complete(executionID: id, epoch: epoch, result: result, on: $0) }
+        let result = try body.output()
+        let cost = try body.costs()
+        try await pool.withConnection { try await LeaseStore().complete(executionID: id, epoch: epoch, result: result, cost: cost, on: $0) }
         return try json(["state": "completed"])
     }
 

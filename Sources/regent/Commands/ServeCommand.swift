@@ -34,6 +34,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "How long finished executions, worker events and lease decisions are kept (the leader prunes older ones).")
     var executionRetention = "168h"
     @Flag(help: "Exit at once when the database is unreachable at boot, instead of retrying with backoff.") var failFast = false
+    @Option(help: "How long finished workflow runs (their steps, ledger and executions) are kept; the leader prunes older ones.")
+    var runRetention = "168h"
     @Option(help: "How long a graceful shutdown (SIGTERM) may take before the process exits anyway.") var shutdownTimeout = "20s"
     @Flag(help: "Require a bearer token (any role) for GET /metrics; it is open by default, as scrapers expect.") var metricsRequireToken = false
     @Option(help: "Close an HTTP connection with no request in progress after this long (silent clients, slowloris).") var httpIdleTimeout = "30s"
@@ -63,6 +65,7 @@ struct ServeCommand: AsyncParsableCommand {
         config.httpAddress = httpAddress
         config.eventRetention = try parseDuration(eventRetention, flag: "--event-retention")
         config.executionRetention = try parseDuration(executionRetention, flag: "--execution-retention")
+        config.runRetention = try parseDuration(runRetention, flag: "--run-retention")
         config.maxConnections = maxConnections
         try config.validate()
         return config

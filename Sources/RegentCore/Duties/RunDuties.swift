@@ -1,0 +1,81 @@
+import Logging
+import PostgresClient
+
+/// Whether `workflow.runs` exists (the workflow module may be disabled or not migrated yet).
+enum RunsSchema {
+    static func isPresent(_ pool: ConnectionPool) async throws -> Bool {
+        try await pool.query("SELECT to_regclass('workflow.runs') IS NOT NULL AS present", purpose: "is the runs table present?")
+            .single().decode("present", as: Bool.self)
+    }
+}
+
+/// Fails runs past their deadline with `deadline_exceeded`, page by page, fenced, with the
+/// leader's term in each record and event (`workflow.expire_runs`, sql/workflow/0007); and
+/// fences step executions of finished runs that a run's finish could not take at the time.
+public struct RunDeadlines: LeaderDuty {
+    public let name = "run-deadlines"
+    let pool: ConnectionPool
+    public let interval: Duration
+    let pageSize: Int
+    let logger: Logger
+
+    public init(pool: ConnectionPool, interval: Duration = .seconds(1), pageSize: Int = 500, logger: Logger = Logger(label: "regent.duty.run-deadlines")) {
+        self.pool = pool
+        self.interval = interval
+        self.pageSize = pageSize
+        self.logger = logger
+    }
+
+    /// One page: how many runs it failed.
+    public func expireOnce(fence: LeaderFence) async throws -> Int {
+        guard try await RunsSchema.isPresent(pool) else { return 0 }
+        return try await fence.withTransaction(pool) { tx in
+            try await tx.query(
+                "SELECT workflow.expire_runs(\(pageSize), \(AuditActor.instance(fence.instanceID).description), \(fence.term)::bigint) AS n",
+                purpose: "runs: expire deadlines"
+            ).single().decode("n", as: Int.self)
+        }
+    }
+
+    public func runOnce(fence: LeaderFence) async throws -> Bool {
+        let n = try await expireOnce(fence: fence)
+        if n > 0 { logger.info("failed runs past their deadline", metadata: ["runs": "\(n)", "term": "\(fence.term)"]) }
+        return n == pageSize
+    }
+}
+
+/// Deletes finished runs (with their steps, ledger rows and executions) that finished more
+/// than `retention` ago, in pages, fenced. A run that has not finished is never touched.
+public struct RunRetention: LeaderDuty {
+    public let name = "run-retention"
+    let pool: ConnectionPool
+    let retention: Duration
+    public let interval: Duration
+    let pageSize: Int
+    let logger: Logger
+
+    public init(
+        pool: ConnectionPool, retention: Duration = .seconds(7 * 86_400), interval: Duration = .seconds(30), pageSize: Int = 500,
+        logger: Logger = Logger(label: "regent.duty.run-retention")
+    ) {
+        self.pool = pool
+        self.retention = retention
+        self.interval = interval
+        self.pageSize = pageSize
+        self.logger = logger
+    }
+
+    public func pruneOnce(fence: LeaderFence) async throws -> Int {
+        guard try await RunsSchema.isPresent(pool) else { return 0 }
+        return try await fence.withTransaction(pool) { tx in
+            try await tx.query("SELECT workflow.prune_runs(\(retention)::interval, \(pageSize)) AS n", purpose: "runs: retention").single()
+                .decode("n", as: Int.self)
+        }
+    }
+
+    public func runOnce(fence: LeaderFence) async throws -> Bool {
+        let n = try await pruneOnce(fence: fence)
+        if n > 0 { logger.info("pruned finished runs", metadata: ["runs": "\(n)", "term": "\(fence.term)"]) }
+        return n == pageSize
+    }
+}

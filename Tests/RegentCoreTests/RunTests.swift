@@ -1,0 +1,339 @@
+import Foundation
+import PostgresClient
+@testable import RegentCore
+import RegentTestSupport
+import Testing
+
+/// A test workflow: a package deployed from a manifest, a registered worker in the runs
+/// namespace, and helpers that claim and finish its steps.
+struct RunFixture {
+    let conn: PostgresConnection
+    let type: WorkflowType
+    let hash: String
+    let worker: WorkerInstanceID
+    let actor = AuditActor.named("test")
+
+    /// `steps`: manifest step objects; every step's lane is `work` unless it says otherwise.
+    static func deploy(_ type: String, steps: [String], budget: String? = nil, on conn: PostgresConnection) async throws -> RunFixture {
+        var manifest = PackageFixture.manifest(type: type, steps: steps)
+        if let budget { manifest = manifest.replacingOccurrences(of: #""steps":"#, with: #""budget": \#(budget), "steps":"#) }
+        let fixture = try PackageFixture(files: ["workflow.json": manifest])
+        defer { fixture.remove() }
+        let contents = try PackageContents(path: fixture.directory.path, limits: .default)
+        let deployed = try await PackageStore().deploy(contents, actor: .named("test"), on: conn)
+        let worker = try WorkerInstanceID("w-\(type)")
+        _ = try await WorkerRegistry().register(
+            namespace: RunStore.namespace, workerInstanceID: worker, workerID: try WorkerID("runner"), lanes: [try Lane("work")],
+            capabilities: [], livenessTTL: .seconds(300), on: conn)
+        return RunFixture(conn: conn, type: try WorkflowType(type), hash: deployed.contentHash, worker: worker)
+    }
+
+    func start(_ input: String = "{}", key: String? = nil, deadline: Duration? = nil, on c: PostgresConnection? = nil) async throws -> RunStore.Started {
+        try await RunStore().start(.init(workflowType: type, input: input, idempotencyKey: key, deadline: deadline), actor: actor, on: c ?? conn)
+    }
+
+    /// Claims what is claimable in lane `work` (up to `limit`).
+    func claim(limit: Int = 10, on c: PostgresConnection? = nil) async throws -> [Lease] {
+        try await LeaseStore().claim(
+            namespace: RunStore.namespace, lanes: [try Lane("work")], workerInstanceID: worker, capabilities: [], leaseDuration: .seconds(30),
+            limit: limit, on: c ?? conn)
+    }
+
+    /// The claimed lease of step `name` (of any run when `run` is nil).
+    func claimStep(_ name: String, run: String? = nil) async throws -> Lease {
+        let leases = try await claim(limit: 100)
+        guard let lease = leases.first(where: { $0.step?.name == name && (run == nil || $0.step?.runID == run) }) else {
+            throw RegentError(.notFound, "step \(name) is not claimable; claimed \(leases.compactMap(\.step?.name))")
+        }
+        return lease
+    }
+
+    func complete(_ lease: Lease, output: String = "{}", cost: [Cost] = [], on c: PostgresConnection? = nil) async throws -> BatchOutcome {
+        try await LeaseStore().complete([Completion(executionID: lease.executionID, epoch: lease.epoch, result: output, cost: cost)], on: c ?? conn)
+    }
+
+    func run(_ id: String) async throws -> RunStore.Run { try #require(try await RunStore().get(id, on: conn)) }
+
+    func stepStates(_ id: String) async throws -> [String: String] {
+        Dictionary(uniqueKeysWithValues: try await run(id).steps.map { ($0.name, $0.state) })
+    }
+}
+
+@Suite("Durable workflow runs against a real server")
+struct RunTests {
+    static let linear = [#"{"name": "a", "lane": "work"}"#, #"{"name": "b", "lane": "work"}"#, #"{"name": "c", "lane": "work"}"#]
+    static let diamond = [
+        #"{"name": "a", "lane": "work"}"#, #"{"name": "b", "lane": "work", "after": ["a"]}"#, #"{"name": "c", "lane": "work", "after": ["a"]}"#,
+        #"{"name": "d", "lane": "work", "after": ["b", "c"]}"#,
+    ]
+
+    @Test func aStartPinsTheRoutedVersionAndALaterRouteChangeDoesNotMoveIt() async throws {
+        try await withBootedDatabase { _, conn in
+            let f = try await RunFixture.deploy("pinned", steps: Self.linear, on: conn)
+            let first = try await f.start(#"{"order": 1}"#)
+            #expect(first.created && first.packageHash == f.hash && RunStore.isRunID(first.runID))
+            let v2 = try await RunFixture.deploy("pinned", steps: Self.linear + [#"{"name": "d", "lane": "work"}"#], on: conn)
+            let second = try await f.start()
+            #expect(second.packageHash == v2.hash && second.packageHash != f.hash)
+            let run = try await f.run(first.runID)
+            #expect(run.packageHash == f.hash && run.steps.map(\.name) == ["a", "b", "c"])
+            #expect(try await f.run(second.runID).steps.count == 4)
+            // The first step is claimable at once, and carries its run, step and version.
+            let lease = try await f.claimStep("a", run: first.runID)
+            #expect(lease.step == Lease.StepRef(runID: first.runID, name: "a", packageHash: f.hash))
+            let payload = try StrictJSON.parse(Array(lease.payload.utf8))
+            guard case .object(let p) = payload, case .object(let input)? = p["input"] else { Issue.record("payload \(lease.payload)"); return }
+            #expect(input["order"] == .integer(1) && p["after"] == .object([:]))
+            // The step's timeout is the lease, whatever the worker asked for (30 s): the default 5 m here.
+            #expect(lease.expiresAt.timeIntervalSinceNow > 200)
+        }
+    }
+
+    @Test func concurrentStartsWithOneIdempotencyKeyMakeOneRun() async throws {
+        try await withBootedDatabase { config, conn in
+            let f = try await RunFixture.deploy("idem", steps: Self.linear, on: conn)
+            let ids = try await withThrowingTaskGroup(of: [String].self) { group in
+                for _ in 0..<2 {
+                    group.addTask {
+                        try await PostgresConnection.withConnection(config) { c in
+                            var out: [String] = []
+                            for _ in 0..<10 { out.append(try await f.start(key: "order-7", on: c).runID) }
+                            return out
+                        }
+                    }
+                }
+                return try await group.reduce(into: [String]()) { $0 += $1 }
+            }
+            #expect(Set(ids).count == 1 && ids.count == 20)
+            #expect(try await conn.query("SELECT count(*) AS n FROM workflow.runs").single().decode("n", as: Int.self) == 1)
+            #expect(try await conn.query("SELECT count(*) AS n FROM workflow.executions").single().decode("n", as: Int.self) == 1)
+            // Another type may use the same key.
+            let other = try await RunFixture.deploy("idem2", steps: Self.linear, on: conn)
+            #expect(try await other.start(key: "order-7").runID != ids[0])
+        }
+    }
+
+    @Test func aDiamondRunAdvancesThroughItsJoin() async throws {
+        try await withBootedDatabase { config, conn in
+            let f = try await RunFixture.deploy("diamond", steps: Self.diamond, on: conn)
+            let run = try await f.start(#"{"x": 1}"#)
+            let a = try await f.claim()
+            #expect(a.compactMap(\.step?.name) == ["a"])
+            #expect(try await f.claim().isEmpty, "b and c wait for a")
+            #expect(try await f.complete(a[0], output: #"{"a": 1}"#).done.count == 1)
+            let bc = try await f.claim()
+            #expect(Set(bc.compactMap(\.step?.name)) == ["b", "c"])
+            // b and c complete at the same moment from two connections: d is enqueued exactly once.
+            try await PostgresConnection.withConnection(config) { other in
+                async let one = f.complete(bc[0], output: #"{"\#(bc[0].step!.name)": 2}"#)
+                async let two = f.complete(bc[1], output: #"{"\#(bc[1].step!.name)": 3}"#, on: other)
+                _ = try await (one, two)
+            }
+            let d = try await f.claim()
+            #expect(d.compactMap(\.step?.name) == ["d"])
+            let payload = try StrictJSON.parse(Array(d[0].payload.utf8))
+            guard case .object(let p) = payload, case .object(let after)? = p["after"] else { Issue.record("payload \(d[0].payload)"); return }
+            #expect(Set(after.keys) == ["b", "c"], "d's input carries the outputs of the steps it runs after")
+            #expect(try await f.run(run.runID).state == "running")
+            _ = try await f.complete(d[0], output: #"{"done": true}"#)
+            let finished = try await f.run(run.runID)
+            #expect(finished.state == "succeeded" && finished.finishedAt != nil)
+            #expect(finished.output.map { try? StrictJSON.parse(Array($0.utf8)) } == .object(["d": .object(["done": .bool(true)])]))
+            #expect(finished.steps.allSatisfy { $0.state == "succeeded" })
+            let events = try await conn.query(
+                "SELECT topic, payload->>'step' AS step FROM engine.events WHERE payload->>'run_id' = \(run.runID) ORDER BY id"
+            ).map { "\(try $0.decode("topic", as: String.self))\(try $0.decodeOptional("step", as: String.self).map { " " + $0 } ?? "")" }
+            #expect(events.first == "run.started" && events.last == "run.succeeded")
+            #expect(events.filter { $0.hasPrefix("step.succeeded") }.count == 4 && events.count == 6)
+        }
+    }
+
+    @Test func manyJoinsRacingNeverEnqueueTheJoinTwiceOrNever() async throws {
+        try await withBootedDatabase { config, conn in
+            let f = try await RunFixture.deploy("joins", steps: Self.diamond, on: conn)
+            var runs: [String] = []
+            for _ in 0..<15 { runs.append(try await f.start().runID) }
+            let roots = try await f.claim(limit: 100)
+            _ = try await LeaseStore().complete(roots.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, on: conn)
+            let middles = try await f.claim(limit: 100)
+            #expect(middles.count == 30)
+            try await PostgresConnection.withConnection(config) { other in
+                for run in runs {
+                    let pair = middles.filter { $0.step?.runID == run }
+                    async let one = f.complete(pair[0])
+                    async let two = f.complete(pair[1], on: other)
+                    _ = try await (one, two)
+                }
+            }
+            let joins = try await f.claim(limit: 100)
+            #expect(joins.count == 15 && Set(joins.compactMap(\.step?.runID)) == Set(runs))
+        }
+    }
+
+    @Test func aStepThatFailsForGoodFailsTheRunWithTheRightStepStates() async throws {
+        try await withBootedDatabase { _, conn in
+            let f = try await RunFixture.deploy("fails", steps: [
+                #"{"name": "a", "lane": "work"}"#,
+                #"{"name": "b", "lane": "work", "after": ["a"], "max_attempts": 2, "backoff": {"base": "1ms", "max": "1ms"}}"#,
+                #"{"name": "c", "lane": "work", "after": ["a"]}"#, #"{"name": "d", "lane": "work", "after": ["b", "c"]}"#,
+            ], on: conn)
+            let run = try await f.start()
+            _ = try await f.complete(try await f.claimStep("a"))
+            let both = try await f.claim()
+            let b = try #require(both.first { $0.step?.name == "b" })
+            // b fails once (retried), then again: out of attempts, the run fails. c is running meanwhile.
+            #expect(try await LeaseStore().fail(executionID: b.executionID, epoch: b.epoch, error: "boom 1", retryable: true, on: conn) == .requeued)
+            try await Task.sleep(for: .milliseconds(20))
+            let b2 = try await f.claimStep("b")
+            #expect(try await f.stepStates(run.runID)["b"] == "running")
+            #expect(try await LeaseStore().fail(executionID: b2.executionID, epoch: b2.epoch, error: "boom 2", retryable: true, on: conn) == .deadLettered)
+            let failed = try await f.run(run.runID)
+            #expect(failed.state == "failed" && failed.reason == "step_failed" && failed.error?.contains("boom 2") == true)
+            #expect(try await f.stepStates(run.runID) == ["a": "succeeded", "b": "failed", "c": "cancelled", "d": "skipped"])
+            // c's worker is fenced: its completion is refused and changes nothing.
+            let c = try #require(both.first { $0.step?.name == "c" })
+            let late = try await f.complete(c, output: #"{"late": true}"#)
+            #expect(late.done.isEmpty && late.stale == [c.executionID])
+            #expect(try await f.run(run.runID).steps.first { $0.name == "c" }?.output == nil)
+            #expect(try await f.claim().isEmpty, "nothing of a failed run is claimable")
+        }
+    }
+
+    @Test func cancelWhileQueuedAndWhileRunningFencesTheWorkers() async throws {
+        try await withBootedDatabase { _, conn in
+            let f = try await RunFixture.deploy("cancels", steps: Self.diamond, on: conn)
+            let queued = try await f.start()
+            let running = try await f.start()
+            let a = try await f.claimStep("a", run: running.runID)
+            #expect(try await RunStore().cancel(queued.runID, reason: "customer changed their mind", actor: .named("ops"), on: conn) == .cancelled)
+            #expect(try await RunStore().cancel(running.runID, reason: "wrong input", actor: .named("ops"), on: conn) == .cancelled)
+            #expect(try await RunStore().cancel(running.runID, reason: "again", actor: .named("ops"), on: conn) == .alreadyFinished)
+            let late = try await f.complete(a)
+            #expect(late.stale == [a.executionID], "a cancelled run's running step is fenced")
+            for id in [queued.runID, running.runID] {
+                let run = try await f.run(id)
+                #expect(run.state == "cancelled" && run.finishedBy == "ops" && run.error != nil)
+                #expect(run.steps.map(\.state) == ["cancelled", "skipped", "skipped", "skipped"])
+            }
+            #expect(try await f.claim().isEmpty)
+            await expectCode(.notFound) { _ = try await RunStore().cancel("run_" + String(repeating: "0", count: 26), reason: "x", actor: .named("ops"), on: conn) }
+            await expectCode(.invalidInput) { _ = try await RunStore().cancel("nope", reason: "x", actor: .named("ops"), on: conn) }
+            await expectCode(.invalidInput) { _ = try await RunStore().cancel(queued.runID, reason: "", actor: .named("ops"), on: conn) }
+        }
+    }
+
+    @Test func aBudgetReachedStopsTheRunAndTheLedgerAddsUp() async throws {
+        try await withBootedDatabase { _, conn in
+            let f = try await RunFixture.deploy("budget", steps: Self.linear, budget: #"{"limit": 10, "unit": "cents"}"#, on: conn)
+            let run = try await f.start()
+            _ = try await f.complete(try await f.claimStep("a"), cost: [try Cost(amount: 4), try Cost(amount: 2.5, unit: "cents"), try Cost(amount: 99, unit: "tokens")])
+            var shown = try await f.run(run.runID)
+            #expect(shown.state == "running" && shown.budgetSpent == 6.5 && shown.budgetRemaining == 3.5 && shown.ledger.count == 3)
+            _ = try await f.complete(try await f.claimStep("b"), cost: [try Cost(amount: 3.5)])
+            shown = try await f.run(run.runID)
+            #expect(shown.state == "failed" && shown.reason == "budget_exceeded" && shown.budgetRemaining == 0)
+            #expect(shown.steps.map(\.state) == ["succeeded", "succeeded", "skipped"])
+            #expect(try await f.claim().isEmpty, "nothing more is enqueued")
+            let total = try await conn.query(
+                "SELECT sum(amount)::float8 AS s FROM workflow.budget_ledger WHERE run_id = \(run.runID) AND unit = 'cents'").single().decode("s", as: Double.self)
+            #expect(total == shown.budgetSpent)
+            #expect(throws: RegentError.self) { _ = try Cost(amount: -1) }
+        }
+    }
+
+    @Test func theDeadlineDutyFailsOverdueRunsOnlyOnTheLeader() async throws {
+        try await withBootedDatabase { config, conn in
+            let f = try await RunFixture.deploy("deadlines", steps: Self.linear, on: conn)
+            let overdue = try await f.start(deadline: .milliseconds(10))
+            let fine = try await f.start(deadline: .seconds(3600))
+            let lease = try await f.claimStep("a", run: overdue.runID)
+            try await Task.sleep(for: .milliseconds(30))
+            let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
+            let duty = RunDeadlines(pool: pool)
+            await expectCode(.notLeader) { _ = try await duty.expireOnce(fence: LeaderFence(term: 9, instanceID: InstanceID(), lockBackendPID: 0)) }
+            #expect(try await f.run(overdue.runID).state == "running")
+            let (fence, cluster) = try await leaderFence(config)
+            _ = try await duty.expireOnce(fence: fence)  // the node's own duty may have done it first
+            try await waitUntil("the overdue run fails") { try await f.run(overdue.runID).state == "failed" }
+            let run = try await f.run(overdue.runID)
+            #expect(run.reason == "deadline_exceeded" && run.term == fence.term.value)
+            #expect(try await f.run(fine.runID).state == "running")
+            #expect(try await f.complete(lease).stale == [lease.executionID])
+            await cluster.stopAll()
+            await pool.shutdown()
+        }
+    }
+
+    @Test func retentionDeletesOnlyFinishedRuns() async throws {
+        try await withBootedDatabase { config, conn in
+            let f = try await RunFixture.deploy("retained", steps: Self.linear, on: conn)
+            let done = try await f.start(), open = try await f.start()
+            _ = try await RunStore().cancel(done.runID, reason: "old", actor: .named("t"), on: conn)
+            try await conn.query(
+                "UPDATE workflow.runs SET started_at = now() - interval '10 days', finished_at = CASE WHEN state <> 'running' THEN now() - interval '10 days' END")
+            let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
+            let (fence, cluster) = try await leaderFence(config)
+            _ = try await RunRetention(pool: pool, retention: .seconds(86_400)).pruneOnce(fence: fence)
+            #expect(try await RunStore().get(done.runID, on: conn) == nil)
+            #expect(try await RunStore().get(open.runID, on: conn)?.state == "running")
+            let orphans = try await conn.query(
+                "SELECT count(*) AS n FROM workflow.executions e WHERE step_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM workflow.run_steps s WHERE s.step_id = e.step_id)"
+            ).single().decode("n", as: Int.self)
+            #expect(orphans == 0)
+            await cluster.stopAll()
+            await pool.shutdown()
+        }
+    }
+
+    @Test func unloadOfAPinnedVersionIsRefusedUntilTheRunFinishes() async throws {
+        try await withBootedDatabase { _, conn in
+            let f = try await RunFixture.deploy("unpin", steps: [#"{"name": "only", "lane": "work"}"#], on: conn)
+            let run = try await f.start()
+            _ = try await RunFixture.deploy("unpin", steps: [#"{"name": "only", "lane": "work"}"#, #"{"name": "more", "lane": "work"}"#], on: conn)
+            await expectCode(.conflict) { try await PackageStore().unload(type: f.type, hash: f.hash, actor: f.actor, on: conn) }
+            _ = try await f.complete(try await f.claimStep("only", run: run.runID))
+            #expect(try await f.run(run.runID).state == "succeeded")
+            try await PackageStore().unload(type: f.type, hash: f.hash, actor: f.actor, on: conn)
+        }
+    }
+
+    @Test func aConnectionKilledInTheMiddleOfACompletionLeavesNothingHalfDone() async throws {
+        try await withBootedDatabase { config, conn in
+            let f = try await RunFixture.deploy("crash", steps: Self.linear, on: conn)
+            let run = try await f.start()
+            let a = try await f.claimStep("a")
+            // The completion runs inside a transaction that never commits: its session dies first.
+            let victim = try await PostgresConnection.connect(config)
+            try await victim.query("BEGIN")
+            _ = try await f.complete(a, output: #"{"half": true}"#, on: victim)
+            let pid = try await victim.query("SELECT pg_backend_pid() AS pid").single().decode("pid", as: Int32.self)
+            #expect(try await f.stepStates(run.runID)["a"] == "running", "uncommitted: nothing visible yet")
+            try await conn.query("SELECT pg_terminate_backend(\(pid))")
+            await victim.close()
+            try await waitUntil("the backend is gone") {
+                try await conn.query("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = \(pid)").single().decode("n", as: Int.self) == 0
+            }
+            let shown = try await f.run(run.runID)
+            #expect(shown.steps.map(\.state) == ["running", "pending", "pending"])
+            #expect(shown.steps[0].output == nil)
+            #expect(try await f.claim().isEmpty, "b was not enqueued")
+            // The lease is still the worker's: completing for real advances the run.
+            #expect(try await f.complete(a, output: #"{"whole": true}"#).done.count == 1)
+            #expect(try await f.claim().compactMap(\.step?.name) == ["b"])
+        }
+    }
+
+    @Test func badStartInputIsRefusedWithNothingChanged() async throws {
+        try await withBootedDatabase { _, conn in
+            let f = try await RunFixture.deploy("bad", steps: Self.linear, on: conn)
+            await expectCode(.notFound) { _ = try await RunStore().start(.init(workflowType: try WorkflowType("unknown")), actor: f.actor, on: conn) }
+            await expectCode(.invalidInput) { _ = try await f.start("[1, 2]") }
+            await expectCode(.invalidInput) { _ = try await f.start("{") }
+            await expectCode(.invalidInput) { _ = try await f.start(key: "") }
+            await expectCode(.invalidInput) { _ = try await f.start(key: "a\u{1}b") }
+            await expectCode(.invalidInput) { _ = try await f.start(deadline: .seconds(-5)) }
+            await expectCode(.invalidInput) { _ = try await RunStore().get("run_NOPE", on: conn) }
+            #expect(try await conn.query("SELECT count(*) AS n FROM workflow.runs").single().decode("n", as: Int.self) == 0)
+        }
+    }
+}
