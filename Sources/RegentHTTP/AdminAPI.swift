@@ -136,6 +136,10 @@ public struct AdminAPI: Sendable {
         r.add(.get, "/v1/packages/{hash}/archive", role: .worker) { request, context in try await workflow.require(); return try await fetchPackage(request, context) }
         r.add(.post, "/v1/packages/{hash}/route", role: .admin) { request, context in try await workflow.require(); return try await routePackage(request, context) }
         r.add(.post, "/v1/packages/{hash}/unload", role: .admin) { request, context in try await workflow.require(); return try await unloadPackage(request, context) }
+        r.add(.post, "/v1/runs", role: .worker) { request, context in try await workflow.require(); return try await startRun(request, context) }
+        r.add(.get, "/v1/runs", role: .read) { request, _ in try await workflow.require(); return try await listRuns(request) }
+        r.add(.get, "/v1/runs/{id}", role: .read) { _, context in try await workflow.require(); return try await showRun(context) }
+        r.add(.post, "/v1/runs/{id}/cancel", role: .worker) { request, context in try await workflow.require(); return try await cancelRun(request, context) }
         r.add(.get, "/v1/leases/expired", role: .read) { request, _ in try await workflow.require(); return try await expiredLeases(request) }
         return r
     }

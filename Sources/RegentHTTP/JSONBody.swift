@@ -165,6 +165,29 @@ struct JSONBody {
 
     func objectJSON(_ name: String) throws -> String { try required(name, try optionalObjectJSON(name)) }
 
+    /// A nested object with only `allowed` fields; its errors name `name.field`.
+    func optionalObject(_ name: String, allowed: Set<String>) throws -> JSONBody? {
+        switch fields[name] {
+        case nil, .null?: return nil
+        case .object(let f)?:
+            if let unknown = f.keys.filter({ !allowed.contains($0) }).sorted().first {
+                throw APIError.badRequest(
+                    "unknown_field", "unknown field \(Self.quotedField(path + name + "." + unknown)); allowed: \(allowed.sorted().joined(separator: ", "))")
+            }
+            return JSONBody(fields: f, path: path + name + ".")
+        default: throw wrongType(name, "a JSON object")
+        }
+    }
+
+    func optionalNumber(_ name: String) throws -> Double? {
+        switch fields[name] {
+        case nil: return nil
+        case .integer(let i)?: return Double(i)
+        case .number(let d)?: return d
+        default: throw wrongType(name, "a number")
+        }
+    }
+
     /// A completion's result: `output` (a workflow step's name for it) or `result`, not both; `{}` when neither.
     func output() throws -> String {
         let output = try optionalObjectJSON("output"), result = try optionalObjectJSON("result")

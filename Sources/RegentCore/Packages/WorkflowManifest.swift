@@ -23,6 +23,11 @@ public struct WorkflowManifest: Sendable, Hashable {
     public struct Budget: Sendable, Hashable {
         public let limit: Double
         public let unit: String
+        /// Unchecked here; ``RunStore/StartRequest/check()`` and the manifest parser check it.
+        public init(limit: Double, unit: String) {
+            self.limit = limit
+            self.unit = unit
+        }
     }
 
     public let workflowType: WorkflowType

@@ -41,8 +41,8 @@ public struct RunStore: Sendable {
             do { parsed = try StrictJSON.parse(Array(input.utf8)) } catch { throw RegentError(.invalidInput, "input: \(error.message)") }
             guard case .object = parsed else { throw RegentError(.invalidInput, "input must be a JSON object, e.g. {\"order\": 42}") }
             if let key = idempotencyKey {
-                guard (1...255).contains(key.utf8.count), !key.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
-                    throw RegentError(.invalidInput, "idempotency key must be 1-255 bytes without control characters")
+                guard (1...255).contains(key.unicodeScalars.count), !key.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+                    throw RegentError(.invalidInput, "idempotency key must be 1-255 characters without control characters")
                 }
             }
             if let deadline, deadline <= .zero || deadline > .seconds(86_400 * 365) {
@@ -299,8 +299,8 @@ extension RunStore {
     /// (their workers' completions are refused). `reason` is recorded with the actor.
     public func cancel(_ runID: String, reason: String, actor: AuditActor, on conn: PostgresConnection) async throws -> CancelOutcome {
         try Self.checkRunID(runID)
-        guard (1...1024).contains(reason.utf8.count), !reason.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
-            throw RegentError(.invalidInput, "the reason must be 1-1024 bytes without control characters")
+        guard (1...1024).contains(reason.unicodeScalars.count), !reason.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+            throw RegentError(.invalidInput, "the reason must be 1-1024 characters without control characters")
         }
         let before = try await conn.query(
             "SELECT workflow.cancel_run(\(runID), \(reason), \(actor.description)) AS before", purpose: "runs: cancel"

@@ -1,0 +1,64 @@
+import Foundation
+import Hummingbird
+import PostgresClient
+import RegentCore
+
+/// Workflow runs: start (worker role: the programs that start runs are the ones that do the
+/// work, like enqueue), list, show, cancel.
+extension AdminAPI {
+    func startRun(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let body = try await JSONBody.read(
+            request, context: context, allowed: ["workflow_type", "input", "idempotency_key", "deadline_ms", "budget"], limit: RunStore.maxInputBytes + 64 * 1024)
+        var start = RunStore.StartRequest(workflowType: try WorkflowType(try body.string("workflow_type")))
+        start.input = try body.optionalObjectJSON("input") ?? "{}"
+        start.idempotencyKey = try body.optionalString("idempotency_key")
+        if let ms = try body.optionalInt("deadline_ms") {
+            guard (1...31_536_000_000).contains(ms) else { throw body.wrongType("deadline_ms", "1 to 31536000000 (a year)") }
+            start.deadline = .milliseconds(ms)
+        }
+        if let budget = try body.optionalObject("budget", allowed: ["limit", "unit"]) {
+            guard let limit = try budget.optionalNumber("limit") else { throw budget.wrongType("limit", "a number above 0") }
+            start.budget = WorkflowManifest.Budget(limit: limit, unit: try budget.string("unit"))
+        }
+        let started = try await pool.withConnection {
+            try await RunStore(publisher: node?.instanceID.uuid).start(start, actor: .named(context.actor), on: $0)
+        }
+        return try json(StartedDocument(run_id: started.runID, created: started.created, package_hash: started.packageHash), status: started.created ? .created : .ok)
+    }
+
+    struct StartedDocument: Encodable {
+        let run_id: String
+        let created: Bool
+        let package_hash: String
+    }
+
+    func listRuns(_ request: Request) async throws -> Response {
+        let type = try request.uri.queryParameters.get("type").map { try WorkflowType($0) }
+        let state = request.uri.queryParameters.get("state").map { String($0) }
+        let after = request.uri.queryParameters.get("after").map { String($0) }
+        let limit = try limit(request)
+        return try json(try await pool.withConnection { try await RunStore().list(type: type, state: state, after: after, limit: limit, on: $0) })
+    }
+
+    func runID(_ context: RegentRequestContext) throws -> String {
+        let id = try context.parameters.require("id")
+        try RunStore.checkRunID(id)
+        return id
+    }
+
+    func showRun(_ context: RegentRequestContext) async throws -> Response {
+        let id = try runID(context)
+        guard let run = try await pool.withConnection({ try await RunStore().get(id, on: $0) }) else {
+            throw APIError.notFound("not_found", "no run \(id)")
+        }
+        return try json(run)
+    }
+
+    func cancelRun(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let id = try runID(context)
+        let body = try await JSONBody.read(request, context: context, allowed: ["reason"])
+        let reason = try body.string("reason")
+        let outcome = try await pool.withConnection { try await RunStore().cancel(id, reason: reason, actor: .named(context.actor), on: $0) }
+        return try json(["outcome": outcome.rawValue])
+    }
+}
