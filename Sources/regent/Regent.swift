@@ -17,7 +17,7 @@ struct Regent: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             DemoCommand.self, ServeCommand.self, StatusCommand.self, MigrateCommand.self, ModulesCommand.self,
-            EventsCommand.self, TokensCommand.self, WorkersCommand.self, LeasesCommand.self, ExecutionsCommand.self, PackagesCommand.self, DrillCommand.self, BenchCommand.self,
+            EventsCommand.self, TokensCommand.self, WorkersCommand.self, LeasesCommand.self, ExecutionsCommand.self, PackagesCommand.self, RunsCommand.self, WorkerCommand.self, DrillCommand.self, BenchCommand.self,
         ]
     )
 }

@@ -1,0 +1,69 @@
+import ArgumentParser
+import Foundation
+import Logging
+import PostgresClient
+import RegentCore
+import UnixSignals
+
+struct WorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Run a demo step worker: claims workflow steps of its lanes, completes each with an output and a cost.",
+        discussion: """
+            For demos, drills and trying a package out: the "work" is a pause (--work). It registers in the \
+            runs namespace, long-polls for steps, completes them in batches, drops a completion refused \
+            as stale (its run was cancelled or its lease reclaimed), and stops on SIGTERM or SIGINT. A real \
+            worker is the same loop with real work in the middle (docs/runs.md).
+            """)
+    @OptionGroup var database: DatabaseOptions
+    @OptionGroup var log: LogOptions
+    @Option(name: .customLong("lane"), help: "A lane to claim from (repeatable).") var lanes: [String]
+    @Option(name: .customLong("capability"), help: "A capability this worker has (repeatable).") var capabilities: [String] = []
+    @Option(help: "Worker instance id (default: worker-HOST-PID).") var name: String?
+    @Option(help: "How long each step's work takes (e.g. 20ms).") var work = "0ms"
+    @Option(help: "Steps claimed and completed at once (1-100).") var batch = 1
+    @Option(help: "The cost each completion reports, in the run's budget unit.") var cost = 1.0
+    @Flag(help: "Accepted for clarity: this worker only ever runs demo work.") var demo = false
+
+    func validate() throws {
+        guard !lanes.isEmpty else { throw ValidationError("give at least one --lane") }
+        for l in lanes { _ = try validated { try Lane(l) } }
+        for c in capabilities { _ = try validated { try Capability(c) } }
+        if let name { _ = try validated { try WorkerInstanceID(name) } }
+        if work != "0ms" { _ = try validated { try parseDuration(work, flag: "--work") } }
+        guard (1...100).contains(batch) else { throw ValidationError("--batch must be 1 to 100, got \(batch)") }
+        _ = try validated { try Cost(amount: cost) }
+    }
+
+    func run() async throws {
+        try log.bootstrap(defaultLevel: "info")
+        let logger = Logger(label: "regent.worker")
+        let config = try database.configuration()
+        var worker = StepWorker(
+            instanceID: try WorkerInstanceID(name ?? "worker-\(ProcessInfo.processInfo.hostName.prefix(40))-\(getpid())"),
+            lanes: try lanes.map { try Lane($0) }, capabilities: try capabilities.map { try Capability($0) })
+        worker.batch = batch
+        worker.work = work == "0ms" ? .zero : try parseDuration(work, flag: "--work")
+        worker.costPerStep = cost
+        let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 4))
+        let waker = QueueWaker(configuration: config)
+        logger.notice("worker started", metadata: ["worker": "\(worker.instanceID)", "lanes": "\(lanes.joined(separator: ","))"])
+        let tally = await withTaskGroup(of: StepWorker.Tally?.self) { group in
+            group.addTask { await pool.run(); return nil }
+            group.addTask { await waker.run(); return nil }
+            group.addTask { [worker] in await worker.run(pool: pool, waker: waker, logger: logger) }
+            group.addTask {
+                for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
+                return nil
+            }
+            // The first to end is the signal (or the worker failing); then everything stops.
+            var result: StepWorker.Tally?
+            if let first = await group.next() { result = first }
+            group.cancelAll()
+            for await r in group { if let r { result = r } }
+            return result
+        }
+        await pool.shutdown()
+        logger.notice("worker stopped", metadata: ["completed": "\(tally?.completed ?? 0)", "stale": "\(tally?.stale ?? 0)"])
+    }
+}
