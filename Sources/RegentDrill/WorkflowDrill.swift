@@ -1,0 +1,193 @@
+import EmbeddedPostgres
+import Foundation
+import PostgresClient
+import RegentCore
+
+/// Runs of a workflow with a fan-out and a join, carried by a pool of `regent worker`
+/// processes, while the leader node and workers are SIGKILLed again and again; then checks
+/// that every run finished exactly once (docs/runs.md lists the invariants).
+package struct WorkflowDrill {
+    package let env: DrillEnvironment
+    package let runs: Int
+    package let kills: Int
+    package let workers: Int
+    package let say: (String) -> Void
+
+    package init(env: DrillEnvironment, runs: Int, kills: Int, workers: Int, say: @escaping (String) -> Void) {
+        self.env = env
+        self.runs = runs
+        self.kills = kills
+        self.workers = workers
+        self.say = say
+    }
+
+    package struct Result {
+        package var violations: [String] = []
+        package var states: [String: Int] = [:]
+        package var took: Duration = .zero
+        package var leaderKills = 0
+        package var workerKills = 0
+        package var reclaimedLeases = 0
+    }
+
+    static let type = "drill.fanout"
+
+    /// prepare → (left, middle, right) → join → finish; short step timeouts so a killed
+    /// worker's lease lapses within the drill, many attempts so no run fails for it.
+    static func manifest(version: Int) -> String {
+        let step = #""lane": "drill", "timeout": "2s", "max_attempts": 50, "backoff": {"base": "100ms", "max": "1s"}"#
+        return """
+            {"workflow_type": "\(type)", "description": "drill version \(version)", "budget": {"limit": 1000, "unit": "units"}, "steps": [
+              {"name": "prepare", \(step)},
+              {"name": "left", "after": ["prepare"], \(step)}, {"name": "middle", "after": ["prepare"], \(step)},
+              {"name": "right", "after": ["prepare"], \(step)},
+              {"name": "join", "after": ["left", "middle", "right"], \(step)},
+              {"name": "finish", \(step)}]}
+            """
+    }
+
+    static func package(version: Int) throws -> PackageContents {
+        let dir = NSTemporaryDirectory() + "regent-drill-package-\(getpid())-\(version)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Data(manifest(version: version).utf8).write(to: URL(fileURLWithPath: dir + "/workflow.json"))
+        return try PackageContents(path: dir, limits: .default)
+    }
+
+    package func run() async throws -> Result {
+        var result = Result()
+        let config = try drillConfiguration(env.databaseURL)
+        let conn = env.probeConnection
+        _ = try await env.firstLeader()
+        // The leader migrates the workflow schema right after its election.
+        let deadline = ContinuousClock.now + .seconds(30)
+        while try await !conn.query("SELECT to_regclass('workflow.runs') IS NOT NULL AS ok").single().decode("ok", as: Bool.self) {
+            guard ContinuousClock.now < deadline else { throw RegentError(.timeout, "the workflow schema was not migrated within 30 s") }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let v1 = try Self.package(version: 1), v2 = try Self.package(version: 2)
+        _ = try await PackageStore().deploy(v1, actor: .named("drill"), on: conn)
+        say("▶ deployed \(Self.type) \(v1.contentHash.prefix(16))… (prepare → left, middle, right → join → finish)")
+
+        var pids: [pid_t] = []
+        var counter = 0
+        func spawnWorker() throws {
+            counter += 1
+            let argv = [env.cluster.executablePath, "worker", "--database-url", env.databaseURL, "--name", "drill-w\(counter)", "--lane", "drill",
+                        "--work", "20ms", "--batch", "4", "--log-level", "warning"]
+            pids.append(try ChildProcess.spawn(argv, outputPath: "\(env.cluster.logDirectory)/worker\(counter).log"))
+        }
+        for _ in 0..<workers { try spawnWorker() }
+        say("▶ \(workers) worker processes; starting \(runs) runs")
+        let started = ContinuousClock.now
+        try await PostgresConnection.withConnection(config) { starter in
+            for i in 0..<runs {
+                _ = try await RunStore().start(
+                    .init(workflowType: try WorkflowType(Self.type), input: #"{"n": \#(i)}"#, idempotencyKey: "drill-\(i)"), actor: .named("drill"), on: starter)
+            }
+        }
+        // A new version mid-drill: new runs would take it; the old one is pinned and cannot go.
+        _ = try await PackageStore().deploy(v2, actor: .named("drill"), on: conn)
+        do {
+            try await PackageStore().unload(type: try WorkflowType(Self.type), hash: v1.contentHash, actor: .named("drill"), on: conn)
+            let open = try await conn.query("SELECT count(*) AS n FROM workflow.runs WHERE state = 'running'").single().decode("n", as: Int.self)
+            if open > 0 { result.violations.append("version 1 was unloaded while \(open) runs were unfinished") }
+        } catch let error as RegentError where error.code == .conflict {
+            say("  unload of the pinned version 1 refused, as it must be: \(error.message.prefix(90))…")
+        }
+
+        // The faults: SIGKILL the leader and a worker, respawn both, while runs remain.
+        var rng = SystemRandomNumberGenerator()
+        for round in 1...max(kills, 1) where kills > 0 {
+            try await Task.sleep(for: .milliseconds(Int64.random(in: 300...700, using: &rng)))
+            let open = try await conn.query("SELECT count(*) AS n FROM workflow.runs WHERE state = 'running'").single().decode("n", as: Int.self)
+            if open == 0 { break }
+            let reading = try await env.probe.read()
+            if let pid = reading.leaderPID, let node = env.cluster.node(pid: pid) {
+                env.cluster.kill(node, signal: SIGKILL)
+                try env.cluster.spawn()
+                result.leaderKills += 1
+            }
+            let victim = pids.remove(at: Int.random(in: 0..<pids.count, using: &rng))
+            kill(victim, SIGKILL)
+            _ = ChildProcess.exitStatus(victim, wait: true)
+            try spawnWorker()
+            result.workerKills += 1
+            say("  kill \(round): leader (term \(reading.term.value)) and a worker SIGKILLed, \(open) runs unfinished; both replaced")
+            env.cluster.reap()
+        }
+
+        // Every run must finish.
+        let finishBy = ContinuousClock.now + .seconds(180)
+        var lastOpen = -1
+        while true {
+            let open = try await conn.query("SELECT count(*) AS n FROM workflow.runs WHERE state = 'running'").single().decode("n", as: Int.self)
+            if open == 0 { break }
+            if ContinuousClock.now > finishBy {
+                result.violations.append("\(open) runs had not finished 180 s after the last fault")
+                break
+            }
+            if open != lastOpen { lastOpen = open }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        result.took = started.duration(to: .now)
+        for pid in pids { kill(pid, SIGTERM) }
+        for pid in pids { _ = ChildProcess.exitStatus(pid, wait: true) }
+        for row in try await conn.query("SELECT state, count(*) AS n FROM workflow.runs GROUP BY state") {
+            result.states[try row.decode("state")] = try row.decode("n")
+        }
+        result.reclaimedLeases = try await conn.query("SELECT count(*) AS n FROM workflow.attempts WHERE state = 'expired'").single().decode("n")
+        result.violations += try await Self.check(conn)
+        // Nothing pins version 1 any more: it can go now.
+        try await PackageStore().unload(type: try WorkflowType(Self.type), hash: v1.contentHash, actor: .named("drill"), on: conn)
+        return result
+    }
+
+    /// The invariants, each a count of offending rows that must be zero.
+    static let invariants: [(String, PostgresQuery)] = [
+        ("a run that did not finish", "SELECT count(*) AS n FROM workflow.runs WHERE state = 'running'"),
+        ("a succeeded step without exactly one accepted completion (one completed attempt, at the execution's current epoch, one output)", """
+            SELECT count(*) AS n FROM workflow.run_steps s JOIN workflow.executions e ON e.execution_id = s.execution_id
+            WHERE s.state = 'succeeded' AND (
+                s.output IS NULL OR e.state <> 'completed'
+                OR (SELECT count(*) FROM workflow.attempts a WHERE a.execution_id = e.execution_id AND a.state = 'completed') <> 1
+                OR NOT EXISTS (SELECT 1 FROM workflow.attempts a
+                               WHERE a.execution_id = e.execution_id AND a.state = 'completed' AND a.lease_epoch = e.lease_epoch))
+            """),
+        ("a step enqueued or started before one of its after steps succeeded", """
+            SELECT count(*) AS n FROM workflow.run_steps s
+            JOIN workflow.run_steps d ON d.run_id = s.run_id AND d.name = ANY (s.after_steps)
+            WHERE s.queued_at IS NOT NULL AND (
+                d.state <> 'succeeded' OR d.finished_at > s.queued_at
+                OR EXISTS (SELECT 1 FROM workflow.attempts a WHERE a.execution_id = s.execution_id AND a.started_at < d.finished_at))
+            """),
+        ("a run that advanced after it failed or was cancelled", """
+            SELECT count(*) AS n FROM workflow.run_steps s JOIN workflow.runs r ON r.run_id = s.run_id
+            WHERE r.state IN ('failed', 'cancelled') AND (s.queued_at > r.finished_at OR (s.state = 'succeeded' AND s.finished_at > r.finished_at))
+            """),
+        ("a run whose budget spent differs from its ledger total", """
+            SELECT count(*) AS n FROM workflow.runs r
+            WHERE r.budget_spent <> (SELECT COALESCE(sum(l.amount), 0) FROM workflow.budget_ledger l
+                                     WHERE l.run_id = r.run_id AND l.unit = COALESCE(r.budget_unit, 'units'))
+            """),
+        ("a ledger row that is not the one accepted cost of a succeeded step", """
+            SELECT (SELECT count(*) FROM workflow.budget_ledger l JOIN workflow.run_steps s ON s.run_id = l.run_id AND s.name = l.step_name
+                    WHERE s.state <> 'succeeded')
+                 + (SELECT count(*) FROM workflow.run_steps s WHERE s.state = 'succeeded'
+                    AND (SELECT count(*) FROM workflow.budget_ledger l WHERE l.run_id = s.run_id AND l.step_name = s.name) <> 1) AS n
+            """),
+        ("an unfinished run pinned to a version that is gone", """
+            SELECT count(*) AS n FROM workflow.runs r
+            WHERE r.state = 'running' AND NOT EXISTS (SELECT 1 FROM workflow.packages p WHERE p.content_hash = r.package_hash)
+            """),
+    ]
+
+    static func check(_ conn: PostgresConnection) async throws -> [String] {
+        var violations: [String] = []
+        for (what, query) in invariants {
+            let n = try await conn.query(query, purpose: "drill: workflow invariant").single().decode("n", as: Int.self)
+            if n > 0 { violations.append("\(n) × \(what)") }
+        }
+        return violations
+    }
+}
