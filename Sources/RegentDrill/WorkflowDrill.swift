@@ -182,7 +182,7 @@ package struct WorkflowDrill {
             """),
     ]
 
-    static func check(_ conn: PostgresConnection) async throws -> [String] {
+    package static func check(_ conn: PostgresConnection) async throws -> [String] {
         var violations: [String] = []
         for (what, query) in invariants {
             let n = try await conn.query(query, purpose: "drill: workflow invariant").single().decode("n", as: Int.self)

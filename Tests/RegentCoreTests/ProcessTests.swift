@@ -122,6 +122,12 @@ struct FaultDrillTests {
         #expect(log.contains("live workers: 0 swept, 0 leases reclaimed, 0 heartbeats/renewals refused"))
     }
 
+    @Test func workflowDrillFinishesEveryRunExactlyOnceThroughKills() async throws {
+        let (code, log) = try await drill(["workflows", "--runs", "120", "--kills", "2", "--workers", "3"])
+        #expect(code == 0, "\(log.suffix(3000))")
+        #expect(log.contains("invariants held") && log.contains("unload of the pinned version 1 refused"), "\(log.suffix(2000))")
+    }
+
     @Test func terminateAllDrillElectsAgain() async throws {
         let (code, log) = try await drill(["terminate-all", "--nodes", "3", "--rounds", "2"])
         #expect(code == 0, "\(log.suffix(3000))")

@@ -1,6 +1,7 @@
 import Foundation
 import PostgresClient
 @testable import RegentCore
+import RegentDrill
 import RegentTestSupport
 import Testing
 
@@ -320,6 +321,26 @@ struct RunTests {
             // The lease is still the worker's: completing for real advances the run.
             #expect(try await f.complete(a, output: #"{"whole": true}"#).done.count == 1)
             #expect(try await f.claim().compactMap(\.step?.name) == ["b"])
+        }
+    }
+
+    @Test func theDrillInvariantsHoldForARealRunAndCatchBrokenOnes() async throws {
+        try await withBootedDatabase { _, conn in
+            let f = try await RunFixture.deploy("checked", steps: Self.diamond, budget: #"{"limit": 100, "unit": "units"}"#, on: conn)
+            let run = try await f.start()
+            for _ in 0..<3 {
+                let leases = try await f.claim(limit: 10)
+                _ = try await LeaseStore().complete(leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch, cost: [try! Cost(amount: 1)]) }, on: conn)
+            }
+            #expect(try await f.run(run.runID).state == "succeeded")
+            #expect(try await WorkflowDrill.check(conn) == [])
+            // A second accepted cost for one step, and a step that "ran" before its after step finished.
+            try await conn.query(
+                "INSERT INTO workflow.budget_ledger (entry_id, run_id, step_name, amount, unit) VALUES ('budget_' || workflow.ulid(), \(run.runID), 'a', 1, 'units')")
+            try await conn.query("UPDATE workflow.run_steps SET queued_at = queued_at - interval '1 hour' WHERE run_id = \(run.runID) AND name = 'd'")
+            let violations = try await WorkflowDrill.check(conn)
+            #expect(violations.contains { $0.contains("ledger total") } && violations.contains { $0.contains("not the one accepted cost") })
+            #expect(violations.contains { $0.contains("before one of its after steps succeeded") }, "\(violations)")
         }
     }
 
