@@ -223,6 +223,18 @@ struct RunTests {
         }
     }
 
+    @Test func cancellingAStepsExecutionDirectlyFailsItsRun() async throws {
+        try await withBootedDatabase { _, conn in
+            let f = try await RunFixture.deploy("direct", steps: Self.linear, on: conn)
+            let run = try await f.start()
+            let a = try await f.claimStep("a")
+            #expect(try await LeaseStore().cancel(executionID: a.executionID, on: conn) == .cancelledRunning)
+            let shown = try await f.run(run.runID)
+            #expect(shown.state == "failed" && shown.reason == "step_failed")
+            #expect(shown.steps.map(\.state) == ["failed", "skipped", "skipped"])
+        }
+    }
+
     @Test func aBudgetReachedStopsTheRunAndTheLedgerAddsUp() async throws {
         try await withBootedDatabase { _, conn in
             let f = try await RunFixture.deploy("budget", steps: Self.linear, budget: #"{"limit": 10, "unit": "cents"}"#, on: conn)

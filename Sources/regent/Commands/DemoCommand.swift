@@ -1,4 +1,5 @@
 import ArgumentParser
+import EmbeddedPostgres
 import Foundation
 import RegentDrill
 import PostgresClient
@@ -50,7 +51,11 @@ struct DemoCommand: AsyncParsableCommand {
             }
             print("\n── the cluster ─────────────────────────────────────────────")
             print(renderStatus(status))
-            try await showPackages(on: statusConn)
+            let workers = try await showPackages(on: statusConn, env: env)
+            defer {
+                for pid in workers { kill(pid, SIGTERM) }
+                for pid in workers { _ = ChildProcess.exitStatus(pid, wait: true) }
+            }
 
             let listener = try await PostgresListener.connect(config, channels: [try SQLIdentifier("regent_events")])
             defer { listener.stop() }
@@ -76,19 +81,38 @@ struct DemoCommand: AsyncParsableCommand {
             print("   (for comparison: River re-elects after ~15 s, Oban after 30 s, a Kubernetes Lease after 15 s;")
             print("    the crashed node's row stays until it is 2 s stale and the leader sweeps it)")
             print(renderStatus(status))
+            if !workers.isEmpty { try await awaitRuns(on: statusConn) }
+        }
+    }
+
+    /// Every run of the demo finishes, whatever happened to the leaders meanwhile.
+    private func awaitRuns(on conn: PostgresConnection) async throws {
+        print("\n── the runs, carried by the workers through both failovers ──")
+        let deadline = ContinuousClock.now + .seconds(60)
+        while try await conn.query("SELECT count(*) AS n FROM workflow.runs WHERE state = 'running'").single().decode("n", as: Int.self) > 0 {
+            guard ContinuousClock.now < deadline else { throw RegentError(.timeout, "runs still unfinished after 60 s") }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let page = try await RunStore().list(limit: 1000, on: conn)
+        let rows = page.runs.reversed().map { r in [r.runID, r.state, r.finishedAt.map { took(from: r.startedAt, to: $0) } ?? ""] }
+        print(table(["run", "state", "took"], rows).split(separator: "\n").map { "   " + $0 }.joined(separator: "\n"))
+        if let last = page.runs.first, let run = try await RunStore().get(last.runID, on: conn) {
+            print("\n   \(run.runID): " + run.steps.map { "\($0.name) by \($0.worker ?? "?") (attempt \($0.attempts))" }.joined(separator: ", "))
+            if let limit = run.budgetLimit { print("   budget: \(number(run.budgetSpent)) of \(number(limit)) \(run.budgetUnit ?? "") spent") }
         }
     }
 
     /// The example package: deployed (content-hashed, routed), runs started pinned to it, an
     /// unload refused because they pin it.
-    private func showPackages(on conn: PostgresConnection) async throws {
+    /// Returns the pids of the worker processes it started.
+    private func showPackages(on conn: PostgresConnection, env: DrillEnvironment) async throws -> [pid_t] {
         let candidates = [
             FileManager.default.currentDirectoryPath + "/examples/order-fulfilment",
             URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("../../examples/order-fulfilment").path,
         ]
         guard let path = candidates.first(where: { FileManager.default.fileExists(atPath: $0 + "/workflow.json") }) else {
             print("\n(the example package examples/order-fulfilment was not found from here; skipping the package part)")
-            return
+            return []
         }
         // The leader migrates the workflow schema right after its election.
         for _ in 0..<200 {
@@ -104,18 +128,26 @@ struct DemoCommand: AsyncParsableCommand {
         print("   content hash \(deployed.contentHash) (sha256 of its canonical tar)")
         print("   stored: \(deployed.freshlyStored), route moved: \(deployed.routeChanged)")
         var runs: [String] = []
-        for order in 1...3 {
+        for order in 1...8 {
             let run = try await RunStore().start(
                 .init(workflowType: contents.manifest.workflowType, input: #"{"order_id": \#(order), "items": [{"sku": "tea", "quantity": \#(order)}]}"#,
                       idempotencyKey: "demo-order-\(order)"), actor: .named("demo"), on: conn)
             runs.append(run.runID)
         }
-        print("   started runs \(runs.joined(separator: ", ")), each pinned to that version;")
-        print("   their first step (\(contents.manifest.roots.map(\.name).joined(separator: ", "))) is queued in namespace \(RunStore.namespace)")
+        print("   started \(runs.count) runs (\(runs[0]) …), each pinned to that version")
         do {
             try await PackageStore().unload(type: contents.manifest.workflowType, hash: deployed.contentHash, actor: .named("demo"), on: conn)
         } catch let error as RegentError {
             print("   unload refused, as it must be: \(error.message)")
         }
+        // Two demo workers (`regent worker`), each step taking 150 ms: the runs are in flight when the leader dies.
+        var pids: [pid_t] = []
+        for n in 1...2 {
+            let argv = [env.cluster.executablePath, "worker", "--database-url", env.databaseURL, "--name", "demo-worker-\(n)", "--lane", "orders",
+                        "--lane", "warehouse", "--lane", "payments", "--capability", "stock", "--work", "150ms", "--log-level", "warning"]
+            pids.append(try ChildProcess.spawn(argv, outputPath: "\(env.cluster.logDirectory)/demo-worker-\(n).log"))
+        }
+        print("   two workers (regent worker --lane orders --lane warehouse --lane payments --capability stock) carry them")
+        return pids
     }
 }
