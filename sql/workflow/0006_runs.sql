@@ -39,6 +39,13 @@ CREATE TABLE workflow.run_steps (
     name         text        NOT NULL,
     position     integer     NOT NULL,
     after_steps  text[]      NOT NULL,
+    -- The step's manifest entry, copied at start so advancing never reads the package.
+    lane         text        NOT NULL,
+    capabilities text[]      NOT NULL,
+    max_attempts integer     NOT NULL,
+    timeout_ms   bigint      NOT NULL,
+    backoff_base_ms bigint   NOT NULL,
+    backoff_max_ms  bigint   NOT NULL,
     state        text        NOT NULL DEFAULT 'pending'
                  CHECK (state IN ('pending', 'queued', 'running', 'succeeded', 'failed', 'skipped', 'cancelled')),
     execution_id uuid        UNIQUE,
@@ -106,10 +113,9 @@ DECLARE
     n integer;
 BEGIN
     WITH run AS (
-        SELECT r.run_id, r.input, r.package_hash, p.manifest FROM workflow.runs r JOIN workflow.packages p ON p.content_hash = r.package_hash
-        WHERE r.run_id = p_run_id
+        SELECT r.run_id, r.input, r.package_hash FROM workflow.runs r WHERE r.run_id = p_run_id
     ), spec AS (
-        SELECT s.step_id, s.name, m AS entry,
+        SELECT s.step_id, s.lane, s.capabilities, s.max_attempts, s.timeout_ms, s.backoff_base_ms, s.backoff_max_ms,
                jsonb_build_object(
                    'run_id', run.run_id, 'step', s.name, 'package_hash', run.package_hash, 'input', run.input,
                    'after', COALESCE((SELECT jsonb_object_agg(d.name, d.output) FROM workflow.run_steps d
@@ -117,14 +123,12 @@ BEGIN
                gen_random_uuid() AS execution_id
         FROM run
         JOIN workflow.run_steps s ON s.run_id = run.run_id AND s.name = ANY (p_names) AND s.state = 'pending'
-        JOIN LATERAL jsonb_array_elements(run.manifest -> 'steps') AS m ON m ->> 'name' = s.name
     ), inserted AS (
         INSERT INTO workflow.executions (
             execution_id, namespace, lane, payload, max_attempts, required_capabilities, priority, run_at, retry_base_ms, retry_max_ms, step_id,
             step_lease_ms)
-        SELECT execution_id, p_namespace, entry ->> 'lane', payload, (entry ->> 'max_attempts')::integer,
-               ARRAY(SELECT jsonb_array_elements_text(entry -> 'capabilities')), 0, clock_timestamp(),
-               (entry ->> 'backoff_base_ms')::bigint, (entry ->> 'backoff_max_ms')::bigint, step_id, (entry ->> 'timeout_ms')::bigint
+        SELECT execution_id, p_namespace, lane, payload, max_attempts, capabilities, 0, clock_timestamp(), backoff_base_ms, backoff_max_ms,
+               step_id, timeout_ms
         FROM spec
         RETURNING execution_id, lane, priority, run_at, required_capabilities
     ), readied AS (
@@ -135,15 +139,11 @@ BEGIN
         UPDATE workflow.run_steps s SET state = 'queued', execution_id = spec.execution_id, queued_at = clock_timestamp()
         FROM spec WHERE s.step_id = spec.step_id
         RETURNING 1
+    ), notified AS (
+        SELECT pg_notify('regent_queue', p_namespace || ' ' || lanes) FROM (SELECT string_agg(DISTINCT lane, ' ') AS lanes FROM readied) AS l
+        WHERE lanes IS NOT NULL
     )
-    SELECT count(*) INTO n FROM marked;
-    PERFORM pg_notify('regent_queue', p_namespace || ' ' || lanes)
-    FROM (SELECT string_agg(DISTINCT entry ->> 'lane', ' ') AS lanes FROM workflow.run_steps s
-          JOIN workflow.runs r ON r.run_id = s.run_id
-          JOIN workflow.packages p ON p.content_hash = r.package_hash
-          JOIN LATERAL jsonb_array_elements(p.manifest -> 'steps') AS entry ON entry ->> 'name' = s.name
-          WHERE s.run_id = p_run_id AND s.name = ANY (p_names)) AS l
-    WHERE lanes IS NOT NULL;
+    SELECT count(*) + 0 * (SELECT count(*) FROM notified) INTO n FROM marked;
     RETURN n;
 END
 $$;
@@ -187,8 +187,11 @@ BEGIN
                      WHERE r.workflow_type = p_type AND r.idempotency_key = p_idempotency_key;
         RETURN;
     END IF;
-    INSERT INTO workflow.run_steps (step_id, run_id, name, position, after_steps)
-    SELECT 'step_' || workflow.ulid(), v_run, s ->> 'name', (ord - 1)::integer, ARRAY(SELECT jsonb_array_elements_text(s -> 'after'))
+    INSERT INTO workflow.run_steps (step_id, run_id, name, position, after_steps, lane, capabilities, max_attempts, timeout_ms,
+                                    backoff_base_ms, backoff_max_ms)
+    SELECT 'step_' || workflow.ulid(), v_run, s ->> 'name', (ord - 1)::integer, ARRAY(SELECT jsonb_array_elements_text(s -> 'after')),
+           s ->> 'lane', ARRAY(SELECT jsonb_array_elements_text(s -> 'capabilities')), (s ->> 'max_attempts')::integer,
+           (s ->> 'timeout_ms')::bigint, (s ->> 'backoff_base_ms')::bigint, (s ->> 'backoff_max_ms')::bigint
     FROM jsonb_array_elements(v_manifest -> 'steps') WITH ORDINALITY AS t(s, ord);
     SELECT array_agg(s ->> 'name') INTO v_roots FROM jsonb_array_elements(v_manifest -> 'steps') AS s
     WHERE jsonb_array_length(s -> 'after') = 0;

@@ -74,7 +74,7 @@ BEGIN
         -- The run finished first: nothing advances. A completion, a claim or a requeue is fenced.
         IF NEW.state = 'cancelled' THEN
             NULL;  -- a fence of this run's own finish
-        ELSIF NEW.state IN ('completed', 'running', 'queued') THEN
+        ELSIF NEW.state = 'completed' THEN
             PERFORM workflow.fence_execution(NEW.execution_id);
             UPDATE workflow.run_steps SET state = 'cancelled', finished_at = clock_timestamp()
             WHERE step_id = NEW.step_id AND state IN ('queued', 'running');
@@ -85,11 +85,7 @@ BEGIN
         RETURN NULL;
     END IF;
 
-    IF NEW.state = 'running' THEN
-        UPDATE workflow.run_steps SET state = 'running' WHERE step_id = NEW.step_id AND state = 'queued';
-    ELSIF NEW.state = 'queued' THEN
-        UPDATE workflow.run_steps SET state = 'queued' WHERE step_id = NEW.step_id AND state = 'running';
-    ELSIF NEW.state = 'completed' THEN
+    IF NEW.state = 'completed' THEN
         UPDATE workflow.run_steps SET state = 'succeeded', output = NEW.result, finished_at = clock_timestamp() WHERE step_id = NEW.step_id;
         v_spent := v_run.budget_spent;
         IF NEW.cost IS NOT NULL AND jsonb_array_length(NEW.cost) > 0 THEN
@@ -140,11 +136,15 @@ BEGIN
 END
 $$;
 
+-- Claims and retries (to running, back to queued) do not fire it: they decide nothing about the
+-- run, and the claim stays as cheap as a plain one. A step's `running` is read from its
+-- execution. A claim of a finished run's step that slipped past the fence is fenced when its
+-- worker completes it, or by the deadline duty's sweep.
 CREATE TRIGGER step_execution_changed
 AFTER UPDATE OF state ON workflow.executions
 FOR EACH ROW
 WHEN (NEW.step_id IS NOT NULL AND OLD.state IS DISTINCT FROM NEW.state
-      AND NEW.state IN ('queued', 'running', 'completed', 'failed', 'dead_lettered', 'cancelled'))
+      AND NEW.state IN ('completed', 'failed', 'dead_lettered', 'cancelled'))
 EXECUTE FUNCTION workflow.step_execution_changed();
 
 -- Completion now records the reported costs, and reports as done only what stayed completed

@@ -228,7 +228,8 @@ extension RunStore {
         var run = try Self.run(row)
         run.steps = try await conn.query(
             """
-            SELECT s.name, s.after_steps, s.state, COALESCE(e.attempts, 0) AS attempts, e.max_attempts, s.execution_id, s.queued_at, s.finished_at,
+            SELECT s.name, s.after_steps, CASE WHEN s.state = 'queued' AND e.state = 'running' THEN 'running' ELSE s.state END AS state,
+                   COALESCE(e.attempts, 0) AS attempts, s.max_attempts, s.execution_id, s.queued_at, s.finished_at,
                    s.output::text AS output, COALESCE(s.error, e.last_error) AS error,
                    (SELECT a.worker_instance_id FROM workflow.attempts a WHERE a.execution_id = e.execution_id ORDER BY a.attempt_index DESC LIMIT 1) AS worker
             FROM workflow.run_steps s LEFT JOIN workflow.executions e ON e.execution_id = s.execution_id
