@@ -59,19 +59,20 @@ BEGIN
 END
 $$;
 
--- What a change of a step execution's state means for its run.
+-- What a change of a step execution's state means for its run. The run row is locked first
+-- (its id is in the execution's payload, written by enqueue_steps).
 CREATE FUNCTION workflow.step_execution_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     v_step workflow.run_steps%ROWTYPE;
     v_run workflow.runs%ROWTYPE;
     v_spent numeric;
     v_ready text[];
+    v_all_done boolean;
 BEGIN
-    SELECT * INTO v_step FROM workflow.run_steps WHERE step_id = NEW.step_id;
+    SELECT * INTO v_run FROM workflow.runs WHERE run_id = NEW.payload ->> 'run_id' FOR UPDATE;
     IF NOT FOUND THEN RETURN NULL; END IF;
-    SELECT * INTO v_run FROM workflow.runs WHERE run_id = v_step.run_id FOR UPDATE;
     IF v_run.state <> 'running' THEN
-        -- The run finished first: nothing advances. A completion, a claim or a requeue is fenced.
+        -- The run finished first: nothing advances; a completion that was in flight is fenced.
         IF NEW.state = 'cancelled' THEN
             NULL;  -- a fence of this run's own finish
         ELSIF NEW.state = 'completed' THEN
@@ -86,7 +87,8 @@ BEGIN
     END IF;
 
     IF NEW.state = 'completed' THEN
-        UPDATE workflow.run_steps SET state = 'succeeded', output = NEW.result, finished_at = clock_timestamp() WHERE step_id = NEW.step_id;
+        UPDATE workflow.run_steps SET state = 'succeeded', output = NEW.result, finished_at = clock_timestamp() WHERE step_id = NEW.step_id
+        RETURNING * INTO v_step;
         v_spent := v_run.budget_spent;
         IF NEW.cost IS NOT NULL AND jsonb_array_length(NEW.cost) > 0 THEN
             INSERT INTO workflow.budget_ledger (entry_id, run_id, step_name, amount, unit)
@@ -105,14 +107,17 @@ BEGIN
                 format('the run spent %s %s of its budget of %s', v_spent, v_run.budget_unit, v_run.budget_limit), 'engine', NULL);
             RETURN NULL;
         END IF;
-        -- Every pending step whose `after` steps have all succeeded is enqueued now.
-        SELECT array_agg(s.name ORDER BY s.position) INTO v_ready FROM workflow.run_steps s
-        WHERE s.run_id = v_run.run_id AND s.state = 'pending'
-          AND NOT EXISTS (SELECT 1 FROM workflow.run_steps d
-                          WHERE d.run_id = s.run_id AND d.name = ANY (s.after_steps) AND d.state <> 'succeeded');
+        -- Every pending step whose `after` steps have all succeeded is enqueued now; with none
+        -- pending and all succeeded, the run is done.
+        SELECT array_agg(s.name ORDER BY s.position) FILTER (
+                   WHERE s.state = 'pending' AND NOT EXISTS (
+                       SELECT 1 FROM workflow.run_steps d WHERE d.run_id = s.run_id AND d.name = ANY (s.after_steps) AND d.state <> 'succeeded')),
+               bool_and(s.state = 'succeeded')
+        INTO v_ready, v_all_done
+        FROM workflow.run_steps s WHERE s.run_id = v_run.run_id;
         IF v_ready IS NOT NULL THEN
             PERFORM workflow.enqueue_steps(v_run.run_id, v_ready, NEW.namespace);
-        ELSIF NOT EXISTS (SELECT 1 FROM workflow.run_steps s WHERE s.run_id = v_run.run_id AND s.state <> 'succeeded') THEN
+        ELSIF v_all_done THEN
             -- The output: each final step's output (a step no other runs after), by name.
             UPDATE workflow.runs SET state = 'succeeded', finished_at = clock_timestamp(), finished_by = 'engine',
                 output = (SELECT jsonb_object_agg(s.name, s.output) FROM workflow.run_steps s
@@ -125,7 +130,8 @@ BEGIN
     ELSIF NEW.state IN ('failed', 'dead_lettered', 'cancelled') THEN
         -- A step execution cancelled on its own (POST /v1/executions/{id}/cancel) fails its run too:
         -- otherwise the run would wait for it forever.
-        UPDATE workflow.run_steps SET state = 'failed', error = NEW.last_error, finished_at = clock_timestamp() WHERE step_id = NEW.step_id;
+        UPDATE workflow.run_steps SET state = 'failed', error = NEW.last_error, finished_at = clock_timestamp() WHERE step_id = NEW.step_id
+        RETURNING * INTO v_step;
         PERFORM engine.publish_event('step.failed',
             jsonb_build_object('run_id', v_run.run_id, 'step', v_step.name, 'execution_id', NEW.execution_id, 'error', left(NEW.last_error, 1024)),
             NULL);
