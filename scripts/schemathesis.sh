@@ -63,9 +63,15 @@ run() {  # run LABEL [extra schemathesis args...]
     grep -E "passed|Test cases" "$dir/st.log" | tail -2
   fi
 }
-others=(--exclude-operation-id eventStream --exclude-operation-id resign)
+others=(--exclude-operation-id eventStream --exclude-operation-id resign --exclude-operation-id deployPackage)
 for role in admin worker read; do run "token of role $role" -H "Authorization: Bearer ${token[$role]}" "${others[@]}"; done
 run "no token" "${others[@]}"
+# A package body is "binary" to the schema, so any bytes are schema-valid, but only a tar or a
+# tar.gz holding a valid workflow.json is a package: 400 for the rest is the contract
+# (docs/packages.md), so the check that schema-valid bodies are accepted is left out here only.
+run "package deploy (admin)" -H "Authorization: Bearer ${token[admin]}" --include-operation-id deployPackage \
+  --exclude-checks positive_data_acceptance
+run "package deploy (no token)" --include-operation-id deployPackage --exclude-checks positive_data_acceptance
 # Resign hands leadership over; with one node it is elected again. Tested once, on its own.
 run "resign (admin)" -H "Authorization: Bearer ${token[admin]}" --include-operation-id resign --max-examples 3
 

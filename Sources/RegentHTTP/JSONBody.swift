@@ -208,7 +208,7 @@ struct JSONBody {
             do { return try Cost(amount: amount, unit: unit) } catch { throw APIError.badRequest("invalid_field", "\(path)\(at): \(error.message)") }
         }
         switch fields["cost"] {
-        case nil, .null?: return []
+        case nil: return []
         case .integer?, .number?: return [try cost(try amount(fields["cost"]!, "cost"), nil, "cost")]
         case .array(let items)?:
             guard items.count <= 64 else { throw wrongType("cost", "at most 64 amounts") }

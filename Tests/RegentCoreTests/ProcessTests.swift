@@ -299,3 +299,55 @@ func runRegent(_ args: [String], _ label: String) async throws -> (Int32?, Strin
     if code == nil { p.signal(SIGKILL) }
     return (code, p.log)
 }
+
+/// The runs CLI and the demo worker, run as an operator would.
+@Suite("Runs CLI", .serialized)
+struct RunCLITests {
+    @Test func startListShowAndCancelFromTheCommandLineWithAWorkerProcess() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary), "build the regent binary first (swift build)")
+        try await withBootedDatabase { config, conn in
+            let url = config.conninfo
+            let p = try PackageFixture(files: ["workflow.json": PackageFixture.manifest(type: "cli.run", steps: [
+                #"{"name": "first", "lane": "cli"}"#, #"{"name": "second", "lane": "cli"}"#,
+            ]).replacingOccurrences(of: #""steps":"#, with: #""budget": {"limit": 50, "unit": "cents"}, "steps":"#)])
+            defer { p.remove() }
+            let (c0, _) = try await runRegent(["packages", "deploy", p.directory.path, "--database-url", url], "r-deploy")
+            #expect(c0 == 0)
+            let (c1, o1) = try await runRegent(["runs", "start", "cli.run", "--input", #"{"n": 1}"#, "--idempotency-key", "k1", "--database-url", url], "r-start")
+            let runID = String(o1.split(separator: "\n").first ?? "")
+            #expect(c1 == 0 && RunStore.isRunID(runID), "\(o1)")
+            let (_, again) = try await runRegent(["runs", "start", "cli.run", "--idempotency-key", "k1", "--database-url", url], "r-again")
+            #expect(again.contains("\(runID) existing"), "\(again)")
+            // A worker process carries it to the end.
+            let worker = try RegentProcess(
+                ["worker", "--database-url", url, "--lane", "cli", "--name", "cli-worker", "--cost", "2.5", "--log-level", "warning"],
+                logPath: NSTemporaryDirectory() + "regent-test-\(getpid())-r-worker.log")
+            try await waitUntil("the run succeeds") { try await RunStore().get(runID, on: conn)?.state == "succeeded" }
+            worker.signal(SIGTERM)
+            #expect(await worker.waitForExit(timeout: .seconds(10)) == 0, "\(worker.log)")
+            let (c2, shown) = try await runRegent(["runs", "show", runID, "--database-url", url], "r-show")
+            #expect(c2 == 0 && shown.contains("succeeded") && shown.contains("cli-worker") && shown.contains("5 of 50 cents spent, 45 left"), "\(shown)")
+            let (c3, list) = try await runRegent(["runs", "list", "--state", "succeeded", "--database-url", url], "r-list")
+            #expect(c3 == 0 && list.contains(runID), "\(list)")
+            // Cancel: a finished run is already finished; a fresh one is cancelled.
+            let (_, o4) = try await runRegent(["runs", "start", "cli.run", "--database-url", url], "r-start2")
+            let second = String(o4.split(separator: "\n").first ?? "")
+            let (c5, cancelled) = try await runRegent(["runs", "cancel", second, "--reason", "testing", "--database-url", url], "r-cancel")
+            #expect(c5 == 0 && cancelled.contains("cancelled"), "\(cancelled)")
+            let (_, finished) = try await runRegent(["runs", "cancel", runID, "--reason", "late", "--database-url", url], "r-cancel2")
+            #expect(finished.contains("already_finished"), "\(finished)")
+            for (args, expected) in [
+                (["runs", "start", "cli.run", "--input", "[1]"], "input must be a JSON object"),
+                (["runs", "start", "nosuch.type"], "has no routed package version"),
+                (["runs", "start", "cli.run", "--deadline", "soon"], "invalid duration"),
+                (["runs", "show", "run_nope"], "invalid run id"),
+                (["runs", "list", "--state", "sleeping"], "invalid --state"),
+                (["runs", "cancel", second], "--reason"),
+            ] {
+                let (c, o) = try await runRegent(args + ["--database-url", url], "r-bad")
+                #expect(c != 0 && o.contains(expected), "\(args): \(o)")
+            }
+            #expect(try await conn.query("SELECT count(*) AS n FROM workflow.runs").single().decode("n", as: Int.self) == 2)
+        }
+    }
+}

@@ -7,7 +7,8 @@ import RegentCore
 
 /// Workflow packages: deploy (a tar or tar.gz body), list, show, route, unload, fetch.
 extension AdminAPI {
-    static let packageMediaTypes: Set<String> = ["application/gzip", "application/x-gzip", "application/x-tar", "application/tar"]
+    /// gzip or tar; with `application/octet-stream` the bytes say which (gzip's magic number).
+    static let packageMediaTypes: Set<String> = ["application/gzip", "application/x-gzip", "application/x-tar", "application/tar", "application/octet-stream"]
 
     func deployPackage(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let limits = options.packageLimits
@@ -16,7 +17,7 @@ extension AdminAPI {
         else {
             throw APIError(
                 status: .unsupportedMediaType, code: "unsupported_media_type",
-                message: "send the package as Content-Type: application/gzip (a .tar.gz) or application/x-tar (a .tar)")
+                message: "send the package as Content-Type: application/gzip (a .tar.gz), application/x-tar (a .tar) or application/octet-stream (either)")
         }
         // The compressed body is at most the inflated limit; inflating stops at the limit too.
         let bodyLimit = limits.maxTotalBytes + (limits.maxFiles + 8) * 2048 + (1 << 20)
