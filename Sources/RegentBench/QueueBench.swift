@@ -22,6 +22,9 @@ package struct QueueBench: Sendable {
         package var raw_enqueue_per_s = 0.0
         package var drain_per_s: [String: Double] = [:]
         package var raw_drain_per_s: [String: Double] = [:]
+        /// Complete-and-claim in one call (`completeAndClaim`), keyed by batch size.
+        package var drain_combined_per_s: [String: Double] = [:]
+        package var raw_drain_combined_per_s: [String: Double] = [:]
         package var drain_1k_per_s = 0.0
         package var drain_100k_per_s = 0.0
         package var wake_p50_ms = 0.0
@@ -75,6 +78,23 @@ package struct QueueBench: Sendable {
                 let regent = try await drain(config, batch: batch, stopAfter: nil)
                 f.raw_drain_per_s["\(batch)"] = raw
                 f.drain_per_s["\(batch)"] = regent
+                say(String(format: "  raw %.0f/s, Regent %.0f/s", raw, regent))
+            }
+
+            for batch in [1, 10] {
+                say("▶ drain \(options.jobs) with \(options.workers) workers, batch \(batch), completing and claiming in one call")
+                try await reset(pool)
+                _ = try await enqueue(pool, count: options.jobs)
+                try await analyze(pool)
+                let raw = try await runOffThePool { [options, ns, url] in
+                    try RawQueue.drain(url: url, namespace: ns.value, lanes: ["l"], workers: options.workers, batch: batch, combined: true)
+                }
+                try await reset(pool)
+                _ = try await enqueue(pool, count: options.jobs)
+                try await analyze(pool)
+                let regent = try await drain(config, batch: batch, stopAfter: nil, combined: true)
+                f.raw_drain_combined_per_s["\(batch)"] = raw
+                f.drain_combined_per_s["\(batch)"] = regent
                 say(String(format: "  raw %.0f/s, Regent %.0f/s", raw, regent))
             }
 
@@ -151,7 +171,7 @@ package struct QueueBench: Sendable {
 
     /// `workers` connections claim `batch` at a time and complete what they claimed, until
     /// the queue is empty (or `stopAfter` are done); returns executions per second.
-    private func drain(_ config: ConnectionConfiguration, batch: Int, stopAfter: Int?) async throws -> Double {
+    private func drain(_ config: ConnectionConfiguration, batch: Int, stopAfter: Int?, combined: Bool = false) async throws -> Double {
         let store = LeaseStore()
         var conns: [PostgresConnection] = []
         for _ in 0..<options.workers { conns.append(try await PostgresConnection.connect(config)) }
@@ -161,6 +181,18 @@ package struct QueueBench: Sendable {
             for (w, conn) in conns.enumerated() {
                 let me = try worker(w)
                 group.addTask { [ns, lane] in
+                    if combined {
+                        // Each call completes the previous batch and claims the next: one round trip per batch.
+                        var held: [Completion] = []
+                        while true {
+                            let (outcome, leases) = try await store.completeAndClaim(
+                                held, namespace: ns, lanes: [lane], workerInstanceID: me, capabilities: [], leaseDuration: .seconds(300), limit: batch,
+                                on: conn)
+                            done.add(outcome.done.count)
+                            if leases.isEmpty { return }
+                            held = leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }
+                        }
+                    }
                     while stopAfter.map({ done.value < $0 }) ?? true {
                         let leases = try await store.claim(
                             namespace: ns, lanes: [lane], workerInstanceID: me, capabilities: [], leaseDuration: .seconds(300), limit: batch,
@@ -284,7 +316,7 @@ enum RawQueue {
         return Double(jobs) / started.duration(to: .now).inSeconds
     }
 
-    static func drain(url: String, namespace: String, lanes: [String], workers: Int, batch: Int) throws -> Double {
+    static func drain(url: String, namespace: String, lanes: [String], workers: Int, batch: Int, combined: Bool = false) throws -> Double {
         let done = Atomic<Int>(0)
         let failure = Mutex<(any Error)?>(nil)
         let group = DispatchGroup()
@@ -297,8 +329,26 @@ enum RawQueue {
                     let conn = try connect(url)
                     defer { PQfinish(conn) }
                     var statements: [String: String] = [:]
+                    var held: [String] = []  // combined: the completions the next call carries
                     while true {
-                        let rows = try exec(
+                        let rows: [[String?]]
+                        if combined {
+                            rows = try exec(
+                                conn,
+                                LeaseQueries.completeAndClaim(
+                                    itemsJSON: "[" + held.joined(separator: ",") + "]", namespace: namespace, lanes: lanes, worker: "bench-w\(w)",
+                                    capabilities: [], lease: .seconds(300), limit: batch),
+                                &statements)
+                            // Column 0 is the accepted completions, `{id,id,…}`.
+                            if let first = rows.first, let text = first[0], text != "{}" { done.add(text.split(separator: ",").count, ordering: .relaxed) }
+                            held = rows.compactMap { row -> String? in
+                                guard let id = row[2], let epoch = row[5] else { return nil }
+                                return #"{"execution_id":"\#(id)","epoch":\#(epoch),"result":{}}"#
+                            }
+                            if held.isEmpty { return }
+                            continue
+                        }
+                        rows = try exec(
                             conn,
                             LeaseQueries.claim(
                                 namespace: namespace, lanes: lanes, worker: "bench-w\(w)", capabilities: [], lease: .seconds(300), limit: batch),

@@ -127,6 +127,7 @@ public struct AdminAPI: Sendable {
         r.add(.post, "/v1/leases/complete", role: .worker) { request, context in try await workflow.require(); return try await complete(request, context) }
         r.add(.post, "/v1/leases/fail", role: .worker) { request, context in try await workflow.require(); return try await fail(request, context) }
         r.add(.post, "/v1/leases/complete-batch", role: .worker) { request, context in try await workflow.require(); return try await completeBatch(request, context) }
+        r.add(.post, "/v1/leases/complete-and-claim", role: .worker) { request, context in try await workflow.require(); return try await completeAndClaim(request, context) }
         r.add(.post, "/v1/leases/fail-batch", role: .worker) { request, context in try await workflow.require(); return try await failBatch(request, context) }
         r.add(.post, "/v1/executions", role: .worker) { request, context in try await workflow.require(); return try await enqueue(request, context) }
         r.add(.post, "/v1/executions/{id}/cancel", role: .worker) { _, context in try await workflow.require(); return try await cancel(context) }

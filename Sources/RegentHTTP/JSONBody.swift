@@ -70,13 +70,13 @@ struct JSONBody {
     }
 
     /// An array of 1 to `max` objects, each with only fields from `allowed`.
-    func objects(_ name: String, allowed: Set<String>, max: Int) throws -> [JSONBody] {
+    func objects(_ name: String, allowed: Set<String>, max: Int, min: Int = 1) throws -> [JSONBody] {
         guard case .array(let items)? = fields[name] else {
             if fields[name] == nil { throw APIError.badRequest("missing_field", "field \(Self.quotedField(path + name)) is required") }
             throw wrongType(name, "an array of objects")
         }
-        guard (1...max).contains(items.count) else {
-            throw APIError.badRequest("invalid_field", "field \(Self.quotedField(path + name)) must hold 1 to \(max) items, got \(items.count)")
+        guard (min...max).contains(items.count) else {
+            throw APIError.badRequest("invalid_field", "field \(Self.quotedField(path + name)) must hold \(min) to \(max) items, got \(items.count)")
         }
         return try items.enumerated().map { i, item in
             let at = "\(path)\(name)[\(i)]."

@@ -231,6 +231,41 @@ struct LeadershipTests {
 
 @Suite("Leadership metrics against a real server", .serialized)
 struct LeadershipMetricsTests {
+    @Test func aNewLeaderEndsAnEarlierTermsFencedTransactionInsteadOfWaitingForIt() async throws {
+        let db = try await TestDatabase.shared.freshDatabase()
+        let first = RegentNode(configuration: fastNode(db, name: "first"))
+        let firstTask = Task { try await first.run() }
+        #expect(await eventually { await first.isLeader })
+        let fence = try #require(await first.currentFence)
+        // An earlier term's fenced transaction that does not end (a long migration, a stuck sweep):
+        // it holds the leadership row FOR SHARE, as every fenced transaction does.
+        let stuck = try await PostgresConnection.connect(db)
+        try await stuck.query("BEGIN")
+        try await stuck.query("SELECT term FROM engine.leadership WHERE id = 1 FOR SHARE")
+        let stuckPID = try await stuck.query("SELECT pg_backend_pid() AS pid").single().decode("pid", as: Int32.self)
+        let second = RegentNode(configuration: fastNode(db, name: "second"))
+        let secondTask = Task { try await second.run() }
+        #expect(await eventually { await second.membershipService != nil })
+        let admin = try await PostgresConnection.connect(db)
+        #expect(await eventually {
+            try await admin.query("""
+                SELECT count(*) AS n FROM pg_locks
+                WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                """).single().decode("n", as: Int.self) == 1
+        })
+        try await admin.query("SELECT pg_terminate_backend(\(Int(fence.lockBackendPID)))")
+        // Without ending it, the new term would wait for that transaction for ever.
+        #expect(await eventually(timeout: .seconds(5)) { await second.isLeader })
+        let alive = try await admin.query("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = \(Int(stuckPID))").single().decode("n", as: Int.self)
+        #expect(alive == 0, "the earlier term's transaction was ended")
+        await stuck.close()
+        await admin.close()
+        await first.shutdown()
+        await second.shutdown()
+        _ = try? await firstTask.value
+        _ = try? await secondTask.value
+    }
+
     @Test func aCrashTakeoverIsObservedByTheTakerAndAFreshStartIsNot() async throws {
         let db = try await TestDatabase.shared.freshDatabase()
         let firstMetrics = TestMetrics()

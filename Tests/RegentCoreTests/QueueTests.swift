@@ -61,6 +61,47 @@ struct QueueTests {
         }
     }
 
+    @Test func completeAndClaimFinishesTheHeldWorkAndTakesTheNextInOneStatement() async throws {
+        try await withBootedDatabase { _, conn in
+            let w = try await register("w", on: conn)
+            let ids = try await store.enqueue(namespace: ns, Array(repeating: EnqueueRequest(lane: lane), count: 5), on: conn).map(\.executionID)
+            // An empty first call is a claim.
+            let (none, first) = try await store.completeAndClaim(
+                [], namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 2, on: conn)
+            #expect(none.done.isEmpty && none.stale.isEmpty && first.count == 2)
+            // One current completion and one stale: the current one is done, the stale reported, two more claimed.
+            let held = [
+                Completion(executionID: first[0].executionID, epoch: first[0].epoch, result: #"{"ok":1}"#),
+                Completion(executionID: first[1].executionID, epoch: LeaseEpoch(first[1].epoch.value + 5)),
+            ]
+            let (outcome, next) = try await store.completeAndClaim(
+                held, namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 2, on: conn)
+            #expect(outcome.done.keys.sorted() == [first[0].executionID] && outcome.stale == [first[1].executionID])
+            #expect(next.count == 2 && Set(next.map(\.executionID)).isDisjoint(with: first.map(\.executionID)))
+            #expect(Set(ids).isSuperset(of: next.map(\.executionID)))
+            let result = try await conn.query("SELECT result::text AS r FROM workflow.executions WHERE execution_id = \(first[0].executionID)").single()
+                .decode("r", as: String.self)
+            #expect(result == #"{"ok": 1}"#)
+            // A worker that is no longer registered: its completions still apply, the claim is refused.
+            try await conn.query("UPDATE workflow.workers SET dead = true WHERE worker_instance_id = 'w'")
+            do {
+                _ = try await store.completeAndClaim(
+                    next.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, namespace: ns, lanes: [lane], workerInstanceID: w,
+                    capabilities: [], leaseDuration: .seconds(30), limit: 2, on: conn)
+                Issue.record("a dead worker claimed")
+            } catch let error as RegentError {
+                #expect(error.code == .notRegistered && error.message.contains("2 completion(s) of this call were applied"))
+            }
+            let completed = try await conn.query("SELECT count(*) AS n FROM workflow.executions WHERE state = 'completed'").single()
+                .decode("n", as: Int.self)
+            #expect(completed == 3)
+            await expectCode(.invalidInput) {
+                _ = try await store.completeAndClaim(
+                    [], namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 0, on: conn)
+            }
+        }
+    }
+
     @Test func batchCompletionCompletesTheCurrentEpochsAndReportsTheStaleOnes() async throws {
         try await withBootedDatabase { _, conn in
             let w = try await register("w", on: conn)

@@ -10,6 +10,29 @@ import Testing
 
 @Suite("The queue over HTTP", .serialized)
 struct QueueAPITests {
+    @Test func completeAndClaimOverHTTP() async throws {
+        try await Fixture.with { f in
+            try await f.app().test(.router) { client in
+                let register = #"{"namespace":"cc","worker_instance_id":"w-1","worker_id":"w","lanes":["a"],"liveness_ttl_ms":30000}"#
+                #expect(try await client.call(.post, "/v1/workers/register", token: f.worker, json: register).status == .created)
+                _ = try await client.call(.post, "/v1/executions", token: f.worker, json: #"{"namespace":"cc","executions":[{"lane":"a"},{"lane":"a"}]}"#)
+                let claim = #""namespace":"cc","worker_instance_id":"w-1","lanes":["a"]"#
+                #expect(try await client.call(.post, "/v1/leases/complete-and-claim", token: f.reader, json: "{\(claim)}").status == .forbidden)
+                let first = try object(try await client.call(.post, "/v1/leases/complete-and-claim", token: f.worker, json: "{\(claim)}").body)
+                let lease = try #require((first["leases"] as? [[String: Any]])?.first)
+                #expect((first["done"] as? [Any])?.isEmpty == true)
+                let id = try #require(lease["execution_id"] as? String), epoch = try #require(lease["lease_epoch"] as? Int)
+                let second = try object(try await client.call(
+                    .post, "/v1/leases/complete-and-claim", token: f.worker,
+                    json: #"{"completions":[{"execution_id":"\#(id)","lease_epoch":\#(epoch),"result":{"n":1}}],\#(claim)}"#).body)
+                #expect((second["done"] as? [[String: Any]])?.first?["execution_id"] as? String == id)
+                #expect((second["leases"] as? [[String: Any]])?.count == 1)
+                let bad = try await client.call(.post, "/v1/leases/complete-and-claim", token: f.worker, json: #"{"completions":[{"execution_id":"x"}],\#(claim)}"#)
+                #expect(bad.status == .badRequest)
+            }
+        }
+    }
+
     @Test func enqueueClaimCompleteAndFailInBatchesThenCancel() async throws {
         try await Fixture.with { f in
             try await f.app().test(.router) { client in

@@ -26,9 +26,20 @@ public struct RunDeadlines: LeaderDuty {
         self.logger = logger
     }
 
+    /// Whether there is anything to do: a run past its deadline, or a step execution of a
+    /// finished run still queued or running. One cheap read, so an idle cluster's leader does
+    /// not open a fenced transaction every second.
+    static let pending: PostgresQuery = """
+        SELECT EXISTS (SELECT 1 FROM workflow.runs WHERE state = 'running' AND deadline <= now())
+            OR EXISTS (SELECT 1 FROM workflow.run_steps s JOIN workflow.runs r ON r.run_id = s.run_id
+                       WHERE s.state IN ('queued', 'running') AND r.state <> 'running') AS pending
+        """
+
     /// One page: how many runs it failed.
     public func expireOnce(fence: LeaderFence) async throws -> Int {
-        guard try await RunsSchema.isPresent(pool) else { return 0 }
+        guard try await RunsSchema.isPresent(pool),
+            try await pool.query(Self.pending, purpose: "runs: anything past its deadline?").single().decode("pending", as: Bool.self)
+        else { return 0 }
         return try await fence.withTransaction(pool) { tx in
             try await tx.query(
                 "SELECT workflow.expire_runs(\(pageSize), \(AuditActor.instance(fence.instanceID).description), \(fence.term)::bigint) AS n",

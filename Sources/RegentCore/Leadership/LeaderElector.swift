@@ -265,9 +265,28 @@ public actor LeaderElector: Service {
     }
 
     private func recordTerm(on conn: PostgresConnection) async throws -> (Term, Date) {
-        let row = try await conn.query(
-            LeadershipQueries.recordElection(instance: instanceID, actor: AuditActor.instance(instanceID).description),
-            purpose: "record the new term").single()
+        // An earlier leader's fenced transaction (a long migration, say) holds the leadership row
+        // FOR SHARE until it ends: wait briefly, then end it (it can no longer commit anything
+        // meaningful: its term is over) instead of waiting for it.
+        try await conn.query(LeadershipQueries.termLockTimeout, purpose: "bound the term's lock wait")
+        var row: PostgresRow?
+        var ended = 0
+        for attempt in 1...20 {
+            do {
+                row = try await conn.query(
+                    LeadershipQueries.recordElection(instance: instanceID, actor: AuditActor.instance(instanceID).description),
+                    purpose: "record the new term").single()
+                break
+            } catch let error as PostgresError where error.sqlState == "55P03" && attempt < 20 {
+                ended += try await conn.query(LeadershipQueries.endEarlierFencedTransactions, purpose: "end an earlier term's fenced transactions")
+                    .single().decode("ended", as: Int.self)
+            }
+        }
+        try await conn.query(LeadershipQueries.noLockTimeout, purpose: "unbound lock waits")
+        if ended > 0 {
+            logger.warning("ended an earlier term's fenced transactions that held the leadership row", metadata: ["sessions": "\(ended)"])
+        }
+        guard let row else { throw RegentError(.timeout, "the new term could not be recorded: the leadership row stayed locked") }
         let term = try row.decode("term", as: Term.self)
         // A takeover: measure the leaderless time from the predecessor's resignation (if it
         // resigned within the last minute: older means the cluster was down, not failing over),

@@ -40,6 +40,22 @@ package enum LeadershipQueries {
         """
     }
 
+    /// How long the new term's UPDATE waits for an earlier term's fenced transactions (they hold
+    /// the leadership row FOR SHARE) before it ends them; set on the lock session around it only.
+    static let termLockTimeout: PostgresQuery = "SET lock_timeout = '300ms'"
+    static let noLockTimeout: PostgresQuery = "SET lock_timeout = 0"
+
+    /// Ends the sessions whose transactions hold `engine.leadership` FOR SHARE (a RowShareLock on
+    /// the table): fenced transactions, and only the lock holder may be leader, so once this
+    /// session holds the lock they belong to an earlier term (a crashed or cut-off leader's
+    /// migration or sweep still running). Rolled back, none of their writes land; without this
+    /// the new term would wait for them, however long they run.
+    static let endEarlierFencedTransactions: PostgresQuery = """
+        SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) AS ended FROM pg_locks
+        WHERE locktype = 'relation' AND relation = 'engine.leadership'::regclass AND mode = 'RowShareLock' AND granted
+          AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND pid <> pg_backend_pid()
+        """
+
     /// The server's identity and timeline, whether it is in recovery, and the highest timeline
     /// a leader was ever elected on for this system identifier (NULL before the first).
     /// A primary's current timeline is read from its current WAL file name (the checkpoint's

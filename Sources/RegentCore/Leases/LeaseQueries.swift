@@ -83,6 +83,21 @@ package enum LeaseQueries {
         return query.prepared()
     }
 
+    /// Completes the batch (as ``complete(itemsJSON:)``) and claims (as ``claim``) in one
+    /// statement and one transaction (`workflow.complete_and_claim`, sql/workflow/0008); every
+    /// row carries the accepted completions in `completed`.
+    package static func completeAndClaim(
+        itemsJSON: String, namespace: String, lanes: [String], worker: String, capabilities: [String], lease: Duration, limit: Int
+    ) -> PostgresQuery {
+        let query: PostgresQuery = """
+            SELECT completed::text[] AS completed, alive, execution_id, lane, attempt_index, lease_epoch, payload, lease_expires_at, run_id,
+                   step, package_hash
+            FROM workflow.complete_and_claim(\(itemsJSON)::jsonb, \(namespace), \(worker), \(lanes)::text[], \(capabilities)::text[],
+                                             \(Int64(lease.milliseconds)), \(limit))
+            """
+        return query.prepared()
+    }
+
     /// Completes every execution of the batch (a JSON array of `execution_id`, `epoch`,
     /// `result` objects) whose epoch is current, through `workflow.complete` (planned with
     /// sequential scans off, as the claim is); returns their ids (the others' leases were

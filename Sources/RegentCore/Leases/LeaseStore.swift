@@ -98,9 +98,15 @@ public struct LeaseStore: Sendable {
                 namespace: namespace.value, lanes: lanes.map(\.value), worker: workerInstanceID.value, capabilities: capabilities.map(\.value),
                 lease: leaseDuration, limit: limit),
             purpose: "claim executions")
+        return try Self.leases(rows, workerInstanceID: workerInstanceID, namespace: namespace)
+    }
+
+    /// The leases of a claim's rows; ``RegentError/Code/notRegistered`` when the worker is not alive.
+    static func leases(_ rows: PostgresRows, workerInstanceID: WorkerInstanceID, namespace: Namespace, completed: Int? = nil) throws -> [Lease] {
         guard try rows.first?.decode("alive", as: Bool.self) == true else {
             throw RegentError(
-                .notRegistered, "worker instance \(workerInstanceID) is not registered and alive in namespace \(namespace)",
+                .notRegistered, "worker instance \(workerInstanceID) is not registered and alive in namespace \(namespace)"
+                    + (completed.map { "; the \($0) completion(s) of this call were applied" } ?? ""),
                 hint: "register it (or heartbeat before its TTL lapses) before claiming")
         }
         return try rows.compactMap { row in
@@ -170,6 +176,14 @@ public struct LeaseStore: Sendable {
     /// Completes the executions of the batch whose epoch is current, in one statement.
     public func complete(_ completions: [Completion], on conn: PostgresConnection) async throws -> BatchOutcome {
         try Self.batchSize(completions.count, "completions")
+        let rows = try await conn.query(LeaseQueries.complete(itemsJSON: try Self.completionItems(completions)), purpose: "complete executions")
+        var done: [UUID: String] = [:]
+        for row in rows { done[try row.decode("execution_id", as: UUID.self)] = "completed" }
+        return BatchOutcome(done: done, stale: completions.map(\.executionID).filter { done[$0] == nil })
+    }
+
+    /// The JSON array `workflow.complete` takes.
+    static func completionItems(_ completions: [Completion]) throws(RegentError) -> String {
         var items: [String] = []
         items.reserveCapacity(completions.count)
         for (n, c) in completions.enumerated() {
@@ -178,10 +192,32 @@ public struct LeaseStore: Sendable {
             let cost = c.cost.isEmpty ? "" : #","cost":["# + c.cost.map(\.json).joined(separator: ",") + "]"
             items.append(#"{"execution_id":"\#(c.executionID.uuidString)","epoch":\#(c.epoch.value),"result":\#(result.json)\#(cost)}"#)
         }
-        let rows = try await conn.query(LeaseQueries.complete(itemsJSON: "[" + items.joined(separator: ",") + "]"), purpose: "complete executions")
+        return "[" + items.joined(separator: ",") + "]"
+    }
+
+    /// Completes `completions` (0 to 1000, as ``complete(_:on:)``) and claims up to `limit` (as
+    /// ``claim(namespace:lanes:workerInstanceID:capabilities:leaseDuration:limit:on:)``) in one
+    /// statement and one transaction: a worker reports what it finished and takes its next work
+    /// in one round trip. The completions are applied even when the claim is refused.
+    public func completeAndClaim(
+        _ completions: [Completion], namespace: Namespace, lanes: [Lane], workerInstanceID: WorkerInstanceID, capabilities: [Capability],
+        leaseDuration: Duration, limit: Int, on conn: PostgresConnection
+    ) async throws -> (completed: BatchOutcome, leases: [Lease]) {
+        guard completions.count <= Self.maxBatch else {
+            throw RegentError(.invalidInput, "a batch of completions holds 0 to \(Self.maxBatch) items, got \(completions.count)")
+        }
+        try Self.validateClaim(lanes: lanes, leaseDuration: leaseDuration, limit: limit)
+        let rows = try await conn.query(
+            LeaseQueries.completeAndClaim(
+                itemsJSON: try Self.completionItems(completions), namespace: namespace.value, lanes: lanes.map(\.value), worker: workerInstanceID.value,
+                capabilities: capabilities.map(\.value), lease: leaseDuration, limit: limit),
+            purpose: "complete and claim")
         var done: [UUID: String] = [:]
-        for row in rows { done[try row.decode("execution_id", as: UUID.self)] = "completed" }
-        return BatchOutcome(done: done, stale: completions.map(\.executionID).filter { done[$0] == nil })
+        for text in try rows.first?.decode("completed", as: [String].self) ?? [] {
+            if let id = UUID(uuidString: text) { done[id] = "completed" }
+        }
+        let outcome = BatchOutcome(done: done, stale: completions.map(\.executionID).filter { done[$0] == nil })
+        return (outcome, try Self.leases(rows, workerInstanceID: workerInstanceID, namespace: namespace, completed: done.count))
     }
 
     /// Completes the execution with `result` (a JSON object); ``staleLease`` when its epoch is not current.

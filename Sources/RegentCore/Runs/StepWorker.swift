@@ -55,12 +55,17 @@ public struct StepWorker: Sendable {
             }
             // Wait for the first registration before claiming.
             try? await Task.sleep(for: .milliseconds(50))
+            // Completions ride on the next claim (one round trip per batch); when that claim finds
+            // nothing, the worker long-polls.
+            var leases: [Lease] = []
             while !Task.isCancelled {
                 do {
-                    let leases = try await LeaseStore().claim(
-                        namespace: ns, lanes: lanes, workerInstanceID: instanceID, capabilities: capabilities, leaseDuration: .seconds(30),
-                        limit: batch, wait: .seconds(1), waker: waker, pool: pool)
-                    if leases.isEmpty { continue }
+                    if leases.isEmpty {
+                        leases = try await LeaseStore().claim(
+                            namespace: ns, lanes: lanes, workerInstanceID: instanceID, capabilities: capabilities, leaseDuration: .seconds(30),
+                            limit: batch, wait: .seconds(1), waker: waker, pool: pool)
+                        if leases.isEmpty { continue }
+                    }
                     if work > .zero { try await Task.sleep(for: work) }
                     let completions = try leases.map { lease in
                         Completion(
@@ -68,16 +73,23 @@ public struct StepWorker: Sendable {
                             result: #"{"step":"\#(lease.step?.name ?? "")","by":"\#(instanceID.value)","attempt":\#(lease.attemptIndex)}"#,
                             cost: costPerStep > 0 ? [try Cost(amount: costPerStep)] : [])
                     }
-                    let outcome = try await pool.withConnection { try await LeaseStore().complete(completions, on: $0) }
+                    let (outcome, next) = try await pool.withConnection {
+                        try await LeaseStore().completeAndClaim(
+                            completions, namespace: ns, lanes: lanes, workerInstanceID: instanceID, capabilities: capabilities,
+                            leaseDuration: .seconds(30), limit: batch, on: $0)
+                    }
                     tally.completed += outcome.done.count
                     tally.stale += outcome.stale.count
+                    leases = next
                 } catch is CancellationError {
                     break
                 } catch let error as RegentError where error.code == .notRegistered {
+                    leases = []
                     try? await Task.sleep(for: .milliseconds(100))
                 } catch {
                     if Task.isCancelled { break }
                     logger.warning("worker round failed; retrying", metadata: ["worker": "\(instanceID)", "error": "\(error)"])
+                    leases = []
                     try? await Task.sleep(for: .milliseconds(200))
                 }
             }

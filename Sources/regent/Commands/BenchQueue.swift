@@ -15,8 +15,8 @@ extension BenchCommand {
                 of JOBS is gone. Wake-up: one worker waits in claim (LISTEN-woken); the time from \
                 the enqueue call to the claim's return. For the peer comparison run \
                 ../shared/peers/pgqueuer-drain against the same server. --json prints one JSON \
-                object (enqueue_per_s, drain_per_s {"1","10","100"}, drain_100k_per_s, \
-                wake_p50_ms, wake_p99_ms, and the raw figures).
+                object (enqueue_per_s, drain_per_s {"1","10","100"}, drain_combined_per_s {"1","10"} \
+                (complete-and-claim in one call), drain_100k_per_s, wake_p50_ms, wake_p99_ms, and the raw figures).
                 """)
         @Option(help: "Backlog drained at each batch size (1000-1000000).") var jobs = 20_000
         @Option(help: "Worker connections draining (1-64).") var workers = 16
@@ -52,6 +52,9 @@ extension BenchCommand {
                 ["enqueue (1000 per statement)", rate(r.raw_enqueue_per_s), rate(r.enqueue_per_s), ratio(r.enqueue_per_s, r.raw_enqueue_per_s)],
             ] + ["1", "10", "100"].map { b in
                 ["drain \(jobs), \(workers) workers, batch \(b)", rate(r.raw_drain_per_s[b]), rate(r.drain_per_s[b]), ratio(r.drain_per_s[b], r.raw_drain_per_s[b])]
+            } + ["1", "10"].map { b in
+                ["  … completing and claiming in one call, batch \(b)", rate(r.raw_drain_combined_per_s[b]), rate(r.drain_combined_per_s[b]),
+                 ratio(r.drain_combined_per_s[b], r.raw_drain_combined_per_s[b])]
             }))
             print("")
             print(String(format: "drain at 1,000 queued %.0f/s; at %d queued %.0f/s (%.0f%%; goal ≥ 80%%)", r.drain_1k_per_s, backlog,
