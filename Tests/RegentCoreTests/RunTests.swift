@@ -277,6 +277,28 @@ struct RunTests {
         }
     }
 
+    @Test func theDeadlineDutySweepsStepExecutionsLeftRunningByAFinishedRun() async throws {
+        try await withBootedDatabase { config, conn in
+            let f = try await RunFixture.deploy("strays", steps: Self.linear, on: conn)
+            let run = try await f.start()
+            let a = try await f.claimStep("a")
+            // As if the run's finish had skipped this execution (its holder rolled back afterwards).
+            try await conn.query(
+                "UPDATE workflow.runs SET state = 'cancelled', reason = 'cancelled', finished_at = now() WHERE run_id = \(run.runID)")
+            let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
+            let (fence, cluster) = try await leaderFence(config)
+            _ = try await RunDeadlines(pool: pool).expireOnce(fence: fence)
+            try await waitUntil("the stray execution is fenced") {
+                try await conn.query("SELECT state FROM workflow.executions WHERE execution_id = \(a.executionID)").single()
+                    .decode("state", as: String.self) == "cancelled"
+            }
+            #expect(try await f.run(run.runID).steps.first?.state == "cancelled")
+            #expect(try await f.complete(a).stale == [a.executionID])
+            await cluster.stopAll()
+            await pool.shutdown()
+        }
+    }
+
     @Test func retentionDeletesOnlyFinishedRuns() async throws {
         try await withBootedDatabase { config, conn in
             let f = try await RunFixture.deploy("retained", steps: Self.linear, on: conn)
