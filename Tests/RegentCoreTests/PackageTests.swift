@@ -173,6 +173,47 @@ struct PackageAdmissionTests {
         #expect(refusal { _ = try PackageContents(path: fixture.directory.path, limits: limits) }.contains("\"passwd\" is a link"))
     }
 
+    @Test func damagedArchivesAreRefusedNeverCrashTheReader() throws {
+        // A hostile or damaged body must end in a clear refusal (or, rarely, a valid package),
+        // never in a trap: truncations at every length, and random byte changes, of a tar with
+        // pax and GNU long-name entries and of its gzip form.
+        let manifest = Array(PackageFixture.manifest(type: "t").utf8)
+        let longName = String(repeating: "d/", count: 60) + "file.txt"
+        let body = " path=pax/named/file.json\n"
+        let pax = Array("\(body.utf8.count + 2)\(body)".utf8)  // the length counts its own two digits
+        var tar = PackageFixture.rawTar([
+            PackageFixture.rawEntry("workflow.json", data: manifest),
+            PackageFixture.rawEntry("pax-header", type: "x", data: pax), PackageFixture.rawEntry("ignored", data: [1, 2, 3]),
+            PackageFixture.rawEntry("././@LongLink", type: "L", data: Array(longName.utf8) + [0]), PackageFixture.rawEntry("short", data: [4]),
+        ])
+        let parsed = try admit(tar)
+        #expect(parsed.files.map(\.path).contains("pax/named/file.json") && parsed.files.map(\.path).contains(longName))
+        // Without its end blocks, and cut inside the last entry's padding: still the same package.
+        #expect(try admit(Array(tar.dropLast(1024 + 200))).contentHash == parsed.contentHash)
+        let gz = try PackageFixture.gzip(tar)
+        var rng = SystemRandomNumberGenerator()
+        func survive(_ bytes: [UInt8]) {
+            do { _ = try PackageContents(archive: bytes, limits: .default) } catch let error as RegentError {
+                #expect(error.code == .invalidInput)
+            } catch {
+                Issue.record("unexpected error: \(error)")
+            }
+        }
+        for cut in stride(from: 0, to: tar.count, by: 7) { survive(Array(tar.prefix(cut))) }
+        for cut in stride(from: 0, to: gz.count, by: 3) { survive(Array(gz.prefix(cut))) }
+        for _ in 0..<3000 {
+            var t = tar
+            for _ in 0..<Int.random(in: 1...8, using: &rng) { t[Int.random(in: 0..<t.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng) }
+            survive(t)
+            var g = gz
+            g[Int.random(in: 0..<g.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng)
+            survive(g)
+        }
+        // A pax record whose length points before its own key.
+        tar = PackageFixture.rawTar([PackageFixture.rawEntry("x", type: "x", data: Array("3 path=a\n".utf8)), PackageFixture.rawEntry("a", data: [1])])
+        #expect(refusal { _ = try admit(tar) }.contains("pax header"))
+    }
+
     @Test func aDecompressionBombStopsAtTheLimit() throws {
         // 64 MiB of zeros in a file entry compresses to about 64 KiB.
         let bomb = try PackageFixture.gzip(PackageFixture.rawTar([PackageFixture.rawEntry("zeros", data: [UInt8](repeating: 0, count: 64 << 20))]))

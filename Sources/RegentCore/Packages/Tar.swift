@@ -21,7 +21,9 @@ enum Tar {
         var longName: String?
         while true {
             guard offset + block <= bytes.count else {
-                if bytes[offset...].allSatisfy({ $0 == 0 }) { return entries }  // a short zero tail: tolerated
+                // The end without end-of-archive blocks (or the last entry's padding), or a short
+                // zero tail: tolerated, as tar does. Anything else is a cut-off header.
+                if offset >= bytes.count || bytes[offset...].allSatisfy({ $0 == 0 }) { return entries }
                 throw RegentError(.invalidInput, "the tar archive is truncated at byte \(offset)")
             }
             let header = bytes[offset..<(offset + block)]
@@ -132,7 +134,7 @@ enum Tar {
         var i = data.startIndex
         while i < data.endIndex {
             guard let space = data[i...].firstIndex(of: UInt8(ascii: " ")),
-                let length = Int(String(decoding: data[i..<space], as: UTF8.self)), length > 0, i + length <= data.endIndex,
+                let length = Int(String(decoding: data[i..<space], as: UTF8.self)), length > space - i + 1, length <= data.endIndex - i,
                 data[i + length - 1] == UInt8(ascii: "\n"),
                 let equals = data[(space + 1)..<(i + length)].firstIndex(of: UInt8(ascii: "="))
             else { throw RegentError(.invalidInput, "the tar pax header at byte \(offset) is malformed") }
