@@ -142,7 +142,11 @@ struct EventBusTests {
 
     @Test func lowerIDCommittingLaterIsDeliveredInOrderNotSkipped() async throws {
         let config = try await migratedDatabase()
-        let running = await RunningBus(config)
+        // A gap timeout well above the 100 ms the slow transaction waits, so a loaded machine
+        // (the parallel pass on two cores) cannot stretch that wait past it.
+        var options = EventBus.Options()
+        options.gapTimeout = .seconds(2)
+        let running = await RunningBus(config, options: options)
         let sub = try await running.bus.subscribe()
         let slow = try await PostgresConnection.connect(config)
         let fast = try await PostgresConnection.connect(config)
