@@ -232,20 +232,20 @@ struct LeadershipTests {
 @Suite("Leadership metrics against a real server", .serialized)
 struct LeadershipMetricsTests {
     @Test func aNewLeaderEndsAnEarlierTermsFencedTransactionInsteadOfWaitingForIt() async throws {
-        let db = try await TestDatabase.shared.freshDatabase()
-        let first = RegentNode(configuration: fastNode(db, name: "first"))
-        let firstTask = Task { try await first.run() }
-        #expect(await eventually { await first.isLeader })
-        let fence = try #require(await first.currentFence)
-        // An earlier term's fenced transaction that does not end (a long migration, a stuck sweep):
-        // it holds the leadership row FOR SHARE, as every fenced transaction does.
+        let (db, setup) = try await bootedDatabase()
+        await setup.close()
+        // An earlier leader, by hand: a session holding the leadership lock (it "crashes" below)
+        // and one of its fenced transactions that does not end (a long migration, a stuck
+        // sweep), holding the leadership row FOR SHARE as every fenced transaction does.
+        let oldLeader = try await PostgresConnection.connect(db)
+        try await oldLeader.query(LeadershipQueries.waitForLock)
         let stuck = try await PostgresConnection.connect(db)
         try await stuck.query("BEGIN")
         try await stuck.query("SELECT term FROM engine.leadership WHERE id = 1 FOR SHARE")
         let stuckPID = try await stuck.query("SELECT pg_backend_pid() AS pid").single().decode("pid", as: Int32.self)
-        let second = RegentNode(configuration: fastNode(db, name: "second"))
-        let secondTask = Task { try await second.run() }
-        #expect(await eventually { await second.membershipService != nil })
+        let oldPID = try await oldLeader.query("SELECT pg_backend_pid() AS pid").single().decode("pid", as: Int32.self)
+        let node = RegentNode(configuration: fastNode(db, name: "successor"))
+        let task = Task { try await node.run() }
         let admin = try await PostgresConnection.connect(db)
         #expect(await eventually {
             try await admin.query("""
@@ -253,17 +253,16 @@ struct LeadershipMetricsTests {
                 WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                 """).single().decode("n", as: Int.self) == 1
         })
-        try await admin.query("SELECT pg_terminate_backend(\(Int(fence.lockBackendPID)))")
+        try await admin.query("SELECT pg_terminate_backend(\(Int(oldPID)))")
         // Without ending it, the new term would wait for that transaction for ever.
-        #expect(await eventually(timeout: .seconds(5)) { await second.isLeader })
+        #expect(await eventually(timeout: .seconds(10)) { await node.isLeader })
         let alive = try await admin.query("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = \(Int(stuckPID))").single().decode("n", as: Int.self)
         #expect(alive == 0, "the earlier term's transaction was ended")
         await stuck.close()
+        await oldLeader.close()
         await admin.close()
-        await first.shutdown()
-        await second.shutdown()
-        _ = try? await firstTask.value
-        _ = try? await secondTask.value
+        await node.shutdown()
+        _ = try? await task.value
     }
 
     @Test func aCrashTakeoverIsObservedByTheTakerAndAFreshStartIsNot() async throws {
