@@ -269,7 +269,8 @@ struct RunTests {
             _ = try await duty.expireOnce(fence: fence)  // the node's own duty may have done it first
             try await waitUntil("the overdue run fails") { try await f.run(overdue.runID).state == "failed" }
             let run = try await f.run(overdue.runID)
-            #expect(run.reason == "deadline_exceeded" && run.term == fence.term.value)
+            // This call's term, or a later one of the same node's duty (a loaded machine can make it re-elect).
+            #expect(run.reason == "deadline_exceeded" && (run.term ?? 0) >= fence.term.value)
             #expect(try await f.run(fine.runID).state == "running")
             #expect(try await f.complete(lease).stale == [lease.executionID])
             await cluster.stopAll()
