@@ -79,24 +79,33 @@ public final class PackageCatalog: Sendable {
 
     /// Checks a stored row: hash, canonical form, manifest and type.
     public static func verify(_ row: PackageStore.Stored) -> Result<Entry, RegentError> {
-        let digest = SHA256.hex(bytes: row.archive)
-        guard digest == row.contentHash else {
-            return .failure(RegentError(.conflict, "its archive hashes to \(digest), not to its key (tampered or damaged)"))
+        verifiedContents(row).map { contents in
+            Entry(workflowType: row.workflowType, contentHash: row.contentHash, manifest: contents.manifest, files: contents.fileInfo)
         }
+    }
+
+    /// The stored row read back as a package, once verified (the archive is parsed and hashed
+    /// once: when it is canonical, the package's hash is the archive's).
+    public static func verifiedContents(_ row: PackageStore.Stored) -> Result<PackageContents, RegentError> {
+        func tampered(_ digest: String) -> RegentError {
+            RegentError(.conflict, "its archive hashes to \(digest), not to its key (tampered or damaged)")
+        }
+        let contents: PackageContents
         do {
-            let contents = try PackageContents(archive: row.archive, limits: .stored)
-            guard contents.canonicalArchive == row.archive else {
-                return .failure(RegentError(.conflict, "its archive is not in canonical form"))
-            }
-            guard contents.manifest.workflowType.value == row.workflowType else {
-                return .failure(RegentError(.conflict, "its manifest names type \(quoted(contents.manifest.workflowType.value))"))
-            }
-            return .success(Entry(
-                workflowType: row.workflowType, contentHash: row.contentHash, manifest: contents.manifest,
-                files: contents.files.map { PackageFileInfo(path: $0.path, size: $0.bytes.count) }))
+            contents = try PackageContents(archive: row.archive, limits: .stored)
         } catch {
-            return .failure(RegentError(.conflict, "its manifest or files no longer validate: \(error.message)"))
+            let digest = SHA256.hex(bytes: row.archive)
+            return .failure(digest != row.contentHash ? tampered(digest) : RegentError(.conflict, "its manifest or files no longer validate: \(error.message)"))
         }
+        guard contents.canonicalArchive == row.archive else {
+            let digest = SHA256.hex(bytes: row.archive)
+            return .failure(digest != row.contentHash ? tampered(digest) : RegentError(.conflict, "its archive is not in canonical form"))
+        }
+        guard contents.contentHash == row.contentHash else { return .failure(tampered(contents.contentHash)) }
+        guard contents.manifest.workflowType.value == row.workflowType else {
+            return .failure(RegentError(.conflict, "its manifest names type \(quoted(contents.manifest.workflowType.value))"))
+        }
+        return .success(contents)
     }
 
     /// Applies one bus event; versions it names that this node lacks are read and verified.

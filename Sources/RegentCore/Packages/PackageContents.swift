@@ -169,6 +169,9 @@ public struct PackageContents: Sendable {
         return p
     }
 
+    /// Path and size of each file.
+    public var fileInfo: [PackageFileInfo] { files.map { PackageFileInfo(path: $0.path, size: $0.bytes.count) } }
+
     /// The file at `path`, if the package holds it.
     public func file(_ path: String) -> File? { files.first { $0.path == path } }
 }

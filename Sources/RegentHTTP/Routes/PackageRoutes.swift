@@ -44,13 +44,13 @@ extension AdminAPI {
     }
 
     /// A stored version, verified (hash, canonical form, manifest) before anything is served from it.
-    func verifiedPackage(_ context: RegentRequestContext) async throws -> (PackageStore.Stored, PackageCatalog.Entry) {
+    func verifiedPackage(_ context: RegentRequestContext) async throws -> (PackageStore.Stored, PackageContents) {
         let hash = try packageHash(context)
         guard let stored = try await pool.withConnection({ try await PackageStore().fetch(hash: hash, on: $0) }) else {
             throw APIError.notFound("not_found", "no stored package version \(hash)")
         }
-        switch PackageCatalog.verify(stored) {
-        case .success(let entry): return (stored, entry)
+        switch PackageCatalog.verifiedContents(stored) {
+        case .success(let contents): return (stored, contents)
         case .failure(let reason):
             context.logger.error(
                 "stored package version failed verification", metadata: ["content_hash": "\(hash)", "workflow_type": "\(stored.workflowType)", "reason": "\(reason)"])
@@ -68,17 +68,17 @@ extension AdminAPI {
     }
 
     func showPackage(_ context: RegentRequestContext) async throws -> Response {
-        let (stored, entry) = try await verifiedPackage(context)
+        let (stored, contents) = try await verifiedPackage(context)
         return try json(ShowDocument(workflowType: stored.workflowType, contentHash: stored.contentHash, routed: stored.routed,
-                                     manifest: AnyJSON(text: stored.manifestJSON), files: entry.files))
+                                     manifest: AnyJSON(text: stored.manifestJSON),
+                                     files: contents.fileInfo))
     }
 
     func fetchPackage(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
-        let (stored, _) = try await verifiedPackage(context)
+        let (stored, contents) = try await verifiedPackage(context)
         var headers = HTTPFields()
         headers[.eTag] = "\"\(stored.contentHash)\""
         if let path = request.uri.queryParameters.get("path") {
-            let contents = try PackageContents(archive: stored.archive, limits: .stored)
             guard let file = contents.file(String(path)) else {
                 throw APIError.notFound("not_found", "version \(stored.contentHash) holds no file \(JSONBody.quotedField(String(path)))")
             }

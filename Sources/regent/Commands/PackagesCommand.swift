@@ -200,10 +200,10 @@ struct PackagesCommand: AsyncParsableCommand {
             try log.bootstrap()
             guard let stored = try await PostgresConnection.withConnection(try database.configuration(), { try await PackageStore().fetch(hash: hash, on: $0) })
             else { throw RegentError(.notFound, "no stored version \(hash)") }
-            _ = try PackageCatalog.verify(stored).get()
+            let contents = try PackageCatalog.verifiedContents(stored).get()
             var bytes = stored.archive
             if let file {
-                guard let f = try PackageContents(archive: stored.archive, limits: .stored).file(file) else {
+                guard let f = contents.file(file) else {
                     throw RegentError(.notFound, "version \(hash) holds no file \(file.debugDescription)")
                 }
                 bytes = f.bytes
