@@ -188,6 +188,14 @@ struct JSONBody {
         }
     }
 
+    /// The fields of one completion in a batch.
+    static let completionFields: Set<String> = ["execution_id", "lease_epoch", "result", "output", "cost"]
+
+    /// One completion (of `complete-batch` or `complete-and-claim`).
+    func completion() throws -> Completion {
+        Completion(executionID: try uuid("execution_id"), epoch: LeaseEpoch(try int("lease_epoch")), result: try output(), cost: try costs())
+    }
+
     /// A completion's result: `output` (a workflow step's name for it) or `result`, not both; `{}` when neither.
     func output() throws -> String {
         let output = try optionalObjectJSON("output"), result = try optionalObjectJSON("result")

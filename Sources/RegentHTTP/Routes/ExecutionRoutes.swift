@@ -66,9 +66,7 @@ extension AdminAPI {
 
     func completeBatch(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let body = try await JSONBody.read(request, context: context, allowed: ["completions"], limit: Self.maxBatchBodyBytes)
-        let completions = try body.objects("completions", allowed: ["execution_id", "lease_epoch", "result", "output", "cost"], max: LeaseStore.maxBatch).map {
-            Completion(executionID: try $0.uuid("execution_id"), epoch: LeaseEpoch(try $0.int("lease_epoch")), result: try $0.output(), cost: try $0.costs())
-        }
+        let completions = try body.objects("completions", allowed: JSONBody.completionFields, max: LeaseStore.maxBatch).map { try $0.completion() }
         let outcome = try await pool.withConnection { try await LeaseStore().complete(completions, on: $0) }
         return try json(BatchDocument(outcome, order: completions.map(\.executionID)))
     }
@@ -111,33 +109,20 @@ extension AdminAPI {
         let body = try await JSONBody.read(
             request, context: context, allowed: ["completions", "namespace", "worker_instance_id", "lanes", "capabilities", "lease_ms", "limit"],
             limit: Self.maxBatchBodyBytes)
-        let completions: [Completion]
-        if body.fields["completions"] == nil {
-            completions = []
-        } else {
-            completions = try body.objects("completions", allowed: ["execution_id", "lease_epoch", "result", "output", "cost"], max: LeaseStore.maxBatch, min: 0)
-                .map { Completion(executionID: try $0.uuid("execution_id"), epoch: LeaseEpoch(try $0.int("lease_epoch")), result: try $0.output(), cost: try $0.costs()) }
-        }
-        let namespace = try Namespace(try body.string("namespace"))
-        let instance = try WorkerInstanceID(try body.string("worker_instance_id"))
-        let lanes = try body.nameSet("lanes").map { try Lane($0) }
-        let capabilities = try (body.optionalNameSet("capabilities") ?? []).map { try Capability($0) }
-        let lease = Duration.milliseconds(try body.optionalInt("lease_ms") ?? 30_000)
-        let limit = try body.optionalInt("limit") ?? 1
-        guard (1...1000).contains(limit) else { throw APIError.badRequest("invalid_field", "field \"limit\" must be 1 to 1000") }
+        let completions = body.fields["completions"] == nil
+            ? [] : try body.objects("completions", allowed: JSONBody.completionFields, max: LeaseStore.maxBatch, min: 0).map { try $0.completion() }
+        let c = try ClaimRequest(body)
         // A draining node still takes completions, but hands out no new work.
         let draining = await node?.isDraining ?? false
         if draining && !completions.isEmpty {
             let outcome = try await pool.withConnection { try await LeaseStore().complete(completions, on: $0) }
             return try json(CompleteAndClaimDocument(BatchDocument(outcome, order: completions.map(\.executionID)), leases: []))
         }
-        if draining {
-            throw APIError(status: .serviceUnavailable, code: "draining", message: "this node is shutting down and takes no claims; use another node")
-        }
+        if draining { throw Self.draining }
         let (outcome, leases) = try await pool.withConnection {
             try await LeaseStore().completeAndClaim(
-                completions, namespace: namespace, lanes: lanes, workerInstanceID: instance, capabilities: capabilities, leaseDuration: lease,
-                limit: Int(limit), on: $0)
+                completions, namespace: c.namespace, lanes: c.lanes, workerInstanceID: c.instance, capabilities: c.capabilities, leaseDuration: c.lease,
+                limit: c.limit, on: $0)
         }
         return try json(CompleteAndClaimDocument(BatchDocument(outcome, order: completions.map(\.executionID)), leases: leases.map(LeaseDocument.init)))
     }

@@ -13,32 +13,48 @@ extension AdminAPI {
     func claim(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let body = try await JSONBody.read(
             request, context: context, allowed: ["namespace", "worker_instance_id", "lanes", "capabilities", "lease_ms", "limit", "wait_ms"])
-        let namespace = try Namespace(try body.string("namespace"))
-        let instance = try WorkerInstanceID(try body.string("worker_instance_id"))
-        let lanes = try body.nameSet("lanes").map { try Lane($0) }
-        let capabilities = try (body.optionalNameSet("capabilities") ?? []).map { try Capability($0) }
-        let lease = Duration.milliseconds(try body.optionalInt("lease_ms") ?? 30_000)
-        let limit = try body.optionalInt("limit") ?? 1
-        guard (1...1000).contains(limit) else { throw APIError.badRequest("invalid_field", "field \"limit\" must be 1 to 1000") }
+        let c = try ClaimRequest(body)
         let wait = try body.optionalInt("wait_ms") ?? 0
         guard (0...30_000).contains(wait) else { throw APIError.badRequest("invalid_field", "field \"wait_ms\" must be 0 to 30000") }
-        if let node, await node.isDraining {
-            throw APIError(status: .serviceUnavailable, code: "draining", message: "this node is shutting down and takes no claims; use another node")
-        }
+        if let node, await node.isDraining { throw Self.draining }
         let leases: [Lease]
         if wait > 0 {
             // A long poll: no connection is held while it waits (see QueueWaker).
             leases = try await LeaseStore().claim(
-                namespace: namespace, lanes: lanes, workerInstanceID: instance, capabilities: capabilities, leaseDuration: lease,
-                limit: Int(limit), wait: .milliseconds(wait), waker: await node?.queueWaker, pool: pool)
+                namespace: c.namespace, lanes: c.lanes, workerInstanceID: c.instance, capabilities: c.capabilities, leaseDuration: c.lease,
+                limit: c.limit, wait: .milliseconds(wait), waker: await node?.queueWaker, pool: pool)
         } else {
             leases = try await pool.withConnection {
                 try await LeaseStore().claim(
-                    namespace: namespace, lanes: lanes, workerInstanceID: instance, capabilities: capabilities, leaseDuration: lease,
-                    limit: Int(limit), on: $0)
+                    namespace: c.namespace, lanes: c.lanes, workerInstanceID: c.instance, capabilities: c.capabilities, leaseDuration: c.lease,
+                    limit: c.limit, on: $0)
             }
         }
         return try json(["leases": leases.map(LeaseDocument.init)])
+    }
+
+    static let draining = APIError(
+        status: .serviceUnavailable, code: "draining", message: "this node is shutting down and takes no claims; use another node")
+
+    /// The claim fields of a body (`/v1/leases/claim`, `/v1/leases/complete-and-claim`).
+    struct ClaimRequest {
+        let namespace: Namespace
+        let instance: WorkerInstanceID
+        let lanes: [Lane]
+        let capabilities: [Capability]
+        let lease: Duration
+        let limit: Int
+
+        init(_ body: JSONBody) throws {
+            namespace = try Namespace(try body.string("namespace"))
+            instance = try WorkerInstanceID(try body.string("worker_instance_id"))
+            lanes = try body.nameSet("lanes").map { try Lane($0) }
+            capabilities = try (body.optionalNameSet("capabilities") ?? []).map { try Capability($0) }
+            lease = Duration.milliseconds(try body.optionalInt("lease_ms") ?? 30_000)
+            let limit = try body.optionalInt("limit") ?? 1
+            guard (1...1000).contains(limit) else { throw APIError.badRequest("invalid_field", "field \"limit\" must be 1 to 1000") }
+            self.limit = Int(limit)
+        }
     }
 
     struct LeaseDocument: Encodable {
@@ -73,12 +89,10 @@ extension AdminAPI {
     }
 
     func complete(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
-        let body = try await JSONBody.read(request, context: context, allowed: ["execution_id", "lease_epoch", "result", "output", "cost"])
-        let id = try body.uuid("execution_id")
-        let epoch = LeaseEpoch(try body.int("lease_epoch"))
-        let result = try body.output()
-        let cost = try body.costs()
-        try await pool.withConnection { try await LeaseStore().complete(executionID: id, epoch: epoch, result: result, cost: cost, on: $0) }
+        let c = try await JSONBody.read(request, context: context, allowed: JSONBody.completionFields).completion()
+        try await pool.withConnection {
+            try await LeaseStore().complete(executionID: c.executionID, epoch: c.epoch, result: c.result, cost: c.cost, on: $0)
+        }
         return try json(["state": "completed"])
     }
 
