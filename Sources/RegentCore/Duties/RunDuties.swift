@@ -1,14 +1,6 @@
 import Logging
 import PostgresClient
 
-/// Whether `workflow.runs` exists (the workflow module may be disabled or not migrated yet).
-enum RunsSchema {
-    static func isPresent(_ pool: ConnectionPool) async throws -> Bool {
-        try await pool.query("SELECT to_regclass('workflow.runs') IS NOT NULL AS present", purpose: "is the runs table present?")
-            .single().decode("present", as: Bool.self)
-    }
-}
-
 /// Fails runs past their deadline with `deadline_exceeded`, page by page, fenced, with the
 /// leader's term in each record and event (`workflow.expire_runs`, sql/workflow/0007); and
 /// fences step executions of finished runs that a run's finish could not take at the time.
@@ -37,7 +29,7 @@ public struct RunDeadlines: LeaderDuty {
 
     /// One page: how many runs it failed.
     public func expireOnce(fence: LeaderFence) async throws -> Int {
-        guard try await RunsSchema.isPresent(pool),
+        guard try await WorkflowSchema.has("workflow.runs", pool),
             try await pool.query(Self.pending, purpose: "runs: anything past its deadline?").single().decode("pending", as: Bool.self)
         else { return 0 }
         return try await fence.withTransaction(pool) { tx in
@@ -77,7 +69,7 @@ public struct RunRetention: LeaderDuty {
     }
 
     public func pruneOnce(fence: LeaderFence) async throws -> Int {
-        guard try await RunsSchema.isPresent(pool) else { return 0 }
+        guard try await WorkflowSchema.has("workflow.runs", pool) else { return 0 }
         return try await fence.withTransaction(pool) { tx in
             try await tx.query("SELECT workflow.prune_runs(\(retention)::interval, \(pageSize)) AS n", purpose: "runs: retention").single()
                 .decode("n", as: Int.self)

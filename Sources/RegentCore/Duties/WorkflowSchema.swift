@@ -14,4 +14,10 @@ enum WorkflowSchema {
     static func isPresent(_ pool: ConnectionPool) async throws -> Bool {
         try await pool.query(present, purpose: "is the workflow schema present?").single().decode("present", as: Bool.self)
     }
+
+    /// Whether one table of the workflow schema exists (a later migration's, say).
+    static func has(_ table: String, _ pool: ConnectionPool) async throws -> Bool {
+        try await pool.query("SELECT to_regclass(\(table)) IS NOT NULL AS present", purpose: "is \(table) present?")
+            .single().decode("present", as: Bool.self)
+    }
 }

@@ -148,7 +148,7 @@ public final class PackageCatalog: Sendable {
         var delay = Duration.milliseconds(200)
         while !Task.isCancelled {
             do {
-                guard try await PackagesSchema.isPresent(pool) else {
+                guard try await WorkflowSchema.has("workflow.packages", pool) else {
                     try await Task.sleep(for: .seconds(1))
                     continue
                 }
@@ -180,14 +180,6 @@ public struct PackageFileInfo: Sendable, Hashable, Codable {
 extension PackageLimits {
     /// Limits for re-reading stored versions: what deploy admitted under any configured limits.
     public static let stored = PackageLimits(maxTotalBytes: 1 << 30, maxFiles: 100_000, maxPathLength: pathLengthCeiling)
-}
-
-/// Whether `workflow.packages` exists (the workflow module may be disabled or not migrated yet).
-enum PackagesSchema {
-    static func isPresent(_ pool: ConnectionPool) async throws -> Bool {
-        try await pool.query("SELECT to_regclass('workflow.packages') IS NOT NULL AS present", purpose: "is the packages table present?")
-            .single().decode("present", as: Bool.self)
-    }
 }
 
 /// Runs a node's catalog follower as a service.
