@@ -64,6 +64,37 @@ package final class DrillEnvironment {
         return reading
     }
 
+    /// Waits until the leader has migrated the workflow schema (its runs table exists).
+    package func waitForWorkflowSchema(timeout: Duration = .seconds(30)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while try await !probeConnection.query("SELECT to_regclass('workflow.runs') IS NOT NULL AS ok").single().decode("ok", as: Bool.self) {
+            guard ContinuousClock.now < deadline else { throw RegentError(.timeout, "the workflow schema was not migrated within \(timeout)") }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    /// How many workflow runs have not finished.
+    package func unfinishedRuns() async throws -> Int {
+        try await probeConnection.query("SELECT count(*) AS n FROM workflow.runs WHERE state = 'running'").single().decode("n", as: Int.self)
+    }
+
+    /// Waits until every run has finished; returns how many had not when `timeout` passed (0: all did).
+    package func waitForRuns(timeout: Duration) async throws -> Int {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let open = try await unfinishedRuns()
+            if open == 0 || ContinuousClock.now > deadline { return open }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    /// Starts a `regent worker` process (this build) on the drill's database, logging next to
+    /// the nodes; `arguments` are its lanes, capabilities and pace. Returns its pid.
+    package func spawnWorker(name: String, arguments: [String]) throws -> pid_t {
+        let argv = [cluster.executablePath, "worker", "--database-url", databaseURL, "--name", name] + arguments
+        return try ChildProcess.spawn(argv, outputPath: "\(cluster.logDirectory)/\(name).log")
+    }
+
     package func close() async {
         cluster.stopAll()
         await probeConnection.close()

@@ -59,12 +59,7 @@ package struct WorkflowDrill {
         let config = try drillConfiguration(env.databaseURL)
         let conn = env.probeConnection
         _ = try await env.firstLeader()
-        // The leader migrates the workflow schema right after its election.
-        let deadline = ContinuousClock.now + .seconds(30)
-        while try await !conn.query("SELECT to_regclass('workflow.runs') IS NOT NULL AS ok").single().decode("ok", as: Bool.self) {
-            guard ContinuousClock.now < deadline else { throw RegentError(.timeout, "the workflow schema was not migrated within 30 s") }
-            try await Task.sleep(for: .milliseconds(100))
-        }
+        try await env.waitForWorkflowSchema()
         let v1 = try Self.package(version: 1), v2 = try Self.package(version: 2)
         _ = try await PackageStore().deploy(v1, actor: .named("drill"), on: conn)
         say("▶ deployed \(Self.type) \(v1.contentHash.prefix(16))… (prepare → left, middle, right → join → finish)")
@@ -73,9 +68,8 @@ package struct WorkflowDrill {
         var counter = 0
         func spawnWorker() throws {
             counter += 1
-            let argv = [env.cluster.executablePath, "worker", "--database-url", env.databaseURL, "--name", "drill-w\(counter)", "--lane", "drill",
-                        "--work", "20ms", "--batch", "4", "--log-level", "warning"]
-            pids.append(try ChildProcess.spawn(argv, outputPath: "\(env.cluster.logDirectory)/worker\(counter).log"))
+            pids.append(try env.spawnWorker(
+                name: "drill-w\(counter)", arguments: ["--lane", "drill", "--work", "20ms", "--batch", "4", "--log-level", "warning"]))
         }
         for _ in 0..<workers { try spawnWorker() }
         say("▶ \(workers) worker processes; starting \(runs) runs")
@@ -90,7 +84,7 @@ package struct WorkflowDrill {
         _ = try await PackageStore().deploy(v2, actor: .named("drill"), on: conn)
         do {
             try await PackageStore().unload(type: try WorkflowType(Self.type), hash: v1.contentHash, actor: .named("drill"), on: conn)
-            let open = try await conn.query("SELECT count(*) AS n FROM workflow.runs WHERE state = 'running'").single().decode("n", as: Int.self)
+            let open = try await env.unfinishedRuns()
             if open > 0 { result.violations.append("version 1 was unloaded while \(open) runs were unfinished") }
         } catch let error as RegentError where error.code == .conflict {
             say("  unload of the pinned version 1 refused, as it must be: \(error.message.prefix(90))…")
@@ -100,7 +94,7 @@ package struct WorkflowDrill {
         var rng = SystemRandomNumberGenerator()
         for round in 1...max(kills, 1) where kills > 0 {
             try await Task.sleep(for: .milliseconds(Int64.random(in: 300...700, using: &rng)))
-            let open = try await conn.query("SELECT count(*) AS n FROM workflow.runs WHERE state = 'running'").single().decode("n", as: Int.self)
+            let open = try await env.unfinishedRuns()
             if open == 0 { break }
             let reading = try await env.probe.read()
             if let pid = reading.leaderPID, let node = env.cluster.node(pid: pid) {
@@ -118,18 +112,8 @@ package struct WorkflowDrill {
         }
 
         // Every run must finish.
-        let finishBy = ContinuousClock.now + .seconds(180)
-        var lastOpen = -1
-        while true {
-            let open = try await conn.query("SELECT count(*) AS n FROM workflow.runs WHERE state = 'running'").single().decode("n", as: Int.self)
-            if open == 0 { break }
-            if ContinuousClock.now > finishBy {
-                result.violations.append("\(open) runs had not finished 180 s after the last fault")
-                break
-            }
-            if open != lastOpen { lastOpen = open }
-            try await Task.sleep(for: .milliseconds(200))
-        }
+        let open = try await env.waitForRuns(timeout: .seconds(180))
+        if open > 0 { result.violations.append("\(open) runs had not finished 180 s after the last fault") }
         result.took = started.duration(to: .now)
         for pid in pids { kill(pid, SIGTERM) }
         for pid in pids { _ = ChildProcess.exitStatus(pid, wait: true) }

@@ -81,18 +81,15 @@ struct DemoCommand: AsyncParsableCommand {
             print("   (for comparison: River re-elects after ~15 s, Oban after 30 s, a Kubernetes Lease after 15 s;")
             print("    the crashed node's row stays until it is 2 s stale and the leader sweeps it)")
             print(renderStatus(status))
-            if !workers.isEmpty { try await awaitRuns(on: statusConn) }
+            if !workers.isEmpty { try await awaitRuns(env, on: statusConn) }
         }
     }
 
     /// Every run of the demo finishes, whatever happened to the leaders meanwhile.
-    private func awaitRuns(on conn: PostgresConnection) async throws {
+    private func awaitRuns(_ env: DrillEnvironment, on conn: PostgresConnection) async throws {
         print("\n── the runs, carried by the workers through both failovers ──")
-        let deadline = ContinuousClock.now + .seconds(60)
-        while try await conn.query("SELECT count(*) AS n FROM workflow.runs WHERE state = 'running'").single().decode("n", as: Int.self) > 0 {
-            guard ContinuousClock.now < deadline else { throw RegentError(.timeout, "runs still unfinished after 60 s") }
-            try await Task.sleep(for: .milliseconds(100))
-        }
+        let open = try await env.waitForRuns(timeout: .seconds(60))
+        guard open == 0 else { throw RegentError(.timeout, "\(open) runs still unfinished after 60 s") }
         let page = try await RunStore().list(limit: 1000, on: conn)
         let rows = page.runs.reversed().map { r in [r.runID, r.state, r.finishedAt.map { took(from: r.startedAt, to: $0) } ?? ""] }
         print(table(["run", "state", "took"], rows).split(separator: "\n").map { "   " + $0 }.joined(separator: "\n"))
@@ -114,13 +111,7 @@ struct DemoCommand: AsyncParsableCommand {
             print("\n(the example package examples/order-fulfilment was not found from here; skipping the package part)")
             return []
         }
-        // The leader migrates the workflow schema right after its election.
-        for _ in 0..<200 {
-            let present = try await conn.query("SELECT to_regclass('workflow.runs') IS NOT NULL AS ok")
-                .single().decode("ok", as: Bool.self)
-            if present { break }
-            try await Task.sleep(for: .milliseconds(50))
-        }
+        try await env.waitForWorkflowSchema()
         let contents = try PackageContents(path: path, limits: .default)
         let deployed = try await PackageStore().deploy(contents, actor: .named("demo"), on: conn)
         print("\n── a workflow package: \(contents.manifest.workflowType), \(contents.manifest.steps.count) steps, \(contents.files.count) files ──")
@@ -143,9 +134,10 @@ struct DemoCommand: AsyncParsableCommand {
         // Two demo workers (`regent worker`), each step taking 150 ms: the runs are in flight when the leader dies.
         var pids: [pid_t] = []
         for n in 1...2 {
-            let argv = [env.cluster.executablePath, "worker", "--database-url", env.databaseURL, "--name", "demo-worker-\(n)", "--lane", "orders",
-                        "--lane", "warehouse", "--lane", "payments", "--capability", "stock", "--work", "150ms", "--log-level", "warning"]
-            pids.append(try ChildProcess.spawn(argv, outputPath: "\(env.cluster.logDirectory)/demo-worker-\(n).log"))
+            pids.append(try env.spawnWorker(
+                name: "demo-worker-\(n)",
+                arguments: ["--lane", "orders", "--lane", "warehouse", "--lane", "payments", "--capability", "stock", "--work", "150ms",
+                            "--log-level", "warning"]))
         }
         print("   two workers (regent worker --lane orders --lane warehouse --lane payments --capability stock) carry them")
         return pids
