@@ -99,12 +99,9 @@ public struct PackageStore: Sendable {
                 RETURNING content_hash
                 """, purpose: "packages: store").count == 1
             if !fresh {
-                let stored = try await conn.query(
-                    "SELECT workflow_type FROM workflow.packages WHERE content_hash = \(hash) FOR KEY SHARE", purpose: "packages: lock version")
-                guard let row = stored.first else {
+                guard let storedType = try await Self.lockVersion(hash, on: conn) else {
                     throw RegentError(.conflict, "version \(hash) was unloaded while this deploy ran", hint: "deploy it again")
                 }
-                let storedType: String = try row.decode("workflow_type")
                 guard storedType == type.value else {
                     throw RegentError(.conflict, "version \(hash) is stored for type \(quoted(storedType)), not \(quoted(type.value))")
                 }
@@ -128,9 +125,7 @@ public struct PackageStore: Sendable {
     public func route(type: WorkflowType, to hash: String, actor: AuditActor, on conn: PostgresConnection) async throws -> Routed {
         try Self.checkHash(hash)
         return try await conn.withTransaction { conn in
-            let stored = try await conn.query(
-                "SELECT workflow_type FROM workflow.packages WHERE content_hash = \(hash) FOR KEY SHARE", purpose: "packages: lock version")
-            guard let storedType: String = try stored.first?.decode("workflow_type"), storedType == type.value else {
+            guard let storedType = try await Self.lockVersion(hash, on: conn), storedType == type.value else {
                 let known = try await conn.query(
                     "SELECT content_hash FROM workflow.packages WHERE workflow_type = \(type.value) ORDER BY deployed_at, content_hash",
                     purpose: "packages: versions of a type"
@@ -147,6 +142,12 @@ public struct PackageStore: Sendable {
             }
             return route
         }
+    }
+
+    /// Takes the version's row FOR KEY SHARE (an unload then waits, or is refused); its type, nil when not stored.
+    static func lockVersion(_ hash: String, on conn: PostgresConnection) async throws -> String? {
+        try await conn.query("SELECT workflow_type FROM workflow.packages WHERE content_hash = \(hash) FOR KEY SHARE", purpose: "packages: lock version")
+            .first?.decode("workflow_type")
     }
 
     /// Sets the route row (inserting it for a new type); reports what it was.
