@@ -172,42 +172,8 @@ package struct QueueBench: Sendable {
     /// `workers` connections claim `batch` at a time and complete what they claimed, until
     /// the queue is empty (or `stopAfter` are done); returns executions per second.
     private func drain(_ config: ConnectionConfiguration, batch: Int, stopAfter: Int?, combined: Bool = false) async throws -> Double {
-        let store = LeaseStore()
-        var conns: [PostgresConnection] = []
-        for _ in 0..<options.workers { conns.append(try await PostgresConnection.connect(config)) }
-        let done = Counter()
-        let started = ContinuousClock.now
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for (w, conn) in conns.enumerated() {
-                let me = try worker(w)
-                group.addTask { [ns, lane] in
-                    if combined {
-                        // Each call completes the previous batch and claims the next: one round trip per batch.
-                        var held: [Completion] = []
-                        while true {
-                            let (outcome, leases) = try await store.completeAndClaim(
-                                held, namespace: ns, lanes: [lane], workerInstanceID: me, capabilities: [], leaseDuration: .seconds(300), limit: batch,
-                                on: conn)
-                            done.add(outcome.done.count)
-                            if leases.isEmpty { return }
-                            held = leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }
-                        }
-                    }
-                    while stopAfter.map({ done.value < $0 }) ?? true {
-                        let leases = try await store.claim(
-                            namespace: ns, lanes: [lane], workerInstanceID: me, capabilities: [], leaseDuration: .seconds(300), limit: batch,
-                            on: conn)
-                        if leases.isEmpty { return }
-                        let outcome = try await store.complete(leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, on: conn)
-                        done.add(outcome.done.count)
-                    }
-                }
-            }
-            try await group.waitForAll()
-        }
-        let elapsed = started.duration(to: .now)
-        for conn in conns { await conn.close() }
-        return Double(done.value) / elapsed.inSeconds
+        try await drainQueue(
+            config, namespace: ns, lane: lane, workers: (0..<options.workers).map(worker), batch: batch, until: stopAfter, combined: combined)
     }
 
     /// Times enqueue → claimed by a worker that waits in `claim(wait:)`.
@@ -239,6 +205,58 @@ package struct QueueBench: Sendable {
         await claimPool.shutdown()
         return Figures(latencies)
     }
+}
+
+/// Each of `workers` (its own connection) claims up to `batch` of `lane` and completes what it
+/// claimed (with `combined`, in one complete-and-claim call per batch); returns completions per
+/// second. It stops at the first empty claim, or, with `waitForMore`, only once `until`
+/// completions were accepted (the next work appears when another worker's completion commits,
+/// as a run's next step does); without it, also once `until` were accepted.
+func drainQueue(
+    _ config: ConnectionConfiguration, namespace: Namespace, lane: Lane, workers: [WorkerInstanceID], batch: Int, until: Int?,
+    waitForMore: Bool = false, combined: Bool = false
+) async throws -> Double {
+    let store = LeaseStore()
+    var conns: [PostgresConnection] = []
+    for _ in workers { conns.append(try await PostgresConnection.connect(config)) }
+    let done = Counter()
+    let started = ContinuousClock.now
+    let deadline = started + .seconds(600)
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for (me, conn) in zip(workers, conns) {
+            group.addTask {
+                if combined {
+                    // Each call completes the previous batch and claims the next: one round trip per batch.
+                    var held: [Completion] = []
+                    while true {
+                        let (outcome, leases) = try await store.completeAndClaim(
+                            held, namespace: namespace, lanes: [lane], workerInstanceID: me, capabilities: [], leaseDuration: .seconds(300),
+                            limit: batch, on: conn)
+                        done.add(outcome.done.count)
+                        if leases.isEmpty { return }
+                        held = leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }
+                    }
+                }
+                while until.map({ done.value < $0 }) ?? true {
+                    guard ContinuousClock.now < deadline else { throw RegentError(.timeout, "the drain did not finish in 600 s") }
+                    let leases = try await store.claim(
+                        namespace: namespace, lanes: [lane], workerInstanceID: me, capabilities: [], leaseDuration: .seconds(300), limit: batch,
+                        on: conn)
+                    if leases.isEmpty {
+                        guard waitForMore else { return }
+                        try await Task.sleep(for: .microseconds(200))
+                        continue
+                    }
+                    let outcome = try await store.complete(leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, on: conn)
+                    done.add(outcome.done.count)
+                }
+            }
+        }
+        try await group.waitForAll()
+    }
+    let elapsed = started.duration(to: .now)
+    for conn in conns { await conn.close() }
+    return Double(done.value) / elapsed.inSeconds
 }
 
 /// A count shared by worker tasks.

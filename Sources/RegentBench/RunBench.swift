@@ -113,36 +113,9 @@ package struct RunBench: Sendable {
 
     /// WORKERS connections claim one and complete it until `until` completions were accepted.
     private func drain(_ config: ConnectionConfiguration, until total: Int) async throws -> Double {
-        let store = LeaseStore()
-        var conns: [PostgresConnection] = []
-        for _ in 0..<options.workers { conns.append(try await PostgresConnection.connect(config)) }
-        let done = Counter()
-        let started = ContinuousClock.now
-        let deadline = started + .seconds(600)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for (w, conn) in conns.enumerated() {
-                let me = try worker(w)
-                group.addTask { [lane] in
-                    while done.value < total {
-                        guard ContinuousClock.now < deadline else { throw RegentError(.timeout, "the drain did not finish in 600 s") }
-                        let leases = try await store.claim(
-                            namespace: RunStore.namespace, lanes: [lane], workerInstanceID: me, capabilities: [], leaseDuration: .seconds(300), limit: 1,
-                            on: conn)
-                        if leases.isEmpty {
-                            // The next step of a run appears when a sibling worker's completion commits.
-                            try await Task.sleep(for: .microseconds(200))
-                            continue
-                        }
-                        let outcome = try await store.complete(leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, on: conn)
-                        done.add(outcome.done.count)
-                    }
-                }
-            }
-            try await group.waitForAll()
-        }
-        let elapsed = started.duration(to: .now)
-        for conn in conns { await conn.close() }
-        return Double(done.value) / elapsed.inSeconds
+        try await drainQueue(
+            config, namespace: RunStore.namespace, lane: lane, workers: try (0..<options.workers).map(worker), batch: 1, until: total,
+            waitForMore: true)
     }
 
     /// Times a start → the first step returned by a claim that was already waiting (LISTEN-woken).
