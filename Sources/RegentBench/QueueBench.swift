@@ -178,32 +178,13 @@ package struct QueueBench: Sendable {
 
     /// Times enqueue → claimed by a worker that waits in `claim(wait:)`.
     private func wakeUp(_ config: ConnectionConfiguration, pool: ConnectionPool, samples: Int) async throws -> Figures {
-        let waker = QueueWaker(configuration: config)
         let store = LeaseStore()
-        let me = try worker(options.workers)
-        let claimPool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
-        var latencies: [Duration] = []
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { await waker.run() }
-            while !waker.isListening { try await Task.sleep(for: .milliseconds(5)) }
-            let producer = try await PostgresConnection.connect(config)
-            for _ in 0..<samples {
-                async let claimed = store.claim(
-                    namespace: ns, lanes: [lane], workerInstanceID: me, capabilities: [], leaseDuration: .seconds(60), limit: 1, wait: .seconds(5),
-                    waker: waker, pool: claimPool)
-                // Let the worker reach its wait (an empty claim first), then enqueue.
-                try await Task.sleep(for: .milliseconds(10))
-                let sent = ContinuousClock.now
-                _ = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: lane)], on: producer)
-                let leases = try await claimed
-                latencies.append(sent.duration(to: .now))
+        return try await timeToClaim(
+            config, namespace: ns, lane: lane, worker: try worker(options.workers), samples: samples,
+            act: { producer, _ in _ = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: lane)], on: producer) },
+            settle: { producer, _, leases in
                 _ = try await store.complete(leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, on: producer)
-            }
-            await producer.close()
-            group.cancelAll()
-        }
-        await claimPool.shutdown()
-        return Figures(latencies)
+            })
     }
 }
 
@@ -257,6 +238,40 @@ func drainQueue(
     let elapsed = started.duration(to: .now)
     for conn in conns { await conn.close() }
     return Double(done.value) / elapsed.inSeconds
+}
+
+/// For each sample, a claim of `lane` by `worker` waits (LISTEN-woken, no connection held);
+/// `act` runs on a connection of its own and is timed until that claim returns; `settle` then
+/// checks and finishes what was claimed.
+func timeToClaim<T>(
+    _ config: ConnectionConfiguration, namespace: Namespace, lane: Lane, worker: WorkerInstanceID, samples: Int,
+    act: (PostgresConnection, Int) async throws -> T, settle: (PostgresConnection, T, [Lease]) async throws -> Void
+) async throws -> Figures {
+    let waker = QueueWaker(configuration: config)
+    let store = LeaseStore()
+    let claimPool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
+    var latencies: [Duration] = []
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { await waker.run() }
+        while !waker.isListening { try await Task.sleep(for: .milliseconds(5)) }
+        let conn = try await PostgresConnection.connect(config)
+        for i in 0..<samples {
+            async let claimed = store.claim(
+                namespace: namespace, lanes: [lane], workerInstanceID: worker, capabilities: [], leaseDuration: .seconds(60), limit: 1,
+                wait: .seconds(5), waker: waker, pool: claimPool)
+            // Let the worker reach its wait (an empty claim first), then act.
+            try await Task.sleep(for: .milliseconds(10))
+            let sent = ContinuousClock.now
+            let value = try await act(conn, i)
+            let leases = try await claimed
+            latencies.append(sent.duration(to: .now))
+            try await settle(conn, value, leases)
+        }
+        await conn.close()
+        group.cancelAll()
+    }
+    await claimPool.shutdown()
+    return Figures(latencies)
 }
 
 /// A count shared by worker tasks.

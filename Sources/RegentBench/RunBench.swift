@@ -120,31 +120,14 @@ package struct RunBench: Sendable {
 
     /// Times a start → the first step returned by a claim that was already waiting (LISTEN-woken).
     private func startToClaim(_ config: ConnectionConfiguration, samples: Int) async throws -> Figures {
-        let waker = QueueWaker(configuration: config)
-        let store = LeaseStore()
-        let me = try worker(options.workers)
-        let claimPool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
-        var latencies: [Duration] = []
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { await waker.run() }
-            while !waker.isListening { try await Task.sleep(for: .milliseconds(5)) }
-            let starter = try await PostgresConnection.connect(config)
-            for i in 0..<samples {
-                async let claimed = store.claim(
-                    namespace: RunStore.namespace, lanes: [lane], workerInstanceID: me, capabilities: [], leaseDuration: .seconds(60), limit: 1,
-                    wait: .seconds(5), waker: waker, pool: claimPool)
-                try await Task.sleep(for: .milliseconds(10))
-                let sent = ContinuousClock.now
-                let run = try await RunStore().start(.init(workflowType: type, input: #"{"sample": \#(i)}"#), actor: .named("bench"), on: starter)
-                let leases = try await claimed
-                latencies.append(sent.duration(to: .now))
-                guard leases.first?.step?.runID == run.runID else { throw RegentError(.conflict, "the claim returned another run's step") }
-                _ = try await RunStore().cancel(run.runID, reason: "bench sample", actor: .named("bench"), on: starter)
-            }
-            await starter.close()
-            group.cancelAll()
-        }
-        await claimPool.shutdown()
-        return Figures(latencies)
+        try await timeToClaim(
+            config, namespace: RunStore.namespace, lane: lane, worker: try worker(options.workers), samples: samples,
+            act: { starter, i in
+                try await RunStore().start(.init(workflowType: type, input: #"{"sample": \#(i)}"#), actor: .named("bench"), on: starter).runID
+            },
+            settle: { starter, runID, leases in
+                guard leases.first?.step?.runID == runID else { throw RegentError(.conflict, "the claim returned another run's step") }
+                _ = try await RunStore().cancel(runID, reason: "bench sample", actor: .named("bench"), on: starter)
+            })
     }
 }
