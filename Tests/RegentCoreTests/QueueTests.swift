@@ -129,7 +129,9 @@ struct QueueTests {
     @Test func retriesBackOffExponentiallyWithinTheJitterBounds() async throws {
         try await withBootedDatabase { _, conn in
             let w = try await register("w", on: conn)
-            let policy = try RetryPolicy(base: .milliseconds(400), maximum: .milliseconds(1600))
+            // Seconds, not milliseconds: "not claimable before its run_at" must hold however long a
+            // loaded machine takes between the failure and the next claim (it stalled past 300 ms once).
+            let policy = try RetryPolicy(base: .seconds(2), maximum: .seconds(8))
             let id = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: lane, maxAttempts: 5, retry: policy)], on: conn)[0].executionID
             for attempt in 1...4 {
                 // Make it runnable now (the wait itself is what is measured), claim, fail.
@@ -142,8 +144,8 @@ struct QueueTests {
                 let waitMs = try await conn.query(
                     "SELECT extract(epoch FROM run_at - updated_at) * 1000 AS ms FROM workflow.executions WHERE execution_id = \(id)"
                 ).single().decode("ms", as: Double.self)
-                let expected = policy.delay(afterAttempt: attempt).milliseconds  // 400, 800, 1600, 1600
-                #expect(expected == [400.0, 800, 1600, 1600][attempt - 1])
+                let expected = policy.delay(afterAttempt: attempt).milliseconds  // 2000, 4000, 8000, 8000
+                #expect(expected == [2000.0, 4000, 8000, 8000][attempt - 1])
                 #expect(waitMs >= expected * 0.75 && waitMs <= expected * 1.25, "attempt \(attempt): waits \(waitMs) ms, expected \(expected) ±25%")
                 // Not claimable before its run_at.
                 #expect(try await claim(w, on: conn).isEmpty)
