@@ -376,6 +376,40 @@ struct QueueTests {
             #expect(try await conn.query("SELECT count(*) AS n FROM workflow.ready").single().decode("n", as: Int.self) == 0)
         }
     }
+
+    /// The hot tables' rules moved from CHECK constraints to domains (sql/workflow/0009): a write
+    /// that goes around the library is still refused, by the same rules, and changes nothing.
+    @Test func theQueueTablesStillRefuseWhatTheirRulesForbid() async throws {
+        try await withBootedDatabase { _, conn in
+            let id = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: lane)], on: conn)[0].executionID
+            let refused: [PostgresQuery] = [
+                "INSERT INTO workflow.executions (namespace, lane, max_attempts) VALUES ('q', 'bad lane', 1)",
+                "INSERT INTO workflow.executions (namespace, lane, max_attempts) VALUES ('bad/ns', 'l', 1)",
+                "INSERT INTO workflow.executions (namespace, lane, max_attempts) VALUES ('q', 'l', 0)",
+                "INSERT INTO workflow.executions (namespace, lane, max_attempts, unique_key) VALUES ('q', 'l', 1, '')",
+                "UPDATE workflow.executions SET state = 'lost' WHERE execution_id = \(id)",
+                "UPDATE workflow.executions SET priority = 1001 WHERE execution_id = \(id)",
+                "UPDATE workflow.executions SET retry_base_ms = 0 WHERE execution_id = \(id)",
+                "UPDATE workflow.executions SET step_lease_ms = 999 WHERE execution_id = \(id)",
+                "INSERT INTO workflow.attempts (execution_id, attempt_index, lease_epoch, worker_instance_id, state, lease_expires_at, lease_ms) VALUES (\(id), 1, 1, 'w', 'won', now(), 1)",
+                "INSERT INTO workflow.leases (execution_id, namespace, attempt_index, lease_epoch, worker_instance_id, lease_expires_at, lease_ms) VALUES (\(id), 'q', 1, 1, 'w', now(), 0)",
+            ]
+            for statement in refused {
+                do {
+                    try await conn.query(statement)
+                    Issue.record("accepted: \(statement.sql)")
+                } catch let error as PostgresError {
+                    #expect(error.sqlState == "23514", "\(statement.sql): \(error)")  // check_violation
+                }
+            }
+            let row = try await conn.query(
+                "SELECT state::text AS state, priority::int AS priority, (SELECT count(*) FROM workflow.executions)::int AS n FROM workflow.executions WHERE execution_id = \(id)"
+            ).single()
+            #expect(try row.decode("state", as: String.self) == "queued")
+            #expect(try row.decode("priority", as: Int.self) == 0)
+            #expect(try row.decode("n", as: Int.self) == 1)
+        }
+    }
 }
 
 /// Thrown to roll a test's transaction back once it has read what it needed.
