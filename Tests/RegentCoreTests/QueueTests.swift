@@ -377,6 +377,61 @@ struct QueueTests {
         }
     }
 
+    /// The queue-vacuum duty vacuums `ready` and `leases` once their dead rows pass its
+    /// threshold (absolute, and relative to the live rows), and leaves them alone below it.
+    @Test func theVacuumDutyVacuumsTheChurningTablesPastTheirThresholdOnly() async throws {
+        try await withBootedDatabase { config, conn in
+            let w = try await register("w", on: conn)
+            _ = try await store.enqueue(namespace: ns, Array(repeating: EnqueueRequest(lane: lane), count: 1000), on: conn)
+            _ = try await store.enqueue(namespace: ns, Array(repeating: EnqueueRequest(lane: lane), count: 500), on: conn)
+            var done = 0
+            while done < 1200 {
+                let leases = try await claim(w, limit: 100, on: conn)
+                _ = try await store.complete(leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, on: conn)
+                done += leases.count
+            }
+            func stats() async throws -> [String: (dead: Int, live: Int, vacuums: Int)] {
+                var out: [String: (dead: Int, live: Int, vacuums: Int)] = [:]
+                for row in try await conn.query(
+                    """
+                    SELECT relname::text AS name, n_dead_tup AS dead, n_live_tup AS live, vacuum_count AS vacuums FROM pg_stat_user_tables
+                    WHERE schemaname = 'workflow' AND relname IN ('ready', 'leases')
+                    """)
+                {
+                    out[try row.decode("name")] = (try row.decode("dead"), try row.decode("live"), try row.decode("vacuums"))
+                }
+                return out
+            }
+            // This session's deletes reach the statistics when it has been idle a moment.
+            let deadline = ContinuousClock.now + .seconds(15)
+            while true {
+                let now = try await stats()
+                if (now["ready"]?.dead ?? 0) >= 1200 && (now["leases"]?.dead ?? 0) >= 1200 { break }
+                #expect(ContinuousClock.now < deadline, "the statistics never showed the deletes")
+                if ContinuousClock.now >= deadline { return }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 1))
+            let before = try await stats()
+            // Under an absolute threshold: nothing.
+            #expect(try await QueueVacuum(pool: pool, minimumDeadRows: 5000).vacuumDue() == [])
+            #expect(try await stats()["ready"]?.vacuums == before["ready"]?.vacuums)
+            // Relative: 1,200 dead rows in `ready` next to 300 live ones stay under 5× the live
+            // rows; `leases` (no live row) is past its floor of 10.
+            #expect(try await QueueVacuum(pool: pool, minimumDeadRows: 10, deadFraction: 5).vacuumDue() == ["leases"])
+            // Past the default threshold (1,000, or 2 % of the live rows): `ready` too.
+            #expect(try await QueueVacuum(pool: pool).vacuumDue() == ["ready"])
+            let after = try await stats()
+            for table in ["ready", "leases"] {
+                #expect((after[table]?.vacuums ?? 0) == (before[table]?.vacuums ?? 0) + 1, "\(table)")
+                #expect((after[table]?.dead ?? 99) < 10, "\(table)")
+            }
+            #expect(try await QueueVacuum(pool: pool).vacuumDue() == [])
+            #expect(try await conn.query("SELECT count(*) AS n FROM workflow.ready").single().decode("n", as: Int.self) == 300)
+            await pool.shutdown()
+        }
+    }
+
     /// The hot tables' rules moved from CHECK constraints to domains (sql/workflow/0009): a write
     /// that goes around the library is still refused, by the same rules, and changes nothing.
     @Test func theQueueTablesStillRefuseWhatTheirRulesForbid() async throws {

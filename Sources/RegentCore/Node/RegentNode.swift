@@ -87,6 +87,7 @@ public actor RegentNode: Service {
             WorkerTTLSweep(pool: pool, reachableSince: reachableSince),
             LeaseExpiryScanner(pool: pool, reachableSince: reachableSince, metrics: metrics),
             QueueRetention(pool: pool, retention: configuration.executionRetention),
+            QueueVacuum(pool: pool),
             RunDeadlines(pool: pool),
             RunRetention(pool: pool, retention: configuration.runRetention),
         ], metrics: metrics)
