@@ -75,8 +75,21 @@ public struct QueueVacuum: LeaderDuty {
         return due
     }
 
+    /// A failed vacuum (a `statement_timeout` shorter than a large table's vacuum, a role that
+    /// does not own the tables) is logged and tried again next round, but never counts against
+    /// the leader: the duty runner resigns a leader whose duties keep failing, and a slow
+    /// maintenance statement is no reason to move leadership.
     public func runOnce(fence: LeaderFence) async throws -> Bool {
-        try await vacuumDue()
+        do {
+            try await vacuumDue()
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            if Task.isCancelled { throw CancellationError() }
+            logger.warning("could not vacuum the queue tables; trying again next round", metadata: [
+                "error": "\(error)", "term": "\(fence.term)",
+            ])
+        }
         return false
     }
 }
