@@ -384,6 +384,38 @@ struct RunTests {
         }
     }
 
+    /// Queue retention deletes old finished executions, but not the finished steps of a run
+    /// that is still running (its history); once the run has finished, they are its to delete.
+    @Test func queueRetentionKeepsTheFinishedStepsOfAnUnfinishedRun() async throws {
+        try await withBootedDatabase { config, conn in
+            let f = try await RunFixture.deploy("longrun", steps: Self.linear, on: conn)
+            let open = try await f.start()
+            _ = try await f.complete(try await f.claimStep("a", run: open.runID))
+            let plain = try await LeaseStore().enqueue(namespace: RunStore.namespace, [EnqueueRequest(lane: try Lane("plain"))], on: conn)[0]
+            try await conn.query("UPDATE workflow.executions SET state = 'completed', finished_at = now() WHERE execution_id = \(plain.executionID)")
+            try await conn.query(
+                "UPDATE workflow.executions SET created_at = now() - interval '10 days', finished_at = finished_at - interval '10 days' WHERE state = 'completed'")
+            let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
+            let (fence, cluster) = try await leaderFence(config)
+            _ = try await QueueRetention(pool: pool, retention: .seconds(86_400)).pruneOnce(fence: fence)
+            // The leader node's own retention duty may hold the plain row at that moment (SKIP LOCKED).
+            try await waitUntil("the plain execution is pruned") {
+                try await conn.query("SELECT count(*) AS n FROM workflow.executions WHERE execution_id = \(plain.executionID)").single()
+                    .decode("n", as: Int.self) == 0
+            }
+            let steps = try await f.run(open.runID).steps
+            let a = try #require(steps.first { $0.name == "a" })
+            #expect(a.state == "succeeded")
+            let kept = try await conn.query(
+                "SELECT count(*) AS n FROM workflow.executions e JOIN workflow.run_steps s ON s.execution_id = e.execution_id WHERE s.run_id = \(open.runID) AND s.name = 'a'"
+            ).single().decode("n", as: Int.self)
+            #expect(kept == 1)
+            #expect(try await conn.query("SELECT count(*) AS n FROM workflow.attempts a JOIN workflow.run_steps s ON s.execution_id = a.execution_id WHERE s.run_id = \(open.runID)").single().decode("n", as: Int.self) == 1)
+            await cluster.stopAll()
+            await pool.shutdown()
+        }
+    }
+
     @Test func unloadOfAPinnedVersionIsRefusedUntilTheRunFinishes() async throws {
         try await withBootedDatabase { _, conn in
             let f = try await RunFixture.deploy("unpin", steps: [#"{"name": "only", "lane": "work"}"#], on: conn)

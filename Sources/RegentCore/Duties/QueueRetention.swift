@@ -4,7 +4,8 @@ import PostgresClient
 /// Deletes what the queue no longer needs, in pages, fenced: finished executions (completed,
 /// failed, dead-lettered, cancelled) that finished more than `retention` ago, with their
 /// attempts; and worker events and lease decisions older than that. Unfinished executions
-/// are never touched, however old.
+/// are never touched, however old, nor the executions of a workflow run that has not
+/// finished (run retention deletes those with their run).
 public struct QueueRetention: LeaderDuty {
     public let name = "queue-retention"
     let pool: ConnectionPool
@@ -31,11 +32,16 @@ public struct QueueRetention: LeaderDuty {
         """
         WITH executions AS (
             DELETE FROM workflow.executions WHERE execution_id IN (
-                SELECT execution_id FROM workflow.executions
-                WHERE created_at < now() - \(retention)::interval
-                  AND state IN ('completed', 'failed', 'dead_lettered', 'cancelled')
-                  AND COALESCE(finished_at, updated_at) < now() - \(retention)::interval
-                ORDER BY created_at LIMIT \(pageSize) FOR UPDATE SKIP LOCKED)
+                SELECT x.execution_id FROM workflow.executions x
+                WHERE x.created_at < now() - \(retention)::interval
+                  AND x.state IN ('completed', 'failed', 'dead_lettered', 'cancelled')
+                  AND COALESCE(x.finished_at, x.updated_at) < now() - \(retention)::interval
+                  -- A step's execution stays while its run is unfinished (its history is the
+                  -- run's); run retention deletes it with the run.
+                  AND (x.step_id IS NULL OR NOT EXISTS (
+                      SELECT 1 FROM workflow.run_steps s JOIN workflow.runs r ON r.run_id = s.run_id
+                      WHERE s.execution_id = x.execution_id AND r.state = 'running'))
+                ORDER BY x.created_at LIMIT \(pageSize) FOR UPDATE SKIP LOCKED)
             RETURNING 1
         ), events AS (
             DELETE FROM workflow.worker_events WHERE id IN (
@@ -59,9 +65,13 @@ public struct QueueRetention: LeaderDuty {
         public let leaseDecisions: Int
     }
 
-    /// One page; all zero while the workflow tables do not exist.
+    /// One page; all zero while the workflow tables do not exist (or not yet the run tables
+    /// that tell which executions still belong to an unfinished run: a leader upgraded ahead
+    /// of its migration duty waits for it).
     public func pruneOnce(fence: LeaderFence) async throws -> Page {
-        guard try await WorkflowSchema.isPresent(pool) else { return Page(executions: 0, workerEvents: 0, leaseDecisions: 0) }
+        guard try await WorkflowSchema.isPresent(pool), try await WorkflowSchema.has("workflow.run_steps", pool) else {
+            return Page(executions: 0, workerEvents: 0, leaseDecisions: 0)
+        }
         return try await fence.withTransaction(pool) { tx in
             let row = try await tx.query(Self.prune(retention: retention, pageSize: pageSize), purpose: "queue retention").single()
             return Page(executions: try row.decode("executions"), workerEvents: try row.decode("worker_events"), leaseDecisions: try row.decode("lease_decisions"))
