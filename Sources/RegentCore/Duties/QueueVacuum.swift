@@ -75,8 +75,8 @@ public struct QueueVacuum: LeaderDuty {
         return due
     }
 
-    /// A failed vacuum (a `statement_timeout` shorter than a large table's vacuum, a role that
-    /// does not own the tables) is logged and tried again next round, but never counts against
+    /// A failed vacuum (a `statement_timeout` shorter than a large table's vacuum, a session
+    /// ended by an outage) is logged and tried again next round, but never counts against
     /// the leader: the duty runner resigns a leader whose duties keep failing, and a slow
     /// maintenance statement is no reason to move leadership.
     public func runOnce(fence: LeaderFence) async throws -> Bool {
