@@ -79,6 +79,26 @@ struct RunTests {
                 "burst", steps: [#"{"name": "x", "lane": "idle"}"#, #"{"name": "y", "lane": "idle"}"#], on: conn)
             try await conn.query("VACUUM ANALYZE workflow.runs")
             try await conn.query("VACUUM ANALYZE workflow.run_steps")
+            // Runs `body` in a transaction; what it returned, and the sequential scans it made of
+            // the run tables (the session's pending counters, read before and after).
+            func scans<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> (T, [String: Int]) {
+                try await conn.withTransaction { tx in
+                    func read() async throws -> [String: Int] {
+                        var out: [String: Int] = [:]
+                        for row in try await tx.query(
+                            "SELECT relname, seq_scan FROM pg_stat_xact_user_tables WHERE schemaname = 'workflow' AND relname IN ('runs', 'run_steps')")
+                        {
+                            out[try row.decode("relname")] = try row.decode("seq_scan", as: Int.self)
+                        }
+                        return out
+                    }
+                    let before = try await read()
+                    let value = try await body(tx)
+                    var made: [String: Int] = [:]
+                    for (key, count) in try await read() { made[key] = count - (before[key] ?? 0) }
+                    return (value, made)
+                }
+            }
             func carry(_ run: String, measured: Bool, round: Int) async throws {
                 for step in ["a", "b", "c"] {
                     let lease = try await f.claimStep(step, run: run)
@@ -86,44 +106,17 @@ struct RunTests {
                         _ = try await f.complete(lease)
                         continue
                     }
-                    var scans: [String: Int] = [:]
-                    try await conn.withTransaction { tx in
-                        func read() async throws -> [String: Int] {
-                            var out: [String: Int] = [:]
-                            for row in try await tx.query(
-                                "SELECT relname, seq_scan FROM pg_stat_xact_user_tables WHERE schemaname = 'workflow' AND relname IN ('runs', 'run_steps')")
-                            {
-                                out[try row.decode("relname")] = try row.decode("seq_scan", as: Int.self)
-                            }
-                            return out
-                        }
-                        let before = try await read()
-                        let outcome = try await f.complete(lease, on: tx)
-                        #expect(Array(outcome.done.keys) == [lease.executionID])
-                        let after = try await read()
-                        for (key, value) in after { scans[key] = value - (before[key] ?? 0) }
-                    }
-                    #expect(scans["runs"] == 0 && scans["run_steps"] == 0, "round \(round), step \(step): \(scans)")
+                    let (outcome, made) = try await scans { try await f.complete(lease, on: $0) }
+                    #expect(Array(outcome.done.keys) == [lease.executionID])
+                    #expect(made["runs"] == 0 && made["run_steps"] == 0, "round \(round), step \(step): \(made)")
                 }
             }
             // Plans made on near-empty tables, past PL/pgSQL's first custom plans.
             for round in 0..<6 { try await carry(try await f.start().runID, measured: false, round: round) }
             for _ in 0..<400 { _ = try await burst.start() }
             for round in 6..<9 {
-                var started = ""
-                var scans: [String: Int] = [:]
-                try await conn.withTransaction { tx in
-                    let query: PostgresQuery =
-                        "SELECT relname, seq_scan FROM pg_stat_xact_user_tables WHERE schemaname = 'workflow' AND relname IN ('runs', 'run_steps')"
-                    var before: [String: Int] = [:]
-                    for row in try await tx.query(query) { before[try row.decode("relname")] = try row.decode("seq_scan", as: Int.self) }
-                    started = try await f.start(on: tx).runID
-                    for row in try await tx.query(query) {
-                        let name: String = try row.decode("relname")
-                        scans[name] = try row.decode("seq_scan", as: Int.self) - (before[name] ?? 0)
-                    }
-                }
-                #expect(scans["runs"] == 0 && scans["run_steps"] == 0, "round \(round), start: \(scans)")
+                let (started, made) = try await scans { try await f.start(on: $0).runID }
+                #expect(made["runs"] == 0 && made["run_steps"] == 0, "round \(round), start: \(made)")
                 try await carry(started, measured: true, round: round)
             }
             #expect(try await f.run(try await f.start().runID).state == "running")

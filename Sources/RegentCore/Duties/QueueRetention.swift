@@ -65,13 +65,12 @@ public struct QueueRetention: LeaderDuty {
         public let leaseDecisions: Int
     }
 
-    /// One page; all zero while the workflow tables do not exist (or not yet the run tables
-    /// that tell which executions still belong to an unfinished run: a leader upgraded ahead
-    /// of its migration duty waits for it).
+    /// One page; all zero until the workflow schema has the run tables that tell which
+    /// executions still belong to an unfinished run (`run_steps`, migration 0006, so the queue's
+    /// tables of 0002–0004 too): a module turned off, or a leader upgraded ahead of its
+    /// migration duty, waits.
     public func pruneOnce(fence: LeaderFence) async throws -> Page {
-        guard try await WorkflowSchema.isPresent(pool), try await WorkflowSchema.has("workflow.run_steps", pool) else {
-            return Page(executions: 0, workerEvents: 0, leaseDecisions: 0)
-        }
+        guard try await WorkflowSchema.has("workflow.run_steps", pool) else { return Page(executions: 0, workerEvents: 0, leaseDecisions: 0) }
         return try await fence.withTransaction(pool) { tx in
             let row = try await tx.query(Self.prune(retention: retention, pageSize: pageSize), purpose: "queue retention").single()
             return Page(executions: try row.decode("executions"), workerEvents: try row.decode("worker_events"), leaseDecisions: try row.decode("lease_decisions"))
