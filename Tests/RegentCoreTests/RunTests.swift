@@ -321,7 +321,7 @@ struct RunTests {
             await expectCode(.notLeader) { _ = try await duty.expireOnce(fence: LeaderFence(term: 9, instanceID: InstanceID(), lockBackendPID: 0)) }
             #expect(try await f.run(overdue.runID).state == "running")
             let (fence, cluster) = try await leaderFence(config)
-            _ = try await duty.expireOnce(fence: fence)  // the node's own duty may have done it first
+            _ = try await asLeader(fence) { try await duty.expireOnce(fence: $0) }  // the node's own duty may have done it first
             try await waitUntil("the overdue run fails") { try await f.run(overdue.runID).state == "failed" }
             let run = try await f.run(overdue.runID)
             // This call's term, or a later one of the same node's duty (a loaded machine can make it re-elect).
@@ -343,7 +343,7 @@ struct RunTests {
                 "UPDATE workflow.runs SET state = 'cancelled', reason = 'cancelled', finished_at = now() WHERE run_id = \(run.runID)")
             let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
             let (fence, cluster) = try await leaderFence(config)
-            _ = try await RunDeadlines(pool: pool).expireOnce(fence: fence)
+            _ = try await asLeader(fence) { try await RunDeadlines(pool: pool).expireOnce(fence: $0) }
             try await waitUntil("the stray execution is fenced") {
                 try await conn.query("SELECT state FROM workflow.executions WHERE execution_id = \(a.executionID)").single()
                     .decode("state", as: String.self) == "cancelled"
@@ -364,7 +364,7 @@ struct RunTests {
                 "UPDATE workflow.runs SET started_at = now() - interval '10 days', finished_at = CASE WHEN state <> 'running' THEN now() - interval '10 days' END")
             let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
             let (fence, cluster) = try await leaderFence(config)
-            _ = try await RunRetention(pool: pool, retention: .seconds(86_400)).pruneOnce(fence: fence)
+            _ = try await asLeader(fence) { try await RunRetention(pool: pool, retention: .seconds(86_400)).pruneOnce(fence: $0) }
             // The leader node's own retention duty may hold the row at that moment (SKIP LOCKED): either deletes it.
             try await waitUntil("the finished run is pruned") { try await RunStore().get(done.runID, on: conn) == nil }
             #expect(try await RunStore().get(open.runID, on: conn)?.state == "running")
@@ -390,7 +390,7 @@ struct RunTests {
                 "UPDATE workflow.executions SET created_at = now() - interval '10 days', finished_at = finished_at - interval '10 days' WHERE state = 'completed'")
             let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
             let (fence, cluster) = try await leaderFence(config)
-            _ = try await QueueRetention(pool: pool, retention: .seconds(86_400)).pruneOnce(fence: fence)
+            _ = try await asLeader(fence) { try await QueueRetention(pool: pool, retention: .seconds(86_400)).pruneOnce(fence: $0) }
             // The leader node's own retention duty may hold the plain row at that moment (SKIP LOCKED).
             try await waitUntil("the plain execution is pruned") {
                 try await conn.query("SELECT count(*) AS n FROM workflow.executions WHERE execution_id = \(plain.executionID)").single()
