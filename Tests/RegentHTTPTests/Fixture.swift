@@ -50,6 +50,10 @@ struct Fixture {
                 try await MigrationRunner(appliedBy: "").status(on: conn, schemas: ["engine", "workflow", "auth"]).allSatisfy { $0.isCurrent }
             }
         })
+        // Events published from here on come after the bus's starting point: none of them can
+        // be taken for one from before it (which the bus would hand out late, by design).
+        #expect(await eventually { await node.eventBus != nil })
+        await node.eventBus?.waitUntilListening()
         var tokens: [TokenRole: String] = [:]
         for role in TokenRole.allCases {
             tokens[role] = try await pool.withConnection {
