@@ -11,8 +11,12 @@ struct EmbedSQL: BuildToolPlugin {
         var inputs: [URL] = []
         let fm = FileManager.default
         if let schemas = try? fm.contentsOfDirectory(atPath: sqlDir.path) {
+            // The directories too: a file added to one changes its modification time, so the
+            // command runs again (the file list above is taken only when the build is planned).
+            inputs.append(sqlDir)
             for schema in schemas.sorted() {
                 let dir = sqlDir.appending(path: schema)
+                inputs.append(dir)
                 for file in (try? fm.contentsOfDirectory(atPath: dir.path)) ?? [] where file.hasSuffix(".sql") {
                     inputs.append(dir.appending(path: file))
                 }
@@ -20,7 +24,7 @@ struct EmbedSQL: BuildToolPlugin {
         }
         return [
             .buildCommand(
-                displayName: "Embedding \(inputs.count) SQL migration files",
+                displayName: "Embedding \(inputs.filter { $0.pathExtension == "sql" }.count) SQL migration files",
                 executable: try context.tool(named: "EmbedSQLTool").url,
                 arguments: [sqlDir.path, output.path],
                 inputFiles: inputs,
