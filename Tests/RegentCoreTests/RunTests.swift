@@ -333,25 +333,110 @@ struct RunTests {
         }
     }
 
-    @Test func theDeadlineDutySweepsStepExecutionsLeftRunningByAFinishedRun() async throws {
+    /// How many stray records (sql/workflow 0011) are left.
+    static func strays(_ conn: PostgresConnection) async throws -> Int {
+        try await conn.query("SELECT count(*) AS n FROM workflow.run_strays").single().decode("n", as: Int.self)
+    }
+
+    /// A run cancelled while another transaction holds its running step's execution (here a
+    /// plain row lock; in life a claim, a requeue or the lease scanner): the finish cannot
+    /// fence it and records it as a stray; once the holder lets go, the deadline duty fences it.
+    @Test func theDeadlineDutyFencesTheStepExecutionAFinishHadToSkip() async throws {
         try await withBootedDatabase { config, conn in
             let f = try await RunFixture.deploy("strays", steps: Self.linear, on: conn)
             let run = try await f.start()
             let a = try await f.claimStep("a")
-            // As if the run's finish had skipped this execution (its holder rolled back afterwards).
-            try await conn.query(
-                "UPDATE workflow.runs SET state = 'cancelled', reason = 'cancelled', finished_at = now() WHERE run_id = \(run.runID)")
+            let holder = try await PostgresConnection.connect(config)
+            try await holder.query("BEGIN")
+            try await holder.query("SELECT 1 AS one FROM workflow.executions WHERE execution_id = \(a.executionID) FOR UPDATE")
+            _ = try await RunStore().cancel(run.runID, reason: "test", actor: f.actor, on: conn)
+            #expect(try await f.run(run.runID).state == "cancelled")
+            let held = try await conn.query("SELECT state FROM workflow.executions WHERE execution_id = \(a.executionID)").single()
+            #expect(try held.decode("state", as: String.self) == "running")
+            let recorded = try await conn.query("SELECT execution_id, run_id FROM workflow.run_strays").map {
+                (try $0.decode("execution_id", as: UUID.self), try $0.decode("run_id", as: String.self))
+            }
+            #expect(recorded.map(\.0) == [a.executionID] && recorded.map(\.1) == [run.runID])
             let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
             let (fence, cluster) = try await leaderFence(config)
+            // Still held: the duty skips it and keeps the record.
+            _ = try await asLeader(fence) { try await RunDeadlines(pool: pool).expireOnce(fence: $0) }
+            #expect(try await Self.strays(conn) == 1)
+            try await holder.query("ROLLBACK")
+            await holder.close()
             _ = try await asLeader(fence) { try await RunDeadlines(pool: pool).expireOnce(fence: $0) }
             try await waitUntil("the stray execution is fenced") {
                 try await conn.query("SELECT state FROM workflow.executions WHERE execution_id = \(a.executionID)").single()
                     .decode("state", as: String.self) == "cancelled"
             }
+            try await waitUntil("the stray record is cleared") { try await Self.strays(conn) == 0 }
             #expect(try await f.run(run.runID).steps.first?.state == "cancelled")
             #expect(try await f.complete(a).stale == [a.executionID])
             await cluster.stopAll()
             await pool.shutdown()
+        }
+    }
+
+    /// A stray whose worker completes it after the finish is fenced by its own completion (the
+    /// step trigger); the duty then only clears the record, and changes nothing else.
+    @Test func aStrayFencedByItsOwnCompletionIsOnlyClearedByTheDuty() async throws {
+        try await withBootedDatabase { config, conn in
+            let f = try await RunFixture.deploy("strays2", steps: Self.linear, on: conn)
+            let run = try await f.start()
+            let a = try await f.claimStep("a")
+            let holder = try await PostgresConnection.connect(config)
+            try await holder.query("BEGIN")
+            try await holder.query("SELECT 1 AS one FROM workflow.executions WHERE execution_id = \(a.executionID) FOR UPDATE")
+            _ = try await RunStore().cancel(run.runID, reason: "test", actor: f.actor, on: conn)
+            try await holder.query("ROLLBACK")
+            await holder.close()
+            #expect(try await Self.strays(conn) == 1)
+            #expect(try await f.complete(a).stale == [a.executionID])
+            let epoch = try await conn.query("SELECT lease_epoch FROM workflow.executions WHERE execution_id = \(a.executionID)").single()
+                .decode("lease_epoch", as: Int64.self)
+            let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
+            let (fence, cluster) = try await leaderFence(config)
+            _ = try await asLeader(fence) { try await RunDeadlines(pool: pool).expireOnce(fence: $0) }
+            try await waitUntil("the stray record is cleared") { try await Self.strays(conn) == 0 }
+            let after = try await conn.query("SELECT state, lease_epoch FROM workflow.executions WHERE execution_id = \(a.executionID)").single()
+            #expect(try after.decode("state", as: String.self) == "cancelled")
+            #expect(try after.decode("lease_epoch", as: Int64.self) == epoch)
+            await cluster.stopAll()
+            await pool.shutdown()
+        }
+    }
+
+    /// The duty's every-second read probes two indexes whatever the number of runs and steps in
+    /// flight: it never scans `runs` or reads `run_steps` (the old one joined every queued step
+    /// to its run, a sequential scan of `runs` while none had finished).
+    @Test func theDeadlineDutysIdleReadNeverScansTheRunTables() async throws {
+        try await withBootedDatabase { _, conn in
+            try await conn.query("""
+                INSERT INTO workflow.runs (run_id, workflow_type, package_hash, input, started_by)
+                SELECT 'run_' || lpad(to_hex(g), 26, '0'), 't', repeat('a', 64), '{}', 'test' FROM generate_series(1, 5000) g
+                """)
+            try await conn.query("""
+                INSERT INTO workflow.run_steps (step_id, run_id, name, position, after_steps, lane, capabilities, max_attempts, timeout_ms,
+                                                backoff_base_ms, backoff_max_ms, state, execution_id)
+                SELECT 'step_' || lpad(to_hex(g), 26, '0'), 'run_' || lpad(to_hex(g), 26, '0'), 'one', 0, '{}', 'work', '{}', 3, 60000,
+                       1000, 60000, 'queued', gen_random_uuid() FROM generate_series(1, 5000) g
+                """)
+            try await conn.query("ANALYZE workflow.runs")
+            try await conn.query("ANALYZE workflow.run_steps")
+            let plan = try await conn.query(PostgresQuery(unsafeSQL: "EXPLAIN (FORMAT JSON) " + RunDeadlines.pending.sql)).single()
+                .decode("QUERY PLAN", as: String.self)
+            // Every node of the plan as (type, relation, index).
+            var nodes: [(String, String?, String?)] = []
+            func walk(_ node: [String: Any]) {
+                nodes.append((node["Node Type"] as? String ?? "", node["Relation Name"] as? String, node["Index Name"] as? String))
+                for child in node["Plans"] as? [[String: Any]] ?? [] { walk(child) }
+            }
+            let top = try #require((try JSONSerialization.jsonObject(with: Data(plan.utf8)) as? [[String: Any]])?.first?["Plan"] as? [String: Any])
+            walk(top)
+            #expect(!nodes.contains { $0.1 == "run_steps" })
+            #expect(!nodes.contains { $0.0 == "Seq Scan" && $0.1 == "runs" })
+            #expect(nodes.contains { $0.2 == "runs_deadline_idx" })
+            #expect(try await conn.query(RunDeadlines.pending).single().decode("pending", as: Bool.self) == false)
         }
     }
 

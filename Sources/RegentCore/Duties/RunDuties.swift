@@ -2,8 +2,9 @@ import Logging
 import PostgresClient
 
 /// Fails runs past their deadline with `deadline_exceeded`, page by page, fenced, with the
-/// leader's term in each record and event (`workflow.expire_runs`, sql/workflow/0007); and
-/// fences step executions of finished runs that a run's finish could not take at the time.
+/// leader's term in each record and event (`workflow.expire_runs`, sql/workflow/0007 and 0011); and
+/// fences step executions of finished runs that a run's finish could not take at the time
+/// (recorded in `workflow.run_strays`).
 public struct RunDeadlines: LeaderDuty {
     public let name = "run-deadlines"
     let pool: ConnectionPool
@@ -18,18 +19,19 @@ public struct RunDeadlines: LeaderDuty {
         self.logger = logger
     }
 
-    /// Whether there is anything to do: a run past its deadline, or a step execution of a
-    /// finished run still queued or running. One cheap read, so an idle cluster's leader does
-    /// not open a fenced transaction every second.
+    /// Whether there is anything to do: a run past its deadline (`runs_deadline_idx`), or a
+    /// step execution that a run's finish had to leave alone (`run_strays`, sql/workflow 0011).
+    /// Two index probes, whatever the number of runs and steps in flight, so an idle cluster's
+    /// leader neither scans nor opens a fenced transaction every second.
     static let pending: PostgresQuery = """
         SELECT EXISTS (SELECT 1 FROM workflow.runs WHERE state = 'running' AND deadline <= now())
-            OR EXISTS (SELECT 1 FROM workflow.run_steps s JOIN workflow.runs r ON r.run_id = s.run_id
-                       WHERE s.state IN ('queued', 'running') AND r.state <> 'running') AS pending
+            OR EXISTS (SELECT 1 FROM workflow.run_strays) AS pending
         """
 
     /// One page: how many runs it failed.
     public func expireOnce(fence: LeaderFence) async throws -> Int {
-        guard try await WorkflowSchema.has("workflow.runs", pool),
+        // Its migration comes after the runs' own (a node newer than the schema waits for it).
+        guard try await WorkflowSchema.has("workflow.run_strays", pool),
             try await pool.query(Self.pending, purpose: "runs: anything past its deadline?").single().decode("pending", as: Bool.self)
         else { return 0 }
         return try await fence.withTransaction(pool) { tx in
