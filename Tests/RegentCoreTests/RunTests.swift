@@ -338,18 +338,27 @@ struct RunTests {
         try await conn.query("SELECT count(*) AS n FROM workflow.run_strays").single().decode("n", as: Int.self)
     }
 
+    /// A run whose step `a` is claimed, cancelled while another session (returned, its
+    /// transaction still open) holds that step's execution row: the finish has to skip it.
+    static func cancelWhileHeld(
+        _ type: String, _ config: ConnectionConfiguration, _ conn: PostgresConnection
+    ) async throws -> (f: RunFixture, run: RunStore.Started, a: Lease, holder: PostgresConnection) {
+        let f = try await RunFixture.deploy(type, steps: Self.linear, on: conn)
+        let run = try await f.start()
+        let a = try await f.claimStep("a")
+        let holder = try await PostgresConnection.connect(config)
+        try await holder.query("BEGIN")
+        try await holder.query("SELECT 1 AS one FROM workflow.executions WHERE execution_id = \(a.executionID) FOR UPDATE")
+        _ = try await RunStore().cancel(run.runID, reason: "test", actor: f.actor, on: conn)
+        return (f, run, a, holder)
+    }
+
     /// A run cancelled while another transaction holds its running step's execution (here a
     /// plain row lock; in life a claim, a requeue or the lease scanner): the finish cannot
     /// fence it and records it as a stray; once the holder lets go, the deadline duty fences it.
     @Test func theDeadlineDutyFencesTheStepExecutionAFinishHadToSkip() async throws {
         try await withBootedDatabase { config, conn in
-            let f = try await RunFixture.deploy("strays", steps: Self.linear, on: conn)
-            let run = try await f.start()
-            let a = try await f.claimStep("a")
-            let holder = try await PostgresConnection.connect(config)
-            try await holder.query("BEGIN")
-            try await holder.query("SELECT 1 AS one FROM workflow.executions WHERE execution_id = \(a.executionID) FOR UPDATE")
-            _ = try await RunStore().cancel(run.runID, reason: "test", actor: f.actor, on: conn)
+            let (f, run, a, holder) = try await Self.cancelWhileHeld("strays", config, conn)
             #expect(try await f.run(run.runID).state == "cancelled")
             let held = try await conn.query("SELECT state FROM workflow.executions WHERE execution_id = \(a.executionID)").single()
             #expect(try held.decode("state", as: String.self) == "running")
@@ -381,13 +390,7 @@ struct RunTests {
     /// step trigger); the duty then only clears the record, and changes nothing else.
     @Test func aStrayFencedByItsOwnCompletionIsOnlyClearedByTheDuty() async throws {
         try await withBootedDatabase { config, conn in
-            let f = try await RunFixture.deploy("strays2", steps: Self.linear, on: conn)
-            let run = try await f.start()
-            let a = try await f.claimStep("a")
-            let holder = try await PostgresConnection.connect(config)
-            try await holder.query("BEGIN")
-            try await holder.query("SELECT 1 AS one FROM workflow.executions WHERE execution_id = \(a.executionID) FOR UPDATE")
-            _ = try await RunStore().cancel(run.runID, reason: "test", actor: f.actor, on: conn)
+            let (f, _, a, holder) = try await Self.cancelWhileHeld("strays2", config, conn)
             try await holder.query("ROLLBACK")
             await holder.close()
             #expect(try await Self.strays(conn) == 1)
