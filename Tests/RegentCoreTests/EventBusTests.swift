@@ -335,7 +335,7 @@ struct EventBusTests {
         let node = cluster.start("pruner")
         #expect(await eventually { await node.isLeader })
         let fence = try #require(await node.currentFence)
-        _ = try await asLeader(fence) { try await pruning.pruneOnce(fence: $0) }
+        _ = try await asLeader(fence, of: cluster) { try await pruning.pruneOnce(fence: $0) }
         let left = try await conn.query("SELECT id FROM engine.events WHERE topic = 'h' ORDER BY id").map { try $0.decode("id", as: Int64.self) }
         #expect(left == Array(ids[5...]))
         let running = await RunningBus(config)

@@ -263,7 +263,7 @@ struct QueueTests {
             var left: [UUID] = []
             let deadline = ContinuousClock.now + .seconds(10)
             repeat {
-                let page = try await asLeader(fence) { try await retention.pruneOnce(fence: $0) }
+                let page = try await asLeader(fence, of: cluster) { try await retention.pruneOnce(fence: $0) }
                 #expect(page.executions <= 3)
                 left = try await conn.query("SELECT execution_id FROM workflow.executions ORDER BY execution_id").map { try $0.decode("execution_id", as: UUID.self) }
                 if Set(left) != unfinished { try await Task.sleep(for: .milliseconds(50)) }

@@ -321,7 +321,7 @@ struct RunTests {
             await expectCode(.notLeader) { _ = try await duty.expireOnce(fence: LeaderFence(term: 9, instanceID: InstanceID(), lockBackendPID: 0)) }
             #expect(try await f.run(overdue.runID).state == "running")
             let (fence, cluster) = try await leaderFence(config)
-            _ = try await asLeader(fence) { try await duty.expireOnce(fence: $0) }  // the node's own duty may have done it first
+            _ = try await asLeader(fence, of: cluster) { try await duty.expireOnce(fence: $0) }  // the node's own duty may have done it first
             try await waitUntil("the overdue run fails") { try await f.run(overdue.runID).state == "failed" }
             let run = try await f.run(overdue.runID)
             // This call's term, or a later one of the same node's duty (a loaded machine can make it re-elect).
@@ -369,11 +369,11 @@ struct RunTests {
             let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
             let (fence, cluster) = try await leaderFence(config)
             // Still held: the duty skips it and keeps the record.
-            _ = try await asLeader(fence) { try await RunDeadlines(pool: pool).expireOnce(fence: $0) }
+            _ = try await asLeader(fence, of: cluster) { try await RunDeadlines(pool: pool).expireOnce(fence: $0) }
             #expect(try await Self.strays(conn) == 1)
             try await holder.query("ROLLBACK")
             await holder.close()
-            _ = try await asLeader(fence) { try await RunDeadlines(pool: pool).expireOnce(fence: $0) }
+            _ = try await asLeader(fence, of: cluster) { try await RunDeadlines(pool: pool).expireOnce(fence: $0) }
             try await waitUntil("the stray execution is fenced") {
                 try await conn.query("SELECT state FROM workflow.executions WHERE execution_id = \(a.executionID)").single()
                     .decode("state", as: String.self) == "cancelled"
@@ -399,7 +399,7 @@ struct RunTests {
                 .decode("lease_epoch", as: Int64.self)
             let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
             let (fence, cluster) = try await leaderFence(config)
-            _ = try await asLeader(fence) { try await RunDeadlines(pool: pool).expireOnce(fence: $0) }
+            _ = try await asLeader(fence, of: cluster) { try await RunDeadlines(pool: pool).expireOnce(fence: $0) }
             try await waitUntil("the stray record is cleared") { try await Self.strays(conn) == 0 }
             let after = try await conn.query("SELECT state, lease_epoch FROM workflow.executions WHERE execution_id = \(a.executionID)").single()
             #expect(try after.decode("state", as: String.self) == "cancelled")
@@ -452,7 +452,7 @@ struct RunTests {
                 "UPDATE workflow.runs SET started_at = now() - interval '10 days', finished_at = CASE WHEN state <> 'running' THEN now() - interval '10 days' END")
             let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
             let (fence, cluster) = try await leaderFence(config)
-            _ = try await asLeader(fence) { try await RunRetention(pool: pool, retention: .seconds(86_400)).pruneOnce(fence: $0) }
+            _ = try await asLeader(fence, of: cluster) { try await RunRetention(pool: pool, retention: .seconds(86_400)).pruneOnce(fence: $0) }
             // The leader node's own retention duty may hold the row at that moment (SKIP LOCKED): either deletes it.
             try await waitUntil("the finished run is pruned") { try await RunStore().get(done.runID, on: conn) == nil }
             #expect(try await RunStore().get(open.runID, on: conn)?.state == "running")
@@ -478,7 +478,7 @@ struct RunTests {
                 "UPDATE workflow.executions SET created_at = now() - interval '10 days', finished_at = finished_at - interval '10 days' WHERE state = 'completed'")
             let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
             let (fence, cluster) = try await leaderFence(config)
-            _ = try await asLeader(fence) { try await QueueRetention(pool: pool, retention: .seconds(86_400)).pruneOnce(fence: $0) }
+            _ = try await asLeader(fence, of: cluster) { try await QueueRetention(pool: pool, retention: .seconds(86_400)).pruneOnce(fence: $0) }
             // The leader node's own retention duty may hold the plain row at that moment (SKIP LOCKED).
             try await waitUntil("the plain execution is pruned") {
                 try await conn.query("SELECT count(*) AS n FROM workflow.executions WHERE execution_id = \(plain.executionID)").single()

@@ -51,18 +51,24 @@ func leaderFence(_ config: ConnectionConfiguration) async throws -> (LeaderFence
 }
 
 /// Runs a leader duty's one pass with `fence`, again while it answers `notLeader`: on a loaded
-/// machine the test node's 1 s lease window can lapse between two lock confirmations, and the
-/// fence then refuses (rightly) until the node confirms again. Any other error, or 15 s of
-/// refusals, fails the test.
+/// machine the test node's 1 s lease window can lapse between two lock confirmations (the
+/// fence then refuses, rightly, until the node confirms again), or the node can even step down
+/// and be elected again (then the pass is retried with the fence of `cluster`'s leader of the
+/// moment). Any other error, or 15 s of refusals, fails the test.
 func asLeader<T>(
-    _ fence: LeaderFence, isolation: isolated (any Actor)? = #isolation, _ body: (LeaderFence) async throws -> T
+    _ fence: LeaderFence, of cluster: Cluster, isolation: isolated (any Actor)? = #isolation, _ body: (LeaderFence) async throws -> T
 ) async throws -> T {
     let deadline = ContinuousClock.now + .seconds(15)
+    let nodes = cluster.nodes
+    var fence = fence
     while true {
         do {
             return try await body(fence)
         } catch let error as RegentError where error.code == .notLeader && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(50))
+            for node in nodes where await node.isLeader {
+                if let current = await node.currentFence { fence = current }
+            }
         }
     }
 }
@@ -313,7 +319,7 @@ struct WorkerLeaseTests {
             } while true
             #expect(page.allSatisfy { $0.executionID != long })
             // Reclaim (the node's own scanner may have done it already; either way the result must hold).
-            for _ in 0..<3 { _ = try await asLeader(fence) { try await scanner.reclaimOnce(fence: $0) } }
+            for _ in 0..<3 { _ = try await asLeader(fence, of: cluster) { try await scanner.reclaimOnce(fence: $0) } }
             let states = try await conn.query("SELECT execution_id, state, lease_epoch FROM workflow.executions").reduce(into: [UUID: (String, Int64)]()) {
                 $0[try $1.decode("execution_id", as: UUID.self)] = (try $1.decode("state", as: String.self), try $1.decode("lease_epoch", as: Int64.self))
             }
@@ -366,7 +372,7 @@ struct WorkerLeaseTests {
             await expectCode(.notLeader) { _ = try await sweep.sweepOnce(fence: LeaderFence(term: 5, instanceID: InstanceID(), lockBackendPID: 0)) }
             #expect(try await reg.list(namespace: ns, after: nil, limit: 10, on: conn).count == 2)
             let (fence, cluster) = try await leaderFence(config)
-            _ = try await asLeader(fence) { try await sweep.sweepOnce(fence: $0) }
+            _ = try await asLeader(fence, of: cluster) { try await sweep.sweepOnce(fence: $0) }
             #expect(await eventually { try await reg.list(namespace: ns, after: nil, limit: 10, on: conn).map(\.workerInstanceID) == ["w-2"] })
             let swept = try await conn.query("SELECT count(*) AS n FROM workflow.worker_events WHERE kind = 'ttl_swept'").single().decode("n", as: Int.self)
             #expect(swept == 1)
