@@ -4,20 +4,25 @@ import PostgresClient
 import RegentCore
 
 /// Runs of a workflow with a fan-out and a join, carried by a pool of `regent worker`
-/// processes, while the leader node and workers are SIGKILLed again and again; then checks
-/// that every run finished exactly once (docs/runs.md lists the invariants).
+/// processes, while the leader node and workers are SIGKILLed again and again and runs are
+/// cancelled under the workers' hands; then checks that every run finished exactly once and
+/// that nothing of a finished run is left claimable or running (docs/runs.md lists the
+/// invariants).
 package struct WorkflowDrill {
     package let env: DrillEnvironment
     package let runs: Int
     package let kills: Int
     package let workers: Int
+    /// Runs cancelled in all, spread over the fault rounds.
+    package let cancels: Int
     package let say: (String) -> Void
 
-    package init(env: DrillEnvironment, runs: Int, kills: Int, workers: Int, say: @escaping (String) -> Void) {
+    package init(env: DrillEnvironment, runs: Int, kills: Int, workers: Int, cancels: Int = 0, say: @escaping (String) -> Void) {
         self.env = env
         self.runs = runs
         self.kills = kills
         self.workers = workers
+        self.cancels = cancels
         self.say = say
     }
 
@@ -28,6 +33,9 @@ package struct WorkflowDrill {
         package var leaderKills = 0
         package var workerKills = 0
         package var reclaimedLeases = 0
+        package var cancelled = 0
+        /// Step executions fenced because their run finished first (cancelled or failed).
+        package var fencedSteps = 0
     }
 
     static let type = "drill.fanout"
@@ -107,7 +115,21 @@ package struct WorkflowDrill {
             _ = ChildProcess.exitStatus(victim, wait: true)
             try spawnWorker()
             result.workerKills += 1
-            say("  kill \(round): leader (term \(reading.term.value)) and a worker SIGKILLed, \(open) runs unfinished; both replaced")
+            // Cancels while the workers hold steps: some of their executions are held by a claim
+            // or a completion in flight, which the finish must skip and record as strays.
+            var cancelledNow = 0
+            let share = cancels / max(kills, 1) + (round <= cancels % max(kills, 1) ? 1 : 0)
+            if share > 0 {
+                for row in try await conn.query(
+                    "SELECT run_id FROM workflow.runs WHERE state = 'running' ORDER BY random() LIMIT \(share)", purpose: "drill: runs to cancel")
+                where try await RunStore().cancel(try row.decode("run_id"), reason: "drill", actor: .named("drill"), on: conn) == .cancelled {
+                    cancelledNow += 1
+                }
+            }
+            result.cancelled += cancelledNow
+            let strays = try await conn.query("SELECT count(*) AS n FROM workflow.run_strays", purpose: "drill: strays").single().decode("n", as: Int.self)
+            say("  kill \(round): leader (term \(reading.term.value)) and a worker SIGKILLed, \(open) runs unfinished; both replaced"
+                + (share > 0 ? "; \(cancelledNow) runs cancelled, \(strays) step executions held at that moment recorded as strays" : ""))
             env.cluster.reap()
         }
 
@@ -115,6 +137,15 @@ package struct WorkflowDrill {
         let open = try await env.waitForRuns(timeout: .seconds(180))
         if open > 0 { result.violations.append("\(open) runs had not finished 180 s after the last fault") }
         result.took = started.duration(to: .now)
+        // What a finish had to skip is fenced by the leader's deadline duty within about a second
+        // of its holder letting go: give it a few (the invariants below then require none left).
+        let settled = ContinuousClock.now + .seconds(15)
+        while ContinuousClock.now < settled {
+            let left = try await conn.query(Self.strayQuery, purpose: "drill: strays left").single().decode("n", as: Int.self)
+            if left == 0 { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        result.fencedSteps = try await conn.query("SELECT count(*) AS n FROM workflow.run_steps WHERE state = 'cancelled'").single().decode("n")
         for pid in pids { kill(pid, SIGTERM) }
         for pid in pids { _ = ChildProcess.exitStatus(pid, wait: true) }
         for row in try await conn.query("SELECT state, count(*) AS n FROM workflow.runs GROUP BY state") {
@@ -127,8 +158,16 @@ package struct WorkflowDrill {
         return result
     }
 
+    /// Step executions of finished runs still claimable or running, and stray records left.
+    static let strayQuery: PostgresQuery = """
+        SELECT (SELECT count(*) FROM workflow.run_steps s JOIN workflow.runs r ON r.run_id = s.run_id AND r.state <> 'running'
+                JOIN workflow.executions e ON e.execution_id = s.execution_id AND e.state IN ('queued', 'running'))
+             + (SELECT count(*) FROM workflow.run_strays) AS n
+        """
+
     /// The invariants, each a count of offending rows that must be zero.
     static let invariants: [(String, PostgresQuery)] = [
+        ("a step execution of a finished run still claimable or running, or a stray record left, 15 s after the last run finished", strayQuery),
         ("a run that did not finish", "SELECT count(*) AS n FROM workflow.runs WHERE state = 'running'"),
         ("a succeeded step without exactly one accepted completion (one completed attempt, at the execution's current epoch, one output)", """
             SELECT count(*) AS n FROM workflow.run_steps s JOIN workflow.executions e ON e.execution_id = s.execution_id

@@ -123,9 +123,10 @@ struct FaultDrillTests {
     }
 
     @Test func workflowDrillFinishesEveryRunExactlyOnceThroughKills() async throws {
-        let (code, log) = try await drill(["workflows", "--runs", "120", "--kills", "2", "--workers", "3"])
+        let (code, log) = try await drill(["workflows", "--runs", "120", "--kills", "2", "--workers", "3", "--cancels", "10"])
         #expect(code == 0, "\(log.suffix(3000))")
         #expect(log.contains("invariants held") && log.contains("unload of the pinned version 1 refused"), "\(log.suffix(2000))")
+        #expect(log.contains("nothing of a finished run left claimable or running") && log.contains("runs cancelled"), "\(log.suffix(2000))")
     }
 
     @Test func terminateAllDrillElectsAgain() async throws {
@@ -150,6 +151,7 @@ struct FaultDrillTests {
             (["outage", "--ttl", "2s", "--down-for", "1s"], "must be at least --ttl"),
             (["outage", "--ttl", "soon"], "invalid duration"),
             (["terminate-all", "--rounds", "0"], "--rounds must be 1 to 50"),
+            (["workflows", "--runs", "10", "--cancels", "11"], "--cancels must be 0 to --runs (10), got 11"),
         ] {
             let (code, log) = try await drill(args, timeout: .seconds(20))
             #expect(code != nil && code != 0, "\(args) must fail")
