@@ -409,6 +409,28 @@ struct RunTests {
         }
     }
 
+    /// A stray left from before 0011 (a finished run whose step execution is still running) is
+    /// recorded by the migration itself, and the sweep fences it.
+    @Test func theUpgradeRecordsTheStraysAlreadyThere() async throws {
+        try await TestDatabase.shared.withConnection { conn, _ in
+            let runner = MigrationRunner(appliedBy: "test")
+            try await runner.migrate(on: conn, schemas: ["engine", "workflow"], target: MigrationTarget(schema: "workflow", version: 10))
+            let f = try await RunFixture.deploy("upgraded", steps: Self.linear, on: conn)
+            let run = try await f.start()
+            let a = try await f.claimStep("a")
+            try await conn.query(
+                "UPDATE workflow.runs SET state = 'cancelled', reason = 'cancelled', finished_at = now() WHERE run_id = \(run.runID)")
+            #expect(try await runner.migrate(on: conn, schemas: ["workflow"]).map(\.description) == ["workflow 0011_run_strays"])
+            let recorded = try await conn.query("SELECT execution_id FROM workflow.run_strays").map { try $0.decode("execution_id", as: UUID.self) }
+            #expect(recorded == [a.executionID])
+            try await conn.query("SELECT workflow.expire_runs(100, 'test', NULL) AS n")
+            #expect(try await Self.strays(conn) == 0)
+            #expect(try await conn.query("SELECT state FROM workflow.executions WHERE execution_id = \(a.executionID)").single()
+                .decode("state", as: String.self) == "cancelled")
+            #expect(try await f.complete(a).stale == [a.executionID])
+        }
+    }
+
     /// The duty's every-second read probes two indexes whatever the number of runs and steps in
     /// flight: it never scans `runs` or reads `run_steps` (the old one joined every queued step
     /// to its run, a sequential scan of `runs` while none had finished).
