@@ -331,9 +331,12 @@ struct WorkerLeaseTests {
             await expectCode(.staleLease) { try await store.complete(executionID: retry, epoch: retryLease.epoch, on: conn) }
             await expectCode(.staleLease) { _ = try await store.renew(executionID: short, epoch: shortLease.epoch, leaseDuration: .seconds(5), on: conn) }
             let decisions = try await conn.query("SELECT decision, term FROM workflow.lease_decisions ORDER BY decision").map {
-                "\(try $0.decode("decision", as: String.self))@\(try $0.decode("term", as: Int64.self))"
+                (try $0.decode("decision", as: String.self), try $0.decode("term", as: Int64.self))
             }
-            #expect(decisions == ["dead_lettered@\(fence.term)", "requeued@\(fence.term)"])
+            #expect(decisions.map(\.0) == ["dead_lettered", "requeued"])
+            // Each under this leader's term, or a later one of the same node (a loaded machine can
+            // make it step down and be elected again before its scanner gets to them).
+            #expect(decisions.allSatisfy { $0.1 >= fence.term.value }, "\(decisions)")
             await pool.shutdown()
             await cluster.stopAll()
         }
