@@ -46,8 +46,13 @@ func expectCode(_ code: RegentError.Code, sourceLocation: SourceLocation = #_sou
 func leaderFence(_ config: ConnectionConfiguration) async throws -> (LeaderFence, Cluster) {
     var cluster = Cluster(config: config)
     let node = cluster.start("leader")
-    #expect(await eventually { await node.isLeader })
-    return (try #require(await node.currentFence), cluster)
+    // Read together: a loaded node can lose its leadership between two separate reads.
+    var fence: LeaderFence?
+    #expect(await eventually {
+        fence = await node.isLeader ? await node.currentFence : nil
+        return fence != nil
+    })
+    return (try #require(fence), cluster)
 }
 
 /// Runs a leader duty's one pass with `fence`, again while it answers `notLeader`: on a loaded

@@ -99,6 +99,16 @@ extension TestClientProtocol {
 }
 
 /// Counts rows of a table (for "nothing changed" checks).
+/// Events other than the node's own lifecycle (its elections, resignations, joins, sweeps):
+/// what requests can have published. A loaded machine can make a test node step down and be
+/// elected again in the middle of a test, which publishes.
+func requestEvents(_ pool: ConnectionPool) async throws -> Int64 {
+    try await pool.query("""
+        SELECT count(*) AS n FROM engine.events
+        WHERE topic NOT IN ('leader.elected', 'leader.resigned', 'instance.joined', 'instance.left', 'instance.swept', 'migration.applied')
+        """).single().decode("n")
+}
+
 func count(_ pool: ConnectionPool, _ table: String) async throws -> Int64 {
     try await pool.query(PostgresQuery(unsafeSQL: "SELECT count(*) AS n FROM \(table)")).single().decode("n")
 }

@@ -64,7 +64,7 @@ struct StrictJSONTests {
 struct HostileInputTests {
     @Test func deepDuplicateNulAndNonUTF8BodiesGet400NamingTheProblemAndChangeNothing() async throws {
         try await Fixture.with { f in
-            let before = try await count(f.api.pool, "engine.events")
+            let before = try await requestEvents(f.api.pool)
             try await f.app().test(.router) { client in
                 let deep = #"{"topic":"t","payload":"# + String(repeating: "[", count: 500) + String(repeating: "]", count: 500) + "}"
                 var r = try await client.call(.post, "/v1/events", token: f.worker, json: deep)
@@ -86,7 +86,7 @@ struct HostileInputTests {
                 #expect(r.status == .badRequest && errorCode(r) == "invalid_character")
                 #expect(errorMessage(r)?.contains("\"error\"") == true)
             }
-            #expect(try await count(f.api.pool, "engine.events") == before)
+            #expect(try await requestEvents(f.api.pool) == before)
             #expect(try await count(f.api.pool, "workflow.workers") == 0)
         }
     }
@@ -159,11 +159,25 @@ struct APIContractTests {
             let app = Application(router: f.api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
             try await app.test(.live) { client in
                 let port = try #require(client.port)
+                // The node's bus must have taken both events in before the streams start: an event
+                // whose notification is still on its way while a stream pages from the table can
+                // reach that stream as a late release (docs/events.md), even at its own cursor.
+                let bus = try #require(await f.node.eventBus)
+                let seen = try await bus.subscribe(topics: ["cursor.test"])
                 var ids: [Int] = []
                 for n in 1...2 {
                     let r = try await client.call(.post, "/v1/events", token: f.worker, json: #"{"topic":"cursor.test","payload":{"n":\#(n)}}"#)
                     ids.append(try #require(try object(r.body)["id"] as? Int))
                 }
+                var taken: [Int64] = []
+                let giveUp = Task { try await Task.sleep(for: .seconds(10)); seen.cancel() }
+                for try await event in seen {
+                    taken.append(event.id)
+                    if event.id == Int64(ids[1]) { break }
+                }
+                giveUp.cancel()
+                seen.cancel()
+                #expect(taken == ids.map { Int64($0) })
                 // after=N: starts after N (N itself is not sent again).
                 var stream = try RawHTTPStream(port: port, path: "/v1/events?after=\(ids[0])&topic=cursor.test", token: f.reader)
                 var text = try stream.read(until: "id: \(ids[1])\n", timeout: .seconds(5))
@@ -287,10 +301,12 @@ struct RefusedConnectionTests {
                     try await Task.sleep(for: .milliseconds(20))
                 }
                 #expect(refused, "the server kept reading a refused request's body")
-                // The same for a body sent without a valid token: 401, then closed.
+                // The same for a body sent without a valid token: 401, then closed. (A little of the
+                // body only, before reading: once the server has closed, more data in flight makes
+                // its kernel answer with a reset, which can discard the 401 before it is read.)
                 let u = try RawSocket(port: port)
                 u.send("POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50000000\r\n\r\n")
-                _ = u.sendZeros(300_000)
+                _ = u.sendZeros(4096)
                 #expect(u.readAll(timeout: .seconds(3)).contains("401"))
                 var refusedToo = false
                 for _ in 0..<50 where !refusedToo {
