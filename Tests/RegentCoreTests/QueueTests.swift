@@ -351,7 +351,7 @@ struct QueueTests {
                 let started = ContinuousClock.now
                 let id = try await store.enqueue(namespace: ns, [EnqueueRequest(lane: lane)], on: conn)[0].executionID
                 #expect(try await woken.map(\.executionID) == [id])
-                #expect(started.duration(to: .now) < .seconds(2))
+                #expect(started.duration(to: .now) < .seconds(10))  // of its 20 s (wake latency: `bench queue`)
                 // Work in another lane does not wake it; its wait ends empty, on time.
                 let before = ContinuousClock.now
                 async let idle = store.claim(
