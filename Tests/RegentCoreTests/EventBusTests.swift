@@ -366,7 +366,8 @@ struct EventBusTests {
         let bus = try #require(await node.eventBus)
         let sub = try await bus.subscribe(topics: ["instance.joined"])
         let second = cluster.start("n2")
-        let joined = try await collect(sub, count: 1)
+        // Generous: on a loaded machine a node's start (boot, connect, join) can take seconds.
+        let joined = try await collect(sub, count: 1, timeout: .seconds(30))
         #expect(joined.first?.payload.contains("\"node_name\": \"n2\"") == true)
         // The leader hands over: the follower's own bus delivers the resignation, then the new election.
         #expect(await eventually { await second.eventBus != nil })
@@ -377,7 +378,7 @@ struct EventBusTests {
         let left = try await secondBus.subscribe(topics: ["instance.left"])
         let ledAtShutdown = await node.isLeader
         await node.shutdown()
-        let handover = try await collect(sub2) { $0.topic == "leader.elected" && $0.publisher == second.instanceID.uuid }
+        let handover = try await collect(sub2, timeout: .seconds(30)) { $0.topic == "leader.elected" && $0.publisher == second.instanceID.uuid }
         #expect(handover.last?.topic == "leader.elected")
         if ledAtShutdown {
             // It resigned as it went, so its successor's election follows its resignation.
@@ -385,7 +386,7 @@ struct EventBusTests {
             #expect(handover.suffix(2).first?.publisher == node.instanceID.uuid)
         }
         // The node that shut down says so as it deletes its row.
-        let gone = try await collect(left, count: 1)
+        let gone = try await collect(left, count: 1, timeout: .seconds(30))
         #expect(gone.first?.payload.contains("\"node_name\": \"n1\"") == true)
         #expect(gone.first?.publisher == node.instanceID.uuid)
         await cluster.stopAll()
