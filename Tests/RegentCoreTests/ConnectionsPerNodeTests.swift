@@ -9,12 +9,14 @@ import Testing
 struct ConnectionsPerNodeTests {
     @Test func anIdleFollowerHoldsAtMostFourBackends() async throws {
         let (config, conn) = try await bootedDatabase()
-        // A leader by hand, kept heartbeating, so the node below stays a follower.
+        // A leader by hand, kept heartbeating, so the node below stays a follower. Its heartbeat
+        // is dated an hour ahead: on a loaded machine this loop can stall past the stale window,
+        // and the follower would then rightly end the "frozen" leader's session and take over.
         let leader = try await FrozenLeader.start(config)
         let beat = Task {
             let c = try await PostgresConnection.connect(config)
             while !Task.isCancelled {
-                try await c.query("UPDATE engine.instances SET last_heartbeat = now() WHERE instance_id = \(leader.instanceID)")
+                try await c.query("UPDATE engine.instances SET last_heartbeat = now() + interval '1 hour' WHERE instance_id = \(leader.instanceID)")
                 try await Task.sleep(for: .milliseconds(200))
             }
             await c.close()

@@ -55,11 +55,22 @@ func leaderFence(_ config: ConnectionConfiguration) async throws -> (LeaderFence
     return (try #require(fence), cluster)
 }
 
+/// The fence refused the write (`notLeader`), or the server ended the fenced transaction after
+/// it sat idle longer than the lease window (SQLSTATE 25P03: a loaded client stalled mid-way).
+func refusedForLeadership(_ error: any Error) -> Bool {
+    if let error = error as? RegentError { return error.code == .notLeader }
+    if let error = error as? PostgresError {
+        return error.sqlState == "25P03" || error.message.contains("idle-in-transaction timeout")
+    }
+    return false
+}
+
 /// Runs a leader duty's one pass with `fence`, again while it answers `notLeader`: on a loaded
 /// machine the test node's 1 s lease window can lapse between two lock confirmations (the
 /// fence then refuses, rightly, until the node confirms again), or the node can even step down
 /// and be elected again (then the pass is retried with the fence of `cluster`'s leader of the
-/// moment). Any other error, or 15 s of refusals, fails the test.
+/// moment), or while the server ends its fenced transaction for idling past the lease window.
+/// Any other error, or 15 s of refusals, fails the test.
 func asLeader<T>(
     _ fence: LeaderFence, of cluster: Cluster, isolation: isolated (any Actor)? = #isolation, _ body: (LeaderFence) async throws -> T
 ) async throws -> T {
@@ -69,7 +80,7 @@ func asLeader<T>(
     while true {
         do {
             return try await body(fence)
-        } catch let error as RegentError where error.code == .notLeader && ContinuousClock.now < deadline {
+        } catch where ContinuousClock.now < deadline && refusedForLeadership(error) {
             try await Task.sleep(for: .milliseconds(50))
             for node in nodes where await node.isLeader {
                 if let current = await node.currentFence { fence = current }
