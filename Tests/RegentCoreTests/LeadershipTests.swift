@@ -35,8 +35,10 @@ struct LeadershipTests {
         #expect(status.term == (try elected.decode("term", as: Term.self)))
         #expect(leader.instanceID == (try elected.decode("instance_id", as: InstanceID.self)))
         #expect(await eventually { try await cluster.status().instances.count == 3 })
-        let leaders = try await cluster.status().instances.filter { $0.isLeader }
-        #expect(leaders.count == 1)
+        // The rows agree: one leader among them (never two; none for a moment if a loaded leader
+        // is stepping down and being elected again, so ask until it settles).
+        #expect(try await cluster.status().instances.filter { $0.isLeader }.count <= 1)
+        #expect(await eventually { try await cluster.status().instances.filter { $0.isLeader }.count == 1 })
         await cluster.stopAll()
     }
 
