@@ -33,7 +33,6 @@ package struct WorkflowDrill {
         package var leaderKills = 0
         package var workerKills = 0
         package var reclaimedLeases = 0
-        package var cancelled = 0
         /// Step executions fenced because their run finished first (cancelled or failed).
         package var fencedSteps = 0
     }
@@ -126,7 +125,6 @@ package struct WorkflowDrill {
                     cancelledNow += 1
                 }
             }
-            result.cancelled += cancelledNow
             let strays = try await conn.query("SELECT count(*) AS n FROM workflow.run_strays", purpose: "drill: strays").single().decode("n", as: Int.self)
             say("  kill \(round): leader (term \(reading.term.value)) and a worker SIGKILLed, \(open) runs unfinished; both replaced"
                 + (share > 0 ? "; \(cancelledNow) runs cancelled, \(strays) step executions held at that moment recorded as strays" : ""))

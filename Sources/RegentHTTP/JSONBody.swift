@@ -22,18 +22,22 @@ struct JSONBody {
         return try parse(Data(try await collect(request, limit: limit).readableBytesView), allowed: allowed)
     }
 
+    static func tooLarge(_ limit: Int) -> APIError {
+        APIError(status: .contentTooLarge, code: "body_too_large", message: "the body is larger than \(limit) bytes")
+    }
+
     /// The whole body, at most `limit` bytes; 413 `body_too_large` past it. A declared
     /// Content-Length past it is refused before any of the body is read.
     static func collect(_ request: Request, limit: Int) async throws -> ByteBuffer {
         if let declared = request.headers[.contentLength].flatMap({ Int($0) }), declared > limit {
-            throw APIError(status: .contentTooLarge, code: "body_too_large", message: "the body is larger than \(limit) bytes")
+            throw tooLarge(limit)
         }
         do {
             return try await request.body.collect(upTo: limit)
         } catch let error as HTTPError where error.status == .contentTooLarge {
-            throw APIError(status: .contentTooLarge, code: "body_too_large", message: "the body is larger than \(limit) bytes")
+            throw tooLarge(limit)
         } catch is NIOTooManyBytesError {
-            throw APIError(status: .contentTooLarge, code: "body_too_large", message: "the body is larger than \(limit) bytes")
+            throw tooLarge(limit)
         }
     }
 
