@@ -42,10 +42,11 @@ struct Fixture {
         let registry = PrometheusCollectorRegistry()
         let node = RegentNode(configuration: fastNode(config, name: "api-node"), metrics: AdminAPI.nodeMetrics(registry: registry))
         let task = Task { try await node.run() }
-        #expect(await eventually { await node.isLeader })
+        // Generous: under the parallel tests a leader can step down mid-migration and start over.
+        #expect(await eventually(timeout: .seconds(45)) { await node.isLeader })
         let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 3))
         // The leader migrates the module schemas right after its election.
-        #expect(await eventually {
+        #expect(await eventually(timeout: .seconds(45)) {
             try await pool.withConnection { conn in
                 try await MigrationRunner(appliedBy: "").status(on: conn, schemas: ["engine", "workflow", "auth"]).allSatisfy { $0.isCurrent }
             }
