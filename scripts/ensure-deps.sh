@@ -33,4 +33,10 @@ if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
     echo "pgbouncer is not installed; the pooler tests will be skipped (sudo apt-get install -y pgbouncer)" >&2
   fi
 fi
+# CI (REGENT_REQUIRE_TOOLS=1, set by .ci/run) must run every test: a pooler it could not
+# install is a failure, not a skip.
+if [ "${REGENT_REQUIRE_TOOLS:-0}" = 1 ] && ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+  echo "FAILED: pgbouncer is required (REGENT_REQUIRE_TOOLS=1) and could not be installed" >&2
+  exit 1
+fi
 command -v swift >/dev/null 2>&1 || { echo "swift is not on PATH (expected /opt/swift/usr/bin)" >&2; exit 1; }

@@ -5,7 +5,8 @@
 # PostgreSQL and one `regent serve` node with its HTTP API, creates a token of each role, and
 # runs every check with a fixed seed and a bounded example count, once per role and once with
 # no token. The event stream (open-ended) is checked separately with curl and short timeouts.
-# Exits non-zero on any failure; prints the reason and exits 0 when Schemathesis cannot be had.
+# Exits non-zero on any failure. When Schemathesis cannot be had it prints the reason and exits
+# 0, unless REGENT_REQUIRE_TOOLS=1 (set by .ci/run): then the missing tool fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/opt/swift/usr/bin"
@@ -13,8 +14,13 @@ venv=.build/schemathesis-venv
 examples="${REGENT_SCHEMATHESIS_EXAMPLES:-25}"
 if [ ! -x "$venv/bin/schemathesis" ]; then
   if ! { python3 -m venv "$venv" && "$venv/bin/pip" install -q "schemathesis>=4.32,<4.33"; } >/tmp/regent-schemathesis-install.log 2>&1; then
-    echo "SKIPPED the API contract run: Schemathesis could not be installed from PyPI (see /tmp/regent-schemathesis-install.log)"
     rm -rf "$venv"
+    if [ "${REGENT_REQUIRE_TOOLS:-0}" = 1 ]; then
+      echo "FAILED: Schemathesis could not be installed from PyPI and REGENT_REQUIRE_TOOLS=1 (see /tmp/regent-schemathesis-install.log)" >&2
+      tail -5 /tmp/regent-schemathesis-install.log >&2 || true
+      exit 1
+    fi
+    echo "SKIPPED the API contract run: Schemathesis could not be installed from PyPI (see /tmp/regent-schemathesis-install.log)"
     exit 0
   fi
 fi

@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/opt/swift/usr/bin"
 bash scripts/ensure-deps.sh
+# Marks this run's start: only clusters started after it are ours to stop at the end.
+marker="$(mktemp /tmp/regent-test-run-XXXXXX)"
+trap 'rm -f "$marker"' EXIT
 swift build --build-tests
 status=0
 # A hung test must fail the run, not hold it until CI's own limit.
@@ -27,11 +30,12 @@ else
   # why, when it cannot be installed from PyPI).
   timeout --signal=TERM --kill-after=30 900 bash scripts/schemathesis.sh || status=$?
 fi
-# A crashed or timed-out test process can leave its private cluster behind; stop any of ours.
-pkill -KILL -f RegentPackageTests.xctest 2>/dev/null || true
+# A crashed or timed-out test process can leave its private cluster behind: stop the clusters
+# that appeared during this run (not other checkouts' or other runs'), by their data directory.
 pgctl="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)/pg_ctl"
 for d in /tmp/regent-pg-*/data; do
   [ -f "$d/postmaster.pid" ] || continue
+  [ -n "$(find "$d/postmaster.pid" -newer "$marker" 2>/dev/null)" ] || continue
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$pgctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
   else "$pgctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true; fi
 done

@@ -15,10 +15,16 @@ package struct WorkflowDrill {
     package let workers: Int
     /// Runs cancelled in all, spread over the fault rounds.
     package let cancels: Int
+    /// Steps each worker claims and completes at once (batches complete sibling steps of
+    /// several runs in one statement: the lock order across runs is what they test).
+    package let batch: Int
     package let say: (String) -> Void
 
-    package init(env: DrillEnvironment, runs: Int, kills: Int, workers: Int, cancels: Int = 0, say: @escaping (String) -> Void) {
+    package init(
+        env: DrillEnvironment, runs: Int, kills: Int, workers: Int, cancels: Int = 0, batch: Int = 4, say: @escaping (String) -> Void
+    ) {
         self.env = env
+        self.batch = batch
         self.runs = runs
         self.kills = kills
         self.workers = workers
@@ -35,6 +41,16 @@ package struct WorkflowDrill {
         package var reclaimedLeases = 0
         /// Step executions fenced because their run finished first (cancelled or failed).
         package var fencedSteps = 0
+        /// Deadlocks the server broke in the drill's database while it ran (pg_stat_database).
+        package var deadlocks: Int64 = 0
+    }
+
+    /// The database's deadlock counter (statistics read fresh).
+    static func deadlockCount(_ conn: PostgresConnection) async throws -> Int64 {
+        try await conn.query("SELECT pg_stat_clear_snapshot()", purpose: "drill: fresh statistics")
+        return try await conn.query(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()", purpose: "drill: deadlocks"
+        ).single().decode("deadlocks", as: Int64.self)
     }
 
     static let type = "drill.fanout"
@@ -67,6 +83,7 @@ package struct WorkflowDrill {
         let conn = env.probeConnection
         _ = try await env.firstLeader()
         try await env.waitForWorkflowSchema()
+        let deadlocksBefore = try await Self.deadlockCount(conn)
         let v1 = try Self.package(version: 1), v2 = try Self.package(version: 2)
         _ = try await PackageStore().deploy(v1, actor: .named("drill"), on: conn)
         say("▶ deployed \(Self.type) \(v1.contentHash.prefix(16))… (prepare → left, middle, right → join → finish)")
@@ -76,7 +93,7 @@ package struct WorkflowDrill {
         func spawnWorker() throws {
             counter += 1
             pids.append(try env.spawnWorker(
-                name: "drill-w\(counter)", arguments: ["--lane", "drill", "--work", "20ms", "--batch", "4", "--log-level", "warning"]))
+                name: "drill-w\(counter)", arguments: ["--lane", "drill", "--work", "20ms", "--batch", "\(batch)", "--log-level", "warning"]))
         }
         for _ in 0..<workers { try spawnWorker() }
         say("▶ \(workers) worker processes; starting \(runs) runs")
@@ -151,6 +168,11 @@ package struct WorkflowDrill {
         }
         result.reclaimedLeases = try await conn.query("SELECT count(*) AS n FROM workflow.attempts WHERE state = 'expired'").single().decode("n")
         result.violations += try await Self.check(conn)
+        // One lock order (sql/workflow 0012): the server never had to break a lock cycle.
+        result.deadlocks = try await Self.deadlockCount(conn) - deadlocksBefore
+        if result.deadlocks > 0 {
+            result.violations.append("the server broke \(result.deadlocks) deadlock(s) in the drill's database (pg_stat_database.deadlocks)")
+        }
         // Nothing pins version 1 any more: it can go now.
         try await PackageStore().unload(type: try WorkflowType(Self.type), hash: v1.contentHash, actor: .named("drill"), on: conn)
         return result
@@ -170,7 +192,7 @@ package struct WorkflowDrill {
         ("a succeeded step without exactly one accepted completion (one completed attempt, at the execution's current epoch, one output)", """
             SELECT count(*) AS n FROM workflow.run_steps s JOIN workflow.executions e ON e.execution_id = s.execution_id
             WHERE s.state = 'succeeded' AND (
-                s.output IS NULL OR e.state <> 'completed'
+                COALESCE(s.output, e.result) IS NULL OR e.state <> 'completed'
                 OR (SELECT count(*) FROM workflow.attempts a WHERE a.execution_id = e.execution_id AND a.state = 'completed') <> 1
                 OR NOT EXISTS (SELECT 1 FROM workflow.attempts a
                                WHERE a.execution_id = e.execution_id AND a.state = 'completed' AND a.lease_epoch = e.lease_epoch))

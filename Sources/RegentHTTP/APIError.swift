@@ -48,11 +48,18 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             case .instanceBound: return try errorResponse(.conflict, code: "instance_bound", message: error.description)
             case .notFound: return try errorResponse(.notFound, code: "not_found", message: error.description)
             case .conflict: return try errorResponse(.conflict, code: "conflict", message: error.description)
+            case .notLeaseHolder: return try errorResponse(.forbidden, code: "not_lease_holder", message: error.description)
+            case .forbidden: return try errorResponse(.forbidden, code: "forbidden", message: error.description)
+            case .idempotencyConflict: return try errorResponse(.conflict, code: "idempotency_conflict", message: error.description)
             case .timeout: return try unavailable("timeout", "the database did not answer in time; retry shortly")
             default:
                 context.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])
                 return try errorResponse(.internalServerError, code: "internal", message: "internal error; see the node's log")
             }
+        } catch let error as PostgresError where error.sqlState == "40001" || error.sqlState == "40P01" {
+            // Retried inside the server first (retryingConflicts); one that still reaches here is transient.
+            context.logger.warning("request failed: transaction conflict after retries", metadata: ["path": "\(request.uri.path)", "sqlstate": "\(error.sqlState ?? "")"])
+            return try unavailable("conflict_retry", "the database broke a lock conflict with this request (SQLSTATE \(error.sqlState ?? "")); nothing was changed, retry it")
         } catch let error as PostgresError where error.code == .poolExhausted || error.code == .timeout {
             return try unavailable(error.code == .timeout ? "timeout" : "pool_exhausted", "the node's database connections are all busy; retry shortly")
         } catch let error as PostgresError where error.code == .connectionFailed || error.code == .connectionClosed || error.code == .poolClosed {
@@ -86,9 +93,41 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
 let jsonEncoder: JSONEncoder = {
     let e = JSONEncoder()
     e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-    e.dateEncodingStrategy = .iso8601
+    // RFC 3339 with the stored precision (PostgreSQL keeps microseconds): 2026-12-05T19:02:14.123456Z.
+    e.dateEncodingStrategy = .custom { date, encoder in
+        var c = encoder.singleValueContainer()
+        try c.encode(rfc3339Micros(date))
+    }
     return e
 }()
+
+/// `date` as RFC 3339 in UTC with six fractional digits.
+func rfc3339Micros(_ date: Date) -> String {
+    let micros = Int64((date.timeIntervalSince1970 * 1_000_000).rounded())
+    let seconds = micros >= 0 ? micros / 1_000_000 : (micros - 999_999) / 1_000_000
+    let fraction = micros - seconds * 1_000_000
+    var t = time_t(seconds)
+    var parts = tm()
+    gmtime_r(&t, &parts)
+    return String(
+        format: "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday), Int(parts.tm_hour),
+        Int(parts.tm_min), Int(parts.tm_sec), fraction)
+}
+
+/// Runs `body` again (up to `attempts` times in all) when PostgreSQL ended its transaction with
+/// a serialization failure (40001) or broke a deadlock (40P01): both changed nothing, and the
+/// lock order makes the second rare. A client sees one only as a 503 with Retry-After.
+func retryingConflicts<T>(attempts: Int = 3, isolation: isolated (any Actor)? = #isolation, _ body: () async throws -> T) async throws -> T {
+    var attempt = 1
+    while true {
+        do {
+            return try await body()
+        } catch let error as PostgresError where (error.sqlState == "40001" || error.sqlState == "40P01") && attempt < attempts {
+            attempt += 1
+            try await Task.sleep(for: .milliseconds(Int.random(in: 5...25) * attempt))
+        }
+    }
+}
 
 func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) throws -> Response {
     Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: try encodeJSON(value))))

@@ -197,11 +197,22 @@ struct JSONBody {
     }
 
     /// The fields of one completion in a batch.
-    static let completionFields: Set<String> = ["execution_id", "lease_epoch", "result", "output", "cost"]
+    static let completionFields: Set<String> = ["execution_id", "lease_epoch", "result", "output", "cost", "worker_instance_id"]
+    static let failureFields: Set<String> = ["execution_id", "lease_epoch", "error", "retryable", "worker_instance_id"]
 
-    /// One completion (of `complete-batch` or `complete-and-claim`).
+    /// One completion (of `complete-batch` or `complete-and-claim`). With `worker_instance_id`,
+    /// only that instance's lease is completed.
     func completion() throws -> Completion {
-        Completion(executionID: try uuid("execution_id"), epoch: LeaseEpoch(try int("lease_epoch")), result: try output(), cost: try costs())
+        Completion(
+            executionID: try uuid("execution_id"), epoch: LeaseEpoch(try int("lease_epoch")), result: try output(), cost: try costs(),
+            worker: try optionalString("worker_instance_id").map { try WorkerInstanceID($0) })
+    }
+
+    /// One failure (of `fail` or `fail-batch`).
+    func failure() throws -> Failure {
+        Failure(
+            executionID: try uuid("execution_id"), epoch: LeaseEpoch(try int("lease_epoch")), error: try errorText("error"),
+            retryable: try optionalBool("retryable") ?? true, worker: try optionalString("worker_instance_id").map { try WorkerInstanceID($0) })
     }
 
     /// A completion's result: `output` (a workflow step's name for it) or `result`, not both; `{}` when neither.

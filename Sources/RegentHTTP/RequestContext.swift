@@ -24,3 +24,14 @@ public struct RegentRequestContext: RequestContext, RemoteAddressRequestContext 
     /// The audit actor for a change made through the API.
     var actor: String { (identity.map { AuditActor.token($0.name) } ?? .http(address: clientAddress)).description }
 }
+
+extension RegentRequestContext {
+    /// The lease store acting for this request's token: its claims record the token, and its
+    /// renewals, completions and failures change only leases claimed with it.
+    var leases: LeaseStore { LeaseStore(token: identity?.tokenID) }
+
+    /// Refuses (403) what a scoped token may not do in `namespace` and `lanes`.
+    func checkScope(namespace: Namespace, lanes: [Lane] = [], action: String) throws {
+        try identity?.scope?.check(namespace: namespace, lanes: lanes, action: action)
+    }
+}

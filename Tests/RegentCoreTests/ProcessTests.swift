@@ -123,10 +123,11 @@ struct FaultDrillTests {
     }
 
     @Test func workflowDrillFinishesEveryRunExactlyOnceThroughKills() async throws {
-        let (code, log) = try await drill(["workflows", "--runs", "120", "--kills", "2", "--workers", "3", "--cancels", "10"])
+        let (code, log) = try await drill(["workflows", "--runs", "150", "--kills", "2", "--workers", "3", "--cancels", "40", "--batch", "10"])
         #expect(code == 0, "\(log.suffix(3000))")
         #expect(log.contains("invariants held") && log.contains("unload of the pinned version 1 refused"), "\(log.suffix(2000))")
         #expect(log.contains("nothing of a finished run left claimable or running") && log.contains("runs cancelled"), "\(log.suffix(2000))")
+        #expect(log.contains("deadlocks"), "\(log.suffix(2000))")
     }
 
     @Test func terminateAllDrillElectsAgain() async throws {
@@ -135,11 +136,8 @@ struct FaultDrillTests {
         #expect(log.contains("every session ended"))
     }
 
-    @Test func poolerDrill() async throws {
-        guard EmbeddedPgBouncer.binary != nil else {
-            print("SKIPPED poolerDrill: pgbouncer is not installed")
-            return
-        }
+    @Test(.enabled(if: EmbeddedPgBouncer.binary != nil, "pgbouncer is not installed (apt-get install pgbouncer)"))
+    func poolerDrill() async throws {
         let (code, log) = try await drill(["pooler", "--kills", "1"])
         #expect(code == 0, "\(log.suffix(3000))")
         #expect(log.contains("transaction pooling refused, session pooling works"))
@@ -152,6 +150,7 @@ struct FaultDrillTests {
             (["outage", "--ttl", "soon"], "invalid duration"),
             (["terminate-all", "--rounds", "0"], "--rounds must be 1 to 50"),
             (["workflows", "--runs", "10", "--cancels", "11"], "--cancels must be 0 to --runs (10), got 11"),
+            (["workflows", "--batch", "0"], "--batch must be 1 to 100, got 0"),
         ] {
             let (code, log) = try await drill(args, timeout: .seconds(20))
             #expect(code != nil && code != 0, "\(args) must fail")

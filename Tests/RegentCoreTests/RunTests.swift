@@ -36,7 +36,7 @@ struct RunFixture {
     /// Claims what is claimable in lane `work` (up to `limit`).
     func claim(limit: Int = 10, on c: PostgresConnection? = nil) async throws -> [Lease] {
         try await LeaseStore().claim(
-            namespace: RunStore.namespace, lanes: [try Lane("work")], workerInstanceID: worker, capabilities: [], leaseDuration: .seconds(30),
+            namespace: RunStore.namespace, lanes: [try Lane("work")], workerInstanceID: worker, capabilities: [], leaseDuration: nil,
             limit: limit, on: c ?? conn)
     }
 
@@ -140,8 +140,14 @@ struct RunTests {
             let payload = try StrictJSON.parse(Array(lease.payload.utf8))
             guard case .object(let p) = payload, case .object(let input)? = p["input"] else { Issue.record("payload \(lease.payload)"); return }
             #expect(input["order"] == .integer(1) && p["after"] == .object([:]))
-            // The step's timeout is the lease, whatever the worker asked for (30 s): the default 5 m here.
+            // A claim that names no lease length gets the step's timeout (the default 5 m here);
+            // one that names a length gets that length (sql/workflow 0012).
             #expect(lease.expiresAt.timeIntervalSinceNow > 200)
+            _ = try await f.start(#"{"order": 3}"#)
+            let short = try await LeaseStore().claim(
+                namespace: RunStore.namespace, lanes: [try Lane("work")], workerInstanceID: f.worker, capabilities: [], leaseDuration: .seconds(20),
+                limit: 1, on: conn)
+            #expect(short.count == 1 && short[0].expiresAt.timeIntervalSinceNow < 21)
         }
     }
 
@@ -416,13 +422,23 @@ struct RunTests {
             let runner = MigrationRunner(appliedBy: "test")
             try await runner.migrate(on: conn, schemas: ["engine", "workflow"], target: MigrationTarget(schema: "workflow", version: 10))
             let f = try await RunFixture.deploy("upgraded", steps: Self.linear, on: conn)
-            let run = try await f.start()
-            let a = try await f.claimStep("a")
+            // Started and claimed as a binary of workflow 10 did (that schema's functions).
+            let runID = try await conn.query(
+                "SELECT run_id FROM workflow.start_run('upgraded', '{}'::jsonb, NULL, NULL::timestamptz, NULL::numeric, NULL, 'test', 'runs', NULL::uuid)"
+            ).single().decode("run_id", as: String.self)
+            let claimed = try await conn.query(
+                "SELECT execution_id, lease_epoch FROM workflow.claim('runs', \(f.worker.value), ARRAY['work'], ARRAY[]::text[], 30000, 1)").single()
+            let a = Lease(
+                executionID: try claimed.decode("execution_id"), lane: "work", attemptIndex: 1, epoch: LeaseEpoch(try claimed.decode("lease_epoch")),
+                payload: "{}", expiresAt: Date())
             try await conn.query(
-                "UPDATE workflow.runs SET state = 'cancelled', reason = 'cancelled', finished_at = now() WHERE run_id = \(run.runID)")
-            #expect(try await runner.migrate(on: conn, schemas: ["workflow"]).map(\.description) == ["workflow 0011_run_strays"])
+                "UPDATE workflow.runs SET state = 'cancelled', reason = 'cancelled', finished_at = now() WHERE run_id = \(runID)")
+            #expect(try await runner.migrate(on: conn, schemas: ["workflow"], target: MigrationTarget(schema: "workflow", version: 11)).map(\.description)
+                == ["workflow 0011_run_strays"])
             let recorded = try await conn.query("SELECT execution_id FROM workflow.run_strays").map { try $0.decode("execution_id", as: UUID.self) }
             #expect(recorded == [a.executionID])
+            // And on to the newest schema (sql/workflow 0012) with the stray still there.
+            _ = try await runner.migrate(on: conn, schemas: ["workflow"])
             try await conn.query("SELECT workflow.expire_runs(100, 'test', NULL) AS n")
             #expect(try await Self.strays(conn) == 0)
             #expect(try await conn.query("SELECT state FROM workflow.executions WHERE execution_id = \(a.executionID)").single()

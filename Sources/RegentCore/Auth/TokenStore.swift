@@ -37,10 +37,54 @@ public struct TokenRecord: Sendable, Hashable, Codable {
     public let createdBy: String
     public let lastUsedAt: Date?
     public let revokedAt: Date?
+    public var scope: TokenScope? = nil
 
     enum CodingKeys: String, CodingKey {
         case tokenID = "token_id", name, role, createdAt = "created_at", createdBy = "created_by"
-        case lastUsedAt = "last_used_at", revokedAt = "revoked_at"
+        case lastUsedAt = "last_used_at", revokedAt = "revoked_at", scope
+    }
+}
+
+/// Where a scoped worker token may act: one namespace, and optionally only some of its lanes.
+/// It registers, claims, enqueues, cancels and starts runs only there (runs it starts put their
+/// steps in its namespace); reads are not scoped.
+public struct TokenScope: Sendable, Hashable, Codable {
+    public let namespace: Namespace
+    /// nil: every lane of the namespace.
+    public let lanes: [Lane]?
+
+    public init(namespace: Namespace, lanes: [Lane]? = nil) throws(RegentError) {
+        if let lanes, lanes.isEmpty || lanes.count > 100 {
+            throw RegentError(.invalidInput, "a token's scope names 1 to 100 lanes, got \(lanes.count)")
+        }
+        self.namespace = namespace
+        self.lanes = lanes.map { Array(Set($0)).sorted { $0.value < $1.value } }
+    }
+
+    /// Refuses (``RegentError/Code/forbidden``) `namespace` and `lanes` outside the scope, naming what is outside.
+    public func check(namespace other: Namespace, lanes used: [Lane] = [], action: String) throws(RegentError) {
+        guard other == namespace else {
+            throw RegentError(
+                .forbidden, "this token is scoped to namespace \(namespace) and may not \(action) in namespace \(other)",
+                hint: "use a token scoped to \(other), or an unscoped worker token")
+        }
+        if let lanes, let outside = used.first(where: { !lanes.contains($0) }) {
+            throw RegentError(
+                .forbidden, "this token is scoped to lanes \(lanes.map(\.value).joined(separator: ", ")) of \(namespace) and may not \(action) in lane \(outside)",
+                hint: "use a token whose scope covers that lane")
+        }
+    }
+
+    enum CodingKeys: String, CodingKey { case namespace, lanes }
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(namespace.value, forKey: .namespace)
+        try c.encode(lanes?.map(\.value), forKey: .lanes)
+    }
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        namespace = try Namespace(try c.decode(String.self, forKey: .namespace))
+        lanes = try c.decodeIfPresent([String].self, forKey: .lanes)?.map { try Lane($0) }
     }
 }
 
@@ -49,6 +93,8 @@ public struct TokenIdentity: Sendable, Hashable {
     public let tokenID: String
     public let name: String
     public let role: TokenRole
+    /// nil: unscoped.
+    public var scope: TokenScope? = nil
 }
 
 /// API tokens in `auth.tokens`: `rgt_<16 hex id>_<64 hex secret>`. The secret has 256 bits
@@ -98,11 +144,11 @@ public struct TokenStore: Sendable {
 
     // MARK: Statements
 
-    static func insertToken(id: String, name: String, role: TokenRole, secretSHA256: String, actor: String) -> PostgresQuery {
+    static func insertToken(id: String, name: String, role: TokenRole, secretSHA256: String, actor: String, scope: TokenScope?) -> PostgresQuery {
         """
-        INSERT INTO auth.tokens (token_id, name, role, secret_sha256, created_by)
-        VALUES (\(id), \(name), \(role.rawValue), \(secretSHA256), \(actor))
-        RETURNING token_id, name, role, created_at, created_by, last_used_at, revoked_at
+        INSERT INTO auth.tokens (token_id, name, role, secret_sha256, created_by, scope_namespace, scope_lanes)
+        VALUES (\(id), \(name), \(role.rawValue), \(secretSHA256), \(actor), \(scope?.namespace.value)::text, \(scope?.lanes?.map(\.value))::text[])
+        RETURNING token_id, name, role, created_at, created_by, last_used_at, revoked_at, scope_namespace, scope_lanes
         """
     }
     /// A token's audit row (`role` only on creation), in the transaction of the change.
@@ -114,7 +160,7 @@ public struct TokenStore: Sendable {
     }
     static func listTokens(includeRevoked: Bool) -> PostgresQuery {
         """
-        SELECT token_id, name, role, created_at, created_by, last_used_at, revoked_at FROM auth.tokens
+        SELECT token_id, name, role, created_at, created_by, last_used_at, revoked_at, scope_namespace, scope_lanes FROM auth.tokens
         WHERE \(includeRevoked) OR revoked_at IS NULL ORDER BY created_at, token_id
         """
     }
@@ -125,7 +171,7 @@ public struct TokenStore: Sendable {
         """
     }
     static func lookUp(_ id: String) -> PostgresQuery {
-        "SELECT name, role, secret_sha256 FROM auth.tokens WHERE token_id = \(id) AND revoked_at IS NULL"
+        "SELECT name, role, secret_sha256, scope_namespace, scope_lanes FROM auth.tokens WHERE token_id = \(id) AND revoked_at IS NULL"
     }
     /// At most once a minute, to keep hot paths free of writes.
     static func markUsed(_ id: String) -> PostgresQuery {
@@ -136,15 +182,20 @@ public struct TokenStore: Sendable {
     }
 
     /// Creates a token; returns its record and the token text, which exists nowhere else.
-    public func create(name: String, role: TokenRole, actor: String, on conn: PostgresConnection) async throws -> (TokenRecord, String) {
+    public func create(name: String, role: TokenRole, scope: TokenScope? = nil, actor: String, on conn: PostgresConnection) async throws
+        -> (TokenRecord, String)
+    {
         try Self.validateName(name)
+        if scope != nil, role != .worker {
+            throw RegentError(.invalidInput, "only worker tokens can be scoped; \(role.rawValue) tokens act on every namespace")
+        }
         let id = Self.randomHex(bytes: 8)
         let secret = Self.randomHex(bytes: 32)
         let row: PostgresRow
         do {
             row = try await conn.withTransaction { tx in
                 let row = try await tx.query(
-                    Self.insertToken(id: id, name: name, role: role, secretSHA256: SHA256.hex(secret), actor: actor), purpose: "tokens: create"
+                    Self.insertToken(id: id, name: name, role: role, secretSHA256: SHA256.hex(secret), actor: actor, scope: scope), purpose: "tokens: create"
                 ).single()
                 try await tx.query(Self.audit("token.created", actor: actor, tokenID: id, name: name, role: role), purpose: "tokens: audit creation")
                 return row
@@ -183,7 +234,7 @@ public struct TokenStore: Sendable {
               let role = TokenRole(rawValue: try row.decode("role", as: String.self))
         else { return nil }
         try await conn.query(Self.markUsed(id), purpose: "tokens: mark used")
-        return TokenIdentity(tokenID: id, name: try row.decode("name"), role: role)
+        return TokenIdentity(tokenID: id, name: try row.decode("name"), role: role, scope: try Self.scope(row))
     }
 
     static func decode(_ row: PostgresRow) throws -> TokenRecord {
@@ -191,6 +242,11 @@ public struct TokenStore: Sendable {
             tokenID: try row.decode("token_id"), name: try row.decode("name"),
             role: try TokenRole(parsing: try row.decode("role", as: String.self)),
             createdAt: try row.decode("created_at"), createdBy: try row.decode("created_by"),
-            lastUsedAt: try row.decodeOptional("last_used_at"), revokedAt: try row.decodeOptional("revoked_at"))
+            lastUsedAt: try row.decodeOptional("last_used_at"), revokedAt: try row.decodeOptional("revoked_at"), scope: try scope(row))
+    }
+
+    static func scope(_ row: PostgresRow) throws -> TokenScope? {
+        guard let ns = try row.decodeOptional("scope_namespace", as: String.self) else { return nil }
+        return try TokenScope(namespace: try Namespace(ns), lanes: try row.decodeOptional("scope_lanes", as: [String].self)?.map { try Lane($0) })
     }
 }

@@ -45,6 +45,10 @@ public struct LeaseExpiryScanner: LeaderDuty {
         WITH expired AS (
             SELECT l.execution_id, l.attempt_index FROM workflow.leases l JOIN workflow.executions e USING (execution_id)
             WHERE l.lease_expires_at <= now() AND now() >= \(since)::timestamptz + l.lease_ms * interval '1 millisecond'
+              -- Lock order (sql/workflow 0012): a step's run row comes first; taken without waiting
+              -- like the rest, so the scanner never waits and a held run is left for the next page.
+              AND (e.step_id IS NULL OR EXISTS (
+                  SELECT 1 FROM workflow.runs r WHERE r.run_id = COALESCE(e.run_id, e.payload ->> 'run_id') FOR UPDATE OF r SKIP LOCKED))
             ORDER BY l.lease_expires_at, l.execution_id
             LIMIT \(pageSize) FOR UPDATE OF l, e SKIP LOCKED
         ), unleased AS (
@@ -85,8 +89,7 @@ public struct LeaseExpiryScanner: LeaderDuty {
                        jsonb_build_object('requeued', requeued, 'dead_lettered', dead_lettered, 'term', \(term)::bigint), \(leader)::uuid)
             FROM counts WHERE expired > 0
         ), notified AS (
-            SELECT pg_notify(\(LeaseQueries.channel), CASE WHEN length(lanes) > 7000 THEN namespace || ' *' ELSE namespace || ' ' || lanes END)
-            FROM (SELECT namespace, string_agg(DISTINCT lane, ' ') AS lanes FROM requeued GROUP BY namespace) AS r
+            SELECT workflow.notify_queue(namespace, array_agg(lane::text)) FROM requeued GROUP BY namespace
         )
         SELECT requeued, dead_lettered, expired, (SELECT count(*) FROM published) AS events, (SELECT count(*) FROM notified) AS notified
         FROM counts

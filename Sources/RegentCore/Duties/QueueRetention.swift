@@ -4,8 +4,8 @@ import PostgresClient
 /// Deletes what the queue no longer needs, in pages, fenced: finished executions (completed,
 /// failed, dead-lettered, cancelled) that finished more than `retention` ago, with their
 /// attempts; and worker events and lease decisions older than that. Unfinished executions
-/// are never touched, however old, nor the executions of a workflow run that has not
-/// finished (run retention deletes those with their run).
+/// are never touched, however old, nor the executions of workflow steps (they hold the
+/// steps' outputs; run retention deletes them with their run).
 public struct QueueRetention: LeaderDuty {
     public let name = "queue-retention"
     let pool: ConnectionPool
@@ -36,11 +36,9 @@ public struct QueueRetention: LeaderDuty {
                 WHERE x.created_at < now() - \(retention)::interval
                   AND x.state IN ('completed', 'failed', 'dead_lettered', 'cancelled')
                   AND COALESCE(x.finished_at, x.updated_at) < now() - \(retention)::interval
-                  -- A step's execution stays while its run is unfinished (its history is the
-                  -- run's); run retention deletes it with the run.
-                  AND (x.step_id IS NULL OR NOT EXISTS (
-                      SELECT 1 FROM workflow.run_steps s JOIN workflow.runs r ON r.run_id = s.run_id
-                      WHERE s.execution_id = x.execution_id AND r.state = 'running'))
+                  -- A step's execution belongs to its run (it holds the step's output, stored
+                  -- once since sql/workflow 0012): run retention deletes it with the run.
+                  AND x.step_id IS NULL
                 ORDER BY x.created_at LIMIT \(pageSize) FOR UPDATE SKIP LOCKED)
             RETURNING 1
         ), events AS (

@@ -46,4 +46,28 @@ public struct EventPublisher: Sendable {
     public static func validate(topic: String, payload: String) throws(RegentError) -> (EventTopic, EventPayload) {
         (try EventTopic(topic), try EventPayload(json: payload))
     }
+
+    /// Topic families only the engine publishes (its own events: runs, steps, packages,
+    /// membership, leadership, leases, workers, modules, migrations, tokens). A topic belongs
+    /// to a family by its first segment (up to the first `.`, `:`, `/`, `_` or `-`), in any case.
+    public static let reservedFamilies: Set<String> = [
+        "run", "runs", "step", "steps", "package", "packages", "instance", "instances", "leader", "leaders", "lease", "leases",
+        "worker", "workers", "module", "modules", "migration", "migrations", "auth", "token", "tokens", "engine", "regent",
+        "execution", "executions", "queue", "schedule", "schedules", "vault", "audit",
+    ]
+
+    /// The reserved family `topic` belongs to, or nil when a client may publish it.
+    public static func reservedFamily(of topic: String) -> String? {
+        let first = topic.split(whereSeparator: { ".:/_-".contains($0) }).first.map { $0.lowercased() } ?? ""
+        return reservedFamilies.contains(first) ? first : nil
+    }
+
+    /// Refuses (``RegentError/Code/forbidden``) a topic of the engine's own families.
+    public static func checkClientTopic(_ topic: EventTopic) throws(RegentError) {
+        if let family = reservedFamily(of: topic.name) {
+            throw RegentError(
+                .forbidden, "topic \(quoted(topic.name)) is in the engine's reserved family \(quoted(family)); only the engine publishes it",
+                hint: "publish your own events under a family of yours, e.g. app.\(topic.name) (docs/events.md lists the reserved families)")
+        }
+    }
 }

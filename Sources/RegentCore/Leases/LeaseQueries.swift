@@ -7,9 +7,11 @@ import PostgresClient
 ///
 /// Lock order, so that no two of them can deadlock: a claim locks `ready` rows, then
 /// `executions`, then writes `attempts` and `leases`; completion and failure lock
-/// `executions`, then `leases`, then `attempts`; the expiry scanner takes `leases` and
-/// `executions` rows together with SKIP LOCKED (it never waits); a cancel deletes the
-/// `ready` row in a statement of its own before it touches `executions`.
+/// `executions`, then `leases`, then `attempts`, after the run rows of their step executions
+/// (in run_id order); the expiry scanner takes runs, `leases` and `executions` rows together
+/// with SKIP LOCKED (it never waits); a cancel locks the run row, then deletes the `ready` row,
+/// each in a statement of its own, before it touches `executions`. The whole order is in
+/// sql/workflow/0012 and docs/workers-and-leases.md.
 ///
 /// The hot statements are prepared on each session the first time they run there
 /// (`prepared()`): planning one of these CTEs costs more than running it for a small batch.
@@ -53,8 +55,7 @@ package enum LeaseQueries {
             SELECT \(namespace), lane, priority, run_at, execution_id, required_capabilities FROM inserted
             RETURNING lane
         ), notified AS (
-            SELECT pg_notify(\(channel), CASE WHEN length(lanes) > 7000 THEN \(namespace) || ' *' ELSE \(namespace) || ' ' || lanes END)
-            FROM (SELECT string_agg(DISTINCT lane, ' ') AS lanes FROM readied) AS l WHERE lanes IS NOT NULL
+            SELECT workflow.notify_queue(\(namespace), lanes) FROM (SELECT array_agg(lane::text) AS lanes FROM readied) AS l WHERE lanes IS NOT NULL
         )
         SELECT i.n, COALESCE(f.execution_id, first.execution_id, u.execution_id) AS execution_id, f.execution_id IS NOT NULL AS created,
                (SELECT count(*) FROM notified) AS notified
@@ -73,12 +74,13 @@ package enum LeaseQueries {
     /// scans off, so an emptied queue's statistics cannot turn it into a scan of the next
     /// burst. One row `alive = false` when the worker is not registered and alive; one row with
     /// NULLs when nothing was runnable.
-    package static func claim(namespace: String, lanes: [String], worker: String, capabilities: [String], lease: Duration, limit: Int)
-        -> PostgresQuery
-    {
+    package static func claim(
+        namespace: String, lanes: [String], worker: String, capabilities: [String], lease: Duration?, limit: Int, token: String? = nil
+    ) -> PostgresQuery {
         let query: PostgresQuery = """
             SELECT alive, execution_id, lane, attempt_index, lease_epoch, payload, lease_expires_at, run_id, step, package_hash
-            FROM workflow.claim(\(namespace), \(worker), \(lanes)::text[], \(capabilities)::text[], \(Int64(lease.milliseconds)), \(limit))
+            FROM workflow.claim(\(namespace), \(worker), \(lanes)::text[], \(capabilities)::text[], \(lease.map { Int64($0.milliseconds) })::bigint,
+                                \(limit), \(token)::text)
             """
         return query.prepared()
     }
@@ -87,13 +89,14 @@ package enum LeaseQueries {
     /// statement and one transaction (`workflow.complete_and_claim`, sql/workflow/0008); every
     /// row carries the accepted completions in `completed`.
     package static func completeAndClaim(
-        itemsJSON: String, namespace: String, lanes: [String], worker: String, capabilities: [String], lease: Duration, limit: Int
+        itemsJSON: String, namespace: String, lanes: [String], worker: String, capabilities: [String], lease: Duration?, limit: Int,
+        token: String? = nil
     ) -> PostgresQuery {
         let query: PostgresQuery = """
             SELECT completed::text[] AS completed, alive, execution_id, lane, attempt_index, lease_epoch, payload, lease_expires_at, run_id,
                    step, package_hash
             FROM workflow.complete_and_claim(\(itemsJSON)::jsonb, \(namespace), \(worker), \(lanes)::text[], \(capabilities)::text[],
-                                             \(Int64(lease.milliseconds)), \(limit))
+                                             \(lease.map { Int64($0.milliseconds) })::bigint, \(limit), \(token)::text)
             """
         return query.prepared()
     }
@@ -102,8 +105,8 @@ package enum LeaseQueries {
     /// `result` objects) whose epoch is current, through `workflow.complete` (planned with
     /// sequential scans off, as the claim is); returns their ids (the others' leases were
     /// reclaimed, cancelled or finished: stale).
-    package static func complete(itemsJSON: String) -> PostgresQuery {
-        let query: PostgresQuery = "SELECT execution_id FROM workflow.complete(\(itemsJSON)::jsonb)"
+    package static func complete(itemsJSON: String, token: String? = nil) -> PostgresQuery {
+        let query: PostgresQuery = "SELECT execution_id FROM workflow.complete(\(itemsJSON)::jsonb, \(token)::text)"
         return query.prepared()
     }
 
@@ -112,18 +115,25 @@ package enum LeaseQueries {
     /// factor in [0.75, 1.25]; the execution's own base and max, else these defaults);
     /// retryable without → dead-lettered; not retryable → failed. The batch is a JSON array of
     /// `execution_id`, `epoch`, `error`, `retryable` objects. Returns id, new state and run_at.
-    package static func fail(itemsJSON: String, defaultBaseMs: Int64, defaultMaxMs: Int64) -> PostgresQuery {
-        let query: PostgresQuery = "SELECT execution_id, state, run_at FROM workflow.fail(\(itemsJSON)::jsonb, \(defaultBaseMs), \(defaultMaxMs))"
+    package static func fail(itemsJSON: String, defaultBaseMs: Int64, defaultMaxMs: Int64, token: String? = nil) -> PostgresQuery {
+        let query: PostgresQuery = """
+            SELECT execution_id, state, run_at FROM workflow.fail(\(itemsJSON)::jsonb, \(defaultBaseMs), \(defaultMaxMs), \(token)::text)
+            """
         return query.prepared()
     }
 
-    /// Cancelling, first statement: takes the execution out of the queue (waiting for a
+    /// Cancelling, first statement (lock order, sql/workflow 0012): a step execution's run row.
+    static func lockRun(_ id: UUID) -> PostgresQuery {
+        "SELECT workflow.lock_runs(ARRAY[\(id)]::uuid[])"
+    }
+
+    /// Cancelling, second statement: takes the execution out of the queue (waiting for a
     /// claim that holds its `ready` row, which then owns it and it is running).
     static func unready(_ id: UUID) -> PostgresQuery {
         "DELETE FROM workflow.ready WHERE execution_id = \(id)"
     }
 
-    /// Cancelling, second statement: a queued or running execution becomes `cancelled`; its
+    /// Cancelling, third statement: a queued or running execution becomes `cancelled`; its
     /// epoch moves on, so its worker's renew, complete or fail is refused as stale.
     static func cancel(_ id: UUID) -> PostgresQuery {
         """
@@ -147,11 +157,19 @@ package enum LeaseQueries {
         """
     }
 
-    static func renew(_ id: UUID, _ epoch: LeaseEpoch, _ lease: Duration) -> PostgresQuery {
+    static func renew(_ id: UUID, _ epoch: LeaseEpoch, _ lease: Duration?, token: String?, worker: String?) -> PostgresQuery {
         """
-        UPDATE workflow.leases SET lease_expires_at = now() + \(lease)::interval, lease_ms = \(Int64(lease.milliseconds))
-        WHERE execution_id = \(id) AND lease_epoch = \(epoch.value)
-        RETURNING lease_expires_at
+        SELECT lease_expires_at, lease_ms FROM workflow.renew(\(id), \(epoch.value), \(lease.map { Int64($0.milliseconds) })::bigint, \(token)::text, \(worker)::text)
+        """
+    }
+
+    /// Why a renew, completion or failure changed nothing: the execution's state and epoch, and
+    /// its live lease's epoch, token and worker instance (read only on that path).
+    static func leaseStatus(_ id: UUID) -> PostgresQuery {
+        """
+        SELECT e.state, e.lease_epoch, l.lease_epoch AS live_epoch, l.token_id, l.worker_instance_id
+        FROM workflow.executions e LEFT JOIN workflow.leases l ON l.execution_id = e.execution_id
+        WHERE e.execution_id = \(id)
         """
     }
 

@@ -13,14 +13,62 @@ public struct LeaseStore: Sendable {
     public static let maxBatch = 1000
     /// Retries of failed executions that name no policy.
     public var defaultRetry: RetryPolicy
+    /// The API token (its id) this store acts for: claims record it on their leases, and
+    /// renew, complete and fail change only leases claimed with it. nil: a database client.
+    public var token: String?
 
-    public init(defaultRetry: RetryPolicy = .default) { self.defaultRetry = defaultRetry }
+    public init(defaultRetry: RetryPolicy = .default, token: String? = nil) {
+        self.defaultRetry = defaultRetry
+        self.token = token
+    }
 
     /// Thrown when the presented epoch is not the execution's current one (or it is not running).
     public static func staleLease(_ id: UUID, _ epoch: LeaseEpoch) -> RegentError {
         RegentError(
             .staleLease, "lease epoch \(epoch) of execution \(id.uuidString.lowercased()) is no longer current",
             hint: "the lease expired and was reclaimed, the execution was cancelled, or it finished; drop this work")
+    }
+
+    /// Why a renew, completion or failure of (`id`, `epoch`) changed nothing, read after the
+    /// fact: no such execution; a lease held by another worker instance or token
+    /// (``RegentError/Code/notLeaseHolder``); an epoch never granted (ahead of the current
+    /// one); or an epoch the execution has moved past (reclaimed, cancelled, finished).
+    public func refusal(_ id: UUID, _ epoch: LeaseEpoch, worker: WorkerInstanceID?, on conn: PostgresConnection) async throws -> RegentError {
+        let idText = id.uuidString.lowercased()
+        guard let row = try await conn.query(LeaseQueries.leaseStatus(id), purpose: "lease status").first else {
+            return RegentError(.notFound, "no execution \(idText)")
+        }
+        let state: String = try row.decode("state")
+        let current: Int64 = try row.decode("lease_epoch")
+        if let live = try row.decodeOptional("live_epoch", as: Int64.self), live == epoch.value {
+            let holderToken = try row.decodeOptional("token_id", as: String.self)
+            let holder: String = try row.decode("worker_instance_id")
+            if let token, holderToken != token {
+                return RegentError(
+                    .notLeaseHolder, "lease epoch \(epoch) of execution \(idText) was claimed with another token",
+                    hint: "only the worker that claimed a lease may renew, complete or fail it")
+            }
+            if let worker, worker.value != holder {
+                return RegentError(
+                    .notLeaseHolder, "lease epoch \(epoch) of execution \(idText) is held by worker instance \(holder), not \(worker)",
+                    hint: "only the worker that claimed a lease may renew, complete or fail it")
+            }
+        }
+        if epoch.value > current {
+            return RegentError(
+                .staleLease, "lease epoch \(epoch) of execution \(idText) was never granted: its current epoch is \(current) (\(state))",
+                hint: "send the lease_epoch the claim returned")
+        }
+        let what: String
+        switch state {
+        case "queued": what = "its lease expired and it was queued again"
+        case "running": what = "its lease expired and another worker claimed it (epoch \(current))"
+        case "completed": what = "it was completed"
+        case "cancelled": what = "it was cancelled (or its run finished)"
+        default: what = "it ended (\(state))"
+        }
+        return RegentError(
+            .staleLease, "lease epoch \(epoch) of execution \(idText) is no longer current: \(what)", hint: "drop this work")
     }
 
     static func batchSize(_ count: Int, _ what: String) throws(RegentError) {
@@ -89,14 +137,14 @@ public struct LeaseStore: Sendable {
     /// capabilities held), best priority first, then oldest run_at; each gets a new attempt
     /// and lease epoch. One statement; the worker must be registered and alive.
     public func claim(
-        namespace: Namespace, lanes: [Lane], workerInstanceID: WorkerInstanceID, capabilities: [Capability], leaseDuration: Duration,
+        namespace: Namespace, lanes: [Lane], workerInstanceID: WorkerInstanceID, capabilities: [Capability], leaseDuration: Duration?,
         limit: Int, on conn: PostgresConnection
     ) async throws -> [Lease] {
         try Self.validateClaim(lanes: lanes, leaseDuration: leaseDuration, limit: limit)
         let rows = try await conn.query(
             LeaseQueries.claim(
                 namespace: namespace.value, lanes: lanes.map(\.value), worker: workerInstanceID.value, capabilities: capabilities.map(\.value),
-                lease: leaseDuration, limit: limit),
+                lease: leaseDuration, limit: limit, token: token),
             purpose: "claim executions")
         return try Self.leases(rows, workerInstanceID: workerInstanceID, namespace: namespace)
     }
@@ -126,7 +174,7 @@ public struct LeaseStore: Sendable {
     /// appear in one of `lanes` (``QueueWaker``; without one it looks again every 100 ms) and
     /// claims again. Connections come from `pool` only while a claim runs, never while waiting.
     public func claim(
-        namespace: Namespace, lanes: [Lane], workerInstanceID: WorkerInstanceID, capabilities: [Capability], leaseDuration: Duration,
+        namespace: Namespace, lanes: [Lane], workerInstanceID: WorkerInstanceID, capabilities: [Capability], leaseDuration: Duration?,
         limit: Int, wait: Duration, waker: QueueWaker?, pool: ConnectionPool
     ) async throws -> [Lease] {
         try Self.validateClaim(lanes: lanes, leaseDuration: leaseDuration, limit: limit)
@@ -152,9 +200,9 @@ public struct LeaseStore: Sendable {
         }
     }
 
-    static func validateClaim(lanes: [Lane], leaseDuration: Duration, limit: Int) throws(RegentError) {
+    static func validateClaim(lanes: [Lane], leaseDuration: Duration?, limit: Int) throws(RegentError) {
         guard (1...maxBatch).contains(limit) else { throw RegentError(.invalidInput, "limit must be 1 to \(maxBatch), got \(limit)") }
-        guard leaseDuration >= .milliseconds(100), leaseDuration <= .seconds(86_400) else {
+        if let leaseDuration, leaseDuration < .milliseconds(100) || leaseDuration > .seconds(86_400) {
             throw RegentError(.invalidInput, "lease duration \(leaseDuration) must be between 100ms and 24h")
         }
         guard !lanes.isEmpty, lanes.count <= 100 else { throw RegentError(.invalidInput, "claim needs 1 to 100 lanes, got \(lanes.count)") }
@@ -162,13 +210,19 @@ public struct LeaseStore: Sendable {
 
     // MARK: Renew, complete, fail, cancel
 
-    /// Extends a live lease; returns the new expiry.
-    public func renew(executionID: UUID, epoch: LeaseEpoch, leaseDuration: Duration, on conn: PostgresConnection) async throws -> Date {
-        guard leaseDuration >= .milliseconds(100), leaseDuration <= .seconds(86_400) else {
+    /// Extends a live lease from now by `leaseDuration`, or (nil) by the step's timeout for a
+    /// workflow step and by the lease's own length otherwise; returns the new expiry. Only
+    /// the holder may: with ``token`` set, a lease claimed with it; with `worker`, that instance's.
+    public func renew(
+        executionID: UUID, epoch: LeaseEpoch, leaseDuration: Duration?, worker: WorkerInstanceID? = nil, on conn: PostgresConnection
+    ) async throws -> Date {
+        if let leaseDuration, leaseDuration < .milliseconds(100) || leaseDuration > .seconds(86_400) {
             throw RegentError(.invalidInput, "lease duration \(leaseDuration) must be between 100ms and 24h")
         }
-        guard let row = try await conn.query(LeaseQueries.renew(executionID, epoch, leaseDuration), purpose: "renew lease").first else {
-            throw Self.staleLease(executionID, epoch)
+        guard let row = try await conn.query(
+            LeaseQueries.renew(executionID, epoch, leaseDuration, token: token, worker: worker?.value), purpose: "renew lease").first
+        else {
+            throw try await refusal(executionID, epoch, worker: worker, on: conn)
         }
         return try row.decode("lease_expires_at")
     }
@@ -176,7 +230,7 @@ public struct LeaseStore: Sendable {
     /// Completes the executions of the batch whose epoch is current, in one statement.
     public func complete(_ completions: [Completion], on conn: PostgresConnection) async throws -> BatchOutcome {
         try Self.batchSize(completions.count, "completions")
-        let rows = try await conn.query(LeaseQueries.complete(itemsJSON: try Self.completionItems(completions)), purpose: "complete executions")
+        let rows = try await conn.query(LeaseQueries.complete(itemsJSON: try Self.completionItems(completions), token: token), purpose: "complete executions")
         var done: [UUID: String] = [:]
         for row in rows { done[try row.decode("execution_id", as: UUID.self)] = "completed" }
         return BatchOutcome(done: done, stale: completions.map(\.executionID).filter { done[$0] == nil })
@@ -190,7 +244,8 @@ public struct LeaseStore: Sendable {
             let result: EventPayload
             do { result = try EventPayload(json: c.result) } catch { throw RegentError(.invalidInput, "completion \(n): \(error.message)") }
             let cost = c.cost.isEmpty ? "" : #","cost":["# + c.cost.map(\.json).joined(separator: ",") + "]"
-            items.append(#"{"execution_id":"\#(c.executionID.uuidString)","epoch":\#(c.epoch.value),"result":\#(result.json)\#(cost)}"#)
+            let worker = c.worker.map { #","worker":\#(jsonString($0.value))"# } ?? ""
+            items.append(#"{"execution_id":"\#(c.executionID.uuidString)","epoch":\#(c.epoch.value),"result":\#(result.json)\#(cost)\#(worker)}"#)
         }
         return "[" + items.joined(separator: ",") + "]"
     }
@@ -201,7 +256,7 @@ public struct LeaseStore: Sendable {
     /// in one round trip. The completions are applied even when the claim is refused.
     public func completeAndClaim(
         _ completions: [Completion], namespace: Namespace, lanes: [Lane], workerInstanceID: WorkerInstanceID, capabilities: [Capability],
-        leaseDuration: Duration, limit: Int, on conn: PostgresConnection
+        leaseDuration: Duration?, limit: Int, on conn: PostgresConnection
     ) async throws -> (completed: BatchOutcome, leases: [Lease]) {
         guard completions.count <= Self.maxBatch else {
             throw RegentError(.invalidInput, "a batch of completions holds 0 to \(Self.maxBatch) items, got \(completions.count)")
@@ -210,7 +265,7 @@ public struct LeaseStore: Sendable {
         let rows = try await conn.query(
             LeaseQueries.completeAndClaim(
                 itemsJSON: try Self.completionItems(completions), namespace: namespace.value, lanes: lanes.map(\.value), worker: workerInstanceID.value,
-                capabilities: capabilities.map(\.value), lease: leaseDuration, limit: limit),
+                capabilities: capabilities.map(\.value), lease: leaseDuration, limit: limit, token: token),
             purpose: "complete and claim")
         var done: [UUID: String] = [:]
         for text in try rows.first?.decode("completed", as: [String].self) ?? [] {
@@ -221,9 +276,11 @@ public struct LeaseStore: Sendable {
     }
 
     /// Completes the execution with `result` (a JSON object); ``staleLease`` when its epoch is not current.
-    public func complete(executionID: UUID, epoch: LeaseEpoch, result: String = "{}", cost: [Cost] = [], on conn: PostgresConnection) async throws {
-        let outcome = try await complete([Completion(executionID: executionID, epoch: epoch, result: result, cost: cost)], on: conn)
-        guard outcome.stale.isEmpty else { throw Self.staleLease(executionID, epoch) }
+    public func complete(
+        executionID: UUID, epoch: LeaseEpoch, result: String = "{}", cost: [Cost] = [], worker: WorkerInstanceID? = nil, on conn: PostgresConnection
+    ) async throws {
+        let outcome = try await complete([Completion(executionID: executionID, epoch: epoch, result: result, cost: cost, worker: worker)], on: conn)
+        guard outcome.stale.isEmpty else { throw try await refusal(executionID, epoch, worker: worker, on: conn) }
     }
 
     public enum FailOutcome: String, Sendable, Equatable { case requeued = "queued", deadLettered = "dead_lettered", failed }
@@ -239,13 +296,14 @@ public struct LeaseStore: Sendable {
             guard f.error.utf8.count <= 4096 else {
                 throw RegentError(.invalidInput, "failure \(n): error text is \(f.error.utf8.count) bytes; at most 4096")
             }
+            let worker = f.worker.map { #","worker":\#(jsonString($0.value))"# } ?? ""
             items.append(
-                #"{"execution_id":"\#(f.executionID.uuidString)","epoch":\#(f.epoch.value),"error":\#(jsonString(f.error)),"retryable":\#(f.retryable)}"#)
+                #"{"execution_id":"\#(f.executionID.uuidString)","epoch":\#(f.epoch.value),"error":\#(jsonString(f.error)),"retryable":\#(f.retryable)\#(worker)}"#)
         }
         let rows = try await conn.query(
             LeaseQueries.fail(
                 itemsJSON: "[" + items.joined(separator: ",") + "]", defaultBaseMs: Int64(defaultRetry.base.milliseconds),
-                defaultMaxMs: Int64(defaultRetry.maximum.milliseconds)),
+                defaultMaxMs: Int64(defaultRetry.maximum.milliseconds), token: token),
             purpose: "fail executions")
         var done: [UUID: String] = [:]
         for row in rows { done[try row.decode("execution_id", as: UUID.self)] = try row.decode("state", as: String.self) }
@@ -253,11 +311,11 @@ public struct LeaseStore: Sendable {
     }
 
     /// Fails the attempt (see the batch form); ``staleLease`` when its epoch is not current.
-    public func fail(executionID: UUID, epoch: LeaseEpoch, error: String, retryable: Bool, on conn: PostgresConnection) async throws
-        -> FailOutcome
-    {
-        let outcome = try await fail([Failure(executionID: executionID, epoch: epoch, error: error, retryable: retryable)], on: conn)
-        guard let state = outcome.done[executionID] else { throw Self.staleLease(executionID, epoch) }
+    public func fail(
+        executionID: UUID, epoch: LeaseEpoch, error: String, retryable: Bool, worker: WorkerInstanceID? = nil, on conn: PostgresConnection
+    ) async throws -> FailOutcome {
+        let outcome = try await fail([Failure(executionID: executionID, epoch: epoch, error: error, retryable: retryable, worker: worker)], on: conn)
+        guard let state = outcome.done[executionID] else { throw try await refusal(executionID, epoch, worker: worker, on: conn) }
         return FailOutcome(rawValue: state) ?? .failed
     }
 
@@ -265,7 +323,9 @@ public struct LeaseStore: Sendable {
     /// (renew, complete and fail are refused with ``RegentError/Code/staleLease``).
     public func cancel(executionID: UUID, on conn: PostgresConnection) async throws -> CancelOutcome {
         try await conn.withTransaction { tx in
-            // The ready row first, as a claim takes it (see LeaseQueries): no deadlock with a claim.
+            // Lock order (sql/workflow 0012): a step's run row, then the ready row (as a claim
+            // takes it), then the execution.
+            try await tx.query(LeaseQueries.lockRun(executionID), purpose: "cancel: the run first")
             try await tx.query(LeaseQueries.unready(executionID), purpose: "cancel: out of the queue")
             let row = try await tx.query(LeaseQueries.cancel(executionID), purpose: "cancel execution").single()
             guard let before = try row.decodeOptional("before", as: String.self) else { return .notFound }

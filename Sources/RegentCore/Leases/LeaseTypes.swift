@@ -189,12 +189,15 @@ public struct Completion: Sendable, Hashable {
     public let result: String
     /// What the work cost (a workflow step's budget ledger); empty for none.
     public let cost: [Cost]
+    /// The worker instance completing it: when given, only that instance's lease is completed.
+    public var worker: WorkerInstanceID?
 
-    public init(executionID: UUID, epoch: LeaseEpoch, result: String = "{}", cost: [Cost] = []) {
+    public init(executionID: UUID, epoch: LeaseEpoch, result: String = "{}", cost: [Cost] = [], worker: WorkerInstanceID? = nil) {
         self.executionID = executionID
         self.epoch = epoch
         self.result = result
         self.cost = cost
+        self.worker = worker
     }
 }
 
@@ -221,12 +224,15 @@ public struct Failure: Sendable, Hashable {
     public let epoch: LeaseEpoch
     public let error: String
     public let retryable: Bool
+    /// The worker instance failing it: when given, only that instance's lease is failed.
+    public var worker: WorkerInstanceID?
 
-    public init(executionID: UUID, epoch: LeaseEpoch, error: String, retryable: Bool) {
+    public init(executionID: UUID, epoch: LeaseEpoch, error: String, retryable: Bool, worker: WorkerInstanceID? = nil) {
         self.executionID = executionID
         self.epoch = epoch
         self.error = error
         self.retryable = retryable
+        self.worker = worker
     }
 }
 

@@ -22,6 +22,10 @@ public struct RunStore: Sendable {
         /// The run fails with `deadline_exceeded` once this much time has passed.
         public var deadline: Duration?
         public var budget: WorkflowManifest.Budget?
+        /// The namespace its steps are enqueued in (a scoped token's; else ``RunStore/namespace``).
+        public var namespace: Namespace = RunStore.namespace
+        /// With a lane-scoped token: the lanes its steps may use (a manifest with another is refused).
+        public var allowedLanes: [Lane]?
 
         public init(workflowType: WorkflowType, input: String = "{}", idempotencyKey: String? = nil, deadline: Duration? = nil,
                     budget: WorkflowManifest.Budget? = nil) {
@@ -63,19 +67,31 @@ public struct RunStore: Sendable {
     /// executions in one transaction.
     public func start(_ request: StartRequest, actor: AuditActor, on conn: PostgresConnection) async throws -> Started {
         try request.check()
-        let deadline = request.deadline.map { Date().addingTimeInterval($0.milliseconds / 1000) }
+        // The deadline is computed by the database (its clock is the one the deadline duty reads).
+        let deadlineMs = request.deadline.map { Int64($0.milliseconds) }
         // No row: the type has no route, or the version it named was unloaded between this
         // statement's snapshot and its lock (then the route has moved on: look again once).
         for _ in 0..<2 {
             let rows = try await conn.query(
                 """
-                SELECT run_id, created, package_hash FROM workflow.start_run(
-                    \(request.workflowType.value), \(request.input)::jsonb, \(request.idempotencyKey), \(deadline.map(PostgresTimestamp.format))::timestamptz,
-                    \(request.budget.map { String($0.limit) })::numeric, \(request.budget?.unit), \(actor.description), \(Self.namespace.value),
-                    \(publisher)::uuid)
+                SELECT run_id, created, package_hash, same_input, refused FROM workflow.start_run(
+                    \(request.workflowType.value), \(request.input)::jsonb, \(request.idempotencyKey), \(deadlineMs)::bigint,
+                    \(request.budget.map { String($0.limit) })::numeric, \(request.budget?.unit), \(actor.description), \(request.namespace.value),
+                    \(publisher)::uuid, \(request.allowedLanes?.map(\.value))::text[])
                 """, purpose: "runs: start")
             if let row = rows.first {
-                return Started(runID: try row.decode("run_id"), created: try row.decode("created"), packageHash: try row.decode("package_hash"))
+                if let refused = try row.decodeOptional("refused", as: String.self) {
+                    throw RegentError(.forbidden, "workflow type \(quoted(request.workflowType.value)): \(refused)",
+                                      hint: "start it with a token whose scope covers every lane of the workflow")
+                }
+                let started = Started(runID: try row.decode("run_id"), created: try row.decode("created"), packageHash: try row.decode("package_hash"))
+                if !started.created, try row.decodeOptional("same_input", as: Bool.self) == false {
+                    throw RegentError(
+                        .idempotencyConflict,
+                        "idempotency key \(quoted(request.idempotencyKey ?? "")) already started run \(started.runID) of \(request.workflowType.value) with a different input",
+                        hint: "use a new key for a new input, or send the same input to get that run")
+                }
+                return started
             }
         }
         throw RegentError(
@@ -109,8 +125,11 @@ extension RunStore {
         public let term: Int64?
         public let startedAt: Date
         public let finishedAt: Date?
+        public var namespace: String? = nil
         public var steps: [Step] = []
         public var ledger: [LedgerEntry] = []
+        /// A listing's summary: input, output, steps and ledger are left out (unless `include` asked for input or output).
+        public var summary = false
 
         /// What is left of the budget (nil without one; never below zero).
         public var budgetRemaining: Double? { budgetLimit.map { max(0, $0 - budgetSpent) } }
@@ -118,7 +137,7 @@ extension RunStore {
         enum CodingKeys: String, CodingKey {
             case runID = "run_id", workflowType = "workflow_type", packageHash = "package_hash", state, reason, error, input, output
             case idempotencyKey = "idempotency_key", deadline, budget, startedBy = "started_by", finishedBy = "finished_by", term
-            case startedAt = "started_at", finishedAt = "finished_at", steps, ledger
+            case startedAt = "started_at", finishedAt = "finished_at", steps, ledger, namespace
         }
         enum BudgetKeys: String, CodingKey { case limit, unit, spent, remaining }
 
@@ -130,8 +149,9 @@ extension RunStore {
             try c.encode(state, forKey: .state)
             try c.encode(reason, forKey: .reason)
             try c.encode(error, forKey: .error)
-            try c.encode(RawJSON(input), forKey: .input)
-            try c.encode(output.map(RawJSON.init), forKey: .output)
+            try c.encode(namespace ?? RunStore.namespace.value, forKey: .namespace)
+            if !summary || !input.isEmpty { try c.encode(input.isEmpty ? nil : RawJSON(input), forKey: .input) }
+            if !summary || output != nil { try c.encode(output.map(RawJSON.init), forKey: .output) }
             try c.encode(idempotencyKey, forKey: .idempotencyKey)
             try c.encode(deadline, forKey: .deadline)
             var b = c.nestedContainer(keyedBy: BudgetKeys.self, forKey: .budget)
@@ -144,8 +164,10 @@ extension RunStore {
             try c.encode(term, forKey: .term)
             try c.encode(startedAt, forKey: .startedAt)
             try c.encode(finishedAt, forKey: .finishedAt)
-            try c.encode(steps, forKey: .steps)
-            try c.encode(ledger, forKey: .ledger)
+            if !summary {
+                try c.encode(steps, forKey: .steps)
+                try c.encode(ledger, forKey: .ledger)
+            }
         }
     }
 
@@ -205,17 +227,30 @@ extension RunStore {
 
     static let runColumns = """
         run_id, workflow_type, package_hash, state, reason, error, input::text AS input, output::text AS output, idempotency_key, deadline,
-        budget_limit::float8 AS budget_limit, budget_unit, budget_spent::float8 AS budget_spent, started_by, finished_by, term, started_at, finished_at
+        budget_limit::float8 AS budget_limit, budget_unit, budget_spent::float8 AS budget_spent, started_by, finished_by, term, started_at, finished_at,
+        namespace
         """
 
+    /// A listing's columns: input and output only when asked for (`include`).
+    static func summaryColumns(input: Bool, output: Bool) -> String {
+        """
+        run_id, workflow_type, package_hash, state, reason, left(error, 1024) AS error, \(input ? "input::text" : "''::text") AS input,
+        \(output ? "output::text" : "NULL::text") AS output, idempotency_key, deadline,
+        budget_limit::float8 AS budget_limit, budget_unit, budget_spent::float8 AS budget_spent, started_by, finished_by, term, started_at, finished_at,
+        namespace
+        """
+    }
+
     static func run(_ row: PostgresRow) throws -> Run {
-        Run(
+        var run = Run(
             runID: try row.decode("run_id"), workflowType: try row.decode("workflow_type"), packageHash: try row.decode("package_hash"),
             state: try row.decode("state"), reason: try row.decodeOptional("reason"), error: try row.decodeOptional("error"),
             input: try row.decode("input"), output: try row.decodeOptional("output"), idempotencyKey: try row.decodeOptional("idempotency_key"),
             deadline: try row.decodeOptional("deadline"), budgetLimit: try row.decodeOptional("budget_limit"), budgetUnit: try row.decodeOptional("budget_unit"),
             budgetSpent: try row.decode("budget_spent"), startedBy: try row.decode("started_by"), finishedBy: try row.decodeOptional("finished_by"),
             term: try row.decodeOptional("term"), startedAt: try row.decode("started_at"), finishedAt: try row.decodeOptional("finished_at"))
+        run.namespace = try row.decodeOptional("namespace")
+        return run
     }
 
     /// A run with its steps (in manifest order) and ledger; nil when there is none.
@@ -230,7 +265,7 @@ extension RunStore {
             """
             SELECT s.name, s.after_steps, CASE WHEN s.state = 'queued' AND e.state = 'running' THEN 'running' ELSE s.state END AS state,
                    COALESCE(e.attempts, 0) AS attempts, s.max_attempts, s.execution_id, s.queued_at, s.finished_at,
-                   s.output::text AS output, COALESCE(s.error, e.last_error) AS error,
+                   COALESCE(s.output, e.result)::text AS output, COALESCE(s.error, e.last_error) AS error,
                    (SELECT a.worker_instance_id FROM workflow.attempts a WHERE a.execution_id = e.execution_id ORDER BY a.attempt_index DESC LIMIT 1) AS worker
             FROM workflow.run_steps s LEFT JOIN workflow.executions e ON e.execution_id = s.execution_id
             WHERE s.run_id = \(runID) ORDER BY s.position
@@ -262,10 +297,17 @@ extension RunStore {
         }
     }
 
-    /// Runs, newest first (without steps and ledger), paged by `after` (a `next_cursor`).
-    public func list(type: WorkflowType? = nil, state: String? = nil, after cursor: String? = nil, limit: Int = 100, on conn: PostgresConnection) async throws
-        -> Page
-    {
+    /// A page of a listing holds at most this many bytes of input and output (`include`);
+    /// the page ends early (with a cursor) when the next run would pass it. At least one run.
+    public static let pageByteBudget = 4 << 20
+
+    /// Runs, newest first, as summaries (no input, output, steps or ledger: `get` has those),
+    /// paged by `after` (a `next_cursor`). `includeInput`/`includeOutput` add those documents,
+    /// within ``pageByteBudget`` per page.
+    public func list(
+        type: WorkflowType? = nil, state: String? = nil, after cursor: String? = nil, limit: Int = 100, includeInput: Bool = false,
+        includeOutput: Bool = false, on conn: PostgresConnection
+    ) async throws -> Page {
         guard (1...1000).contains(limit) else { throw RegentError(.invalidInput, "limit must be 1 to 1000, got \(limit)") }
         if let state, !Self.states.contains(state) {
             throw RegentError(.invalidInput, "invalid state \(quoted(state)): one of \(Self.states.joined(separator: ", "))")
@@ -281,7 +323,8 @@ extension RunStore {
         let rows = try await conn.query(
             PostgresQuery(
                 unsafeSQL: """
-                    SELECT \(Self.runColumns), (extract(epoch FROM started_at) * 1000000)::bigint AS started_us FROM workflow.runs
+                    SELECT \(Self.summaryColumns(input: includeInput, output: includeOutput)),
+                           (extract(epoch FROM started_at) * 1000000)::bigint AS started_us FROM workflow.runs
                     WHERE ($1::text IS NULL OR workflow_type = $1) AND ($2::text IS NULL OR state = $2)
                       AND ($3::bigint IS NULL OR (started_at, run_id) < (to_timestamp($3::float8 / 1000000), $4::text))
                     ORDER BY started_at DESC, run_id DESC LIMIT $5
@@ -289,8 +332,21 @@ extension RunStore {
                 binds: [type?.value.postgresBind ?? .null, state?.postgresBind ?? .null, position.map { String($0.micros) }?.postgresBind ?? .null,
                         position?.runID.postgresBind ?? .null, String(limit + 1).postgresBind]),
             purpose: "runs: list")
-        let runs = try rows.prefix(limit).map(Self.run)
-        let next = rows.count > limit ? "\(try rows[limit - 1].decode("started_us", as: Int64.self)).\(runs[limit - 1].runID)" : nil
+        var runs: [Run] = []
+        var bytes = 0
+        var more = rows.count > limit
+        for row in rows.prefix(limit) {
+            var run = try Self.run(row)
+            run.summary = true
+            let size = run.input.utf8.count + (run.output?.utf8.count ?? 0)
+            if !runs.isEmpty, bytes + size > Self.pageByteBudget {
+                more = true
+                break
+            }
+            bytes += size
+            runs.append(run)
+        }
+        let next = more ? "\(try rows[runs.count - 1].decode("started_us", as: Int64.self)).\(runs[runs.count - 1].runID)" : nil
         return Page(runs: runs, nextCursor: next)
     }
 

@@ -62,7 +62,7 @@ public struct StepWorker: Sendable {
                 do {
                     if leases.isEmpty {
                         leases = try await LeaseStore().claim(
-                            namespace: ns, lanes: lanes, workerInstanceID: instanceID, capabilities: capabilities, leaseDuration: .seconds(30),
+                            namespace: ns, lanes: lanes, workerInstanceID: instanceID, capabilities: capabilities, leaseDuration: nil,
                             limit: batch, wait: .seconds(1), waker: waker, pool: pool)
                         if leases.isEmpty { continue }
                     }
@@ -76,7 +76,7 @@ public struct StepWorker: Sendable {
                     let (outcome, next) = try await pool.withConnection {
                         try await LeaseStore().completeAndClaim(
                             completions, namespace: ns, lanes: lanes, workerInstanceID: instanceID, capabilities: capabilities,
-                            leaseDuration: .seconds(30), limit: batch, on: $0)
+                            leaseDuration: nil, limit: batch, on: $0)
                     }
                     tally.completed += outcome.done.count
                     tally.stale += outcome.stale.count

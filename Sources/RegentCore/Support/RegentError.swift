@@ -4,7 +4,7 @@ public struct RegentError: Error, Sendable, CustomStringConvertible {
         enum Base: String, Sendable {
             case invalidInput, databaseNewerThanBinary, migrationChecksumMismatch, migrationFailed
             case unknownModule, schemaNotCurrent, bootFailed, notLeader, timeout, staleLease, notRegistered
-            case instanceBound, notFound, conflict
+            case instanceBound, notFound, conflict, notLeaseHolder, forbidden, idempotencyConflict
         }
         let base: Base
         /// Input (flag, config value, name, body) was rejected; nothing was changed.
@@ -34,6 +34,13 @@ public struct RegentError: Error, Sendable, CustomStringConvertible {
         /// The request contradicts the current state (a routed or pinned version, a finished
         /// run); nothing was changed. The message says what holds it.
         public static let conflict = Code(base: .conflict)
+        /// A lease was presented by a worker instance or token other than the one that holds it;
+        /// nothing was changed.
+        public static let notLeaseHolder = Code(base: .notLeaseHolder)
+        /// The caller's token may not do this (outside its scope, or a reserved name); nothing was changed.
+        public static let forbidden = Code(base: .forbidden)
+        /// An idempotency key was reused with a different input; nothing was changed.
+        public static let idempotencyConflict = Code(base: .idempotencyConflict)
         /// Something did not happen within its deadline.
         public static let timeout = Code(base: .timeout)
         public var description: String { base.rawValue }

@@ -38,19 +38,37 @@ public struct WorkerRegistry: Sendable {
     public enum HeartbeatOutcome: Sendable, Equatable { case alive(nextExpiry: Date), notRegistered }
     public enum MarkDeadOutcome: Sendable, Equatable { case marked, notRegistered }
 
-    public init() {}
+    /// The API token (its id) registering and heartbeating: an instance is bound to the token
+    /// that first registered it (nil: a database client, bound to no token).
+    public var token: String?
+
+    public init(token: String? = nil) { self.token = token }
 
     package static func upsert(
-        _ ns: Namespace, _ instance: WorkerInstanceID, _ worker: WorkerID, lanes: [String], capabilities: [String], ttl: Duration
+        _ ns: Namespace, _ instance: WorkerInstanceID, _ worker: WorkerID, lanes: [String], capabilities: [String], ttl: Duration, token: String? = nil
     ) -> PostgresQuery {
-        """
-        INSERT INTO workflow.workers (namespace, worker_instance_id, worker_id, lanes, capabilities, liveness_ttl_ms, expires_at)
+        // A database client (no token) writes no token column: it also registers against a
+        // workflow schema older than 0012 (an upgrade in progress).
+        guard let token else {
+            return """
+                INSERT INTO workflow.workers (namespace, worker_instance_id, worker_id, lanes, capabilities, liveness_ttl_ms, expires_at)
+                VALUES (\(ns.value), \(instance.value), \(worker.value), \(lanes)::text[], \(capabilities)::text[], \(Int64(ttl.milliseconds)),
+                        now() + \(ttl)::interval)
+                ON CONFLICT (namespace, worker_instance_id) DO UPDATE
+                SET lanes = EXCLUDED.lanes, capabilities = EXCLUDED.capabilities, liveness_ttl_ms = EXCLUDED.liveness_ttl_ms,
+                    last_heartbeat = now(), expires_at = EXCLUDED.expires_at, dead = false, dead_reason = NULL
+                WHERE workflow.workers.worker_id = EXCLUDED.worker_id
+                RETURNING (xmax = 0) AS inserted
+                """
+        }
+        return """
+        INSERT INTO workflow.workers (namespace, worker_instance_id, worker_id, lanes, capabilities, liveness_ttl_ms, expires_at, token_id)
         VALUES (\(ns.value), \(instance.value), \(worker.value), \(lanes)::text[], \(capabilities)::text[], \(Int64(ttl.milliseconds)),
-                now() + \(ttl)::interval)
+                now() + \(ttl)::interval, \(token)::text)
         ON CONFLICT (namespace, worker_instance_id) DO UPDATE
         SET lanes = EXCLUDED.lanes, capabilities = EXCLUDED.capabilities, liveness_ttl_ms = EXCLUDED.liveness_ttl_ms,
             last_heartbeat = now(), expires_at = EXCLUDED.expires_at, dead = false, dead_reason = NULL
-        WHERE workflow.workers.worker_id = EXCLUDED.worker_id
+        WHERE workflow.workers.worker_id = EXCLUDED.worker_id AND workflow.workers.token_id IS NOT DISTINCT FROM EXCLUDED.token_id
         RETURNING (xmax = 0) AS inserted
         """
     }
@@ -63,10 +81,18 @@ public struct WorkerRegistry: Sendable {
         VALUES (\(ns.value), \(instance.value), \(kind), \(detail)::jsonb)
         """
     }
-    static func heartbeat(_ ns: Namespace, _ instance: WorkerInstanceID) -> PostgresQuery {
-        """
+    static func heartbeat(_ ns: Namespace, _ instance: WorkerInstanceID, token: String? = nil) -> PostgresQuery {
+        guard let token else {
+            return """
+                UPDATE workflow.workers SET last_heartbeat = now(), expires_at = now() + liveness_ttl_ms * interval '1 millisecond'
+                WHERE namespace = \(ns.value) AND worker_instance_id = \(instance.value) AND NOT dead
+                RETURNING expires_at
+                """
+        }
+        return """
         UPDATE workflow.workers SET last_heartbeat = now(), expires_at = now() + liveness_ttl_ms * interval '1 millisecond'
         WHERE namespace = \(ns.value) AND worker_instance_id = \(instance.value) AND NOT dead
+          AND token_id = \(token)
         RETURNING expires_at
         """
     }
@@ -101,10 +127,19 @@ public struct WorkerRegistry: Sendable {
         guard !lanes.isEmpty else { throw RegentError(.invalidInput, "a worker needs at least one lane") }
         return try await conn.withTransaction { tx in
             let rows = try await tx.query(
-                Self.upsert(namespace, workerInstanceID, workerID, lanes: lanes.map(\.value).sorted(), capabilities: capabilities.map(\.value).sorted(), ttl: livenessTTL),
+                Self.upsert(
+                    namespace, workerInstanceID, workerID, lanes: lanes.map(\.value).sorted(), capabilities: capabilities.map(\.value).sorted(),
+                    ttl: livenessTTL, token: token),
                 purpose: "workers: register")
             guard let row = rows.first else {
-                let bound = try await tx.query(Self.boundWorker(namespace, workerInstanceID)).first?.decode("worker_id", as: String.self) ?? "?"
+                let boundRow = try await tx.query(Self.boundWorker(namespace, workerInstanceID)).first
+                let bound = try boundRow?.decode("worker_id", as: String.self) ?? "?"
+                if bound == workerID.value {
+                    throw RegentError(
+                        .instanceBound,
+                        "worker instance \(workerInstanceID) in namespace \(namespace) was registered with another token",
+                        hint: "register a new instance id with this token; an instance stays bound to the token that registered it")
+                }
                 throw RegentError(
                     .instanceBound,
                     "worker instance \(workerInstanceID) in namespace \(namespace) is bound to worker \(bound), not \(workerID); use a new instance id")
@@ -118,7 +153,7 @@ public struct WorkerRegistry: Sendable {
 
     /// Extends the worker's liveness by its TTL, only while it has not lapsed (database time).
     public func heartbeat(namespace: Namespace, workerInstanceID: WorkerInstanceID, on conn: PostgresConnection) async throws -> HeartbeatOutcome {
-        let rows = try await conn.query(Self.heartbeat(namespace, workerInstanceID), purpose: "workers: heartbeat")
+        let rows = try await conn.query(Self.heartbeat(namespace, workerInstanceID, token: token), purpose: "workers: heartbeat")
         guard let row = rows.first else { return .notRegistered }
         return .alive(nextExpiry: try row.decode("expires_at"))
     }

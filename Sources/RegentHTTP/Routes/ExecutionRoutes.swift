@@ -45,7 +45,8 @@ extension AdminAPI {
             }
             return r
         }
-        let made = try await pool.withConnection { try await LeaseStore().enqueue(namespace: namespace, requests, on: $0) }
+        try context.checkScope(namespace: namespace, lanes: requests.map(\.lane), action: "enqueue")
+        let made = try await pool.withConnection { try await context.leases.enqueue(namespace: namespace, requests, on: $0) }
         return try json(["executions": made.map { EnqueuedDocument(executionID: $0.executionID.uuidString.lowercased(), created: $0.created) }])
     }
 
@@ -59,7 +60,18 @@ extension AdminAPI {
         guard let text = context.parameters.get("id"), let id = UUID(uuidString: text) else {
             throw APIError.badRequest("invalid_execution_id", "the execution id must be a UUID")
         }
-        let outcome = try await pool.withConnection { try await LeaseStore().cancel(executionID: id, on: $0) }
+        let outcome = try await retryingConflicts {
+            try await pool.withConnection { conn in
+                if let scope = context.identity?.scope {
+                    // A scoped token cancels only inside its scope (an execution it cannot see is not found).
+                    guard let row = try await conn.query(
+                        "SELECT namespace::text AS namespace, lane::text AS lane FROM workflow.executions WHERE execution_id = \(id)", purpose: "cancel: scope"
+                    ).first else { return CancelOutcome.notFound }
+                    try scope.check(namespace: try Namespace(try row.decode("namespace")), lanes: [try Lane(try row.decode("lane"))], action: "cancel")
+                }
+                return try await LeaseStore().cancel(executionID: id, on: conn)
+            }
+        }
         if outcome == .notFound { throw APIError(status: .notFound, code: "not_found", message: "no execution \(id.uuidString.lowercased())") }
         return try json(["outcome": outcome.rawValue])
     }
@@ -67,18 +79,14 @@ extension AdminAPI {
     func completeBatch(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let body = try await JSONBody.read(request, context: context, allowed: ["completions"], limit: Self.maxBatchBodyBytes)
         let completions = try body.objects("completions", allowed: JSONBody.completionFields, max: LeaseStore.maxBatch).map { try $0.completion() }
-        let outcome = try await pool.withConnection { try await LeaseStore().complete(completions, on: $0) }
+        let outcome = try await retryingConflicts { try await pool.withConnection { try await context.leases.complete(completions, on: $0) } }
         return try json(BatchDocument(outcome, order: completions.map(\.executionID)))
     }
 
     func failBatch(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let body = try await JSONBody.read(request, context: context, allowed: ["failures"], limit: Self.maxBatchBodyBytes)
-        let failures = try body.objects("failures", allowed: ["execution_id", "lease_epoch", "error", "retryable"], max: LeaseStore.maxBatch).map {
-            Failure(
-                executionID: try $0.uuid("execution_id"), epoch: LeaseEpoch(try $0.int("lease_epoch")), error: try $0.errorText("error"),
-                retryable: try $0.optionalBool("retryable") ?? true)
-        }
-        let outcome = try await pool.withConnection { try await LeaseStore().fail(failures, on: $0) }
+        let failures = try body.objects("failures", allowed: JSONBody.failureFields, max: LeaseStore.maxBatch).map { try $0.failure() }
+        let outcome = try await retryingConflicts { try await pool.withConnection { try await context.leases.fail(failures, on: $0) } }
         return try json(BatchDocument(outcome, order: failures.map(\.executionID)))
     }
 
@@ -112,17 +120,20 @@ extension AdminAPI {
         let completions = body.fields["completions"] == nil
             ? [] : try body.objects("completions", allowed: JSONBody.completionFields, max: LeaseStore.maxBatch, min: 0).map { try $0.completion() }
         let c = try ClaimRequest(body)
+        try context.checkScope(namespace: c.namespace, lanes: c.lanes, action: "claim")
         // A draining node still takes completions, but hands out no new work.
         let draining = await node?.isDraining ?? false
         if draining && !completions.isEmpty {
-            let outcome = try await pool.withConnection { try await LeaseStore().complete(completions, on: $0) }
+            let outcome = try await retryingConflicts { try await pool.withConnection { try await context.leases.complete(completions, on: $0) } }
             return try json(CompleteAndClaimDocument(BatchDocument(outcome, order: completions.map(\.executionID)), leases: []))
         }
         if draining { throw Self.draining }
-        let (outcome, leases) = try await pool.withConnection {
-            try await LeaseStore().completeAndClaim(
+        let (outcome, leases) = try await retryingConflicts {
+            try await pool.withConnection {
+            try await context.leases.completeAndClaim(
                 completions, namespace: c.namespace, lanes: c.lanes, workerInstanceID: c.instance, capabilities: c.capabilities, leaseDuration: c.lease,
                 limit: c.limit, on: $0)
+            }
         }
         return try json(CompleteAndClaimDocument(BatchDocument(outcome, order: completions.map(\.executionID)), leases: leases.map(LeaseDocument.init)))
     }

@@ -14,18 +14,19 @@ extension AdminAPI {
         let body = try await JSONBody.read(
             request, context: context, allowed: ["namespace", "worker_instance_id", "lanes", "capabilities", "lease_ms", "limit", "wait_ms"])
         let c = try ClaimRequest(body)
+        try context.checkScope(namespace: c.namespace, lanes: c.lanes, action: "claim")
         let wait = try body.optionalInt("wait_ms") ?? 0
         guard (0...30_000).contains(wait) else { throw APIError.badRequest("invalid_field", "field \"wait_ms\" must be 0 to 30000") }
         if let node, await node.isDraining { throw Self.draining }
         let leases: [Lease]
         if wait > 0 {
             // A long poll: no connection is held while it waits (see QueueWaker).
-            leases = try await LeaseStore().claim(
+            leases = try await context.leases.claim(
                 namespace: c.namespace, lanes: c.lanes, workerInstanceID: c.instance, capabilities: c.capabilities, leaseDuration: c.lease,
                 limit: c.limit, wait: .milliseconds(wait), waker: await node?.queueWaker, pool: pool)
         } else {
             leases = try await pool.withConnection {
-                try await LeaseStore().claim(
+                try await context.leases.claim(
                     namespace: c.namespace, lanes: c.lanes, workerInstanceID: c.instance, capabilities: c.capabilities, leaseDuration: c.lease,
                     limit: c.limit, on: $0)
             }
@@ -42,7 +43,8 @@ extension AdminAPI {
         let instance: WorkerInstanceID
         let lanes: [Lane]
         let capabilities: [Capability]
-        let lease: Duration
+        /// nil: a step's execution is leased for its step's timeout, a plain one for 30 s.
+        let lease: Duration?
         let limit: Int
 
         init(_ body: JSONBody) throws {
@@ -50,7 +52,7 @@ extension AdminAPI {
             instance = try WorkerInstanceID(try body.string("worker_instance_id"))
             lanes = try body.nameSet("lanes").map { try Lane($0) }
             capabilities = try (body.optionalNameSet("capabilities") ?? []).map { try Capability($0) }
-            lease = Duration.milliseconds(try body.optionalInt("lease_ms") ?? 30_000)
+            lease = try body.optionalInt("lease_ms").map { Duration.milliseconds($0) }
             let limit = try body.optionalInt("limit") ?? 1
             guard (1...1000).contains(limit) else { throw APIError.badRequest("invalid_field", "field \"limit\" must be 1 to 1000") }
             self.limit = Int(limit)
@@ -80,30 +82,35 @@ extension AdminAPI {
     }
 
     func renew(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
-        let body = try await JSONBody.read(request, context: context, allowed: ["execution_id", "lease_epoch", "lease_ms"])
+        let body = try await JSONBody.read(request, context: context, allowed: ["execution_id", "lease_epoch", "lease_ms", "worker_instance_id"])
         let id = try body.uuid("execution_id")
         let epoch = LeaseEpoch(try body.int("lease_epoch"))
-        let lease = Duration.milliseconds(try body.optionalInt("lease_ms") ?? 30_000)
-        let expires = try await pool.withConnection { try await LeaseStore().renew(executionID: id, epoch: epoch, leaseDuration: lease, on: $0) }
+        // Without lease_ms: the step's own timeout, or the lease's length as last granted.
+        let lease = try body.optionalInt("lease_ms").map { Duration.milliseconds($0) }
+        let worker = try body.optionalString("worker_instance_id").map { try WorkerInstanceID($0) }
+        let expires = try await pool.withConnection {
+            try await context.leases.renew(executionID: id, epoch: epoch, leaseDuration: lease, worker: worker, on: $0)
+        }
         return try json(["lease_expires_at": expires])
     }
 
     func complete(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let c = try await JSONBody.read(request, context: context, allowed: JSONBody.completionFields).completion()
-        try await pool.withConnection {
-            try await LeaseStore().complete(executionID: c.executionID, epoch: c.epoch, result: c.result, cost: c.cost, on: $0)
+        try await retryingConflicts {
+            try await pool.withConnection {
+                try await context.leases.complete(executionID: c.executionID, epoch: c.epoch, result: c.result, cost: c.cost, worker: c.worker, on: $0)
+            }
         }
         return try json(["state": "completed"])
     }
 
     func fail(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
-        let body = try await JSONBody.read(request, context: context, allowed: ["execution_id", "lease_epoch", "error", "retryable"])
-        let id = try body.uuid("execution_id")
-        let epoch = LeaseEpoch(try body.int("lease_epoch"))
-        let error = try body.errorText("error")
-        let retryable = try body.optionalBool("retryable") ?? true
-        let outcome = try await pool.withConnection {
-            try await LeaseStore().fail(executionID: id, epoch: epoch, error: error, retryable: retryable, on: $0)
+        let body = try await JSONBody.read(request, context: context, allowed: JSONBody.failureFields)
+        let f = try body.failure()
+        let outcome = try await retryingConflicts {
+            try await pool.withConnection {
+                try await context.leases.fail(executionID: f.executionID, epoch: f.epoch, error: f.error, retryable: f.retryable, worker: f.worker, on: $0)
+            }
         }
         return try json(["state": outcome.rawValue])
     }

@@ -20,8 +20,15 @@ extension AdminAPI {
             guard let limit = try budget.optionalNumber("limit") else { throw budget.wrongType("limit", "a number above 0") }
             start.budget = WorkflowManifest.Budget(limit: limit, unit: try budget.string("unit"))
         }
-        let started = try await pool.withConnection {
-            try await RunStore(publisher: node?.instanceID.uuid).start(start, actor: .named(context.actor), on: $0)
+        if let scope = context.identity?.scope {
+            // A scoped token's runs put their steps in its namespace (and only in its lanes).
+            start.namespace = scope.namespace
+            start.allowedLanes = scope.lanes
+        }
+        let started = try await retryingConflicts {
+            try await pool.withConnection {
+                try await RunStore(publisher: node?.instanceID.uuid).start(start, actor: .named(context.actor), on: $0)
+            }
         }
         return try json(StartedDocument(run_id: started.runID, created: started.created, package_hash: started.packageHash), status: started.created ? .created : .ok)
     }
@@ -37,7 +44,18 @@ extension AdminAPI {
         let state = request.uri.queryParameters.get("state").map { String($0) }
         let after = request.uri.queryParameters.get("after").map { String($0) }
         let limit = try limit(request)
-        return try json(try await pool.withConnection { try await RunStore().list(type: type, state: state, after: after, limit: limit, on: $0) })
+        // Listings are summaries; `include=input,output` adds those documents, within a byte budget per page.
+        var input = false, output = false
+        for part in request.uri.queryParameters.getAll("include").flatMap({ $0.split(separator: ",") }) {
+            switch part {
+            case "input": input = true
+            case "output": output = true
+            default: throw APIError.badRequest("invalid_include", "include takes input and/or output (comma-separated), got \(SQLIdentifier.printable(String(part.prefix(64))))")
+            }
+        }
+        return try json(try await pool.withConnection {
+            try await RunStore().list(type: type, state: state, after: after, limit: limit, includeInput: input, includeOutput: output, on: $0)
+        })
     }
 
     func runID(_ context: RegentRequestContext) throws -> String {
@@ -58,7 +76,18 @@ extension AdminAPI {
         let id = try runID(context)
         let body = try await JSONBody.read(request, context: context, allowed: ["reason"])
         let reason = try body.string("reason")
-        let outcome = try await pool.withConnection { try await RunStore().cancel(id, reason: reason, actor: .named(context.actor), on: $0) }
+        let outcome = try await retryingConflicts {
+            try await pool.withConnection { conn in
+                if let scope = context.identity?.scope {
+                    // A scoped token cancels only the runs whose steps are in its namespace.
+                    guard let row = try await conn.query("SELECT COALESCE(namespace, 'runs') AS namespace FROM workflow.runs WHERE run_id = \(id)").first else {
+                        throw RegentError(.notFound, "no run \(id)")
+                    }
+                    try scope.check(namespace: try Namespace(try row.decode("namespace")), action: "cancel runs")
+                }
+                return try await RunStore().cancel(id, reason: reason, actor: .named(context.actor), on: conn)
+            }
+        }
         return try json(["outcome": outcome.rawValue])
     }
 }

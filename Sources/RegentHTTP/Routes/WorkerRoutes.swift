@@ -49,8 +49,9 @@ extension AdminAPI {
         let lanes = try body.nameSet("lanes").map { try Lane($0) }
         let capabilities = try (body.optionalNameSet("capabilities") ?? []).map { try Capability($0) }
         let ttl = Duration.milliseconds(try body.optionalInt("liveness_ttl_ms") ?? 30_000)
+        try context.checkScope(namespace: namespace, lanes: lanes, action: "register a worker")
         let outcome = try await pool.withConnection {
-            try await WorkerRegistry().register(
+            try await WorkerRegistry(token: context.identity?.tokenID).register(
                 namespace: namespace, workerInstanceID: instance, workerID: worker, lanes: lanes, capabilities: capabilities,
                 livenessTTL: ttl, on: $0)
         }
@@ -65,7 +66,7 @@ extension AdminAPI {
         let namespace = try Namespace(try body.string("namespace"))
         let instance = try WorkerInstanceID(try body.string("worker_instance_id"))
         let outcome = try await pool.withConnection {
-            try await WorkerRegistry().heartbeat(namespace: namespace, workerInstanceID: instance, on: $0)
+            try await WorkerRegistry(token: context.identity?.tokenID).heartbeat(namespace: namespace, workerInstanceID: instance, on: $0)
         }
         switch outcome {
         case .alive(let next): return try json(["expires_at": next])

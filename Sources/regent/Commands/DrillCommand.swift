@@ -126,12 +126,15 @@ struct DrillCommand: AsyncParsableCommand {
                 succeeded; no run advanced after it failed or was cancelled; ledger totals equal the \
                 accepted costs; no unfinished run is pinned to a version that is gone; no step execution of \
                 a finished run is left claimable or running (and no stray record is left) 15 s after the \
-                last run finished. Non-zero exit on any violation.
+                last run finished; the server broke no deadlock in the drill's database \
+                (pg_stat_database.deadlocks did not grow). Workers complete --batch steps at once. Non-zero \
+                exit on any violation.
                 """)
         @Option(help: "Runs to start (1-100000).") var runs = 500
         @Option(help: "Rounds of SIGKILL to the leader and a worker (0-100).") var kills = 5
         @Option(help: "Worker processes (1-64).") var workers = 4
         @Option(help: "Runs cancelled in all, while workers hold their steps (0-100000, at most --runs).") var cancels = 25
+        @Option(help: "Steps each worker claims and completes in one batch (1-100).") var batch = 4
         @Option(help: "Nodes in the cluster (1-16).") var nodes = 3
         @Option(name: .customLong("database-url"), help: ArgumentHelp("Use this database instead of a private PostgreSQL.", valueName: "url"))
         var databaseURL: String?
@@ -141,6 +144,7 @@ struct DrillCommand: AsyncParsableCommand {
             guard (0...runs).contains(cancels) else { throw ValidationError("--cancels must be 0 to --runs (\(runs)), got \(cancels)") }
             guard (0...100).contains(kills) else { throw ValidationError("--kills must be 0 to 100, got \(kills)") }
             guard (1...64).contains(workers) else { throw ValidationError("--workers must be 1 to 64, got \(workers)") }
+            guard (1...100).contains(batch) else { throw ValidationError("--batch must be 1 to 100, got \(batch)") }
             guard (1...16).contains(nodes) else { throw ValidationError("--nodes must be 1 to 16, got \(nodes)") }
         }
 
@@ -148,17 +152,18 @@ struct DrillCommand: AsyncParsableCommand {
             let env = try await DrillEnvironment.start(databaseURL: databaseURL, nodes: nodes) { print($0) }
             let result: WorkflowDrill.Result
             do {
-                result = try await WorkflowDrill(env: env, runs: runs, kills: kills, workers: workers, cancels: cancels, say: { print($0) }).run()
+                result = try await WorkflowDrill(
+                    env: env, runs: runs, kills: kills, workers: workers, cancels: cancels, batch: batch, say: { print($0) }).run()
             } catch {
                 await env.close()
                 throw error
             }
             await env.close()
             let seconds = result.took.milliseconds / 1000
-            print("\n" + table(["runs", "succeeded", "failed", "cancelled", "steps fenced", "leader kills", "worker kills", "leases reclaimed", "all finished after", "runs/s"], [[
+            print("\n" + table(["runs", "succeeded", "failed", "cancelled", "steps fenced", "leader kills", "worker kills", "leases reclaimed", "deadlocks", "all finished after", "runs/s"], [[
                 "\(runs)", "\(result.states["succeeded"] ?? 0)", "\(result.states["failed"] ?? 0)", "\(result.states["cancelled"] ?? 0)",
                 "\(result.fencedSteps)", "\(result.leaderKills)", "\(result.workerKills)",
-                "\(result.reclaimedLeases)", String(format: "%.1f s", seconds), String(format: "%.0f", Double(runs) / max(seconds, 0.001)),
+                "\(result.reclaimedLeases)", "\(result.deadlocks)", String(format: "%.1f s", seconds), String(format: "%.0f", Double(runs) / max(seconds, 0.001)),
             ]]))
             try DrillCommand.finish(
                 result.violations,

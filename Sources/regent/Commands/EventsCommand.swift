@@ -18,7 +18,10 @@ struct EventsCommand: AsyncParsableCommand {
         @Option(help: "Payload: a JSON object, at most 1 MiB.") var data: String
 
         func validate() throws {
-            do { _ = try EventPublisher.validate(topic: topic, payload: data) } catch { throw ValidationError(error.description) }
+            do {
+                let (topic, _) = try EventPublisher.validate(topic: topic, payload: data)
+                try EventPublisher.checkClientTopic(topic)
+            } catch { throw ValidationError(error.description) }
         }
 
         func run() async throws {

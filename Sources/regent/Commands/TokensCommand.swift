@@ -37,21 +37,37 @@ struct TokensCommand: AsyncParsableCommand {
         @OptionGroup var log: LogOptions
         @Option(help: "admin, worker or read.") var role: String
         @Option(help: "A name for the token (letters, digits, . _ -; unique among live tokens).") var name: String
+        @Option(help: "Scope a worker token to this namespace: it registers, claims, enqueues, cancels and starts runs only there.")
+        var namespace: String?
+        @Option(help: "With --namespace: only these lanes of it (repeat the flag).") var lane: [String] = []
+
+        func scope() throws -> TokenScope? {
+            guard let namespace else {
+                if !lane.isEmpty { throw RegentError(.invalidInput, "--lane needs --namespace (a lane belongs to a namespace)") }
+                return nil
+            }
+            return try TokenScope(namespace: try Namespace(namespace), lanes: lane.isEmpty ? nil : try lane.map { try Lane($0) })
+        }
 
         func validate() throws {
             do {
-                _ = try TokenRole(parsing: role)
+                let role = try TokenRole(parsing: role)
                 try TokenStore.validateName(name)
+                if try scope() != nil, role != .worker { throw RegentError(.invalidInput, "only worker tokens can be scoped (--namespace, --lane)") }
             } catch {
-                throw ValidationError(error.description)
+                throw ValidationError("\(error)")
             }
         }
 
         func run() async throws {
             try log.bootstrap()
             try await TokensCommand.withConnection(database) { conn in
-                let (record, token) = try await TokenStore().create(name: name, role: try TokenRole(parsing: role), actor: cliActor, on: conn)
-                print("created token \(record.name) (role \(record.role.rawValue), id \(record.tokenID)); it is shown only now:")
+                let (record, token) = try await TokenStore().create(
+                    name: name, role: try TokenRole(parsing: role), scope: try scope(), actor: cliActor, on: conn)
+                let scoped = record.scope.map { s in
+                    ", scoped to namespace \(s.namespace)" + (s.lanes.map { ", lanes " + $0.map(\.value).joined(separator: ",") } ?? "")
+                } ?? ""
+                print("created token \(record.name) (role \(record.role.rawValue)\(scoped), id \(record.tokenID)); it is shown only now:")
                 print(token)
             }
         }
@@ -70,8 +86,8 @@ struct TokensCommand: AsyncParsableCommand {
                 let tokens = try await TokenStore().list(includeRevoked: all, on: conn)
                 if json { return try printJSON(tokens) }
                 let f = ISO8601DateFormatter()
-                print(table(["name", "role", "token id", "created", "last used", "revoked"], tokens.map {
-                    [$0.name, $0.role.rawValue, $0.tokenID, f.string(from: $0.createdAt), $0.lastUsedAt.map(f.string) ?? "-",
+                print(table(["name", "role", "scope", "token id", "created", "last used", "revoked"], tokens.map {
+                    [$0.name, $0.role.rawValue, $0.scope.map { s in s.namespace.value + (s.lanes.map { ":" + $0.map(\.value).joined(separator: ",") } ?? "") } ?? "-", $0.tokenID, f.string(from: $0.createdAt), $0.lastUsedAt.map(f.string) ?? "-",
                      $0.revokedAt.map(f.string) ?? "-"]
                 }))
             }
