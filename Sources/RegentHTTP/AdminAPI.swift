@@ -133,7 +133,7 @@ public struct AdminAPI: Sendable {
         r.add(.post, "/v1/executions/{id}/cancel", role: .worker) { _, context in try await workflow.require(); return try await cancel(context) }
         r.add(.post, "/v1/packages", role: .admin) { request, context in try await workflow.require(); return try await deployPackage(request, context) }
         r.add(.get, "/v1/packages", role: .read) { request, _ in try await workflow.require(); return try await listPackages(request) }
-        r.add(.get, "/v1/packages/{hash}", role: .read) { _, context in try await workflow.require(); return try await showPackage(context) }
+        r.add(.get, "/v1/packages/{hash}", role: .read) { request, context in try await workflow.require(); return try await showPackage(request, context) }
         r.add(.get, "/v1/packages/{hash}/archive", role: .worker) { request, context in try await workflow.require(); return try await fetchPackage(request, context) }
         r.add(.post, "/v1/packages/{hash}/route", role: .admin) { request, context in try await workflow.require(); return try await routePackage(request, context) }
         r.add(.post, "/v1/packages/{hash}/unload", role: .admin) { request, context in try await workflow.require(); return try await unloadPackage(request, context) }

@@ -59,6 +59,9 @@ struct PackageAPITests {
                 let archive = try await client.call(.get, "/v1/packages/\(h1)/archive", token: f.worker)
                 #expect(archive.status == .ok && archive.headers[.contentType] == "application/x-tar")
                 #expect(SHA256.hex(bytes: Array(archive.body.readableBytesView)) == h1)
+                // HEAD: the headers alone, no body work (answered from the node's verified catalog).
+                let head = try await client.call(.head, "/v1/packages/\(h1)/archive", token: f.worker)
+                #expect(head.status == .ok && head.headers[.eTag] == "\"\(h1)\"" && head.body.readableBytes == 0)
                 let file = try await client.call(.get, "/v1/packages/\(h1)/archive?path=README.md", token: f.worker)
                 #expect(String(buffer: file.body) == "# orders 1\n")
                 #expect(try await client.call(.get, "/v1/packages/\(h1)/archive?path=nope", token: f.worker).status == .notFound)
@@ -121,9 +124,18 @@ struct PackageAPITests {
             defer { p.remove() }
             let contents = try PackageContents(path: p.directory.path, limits: .default)
             _ = try await f.api.pool.withConnection { try await PackageStore().deploy(contents, actor: .named("test"), on: $0) }
+            // The node's catalog verifies a version once (at its load, or when it hears of the deploy)
+            // and serves the stored bytes from then on; a version damaged in the database is
+            // rejected at the next load and never served again.
+            #expect(await eventually { f.node.packageCatalog.entry(contents.contentHash) != nil })
             try await f.api.pool.query(
                 "UPDATE workflow.packages SET archive = overlay(archive PLACING '\\x58'::bytea FROM 514 FOR 1) WHERE content_hash = \(contents.contentHash)")
+            try await f.node.packageCatalog.reload(pool: f.api.pool)
+            #expect(f.node.packageCatalog.entry(contents.contentHash) == nil)
+            #expect(f.node.packageCatalog.rejected.map(\.contentHash) == [contents.contentHash])
             try await f.app().test(.router) { client in
+                // HEAD of a verified version answers from the catalog; of this one, it is refused too.
+                #expect(try await client.call(.head, "/v1/packages/\(contents.contentHash)", token: f.reader).status == .internalServerError)
                 let r = try await client.call(.get, "/v1/packages/\(contents.contentHash)/archive", token: f.worker)
                 #expect(r.status == .internalServerError && errorCode(r) == "package_corrupted")
             }

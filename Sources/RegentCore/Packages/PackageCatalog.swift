@@ -54,11 +54,11 @@ public final class PackageCatalog: Sendable {
     /// Rebuilds the catalog from the database: every version verified, every route read.
     public func reload(pool: ConnectionPool) async throws {
         let store = PackageStore()
-        let stored = try await store.all(on: pool)
         let routes = try await pool.withConnection { try await store.routes(on: $0) }
         var entries: [String: Entry] = [:]
         var rejected: [String: Rejected] = [:]
-        for row in stored {
+        // A page of archives at a time; only each version's manifest and file list are kept.
+        try await store.forEach(on: pool) { row in
             switch Self.verify(row) {
             case .success(let entry): entries[row.contentHash] = entry
             case .failure(let reason):

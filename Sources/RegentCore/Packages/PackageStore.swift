@@ -284,9 +284,16 @@ public struct PackageStore: Sendable {
         return try Self.stored(row)
     }
 
-    /// Every stored version, archives included, `pageSize` at a time (for a node's start).
+    /// Every stored version, archives included, `pageSize` at a time.
     public func all(pageSize: Int = 20, on pool: ConnectionPool) async throws -> [Stored] {
         var out: [Stored] = []
+        try await forEach(pageSize: pageSize, on: pool) { out.append($0) }
+        return out
+    }
+
+    /// Hands every stored version to `body`, `pageSize` at a time: at most one page of archives
+    /// is held at once (a node's catalog verifies each and keeps only its manifest and file list).
+    public func forEach(pageSize: Int = 20, on pool: ConnectionPool, _ body: (Stored) throws -> Void) async throws {
         var after = ""
         while true {
             let rows = try await pool.query(
@@ -295,9 +302,14 @@ public struct PackageStore: Sendable {
                        EXISTS (SELECT 1 FROM workflow.package_routes r WHERE r.content_hash = p.content_hash) AS routed
                 FROM workflow.packages p WHERE p.content_hash > \(after) ORDER BY p.content_hash LIMIT \(pageSize)
                 """, purpose: "packages: load all")
-            for row in rows { out.append(try Self.stored(row)) }
-            guard rows.count == pageSize, let last = out.last else { return out }
-            after = last.contentHash
+            var last: String?
+            for row in rows {
+                let stored = try Self.stored(row)
+                last = stored.contentHash
+                try body(stored)
+            }
+            guard rows.count == pageSize, let last else { return }
+            after = last
         }
     }
 

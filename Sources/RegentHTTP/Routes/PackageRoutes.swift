@@ -67,7 +67,27 @@ extension AdminAPI {
         enum CodingKeys: String, CodingKey { case workflowType = "workflow_type", contentHash = "content_hash", routed, manifest, files }
     }
 
-    func showPackage(_ context: RegentRequestContext) async throws -> Response {
+    /// The node's catalog entry of a version (verified when the node loaded it or heard of its
+    /// deploy): nil when this process has no node or the catalog does not hold it (yet).
+    func catalogEntry(_ hash: String) -> PackageCatalog.Entry? { node?.packageCatalog.entry(hash) }
+
+    func showPackage(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let hash = try packageHash(context)
+        // Verified once (by the catalog); served from the manifest and file list it keeps, and the
+        // archive's bytes are not read. HEAD does no body work at all.
+        if let entry = catalogEntry(hash) {
+            let row = try await pool.withConnection { conn in
+                try await conn.query(
+                    """
+                    SELECT p.manifest::text AS manifest, EXISTS (SELECT 1 FROM workflow.package_routes r WHERE r.content_hash = p.content_hash) AS routed
+                    FROM workflow.packages p WHERE p.content_hash = \(hash)
+                    """, purpose: "packages: show").first
+            }
+            guard let row else { throw APIError.notFound("not_found", "no stored package version \(hash)") }
+            if request.method == .head { return Response(status: .ok, headers: [.contentType: "application/json"]) }
+            return try json(ShowDocument(workflowType: entry.workflowType, contentHash: hash, routed: try row.decode("routed"),
+                                         manifest: AnyJSON(text: try row.decode("manifest")), files: entry.files))
+        }
         let (stored, contents) = try await verifiedPackage(context)
         return try json(ShowDocument(workflowType: stored.workflowType, contentHash: stored.contentHash, routed: stored.routed,
                                      manifest: AnyJSON(text: stored.manifestJSON),
@@ -75,10 +95,31 @@ extension AdminAPI {
     }
 
     func fetchPackage(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let hash = try packageHash(context)
+        let path = request.uri.queryParameters.get("path").map { String($0) }
+        if let entry = catalogEntry(hash), path == nil || request.method == .head {
+            // Verified once already: the stored bytes are served as they are (HEAD: not even read).
+            var headers = HTTPFields()
+            headers[.eTag] = "\"\(hash)\""
+            if let path {
+                guard entry.files.contains(where: { $0.path == path }) else {
+                    throw APIError.notFound("not_found", "version \(hash) holds no file \(JSONBody.quotedField(path))")
+                }
+                headers[.contentType] = "application/octet-stream"
+                return Response(status: .ok, headers: headers)
+            }
+            headers[.contentType] = "application/x-tar"
+            headers[.contentDisposition] = "attachment; filename=\"\(entry.workflowType)-\(hash.prefix(12)).tar\""
+            if request.method == .head { return Response(status: .ok, headers: headers) }
+            guard let row = try await pool.withConnection({ conn in
+                try await conn.query("SELECT archive FROM workflow.packages WHERE content_hash = \(hash)", purpose: "packages: archive").first
+            }) else { throw APIError.notFound("not_found", "no stored package version \(hash)") }
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: try row.decode("archive", as: PostgresBytes.self).bytes)))
+        }
         let (stored, contents) = try await verifiedPackage(context)
         var headers = HTTPFields()
         headers[.eTag] = "\"\(stored.contentHash)\""
-        if let path = request.uri.queryParameters.get("path") {
+        if let path {
             guard let file = contents.file(String(path)) else {
                 throw APIError.notFound("not_found", "version \(stored.contentHash) holds no file \(JSONBody.quotedField(String(path)))")
             }
