@@ -335,19 +335,23 @@ BEGIN
         RETURNING s.execution_id, s.lease_expires_at
     )
     SELECT a.ok, c.execution_id, c.lane::text, c.attempts, c.lease_epoch,
-           CASE WHEN c.step_id IS NULL THEN c.payload::text
-                ELSE (c.payload || jsonb_build_object(
-                        'input', rn.input,
-                        'after', COALESCE((SELECT jsonb_object_agg(d.name, COALESCE(d.output, de.result))
-                                           FROM workflow.run_steps d LEFT JOIN workflow.executions de ON de.execution_id = d.execution_id
-                                           WHERE d.run_id = st.run_id AND d.name = ANY (st.after_steps)), '{}'::jsonb)))::text END,
+           CASE WHEN c.step_id IS NULL THEN c.payload::text ELSE (c.payload || sp.extra)::text END,
            l.lease_expires_at,
            CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'run_id' END,
            CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'step' END,
            CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'package_hash' END
     FROM alive a LEFT JOIN (claimed c JOIN leased l ON l.execution_id = c.execution_id
-                            LEFT JOIN workflow.run_steps st ON st.step_id = c.step_id
-                            LEFT JOIN workflow.runs rn ON rn.run_id = st.run_id) ON true
+                            -- A step's input and earlier outputs, read where each is stored once
+                            -- (planned with the claim; nothing runs for a plain execution).
+                            LEFT JOIN LATERAL (
+                                SELECT jsonb_build_object(
+                                    'input', r.input,
+                                    'after', CASE WHEN cardinality(st.after_steps) = 0 THEN '{}'::jsonb ELSE COALESCE(
+                                        (SELECT jsonb_object_agg(d.name, COALESCE(d.output, de.result))
+                                         FROM workflow.run_steps d LEFT JOIN workflow.executions de ON de.execution_id = d.execution_id
+                                         WHERE d.run_id = st.run_id AND d.name = ANY (st.after_steps)), '{}'::jsonb) END) AS extra
+                                FROM workflow.run_steps st JOIN workflow.runs r ON r.run_id = st.run_id
+                                WHERE c.step_id IS NOT NULL AND st.step_id = c.step_id) sp ON true) ON true
     ORDER BY c.execution_id;
 END
 $$;
@@ -369,21 +373,35 @@ LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off
 SET plan_cache_mode = force_generic_plan
 AS $$
--- Locks: runs (lock_runs, run_id order) → executions → leases → attempts → (trigger) run_steps.
+-- Locks: runs (run_id order) → executions → leases → attempts → (trigger) run_steps.
 #variable_conflict use_column
 DECLARE
     v_plain uuid[];
     v_steps uuid[];
 BEGIN
-    PERFORM workflow.lock_runs(ARRAY(SELECT (x ->> 'execution_id')::uuid FROM jsonb_array_elements(p_items) AS x));
     WITH input AS (
         SELECT * FROM jsonb_to_recordset(p_items) AS i(execution_id uuid, epoch bigint, result jsonb, cost jsonb, worker text)
+    ), runs_locked AS (
+        -- Lock order: the run rows of the batch's step executions, in run_id order, before any
+        -- execution (an uncorrelated condition of the update: evaluated once, before its scan).
+        SELECT r.run_id FROM workflow.runs r
+        WHERE r.run_id = ANY (ARRAY(
+            SELECT COALESCE(x.run_id, x.payload ->> 'run_id') FROM workflow.executions x
+            WHERE x.execution_id = ANY (ARRAY(SELECT execution_id FROM input)) AND x.step_id IS NOT NULL))
+        ORDER BY r.run_id
+        FOR UPDATE OF r
     ), done AS (
         UPDATE workflow.executions e
         SET state = 'completed', result = i.result, cost = i.cost, updated_at = now(), finished_at = now()
-        FROM input i JOIN workflow.leases h ON h.execution_id = i.execution_id
-        WHERE e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running' AND h.lease_epoch = i.epoch
-          AND (p_token IS NULL OR h.token_id = p_token) AND (i.worker IS NULL OR h.worker_instance_id = i.worker)
+        FROM input i
+        WHERE (SELECT count(*) FROM runs_locked) >= 0
+          AND e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running'
+          -- The holder: only when a token or a worker instance is given (a database client's
+          -- completion skips the probe).
+          AND ((p_token IS NULL AND i.worker IS NULL) OR EXISTS (
+                SELECT 1 FROM workflow.leases h
+                WHERE h.execution_id = i.execution_id AND h.lease_epoch = i.epoch
+                  AND (p_token IS NULL OR h.token_id = p_token) AND (i.worker IS NULL OR h.worker_instance_id = i.worker)))
         RETURNING e.execution_id, e.namespace, e.unique_key, e.step_id
     ), unleased AS (
         DELETE FROM workflow.leases l USING done d WHERE l.execution_id = d.execution_id RETURNING l.execution_id, l.attempt_index
@@ -415,13 +433,20 @@ LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off
 SET plan_cache_mode = force_generic_plan
 AS $$
--- Locks: runs (lock_runs, run_id order) → ready (insert) → executions → leases → attempts → (trigger) run_steps.
+-- Locks: runs (run_id order) → executions → leases → attempts → ready (insert) → (trigger) run_steps.
 #variable_conflict use_column
 BEGIN
-    PERFORM workflow.lock_runs(ARRAY(SELECT (x ->> 'execution_id')::uuid FROM jsonb_array_elements(p_items) AS x));
     RETURN QUERY
     WITH input AS (
         SELECT * FROM jsonb_to_recordset(p_items) AS i(execution_id uuid, epoch bigint, error text, retryable boolean, worker text)
+    ), runs_locked AS (
+        -- Lock order: as in complete.
+        SELECT r.run_id FROM workflow.runs r
+        WHERE r.run_id = ANY (ARRAY(
+            SELECT COALESCE(x.run_id, x.payload ->> 'run_id') FROM workflow.executions x
+            WHERE x.execution_id = ANY (ARRAY(SELECT execution_id FROM input)) AND x.step_id IS NOT NULL))
+        ORDER BY r.run_id
+        FOR UPDATE OF r
     ), failed AS (
         UPDATE workflow.executions e
         SET state = CASE WHEN i.retryable AND e.attempts < e.max_attempts THEN 'queued'
@@ -433,9 +458,13 @@ BEGIN
                           ELSE e.run_at END,
             finished_at = CASE WHEN i.retryable AND e.attempts < e.max_attempts THEN NULL ELSE now() END,
             last_error = i.error, updated_at = now()
-        FROM input i JOIN workflow.leases h ON h.execution_id = i.execution_id
-        WHERE e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running' AND h.lease_epoch = i.epoch
-          AND (p_token IS NULL OR h.token_id = p_token) AND (i.worker IS NULL OR h.worker_instance_id = i.worker)
+        FROM input i
+        WHERE (SELECT count(*) FROM runs_locked) >= 0
+          AND e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running'
+          AND ((p_token IS NULL AND i.worker IS NULL) OR EXISTS (
+                SELECT 1 FROM workflow.leases h
+                WHERE h.execution_id = i.execution_id AND h.lease_epoch = i.epoch
+                  AND (p_token IS NULL OR h.token_id = p_token) AND (i.worker IS NULL OR h.worker_instance_id = i.worker)))
         RETURNING e.execution_id, e.namespace, e.lane, e.priority, e.run_at, e.required_capabilities, e.state, e.unique_key
     ), unleased AS (
         DELETE FROM workflow.leases l USING failed f WHERE l.execution_id = f.execution_id RETURNING l.execution_id, l.attempt_index
