@@ -317,8 +317,12 @@ struct RunCLITests {
             let (c1, o1) = try await runRegent(["runs", "start", "cli.run", "--input", #"{"n": 1}"#, "--idempotency-key", "k1", "--database-url", url], "r-start")
             let runID = String(o1.split(separator: "\n").first ?? "")
             #expect(c1 == 0 && RunStore.isRunID(runID), "\(o1)")
-            let (_, again) = try await runRegent(["runs", "start", "cli.run", "--idempotency-key", "k1", "--database-url", url], "r-again")
+            let (_, again) = try await runRegent(
+                ["runs", "start", "cli.run", "--input", #"{"n": 1}"#, "--idempotency-key", "k1", "--database-url", url], "r-again")
             #expect(again.contains("\(runID) existing"), "\(again)")
+            // The same key with another input is refused, naming the run it started.
+            let (cOther, other) = try await runRegent(["runs", "start", "cli.run", "--idempotency-key", "k1", "--database-url", url], "r-other")
+            #expect(cOther != 0 && other.contains("different input") && other.contains(runID), "\(other)")
             // A worker process carries it to the end.
             let worker = try RegentProcess(
                 ["worker", "--database-url", url, "--lane", "cli", "--name", "cli-worker", "--cost", "2.5", "--log-level", "warning"],
