@@ -46,7 +46,7 @@ package struct WorkflowDrill {
     }
 
     /// The database's deadlock counter (statistics read fresh).
-    static func deadlockCount(_ conn: PostgresConnection) async throws -> Int64 {
+    package static func deadlockCount(_ conn: PostgresConnection) async throws -> Int64 {
         try await conn.query("SELECT pg_stat_clear_snapshot()", purpose: "drill: fresh statistics")
         return try await conn.query(
             "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()", purpose: "drill: deadlocks"

@@ -114,14 +114,17 @@ func rfc3339Micros(_ date: Date) -> String {
         Int(parts.tm_min), Int(parts.tm_sec), fraction)
 }
 
-/// Runs `body` again (up to `attempts` times in all) when PostgreSQL ended its transaction with
-/// a serialization failure (40001) or broke a deadlock (40P01): both changed nothing, and the
-/// lock order makes the second rare. A client sees one only as a 503 with Retry-After.
-func retryingConflicts<T>(attempts: Int = 3, isolation: isolated (any Actor)? = #isolation, _ body: () async throws -> T) async throws -> T {
+/// Runs `body` on a connection of `pool`, again (up to `attempts` times in all, each on a
+/// connection of its own) when PostgreSQL ended its transaction with a serialization failure
+/// (40001) or broke a deadlock (40P01): both changed nothing, and the lock order makes the
+/// second rare. A client sees one only as a 503 with Retry-After.
+func retryingConflicts<T: Sendable>(
+    on pool: ConnectionPool, attempts: Int = 3, isolation: isolated (any Actor)? = #isolation, _ body: (PostgresConnection) async throws -> T
+) async throws -> T {
     var attempt = 1
     while true {
         do {
-            return try await body()
+            return try await pool.withConnection { try await body($0) }
         } catch let error as PostgresError where (error.sqlState == "40001" || error.sqlState == "40P01") && attempt < attempts {
             attempt += 1
             try await Task.sleep(for: .milliseconds(Int.random(in: 5...25) * attempt))

@@ -1,6 +1,7 @@
 import Foundation
 import PostgresClient
 @testable import RegentCore
+import RegentDrill
 import RegentTestSupport
 import Synchronization
 import Testing
@@ -68,12 +69,8 @@ struct LockOrderTests {
         Issue.record("sessions \(pids) neither blocked nor finished in 20 s")
     }
 
-    /// The database's deadlock counter (pg_stat_database; its statistics are taken fresh).
-    static func deadlocks(_ conn: PostgresConnection) async throws -> Int64 {
-        try await conn.query("SELECT pg_stat_clear_snapshot()")
-        return try await conn.query("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()").single()
-            .decode("deadlocks", as: Int64.self)
-    }
+    /// The database's deadlock counter, as the workflow drill reads it.
+    static func deadlocks(_ conn: PostgresConnection) async throws -> Int64 { try await WorkflowDrill.deadlockCount(conn) }
 
     /// Fails the test on a 40P01 (the server broke a lock cycle).
     static func noDeadlock<T: Sendable>(_ what: String, _ body: () async throws -> T) async throws -> T? {
@@ -96,6 +93,16 @@ struct LockOrderTests {
         }
     }
 
+    /// Starts `body` (one side of an interleaving) in the background; the flag says when it ended.
+    static func started<T: Sendable>(_ what: String, _ body: @escaping @Sendable () async throws -> T) -> (task: Task<T?, any Error>, done: DoneFlag) {
+        let done = DoneFlag()
+        let task = Task {
+            defer { done.set() }
+            return try await noDeadlock(what, body)
+        }
+        return (task, done)
+    }
+
     static let parallel = [#"{"name": "a", "lane": "work", "max_attempts": 1, "after": []}"#, #"{"name": "b", "lane": "work", "max_attempts": 1, "after": []}"#]
 
     /// Claim × finish. A claim holds the `ready` row it picked and then updates the execution;
@@ -113,9 +120,7 @@ struct LockOrderTests {
             let cancellerPID = try await Self.pid(canceller)
             try await claimer.query("BEGIN")
             try await claimer.query("SELECT execution_id FROM workflow.ready WHERE execution_id = \(x) FOR UPDATE")
-            let cancel = Task { try await Self.noDeadlock("the cancel") { try await RunStore().cancel(run.runID, reason: "race", actor: f.actor, on: canceller) } }
-            let finished = DoneFlag()
-            Task { _ = try? await cancel.value; finished.set() }
+            let (cancel, finished) = Self.started("the cancel") { try await RunStore().cancel(run.runID, reason: "race", actor: f.actor, on: canceller) }
             try await Self.waitBlocked(conn, [cancellerPID]) { finished.isSet }
             try await Self.finishClaim(claimer, x)
             #expect(try await cancel.value == .cancelled)
@@ -152,9 +157,7 @@ struct LockOrderTests {
             let sweeperPID = try await Self.pid(sweeper)
             try await claimer.query("BEGIN")
             try await claimer.query("SELECT execution_id FROM workflow.ready WHERE execution_id = \(x) FOR UPDATE")
-            let sweep = Task { try await Self.noDeadlock("the sweep") { try await sweeper.query("SELECT workflow.expire_runs(100, 'test', 1)") } }
-            let finished = DoneFlag()
-            Task { _ = try? await sweep.value; finished.set() }
+            let (sweep, finished) = Self.started("the sweep") { try await sweeper.query("SELECT workflow.expire_runs(100, 'test', 1)") }
             try await Self.waitBlocked(conn, [sweeperPID]) { finished.isSet }
             try await Self.finishClaim(claimer, x)
             _ = try await sweep.value
@@ -240,11 +243,7 @@ struct LockOrderTests {
                 }
             }
             try await Self.waitBlocked(conn, [pids[0]]) { false }
-            let scan = Task {
-                try await Self.noDeadlock("the scanner") { try await scanner.query(reclaim).single().decode("expired", as: Int.self) }
-            }
-            let scanned = DoneFlag()
-            Task { _ = try? await scan.value; scanned.set() }
+            let (scan, scanned) = Self.started("the scanner") { try await scanner.query(reclaim).single().decode("expired", as: Int.self) }
             try await Self.waitBlocked(conn, pids) { scanned.isSet }
             try await Self.open(gate)
             _ = try await complete.value
@@ -289,13 +288,9 @@ struct LockOrderTests {
                 }
             }
             try await Self.waitBlocked(conn, [pids[1]]) { false }
-            let prune = Task {
-                try await Self.noDeadlock("retention") {
-                    try await pruner.query("SELECT workflow.prune_runs(interval '1 hour', 100) AS n").single().decode("n", as: Int.self)
-                }
+            let (prune, pruned) = Self.started("retention") {
+                try await pruner.query("SELECT workflow.prune_runs(interval '1 hour', 100) AS n").single().decode("n", as: Int.self)
             }
-            let pruned = DoneFlag()
-            Task { _ = try? await prune.value; pruned.set() }
             try await Self.waitBlocked(conn, [pids[0]]) { pruned.isSet }
             try await Self.open(gate)
             let outcome = try await late.value

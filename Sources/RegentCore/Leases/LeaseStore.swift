@@ -22,13 +22,6 @@ public struct LeaseStore: Sendable {
         self.token = token
     }
 
-    /// Thrown when the presented epoch is not the execution's current one (or it is not running).
-    public static func staleLease(_ id: UUID, _ epoch: LeaseEpoch) -> RegentError {
-        RegentError(
-            .staleLease, "lease epoch \(epoch) of execution \(id.uuidString.lowercased()) is no longer current",
-            hint: "the lease expired and was reclaimed, the execution was cancelled, or it finished; drop this work")
-    }
-
     /// Why a renew, completion or failure of (`id`, `epoch`) changed nothing, read after the
     /// fact: no such execution; a lease held by another worker instance or token
     /// (``RegentError/Code/notLeaseHolder``); an epoch never granted (ahead of the current
@@ -200,11 +193,16 @@ public struct LeaseStore: Sendable {
         }
     }
 
-    static func validateClaim(lanes: [Lane], leaseDuration: Duration?, limit: Int) throws(RegentError) {
-        guard (1...maxBatch).contains(limit) else { throw RegentError(.invalidInput, "limit must be 1 to \(maxBatch), got \(limit)") }
+    /// A lease length a claim or renew may ask for (nil: the default, see each).
+    static func checkLeaseDuration(_ leaseDuration: Duration?) throws(RegentError) {
         if let leaseDuration, leaseDuration < .milliseconds(100) || leaseDuration > .seconds(86_400) {
             throw RegentError(.invalidInput, "lease duration \(leaseDuration) must be between 100ms and 24h")
         }
+    }
+
+    static func validateClaim(lanes: [Lane], leaseDuration: Duration?, limit: Int) throws(RegentError) {
+        guard (1...maxBatch).contains(limit) else { throw RegentError(.invalidInput, "limit must be 1 to \(maxBatch), got \(limit)") }
+        try checkLeaseDuration(leaseDuration)
         guard !lanes.isEmpty, lanes.count <= 100 else { throw RegentError(.invalidInput, "claim needs 1 to 100 lanes, got \(lanes.count)") }
     }
 
@@ -216,9 +214,7 @@ public struct LeaseStore: Sendable {
     public func renew(
         executionID: UUID, epoch: LeaseEpoch, leaseDuration: Duration?, worker: WorkerInstanceID? = nil, on conn: PostgresConnection
     ) async throws -> Date {
-        if let leaseDuration, leaseDuration < .milliseconds(100) || leaseDuration > .seconds(86_400) {
-            throw RegentError(.invalidInput, "lease duration \(leaseDuration) must be between 100ms and 24h")
-        }
+        try Self.checkLeaseDuration(leaseDuration)
         guard let row = try await conn.query(
             LeaseQueries.renew(executionID, epoch, leaseDuration, token: token, worker: worker?.value), purpose: "renew lease").first
         else {

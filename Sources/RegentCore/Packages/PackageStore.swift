@@ -284,13 +284,6 @@ public struct PackageStore: Sendable {
         return try Self.stored(row)
     }
 
-    /// Every stored version, archives included, `pageSize` at a time.
-    public func all(pageSize: Int = 20, on pool: ConnectionPool) async throws -> [Stored] {
-        var out: [Stored] = []
-        try await forEach(pageSize: pageSize, on: pool) { out.append($0) }
-        return out
-    }
-
     /// Hands every stored version to `body`, `pageSize` at a time: at most one page of archives
     /// is held at once (a node's catalog verifies each and keeps only its manifest and file list).
     public func forEach(pageSize: Int = 20, on pool: ConnectionPool, _ body: (Stored) throws -> Void) async throws {

@@ -28,10 +28,8 @@ extension AdminAPI {
     func publishEvent(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let body = try await JSONBody.read(request, context: context, allowed: ["topic", "payload"])
         let (topic, payload) = try EventPublisher.validate(topic: try body.string("topic"), payload: try body.objectJSON("payload"))
-        if EventPublisher.reservedFamily(of: topic.name) != nil {
-            do { try EventPublisher.checkClientTopic(topic) } catch {
-                throw APIError(status: .forbidden, code: "reserved_topic", message: error.description)
-            }
+        do { try EventPublisher.checkClientTopic(topic) } catch {
+            throw APIError(status: .forbidden, code: "reserved_topic", message: error.description)
         }
         let id: Int64
         if let bus = await node?.eventBus {

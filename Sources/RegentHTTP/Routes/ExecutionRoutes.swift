@@ -60,17 +60,15 @@ extension AdminAPI {
         guard let text = context.parameters.get("id"), let id = UUID(uuidString: text) else {
             throw APIError.badRequest("invalid_execution_id", "the execution id must be a UUID")
         }
-        let outcome = try await retryingConflicts {
-            try await pool.withConnection { conn in
-                if let scope = context.identity?.scope {
-                    // A scoped token cancels only inside its scope (an execution it cannot see is not found).
-                    guard let row = try await conn.query(
-                        "SELECT namespace::text AS namespace, lane::text AS lane FROM workflow.executions WHERE execution_id = \(id)", purpose: "cancel: scope"
-                    ).first else { return CancelOutcome.notFound }
-                    try scope.check(namespace: try Namespace(try row.decode("namespace")), lanes: [try Lane(try row.decode("lane"))], action: "cancel")
-                }
-                return try await LeaseStore().cancel(executionID: id, on: conn)
+        let outcome = try await retryingConflicts(on: pool) { conn in
+            if let scope = context.identity?.scope {
+                // A scoped token cancels only inside its scope (an execution it cannot see is not found).
+                guard let row = try await conn.query(
+                    "SELECT namespace::text AS namespace, lane::text AS lane FROM workflow.executions WHERE execution_id = \(id)", purpose: "cancel: scope"
+                ).first else { return CancelOutcome.notFound }
+                try scope.check(namespace: try Namespace(try row.decode("namespace")), lanes: [try Lane(try row.decode("lane"))], action: "cancel")
             }
+            return try await LeaseStore().cancel(executionID: id, on: conn)
         }
         if outcome == .notFound { throw APIError(status: .notFound, code: "not_found", message: "no execution \(id.uuidString.lowercased())") }
         return try json(["outcome": outcome.rawValue])
@@ -79,14 +77,14 @@ extension AdminAPI {
     func completeBatch(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let body = try await JSONBody.read(request, context: context, allowed: ["completions"], limit: Self.maxBatchBodyBytes)
         let completions = try body.objects("completions", allowed: JSONBody.completionFields, max: LeaseStore.maxBatch).map { try $0.completion() }
-        let outcome = try await retryingConflicts { try await pool.withConnection { try await context.leases.complete(completions, on: $0) } }
+        let outcome = try await retryingConflicts(on: pool) { try await context.leases.complete(completions, on: $0) }
         return try json(BatchDocument(outcome, order: completions.map(\.executionID)))
     }
 
     func failBatch(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let body = try await JSONBody.read(request, context: context, allowed: ["failures"], limit: Self.maxBatchBodyBytes)
         let failures = try body.objects("failures", allowed: JSONBody.failureFields, max: LeaseStore.maxBatch).map { try $0.failure() }
-        let outcome = try await retryingConflicts { try await pool.withConnection { try await context.leases.fail(failures, on: $0) } }
+        let outcome = try await retryingConflicts(on: pool) { try await context.leases.fail(failures, on: $0) }
         return try json(BatchDocument(outcome, order: failures.map(\.executionID)))
     }
 
@@ -124,16 +122,14 @@ extension AdminAPI {
         // A draining node still takes completions, but hands out no new work.
         let draining = await node?.isDraining ?? false
         if draining && !completions.isEmpty {
-            let outcome = try await retryingConflicts { try await pool.withConnection { try await context.leases.complete(completions, on: $0) } }
+            let outcome = try await retryingConflicts(on: pool) { try await context.leases.complete(completions, on: $0) }
             return try json(CompleteAndClaimDocument(BatchDocument(outcome, order: completions.map(\.executionID)), leases: []))
         }
         if draining { throw Self.draining }
-        let (outcome, leases) = try await retryingConflicts {
-            try await pool.withConnection {
+        let (outcome, leases) = try await retryingConflicts(on: pool) {
             try await context.leases.completeAndClaim(
                 completions, namespace: c.namespace, lanes: c.lanes, workerInstanceID: c.instance, capabilities: c.capabilities, leaseDuration: c.lease,
                 limit: c.limit, on: $0)
-            }
         }
         return try json(CompleteAndClaimDocument(BatchDocument(outcome, order: completions.map(\.executionID)), leases: leases.map(LeaseDocument.init)))
     }

@@ -96,10 +96,8 @@ extension AdminAPI {
 
     func complete(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let c = try await JSONBody.read(request, context: context, allowed: JSONBody.completionFields).completion()
-        try await retryingConflicts {
-            try await pool.withConnection {
-                try await context.leases.complete(executionID: c.executionID, epoch: c.epoch, result: c.result, cost: c.cost, worker: c.worker, on: $0)
-            }
+        try await retryingConflicts(on: pool) {
+            try await context.leases.complete(executionID: c.executionID, epoch: c.epoch, result: c.result, cost: c.cost, worker: c.worker, on: $0)
         }
         return try json(["state": "completed"])
     }
@@ -107,10 +105,8 @@ extension AdminAPI {
     func fail(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let body = try await JSONBody.read(request, context: context, allowed: JSONBody.failureFields)
         let f = try body.failure()
-        let outcome = try await retryingConflicts {
-            try await pool.withConnection {
-                try await context.leases.fail(executionID: f.executionID, epoch: f.epoch, error: f.error, retryable: f.retryable, worker: f.worker, on: $0)
-            }
+        let outcome = try await retryingConflicts(on: pool) {
+            try await context.leases.fail(executionID: f.executionID, epoch: f.epoch, error: f.error, retryable: f.retryable, worker: f.worker, on: $0)
         }
         return try json(["state": outcome.rawValue])
     }

@@ -25,10 +25,8 @@ extension AdminAPI {
             start.namespace = scope.namespace
             start.allowedLanes = scope.lanes
         }
-        let started = try await retryingConflicts {
-            try await pool.withConnection {
-                try await RunStore(publisher: node?.instanceID.uuid).start(start, actor: .named(context.actor), on: $0)
-            }
+        let started = try await retryingConflicts(on: pool) {
+            try await RunStore(publisher: node?.instanceID.uuid).start(start, actor: .named(context.actor), on: $0)
         }
         return try json(StartedDocument(run_id: started.runID, created: started.created, package_hash: started.packageHash), status: started.created ? .created : .ok)
     }
@@ -76,17 +74,15 @@ extension AdminAPI {
         let id = try runID(context)
         let body = try await JSONBody.read(request, context: context, allowed: ["reason"])
         let reason = try body.string("reason")
-        let outcome = try await retryingConflicts {
-            try await pool.withConnection { conn in
-                if let scope = context.identity?.scope {
-                    // A scoped token cancels only the runs whose steps are in its namespace.
-                    guard let row = try await conn.query("SELECT COALESCE(namespace, 'runs') AS namespace FROM workflow.runs WHERE run_id = \(id)").first else {
-                        throw RegentError(.notFound, "no run \(id)")
-                    }
-                    try scope.check(namespace: try Namespace(try row.decode("namespace")), action: "cancel runs")
+        let outcome = try await retryingConflicts(on: pool) { conn in
+            if let scope = context.identity?.scope {
+                // A scoped token cancels only the runs whose steps are in its namespace.
+                guard let row = try await conn.query("SELECT COALESCE(namespace, 'runs') AS namespace FROM workflow.runs WHERE run_id = \(id)").first else {
+                    throw RegentError(.notFound, "no run \(id)")
                 }
-                return try await RunStore().cancel(id, reason: reason, actor: .named(context.actor), on: conn)
+                try scope.check(namespace: try Namespace(try row.decode("namespace")), action: "cancel runs")
             }
+            return try await RunStore().cancel(id, reason: reason, actor: .named(context.actor), on: conn)
         }
         return try json(["outcome": outcome.rawValue])
     }
