@@ -296,6 +296,68 @@ struct RunTests {
         }
     }
 
+    /// One batch completes two sibling steps and a plain execution: the first step's cost stops
+    /// the run, whose finish fences the second step's completion in the same statement. The
+    /// batch reports the first step and the plain execution done and the fenced step stale
+    /// (sql/workflow/0013 reads step executions again only for such a batch).
+    @Test func aBatchReportsASiblingFencedByItsOwnBudgetStopAsStale() async throws {
+        try await withBootedDatabase { _, conn in
+            let f = try await RunFixture.deploy("fenced", steps: Self.diamond, budget: #"{"limit": 5, "unit": "units"}"#, on: conn)
+            let run = try await f.start()
+            _ = try await f.complete(try await f.claimStep("a"))
+            let plain = try await LeaseStore().enqueue(
+                namespace: RunStore.namespace, [EnqueueRequest(lane: try Lane("work"), payload: #"{"plain": true}"#)], on: conn)
+            let leases = try await f.claim()
+            #expect(leases.count == 3 && Set(leases.compactMap(\.step?.name)) == ["b", "c"])
+            let outcome = try await LeaseStore().complete(
+                leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch, result: "{}", cost: $0.step == nil ? [] : [try! Cost(amount: 5)]) },
+                on: conn)
+            #expect(outcome.done.count == 2 && outcome.stale.count == 1)
+            #expect(outcome.done[plain[0].executionID] == "completed", "the plain execution is done")
+            let fenced = try #require(outcome.stale.first)
+            let state = try await conn.query("SELECT state::text AS s FROM workflow.executions WHERE execution_id = \(fenced)").single().decode("s", as: String.self)
+            #expect(state == "cancelled", "the stale one is the step its sibling's budget stop fenced")
+            let shown = try await f.run(run.runID)
+            #expect(shown.state == "failed" && shown.reason == "budget_exceeded")
+            // The same batch again: every item is stale now, nothing is reported done.
+            let again = try await LeaseStore().complete(
+                leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch, result: "{}") }, on: conn)
+            #expect(again.done.isEmpty && again.stale.count == 3)
+        }
+    }
+
+    /// `start --version`: the run is pinned to that stored version though the type is routed
+    /// to another; a version not stored for the type (unknown, or another type's) starts nothing.
+    @Test func aRunStartsOnAChosenStoredVersion() async throws {
+        try await withBootedDatabase { _, conn in
+            let first = try await RunFixture.deploy("versions", steps: [#"{"name": "old", "lane": "work"}"#], on: conn)
+            let second = try await RunFixture.deploy("versions", steps: [#"{"name": "new", "lane": "work"}"#], on: conn)
+            let other = try await RunFixture.deploy("elsewhere", steps: Self.linear, on: conn)
+            var request = RunStore.StartRequest(workflowType: first.type)
+            request.version = first.hash
+            let canary = try await RunStore().start(request, actor: first.actor, on: conn)
+            #expect(canary.packageHash == first.hash)
+            #expect(try await first.run(canary.runID).steps.map(\.name) == ["old"])
+            #expect(try await second.start().packageHash == second.hash, "without a version, the routed one")
+            let runs = try await conn.query("SELECT count(*) AS n FROM workflow.runs").single().decode("n", as: Int64.self)
+            for (hash, why) in [(other.hash, "another type's"), (String(repeating: "a", count: 64), "unknown")] {
+                request.version = hash
+                await #expect(throws: RegentError.self, "\(why) version") {
+                    do { _ = try await RunStore().start(request, actor: first.actor, on: conn) } catch let e as RegentError {
+                        #expect(e.code == .notFound && e.message.contains("is not stored"))
+                        throw e
+                    }
+                }
+            }
+            request.version = "ABC"
+            #expect(throws: RegentError.self) { try request.check() }
+            #expect(try await conn.query("SELECT count(*) AS n FROM workflow.runs").single().decode("n", as: Int64.self) == runs)
+            let started = try await conn.query(
+                "SELECT payload FROM engine.events WHERE topic = 'run.started' AND payload->>'run_id' = \(canary.runID)").single().decode("payload", as: String.self)
+            #expect(started.contains(#""version_chosen": true"#))
+        }
+    }
+
     @Test func aBudgetReachedStopsTheRunAndTheLedgerAddsUp() async throws {
         try await withBootedDatabase { _, conn in
             let f = try await RunFixture.deploy("budget", steps: Self.linear, budget: #"{"limit": 10, "unit": "cents"}"#, on: conn)

@@ -175,6 +175,40 @@ struct TrustAPITests {
         }
     }
 
+    /// A run on a chosen version (a canary): admin only; a version that is not stored, or not of
+    /// the type, is 404 and starts nothing; a malformed one is 400.
+    @Test func aRunStartsOnAChosenVersionOnlyForAnAdmin() async throws {
+        try await Fixture.with { f in
+            var hashes: [String] = []
+            try await PostgresConnection.withConnection(f.database) { conn in
+                for steps in [[#"{"name": "one", "lane": "work"}"#], [#"{"name": "two", "lane": "work"}"#]] {
+                    let fixture = try PackageFixture(files: ["workflow.json": PackageFixture.manifest(type: "canary", steps: steps)])
+                    defer { fixture.remove() }
+                    hashes.append(try await PackageStore().deploy(try PackageContents(path: fixture.directory.path, limits: .default), actor: .named("test"), on: conn).contentHash)
+                }
+            }
+            let (old, routed) = (hashes[0], hashes[1])
+            try await f.app().test(.router) { client in
+                let pool = ConnectionPool(configuration: f.database, options: .init(maxConnections: 1))
+                let runs = try await count(pool, "workflow.runs")
+                let byWorker = try await client.call(.post, "/v1/runs", token: f.worker, json: #"{"workflow_type":"canary","version":"\#(old)"}"#)
+                #expect(byWorker.status == .forbidden && errorCode(byWorker) == "forbidden")
+                let missing = try await client.call(.post, "/v1/runs", token: f.admin, json: #"{"workflow_type":"canary","version":"\#(String(repeating: "0", count: 64))"}"#)
+                #expect(missing.status == .notFound && errorCode(missing) == "not_found")
+                let malformed = try await client.call(.post, "/v1/runs", token: f.admin, json: #"{"workflow_type":"canary","version":"v1"}"#)
+                #expect(malformed.status == .badRequest)
+                #expect(try await count(pool, "workflow.runs") == runs, "nothing started")
+                let canary = try await client.call(.post, "/v1/runs", token: f.admin, json: #"{"workflow_type":"canary","version":"\#(old)","idempotency_key":"c"}"#)
+                #expect(try canary.status == .created && (object(canary.body)["package_hash"] as? String) == old)
+                let plain = try await client.call(.post, "/v1/runs", token: f.worker, json: #"{"workflow_type":"canary"}"#)
+                #expect(try plain.status == .created && (object(plain.body)["package_hash"] as? String) == routed)
+                // The same key naming another version is not the same start.
+                let otherVersion = try await client.call(.post, "/v1/runs", token: f.admin, json: #"{"workflow_type":"canary","version":"\#(routed)","idempotency_key":"c"}"#)
+                #expect(otherVersion.status == .conflict && errorCode(otherVersion) == "idempotency_conflict")
+            }
+        }
+    }
+
     /// Listings are summaries: no input or output unless asked for; timestamps carry microseconds.
     @Test func runListingsAreSummariesWithPreciseTimestamps() async throws {
         try await Fixture.with { f in

@@ -26,6 +26,9 @@ public struct RunStore: Sendable {
         public var namespace: Namespace = RunStore.namespace
         /// With a lane-scoped token: the lanes its steps may use (a manifest with another is refused).
         public var allowedLanes: [Lane]?
+        /// Start on this stored version of the type (its content hash), routed or not: a canary.
+        /// nil: the version the type is routed to.
+        public var version: String?
 
         public init(workflowType: WorkflowType, input: String = "{}", idempotencyKey: String? = nil, deadline: Duration? = nil,
                     budget: WorkflowManifest.Budget? = nil) {
@@ -48,6 +51,9 @@ public struct RunStore: Sendable {
                 guard (1...255).contains(key.unicodeScalars.count), !key.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
                     throw RegentError(.invalidInput, "idempotency key must be 1-255 characters without control characters")
                 }
+            }
+            if let version, !PackageStore.isHash(version) {
+                throw RegentError(.invalidInput, "version \(quoted(String(version.prefix(80)))) is not a package version: use the 64 lowercase hex digits of its content hash (regent packages list)")
             }
             if let deadline, deadline <= .zero || deadline > .seconds(86_400 * 365) {
                 throw RegentError(.invalidInput, "deadline must be after now and at most a year away")
@@ -77,7 +83,7 @@ public struct RunStore: Sendable {
                 SELECT run_id, created, package_hash, same_input, refused FROM workflow.start_run(
                     \(request.workflowType.value), \(request.input)::jsonb, \(request.idempotencyKey), \(deadlineMs)::bigint,
                     \(request.budget.map { String($0.limit) })::numeric, \(request.budget?.unit), \(actor.description), \(request.namespace.value),
-                    \(publisher)::uuid, \(request.allowedLanes?.map(\.value))::text[])
+                    \(publisher)::uuid, \(request.allowedLanes?.map(\.value))::text[], \(request.version)::text)
                 """, purpose: "runs: start")
             if let row = rows.first {
                 if let refused = try row.decodeOptional("refused", as: String.self) {
@@ -86,12 +92,18 @@ public struct RunStore: Sendable {
                 }
                 let started = Started(runID: try row.decode("run_id"), created: try row.decode("created"), packageHash: try row.decode("package_hash"))
                 if !started.created, try row.decodeOptional("same_input", as: Bool.self) == false {
+                    let what = request.version.map { "a different input or version (it runs \(started.packageHash), this start named \($0))" } ?? "a different input"
                     throw RegentError(
                         .idempotencyConflict,
-                        "idempotency key \(quoted(request.idempotencyKey ?? "")) already started run \(started.runID) of \(request.workflowType.value) with a different input",
-                        hint: "use a new key for a new input, or send the same input to get that run")
+                        "idempotency key \(quoted(request.idempotencyKey ?? "")) already started run \(started.runID) of \(request.workflowType.value) with \(what)",
+                        hint: "use a new key for a new start, or send the same start to get that run")
                 }
                 return started
+            }
+            if let version = request.version {
+                throw RegentError(
+                    .notFound, "version \(version) of workflow type \(quoted(request.workflowType.value)) is not stored",
+                    hint: "regent packages list shows the stored versions; deploy the package first")
             }
         }
         throw RegentError(

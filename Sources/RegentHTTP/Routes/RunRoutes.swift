@@ -8,7 +8,7 @@ import RegentCore
 extension AdminAPI {
     func startRun(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let body = try await JSONBody.read(
-            request, context: context, allowed: ["workflow_type", "input", "idempotency_key", "deadline_ms", "budget"], limit: RunStore.maxInputBytes + 64 * 1024)
+            request, context: context, allowed: ["workflow_type", "input", "idempotency_key", "deadline_ms", "budget", "version"], limit: RunStore.maxInputBytes + 64 * 1024)
         var start = RunStore.StartRequest(workflowType: try WorkflowType(try body.string("workflow_type")))
         start.input = try body.optionalObjectJSON("input") ?? "{}"
         start.idempotencyKey = try body.optionalString("idempotency_key")
@@ -19,6 +19,14 @@ extension AdminAPI {
         if let budget = try body.optionalObject("budget", allowed: ["limit", "unit"]) {
             guard let limit = try budget.optionalNumber("limit") else { throw budget.wrongType("limit", "a number above 0") }
             start.budget = WorkflowManifest.Budget(limit: limit, unit: try budget.string("unit"))
+        }
+        if let version = try body.optionalString("version") {
+            // Choosing a version (a canary) is an operator's decision, as routing is: admin only.
+            if let identity = context.identity, identity.role < .admin {
+                throw APIError(status: .forbidden, code: "forbidden",
+                               message: "this token's role (\(identity.role.rawValue)) may not start a run on a chosen version; it needs admin (without version, the routed one is used)")
+            }
+            start.version = version
         }
         if let scope = context.identity?.scope {
             // A scoped token's runs put their steps in its namespace (and only in its lanes).

@@ -10,18 +10,24 @@ struct RunsCommand: AsyncParsableCommand {
     struct Start: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Start a run of TYPE on its routed package version (pinned to it); prints the run id.",
-            discussion: "With --idempotency-key, a key already used for the type prints that run's id, marked \"existing\", and starts nothing.")
+            discussion: """
+                With --idempotency-key, a key already used for the type prints that run's id, marked "existing", and starts nothing. \
+                With --version, the run starts on that stored version of the type instead of the routed one (a canary); \
+                a version that is not stored is refused.
+                """)
         @OptionGroup var database: DatabaseOptions
         @OptionGroup var log: LogOptions
         @Argument(help: "Workflow type.") var type: String
         @Option(help: "The run's input: a JSON object.") var input = "{}"
         @Option(help: "Start at most one run per key and type (1-255 characters).") var idempotencyKey: String?
         @Option(help: "Fail the run with deadline_exceeded after this long (e.g. 10m).") var deadline: String?
+        @Option(help: "Start on this stored version (content hash) of TYPE, routed or not.") var version: String?
         @Option(help: "Recorded as who started it.") var actor = "cli:\(ProcessInfo.processInfo.userName)"
 
         func request() throws -> RunStore.StartRequest {
             var r = RunStore.StartRequest(workflowType: try validated { try WorkflowType(type) }, input: input, idempotencyKey: idempotencyKey)
             if let deadline { r.deadline = try validated { try parseDuration(deadline, flag: "--deadline") } }
+            r.version = version
             try validated { try r.check() }
             return r
         }
