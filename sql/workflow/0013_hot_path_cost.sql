@@ -1,15 +1,17 @@
 -- The hot path's cost, back to what it was before 0012 (issue 26: `bench queue` and `bench runs`
--- no slower). Measured per statement (pg_stat_statements, pgbench, alternating databases at
--- 0011 and 0012 on one server), 0012 made a claim of one plain execution about 13% dearer and
--- its completion about 25% dearer:
---   * the claim composed a step's payload in a lateral join that every claim planned and
---     initialised, plain or not: it is a function now, called only for a step's row;
---   * the completion kept its rows in two arrays and returned them with a second statement,
---     so that a step completion fenced by its own trigger was not reported done: a batch of
---     plain executions is now one statement, and only a batch with a step (or a stale item)
---     reads its step executions again;
---   * the run rows' lookup (lock order) read the input through a materialised CTE: it reads
---     the items' ids from the JSON directly (the input stays inlined in the update).
+-- no slower). Measured per statement (pg_stat_statements; pgbench running the 0011 functions and
+-- these side by side in one database, so both see the same tables at the same moment), 0012
+-- made the claim of one plain execution about 13% dearer and its completion about 35% dearer.
+-- Nearly all of it was executor start-up, paid by every call whatever it did: plan nodes that
+-- a plain execution never runs (a lateral join, the run-row lock's scans, a holder probe) are
+-- still initialised, relations opened and locked, expressions compiled. So:
+--   * the claim reads a step's payload in a function called only for a step's row;
+--   * a completion runs a statement for plain executions (the 0011 plan, which touches no run)
+--     and, only when items are left, one for step executions that locks their run rows first
+--     (lock order) and reads them again afterwards, so a step fenced by its own trigger (a
+--     sibling's budget stop in the same batch) is reported stale;
+--   * the holder check (a token, or an item's worker) filters the items before either, and
+--     only when there is a holder to check: who claimed an execution at an epoch never changes.
 -- Same results, same locks in the same order (sql/workflow/0012's header).
 
 -- A claimed step's input and the outputs of the steps it runs after, read where each is stored
@@ -89,23 +91,72 @@ BEGIN
 END
 $$;
 
+-- The items of a completion or failure whose lease at the item's epoch was claimed by this
+-- holder: with `p_token`, with that token; with an item's `worker`, by that worker instance.
+-- The others are dropped (the caller reports them stale and says why). A lease epoch's holder
+-- is fixed when it is claimed, so filtering first and updating after is as good as one statement.
+CREATE FUNCTION workflow.held_items(p_items jsonb, p_token text) RETURNS jsonb LANGUAGE plpgsql STABLE
+SET enable_seqscan = off
+AS $$
+-- Locks: none (reads leases).
+BEGIN
+    RETURN COALESCE((
+        SELECT jsonb_agg(j.item ORDER BY j.n) FROM jsonb_array_elements(p_items) WITH ORDINALITY AS j(item, n)
+        WHERE EXISTS (
+            SELECT 1 FROM workflow.leases h
+            WHERE h.execution_id = (j.item ->> 'execution_id')::uuid AND h.lease_epoch = (j.item ->> 'epoch')::bigint
+              AND (p_token IS NULL OR h.token_id = p_token)
+              AND (j.item ->> 'worker' IS NULL OR h.worker_instance_id = j.item ->> 'worker'))), '[]'::jsonb);
+END
+$$;
+
+-- Completion bound to the lease's holder (see held_items). Plain executions, then step
+-- executions with their run rows locked first.
 CREATE OR REPLACE FUNCTION workflow.complete(p_items jsonb, p_token text)
 RETURNS TABLE (execution_id uuid)
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off
 SET plan_cache_mode = force_generic_plan
 AS $$
--- Locks: runs (run_id order) → executions → leases → attempts → (trigger) run_steps.
+-- Locks: plain executions → leases → attempts; then runs (run_id order) → step executions →
+-- leases → attempts → (trigger) run_steps. Holding a plain execution while waiting for a run
+-- row cannot close a cycle: nothing that holds a run row waits for a plain execution.
 #variable_conflict use_column
 DECLARE
     v_count bigint;
+    v_steps uuid[];
 BEGIN
+    IF p_token IS NOT NULL OR p_items @? '$[*].worker' THEN
+        p_items := workflow.held_items(p_items, p_token);
+    END IF;
     RETURN QUERY
     WITH input AS (
-        SELECT * FROM jsonb_to_recordset(p_items) AS i(execution_id uuid, epoch bigint, result jsonb, cost jsonb, worker text)
+        SELECT * FROM jsonb_to_recordset(p_items) AS i(execution_id uuid, epoch bigint, result jsonb, cost jsonb)
+    ), done AS (
+        UPDATE workflow.executions e
+        SET state = 'completed', result = i.result, cost = i.cost, updated_at = now(), finished_at = now()
+        FROM input i
+        WHERE e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running' AND e.step_id IS NULL
+        RETURNING e.execution_id, e.namespace, e.unique_key
+    ), unleased AS (
+        DELETE FROM workflow.leases l USING done d WHERE l.execution_id = d.execution_id RETURNING l.execution_id, l.attempt_index
+    ), ended AS (
+        UPDATE workflow.attempts a SET state = 'completed', ended_at = now()
+        FROM unleased u WHERE a.execution_id = u.execution_id AND a.attempt_index = u.attempt_index
+    ), unkeyed AS (
+        DELETE FROM workflow.unique_keys k USING done d
+        WHERE d.unique_key IS NOT NULL AND k.namespace = d.namespace AND k.unique_key = d.unique_key AND k.execution_id = d.execution_id
+    )
+    SELECT d.execution_id FROM done d;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    IF v_count = jsonb_array_length(p_items) THEN RETURN; END IF;
+
+    -- Step executions (they never carry a unique key).
+    WITH input AS (
+        SELECT * FROM jsonb_to_recordset(p_items) AS i(execution_id uuid, epoch bigint, result jsonb, cost jsonb)
     ), runs_locked AS (
         -- Lock order: the run rows of the batch's step executions, in run_id order, before any
-        -- execution (an uncorrelated condition of the update: evaluated once, before its scan).
+        -- of them (an uncorrelated condition of the update: evaluated once, before its scan).
         SELECT r.run_id FROM workflow.runs r
         WHERE r.run_id = ANY (ARRAY(
             SELECT COALESCE(x.run_id, x.payload ->> 'run_id') FROM workflow.executions x
@@ -118,39 +169,23 @@ BEGIN
         SET state = 'completed', result = i.result, cost = i.cost, updated_at = now(), finished_at = now()
         FROM input i
         WHERE (SELECT count(*) FROM runs_locked) >= 0
-          AND e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running'
-          -- The holder: only when a token or a worker instance is given (a database client's
-          -- completion skips the probe).
-          AND ((p_token IS NULL AND i.worker IS NULL) OR EXISTS (
-                SELECT 1 FROM workflow.leases h
-                WHERE h.execution_id = i.execution_id AND h.lease_epoch = i.epoch
-                  AND (p_token IS NULL OR h.token_id = p_token) AND (i.worker IS NULL OR h.worker_instance_id = i.worker)))
-        RETURNING e.execution_id, e.namespace, e.unique_key, e.step_id
+          AND e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running' AND e.step_id IS NOT NULL
+        RETURNING e.execution_id
     ), unleased AS (
         DELETE FROM workflow.leases l USING done d WHERE l.execution_id = d.execution_id RETURNING l.execution_id, l.attempt_index
     ), ended AS (
         UPDATE workflow.attempts a SET state = 'completed', ended_at = now()
         FROM unleased u WHERE a.execution_id = u.execution_id AND a.attempt_index = u.attempt_index
-    ), unkeyed AS (
-        DELETE FROM workflow.unique_keys k USING done d
-        WHERE d.unique_key IS NOT NULL AND k.namespace = d.namespace AND k.unique_key = d.unique_key AND k.execution_id = d.execution_id
     )
-    SELECT d.execution_id FROM done d WHERE d.step_id IS NULL;
-    -- Every item a plain execution this statement completed: nothing more to read. Otherwise
-    -- the step executions it completed that no trigger fenced afterwards (a sibling's budget
-    -- stop in the same batch fences the rest of its run): still `completed` at this
-    -- transaction's time and epoch. (A step completed by an earlier statement of the same
-    -- transaction with the same epoch is reported again: the same outcome, told twice.)
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    IF v_count < jsonb_array_length(p_items) THEN
-        RETURN QUERY
-        SELECT e.execution_id FROM jsonb_to_recordset(p_items) AS i(execution_id uuid, epoch bigint)
-        JOIN workflow.executions e ON e.execution_id = i.execution_id AND e.lease_epoch = i.epoch
-        WHERE e.step_id IS NOT NULL AND e.state = 'completed' AND e.finished_at = now();
+    SELECT array_agg(d.execution_id) INTO v_steps FROM done d;
+    -- The triggers have run: what a sibling's finish fenced meanwhile is no longer completed.
+    IF v_steps IS NOT NULL THEN
+        RETURN QUERY SELECT e.execution_id FROM workflow.executions e WHERE e.execution_id = ANY (v_steps) AND e.state = 'completed';
     END IF;
 END
 $$;
 
+-- Failure bound to the lease's holder (see held_items), run rows first.
 CREATE OR REPLACE FUNCTION workflow.fail(p_items jsonb, p_default_base_ms bigint, p_default_max_ms bigint, p_token text)
 RETURNS TABLE (execution_id uuid, state text, run_at timestamptz)
 LANGUAGE plpgsql VOLATILE
@@ -160,9 +195,12 @@ AS $$
 -- Locks: runs (run_id order) → executions → leases → attempts → ready (insert) → (trigger) run_steps.
 #variable_conflict use_column
 BEGIN
+    IF p_token IS NOT NULL OR p_items @? '$[*].worker' THEN
+        p_items := workflow.held_items(p_items, p_token);
+    END IF;
     RETURN QUERY
     WITH input AS (
-        SELECT * FROM jsonb_to_recordset(p_items) AS i(execution_id uuid, epoch bigint, error text, retryable boolean, worker text)
+        SELECT * FROM jsonb_to_recordset(p_items) AS i(execution_id uuid, epoch bigint, error text, retryable boolean)
     ), runs_locked AS (
         -- Lock order: as in complete.
         SELECT r.run_id FROM workflow.runs r
@@ -186,10 +224,6 @@ BEGIN
         FROM input i
         WHERE (SELECT count(*) FROM runs_locked) >= 0
           AND e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running'
-          AND ((p_token IS NULL AND i.worker IS NULL) OR EXISTS (
-                SELECT 1 FROM workflow.leases h
-                WHERE h.execution_id = i.execution_id AND h.lease_epoch = i.epoch
-                  AND (p_token IS NULL OR h.token_id = p_token) AND (i.worker IS NULL OR h.worker_instance_id = i.worker)))
         RETURNING e.execution_id, e.namespace, e.lane, e.priority, e.run_at, e.required_capabilities, e.state, e.unique_key
     ), unleased AS (
         DELETE FROM workflow.leases l USING failed f WHERE l.execution_id = f.execution_id RETURNING l.execution_id, l.attempt_index
