@@ -341,6 +341,11 @@ struct RunCLITests {
             #expect(c5 == 0 && cancelled.contains("cancelled"), "\(cancelled)")
             let (_, finished) = try await runRegent(["runs", "cancel", runID, "--reason", "late", "--database-url", url], "r-cancel2")
             #expect(finished.contains("already_finished"), "\(finished)")
+            // Retry: a cancelled run has no failed step; all-unfinished resumes it.
+            let (c6, noFailed) = try await runRegent(["runs", "retry", second, "--database-url", url], "r-retry1")
+            #expect(c6 != 0 && noFailed.contains("all-unfinished"), "\(noFailed)")
+            let (c7, retried) = try await runRegent(["runs", "retry", second, "--steps", "all-unfinished", "--database-url", url], "r-retry2")
+            #expect(c7 == 0 && retried.contains("retried \(second): queued first"), "\(retried)")
             for (args, expected) in [
                 (["runs", "start", "cli.run", "--input", "[1]"], "input must be a JSON object"),
                 (["runs", "start", "nosuch.type"], "has no routed package version"),
@@ -348,6 +353,10 @@ struct RunCLITests {
                 (["runs", "show", "run_nope"], "invalid run id"),
                 (["runs", "list", "--state", "sleeping"], "invalid --state"),
                 (["runs", "cancel", second], "--reason"),
+                (["runs", "start", "cli.run", "--version", "v2"], "is not a package version"),
+                (["runs", "retry", second, "--steps", "everything"], "invalid --steps"),
+                (["runs", "retry", second, "--budget", "0"], "budget limit must be above 0"),
+                (["runs", "start", "cli.run", "--version", String(repeating: "0", count: 64)], "is not stored"),
             ] {
                 let (c, o) = try await runRegent(args + ["--database-url", url], "r-bad")
                 #expect(c != 0 && o.contains(expected), "\(args): \(o)")

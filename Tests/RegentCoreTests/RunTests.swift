@@ -358,6 +358,78 @@ struct RunTests {
         }
     }
 
+    /// `runs retry`: a run whose middle step failed for good resumes from that step on its
+    /// pinned version; the step before keeps its output (the retried step's payload carries it),
+    /// the failed step runs as a new execution with fresh attempts, the ledger continues, and
+    /// the event and audit row name who did it. A succeeded or running run is refused.
+    @Test func aFailedRunResumesFromTheFailedStepKeepingWhatSucceeded() async throws {
+        try await withBootedDatabase { _, conn in
+            let f = try await RunFixture.deploy("resume", steps: Self.linear, budget: #"{"limit": 10, "unit": "units"}"#, on: conn)
+            let run = try await f.start(#"{"x": 1}"#)
+            _ = try await f.complete(try await f.claimStep("a"), output: #"{"a": 1}"#, cost: [try Cost(amount: 2)])
+            let b = try await f.claimStep("b")
+            _ = try await LeaseStore().fail(executionID: b.executionID, epoch: b.epoch, error: "a bug", retryable: false, on: conn)
+            var shown = try await f.run(run.runID)
+            #expect(shown.state == "failed" && shown.steps.map(\.state) == ["succeeded", "failed", "skipped"])
+            await #expect(throws: RegentError.self) { _ = try await RunStore().retry(run.runID, .init(mode: .failed, budgetLimit: 1), actor: f.actor, on: conn) }
+            let retried = try await RunStore().retry(run.runID, .init(), actor: .named("operator"), on: conn)
+            #expect(retried.requeued == ["b"] && retried.reset == ["b", "c"])
+            shown = try await f.run(run.runID)
+            #expect(shown.state == "running" && shown.reason == nil && shown.finishedAt == nil)
+            #expect(shown.steps.map(\.state) == ["succeeded", "queued", "pending"])
+            await #expect(throws: RegentError.self, "a running run") { _ = try await RunStore().retry(run.runID, .init(), actor: f.actor, on: conn) }
+            let b2 = try await f.claimStep("b")
+            #expect(b2.executionID != b.executionID && b2.attemptIndex == 1, "a new execution with fresh attempts")
+            #expect(b2.payload.contains(#""a": 1"#) || b2.payload.contains(#""a":1"#), "the succeeded step's output reaches the retried one: \(b2.payload)")
+            _ = try await f.complete(b2, output: #"{"b": 2}"#, cost: [try Cost(amount: 3)])
+            _ = try await f.complete(try await f.claimStep("c"), output: #"{"c": 3}"#)
+            shown = try await f.run(run.runID)
+            #expect(shown.state == "succeeded" && shown.budgetSpent == 5, "the ledger continued: \(shown.budgetSpent)")
+            #expect(shown.output.map { try? StrictJSON.parse(Array($0.utf8)) } == .object(["c": .object(["c": .integer(3)])]))
+            let history = try await conn.query(
+                "SELECT count(*) AS n FROM workflow.attempts a JOIN workflow.executions e ON e.execution_id = a.execution_id WHERE e.run_id = \(run.runID)"
+            ).single().decode("n", as: Int64.self)
+            #expect(history == 4, "every attempt of both rounds is kept")
+            let event = try await conn.query("SELECT payload FROM engine.events WHERE topic = 'run.retried' AND payload->>'run_id' = \(run.runID)").single()
+            #expect(try event.decode("payload", as: String.self).contains("operator"))
+            let audit = try await conn.query("SELECT actor FROM engine.audit WHERE action = 'run.retry' AND detail->>'run_id' = \(run.runID)").single()
+            #expect(try audit.decode("actor", as: String.self).contains("operator"))
+            await #expect(throws: RegentError.self, "a succeeded run") { _ = try await RunStore().retry(run.runID, .init(), actor: f.actor, on: conn) }
+        }
+    }
+
+    /// A cancelled run has no failed step: `--steps failed` says so and changes nothing;
+    /// `all-unfinished` resumes it, the cancelled and skipped steps running again. A run that
+    /// spent its budget resumes only with a higher limit.
+    @Test func aCancelledOrOverBudgetRunResumesOnlyAsAsked() async throws {
+        try await withBootedDatabase { _, conn in
+            let f = try await RunFixture.deploy("resume2", steps: Self.linear, budget: #"{"limit": 5, "unit": "units"}"#, on: conn)
+            let run = try await f.start()
+            _ = try await f.claimStep("a")
+            _ = try await RunStore().cancel(run.runID, reason: "operator", actor: f.actor, on: conn)
+            do {
+                _ = try await RunStore().retry(run.runID, .init(mode: .failed), actor: f.actor, on: conn)
+                Issue.record("a cancelled run has no failed step")
+            } catch let e as RegentError {
+                #expect(e.code == .conflict && e.message.contains("no step") && (e.hint ?? "").contains("all-unfinished"))
+            }
+            #expect(try await f.run(run.runID).state == "cancelled", "nothing changed")
+            let retried = try await RunStore().retry(run.runID, .init(mode: .allUnfinished), actor: f.actor, on: conn)
+            #expect(retried.requeued == ["a"] && retried.reset == ["a", "b", "c"])
+            _ = try await f.complete(try await f.claimStep("a"), cost: [try Cost(amount: 5)])
+            #expect(try await f.run(run.runID).reason == "budget_exceeded")
+            do {
+                _ = try await RunStore().retry(run.runID, .init(mode: .allUnfinished), actor: f.actor, on: conn)
+                Issue.record("a spent budget needs a higher limit")
+            } catch let e as RegentError { #expect(e.code == .conflict && e.message.contains("budget")) }
+            let raised = try await RunStore().retry(run.runID, .init(mode: .allUnfinished, budgetLimit: 20), actor: f.actor, on: conn)
+            #expect(raised.requeued == ["b"])
+            let shown = try await f.run(run.runID)
+            #expect(shown.state == "running" && shown.budgetLimit == 20 && shown.budgetSpent == 5)
+            await #expect(throws: RegentError.self) { _ = try await RunStore().retry("run_nope", .init(), actor: f.actor, on: conn) }
+        }
+    }
+
     @Test func aBudgetReachedStopsTheRunAndTheLedgerAddsUp() async throws {
         try await withBootedDatabase { _, conn in
             let f = try await RunFixture.deploy("budget", steps: Self.linear, budget: #"{"limit": 10, "unit": "cents"}"#, on: conn)

@@ -209,6 +209,45 @@ struct TrustAPITests {
         }
     }
 
+    /// POST /v1/runs/{id}/retry: a read token is refused, bad modes are 400, a failed run
+    /// resumes (200 with the steps queued), a running one is 409, an unknown one 404.
+    @Test func aFailedRunIsRetriedOverHTTP() async throws {
+        try await Fixture.with { f in
+            let runID: String = try await PostgresConnection.withConnection(f.database) { conn in
+                let fixture = try PackageFixture(files: ["workflow.json": PackageFixture.manifest(type: "retry.http", steps: [
+                    #"{"name": "first", "lane": "work"}"#, #"{"name": "second", "lane": "work", "after": ["first"]}"#,
+                ])])
+                defer { fixture.remove() }
+                _ = try await PackageStore().deploy(try PackageContents(path: fixture.directory.path, limits: .default), actor: .named("test"), on: conn)
+                let run = try await RunStore().start(.init(workflowType: try WorkflowType("retry.http")), actor: .named("test"), on: conn)
+                _ = try await WorkerRegistry().register(
+                    namespace: RunStore.namespace, workerInstanceID: try WorkerInstanceID("w-retry"), workerID: try WorkerID("w"), lanes: [try Lane("work")],
+                    capabilities: [], livenessTTL: .seconds(300), on: conn)
+                let lease = try #require(try await LeaseStore().claim(
+                    namespace: RunStore.namespace, lanes: [try Lane("work")], workerInstanceID: try WorkerInstanceID("w-retry"), capabilities: [],
+                    leaseDuration: nil, limit: 1, on: conn).first)
+                _ = try await LeaseStore().fail(executionID: lease.executionID, epoch: lease.epoch, error: "boom", retryable: false, on: conn)
+                return run.runID
+            }
+            try await f.app().test(.router) { client in
+                let byReader = try await client.call(.post, "/v1/runs/\(runID)/retry", token: f.reader, json: "{}")
+                #expect(byReader.status == .forbidden)
+                let badMode = try await client.call(.post, "/v1/runs/\(runID)/retry", token: f.worker, json: #"{"steps":"everything"}"#)
+                #expect(badMode.status == .badRequest)
+                let lowBudget = try await client.call(.post, "/v1/runs/\(runID)/retry", token: f.worker, json: #"{"budget_limit":-1}"#)
+                #expect(lowBudget.status == .badRequest)
+                let unknown = try await client.call(.post, "/v1/runs/run_00000000000000000000000000/retry", token: f.worker, json: "{}")
+                #expect(unknown.status == .notFound)
+                let retried = try await client.call(.post, "/v1/runs/\(runID)/retry", token: f.worker, json: #"{"steps":"failed"}"#)
+                #expect(retried.status == .ok)
+                let body = try object(retried.body)
+                #expect(body["requeued"] as? [String] == ["first"] && body["reset"] as? [String] == ["first", "second"])
+                let again = try await client.call(.post, "/v1/runs/\(runID)/retry", token: f.worker, json: "{}")
+                #expect(again.status == .conflict && errorCode(again) == "conflict")
+            }
+        }
+    }
+
     /// Listings are summaries: no input or output unless asked for; timestamps carry microseconds.
     @Test func runListingsAreSummariesWithPreciseTimestamps() async throws {
         try await Fixture.with { f in

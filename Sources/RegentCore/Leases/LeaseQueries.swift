@@ -6,12 +6,13 @@ import PostgresClient
 /// worker-alive check folded in, a batch of completions or failures.
 ///
 /// Lock order, so that no two of them can deadlock: a claim locks `ready` rows, then
-/// `executions`, then writes `attempts` and `leases`; completion and failure lock
-/// `executions`, then `leases`, then `attempts`, after the run rows of their step executions
-/// (in run_id order); the expiry scanner takes runs, `leases` and `executions` rows together
+/// `executions`, then writes `attempts` and `leases`; a completion locks its plain
+/// executions (no run involved), then the run rows of its step executions (in run_id order),
+/// then those executions, `leases`, `attempts`; a failure locks the run rows first, then its
+/// executions, `leases`, `attempts`; the expiry scanner takes runs, `leases` and `executions` rows together
 /// with SKIP LOCKED (it never waits); a cancel locks the run row, then deletes the `ready` row,
 /// each in a statement of its own, before it touches `executions`. The whole order is in
-/// sql/workflow/0012 and docs/workers-and-leases.md.
+/// sql/workflow/0012 (0013 for the completion) and docs/workers-and-leases.md.
 ///
 /// The hot statements are prepared on each session the first time they run there
 /// (`prepared()`): planning one of these CTEs costs more than running it for a small batch.

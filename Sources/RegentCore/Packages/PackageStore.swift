@@ -330,6 +330,8 @@ public struct PackageStore: Sendable {
             switch v {
             case let s as String: object[k] = .string(s)
             case let b as Bool: object[k] = .bool(b)
+            case let d as Double: object[k] = .number(d)
+            case let a as [String]: object[k] = .array(a.map { .string($0) })
             default: object[k] = .null
             }
         }

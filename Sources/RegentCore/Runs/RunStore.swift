@@ -379,6 +379,100 @@ extension RunStore {
     }
 }
 
+// MARK: Resuming
+
+extension RunStore {
+    /// Which finished runs `retry` resumes.
+    public enum RetryMode: String, Sendable, CaseIterable {
+        /// Only a run in which a step failed (re-running it after a fix).
+        case failed
+        /// Any failed or cancelled run (a cancel, a deadline, a budget stop too).
+        case allUnfinished = "all-unfinished"
+
+        public init(parsing text: String) throws(RegentError) {
+            guard let mode = RetryMode(rawValue: text) else {
+                throw RegentError(.invalidInput, "invalid --steps \(quoted(text)): use failed or all-unfinished")
+            }
+            self = mode
+        }
+    }
+
+    public struct RetryRequest: Sendable {
+        public var mode: RetryMode = .failed
+        /// Raises the budget's limit (above what the ledger spent).
+        public var budgetLimit: Double?
+        /// A new deadline from now; nil: the run's original allowance again, if it had one.
+        public var deadline: Duration?
+        public init(mode: RetryMode = .failed, budgetLimit: Double? = nil, deadline: Duration? = nil) {
+            self.mode = mode
+            self.budgetLimit = budgetLimit
+            self.deadline = deadline
+        }
+
+        public func check() throws(RegentError) {
+            if let budgetLimit, !(budgetLimit > 0 && budgetLimit <= 1e15) {
+                throw RegentError(.invalidInput, "budget limit must be above 0 and at most 1e15")
+            }
+            if let deadline, deadline <= .zero || deadline > .seconds(86_400 * 365) {
+                throw RegentError(.invalidInput, "deadline must be after now and at most a year away")
+            }
+        }
+    }
+
+    public struct Retried: Sendable, Hashable {
+        public let runID: String
+        /// Queued again now (their `after` steps had all succeeded).
+        public let requeued: [String]
+        /// Every step set back to pending (the requeued ones included).
+        public let reset: [String]
+    }
+
+    /// Resumes a failed or cancelled run on its pinned version (`workflow.retry_run`,
+    /// sql/workflow/0015): succeeded steps keep their outputs, the others run again with fresh
+    /// attempts. One transaction with its audit row; the `run.retried` event names the actor.
+    public func retry(_ runID: String, _ request: RetryRequest, actor: AuditActor, on conn: PostgresConnection) async throws -> Retried {
+        try Self.checkRunID(runID)
+        try request.check()
+        let deadlineMs = request.deadline.map { Int64($0.milliseconds) }
+        return try await conn.withTransaction { conn in
+            let row = try await conn.query(
+                """
+                SELECT outcome, requeued, reset FROM workflow.retry_run(
+                    \(runID), \(request.mode.rawValue), \(request.budgetLimit.map { String($0) })::numeric, \(deadlineMs)::bigint,
+                    \(actor.description), \(publisher)::uuid)
+                """, purpose: "runs: retry").single()
+            let outcome: String = try row.decode("outcome")
+            switch outcome {
+            case "retried": break
+            case "not_found": throw RegentError(.notFound, "no run \(runID)")
+            case "running": throw RegentError(.conflict, "run \(runID) is still running: only a failed or cancelled run can be retried")
+            case "succeeded": throw RegentError(.conflict, "run \(runID) succeeded: there is nothing to retry", hint: "start a new run")
+            case "no_failed_step":
+                throw RegentError(.conflict, "no step of run \(runID) failed (it was cancelled, or passed its deadline or budget)",
+                                  hint: "resume it with --steps all-unfinished (HTTP: \"steps\": \"all-unfinished\")")
+            case "nothing_to_retry":
+                throw RegentError(.conflict, "every step of run \(runID) succeeded: it failed after its last step (its budget); there is nothing to run again")
+            case "budget_exhausted":
+                throw RegentError(.conflict, "run \(runID) spent its whole budget", hint: "raise the limit with --budget (HTTP: \"budget_limit\")")
+            case "budget_too_low":
+                throw RegentError(.invalidInput, "the new budget limit \(request.budgetLimit ?? 0) is not above what run \(runID) spent already")
+            case "executions_live":
+                throw RegentError(.conflict, "a step execution of run \(runID)'s last round is still being fenced",
+                                  hint: "the leader's deadline duty fences it within seconds; retry then")
+            default: throw RegentError(.conflict, "run \(runID) cannot be retried: \(outcome)")
+            }
+            let retried = Retried(
+                runID: runID, requeued: try row.decodeOptional("requeued", as: [String].self) ?? [], reset: try row.decodeOptional("reset", as: [String].self) ?? [])
+            let detail = PackageStore.detail([
+                "run_id": runID, "mode": request.mode.rawValue, "requeued": retried.requeued, "reset": retried.reset,
+                "budget_limit": request.budgetLimit as Any,
+            ])
+            try await conn.query(AuditLog.insert(actor: actor, action: "run.retry", detailJSON: detail), purpose: "runs: audit")
+            return retried
+        }
+    }
+}
+
 /// A JSON document kept as its text, encoded as the document itself.
 struct RawJSON: Encodable {
     let text: String

@@ -94,4 +94,34 @@ extension AdminAPI {
         }
         return try json(["outcome": outcome.rawValue])
     }
+
+    /// Resumes a failed or cancelled run (docs/runs.md, "Resuming").
+    func retryRun(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let id = try runID(context)
+        let body = try await JSONBody.read(request, context: context, allowed: ["steps", "budget_limit", "deadline_ms"])
+        var retry = RunStore.RetryRequest()
+        if let steps = try body.optionalString("steps") { retry.mode = try RunStore.RetryMode(parsing: steps) }
+        if let limit = try body.optionalNumber("budget_limit") { retry.budgetLimit = limit }
+        if let ms = try body.optionalInt("deadline_ms") {
+            guard (1...31_536_000_000).contains(ms) else { throw body.wrongType("deadline_ms", "1 to 31536000000 (a year)") }
+            retry.deadline = .milliseconds(ms)
+        }
+        let retried = try await retryingConflicts(on: pool) { conn in
+            if let scope = context.identity?.scope {
+                // A scoped token retries only the runs whose steps are in its namespace.
+                guard let row = try await conn.query("SELECT COALESCE(namespace, 'runs') AS namespace FROM workflow.runs WHERE run_id = \(id)").first else {
+                    throw RegentError(.notFound, "no run \(id)")
+                }
+                try scope.check(namespace: try Namespace(try row.decode("namespace")), action: "retry runs")
+            }
+            return try await RunStore(publisher: node?.instanceID.uuid).retry(id, retry, actor: .named(context.actor), on: conn)
+        }
+        return try json(RetriedDocument(run_id: retried.runID, requeued: retried.requeued, reset: retried.reset))
+    }
+
+    struct RetriedDocument: Encodable {
+        let run_id: String
+        let requeued: [String]
+        let reset: [String]
+    }
 }

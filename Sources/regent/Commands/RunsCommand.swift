@@ -5,7 +5,8 @@ import RegentCore
 
 struct RunsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "runs", abstract: "Start, list, show and cancel workflow runs.", subcommands: [Start.self, List.self, Show.self, Cancel.self])
+        commandName: "runs", abstract: "Start, list, show, cancel and retry workflow runs.",
+        subcommands: [Start.self, List.self, Show.self, Cancel.self, Retry.self])
 
     struct Start: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -127,6 +128,46 @@ struct RunsCommand: AsyncParsableCommand {
                 try await RunStore().cancel(runID, reason: reason, actor: .named(actor), on: conn)
             }
             print(outcome.rawValue)
+        }
+    }
+
+    struct Retry: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Resume a failed or cancelled run on its pinned version: succeeded steps keep their outputs, the others run again.",
+            discussion: """
+                --steps failed (the default) resumes a run in which a step failed; --steps all-unfinished resumes any failed or \
+                cancelled run (a cancel, a deadline, a budget stop). Every step that did not succeed goes back to pending and \
+                those whose `after` steps all succeeded are queued at once, with fresh attempts. The deadline, if the run had \
+                one, starts again with its original allowance (or --deadline from now); the budget's ledger continues \
+                (--budget raises the limit). Prints the steps queued now.
+                """)
+        @OptionGroup var database: DatabaseOptions
+        @OptionGroup var log: LogOptions
+        @Argument(help: "Run id (run_…).") var runID: String
+        @Option(help: "failed or all-unfinished.") var steps = "failed"
+        @Option(help: "A new budget limit, above what the run spent.") var budget: Double?
+        @Option(help: "A new deadline from now (e.g. 10m).") var deadline: String?
+        @Option(help: "Recorded as who retried it.") var actor = "cli:\(ProcessInfo.processInfo.userName)"
+
+        func request() throws -> RunStore.RetryRequest {
+            var r = RunStore.RetryRequest(mode: try validated { try RunStore.RetryMode(parsing: steps) }, budgetLimit: budget)
+            if let deadline { r.deadline = try validated { try parseDuration(deadline, flag: "--deadline") } }
+            try validated { try r.check() }
+            return r
+        }
+
+        func validate() throws {
+            try validated { try RunStore.checkRunID(runID) }
+            _ = try request()
+        }
+
+        func run() async throws {
+            try log.bootstrap()
+            let retried = try await PostgresConnection.withConnection(try database.configuration()) { conn in
+                try await RunStore().retry(runID, try request(), actor: .named(actor), on: conn)
+            }
+            print("retried \(retried.runID): queued \(retried.requeued.isEmpty ? "none" : retried.requeued.joined(separator: ", "))"
+                  + "; reset \(retried.reset.joined(separator: ", "))")
         }
     }
 }
