@@ -197,15 +197,18 @@ struct JSONBody {
     }
 
     /// The fields of one completion in a batch.
-    static let completionFields: Set<String> = ["execution_id", "lease_epoch", "result", "output", "cost", "worker_instance_id"]
+    static let completionFields: Set<String> = ["execution_id", "lease_epoch", "result", "output", "cost", "worker_instance_id", "run_id"]
     static let failureFields: Set<String> = ["execution_id", "lease_epoch", "error", "retryable", "worker_instance_id"]
 
     /// One completion (of `complete-batch` or `complete-and-claim`). With `worker_instance_id`,
-    /// only that instance's lease is completed.
+    /// only that instance's lease is completed; `run_id` (a step's, as its claim gave it) lets a
+    /// batch of steps skip the statement for plain executions.
     func completion() throws -> Completion {
-        Completion(
+        let runID = try optionalString("run_id")
+        if let runID, !RunStore.isRunID(runID) { throw wrongType("run_id", "a run id (run_ followed by 26 characters), as the claim gave it") }
+        return Completion(
             executionID: try uuid("execution_id"), epoch: LeaseEpoch(try int("lease_epoch")), result: try output(), cost: try costs(),
-            worker: try optionalString("worker_instance_id").map { try WorkerInstanceID($0) })
+            worker: try optionalString("worker_instance_id").map { try WorkerInstanceID($0) }, runID: runID)
     }
 
     /// One failure (of `fail` or `fail-batch`).

@@ -430,6 +430,28 @@ struct RunTests {
         }
     }
 
+    /// Completion items may name their run (`run_id`, as the claim gave it): a batch whose
+    /// every item does skips the statement for plain executions. The steps complete as without
+    /// it; a plain execution sent with a run is not completed (stale) and stays running.
+    @Test func completionsNamingTheirRunCompleteStepsAndNeverAPlainExecution() async throws {
+        try await withBootedDatabase { _, conn in
+            let f = try await RunFixture.deploy("hinted", steps: Self.diamond, on: conn)
+            let run = try await f.start()
+            let a = try await f.claimStep("a")
+            let one = try await LeaseStore().complete([Completion(executionID: a.executionID, epoch: a.epoch, result: #"{"a": 1}"#, runID: run.runID)], on: conn)
+            #expect(one.done.count == 1)
+            let plain = try await LeaseStore().enqueue(namespace: RunStore.namespace, [EnqueueRequest(lane: try Lane("work"))], on: conn)
+            let leases = try await f.claim()
+            #expect(leases.count == 3)
+            let outcome = try await LeaseStore().complete(
+                leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch, result: "{}", runID: $0.step?.runID ?? run.runID) }, on: conn)
+            #expect(outcome.done.count == 2 && outcome.stale == [plain[0].executionID], "the plain one named a run: stale")
+            let state = try await conn.query("SELECT state::text AS s FROM workflow.executions WHERE execution_id = \(plain[0].executionID)").single().decode("s", as: String.self)
+            #expect(state == "running")
+            #expect(try await f.run(run.runID).steps.map(\.state) == ["succeeded", "succeeded", "succeeded", "queued"])
+        }
+    }
+
     @Test func aBudgetReachedStopsTheRunAndTheLedgerAddsUp() async throws {
         try await withBootedDatabase { _, conn in
             let f = try await RunFixture.deploy("budget", steps: Self.linear, budget: #"{"limit": 10, "unit": "cents"}"#, on: conn)

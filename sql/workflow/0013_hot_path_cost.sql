@@ -129,27 +129,34 @@ BEGIN
     IF p_token IS NOT NULL OR p_items @? '$[*].worker' THEN
         p_items := workflow.held_items(p_items, p_token);
     END IF;
-    RETURN QUERY
-    WITH input AS (
-        SELECT * FROM jsonb_to_recordset(p_items) AS i(execution_id uuid, epoch bigint, result jsonb, cost jsonb)
-    ), done AS (
-        UPDATE workflow.executions e
-        SET state = 'completed', result = i.result, cost = i.cost, updated_at = now(), finished_at = now()
-        FROM input i
-        WHERE e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running' AND e.step_id IS NULL
-        RETURNING e.execution_id, e.namespace, e.unique_key
-    ), unleased AS (
-        DELETE FROM workflow.leases l USING done d WHERE l.execution_id = d.execution_id RETURNING l.execution_id, l.attempt_index
-    ), ended AS (
-        UPDATE workflow.attempts a SET state = 'completed', ended_at = now()
-        FROM unleased u WHERE a.execution_id = u.execution_id AND a.attempt_index = u.attempt_index
-    ), unkeyed AS (
-        DELETE FROM workflow.unique_keys k USING done d
-        WHERE d.unique_key IS NOT NULL AND k.namespace = d.namespace AND k.unique_key = d.unique_key AND k.execution_id = d.execution_id
-    )
-    SELECT d.execution_id FROM done d;
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    IF v_count = jsonb_array_length(p_items) THEN RETURN; END IF;
+    -- Plain executions first, unless every item names its run (`run_id`, as the claim gave it:
+    -- a step's worker saves the statement). An item that names a run but is a plain execution
+    -- is not completed by the step statement: it is reported stale.
+    IF p_items @? '$[*] ? (!(exists(@.run_id ? (@.type() == "string"))))' THEN
+        RETURN QUERY
+        WITH input AS (
+            SELECT * FROM jsonb_to_recordset(p_items) AS i(execution_id uuid, epoch bigint, result jsonb, cost jsonb)
+        ), done AS (
+            UPDATE workflow.executions e
+            SET state = 'completed', result = i.result, cost = i.cost, updated_at = now(), finished_at = now()
+            FROM input i
+            WHERE e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running' AND e.step_id IS NULL
+            RETURNING e.execution_id, e.namespace, e.unique_key
+        ), unleased AS (
+            DELETE FROM workflow.leases l USING done d WHERE l.execution_id = d.execution_id RETURNING l.execution_id, l.attempt_index
+        ), ended AS (
+            UPDATE workflow.attempts a SET state = 'completed', ended_at = now()
+            FROM unleased u WHERE a.execution_id = u.execution_id AND a.attempt_index = u.attempt_index
+        ), unkeyed AS (
+            DELETE FROM workflow.unique_keys k USING done d
+            WHERE d.unique_key IS NOT NULL AND k.namespace = d.namespace AND k.unique_key = d.unique_key AND k.execution_id = d.execution_id
+        )
+        SELECT d.execution_id FROM done d;
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        IF v_count = jsonb_array_length(p_items) THEN RETURN; END IF;
+    ELSIF jsonb_array_length(p_items) = 0 THEN
+        RETURN;
+    END IF;
 
     -- Step executions (they never carry a unique key).
     WITH input AS (

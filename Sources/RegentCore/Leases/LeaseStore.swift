@@ -241,7 +241,8 @@ public struct LeaseStore: Sendable {
             do { result = try EventPayload(json: c.result) } catch { throw RegentError(.invalidInput, "completion \(n): \(error.message)") }
             let cost = c.cost.isEmpty ? "" : #","cost":["# + c.cost.map(\.json).joined(separator: ",") + "]"
             let worker = c.worker.map { #","worker":\#(jsonString($0.value))"# } ?? ""
-            items.append(#"{"execution_id":"\#(c.executionID.uuidString)","epoch":\#(c.epoch.value),"result":\#(result.json)\#(cost)\#(worker)}"#)
+            let run = c.runID.map { #","run_id":\#(jsonString($0))"# } ?? ""
+            items.append(#"{"execution_id":"\#(c.executionID.uuidString)","epoch":\#(c.epoch.value),"result":\#(result.json)\#(cost)\#(worker)\#(run)}"#)
         }
         return "[" + items.joined(separator: ",") + "]"
     }

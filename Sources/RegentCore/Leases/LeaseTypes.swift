@@ -191,13 +191,20 @@ public struct Completion: Sendable, Hashable {
     public let cost: [Cost]
     /// The worker instance completing it: when given, only that instance's lease is completed.
     public var worker: WorkerInstanceID?
+    /// A workflow step's run, as its claim gave it (``Lease/step``). When every item of a batch
+    /// names its run, the completion skips its statement for plain executions (sql/workflow
+    /// 0013); a plain execution sent with a run is reported stale.
+    public var runID: String?
 
-    public init(executionID: UUID, epoch: LeaseEpoch, result: String = "{}", cost: [Cost] = [], worker: WorkerInstanceID? = nil) {
+    public init(
+        executionID: UUID, epoch: LeaseEpoch, result: String = "{}", cost: [Cost] = [], worker: WorkerInstanceID? = nil, runID: String? = nil
+    ) {
         self.executionID = executionID
         self.epoch = epoch
         self.result = result
         self.cost = cost
         self.worker = worker
+        self.runID = runID
     }
 }
 

@@ -71,7 +71,7 @@ public struct StepWorker: Sendable {
                         Completion(
                             executionID: lease.executionID, epoch: lease.epoch,
                             result: #"{"step":"\#(lease.step?.name ?? "")","by":"\#(instanceID.value)","attempt":\#(lease.attemptIndex)}"#,
-                            cost: costPerStep > 0 ? [try Cost(amount: costPerStep)] : [])
+                            cost: costPerStep > 0 ? [try Cost(amount: costPerStep)] : [], runID: lease.step?.runID)
                     }
                     let (outcome, next) = try await pool.withConnection {
                         try await LeaseStore().completeAndClaim(
