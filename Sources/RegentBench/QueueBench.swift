@@ -215,7 +215,7 @@ func drainQueue(
                             limit: batch, on: conn)
                         done.add(outcome.done.count)
                         if leases.isEmpty { return }
-                        held = leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }
+                        held = leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch, runID: $0.step?.runID) }
                     }
                 }
                 while until.map({ done.value < $0 }) ?? true {
@@ -228,7 +228,7 @@ func drainQueue(
                         try await Task.sleep(for: .microseconds(200))
                         continue
                     }
-                    let outcome = try await store.complete(leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, on: conn)
+                    let outcome = try await store.complete(leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch, runID: $0.step?.runID) }, on: conn)
                     done.add(outcome.done.count)
                 }
             }

@@ -125,6 +125,7 @@ AS $$
 DECLARE
     v_count bigint;
     v_steps uuid[];
+    v_final boolean;
 BEGIN
     IF p_token IS NOT NULL OR p_items @? '$[*].worker' THEN
         p_items := workflow.held_items(p_items, p_token);
@@ -164,7 +165,7 @@ BEGIN
     ), runs_locked AS (
         -- Lock order: the run rows of the batch's step executions, in run_id order, before any
         -- of them (an uncorrelated condition of the update: evaluated once, before its scan).
-        SELECT r.run_id FROM workflow.runs r
+        SELECT r.run_id, r.state FROM workflow.runs r
         WHERE r.run_id = ANY (ARRAY(
             SELECT COALESCE(x.run_id, x.payload ->> 'run_id') FROM workflow.executions x
             WHERE x.execution_id = ANY (ARRAY(SELECT (j ->> 'execution_id')::uuid FROM jsonb_array_elements(p_items) AS j))
@@ -177,16 +178,23 @@ BEGIN
         FROM input i
         WHERE (SELECT count(*) FROM runs_locked) >= 0
           AND e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running' AND e.step_id IS NOT NULL
-        RETURNING e.execution_id
+        RETURNING e.execution_id, COALESCE(e.run_id, e.payload ->> 'run_id') AS run_id
     ), unleased AS (
         DELETE FROM workflow.leases l USING done d WHERE l.execution_id = d.execution_id RETURNING l.execution_id, l.attempt_index
     ), ended AS (
         UPDATE workflow.attempts a SET state = 'completed', ended_at = now()
         FROM unleased u WHERE a.execution_id = u.execution_id AND a.attempt_index = u.attempt_index
     )
-    SELECT array_agg(d.execution_id) INTO v_steps FROM done d;
-    -- The triggers have run: what a sibling's finish fenced meanwhile is no longer completed.
-    IF v_steps IS NOT NULL THEN
+    SELECT array_agg(d.execution_id), count(DISTINCT d.run_id) = count(*) AND (SELECT bool_and(r.state = 'running') FROM runs_locked r)
+    INTO v_steps, v_final FROM done d;
+    IF v_steps IS NULL THEN RETURN; END IF;
+    -- Each run once in the batch and running when locked: no trigger of this statement can
+    -- have fenced another's completion (a finish fences only its own run's executions, and a
+    -- completed one only through its own trigger when its run had finished before). Otherwise
+    -- the triggers may have: what a sibling's finish fenced is no longer completed.
+    IF v_final THEN
+        FOREACH execution_id IN ARRAY v_steps LOOP RETURN NEXT; END LOOP;
+    ELSE
         RETURN QUERY SELECT e.execution_id FROM workflow.executions e WHERE e.execution_id = ANY (v_steps) AND e.state = 'completed';
     END IF;
 END
