@@ -18,9 +18,10 @@
 -- once. Called by the claim only for a step execution's row (a plain execution's claim runs
 -- none of it).
 CREATE FUNCTION workflow.step_payload(p_step_id text) RETURNS jsonb LANGUAGE plpgsql STABLE
-SET enable_seqscan = off
 AS $$
--- Locks: none (reads).
+-- Locks: none (reads). No SET clause: a function with one saves and restores its settings at
+-- every call (here, every claimed step); its only caller, the claim, plans with sequential
+-- scans off already, and so are the plans made here under it.
 BEGIN
     RETURN (SELECT jsonb_build_object(
         'input', r.input,
@@ -96,9 +97,9 @@ $$;
 -- The others are dropped (the caller reports them stale and says why). A lease epoch's holder
 -- is fixed when it is claimed, so filtering first and updating after is as good as one statement.
 CREATE FUNCTION workflow.held_items(p_items jsonb, p_token text) RETURNS jsonb LANGUAGE plpgsql STABLE
-SET enable_seqscan = off
 AS $$
--- Locks: none (reads leases).
+-- Locks: none (reads leases). No SET clause: its callers (complete, fail) plan with
+-- sequential scans off already (see step_payload).
 BEGIN
     RETURN COALESCE((
         SELECT jsonb_agg(j.item ORDER BY j.n) FROM jsonb_array_elements(p_items) WITH ORDINALITY AS j(item, n)
