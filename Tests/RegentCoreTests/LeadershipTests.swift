@@ -46,6 +46,9 @@ struct LeadershipTests {
         var cluster = Cluster(config: try await TestDatabase.shared.freshDatabase())
         for i in 1...3 { _ = cluster.start("n\(i)") }
         #expect(await eventually { await cluster.leaders().count == 1 })
+        // The database names a leader once the lock holder's term row is visible: a moment after
+        // the node knows it leads (longer on a loaded machine), so ask until it does.
+        #expect(await eventually { try await cluster.status().leader != nil })
         let before = try await cluster.status()
         let old = try #require(before.leader)
         let admin = try await PostgresConnection.connect(cluster.config)
