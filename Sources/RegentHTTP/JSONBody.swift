@@ -196,6 +196,13 @@ struct JSONBody {
         }
     }
 
+    /// A run's `deadline_ms` (start, retry): 1 ms to a year.
+    func optionalDeadline() throws -> Duration? {
+        guard let ms = try optionalInt("deadline_ms") else { return nil }
+        guard (1...31_536_000_000).contains(ms) else { throw wrongType("deadline_ms", "1 to 31536000000 (a year)") }
+        return .milliseconds(ms)
+    }
+
     /// The fields of one completion in a batch.
     static let completionFields: Set<String> = ["execution_id", "lease_epoch", "result", "output", "cost", "worker_instance_id", "run_id"]
     static let failureFields: Set<String> = ["execution_id", "lease_epoch", "error", "retryable", "worker_instance_id"]

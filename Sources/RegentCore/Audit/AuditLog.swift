@@ -48,6 +48,22 @@ public enum AuditLog {
         "INSERT INTO engine.audit (actor, action, detail) VALUES (\(actor.description), \(action), \(detailJSON)::jsonb)"
     }
 
+    /// An audit row's (or event's) detail: strings, booleans, numbers and string lists as
+    /// themselves, anything else (a nil) as null.
+    static func detail(_ fields: [String: Any]) -> String {
+        var object: [String: JSONValue] = [:]
+        for (k, v) in fields {
+            switch v {
+            case let s as String: object[k] = .string(s)
+            case let b as Bool: object[k] = .bool(b)
+            case let d as Double: object[k] = .number(d)
+            case let a as [String]: object[k] = .array(a.map { .string($0) })
+            default: object[k] = .null
+            }
+        }
+        return JSONValue.object(object).text
+    }
+
     /// The rows after id `after`, oldest first.
     public static func page(after: Int64, limit: Int, on pool: ConnectionPool) async throws -> [Row] {
         try await pool.query(page(after: after, limit: limit), purpose: "audit: page").map { row in

@@ -107,7 +107,7 @@ public struct PackageStore: Sendable {
                 }
             }
             let route = try await Self.point(type: type.value, at: hash, actor: actor, on: conn)
-            let detail = Self.detail([
+            let detail = AuditLog.detail([
                 "workflow_type": type.value, "content_hash": hash, "freshly_stored": fresh, "route_changed": route.routeChanged,
                 "previous_hash": route.previousHash as Any,
             ])
@@ -136,7 +136,7 @@ public struct PackageStore: Sendable {
             }
             let route = try await Self.point(type: type.value, at: hash, actor: actor, on: conn)
             if route.routeChanged {
-                let detail = Self.detail(["workflow_type": type.value, "content_hash": hash, "previous_hash": route.previousHash as Any])
+                let detail = AuditLog.detail(["workflow_type": type.value, "content_hash": hash, "previous_hash": route.previousHash as Any])
                 try await conn.query(AuditLog.insert(actor: actor, action: "package.route", detailJSON: detail), purpose: "packages: audit")
                 try await EventPublisher.publish(topic: try EventTopic("package.routed"), payload: try EventPayload(trusted: detail), publisher: publisher, on: conn)
             }
@@ -210,7 +210,7 @@ public struct PackageStore: Sendable {
                     hint: "unload it after they finish (or cancel them)")
             }
             try await conn.query("DELETE FROM workflow.packages WHERE content_hash = \(hash)", purpose: "packages: delete version")
-            let detail = Self.detail(["workflow_type": type.value, "content_hash": hash])
+            let detail = AuditLog.detail(["workflow_type": type.value, "content_hash": hash])
             try await conn.query(AuditLog.insert(actor: actor, action: "package.unload", detailJSON: detail), purpose: "packages: audit")
             try await EventPublisher.publish(topic: try EventTopic("package.unloaded"), payload: try EventPayload(trusted: detail), publisher: publisher, on: conn)
         }
@@ -322,19 +322,5 @@ public struct PackageStore: Sendable {
         guard isHash(text) else {
             throw RegentError(.invalidInput, "invalid content hash \(quoted(String(text.prefix(80)))): 64 lowercase hex digits (regent packages list shows them)")
         }
-    }
-
-    static func detail(_ fields: [String: Any]) -> String {
-        var object: [String: JSONValue] = [:]
-        for (k, v) in fields {
-            switch v {
-            case let s as String: object[k] = .string(s)
-            case let b as Bool: object[k] = .bool(b)
-            case let d as Double: object[k] = .number(d)
-            case let a as [String]: object[k] = .array(a.map { .string($0) })
-            default: object[k] = .null
-            }
-        }
-        return JSONValue.object(object).text
     }
 }

@@ -55,11 +55,9 @@ public struct RunStore: Sendable {
             if let version, !PackageStore.isHash(version) {
                 throw RegentError(.invalidInput, "version \(quoted(String(version.prefix(80)))) is not a package version: use the 64 lowercase hex digits of its content hash (regent packages list)")
             }
-            if let deadline, deadline <= .zero || deadline > .seconds(86_400 * 365) {
-                throw RegentError(.invalidInput, "deadline must be after now and at most a year away")
-            }
+            try RunStore.checkDeadline(deadline)
             if let budget {
-                guard budget.limit > 0, budget.limit <= 1e15 else { throw RegentError(.invalidInput, "budget limit must be above 0 and at most 1e15") }
+                try RunStore.checkBudgetLimit(budget.limit)
                 guard Lane.isValid(budget.unit) else { throw RegentError(.invalidInput, "budget unit \(quoted(budget.unit)): use 1-128 letters, digits or _ . : -") }
             }
         }
@@ -67,6 +65,18 @@ public struct RunStore: Sendable {
 
     let publisher: UUID?
     public init(publisher: UUID? = nil) { self.publisher = publisher }
+
+    /// A run's deadline (at a start or a retry): after now, at most a year away.
+    static func checkDeadline(_ deadline: Duration?) throws(RegentError) {
+        if let deadline, deadline <= .zero || deadline > .seconds(86_400 * 365) {
+            throw RegentError(.invalidInput, "deadline must be after now and at most a year away")
+        }
+    }
+
+    /// A run's budget limit (at a start or a retry): above 0, at most 1e15.
+    static func checkBudgetLimit(_ limit: Double) throws(RegentError) {
+        guard limit > 0, limit <= 1e15 else { throw RegentError(.invalidInput, "budget limit must be above 0 and at most 1e15") }
+    }
 
     /// Starts a run on the version the type is routed to, pinned to it (see
     /// `workflow.start_run`, sql/workflow/0006): the run, its steps and its root steps'
@@ -410,12 +420,8 @@ extension RunStore {
         }
 
         public func check() throws(RegentError) {
-            if let budgetLimit, !(budgetLimit > 0 && budgetLimit <= 1e15) {
-                throw RegentError(.invalidInput, "budget limit must be above 0 and at most 1e15")
-            }
-            if let deadline, deadline <= .zero || deadline > .seconds(86_400 * 365) {
-                throw RegentError(.invalidInput, "deadline must be after now and at most a year away")
-            }
+            if let budgetLimit { try RunStore.checkBudgetLimit(budgetLimit) }
+            try RunStore.checkDeadline(deadline)
         }
     }
 
@@ -463,7 +469,7 @@ extension RunStore {
             }
             let retried = Retried(
                 runID: runID, requeued: try row.decodeOptional("requeued", as: [String].self) ?? [], reset: try row.decodeOptional("reset", as: [String].self) ?? [])
-            let detail = PackageStore.detail([
+            let detail = AuditLog.detail([
                 "run_id": runID, "mode": request.mode.rawValue, "requeued": retried.requeued, "reset": retried.reset,
                 "budget_limit": request.budgetLimit as Any,
             ])

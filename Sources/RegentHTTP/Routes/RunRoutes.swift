@@ -12,10 +12,7 @@ extension AdminAPI {
         var start = RunStore.StartRequest(workflowType: try WorkflowType(try body.string("workflow_type")))
         start.input = try body.optionalObjectJSON("input") ?? "{}"
         start.idempotencyKey = try body.optionalString("idempotency_key")
-        if let ms = try body.optionalInt("deadline_ms") {
-            guard (1...31_536_000_000).contains(ms) else { throw body.wrongType("deadline_ms", "1 to 31536000000 (a year)") }
-            start.deadline = .milliseconds(ms)
-        }
+        start.deadline = try body.optionalDeadline()
         if let budget = try body.optionalObject("budget", allowed: ["limit", "unit"]) {
             guard let limit = try budget.optionalNumber("limit") else { throw budget.wrongType("limit", "a number above 0") }
             start.budget = WorkflowManifest.Budget(limit: limit, unit: try budget.string("unit"))
@@ -83,13 +80,7 @@ extension AdminAPI {
         let body = try await JSONBody.read(request, context: context, allowed: ["reason"])
         let reason = try body.string("reason")
         let outcome = try await retryingConflicts(on: pool) { conn in
-            if let scope = context.identity?.scope {
-                // A scoped token cancels only the runs whose steps are in its namespace.
-                guard let row = try await conn.query("SELECT COALESCE(namespace, 'runs') AS namespace FROM workflow.runs WHERE run_id = \(id)").first else {
-                    throw RegentError(.notFound, "no run \(id)")
-                }
-                try scope.check(namespace: try Namespace(try row.decode("namespace")), action: "cancel runs")
-            }
+            try await checkRunScope(id, context, action: "cancel runs", on: conn)
             return try await RunStore().cancel(id, reason: reason, actor: .named(context.actor), on: conn)
         }
         return try json(["outcome": outcome.rawValue])
@@ -102,21 +93,22 @@ extension AdminAPI {
         var retry = RunStore.RetryRequest()
         if let steps = try body.optionalString("steps") { retry.mode = try RunStore.RetryMode(parsing: steps) }
         if let limit = try body.optionalNumber("budget_limit") { retry.budgetLimit = limit }
-        if let ms = try body.optionalInt("deadline_ms") {
-            guard (1...31_536_000_000).contains(ms) else { throw body.wrongType("deadline_ms", "1 to 31536000000 (a year)") }
-            retry.deadline = .milliseconds(ms)
-        }
+        retry.deadline = try body.optionalDeadline()
         let retried = try await retryingConflicts(on: pool) { conn in
-            if let scope = context.identity?.scope {
-                // A scoped token retries only the runs whose steps are in its namespace.
-                guard let row = try await conn.query("SELECT COALESCE(namespace, 'runs') AS namespace FROM workflow.runs WHERE run_id = \(id)").first else {
-                    throw RegentError(.notFound, "no run \(id)")
-                }
-                try scope.check(namespace: try Namespace(try row.decode("namespace")), action: "retry runs")
-            }
+            try await checkRunScope(id, context, action: "retry runs", on: conn)
             return try await RunStore(publisher: node?.instanceID.uuid).retry(id, retry, actor: .named(context.actor), on: conn)
         }
         return try json(RetriedDocument(run_id: retried.runID, requeued: retried.requeued, reset: retried.reset))
+    }
+
+    /// A scoped token acts only on the runs whose steps are in its namespace (403 otherwise,
+    /// 404 for an unknown run); an unscoped one on any.
+    private func checkRunScope(_ id: String, _ context: RegentRequestContext, action: String, on conn: PostgresConnection) async throws {
+        guard let scope = context.identity?.scope else { return }
+        guard let row = try await conn.query("SELECT COALESCE(namespace, 'runs') AS namespace FROM workflow.runs WHERE run_id = \(id)").first else {
+            throw RegentError(.notFound, "no run \(id)")
+        }
+        try scope.check(namespace: try Namespace(try row.decode("namespace")), action: action)
     }
 
     struct RetriedDocument: Encodable {
