@@ -51,6 +51,9 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             case .notLeaseHolder: return try errorResponse(.forbidden, code: "not_lease_holder", message: error.description)
             case .forbidden: return try errorResponse(.forbidden, code: "forbidden", message: error.description)
             case .idempotencyConflict: return try errorResponse(.conflict, code: "idempotency_conflict", message: error.description)
+            case .unknownSignal: return try errorResponse(.notFound, code: "unknown_signal", message: error.description)
+            case .runFinished: return try errorResponse(.conflict, code: "run_finished", message: error.description)
+            case .signalConflict: return try errorResponse(.conflict, code: "signal_conflict", message: error.description)
             case .timeout: return try unavailable("timeout", "the database did not answer in time; retry shortly")
             default:
                 context.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])

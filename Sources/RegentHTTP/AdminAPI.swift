@@ -142,6 +142,7 @@ public struct AdminAPI: Sendable {
         r.add(.get, "/v1/runs/{id}", role: .read) { _, context in try await workflow.require(); return try await showRun(context) }
         r.add(.post, "/v1/runs/{id}/cancel", role: .worker) { request, context in try await workflow.require(); return try await cancelRun(request, context) }
         r.add(.post, "/v1/runs/{id}/retry", role: .worker) { request, context in try await workflow.require(); return try await retryRun(request, context) }
+        r.add(.post, "/v1/runs/{id}/signals/{name}", role: .worker) { request, context in try await workflow.require(); return try await signalRun(request, context) }
         r.add(.get, "/v1/leases/expired", role: .read) { request, _ in try await workflow.require(); return try await expiredLeases(request) }
         return r
     }

@@ -171,6 +171,9 @@ struct JSONBody {
         }
     }
 
+    /// Any JSON value of a field as compact JSON text (nil when absent).
+    func optionalJSON(_ name: String) throws -> String? { fields[name]?.text }
+
     func objectJSON(_ name: String) throws -> String { try required(name, try optionalObjectJSON(name)) }
 
     /// A nested object with only `allowed` fields; its errors name `name.field`.

@@ -84,3 +84,89 @@ public struct RunRetention: LeaderDuty {
         return n == pageSize
     }
 }
+
+/// Fires what is due in `workflow.wakeups` (sql/workflow/0016): timers, signal timeouts, and
+/// the parent/child hand-offs a transaction could not make at once. Between pages it sleeps
+/// until the next due time, read with one index probe, or until a `regent_wakeups`
+/// notification rings `bell` (every new wakeup sends one; a reconnected listener rings it too),
+/// whichever comes first, and at most `idleProbe`. So a million sleeping runs cost one probe
+/// per `idleProbe` while nothing is due, and a due timer fires within milliseconds of its time.
+/// Each page is fenced: a deposed leader fires nothing. A run another transaction holds is
+/// left for the next page (no waiting; nothing fires twice: the run row and the wakeup's delete
+/// decide).
+public struct RunTimers: LeaderDuty {
+    public let name = "run-timers"
+    let pool: ConnectionPool
+    let bell: Doorbell?
+    /// The runner's pause between rounds: none (a round waits for the next due time itself).
+    public let interval = Duration.zero
+    let idleProbe: Duration
+    let pageSize: Int
+    let logger: Logger
+
+    public init(
+        pool: ConnectionPool, bell: Doorbell?, idleProbe: Duration = .seconds(10), pageSize: Int = 50,
+        logger: Logger = Logger(label: "regent.duty.run-timers")
+    ) {
+        self.pool = pool
+        self.bell = bell
+        self.idleProbe = idleProbe
+        self.pageSize = pageSize
+        self.logger = logger
+    }
+
+    /// Every recorded wakeup notifies this channel (`workflow.add_wakeup`).
+    public static let channel = "regent_wakeups"
+
+    /// Milliseconds until the next wakeup is due (0: due now), nil when there is none.
+    static let probe: PostgresQuery = """
+        SELECT GREATEST(0, ceil(extract(epoch FROM (min(due_at) - clock_timestamp())) * 1000))::bigint AS ms FROM workflow.wakeups
+        """
+
+    public struct Page: Sendable, Hashable {
+        public let fired: Int
+        /// Due, but their run was held by another transaction: left for the next page.
+        public let skipped: Int
+        public let nextDueMs: Int64?
+    }
+
+    /// The milliseconds until the next due wakeup (nil: none; also before the schema has the table).
+    public func nextDue() async throws -> Int64? {
+        do {
+            return try await pool.query(Self.probe, purpose: "runs: next wakeup").single().decodeOptional("ms", as: Int64.self)
+        } catch let error as PostgresError where error.sqlState == "42P01" {
+            return nil  // before sql/workflow/0016: nothing can be due
+        }
+    }
+
+    /// One fenced page of due wakeups.
+    public func fireOnce(fence: LeaderFence) async throws -> Page {
+        try await fence.withTransaction(pool) { tx in
+            let row = try await tx.query(
+                """
+                SELECT fired, skipped, next_due_ms FROM workflow.fire_due(
+                    \(pageSize), \(AuditActor.instance(fence.instanceID).description), \(fence.term)::bigint)
+                """, purpose: "runs: fire due wakeups"
+            ).single()
+            return Page(fired: try row.decode("fired"), skipped: try row.decode("skipped"), nextDueMs: try row.decodeOptional("next_due_ms"))
+        }
+    }
+
+    public func runOnce(fence: LeaderFence) async throws -> Bool {
+        var next = try await nextDue()
+        if next == 0 {
+            let page = try await fireOnce(fence: fence)
+            if page.fired > 0 { logger.debug("fired due wakeups", metadata: ["fired": "\(page.fired)", "term": "\(fence.term)"]) }
+            if page.fired == pageSize { return true }
+            // Only runs held elsewhere are due: give their holders a moment.
+            next = page.skipped > 0 ? 20 : page.nextDueMs
+        }
+        let sleep = next.map { min(Duration.milliseconds($0), idleProbe) } ?? idleProbe
+        if let bell {
+            _ = await bell.wait(upTo: sleep)
+        } else {
+            try await Task.sleep(for: sleep)
+        }
+        return true
+    }
+}

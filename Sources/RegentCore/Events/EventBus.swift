@@ -32,6 +32,9 @@ public final class EventBus: Sendable {
     public let publisher: EventPublisher
     /// When set, the bus's LISTEN session also carries `regent_queue` for it.
     let queueWaker: QueueWaker?
+    /// When set, the bus's LISTEN session also carries `regent_wakeups` (a wakeup was recorded:
+    /// the leader's timer duty looks again), and rings it when it (re)connects or drops.
+    let wakeupBell: Doorbell?
     let options: Options
     let logger: Logger
     let metrics: RegentMetrics
@@ -83,9 +86,11 @@ public final class EventBus: Sendable {
 
     public init(
         configuration: ConnectionConfiguration, pool: ConnectionPool, publisher: UUID? = nil, options: Options = Options(),
-        metrics: RegentMetrics = .discarded, queueWaker: QueueWaker? = nil, logger: Logger = Logger(label: "regent.events")
+        metrics: RegentMetrics = .discarded, queueWaker: QueueWaker? = nil, wakeupBell: Doorbell? = nil,
+        logger: Logger = Logger(label: "regent.events")
     ) {
         self.queueWaker = queueWaker
+        self.wakeupBell = wakeupBell
         self.metrics = metrics
         self.configuration = configuration
         self.pool = pool
@@ -131,6 +136,7 @@ public final class EventBus: Sendable {
     /// Forgets the broken connection; returns whether the bus stopped.
     func dropListener() -> Bool {
         queueWaker?.notListening()
+        wakeupBell?.ring()
         return state.withLock { s -> Bool in
             s.listener = nil
             s.caughtUp = false

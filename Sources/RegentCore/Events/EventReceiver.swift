@@ -43,11 +43,16 @@ struct EventReceiver: PostgresListenerHandler {
         }
         for continuation in ready { continuation.resume() }
         bus.queueWaker?.listening()
+        bus.wakeupBell?.ring()
     }
 
     func received(_ notification: PostgresNotification, session: ListenerSession) throws {
         if notification.channel == LeaseQueries.channel {
             bus.queueWaker?.announced(notification.payload)
+            return
+        }
+        if notification.channel == RunTimers.channel {
+            bus.wakeupBell?.ring()
             return
         }
         guard let parsed = EventQueries.parseNotification(notification.payload) else {

@@ -80,6 +80,8 @@ public actor RegentNode: Service {
 
         // Worker and lease lapses count only reachable database (see WorkerTTLSweep).
         let reachableSince: @Sendable () async -> Date? = { await membership.healthySinceDatabase }
+        // Rung by the bus's `regent_wakeups` notifications: the timer duty's wake-up.
+        let wakeupBell = Doorbell()
         let duties = DutyRunner(duties: [
             ModuleMigrationDuty(pool: pool),
             StaleInstanceCleanup(pool: pool, membership: membership, staleAfter: configuration.staleAfter, metrics: metrics),
@@ -89,6 +91,7 @@ public actor RegentNode: Service {
             QueueRetention(pool: pool, retention: configuration.executionRetention),
             QueueVacuum(pool: pool),
             RunDeadlines(pool: pool),
+            RunTimers(pool: pool, bell: wakeupBell),
             RunRetention(pool: pool, retention: configuration.runRetention),
         ], metrics: metrics)
         let elector = LeaderElector(
@@ -103,7 +106,8 @@ public actor RegentNode: Service {
         let waker = QueueWaker(configuration: configuration.database)
         self.waker = waker
         let bus = EventBus(
-            configuration: configuration.database, pool: pool, publisher: identity.instanceID.uuid, metrics: metrics, queueWaker: waker)
+            configuration: configuration.database, pool: pool, publisher: identity.instanceID.uuid, metrics: metrics, queueWaker: waker,
+            wakeupBell: wakeupBell)
         self.bus = bus
 
         // One ordered group: started in this order, shut down in reverse — the listener and

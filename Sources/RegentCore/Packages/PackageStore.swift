@@ -197,16 +197,26 @@ public struct PackageStore: Sendable {
                     .conflict, "version \(hash) is the routed version of \(quoted(type.value)): the active version cannot be unloaded",
                     hint: "route the type to another version first (regent packages route)")
             }
+            // Unfinished runs on the version, and child runs recorded on it by a parent (the
+            // version chosen when the parent's step became ready) that have not started or not
+            // finished: each pins it. Children name their parent run.
             let pins = try await conn.query(
                 """
-                SELECT run_id, count(*) OVER () AS total FROM workflow.runs
-                WHERE package_hash = \(hash) AND state = 'running' ORDER BY started_at, run_id LIMIT 5
+                SELECT label, count(*) OVER () AS total FROM (
+                    SELECT r.run_id || COALESCE(' (child of ' || r.parent_run_id || ')', '') AS label, r.started_at AS at, r.run_id AS id
+                    FROM workflow.runs r WHERE r.package_hash = \(hash) AND r.state = 'running'
+                    UNION ALL
+                    SELECT 'a child recorded by run ' || s.run_id || ' (step ' || s.name || ') and not started', s.waiting_since, s.child_run_id
+                    FROM workflow.run_steps s
+                    WHERE s.child_hash = \(hash) AND s.state = 'waiting'
+                      AND NOT EXISTS (SELECT 1 FROM workflow.runs c WHERE c.run_id = s.child_run_id)
+                ) AS p ORDER BY at, id LIMIT 5
                 """, purpose: "packages: pins of a version")
             if let first = pins.first {
                 let total: Int64 = try first.decode("total")
-                let ids = try pins.map { try $0.decode("run_id", as: String.self) }
+                let labels = try pins.map { try $0.decode("label", as: String.self) }
                 throw RegentError(
-                    .conflict, "version \(hash) is pinned by \(total) unfinished run\(total == 1 ? "" : "s"): \(ids.joined(separator: ", "))\(total > 5 ? ", …" : "")",
+                    .conflict, "version \(hash) is pinned by \(total) unfinished run\(total == 1 ? "" : "s"): \(labels.joined(separator: ", "))\(total > 5 ? ", …" : "")",
                     hint: "unload it after they finish (or cancel them)")
             }
             try await conn.query("DELETE FROM workflow.packages WHERE content_hash = \(hash)", purpose: "packages: delete version")

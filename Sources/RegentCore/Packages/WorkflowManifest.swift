@@ -8,16 +8,80 @@
 /// ```
 /// A step without `after` runs after the step listed before it (the first step is a root);
 /// `"after": []` makes it a root. Unknown keys are refused, so a typo is never ignored.
+///
+/// A step has one kind, named by its key: `lane` (a worker step), `sleep`/`sleep_until` (a
+/// timer), `wait_for` (a signal, e.g. a person's approval), `child` (a child workflow):
+/// ```json
+/// {"name": "cool-off", "sleep": "72h"}
+/// {"name": "send", "sleep_until": "$.input.send_at"}
+/// {"name": "approve", "wait_for": "approval", "timeout": "7d", "on_timeout": "fail"}
+/// {"name": "ship", "child": "shipping.dispatch", "input": "$.steps.pack.output"}
+/// ```
 public struct WorkflowManifest: Sendable, Hashable {
     public struct Step: Sendable, Hashable {
         public let name: String
-        public let lane: Lane
+        public let kind: Kind
+        /// A worker step's lane (nil for the other kinds).
+        public let lane: Lane?
         public let capabilities: [Capability]
         public let after: [String]
         public let maxAttempts: Int
         /// The step's lease: how long one attempt may run without renewing.
         public let timeout: Duration
         public let backoff: RetryPolicy
+    }
+
+    /// What a step is: work a worker claims, or a wait the engine advances.
+    public enum Kind: Sendable, Hashable {
+        /// Claimed and run by a worker of its lane (`lane`, `capabilities`, `max_attempts`, `timeout`, `backoff`).
+        case worker
+        /// Sleeps for a duration (`sleep`) or until a time the run holds (`sleep_until`, RFC 3339).
+        case timer(TimerSpec)
+        /// Waits for a signal of this name (`wait_for`), at most `timeout`, then fails or continues (`on_timeout`).
+        case signal(name: String, timeout: Duration?, continueOnTimeout: Bool)
+        /// Runs a workflow of another type (`child`) on the input the path reads (`input`; the run's own input when absent).
+        case child(type: WorkflowType, input: RunPath?)
+
+        public var label: String {
+            switch self {
+            case .worker: "worker"
+            case .timer: "timer"
+            case .signal: "signal"
+            case .child: "child"
+            }
+        }
+    }
+
+    public enum TimerSpec: Sendable, Hashable {
+        case sleep(Duration)
+        case until(RunPath)
+    }
+
+    /// A path into a run, as a manifest writes it: `$.input.send_at` (into the run's input) or
+    /// `$.steps.pack.output.parcel` (into an earlier step's output). Each key is 1-128 of
+    /// `A-Z a-z 0-9 _ -`; a key of digits indexes an array.
+    public struct RunPath: Sendable, Hashable, CustomStringConvertible {
+        public let segments: [String]
+        public var description: String { "$." + segments.joined(separator: ".") }
+        /// The step whose output it reads (nil: the run's input).
+        public var step: String? { segments.first == "steps" ? segments[1] : nil }
+
+        public init(_ text: String, at: String) throws(RegentError) {
+            let wrong = RegentError(
+                .invalidInput, "workflow.json: \(at) \(quoted(String(text.prefix(200)))): use $.input[.key…] or $.steps.<step>.output[.key…]")
+            guard text.hasPrefix("$."), text.utf8.count <= 1024 else { throw wrong }
+            let parts = text.dropFirst(2).split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+            guard parts.allSatisfy({ p in
+                (1...128).contains(p.utf8.count) && p.utf8.allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 95 || $0 == 45 }
+            }) else { throw wrong }
+            if parts.first == "input" {
+                segments = parts
+            } else if parts.count >= 3, parts[0] == "steps", parts[2] == "output", StepName.isValid(parts[1]) {
+                segments = parts
+            } else {
+                throw wrong
+            }
+        }
     }
 
     public struct Budget: Sendable, Hashable {
@@ -36,6 +100,11 @@ public struct WorkflowManifest: Sendable, Hashable {
     public let steps: [Step]
 
     public static let maxSteps = 256
+    /// Child steps per workflow (its fan-out); runs nest at most ``maxChildDepth`` deep.
+    public static let maxChildSteps = 32
+    public static let maxChildDepth = 8
+    /// The longest timer sleep and signal timeout.
+    public static let maxWait = Duration.seconds(366 * 86_400)
     static let defaultTimeout = Duration.seconds(300)
     static let defaultBackoff = try! RetryPolicy(base: .seconds(1), maximum: .seconds(300))
 
@@ -74,36 +143,20 @@ public struct WorkflowManifest: Sendable, Hashable {
         }
         var steps: [Step] = []
         var names = Set<String>()
+        var signals: [String: String] = [:]
         for (n, item) in items.enumerated() {
             let at = "steps[\(n)]"
-            let f = try Fields(item, at, allowed: ["name", "lane", "capabilities", "after", "max_attempts", "timeout", "backoff"])
-            let name = try f.string("name")
-            guard StepName.isValid(name) else {
-                throw RegentError(.invalidInput, "workflow.json: \(at).name \(quoted(name)): use 1-64 lowercase letters, digits, _ or -, starting with a letter")
+            steps.append(try Self.step(item, at: at, index: n, previous: steps.last?.name, signals: &signals))
+            guard names.insert(steps[n].name).inserted else {
+                throw RegentError(.invalidInput, "workflow.json: \(at).name \(quoted(steps[n].name)) is used by an earlier step")
             }
-            guard names.insert(name).inserted else { throw RegentError(.invalidInput, "workflow.json: \(at).name \(quoted(name)) is used by an earlier step") }
-            let lane: Lane
-            do { lane = try Lane(try f.string("lane")) } catch { throw RegentError(.invalidInput, "workflow.json: \(at).lane: \(error.message)") }
-            var capabilities: [Capability] = []
-            for c in try f.optionalStrings("capabilities") ?? [] {
-                do { capabilities.append(try Capability(c)) } catch { throw RegentError(.invalidInput, "workflow.json: \(at).capabilities: \(error.message)") }
+            if case .child(let type, _) = steps[n].kind, type == workflowType {
+                throw RegentError(.invalidInput, "workflow.json: \(at).child names this workflow's own type: a workflow cannot start itself")
             }
-            let after = try f.optionalStrings("after") ?? (n == 0 ? [] : [steps[n - 1].name])
-            guard Set(after).count == after.count else { throw RegentError(.invalidInput, "workflow.json: \(at).after names a step twice") }
-            let maxAttempts = try f.optionalInt("max_attempts") ?? 3
-            guard (1...1000).contains(maxAttempts) else { throw RegentError(.invalidInput, "workflow.json: \(at).max_attempts must be 1 to 1000, got \(maxAttempts)") }
-            let timeout = try f.optionalString("timeout").map { t throws(RegentError) in try parseDuration(t, flag: "workflow.json \(at).timeout") } ?? Self.defaultTimeout
-            guard timeout >= .seconds(1), timeout <= .seconds(86_400) else {
-                throw RegentError(.invalidInput, "workflow.json: \(at).timeout must be 1s to 24h")
-            }
-            var backoff = Self.defaultBackoff
-            if let b = f.optional("backoff") {
-                let bf = try Fields(b, "\(at).backoff", allowed: ["base", "max"])
-                let base = try bf.optionalString("base").map { t throws(RegentError) in try parseDuration(t, flag: "workflow.json \(at).backoff.base") } ?? backoff.base
-                let max = try bf.optionalString("max").map { t throws(RegentError) in try parseDuration(t, flag: "workflow.json \(at).backoff.max") } ?? Swift.max(base, backoff.maximum)
-                do { backoff = try RetryPolicy(base: base, maximum: max) } catch { throw RegentError(.invalidInput, "workflow.json: \(at).backoff: \(error.message)") }
-            }
-            steps.append(Step(name: name, lane: lane, capabilities: capabilities, after: after, maxAttempts: maxAttempts, timeout: timeout, backoff: backoff))
+        }
+        let children = steps.filter { if case .child = $0.kind { true } else { false } }.count
+        guard children <= Self.maxChildSteps else {
+            throw RegentError(.invalidInput, "workflow.json: \(children) child steps; a workflow starts at most \(Self.maxChildSteps) children")
         }
         for (n, step) in steps.enumerated() {
             for name in step.after where !names.contains(name) {
@@ -113,7 +166,133 @@ public struct WorkflowManifest: Sendable, Hashable {
         if let cycle = Self.cycle(steps) {
             throw RegentError(.invalidInput, "workflow.json: the steps' after lists form a cycle: \(cycle.joined(separator: " → "))")
         }
+        for (n, step) in steps.enumerated() {
+            let path: RunPath?
+            switch step.kind {
+            case .timer(.until(let p)): path = p
+            case .child(_, let p): path = p
+            default: path = nil
+            }
+            if let name = path?.step, !Self.runsAfter(step.name, name, steps) {
+                throw RegentError(
+                    .invalidInput, "workflow.json: steps[\(n)] reads \(path!) but does not run after step \(quoted(name)) (list it in after, directly or through another step)")
+            }
+        }
         self.steps = steps
+    }
+
+    /// Whether `step` runs after `earlier`, directly or through other steps.
+    static func runsAfter(_ step: String, _ earlier: String, _ steps: [Step]) -> Bool {
+        let index = Dictionary(uniqueKeysWithValues: steps.map { ($0.name, $0) })
+        var seen = Set<String>()
+        var todo = index[step]?.after ?? []
+        while let next = todo.popLast() {
+            if next == earlier { return true }
+            if seen.insert(next).inserted { todo += index[next]?.after ?? [] }
+        }
+        return false
+    }
+
+    static let commonKeys: Set<String> = ["name", "after"]
+    static let kindKeys: [(kind: String, marker: [String], keys: Set<String>)] = [
+        ("worker", ["lane"], ["lane", "capabilities", "max_attempts", "timeout", "backoff"]),
+        ("timer", ["sleep", "sleep_until"], ["sleep", "sleep_until"]),
+        ("signal", ["wait_for"], ["wait_for", "timeout", "on_timeout"]),
+        ("child", ["child"], ["child", "input"]),
+    ]
+
+    /// One step: its kind is named by the one marker key it has (`lane`, `sleep`/`sleep_until`,
+    /// `wait_for`, `child`); a key of another kind is refused, naming both.
+    static func step(_ item: JSONValue, at: String, index n: Int, previous: String?, signals: inout [String: String]) throws(RegentError) -> Step {
+        guard case .object(let raw) = item else { throw RegentError(.invalidInput, "workflow.json: \(at) must be an object") }
+        let present = kindKeys.filter { k in k.marker.contains { raw[$0] != nil && raw[$0] != .null } }
+        guard present.count <= 1 else {
+            throw RegentError(
+                .invalidInput, "workflow.json: \(at) is both a \(present[0].kind) step and a \(present[1].kind) step (\(present.map { $0.marker.filter { raw[$0] != nil }.joined(separator: "/") }.joined(separator: " and "))); a step has exactly one kind")
+        }
+        guard let kind = present.first else {
+            throw RegentError(
+                .invalidInput, "workflow.json: \(at) has no kind: give it lane (a worker step), sleep or sleep_until (a timer), wait_for (a signal) or child (a child workflow)")
+        }
+        if let stray = raw.keys.sorted().first(where: { key in !commonKeys.contains(key) && !kind.keys.contains(key) }) {
+            let owner = kindKeys.first { $0.keys.contains(stray) }
+            throw RegentError(
+                .invalidInput,
+                owner.map { "workflow.json: \(at).\(stray) belongs to a \($0.kind) step, and this is a \(kind.kind) step; it has: \(commonKeys.union(kind.keys).sorted().joined(separator: ", "))" }
+                    ?? "workflow.json: \(at) has an unknown key \(quoted(stray)); a \(kind.kind) step has: \(commonKeys.union(kind.keys).sorted().joined(separator: ", "))")
+        }
+        let f = try Fields(item, at, allowed: commonKeys.union(kind.keys))
+        let name = try f.string("name")
+        guard StepName.isValid(name) else {
+            throw RegentError(.invalidInput, "workflow.json: \(at).name \(quoted(name)): use 1-64 lowercase letters, digits, _ or -, starting with a letter")
+        }
+        let after = try f.optionalStrings("after") ?? (previous.map { [$0] } ?? [])
+        guard Set(after).count == after.count else { throw RegentError(.invalidInput, "workflow.json: \(at).after names a step twice") }
+        func wait(_ key: String, minimum: Duration) throws(RegentError) -> Duration? {
+            guard let text = try f.optionalString(key) else { return nil }
+            let d = try parseDuration(text, flag: "workflow.json \(at).\(key)", maximum: maxWait)
+            guard d >= minimum else { throw RegentError(.invalidInput, "workflow.json: \(at).\(key) must be at least \(minimum)") }
+            return d
+        }
+        switch kind.kind {
+        case "timer":
+            let spec: TimerSpec
+            if let sleep = try wait("sleep", minimum: .milliseconds(1)) {
+                guard f.optional("sleep_until") == nil else {
+                    throw RegentError(.invalidInput, "workflow.json: \(at) has both sleep and sleep_until; a timer has one")
+                }
+                spec = .sleep(sleep)
+            } else {
+                spec = .until(try RunPath(try f.string("sleep_until"), at: "\(at).sleep_until"))
+            }
+            return Step(name: name, kind: .timer(spec), lane: nil, capabilities: [], after: after, maxAttempts: 1, timeout: defaultTimeout, backoff: defaultBackoff)
+        case "signal":
+            let signal = try f.string("wait_for")
+            guard StepName.isValid(signal) else {
+                throw RegentError(.invalidInput, "workflow.json: \(at).wait_for \(quoted(signal)): use 1-64 lowercase letters, digits, _ or -, starting with a letter")
+            }
+            if let other = signals[signal] {
+                throw RegentError(.invalidInput, "workflow.json: \(at).wait_for \(quoted(signal)) is already awaited by step \(quoted(other)); a signal name has one step")
+            }
+            signals[signal] = name
+            let timeout = try wait("timeout", minimum: .seconds(1))
+            let onTimeout = try f.optionalString("on_timeout") ?? "fail"
+            guard onTimeout == "fail" || onTimeout == "continue" else {
+                throw RegentError(.invalidInput, "workflow.json: \(at).on_timeout must be fail or continue, not \(quoted(onTimeout))")
+            }
+            guard timeout != nil || f.optional("on_timeout") == nil else {
+                throw RegentError(.invalidInput, "workflow.json: \(at).on_timeout needs a timeout")
+            }
+            return Step(
+                name: name, kind: .signal(name: signal, timeout: timeout, continueOnTimeout: onTimeout == "continue"), lane: nil, capabilities: [],
+                after: after, maxAttempts: 1, timeout: defaultTimeout, backoff: defaultBackoff)
+        case "child":
+            let type: WorkflowType
+            do { type = try WorkflowType(try f.string("child")) } catch { throw RegentError(.invalidInput, "workflow.json: \(at).child: \(error.message)") }
+            let input = try f.optionalString("input").map { t throws(RegentError) in try RunPath(t, at: "\(at).input") }
+            return Step(name: name, kind: .child(type: type, input: input), lane: nil, capabilities: [], after: after, maxAttempts: 1, timeout: defaultTimeout, backoff: defaultBackoff)
+        default:
+            let lane: Lane
+            do { lane = try Lane(try f.string("lane")) } catch { throw RegentError(.invalidInput, "workflow.json: \(at).lane: \(error.message)") }
+            var capabilities: [Capability] = []
+            for c in try f.optionalStrings("capabilities") ?? [] {
+                do { capabilities.append(try Capability(c)) } catch { throw RegentError(.invalidInput, "workflow.json: \(at).capabilities: \(error.message)") }
+            }
+            let maxAttempts = try f.optionalInt("max_attempts") ?? 3
+            guard (1...1000).contains(maxAttempts) else { throw RegentError(.invalidInput, "workflow.json: \(at).max_attempts must be 1 to 1000, got \(maxAttempts)") }
+            let timeout = try f.optionalString("timeout").map { t throws(RegentError) in try parseDuration(t, flag: "workflow.json \(at).timeout") } ?? defaultTimeout
+            guard timeout >= .seconds(1), timeout <= .seconds(86_400) else {
+                throw RegentError(.invalidInput, "workflow.json: \(at).timeout must be 1s to 24h")
+            }
+            var backoff = defaultBackoff
+            if let b = f.optional("backoff") {
+                let bf = try Fields(b, "\(at).backoff", allowed: ["base", "max"])
+                let base = try bf.optionalString("base").map { t throws(RegentError) in try parseDuration(t, flag: "workflow.json \(at).backoff.base") } ?? backoff.base
+                let max = try bf.optionalString("max").map { t throws(RegentError) in try parseDuration(t, flag: "workflow.json \(at).backoff.max") } ?? Swift.max(base, backoff.maximum)
+                do { backoff = try RetryPolicy(base: base, maximum: max) } catch { throw RegentError(.invalidInput, "workflow.json: \(at).backoff: \(error.message)") }
+            }
+            return Step(name: name, kind: .worker, lane: lane, capabilities: capabilities, after: after, maxAttempts: maxAttempts, timeout: timeout, backoff: backoff)
+        }
     }
 
     /// One cycle of the `after` graph, as names from a step back to itself; nil when acyclic.
@@ -150,12 +329,28 @@ public struct WorkflowManifest: Sendable, Hashable {
     public var normalizedJSON: String {
         var steps: [JSONValue] = []
         for s in self.steps {
-            steps.append(.object([
-                "name": .string(s.name), "lane": .string(s.lane.value), "capabilities": .array(s.capabilities.map { .string($0.value) }),
-                "after": .array(s.after.map { .string($0) }), "max_attempts": .integer(Int64(s.maxAttempts)),
-                "timeout_ms": .integer(Int64(s.timeout.milliseconds)), "backoff_base_ms": .integer(Int64(s.backoff.base.milliseconds)),
-                "backoff_max_ms": .integer(Int64(s.backoff.maximum.milliseconds)),
-            ]))
+            var entry: [String: JSONValue] = ["name": .string(s.name), "after": .array(s.after.map { .string($0) }), "kind": .string(s.kind.label)]
+            switch s.kind {
+            case .worker:
+                entry["lane"] = .string(s.lane!.value)
+                entry["capabilities"] = .array(s.capabilities.map { .string($0.value) })
+                entry["max_attempts"] = .integer(Int64(s.maxAttempts))
+                entry["timeout_ms"] = .integer(Int64(s.timeout.milliseconds))
+                entry["backoff_base_ms"] = .integer(Int64(s.backoff.base.milliseconds))
+                entry["backoff_max_ms"] = .integer(Int64(s.backoff.maximum.milliseconds))
+            case .timer(.sleep(let d)):
+                entry["sleep_ms"] = .integer(Int64(d.milliseconds.rounded(.up)))
+            case .timer(.until(let path)):
+                entry["sleep_until"] = .array(path.segments.map { .string($0) })
+            case .signal(let name, let timeout, let continueOnTimeout):
+                entry["signal"] = .string(name)
+                if let timeout { entry["timeout_ms"] = .integer(Int64(timeout.milliseconds)) }
+                entry["on_timeout"] = .string(continueOnTimeout ? "continue" : "fail")
+            case .child(let type, let input):
+                entry["child"] = .string(type.value)
+                if let input { entry["input"] = .array(input.segments.map { .string($0) }) }
+            }
+            steps.append(.object(entry))
         }
         var top: [String: JSONValue] = ["workflow_type": .string(workflowType.value), "steps": .array(steps)]
         if let description { top["description"] = .string(description) }

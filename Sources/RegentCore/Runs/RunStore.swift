@@ -148,8 +148,12 @@ extension RunStore {
         public let startedAt: Date
         public let finishedAt: Date?
         public var namespace: String? = nil
+        /// A child run's parent run and the parent's step that started it.
+        public var parentRunID: String? = nil
+        public var parentStep: String? = nil
         public var steps: [Step] = []
         public var ledger: [LedgerEntry] = []
+        public var signals: [Signal] = []
         /// A listing's summary: input, output, steps and ledger are left out (unless `include` asked for input or output).
         public var summary = false
 
@@ -159,7 +163,8 @@ extension RunStore {
         enum CodingKeys: String, CodingKey {
             case runID = "run_id", workflowType = "workflow_type", packageHash = "package_hash", state, reason, error, input, output
             case idempotencyKey = "idempotency_key", deadline, budget, startedBy = "started_by", finishedBy = "finished_by", term
-            case startedAt = "started_at", finishedAt = "finished_at", steps, ledger, namespace
+            case startedAt = "started_at", finishedAt = "finished_at", steps, ledger, namespace, signals
+            case parentRunID = "parent_run_id", parentStep = "parent_step"
         }
         enum BudgetKeys: String, CodingKey { case limit, unit, spent, remaining }
 
@@ -172,6 +177,8 @@ extension RunStore {
             try c.encode(reason, forKey: .reason)
             try c.encode(error, forKey: .error)
             try c.encode(namespace ?? RunStore.namespace.value, forKey: .namespace)
+            try c.encode(parentRunID, forKey: .parentRunID)
+            if !summary { try c.encode(parentStep, forKey: .parentStep) }
             if !summary || !input.isEmpty { try c.encode(input.isEmpty ? nil : RawJSON(input), forKey: .input) }
             if !summary || output != nil { try c.encode(output.map(RawJSON.init), forKey: .output) }
             try c.encode(idempotencyKey, forKey: .idempotencyKey)
@@ -189,6 +196,7 @@ extension RunStore {
             if !summary {
                 try c.encode(steps, forKey: .steps)
                 try c.encode(ledger, forKey: .ledger)
+                try c.encode(signals, forKey: .signals)
             }
         }
     }
@@ -197,6 +205,10 @@ extension RunStore {
         public let name: String
         public let after: [String]
         public let state: String
+        /// worker, timer, signal or child.
+        public var kind = "worker"
+        /// What a waiting (or finished) timer, signal or child step waits for: due time, signal name, child run.
+        public var wait: Wait? = nil
         public let attempts: Int
         public let maxAttempts: Int?
         public let worker: String?
@@ -208,13 +220,15 @@ extension RunStore {
 
         enum CodingKeys: String, CodingKey {
             case name, after, state, attempts, maxAttempts = "max_attempts", worker, executionID = "execution_id", queuedAt = "queued_at"
-            case finishedAt = "finished_at", output, error
+            case finishedAt = "finished_at", output, error, kind, wait
         }
         public func encode(to encoder: any Encoder) throws {
             var c = encoder.container(keyedBy: CodingKeys.self)
             try c.encode(name, forKey: .name)
+            try c.encode(kind, forKey: .kind)
             try c.encode(after, forKey: .after)
             try c.encode(state, forKey: .state)
+            if kind != "worker" { try c.encode(wait, forKey: .wait) }
             try c.encode(attempts, forKey: .attempts)
             try c.encode(maxAttempts, forKey: .maxAttempts)
             try c.encode(worker, forKey: .worker)
@@ -223,6 +237,52 @@ extension RunStore {
             try c.encode(finishedAt, forKey: .finishedAt)
             try c.encode(output.map(RawJSON.init), forKey: .output)
             try c.encode(error, forKey: .error)
+        }
+    }
+
+    /// A timer, signal or child step's wait, as `runs show` and `GET /v1/runs/{id}` present it.
+    public struct Wait: Sendable, Encodable {
+        /// Since when it waits (nil until it began).
+        public let since: Date?
+        /// A timer's due time, or a signal wait's timeout (database time).
+        public let dueAt: Date?
+        /// The signal a signal step waits for.
+        public let signal: String?
+        /// fail or continue, when a signal wait has a timeout.
+        public let onTimeout: String?
+        /// A child step's workflow type, the version recorded for it, and its run.
+        public let childType: String?
+        public let childVersion: String?
+        public let childRunID: String?
+        /// How long it has waited (or waited, once finished), in milliseconds.
+        public let waitedMs: Int64?
+        enum CodingKeys: String, CodingKey {
+            case since, dueAt = "due_at", signal, onTimeout = "on_timeout", childType = "child_type", childVersion = "child_version"
+            case childRunID = "child_run_id", waitedMs = "waited_ms"
+        }
+    }
+
+    /// A signal sent to a run, consumed by a step or kept (listed, not consumed).
+    public struct Signal: Sendable, Encodable {
+        public let signalID: String
+        public let name: String
+        public let sentBy: String
+        public let receivedAt: Date
+        public let consumedBy: String?
+        public let consumedAt: Date?
+        public let payload: String
+        enum CodingKeys: String, CodingKey {
+            case signalID = "signal_id", name, sentBy = "sent_by", receivedAt = "received_at", consumedBy = "consumed_by", consumedAt = "consumed_at", payload
+        }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(signalID, forKey: .signalID)
+            try c.encode(name, forKey: .name)
+            try c.encode(sentBy, forKey: .sentBy)
+            try c.encode(receivedAt, forKey: .receivedAt)
+            try c.encode(consumedBy, forKey: .consumedBy)
+            try c.encode(consumedAt, forKey: .consumedAt)
+            try c.encode(RawJSON(payload), forKey: .payload)
         }
     }
 
@@ -250,7 +310,7 @@ extension RunStore {
     static let runColumns = """
         run_id, workflow_type, package_hash, state, reason, error, input::text AS input, output::text AS output, idempotency_key, deadline,
         budget_limit::float8 AS budget_limit, budget_unit, budget_spent::float8 AS budget_spent, started_by, finished_by, term, started_at, finished_at,
-        namespace
+        namespace, parent_run_id
         """
 
     /// A listing's columns: input and output only when asked for (`include`).
@@ -259,7 +319,7 @@ extension RunStore {
         run_id, workflow_type, package_hash, state, reason, left(error, 1024) AS error, \(input ? "input::text" : "''::text") AS input,
         \(output ? "output::text" : "NULL::text") AS output, idempotency_key, deadline,
         budget_limit::float8 AS budget_limit, budget_unit, budget_spent::float8 AS budget_spent, started_by, finished_by, term, started_at, finished_at,
-        namespace
+        namespace, parent_run_id
         """
     }
 
@@ -272,6 +332,7 @@ extension RunStore {
             budgetSpent: try row.decode("budget_spent"), startedBy: try row.decode("started_by"), finishedBy: try row.decodeOptional("finished_by"),
             term: try row.decodeOptional("term"), startedAt: try row.decode("started_at"), finishedAt: try row.decodeOptional("finished_at"))
         run.namespace = try row.decodeOptional("namespace")
+        run.parentRunID = try row.decodeOptional("parent_run_id")
         return run
     }
 
@@ -288,16 +349,44 @@ extension RunStore {
             SELECT s.name, s.after_steps, CASE WHEN s.state = 'queued' AND e.state = 'running' THEN 'running' ELSE s.state END AS state,
                    COALESCE(e.attempts, 0) AS attempts, s.max_attempts, s.execution_id, s.queued_at, s.finished_at,
                    COALESCE(s.output, e.result)::text AS output, COALESCE(s.error, e.last_error) AS error,
-                   (SELECT a.worker_instance_id FROM workflow.attempts a WHERE a.execution_id = e.execution_id ORDER BY a.attempt_index DESC LIMIT 1) AS worker
+                   (SELECT a.worker_instance_id FROM workflow.attempts a WHERE a.execution_id = e.execution_id ORDER BY a.attempt_index DESC LIMIT 1) AS worker,
+                   s.kind, s.waiting_since, s.due_at, s.wait ->> 'signal' AS signal, s.wait ->> 'on_timeout' AS on_timeout, s.child_type, s.child_hash,
+                   s.child_run_id,
+                   (extract(epoch FROM (COALESCE(s.finished_at, clock_timestamp()) - s.waiting_since)) * 1000)::bigint AS waited_ms
             FROM workflow.run_steps s LEFT JOIN workflow.executions e ON e.execution_id = s.execution_id
             WHERE s.run_id = \(runID) ORDER BY s.position
             """, purpose: "runs: steps"
         ).map { r in
-            Step(
+            var step = Step(
                 name: try r.decode("name"), after: try r.decode("after_steps"), state: try r.decode("state"), attempts: try r.decode("attempts"),
                 maxAttempts: try r.decodeOptional("max_attempts"), worker: try r.decodeOptional("worker"), executionID: try r.decodeOptional("execution_id"),
                 queuedAt: try r.decodeOptional("queued_at"), finishedAt: try r.decodeOptional("finished_at"), output: try r.decodeOptional("output"),
                 error: try r.decodeOptional("error"))
+            step.kind = try r.decode("kind")
+            if step.kind != "worker" {
+                step.wait = Wait(
+                    since: try r.decodeOptional("waiting_since"), dueAt: try r.decodeOptional("due_at"), signal: try r.decodeOptional("signal"),
+                    onTimeout: try r.decodeOptional("on_timeout"), childType: try r.decodeOptional("child_type"),
+                    childVersion: try r.decodeOptional("child_hash"), childRunID: try r.decodeOptional("child_run_id"),
+                    waitedMs: try r.decodeOptional("waited_ms"))
+            }
+            return step
+        }
+        if let parent = run.parentRunID {
+            run.parentStep = try await conn.query(
+                "SELECT s.name FROM workflow.runs r JOIN workflow.run_steps s ON s.step_id = r.parent_step_id WHERE r.run_id = \(runID) AND s.run_id = \(parent)",
+                purpose: "runs: parent step"
+            ).first?.decode("name")
+        }
+        run.signals = try await conn.query(
+            """
+            SELECT signal_id, name, sent_by, received_at, consumed_by, consumed_at, left(payload::text, 65536) AS payload
+            FROM workflow.signals WHERE run_id = \(runID) ORDER BY seq LIMIT 1000
+            """, purpose: "runs: signals"
+        ).map { r in
+            Signal(
+                signalID: try r.decode("signal_id"), name: try r.decode("name"), sentBy: try r.decode("sent_by"), receivedAt: try r.decode("received_at"),
+                consumedBy: try r.decodeOptional("consumed_by"), consumedAt: try r.decodeOptional("consumed_at"), payload: try r.decode("payload"))
         }
         run.ledger = try await conn.query(
             "SELECT entry_id, step_name, amount::float8 AS amount, unit, at FROM workflow.budget_ledger WHERE run_id = \(runID) ORDER BY at, entry_id",
@@ -462,6 +551,9 @@ extension RunStore {
                 throw RegentError(.conflict, "run \(runID) spent its whole budget", hint: "raise the limit with --budget (HTTP: \"budget_limit\")")
             case "budget_too_low":
                 throw RegentError(.invalidInput, "the new budget limit \(request.budgetLimit ?? 0) is not above what run \(runID) spent already")
+            case "children_live":
+                throw RegentError(.conflict, "a child run of run \(runID)'s last round is still being cancelled",
+                                  hint: "its parent's finish cancels it within moments; retry then")
             case "executions_live":
                 throw RegentError(.conflict, "a step execution of run \(runID)'s last round is still being fenced",
                                   hint: "the leader's deadline duty fences it within seconds; retry then")
@@ -526,4 +618,79 @@ struct AnyKey: CodingKey {
     init?(stringValue: String) { self.stringValue = stringValue }
     var intValue: Int? { nil }
     init?(intValue: Int) { nil }
+}
+
+// MARK: Signals
+
+extension RunStore {
+    /// A signal payload's limit, in bytes of JSON.
+    public static let maxSignalBytes = 64 << 10
+
+    public struct Signalled: Sendable, Hashable {
+        public let runID: String
+        public let name: String
+        public let signalID: String
+        /// The step that consumed it (nil: kept until a step of the run waits for it).
+        public let consumedBy: String?
+        /// This signal_id was delivered before (with the same name and payload): the first delivery's answer.
+        public let duplicate: Bool
+        /// The run's state after the signal (a consumed signal may have finished it).
+        public let runState: String
+    }
+
+    /// A signal id a client chooses for idempotency: 1-128 of `A-Z a-z 0-9 _ . : -`.
+    public static func checkSignalID(_ id: String) throws(RegentError) {
+        guard (1...128).contains(id.utf8.count),
+            id.utf8.allSatisfy({ ($0 >= 48 && $0 <= 58) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 95 || $0 == 46 || $0 == 45 })
+        else {
+            throw RegentError(.invalidInput, "invalid signal id \(quoted(String(id.prefix(64)))): use 1-128 letters, digits or _ . : -")
+        }
+    }
+
+    /// Sends signal `name` with `payloadJSON` (a JSON document) to a run (`workflow.send_signal`,
+    /// sql/workflow/0016): the step waiting for it succeeds with the payload as its output and the
+    /// run advances in the same transaction; with no step waiting yet, it is kept for the first
+    /// wait of that name. `signalID` makes a resend the same delivery. One transaction with its audit row.
+    public func signal(
+        _ runID: String, name: String, payloadJSON: String, signalID: String?, actor: AuditActor, on conn: PostgresConnection
+    ) async throws -> Signalled {
+        try Self.checkRunID(runID)
+        guard StepName.isValid(name) else {
+            throw RegentError(.invalidInput, "invalid signal name \(quoted(String(name.prefix(64)))): 1-64 lowercase letters, digits, _ or -, starting with a letter")
+        }
+        if let signalID { try Self.checkSignalID(signalID) }
+        guard payloadJSON.utf8.count <= Self.maxSignalBytes else {
+            throw RegentError(.invalidInput, "the signal's data is \(payloadJSON.utf8.count) bytes; the limit is \(Self.maxSignalBytes)")
+        }
+        do { _ = try StrictJSON.parse(Array(payloadJSON.utf8)) } catch {
+            throw RegentError(.invalidInput, "the signal's data is not JSON: \(error.message)")
+        }
+        return try await conn.withTransaction { conn in
+            let row = try await conn.query(
+                """
+                SELECT outcome, signal_id, consumed_by, run_state FROM workflow.send_signal(
+                    \(runID), \(name), \(payloadJSON)::jsonb, \(signalID), \(actor.description), \(publisher)::uuid)
+                """, purpose: "runs: signal").single()
+            let outcome: String = try row.decode("outcome")
+            switch outcome {
+            case "consumed", "kept", "duplicate": break
+            case "not_found": throw RegentError(.notFound, "no run \(runID)")
+            case "unknown_signal":
+                throw RegentError(.unknownSignal, "no step of run \(runID) waits for a signal named \(quoted(name))", hint: "regent runs show \(runID) lists its steps and what they wait for")
+            case "run_finished":
+                throw RegentError(.runFinished, "run \(runID) has finished (\(try row.decode("run_state", as: String.self))): it takes no more signals")
+            case "signal_conflict":
+                throw RegentError(.signalConflict, "signal id \(signalID ?? "") was already used for run \(runID) with another name or payload", hint: "send a new signal with a new id")
+            default: throw RegentError(.conflict, "the signal was refused: \(outcome)")
+            }
+            let sent = Signalled(
+                runID: runID, name: name, signalID: try row.decode("signal_id"), consumedBy: try row.decodeOptional("consumed_by"),
+                duplicate: outcome == "duplicate", runState: try row.decode("run_state"))
+            if !sent.duplicate {
+                let detail = AuditLog.detail(["run_id": runID, "name": name, "signal_id": sent.signalID, "consumed_by": sent.consumedBy as Any])
+                try await conn.query(AuditLog.insert(actor: actor, action: "run.signal", detailJSON: detail), purpose: "runs: audit")
+            }
+            return sent
+        }
+    }
 }

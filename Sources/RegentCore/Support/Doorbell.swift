@@ -3,7 +3,7 @@ import Synchronization
 /// Wakes one sleeper early: `wait(upTo:)` returns true when `ring()` was called (now or
 /// since the last wait), false when the time ran out. `ring()` is synchronous, so callbacks
 /// that cannot suspend (a fence that found its term over) ring it directly.
-final class Doorbell: Sendable {
+public final class Doorbell: Sendable {
     private struct State {
         var rung = false
         var waiter: (id: Int, continuation: CheckedContinuation<Bool, Never>)?
@@ -11,7 +11,9 @@ final class Doorbell: Sendable {
     }
     private let state = Mutex(State())
 
-    func ring() {
+    public init() {}
+
+    public func ring() {
         let waiter = state.withLock { s -> CheckedContinuation<Bool, Never>? in
             guard let waiter = s.waiter else {
                 s.rung = true
@@ -24,7 +26,7 @@ final class Doorbell: Sendable {
     }
 
     /// One sleeper at a time.
-    func wait(upTo duration: Duration) async -> Bool {
+    public func wait(upTo duration: Duration) async -> Bool {
         let id = state.withLock { s -> Int? in
             if s.rung {
                 s.rung = false
@@ -55,7 +57,9 @@ final class Doorbell: Sendable {
     }
 
     private func expire(_ id: Int, after duration: Duration) async {
-        do { try await Task.sleep(for: duration) } catch { return }
+        // Cancelled (the waiting task was): the waiter returns now, as if the time ran out.
+        // After a ring the waiter is gone already, so this resumes nothing.
+        try? await Task.sleep(for: duration)
         let waiter = state.withLock { s -> CheckedContinuation<Bool, Never>? in
             guard let waiter = s.waiter, waiter.id == id else { return nil }
             s.waiter = nil

@@ -5,6 +5,7 @@ public struct RegentError: Error, Sendable, CustomStringConvertible {
             case invalidInput, databaseNewerThanBinary, migrationChecksumMismatch, migrationFailed
             case unknownModule, schemaNotCurrent, bootFailed, notLeader, timeout, staleLease, notRegistered
             case instanceBound, notFound, conflict, notLeaseHolder, forbidden, idempotencyConflict
+            case unknownSignal, runFinished, signalConflict
         }
         let base: Base
         /// Input (flag, config value, name, body) was rejected; nothing was changed.
@@ -29,6 +30,12 @@ public struct RegentError: Error, Sendable, CustomStringConvertible {
         public static let notRegistered = Code(base: .notRegistered)
         /// A worker instance id is bound to another worker id; nothing was changed.
         public static let instanceBound = Code(base: .instanceBound)
+        /// No step of the run waits for a signal of that name; nothing was changed.
+        public static let unknownSignal = Code(base: .unknownSignal)
+        /// The run has finished and takes no more signals; nothing was changed.
+        public static let runFinished = Code(base: .runFinished)
+        /// A signal id was used before with another name or payload; nothing was changed.
+        public static let signalConflict = Code(base: .signalConflict)
         /// The named thing (a package version, a run) does not exist; nothing was changed.
         public static let notFound = Code(base: .notFound)
         /// The request contradicts the current state (a routed or pinned version, a finished

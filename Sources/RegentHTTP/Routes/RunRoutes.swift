@@ -101,6 +101,45 @@ extension AdminAPI {
         return try json(RetriedDocument(run_id: retried.runID, requeued: retried.requeued, reset: retried.reset))
     }
 
+    /// Sends a signal to a run (docs/runs.md, "Signals"): worker role, a scoped token only to
+    /// runs in its namespace. Body `{"data": any JSON, "signal_id": "…"}`, both optional.
+    func signalRun(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let id = try runID(context)
+        let name = try context.parameters.require("name")
+        let body = try await JSONBody.read(request, context: context, allowed: ["data", "signal_id"], limit: RunStore.maxSignalBytes + 1024)
+        let data = try body.optionalJSON("data") ?? "null"
+        let signalID = try body.optionalString("signal_id")
+        let sent = try await retryingConflicts(on: pool) { conn in
+            try await checkRunScope(id, context, action: "signal runs", on: conn)
+            return try await RunStore(publisher: node?.instanceID.uuid).signal(id, name: name, payloadJSON: data, signalID: signalID, actor: .named(context.actor), on: conn)
+        }
+        return try json(
+            SignalledDocument(run_id: sent.runID, name: sent.name, signal_id: sent.signalID, consumed: sent.consumedBy != nil, consumed_by: sent.consumedBy,
+                              duplicate: sent.duplicate, run_state: sent.runState),
+            status: sent.duplicate ? .ok : .accepted)
+    }
+
+    struct SignalledDocument: Encodable {
+        let run_id: String
+        let name: String
+        let signal_id: String
+        let consumed: Bool
+        let consumed_by: String?
+        let duplicate: Bool
+        let run_state: String
+        enum CodingKeys: String, CodingKey { case run_id, name, signal_id, consumed, consumed_by, duplicate, run_state }
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(run_id, forKey: .run_id)
+            try c.encode(name, forKey: .name)
+            try c.encode(signal_id, forKey: .signal_id)
+            try c.encode(consumed, forKey: .consumed)
+            try c.encode(consumed_by, forKey: .consumed_by)  // null when kept
+            try c.encode(duplicate, forKey: .duplicate)
+            try c.encode(run_state, forKey: .run_state)
+        }
+    }
+
     /// A scoped token acts only on the runs whose steps are in its namespace (403 otherwise,
     /// 404 for an unknown run); an unscoped one on any.
     private func checkRunScope(_ id: String, _ context: RegentRequestContext, action: String, on conn: PostgresConnection) async throws {

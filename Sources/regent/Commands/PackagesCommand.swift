@@ -177,9 +177,10 @@ struct PackagesCommand: AsyncParsableCommand {
             print("\(stored.workflowType) \(stored.contentHash)\(stored.routed ? " (routed)" : "")")
             if let d = m.description { print(d) }
             if let b = m.budget { print("budget: \(b.limit.rounded() == b.limit ? String(Int64(b.limit)) : String(b.limit)) \(b.unit)") }
-            print(table(["step", "lane", "after", "capabilities", "attempts", "timeout", "backoff"], m.steps.map { s in
-                [s.name, s.lane.value, s.after.joined(separator: ","), s.capabilities.map(\.value).joined(separator: ","), "\(s.maxAttempts)",
-                 compact(s.timeout), "\(compact(s.backoff.base))..\(compact(s.backoff.maximum))"]
+            print(table(["step", "kind", "lane or wait", "after", "capabilities", "attempts", "timeout", "backoff"], m.steps.map { s in
+                guard let lane = s.lane else { return [s.name, s.kind.label, waitText(s.kind), s.after.joined(separator: ","), "", "", "", ""] }
+                return [s.name, "worker", lane.value, s.after.joined(separator: ","), s.capabilities.map(\.value).joined(separator: ","), "\(s.maxAttempts)",
+                        compact(s.timeout), "\(compact(s.backoff.base))..\(compact(s.backoff.maximum))"]
             }))
             print(table(["file", "bytes"], entry.files.map { [$0.path, "\($0.size)"] }))
         }
@@ -226,4 +227,16 @@ func compact(_ d: Duration) -> String {
 
 func jsonQuoted(_ s: String) -> String {
     String(decoding: try! JSONEncoder().encode(s), as: UTF8.self)
+}
+
+/// What a timer, signal or child step waits for, as the manifest says it.
+func waitText(_ kind: WorkflowManifest.Kind) -> String {
+    switch kind {
+    case .worker: ""
+    case .timer(.sleep(let d)): "sleep \(compact(d))"
+    case .timer(.until(let path)): "until \(path)"
+    case .signal(let name, let timeout, let continueOnTimeout):
+        "signal \(name)" + (timeout.map { " (\(compact($0)), then \(continueOnTimeout ? "continue" : "fail"))" } ?? "")
+    case .child(let type, let input): "child \(type)" + (input.map { " on \($0)" } ?? "")
+    }
 }

@@ -5,8 +5,8 @@ import RegentCore
 
 struct RunsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "runs", abstract: "Start, list, show, cancel and retry workflow runs.",
-        subcommands: [Start.self, List.self, Show.self, Cancel.self, Retry.self])
+        commandName: "runs", abstract: "Start, list, show, cancel, retry and signal workflow runs.",
+        subcommands: [Start.self, List.self, Show.self, Cancel.self, Retry.self, Signal.self])
 
     struct Start: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -100,14 +100,34 @@ struct RunsCommand: AsyncParsableCommand {
             if let limit = r.budgetLimit {
                 print("budget     \(number(r.budgetSpent)) of \(number(limit)) \(r.budgetUnit ?? "") spent, \(number(r.budgetRemaining ?? 0)) left")
             }
-            print(table(["step", "after", "state", "attempts", "worker", "took"], r.steps.map { s in
-                [s.name, s.after.joined(separator: ","), s.state, "\(s.attempts)" + (s.maxAttempts.map { "/\($0)" } ?? ""), s.worker ?? "",
-                 s.queuedAt.flatMap { q in s.finishedAt.map { took(from: q, to: $0) } } ?? ""]
+            if let parent = r.parentRunID { print("child of   \(parent) (step \(r.parentStep ?? "?"))") }
+            print(table(["step", "kind", "after", "state", "attempts", "worker or wait", "took"], r.steps.map { s in
+                guard let wait = s.wait else {
+                    return [s.name, s.kind, s.after.joined(separator: ","), s.state, "\(s.attempts)" + (s.maxAttempts.map { "/\($0)" } ?? ""), s.worker ?? "",
+                            s.queuedAt.flatMap { q in s.finishedAt.map { took(from: q, to: $0) } } ?? ""]
+                }
+                return [s.name, s.kind, s.after.joined(separator: ","), s.state, "", RunsCommand.waitText(s.kind, wait), wait.waitedMs.map { compact(.milliseconds($0)) } ?? ""]
             }))
+            if !r.signals.isEmpty {
+                print(table(["signal", "id", "received", "consumed by", "sent by"], r.signals.map {
+                    [$0.name, $0.signalID, ISO8601DateFormatter().string(from: $0.receivedAt), $0.consumedBy ?? "(kept)", $0.sentBy]
+                }))
+            }
             if !r.ledger.isEmpty {
                 print(table(["ledger entry", "step", "amount", "unit"], r.ledger.map { [$0.entryID, $0.step, number($0.amount), $0.unit] }))
             }
             if let output = r.output { print("output     \(output)") }
+        }
+    }
+
+    /// What a timer, signal or child step waits for (or waited for).
+    static func waitText(_ kind: String, _ w: RunStore.Wait) -> String {
+        let due = w.dueAt.map { ISO8601DateFormatter().string(from: $0) }
+        switch kind {
+        case "timer": return due.map { "until \($0)" } ?? ""
+        case "signal": return "signal \(w.signal ?? "")" + (due.map { " (timeout \($0), then \(w.onTimeout ?? "fail"))" } ?? "")
+        case "child": return "child \(w.childType ?? "")" + (w.childRunID.map { " \($0)" } ?? "") + (w.childVersion.map { " on \($0.prefix(12))" } ?? "")
+        default: return ""
         }
     }
 
@@ -168,6 +188,39 @@ struct RunsCommand: AsyncParsableCommand {
             }
             print("retried \(retried.runID): queued \(retried.requeued.isEmpty ? "none" : retried.requeued.joined(separator: ", "))"
                   + "; reset \(retried.reset.joined(separator: ", "))")
+        }
+    }
+}
+
+extension RunsCommand {
+    struct Signal: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Send a signal to a run: the step waiting for NAME succeeds with --data as its output and the run goes on.",
+            discussion: """
+                A signal sent before the run reaches its wait is kept, and the first wait of that name consumes it (one \
+                signal per wait, the first by arrival; later ones are listed by runs show but not consumed). With --id, \
+                sending the same signal again is the same delivery (a retry after a lost answer). A finished run or a \
+                name no step waits for is refused. Prints consumed (by which step) or kept.
+                """)
+        @OptionGroup var database: DatabaseOptions
+        @OptionGroup var log: LogOptions
+        @Argument(help: "Run id (run_…).") var runID: String
+        @Argument(help: "Signal name (the step's wait_for).") var name: String
+        @Option(help: "The signal's data: any JSON (the step's output).") var data = "null"
+        @Option(help: "A signal id of your own (1-128 of A-Z a-z 0-9 _ . : -): a resend is the same delivery.") var id: String?
+        @Option(help: "Recorded as who sent it.") var actor = "cli:\(ProcessInfo.processInfo.userName)"
+
+        func validate() throws {
+            try validated { try RunStore.checkRunID(runID) }
+            if let id { try validated { try RunStore.checkSignalID(id) } }
+        }
+
+        func run() async throws {
+            try log.bootstrap()
+            let sent = try await PostgresConnection.withConnection(try database.configuration()) { conn in
+                try await RunStore().signal(runID, name: name, payloadJSON: data, signalID: id, actor: .named(actor), on: conn)
+            }
+            print((sent.consumedBy.map { "consumed by \($0)" } ?? "kept") + " (signal \(sent.signalID)\(sent.duplicate ? ", sent before" : ""); run \(sent.runState))")
         }
     }
 }
