@@ -248,6 +248,52 @@ struct TrustAPITests {
         }
     }
 
+    /// Signals over HTTP: the worker role may signal (a token scoped to another namespace may
+    /// not), a reader may not; each refusal has its code; a resend with the same signal_id is the
+    /// same delivery (200, duplicate) and the first is 202.
+    @Test func aRunIsSignalledOverHTTPWithEachRefusalNamed() async throws {
+        try await Fixture.with { f in
+            let runID: String = try await PostgresConnection.withConnection(f.database) { conn in
+                let fixture = try PackageFixture(files: ["workflow.json": PackageFixture.manifest(type: "signal.http", steps: [
+                    #"{"name": "approve", "wait_for": "approval"}"#, #"{"name": "after", "lane": "work"}"#,
+                ])])
+                defer { fixture.remove() }
+                _ = try await PackageStore().deploy(try PackageContents(path: fixture.directory.path, limits: .default), actor: .named("test"), on: conn)
+                return try await RunStore().start(.init(workflowType: try WorkflowType("signal.http")), actor: .named("test"), on: conn).runID
+            }
+            let elsewhere = try await Self.token(f, "tenant-b", scope: try TokenScope(namespace: Namespace("tenant-b"), lanes: nil))
+            try await f.app().test(.router) { client in
+                let path = "/v1/runs/\(runID)/signals/approval"
+                #expect(try await client.call(.post, path, token: f.reader, json: "{}").status == .forbidden)
+                #expect(try await client.call(.post, path, token: elsewhere, json: "{}").status == .forbidden)
+                let unknown = try await client.call(.post, "/v1/runs/\(runID)/signals/nope", token: f.worker, json: "{}")
+                #expect(unknown.status == .notFound && errorCode(unknown) == "unknown_signal")
+                let badName = try await client.call(.post, "/v1/runs/\(runID)/signals/Not%20A%20Name", token: f.worker, json: "{}")
+                #expect(badName.status == .badRequest)
+                let badField = try await client.call(.post, path, token: f.worker, json: #"{"payload": 1}"#)
+                #expect(badField.status == .badRequest)
+                let noRun = try await client.call(.post, "/v1/runs/run_00000000000000000000000000/signals/approval", token: f.worker, json: "{}")
+                #expect(noRun.status == .notFound && errorCode(noRun) == "not_found")
+                let sent = try await client.call(.post, path, token: f.worker, json: #"{"data": {"by": "ana"}, "signal_id": "ticket-1"}"#)
+                #expect(sent.status == .accepted)
+                let body = try object(sent.body)
+                #expect(body["consumed_by"] as? String == "approve" && body["signal_id"] as? String == "ticket-1" && body["consumed"] as? Bool == true)
+                let resent = try await client.call(.post, path, token: f.worker, json: #"{"data": {"by": "ana"}, "signal_id": "ticket-1"}"#)
+                let resentBody = try object(resent.body)
+                #expect(resent.status == .ok && resentBody["duplicate"] as? Bool == true)
+                let conflicting = try await client.call(.post, path, token: f.worker, json: #"{"data": {"by": "eve"}, "signal_id": "ticket-1"}"#)
+                #expect(conflicting.status == .conflict && errorCode(conflicting) == "signal_conflict")
+                let shown = try object(try await client.call(.get, "/v1/runs/\(runID)", token: f.reader).body)
+                let steps = try #require(shown["steps"] as? [[String: Any]])
+                #expect(steps.first?["kind"] as? String == "signal" && (steps.first?["wait"] as? [String: Any])?["signal"] as? String == "approval")
+                #expect((shown["signals"] as? [[String: Any]])?.first?["consumed_by"] as? String == "approve")
+                #expect(try await client.call(.post, "/v1/runs/\(runID)/cancel", token: f.worker, json: #"{"reason":"done"}"#).status == .ok)
+                let late = try await client.call(.post, path, token: f.worker, json: "{}")
+                #expect(late.status == .conflict && errorCode(late) == "run_finished")
+            }
+        }
+    }
+
     /// Listings are summaries: no input or output unless asked for; timestamps carry microseconds.
     @Test func runListingsAreSummariesWithPreciseTimestamps() async throws {
         try await Fixture.with { f in
