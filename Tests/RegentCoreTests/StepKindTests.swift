@@ -106,6 +106,23 @@ struct StepKindTests {
         }
     }
 
+    /// With nothing due, a round of the timer duty waits for its idle probe (or a notification)
+    /// and reads nothing else: an idle leader never spins on an empty table.
+    @Test func anIdleTimerDutyWaitsInsteadOfSpinning() async throws {
+        try await withBootedDatabase { config, conn in
+            let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
+            let (fence, cluster) = try await leaderFence(config)
+            let duty = RunTimers(pool: pool, bell: Doorbell(), idleProbe: .milliseconds(500))
+            #expect(try await duty.nextDue() == nil, "no wakeup: nothing is due, not 'due now'")
+            let started = ContinuousClock.now
+            for _ in 0..<3 { _ = try await duty.runOnce(fence: fence) }
+            #expect(started.duration(to: .now) >= .milliseconds(1400), "three idle rounds wait their probe interval each")
+            #expect(try await Self.wakeups(conn) == 0)
+            await cluster.stopAll()
+            await pool.shutdown()
+        }
+    }
+
     /// With no leader, nothing fires; a leader elected later fires what came due meanwhile, once.
     @Test func aTimerDueWithNoLeaderFiresOnceWhenOneIsElected() async throws {
         try await withBootedDatabase { config, conn in

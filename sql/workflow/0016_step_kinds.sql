@@ -754,7 +754,8 @@ BEGIN
         v_fired := v_fired + 1;
     END LOOP;
     RETURN QUERY SELECT v_fired, v_skipped,
-        (SELECT GREATEST(0, ceil(extract(epoch FROM (min(k.due_at) - clock_timestamp())) * 1000))::bigint FROM workflow.wakeups k);
+        (SELECT CASE WHEN min(k.due_at) IS NOT NULL THEN GREATEST(0, ceil(extract(epoch FROM (min(k.due_at) - clock_timestamp())) * 1000))::bigint END
+         FROM workflow.wakeups k);
 END
 $$;
 

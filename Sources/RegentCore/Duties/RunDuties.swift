@@ -120,7 +120,8 @@ public struct RunTimers: LeaderDuty {
 
     /// Milliseconds until the next wakeup is due (0: due now), nil when there is none.
     static let probe: PostgresQuery = """
-        SELECT GREATEST(0, ceil(extract(epoch FROM (min(due_at) - clock_timestamp())) * 1000))::bigint AS ms FROM workflow.wakeups
+        SELECT CASE WHEN min(due_at) IS NOT NULL THEN GREATEST(0, ceil(extract(epoch FROM (min(due_at) - clock_timestamp())) * 1000))::bigint END AS ms
+        FROM workflow.wakeups
         """
 
     public struct Page: Sendable, Hashable {
@@ -158,8 +159,9 @@ public struct RunTimers: LeaderDuty {
             let page = try await fireOnce(fence: fence)
             if page.fired > 0 { logger.debug("fired due wakeups", metadata: ["fired": "\(page.fired)", "term": "\(fence.term)"]) }
             if page.fired == pageSize { return true }
-            // Only runs held elsewhere are due: give their holders a moment.
-            next = page.skipped > 0 ? 20 : page.nextDueMs
+            // Runs held elsewhere (or nothing fired at all): give their holders a moment rather
+            // than spin on a due time that cannot be served yet.
+            next = page.skipped > 0 || page.fired == 0 ? max(page.nextDueMs ?? 20, 20) : page.nextDueMs
         }
         let sleep = next.map { min(Duration.milliseconds($0), idleProbe) } ?? idleProbe
         if let bell {

@@ -74,11 +74,19 @@ extension BenchCommand {
                 claiming and completing plain executions one at a time (what a step costs without a \
                 run). Then RUNS runs are started and the same workers carry them: each completion \
                 advances its run in its own transaction. Goal: steps/s at least 60% of the raw cycle; \
-                start → first step claimable under 5 ms median. --json prints one JSON object.
+                start → first step claimable under 5 ms median. Then the waits: a signal → the next \
+                step in a waiting worker's hands (goal under 5 ms median); TIMERS runs sleeping 1 s, \
+                fired by the leader's timer duty of a node in this process (lateness on the database's \
+                clock, goal p99 under 100 ms); and the idle leader's transactions per second with \
+                SLEEPERS runs sleeping an hour against the same node with none (goal: the same). \
+                --json prints one JSON object.
                 """)
         @Option(help: "Runs (100-1000000).") var runs = 2000
         @Option(help: "Workers (1-64).") var workers = 16
-        @Option(help: "Start → claim samples (10-10000).") var samples = 200
+        @Option(help: "Start → claim and signal → claim samples (10-10000).") var samples = 200
+        @Option(help: "Runs sleeping 1 s for the timer lateness (0: skip; up to 1000000).") var timers = 10_000
+        @Option(help: "Runs sleeping an hour while the idle leader's statements are counted (0: skip; up to 1000000).") var sleepers = 100_000
+        @Option(help: "Seconds each idle window counts statements (5-600).") var idleWindow = 30
         @Option(name: .customLong("database-url"), help: ArgumentHelp("Use this database (it must be disposable).", valueName: "url"))
         var databaseURL: String?
         @Flag(help: "Print one JSON object instead of tables.") var json = false
@@ -87,6 +95,9 @@ extension BenchCommand {
             guard (100...1_000_000).contains(runs) else { throw ValidationError("--runs must be 100 to 1000000, got \(runs)") }
             guard (1...64).contains(workers) else { throw ValidationError("--workers must be 1 to 64, got \(workers)") }
             guard (10...10_000).contains(samples) else { throw ValidationError("--samples must be 10 to 10000, got \(samples)") }
+            guard (0...1_000_000).contains(timers) else { throw ValidationError("--timers must be 0 to 1000000, got \(timers)") }
+            guard (0...1_000_000).contains(sleepers) else { throw ValidationError("--sleepers must be 0 to 1000000, got \(sleepers)") }
+            guard (5...600).contains(idleWindow) else { throw ValidationError("--idle-window must be 5 to 600 seconds, got \(idleWindow)") }
         }
 
         func run() async throws {
@@ -98,6 +109,9 @@ extension BenchCommand {
             options.runs = runs
             options.workers = workers
             options.latencySamples = samples
+            options.timers = timers
+            options.sleepers = sleepers
+            options.idleWindow = .seconds(idleWindow)
             let r = try await RunBench(url: url, options: options, say: say).run()
             if json { return try printJSON(r) }
             print("\n" + table(["figure", "Regent", "raw lease cycle", "ratio", "goal"], [
@@ -107,6 +121,12 @@ extension BenchCommand {
                 ["starts/s (one connection)", String(format: "%.0f", r.starts_per_s), "", "", ""],
                 ["start → first step claimed, p50", String(format: "%.2f ms", r.start_to_claim_p50_ms), "", "", "< 5 ms"],
                 ["start → first step claimed, p99", String(format: "%.2f ms", r.start_to_claim_p99_ms), "", "", ""],
+                ["signal → next step claimed, p50", String(format: "%.2f ms", r.signal_to_claim_p50_ms), "", "", "< 5 ms"],
+                ["signal → next step claimed, p99", String(format: "%.2f ms", r.signal_to_claim_p99_ms), "", "", ""],
+                ["timer lateness p50 (\(r.timers) runs sleeping 1 s)", String(format: "%.1f ms", r.timer_lateness_p50_ms), "", "", ""],
+                ["timer lateness p99", String(format: "%.1f ms", r.timer_lateness_p99_ms), "", "", "< 100 ms"],
+                ["idle leader statements/s (\(r.sleepers) runs sleeping 1 h)", String(format: "%.2f", r.idle_statements_per_s_with_sleepers),
+                 String(format: "%.2f (none sleeping)", r.idle_statements_per_s_baseline), String(format: "×%.2f", r.idle_statements_vs_baseline), "×1"],
             ]))
         }
     }
