@@ -88,26 +88,43 @@ struct DemoCommand: AsyncParsableCommand {
     /// Every run of the demo finishes, whatever happened to the leaders meanwhile.
     private func awaitRuns(_ env: DrillEnvironment, on conn: PostgresConnection) async throws {
         print("\n── the runs, carried by the workers through both failovers ──")
+        try await approveWaitingRuns(on: conn)
         let open = try await env.waitForRuns(timeout: .seconds(60))
         guard open == 0 else { throw RegentError(.timeout, "\(open) runs still unfinished after 60 s") }
         let page = try await RunStore().list(limit: 1000, on: conn)
-        let rows = page.runs.reversed().map { r in [r.runID, r.state, r.finishedAt.map { took(from: r.startedAt, to: $0) } ?? ""] }
-        print(table(["run", "state", "took"], rows).split(separator: "\n").map { "   " + $0 }.joined(separator: "\n"))
-        if let last = page.runs.first, let run = try await RunStore().get(last.runID, on: conn) {
+        let rows = page.runs.reversed().map { r in
+            [r.runID, r.workflowType, r.state, r.parentRunID.map { "child of \($0)" } ?? "", r.finishedAt.map { took(from: r.startedAt, to: $0) } ?? ""]
+        }
+        print(table(["run", "type", "state", "", "took"], rows).split(separator: "\n").map { "   " + $0 }.joined(separator: "\n"))
+        if let waited = page.runs.first(where: { $0.workflowType == "orders.approval" }), let run = try await RunStore().get(waited.runID, on: conn) {
+            print("\n   \(run.runID) (orders.approval), its steps:")
+            for s in run.steps {
+                let wait = s.wait.map { w in
+                    [w.signal.map { "signal \($0)" }, w.childRunID.map { "child \($0) on \(w.childVersion.map { String($0.prefix(12)) } ?? "?")" },
+                     s.kind == "timer" ? w.dueAt.map { "due \(ISO8601DateFormatter().string(from: $0))" } : nil,
+                     w.waitedMs.map { "waited \(compact(.milliseconds($0)))" }].compactMap { $0 }.joined(separator: ", ")
+                } ?? (s.worker.map { "by \($0)" } ?? "")
+                print("     \(s.name) (\(s.kind)): \(s.state)\(wait.isEmpty ? "" : " — \(wait)")")
+            }
+        }
+        if let last = page.runs.first(where: { $0.workflowType == "orders.fulfil" }), let run = try await RunStore().get(last.runID, on: conn) {
             print("\n   \(run.runID): " + run.steps.map { "\($0.name) by \($0.worker ?? "?") (attempt \($0.attempts))" }.joined(separator: ", "))
             if let limit = run.budgetLimit { print("   budget: \(number(run.budgetSpent)) of \(number(limit)) \(run.budgetUnit ?? "") spent") }
         }
     }
 
-    /// The example package: deployed (content-hashed, routed), runs started pinned to it, an
-    /// unload refused because they pin it.
+    /// The example packages: deployed (content-hashed, routed), runs started pinned to them, an
+    /// unload refused because they pin it; and runs that wait: for an approval signal, a timer,
+    /// a child workflow.
     /// Returns the pids of the worker processes it started.
     private func showPackages(on conn: PostgresConnection, env: DrillEnvironment) async throws -> [pid_t] {
-        let candidates = [
-            FileManager.default.currentDirectoryPath + "/examples/order-fulfilment",
-            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("../../examples/order-fulfilment").path,
-        ]
-        guard let path = candidates.first(where: { FileManager.default.fileExists(atPath: $0 + "/workflow.json") }) else {
+        func example(_ name: String) -> String? {
+            [
+                FileManager.default.currentDirectoryPath + "/examples/\(name)",
+                URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("../../examples/\(name)").path,
+            ].first { FileManager.default.fileExists(atPath: $0 + "/workflow.json") }
+        }
+        guard let path = example("order-fulfilment") else {
             print("\n(the example package examples/order-fulfilment was not found from here; skipping the package part)")
             return []
         }
@@ -131,15 +148,56 @@ struct DemoCommand: AsyncParsableCommand {
         } catch let error as RegentError {
             print("   unload refused, as it must be: \(error.message)")
         }
+        if let approval = example("approval"), let shipping = example("shipping-dispatch") {
+            try await showWaits(approval: approval, shipping: shipping, on: conn)
+        }
         // Two demo workers (`regent worker`), each step taking 150 ms: the runs are in flight when the leader dies.
         var pids: [pid_t] = []
         for n in 1...2 {
             pids.append(try env.spawnWorker(
                 name: "demo-worker-\(n)",
-                arguments: ["--lane", "orders", "--lane", "warehouse", "--lane", "payments", "--capability", "stock", "--work", "150ms",
-                            "--log-level", "warning"]))
+                arguments: ["--lane", "orders", "--lane", "warehouse", "--lane", "payments", "--lane", "pricing", "--lane", "mail",
+                            "--capability", "stock", "--work", "150ms", "--log-level", "warning"]))
         }
-        print("   two workers (regent worker --lane orders --lane warehouse --lane payments --capability stock) carry them")
+        print("   two workers (regent worker --lane orders --lane warehouse --lane payments --lane pricing --lane mail --capability stock) carry them")
         return pids
+    }
+
+    /// orders.approval (a worker step, an approval signal, a timer, a child workflow, a worker
+    /// step) with shipping.dispatch as its child: two runs, one approved before it reaches the
+    /// wait (the signal is kept), one approved later (`approveWaitingRuns`).
+    private func showWaits(approval: String, shipping: String, on conn: PostgresConnection) async throws {
+        let child = try await PackageStore().deploy(try PackageContents(path: shipping, limits: .default), actor: .named("demo"), on: conn)
+        let contents = try PackageContents(path: approval, limits: .default)
+        let deployed = try await PackageStore().deploy(contents, actor: .named("demo"), on: conn)
+        print("\n── runs that wait: \(contents.manifest.workflowType) (\(contents.manifest.steps.map { "\($0.name): \($0.kind.label)" }.joined(separator: ", "))) ──")
+        print("   deployed \(String(deployed.contentHash.prefix(12)))…, and its child type shipping.dispatch \(String(child.contentHash.prefix(12)))…")
+        for order in 1...2 {
+            let run = try await RunStore().start(
+                .init(workflowType: contents.manifest.workflowType, input: #"{"order_id": \#(100 + order)}"#, idempotencyKey: "demo-approval-\(order)"),
+                actor: .named("demo"), on: conn)
+            if order == 1 {
+                let sent = try await RunStore().signal(
+                    run.runID, name: "approval", payloadJSON: #"{"by": "ana", "early": true}"#, signalID: "demo-approval-1", actor: .named("demo"), on: conn)
+                print("   \(run.runID): approved before it reached the wait (signal \(sent.consumedBy == nil ? "kept" : "consumed"))")
+            } else {
+                print("   \(run.runID): waits for its approval, sent after the failovers")
+            }
+        }
+    }
+
+    /// Approves the demo's approval runs that wait for it (the signal advances each in its own transaction).
+    private func approveWaitingRuns(on conn: PostgresConnection) async throws {
+        let page = try await RunStore().list(type: try WorkflowType("orders.approval"), state: "running", limit: 100, on: conn)
+        for r in page.runs {
+            guard let run = try await RunStore().get(r.runID, on: conn), run.signals.isEmpty else { continue }
+            // Wait until it reaches the wait (its quote step done), then approve it.
+            for _ in 0..<300 {
+                if try await RunStore().get(r.runID, on: conn)?.steps.first(where: { $0.name == "approve" })?.state == "waiting" { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            let sent = try await RunStore().signal(r.runID, name: "approval", payloadJSON: #"{"by": "bo"}"#, signalID: nil, actor: .named("demo"), on: conn)
+            print("   approved \(r.runID): consumed by \(sent.consumedBy ?? "nothing yet (kept)")")
+        }
     }
 }
