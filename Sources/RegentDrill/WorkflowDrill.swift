@@ -216,7 +216,7 @@ package struct WorkflowDrill {
         ("a ledger row that is not the one accepted cost of a succeeded step", """
             SELECT (SELECT count(*) FROM workflow.budget_ledger l JOIN workflow.run_steps s ON s.run_id = l.run_id AND s.name = l.step_name
                     WHERE s.state <> 'succeeded')
-                 + (SELECT count(*) FROM workflow.run_steps s WHERE s.state = 'succeeded'
+                 + (SELECT count(*) FROM workflow.run_steps s WHERE s.state = 'succeeded' AND s.kind = 'worker'
                     AND (SELECT count(*) FROM workflow.budget_ledger l WHERE l.run_id = s.run_id AND l.step_name = s.name) <> 1) AS n
             """),
         ("an unfinished run pinned to a version that is gone", """

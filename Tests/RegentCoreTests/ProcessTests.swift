@@ -130,6 +130,12 @@ struct FaultDrillTests {
         #expect(log.contains("deadlocks"), "\(log.suffix(2000))")
     }
 
+    @Test func semanticsDrillProvesTimersSignalsChildrenAndResumesThroughKills() async throws {
+        let (code, log) = try await drill(["semantics", "--runs", "45", "--kills", "2", "--workers", "2"])
+        #expect(code == 0, "\(log.suffix(3000))")
+        #expect(log.contains("invariants held: every run succeeded") && log.contains("unload of the first version refused"), "\(log.suffix(2000))")
+    }
+
     @Test func terminateAllDrillElectsAgain() async throws {
         let (code, log) = try await drill(["terminate-all", "--nodes", "3", "--rounds", "2"])
         #expect(code == 0, "\(log.suffix(3000))")
@@ -151,6 +157,7 @@ struct FaultDrillTests {
             (["terminate-all", "--rounds", "0"], "--rounds must be 1 to 50"),
             (["workflows", "--runs", "10", "--cancels", "11"], "--cancels must be 0 to --runs (10), got 11"),
             (["workflows", "--batch", "0"], "--batch must be 1 to 100, got 0"),
+            (["semantics", "--runs", "0"], "--runs must be 1 to 10000, got 0"),
         ] {
             let (code, log) = try await drill(args, timeout: .seconds(20))
             #expect(code != nil && code != 0, "\(args) must fail")

@@ -1,6 +1,7 @@
 import Foundation
 import PostgresClient
 @testable import RegentCore
+import RegentDrill
 import RegentTestSupport
 import Testing
 
@@ -214,8 +215,39 @@ struct StepKindTests {
             #expect(retried.reset == ["approve", "b"])
             #expect(try await Self.waiting(strict, s.runID, "approve").state == "waiting")
             _ = try await RunStore().signal(s.runID, name: "go", payloadJSON: "true", signalID: nil, actor: strict.actor, on: conn)
-            _ = try await strict.complete(try await strict.claimStep("b"))
+            _ = try await strict.complete(try await strict.claimStep("b", run: s.runID))
             #expect(try await strict.run(s.runID).state == "succeeded")
+            await cluster.stopAll()
+        }
+    }
+
+    /// The semantics drill's checks catch what they claim to: a timer fired before its due time,
+    /// a child run on another version than its recorded one, a second consumed signal.
+    @Test func theSemanticsDrillInvariantsCatchBrokenRuns() async throws {
+        try await withBootedDatabase { config, conn in
+            let child = try await RunFixture.deploy("drill.child", steps: [#"{"name": "work", "lane": "work"}"#], on: conn)
+            let f = try await RunFixture.deploy("drill.semantics", steps: [
+                #"{"name": "nap", "sleep": "10ms"}"#, #"{"name": "approve", "wait_for": "go", "after": []}"#,
+                #"{"name": "flaky", "lane": "work", "after": []}"#, #"{"name": "ship", "child": "drill.child", "after": ["nap", "approve", "flaky"]}"#,
+            ], on: conn)
+            var cluster = Cluster(config: config)
+            _ = cluster.start("leader")
+            let run = try await f.start()
+            _ = try await RunStore().signal(run.runID, name: "go", payloadJSON: "1", signalID: nil, actor: f.actor, on: conn)
+            _ = try await f.complete(try await f.claimStep("flaky"), cost: [try Cost(amount: 1)])
+            try await waitUntil("the child starts") { try await Self.waiting(f, run.runID, "ship").wait?.childRunID != nil }
+            let kid = try #require(try await Self.waiting(f, run.runID, "ship").wait?.childRunID)
+            _ = try await child.complete(try await child.claimStep("work", run: kid), cost: [try Cost(amount: 1)])
+            #expect(try await f.run(run.runID).state == "succeeded")
+            #expect(try await SemanticsDrill.check(conn, retried: []) == [])
+            try await conn.query("UPDATE workflow.run_steps SET due_at = (output ->> 'fired_at')::timestamptz + interval '1 second' WHERE name = 'nap'")
+            try await conn.query("UPDATE workflow.runs SET package_hash = repeat('0', 64) WHERE run_id = \(kid)")
+            try await conn.query("INSERT INTO workflow.signals (run_id, signal_id, name, payload, sent_by, consumed_by, consumed_at) VALUES (\(run.runID), 'x', 'go', '2', 't', 'approve', now())")
+            let violations = try await SemanticsDrill.check(conn, retried: [])
+            #expect(violations.contains { $0.contains("fired before its due time") }, "\(violations)")
+            #expect(violations.contains { $0.contains("not on the version recorded for it") }, "\(violations)")
+            #expect(violations.contains { $0.contains("approval was not consumed exactly once") }, "\(violations)")
+            #expect(try await SemanticsDrill.check(conn, retried: [run.runID]).contains { $0.contains("flaky step ran 1 time(s), expected 2") })
             await cluster.stopAll()
         }
     }

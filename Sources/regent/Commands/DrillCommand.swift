@@ -9,7 +9,7 @@ struct DrillCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "drill",
         abstract: "Failover and fault drills against a local cluster.",
-        subcommands: [Failover.self, Freeze.self, Outage.self, TerminateAll.self, Pooler.self, Workflows.self]
+        subcommands: [Failover.self, Freeze.self, Outage.self, TerminateAll.self, Pooler.self, Workflows.self, Semantics.self]
     )
 
     /// Prints the violations and exits non-zero when there are any.
@@ -168,6 +168,59 @@ struct DrillCommand: AsyncParsableCommand {
             try DrillCommand.finish(
                 result.violations,
                 held: "invariants held: every run finished, one accepted completion per succeeded step at its current epoch, DAG order kept, no advance after a run finished, ledger = accepted costs, no unfinished run on a gone version, nothing of a finished run left claimable or running")
+        }
+    }
+
+    struct Semantics: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Runs that wait (a timer, an approval signal, a child workflow) and runs resumed after a failure, under leader and worker SIGKILLs.",
+            discussion: """
+                A local cluster and `regent worker` processes carry RUNS runs of a package with every step kind: a \
+                worker fan-out, a 300 ms timer, an approval signal (sent by the drill before the run reaches the \
+                wait for half the runs, at a random later moment for the others), a worker step that fails on its \
+                first run for every third run (the drill resumes each with `runs retry`), and a child workflow \
+                whose type the drill re-routes to a new version mid-drill. Every KILLS round SIGKILLs the leader \
+                and a worker. Then, in SQL: every run succeeded; each timer fired once and never before its due \
+                time (database time); each run's approval was consumed once and is its step's output; each child \
+                step started one child run, on the version recorded for it, whose output is the step's; resumed \
+                runs re-ran only their failed step (every other worker step has one execution); and the \
+                invariants of `drill workflows` (one accepted completion per step, DAG order, no advance after a \
+                finish, ledger = accepted costs, nothing of a finished run left running); the server broke no \
+                deadlock. Non-zero exit on any violation.
+                """)
+        @Option(help: "Runs to start (1-10000).") var runs = 200
+        @Option(help: "Rounds of SIGKILL to the leader and a worker (0-100).") var kills = 5
+        @Option(help: "Worker processes (1-64).") var workers = 3
+        @Option(help: "Nodes in the cluster (1-16).") var nodes = 3
+        @Option(name: .customLong("database-url"), help: ArgumentHelp("Use this database instead of a private PostgreSQL.", valueName: "url"))
+        var databaseURL: String?
+
+        func validate() throws {
+            guard (1...10_000).contains(runs) else { throw ValidationError("--runs must be 1 to 10000, got \(runs)") }
+            guard (0...100).contains(kills) else { throw ValidationError("--kills must be 0 to 100, got \(kills)") }
+            guard (1...64).contains(workers) else { throw ValidationError("--workers must be 1 to 64, got \(workers)") }
+            guard (1...16).contains(nodes) else { throw ValidationError("--nodes must be 1 to 16, got \(nodes)") }
+        }
+
+        func run() async throws {
+            let env = try await DrillEnvironment.start(databaseURL: databaseURL, nodes: nodes) { print($0) }
+            let result: SemanticsDrill.Result
+            do {
+                result = try await SemanticsDrill(env: env, runs: runs, kills: kills, workers: workers, say: { print($0) }).run()
+            } catch {
+                await env.close()
+                throw error
+            }
+            await env.close()
+            print("\n" + table(
+                ["runs", "succeeded", "resumed", "approvals early", "approvals late", "refused (run failed)", "child runs", "leader kills", "worker kills",
+                 "worst timer lateness", "deadlocks", "took"],
+                [["\(runs)", "\(result.succeeded)", "\(result.retried)", "\(result.signalsEarly)", "\(result.signalsLate)", "\(result.signalsRefused)",
+                  "\(result.children)", "\(result.leaderKills)", "\(result.workerKills)", String(format: "%.0f ms", result.timerLatenessMaxMs),
+                  "\(result.deadlocks)", String(format: "%.1f s", result.took.milliseconds / 1000)]]))
+            try DrillCommand.finish(
+                result.violations,
+                held: "invariants held: every run succeeded, timers fired once and never early, each approval consumed once, each child started once on its recorded version, resumed runs re-ran only their failed step, one accepted completion per worker step, ledger = accepted costs, no deadlock")
         }
     }
 
