@@ -209,6 +209,9 @@ CREATE FUNCTION workflow.create_run(
     p_parent_run_id text, p_parent_step_id text, p_depth integer)
 RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
 -- Locks: inserts only (the run row is new), then advance_run's.
+DECLARE
+    v_roots text[];
+    v_others boolean;
 BEGIN
     INSERT INTO workflow.runs (run_id, workflow_type, package_hash, input, idempotency_key, deadline, budget_limit, budget_unit, started_by,
                                namespace, parent_run_id, parent_step_id, depth)
@@ -229,7 +232,16 @@ BEGIN
         jsonb_strip_nulls(jsonb_build_object('run_id', p_run_id, 'workflow_type', p_type, 'package_hash', p_hash, 'version_chosen', p_version_chosen,
                                              'parent_run_id', p_parent_run_id)),
         p_publisher);
-    PERFORM workflow.advance_run(p_run_id, 'engine', NULL);
+    -- Roots that are all worker steps (most workflows) are enqueued as before 0016; any other
+    -- kind among them goes through advance_run.
+    SELECT array_agg(s ->> 'name'), bool_or(COALESCE(s ->> 'kind', 'worker') <> 'worker') INTO v_roots, v_others
+    FROM jsonb_array_elements(p_manifest -> 'steps') AS s
+    WHERE jsonb_array_length(s -> 'after') = 0;
+    IF v_others THEN
+        PERFORM workflow.advance_run(p_run_id, 'engine', NULL);
+    ELSE
+        PERFORM workflow.enqueue_steps(p_run_id, v_roots, COALESCE(p_namespace, 'runs'));
+    END IF;
     RETURN true;
 END
 $$;
