@@ -726,7 +726,10 @@ END
 $$;
 
 -- The timer duty's page: due wakeups in due order, each under its run's row (SKIP LOCKED: a
--- run held elsewhere is left for the next page, counted in `skipped`). A wakeup that raises
+-- run held elsewhere is left for the next page, counted in `skipped`). The wakeup rows are
+-- taken SKIP LOCKED too, so that pages fired side by side split the due wakeups between them
+-- (a finish or signal that deletes a run's wakeups holds the run row first and waits at most
+-- for the page that holds them, which never waits for anything). A wakeup that raises
 -- fails its step (or run) with the error instead of failing the page forever; errors that a
 -- retry cures (serialization, deadlock, lock or statement timeouts) fail the page. Returns
 -- what it fired, what it skipped, and the milliseconds until the next due wakeup (NULL: none).
@@ -736,7 +739,7 @@ RETURNS TABLE (fired integer, skipped integer, next_due_ms bigint)
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off
 AS $$
--- Locks: runs (SKIP LOCKED), then what advancing each takes.
+-- Locks: wakeups (SKIP LOCKED) → runs (SKIP LOCKED), then what advancing each takes.
 DECLARE
     w workflow.wakeups%ROWTYPE;
     v_fired integer := 0;
@@ -747,7 +750,7 @@ BEGIN
         RAISE EXCEPTION 'a timer page is 1 to 60 wakeups, not %', p_limit USING ERRCODE = '22023';
     END IF;
     FOR w IN
-        SELECT * FROM workflow.wakeups WHERE due_at <= clock_timestamp() ORDER BY due_at, wakeup_id LIMIT p_limit
+        SELECT * FROM workflow.wakeups WHERE due_at <= clock_timestamp() ORDER BY due_at, wakeup_id LIMIT p_limit FOR UPDATE SKIP LOCKED
     LOOP
         PERFORM 1 FROM workflow.runs WHERE run_id = w.run_id FOR UPDATE SKIP LOCKED;
         IF NOT FOUND THEN

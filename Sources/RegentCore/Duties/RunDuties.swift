@@ -102,16 +102,19 @@ public struct RunTimers: LeaderDuty {
     public let interval = Duration.zero
     let idleProbe: Duration
     let pageSize: Int
+    /// Pages fired side by side when wakeups are due.
+    let firers: Int
     let logger: Logger
 
     public init(
-        pool: ConnectionPool, bell: Doorbell?, idleProbe: Duration = .seconds(10), pageSize: Int = 50,
+        pool: ConnectionPool, bell: Doorbell?, idleProbe: Duration = .seconds(10), pageSize: Int = 50, firers: Int = 2,
         logger: Logger = Logger(label: "regent.duty.run-timers")
     ) {
         self.pool = pool
         self.bell = bell
         self.idleProbe = idleProbe
         self.pageSize = pageSize
+        self.firers = max(1, firers)
         self.logger = logger
     }
 
@@ -156,9 +159,19 @@ public struct RunTimers: LeaderDuty {
     public func runOnce(fence: LeaderFence) async throws -> Bool {
         var next = try await nextDue()
         if next == 0 {
-            let page = try await fireOnce(fence: fence)
+            // Pages side by side (each takes its wakeups SKIP LOCKED): a burst of due timers is
+            // fired on `firers` connections at once.
+            let pages = try await withThrowingTaskGroup(of: Page.self) { group in
+                for _ in 0..<firers { group.addTask { try await fireOnce(fence: fence) } }
+                var all: [Page] = []
+                for try await page in group { all.append(page) }
+                return all
+            }
+            let page = Page(
+                fired: pages.map(\.fired).reduce(0, +), skipped: pages.map(\.skipped).reduce(0, +),
+                nextDueMs: pages.compactMap(\.nextDueMs).min())
             if page.fired > 0 { logger.debug("fired due wakeups", metadata: ["fired": "\(page.fired)", "term": "\(fence.term)"]) }
-            if page.fired == pageSize { return true }
+            if pages.contains(where: { $0.fired == pageSize }) { return true }
             // Runs held elsewhere (or nothing fired at all): give their holders a moment rather
             // than spin on a due time that cannot be served yet.
             next = page.skipped > 0 || page.fired == 0 ? max(page.nextDueMs ?? 20, 20) : page.nextDueMs
