@@ -371,4 +371,37 @@ struct RunCLITests {
             #expect(try await conn.query("SELECT count(*) AS n FROM workflow.runs").single().decode("n", as: Int.self) == 2)
         }
     }
+
+    /// `runs signal`: kept before the wait, then consumed; shown with the step's kind and wait;
+    /// refusals named.
+    @Test func aRunIsSignalledFromTheCommandLine() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary), "build the regent binary first (swift build)")
+        try await withBootedDatabase { config, conn in
+            let url = config.conninfo
+            let p = try PackageFixture(files: ["workflow.json": PackageFixture.manifest(type: "cli.signal", steps: [
+                #"{"name": "approve", "wait_for": "approval", "timeout": "1h"}"#, #"{"name": "after", "lane": "cli"}"#,
+            ])])
+            defer { p.remove() }
+            #expect(try await runRegent(["packages", "deploy", p.directory.path, "--database-url", url], "s-deploy").0 == 0)
+            let (_, o1) = try await runRegent(["runs", "start", "cli.signal", "--database-url", url], "s-start")
+            let runID = String(o1.split(separator: "\n").first ?? "")
+            let (c2, sent) = try await runRegent(
+                ["runs", "signal", runID, "approval", "--data", #"{"by": "ana"}"#, "--id", "t-1", "--database-url", url], "s-signal")
+            #expect(c2 == 0 && sent.contains("consumed by approve (signal t-1; run running)"), "\(sent)")
+            let (_, again) = try await runRegent(["runs", "signal", runID, "approval", "--data", #"{"by": "ana"}"#, "--id", "t-1", "--database-url", url], "s-again")
+            #expect(again.contains("sent before"), "\(again)")
+            let (c3, shown) = try await runRegent(["runs", "show", runID, "--database-url", url], "s-show")
+            #expect(c3 == 0 && shown.contains("signal approval") && shown.contains("approve") && shown.contains("t-1"), "\(shown)")
+            for (args, expected) in [
+                (["runs", "signal", runID, "nope"], "waits for a signal named"),
+                (["runs", "signal", runID, "approval", "--data", "{bad"], "not JSON"),
+                (["runs", "signal", runID, "approval", "--id", "has space"], "invalid signal id"),
+                (["runs", "signal", "run_nope", "approval"], "invalid run id"),
+            ] {
+                let (c, o) = try await runRegent(args + ["--database-url", url], "s-bad")
+                #expect(c != 0 && o.contains(expected), "\(args): \(o)")
+            }
+            #expect(try await conn.query("SELECT count(*) AS n FROM workflow.signals").single().decode("n", as: Int.self) == 1)
+        }
+    }
 }
