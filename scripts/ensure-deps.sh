@@ -7,6 +7,8 @@ missing=()
 dpkg -s libpq-dev >/dev/null 2>&1 || missing+=(libpq-dev)
 dpkg -s zlib1g-dev >/dev/null 2>&1 || missing+=(zlib1g-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+# openssl makes the test certificates of the TLS tests (a throwaway CA, generated per run).
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then missing+=(postgresql); fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -16,6 +16,11 @@ public final class EmbeddedPostgres: Sendable {
     public let binDirectory: String
     let runAs: String?
     let logger: Logger
+    /// More server settings (`name=value`, each passed as `-c`), e.g. `ssl=on` and its files.
+    let settings: [String]
+    /// The system user the server runs as (nil: this process's user): files it must read, such
+    /// as a TLS key, belong to it.
+    public var serverUser: String? { runAs }
 
     public var dataDirectory: String { directory + "/data" }
     public var socketDirectory: String { directory + "/socket" }
@@ -26,7 +31,8 @@ public final class EmbeddedPostgres: Sendable {
         "postgres://postgres@127.0.0.1:\(port)/\(database)?sslmode=disable"
     }
 
-    init(directory: String, port: Int, binDirectory: String, runAs: String?, maxConnections: Int = 400, logger: Logger) {
+    init(directory: String, port: Int, binDirectory: String, runAs: String?, maxConnections: Int = 400, settings: [String] = [], logger: Logger) {
+        self.settings = settings
         self.maxConnections = maxConnections
         self.directory = directory
         self.port = port
@@ -58,9 +64,13 @@ public final class EmbeddedPostgres: Sendable {
     }
 
     /// Creates and starts a cluster. With `directory` nil a fresh temporary directory is used.
+    /// `settings`: more server settings (`name=value`, no spaces or quotes), e.g. TLS.
     public static func start(
-        directory: String? = nil, maxConnections: Int = 400, logger: Logger = Logger(label: "regent.embedded-postgres")
+        directory: String? = nil, maxConnections: Int = 400, settings: [String] = [], logger: Logger = Logger(label: "regent.embedded-postgres")
     ) throws -> EmbeddedPostgres {
+        for setting in settings where !setting.contains("=") || setting.contains(where: { $0 == " " || $0 == "'" || $0 == "\"" }) {
+            throw EmbeddedPostgresError("invalid server setting \(setting.debugDescription): use name=value without spaces or quotes")
+        }
         let bin = try locateBinaries()
         let runAs: String? = geteuid() == 0 ? "postgres" : nil
         let dir: String
@@ -95,7 +105,8 @@ public final class EmbeddedPostgres: Sendable {
         var lastError: EmbeddedPostgresError?
         for _ in 0..<5 {
             let port = try freeLoopbackPort()
-            let started = EmbeddedPostgres(directory: dir, port: port, binDirectory: bin, runAs: runAs, maxConnections: maxConnections, logger: logger)
+            let started = EmbeddedPostgres(
+                directory: dir, port: port, binDirectory: bin, runAs: runAs, maxConnections: maxConnections, settings: settings, logger: logger)
             do {
                 try started.startServer()
                 logger.info("private PostgreSQL started", metadata: ["port": "\(port)", "directory": "\(dir)"])
@@ -116,7 +127,7 @@ public final class EmbeddedPostgres: Sendable {
             "-c tcp_keepalives_idle=5", "-c tcp_keepalives_interval=2", "-c tcp_keepalives_count=3",
             "-c tcp_user_timeout=10000", "-c client_connection_check_interval=1000",
             "-c idle_in_transaction_session_timeout=60000",
-        ].joined(separator: " ")
+        ].joined(separator: " ") + settings.map { " -c \($0)" }.joined()
     }
 
     func startServer() throws(EmbeddedPostgresError) {
