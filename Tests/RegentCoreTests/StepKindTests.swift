@@ -353,6 +353,32 @@ struct StepKindTests {
             await cluster.stopAll()
         }
     }
+
+    /// A parent cancelled while another transaction holds its running child's row never waits
+    /// for it: the child gets a `parent_finished` wakeup, and the timer duty cancels it once free.
+    @Test func aParentCancelledWhileItsChildIsHeldCancelsItThroughAWakeup() async throws {
+        try await withBootedDatabase { config, conn in
+            _ = try await RunFixture.deploy("held2.kid", steps: [#"{"name": "w", "lane": "work"}"#], on: conn)
+            let parent = try await RunFixture.deploy("held2.mom", steps: [#"{"name": "call", "child": "held2.kid"}"#], on: conn)
+            let run = try await parent.start()
+            let kid = try #require(try await Self.waiting(parent, run.runID, "call").wait?.childRunID)
+            let holder = try await PostgresConnection.connect(config)
+            try await holder.query("BEGIN")
+            try await holder.query("SELECT 1 AS one FROM workflow.runs WHERE run_id = \(kid) FOR UPDATE")
+            #expect(try await RunStore().cancel(run.runID, reason: "stop", actor: parent.actor, on: conn) == .cancelled, "the cancel did not wait")
+            #expect(try await parent.run(kid).state == "running")
+            let reasons = try await conn.query("SELECT reason FROM workflow.wakeups WHERE run_id = \(kid)").map { try $0.decode("reason", as: String.self) }
+            #expect(reasons == ["parent_finished"])
+            try await holder.query("ROLLBACK")
+            await holder.close()
+            var cluster = Cluster(config: config)
+            _ = cluster.start("leader")
+            try await waitUntil("the child is cancelled") { try await parent.run(kid).state == "cancelled" }
+            #expect(try await parent.run(kid).error?.contains("its parent run \(run.runID) finished") == true)
+            #expect(try await Self.wakeups(conn) == 0)
+            await cluster.stopAll()
+        }
+    }
 }
 
 extension Sequence {
