@@ -95,6 +95,23 @@ package final class DrillEnvironment {
         return try ChildProcess.spawn(argv, outputPath: "\(cluster.logDirectory)/\(name).log")
     }
 
+    /// SIGKILLs the leader node, when one leads, and starts a replacement node: the reading it
+    /// acted on, and whether it killed.
+    package func killLeaderAndReplace() async throws -> (reading: LeadershipProbe.Reading, killed: Bool) {
+        let reading = try await probe.read()
+        guard let pid = reading.leaderPID, let node = cluster.node(pid: pid) else { return (reading, false) }
+        cluster.kill(node, signal: SIGKILL)
+        try cluster.spawn()
+        return (reading, true)
+    }
+
+    /// SIGKILLs one of `workers` at random (taking it out of the list) and waits for it to end.
+    package static func killRandomWorker(_ workers: inout [pid_t], using rng: inout some RandomNumberGenerator) {
+        let victim = workers.remove(at: Int.random(in: 0..<workers.count, using: &rng))
+        kill(victim, SIGKILL)
+        _ = ChildProcess.exitStatus(victim, wait: true)
+    }
+
     package func close() async {
         cluster.stopAll()
         await probeConnection.close()

@@ -150,6 +150,7 @@ package struct SemanticsDrill {
         var nextKill = ContinuousClock.now + .milliseconds(600)
         var killsLeft = kills
         var rerouted = false
+        var child1Gone = false
         let deadline = ContinuousClock.now + .seconds(240)
         while ContinuousClock.now < deadline {
             // The flaky lane; failed runs resumed from where they stopped.
@@ -180,11 +181,19 @@ package struct SemanticsDrill {
                 }
             }
             pendingSignals = later
-            // Mid-drill: a new version of the child type, routed; the recorded children stay on theirs.
-            if !rerouted, now >= started + .seconds(2) {
+            // Mid-drill, as soon as children are recorded on it: a new version of the child type,
+            // routed; the recorded children stay on theirs, and the first version cannot go.
+            if !rerouted, try await conn.query(
+                "SELECT count(*) AS n FROM workflow.run_steps WHERE kind = 'child' AND state = 'waiting'", purpose: "drill: children waiting"
+            ).single().decode("n", as: Int.self) > 0 || now >= started + .seconds(5) {
                 _ = try await PackageStore().deploy(child2, actor: .named("drill"), on: conn)
                 do {
                     try await PackageStore().unload(type: try WorkflowType(Self.childType), hash: child1.contentHash, actor: .named("drill"), on: conn)
+                    child1Gone = true
+                    let pinned = try await conn.query(
+                        "SELECT count(*) AS n FROM workflow.runs WHERE package_hash = \(child1.contentHash) AND state = 'running'", purpose: "drill: pins"
+                    ).single().decode("n", as: Int.self)
+                    if pinned > 0 { result.violations.append("the first child version was unloaded while \(pinned) child runs ran on it") }
                 } catch let error as RegentError where error.code == .conflict {
                     say("  \(Self.childType) re-routed to \(child2.contentHash.prefix(12))…; unload of the first version refused: \(error.message.prefix(100))…")
                 }
@@ -192,15 +201,9 @@ package struct SemanticsDrill {
             }
             // The faults: the leader and a worker, SIGKILLed and replaced.
             if killsLeft > 0, now >= nextKill {
-                let reading = try await env.probe.read()
-                if let pid = reading.leaderPID, let node = env.cluster.node(pid: pid) {
-                    env.cluster.kill(node, signal: SIGKILL)
-                    try env.cluster.spawn()
-                    result.leaderKills += 1
-                }
-                let victim = pids.remove(at: Int.random(in: 0..<pids.count, using: &rng))
-                kill(victim, SIGKILL)
-                _ = ChildProcess.exitStatus(victim, wait: true)
+                let (reading, killed) = try await env.killLeaderAndReplace()
+                if killed { result.leaderKills += 1 }
+                DrillEnvironment.killRandomWorker(&pids, using: &rng)
                 try spawnWorker()
                 result.workerKills += 1
                 killsLeft -= 1
@@ -233,7 +236,9 @@ package struct SemanticsDrill {
             result.violations.append("the server broke \(result.deadlocks) deadlock(s) in the drill's database (pg_stat_database.deadlocks)")
         }
         // Nothing pins the first child version any more.
-        try await PackageStore().unload(type: try WorkflowType(Self.childType), hash: child1.contentHash, actor: .named("drill"), on: conn)
+        if !child1Gone {
+            try await PackageStore().unload(type: try WorkflowType(Self.childType), hash: child1.contentHash, actor: .named("drill"), on: conn)
+        }
         return result
     }
 

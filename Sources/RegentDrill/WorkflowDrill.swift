@@ -120,15 +120,9 @@ package struct WorkflowDrill {
             try await Task.sleep(for: .milliseconds(Int64.random(in: 300...700, using: &rng)))
             let open = try await env.unfinishedRuns()
             if open == 0 { break }
-            let reading = try await env.probe.read()
-            if let pid = reading.leaderPID, let node = env.cluster.node(pid: pid) {
-                env.cluster.kill(node, signal: SIGKILL)
-                try env.cluster.spawn()
-                result.leaderKills += 1
-            }
-            let victim = pids.remove(at: Int.random(in: 0..<pids.count, using: &rng))
-            kill(victim, SIGKILL)
-            _ = ChildProcess.exitStatus(victim, wait: true)
+            let (reading, killed) = try await env.killLeaderAndReplace()
+            if killed { result.leaderKills += 1 }
+            DrillEnvironment.killRandomWorker(&pids, using: &rng)
             try spawnWorker()
             result.workerKills += 1
             // Cancels while the workers hold steps: some of their executions are held by a claim
