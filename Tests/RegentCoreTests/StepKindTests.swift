@@ -124,6 +124,45 @@ struct StepKindTests {
         }
     }
 
+    /// Pages fired side by side (and the leader's own duty beside them) split the due wakeups by
+    /// id. Each run here has two timers due at once, and the first to fire makes ready a child
+    /// step that fails (no route), whose finish deletes the run's other wakeup, which may belong
+    /// to another page: every run fails once, no timer fires twice, and no deadlock is broken.
+    @Test func pagesFiredSideBySideFireEachWakeupOnceWithoutWaitingForEachOther() async throws {
+        try await withBootedDatabase { config, conn in
+            let f = try await RunFixture.deploy("twin.naps", steps: [
+                #"{"name": "a", "sleep": "1ms", "after": []}"#, #"{"name": "b", "sleep": "1ms", "after": []}"#,
+                #"{"name": "x", "child": "nobody.here", "after": ["a"]}"#, #"{"name": "d", "lane": "work", "after": ["b", "x"]}"#,
+            ], on: conn)
+            let deadlocksBefore = try await LockOrderTests.deadlocks(conn)
+            for _ in 0..<60 { _ = try await f.start() }
+            let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 6))
+            let (fence, cluster) = try await leaderFence(config)
+            let duty = RunTimers(pool: pool, bell: nil, pageSize: 10)
+            for _ in 0..<30 {
+                async let p0 = duty.fireOnce(fence: fence, part: 0, parts: 3)
+                async let p1 = duty.fireOnce(fence: fence, part: 1, parts: 3)
+                async let p2 = duty.fireOnce(fence: fence, part: 2, parts: 3)
+                _ = try await (p0, p1, p2)
+                if try await Self.wakeups(conn) == 0 { break }
+            }
+            try await waitUntil("every wakeup is gone") { try await Self.wakeups(conn) == 0 }
+            let twice = try await conn.query(
+                """
+                SELECT count(*) AS n FROM (SELECT payload ->> 'run_id', payload ->> 'step' FROM engine.events
+                WHERE topic = 'step.succeeded' AND payload ->> 'kind' = 'timer' GROUP BY 1, 2 HAVING count(*) > 1) AS t
+                """).single().decode("n", as: Int.self)
+            #expect(twice == 0, "no timer fired twice")
+            let failed = try await conn.query(
+                "SELECT count(*) AS n FROM workflow.runs WHERE state = 'failed' AND error LIKE '%nobody.here has no routed version%'"
+            ).single().decode("n", as: Int.self)
+            #expect(failed == 60)
+            #expect(try await LockOrderTests.deadlocks(conn) == deadlocksBefore)
+            await cluster.stopAll()
+            await pool.shutdown()
+        }
+    }
+
     /// With no leader, nothing fires; a leader elected later fires what came due meanwhile, once.
     @Test func aTimerDueWithNoLeaderFiresOnceWhenOneIsElected() async throws {
         try await withBootedDatabase { config, conn in

@@ -159,6 +159,7 @@ struct AdminAPITests {
                              "regent_instances", "regent_events_published_total", "regent_events_delivered_total",
                              "regent_event_lag_seconds", "regent_events_late_total", "regent_event_gaps",
                              "regent_event_listener_reconnects_total", "regent_leases_reclaimed_total", "regent_stale_instances_swept_total",
+                             "regent_run_wakeups_fired_total", "regent_run_wakeups_overdue_seconds",
                              "regent_db_pool_connections", "regent_db_pool_waiters", "regent_db_pool_max_connections"] {
                     #expect(text.contains(name), "missing \(name)")
                 }

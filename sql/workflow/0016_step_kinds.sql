@@ -726,20 +726,20 @@ END
 $$;
 
 -- The timer duty's page: due wakeups in due order, each under its run's row (SKIP LOCKED: a
--- run held elsewhere is left for the next page, counted in `skipped`). The wakeup rows are
--- taken SKIP LOCKED too, so that pages fired side by side split the due wakeups between them
--- (a finish or signal that deletes a run's wakeups holds the run row first and waits at most
--- for the page that holds them, which never waits for anything). A wakeup that raises
+-- run held elsewhere is left for the next page, counted in `skipped`). Pages fired side by side
+-- split the due wakeups by id (`wakeup_id % p_parts = p_part`) rather than by row locks: a
+-- wakeup row is only ever deleted by a transaction that holds its run's row (its page, or a
+-- finish, signal or retry of that run), so no two transactions wait for each other over them. A wakeup that raises
 -- fails its step (or run) with the error instead of failing the page forever; errors that a
 -- retry cures (serialization, deadlock, lock or statement timeouts) fail the page. Returns
 -- what it fired, what it skipped, and the milliseconds until the next due wakeup (NULL: none).
 -- Pages stay under 64 wakeups so their subtransactions fit the server's per-backend cache.
-CREATE FUNCTION workflow.fire_due(p_limit integer, p_actor text, p_term bigint)
+CREATE FUNCTION workflow.fire_due(p_limit integer, p_actor text, p_term bigint, p_part integer, p_parts integer)
 RETURNS TABLE (fired integer, skipped integer, next_due_ms bigint)
 LANGUAGE plpgsql VOLATILE
 SET enable_seqscan = off
 AS $$
--- Locks: wakeups (SKIP LOCKED) → runs (SKIP LOCKED), then what advancing each takes.
+-- Locks: runs (SKIP LOCKED), then what advancing each takes.
 DECLARE
     w workflow.wakeups%ROWTYPE;
     v_fired integer := 0;
@@ -749,8 +749,11 @@ BEGIN
     IF p_limit NOT BETWEEN 1 AND 60 THEN
         RAISE EXCEPTION 'a timer page is 1 to 60 wakeups, not %', p_limit USING ERRCODE = '22023';
     END IF;
+    IF p_parts NOT BETWEEN 1 AND 16 OR p_part NOT BETWEEN 0 AND p_parts - 1 THEN
+        RAISE EXCEPTION 'a timer page is part 0 to % of 1 to 16 parts, not % of %', p_parts - 1, p_part, p_parts USING ERRCODE = '22023';
+    END IF;
     FOR w IN
-        SELECT * FROM workflow.wakeups WHERE due_at <= clock_timestamp() ORDER BY due_at, wakeup_id LIMIT p_limit FOR UPDATE SKIP LOCKED
+        SELECT * FROM workflow.wakeups WHERE due_at <= clock_timestamp() AND wakeup_id % p_parts = p_part ORDER BY due_at, wakeup_id LIMIT p_limit
     LOOP
         PERFORM 1 FROM workflow.runs WHERE run_id = w.run_id FOR UPDATE SKIP LOCKED;
         IF NOT FOUND THEN

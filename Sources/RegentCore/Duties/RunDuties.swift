@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import PostgresClient
 
@@ -104,27 +105,29 @@ public struct RunTimers: LeaderDuty {
     let pageSize: Int
     /// Pages fired side by side when wakeups are due.
     let firers: Int
+    let metrics: RegentMetrics
     let logger: Logger
 
     public init(
         pool: ConnectionPool, bell: Doorbell?, idleProbe: Duration = .seconds(10), pageSize: Int = 50, firers: Int = 2,
-        logger: Logger = Logger(label: "regent.duty.run-timers")
+        metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.duty.run-timers")
     ) {
+        self.metrics = metrics
         self.pool = pool
         self.bell = bell
         self.idleProbe = idleProbe
         self.pageSize = pageSize
-        self.firers = max(1, firers)
+        self.firers = min(16, max(1, firers))
         self.logger = logger
     }
 
     /// Every recorded wakeup notifies this channel (`workflow.add_wakeup`).
     public static let channel = "regent_wakeups"
 
-    /// Milliseconds until the next wakeup is due (0: due now), nil when there is none.
+    /// Milliseconds until the next wakeup is due (negative: overdue by that much), nil when
+    /// there is none.
     static let probe: PostgresQuery = """
-        SELECT CASE WHEN min(due_at) IS NOT NULL THEN GREATEST(0, ceil(extract(epoch FROM (min(due_at) - clock_timestamp())) * 1000))::bigint END AS ms
-        FROM workflow.wakeups
+        SELECT ceil(extract(epoch FROM (min(due_at) - clock_timestamp())) * 1000)::bigint AS ms FROM workflow.wakeups
         """
 
     public struct Page: Sendable, Hashable {
@@ -134,22 +137,27 @@ public struct RunTimers: LeaderDuty {
         public let nextDueMs: Int64?
     }
 
-    /// The milliseconds until the next due wakeup (nil: none; also before the schema has the table).
+    /// The milliseconds until the next due wakeup (0: due now; nil: none, also before the
+    /// schema has the table). Records how overdue the oldest due one is.
     public func nextDue() async throws -> Int64? {
+        let ms: Int64?
         do {
-            return try await pool.query(Self.probe, purpose: "runs: next wakeup").single().decodeOptional("ms", as: Int64.self)
+            ms = try await pool.query(Self.probe, purpose: "runs: next wakeup").single().decodeOptional("ms", as: Int64.self)
         } catch let error as PostgresError where error.sqlState == "42P01" {
-            return nil  // before sql/workflow/0016: nothing can be due
+            ms = nil  // before sql/workflow/0016: nothing can be due
         }
+        metrics.wakeupsOverdue.record(Double(max(0, -(ms ?? 0))) / 1000)
+        return ms.map { max(0, $0) }
     }
 
-    /// One fenced page of due wakeups.
-    public func fireOnce(fence: LeaderFence) async throws -> Page {
+    /// One fenced page of due wakeups: those of part `part` of `parts` (by wakeup id), so that
+    /// pages fired side by side never pick the same ones.
+    public func fireOnce(fence: LeaderFence, part: Int = 0, parts: Int = 1) async throws -> Page {
         try await fence.withTransaction(pool) { tx in
             let row = try await tx.query(
                 """
                 SELECT fired, skipped, next_due_ms FROM workflow.fire_due(
-                    \(pageSize), \(AuditActor.instance(fence.instanceID).description), \(fence.term)::bigint)
+                    \(pageSize), \(AuditActor.instance(fence.instanceID).description), \(fence.term)::bigint, \(part), \(parts))
                 """, purpose: "runs: fire due wakeups"
             ).single()
             return Page(fired: try row.decode("fired"), skipped: try row.decode("skipped"), nextDueMs: try row.decodeOptional("next_due_ms"))
@@ -159,10 +167,10 @@ public struct RunTimers: LeaderDuty {
     public func runOnce(fence: LeaderFence) async throws -> Bool {
         var next = try await nextDue()
         if next == 0 {
-            // Pages side by side (each takes its wakeups SKIP LOCKED): a burst of due timers is
-            // fired on `firers` connections at once.
+            // Pages side by side, each on its part of the wakeups: a burst of due timers is fired
+            // on `firers` connections at once.
             let pages = try await withThrowingTaskGroup(of: Page.self) { group in
-                for _ in 0..<firers { group.addTask { try await fireOnce(fence: fence) } }
+                for part in 0..<firers { group.addTask { try await fireOnce(fence: fence, part: part, parts: firers) } }
                 var all: [Page] = []
                 for try await page in group { all.append(page) }
                 return all
@@ -170,7 +178,10 @@ public struct RunTimers: LeaderDuty {
             let page = Page(
                 fired: pages.map(\.fired).reduce(0, +), skipped: pages.map(\.skipped).reduce(0, +),
                 nextDueMs: pages.compactMap(\.nextDueMs).min())
-            if page.fired > 0 { logger.debug("fired due wakeups", metadata: ["fired": "\(page.fired)", "term": "\(fence.term)"]) }
+            if page.fired > 0 {
+                metrics.wakeupsFired.increment(by: page.fired)
+                logger.debug("fired due wakeups", metadata: ["fired": "\(page.fired)", "term": "\(fence.term)"])
+            }
             if pages.contains(where: { $0.fired == pageSize }) { return true }
             // Runs held elsewhere (or nothing fired at all): give their holders a moment rather
             // than spin on a due time that cannot be served yet.

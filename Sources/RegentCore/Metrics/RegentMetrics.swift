@@ -38,6 +38,10 @@ public struct RegentMetrics: Sendable {
     public let leasesReclaimed: Counter
     /// Stale instance rows this node removed as leader.
     public let staleInstancesSwept: Counter
+    /// Wakeups (timers, signal timeouts, parent/child hand-offs) this node fired as leader.
+    public let wakeupsFired: Counter
+    /// How far behind the oldest due wakeup was at this leader's last look, in seconds (0: none due).
+    public let wakeupsOverdue: Gauge
 
     /// Metric names, shared by the exporter, the tests and the docs.
     public enum Name {
@@ -63,6 +67,8 @@ public struct RegentMetrics: Sendable {
         eventGaps = Gauge(label: "regent_event_gaps", factory: factory)
         eventListenerReconnects = Counter(label: "regent_event_listener_reconnects_total", factory: factory)
         leasesReclaimed = Counter(label: "regent_leases_reclaimed_total", factory: factory)
+        wakeupsFired = Counter(label: "regent_run_wakeups_fired_total", factory: factory)
+        wakeupsOverdue = Gauge(label: "regent_run_wakeups_overdue_seconds", factory: factory)
         staleInstancesSwept = Counter(label: "regent_stale_instances_swept_total", factory: factory)
     }
 

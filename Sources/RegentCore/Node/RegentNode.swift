@@ -91,7 +91,7 @@ public actor RegentNode: Service {
             QueueRetention(pool: pool, retention: configuration.executionRetention),
             QueueVacuum(pool: pool),
             RunDeadlines(pool: pool),
-            RunTimers(pool: pool, bell: wakeupBell),
+            RunTimers(pool: pool, bell: wakeupBell, metrics: metrics),
             RunRetention(pool: pool, retention: configuration.runRetention),
         ], metrics: metrics)
         let elector = LeaderElector(
