@@ -333,8 +333,13 @@ struct EventBusTests {
         // ... the leader prunes exactly what is past retention.
         var cluster = Cluster(config: config)
         let node = cluster.start("pruner")
-        #expect(await eventually { await node.isLeader })
-        let fence = try #require(await node.currentFence)
+        // Read together: a loaded node can lose its leadership between two separate reads.
+        var held: LeaderFence?
+        #expect(await eventually {
+            held = await node.isLeader ? await node.currentFence : nil
+            return held != nil
+        })
+        let fence = try #require(held)
         _ = try await asLeader(fence, of: cluster) { try await pruning.pruneOnce(fence: $0) }
         let left = try await conn.query("SELECT id FROM engine.events WHERE topic = 'h' ORDER BY id").map { try $0.decode("id", as: Int64.self) }
         #expect(left == Array(ids[5...]))
