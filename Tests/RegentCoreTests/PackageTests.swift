@@ -466,7 +466,7 @@ struct PackageStoreTests {
     }
 }
 
-/// Polls `condition` for up to 10 s; records an issue naming `what` when it never holds.
-func waitUntil(_ what: String, _ condition: () async throws -> Bool) async throws {
-    if await !eventually(timeout: .seconds(10), condition) { Issue.record("timed out waiting: \(what)") }
+/// Polls `condition` for up to `timeout`; records an issue naming `what` when it never holds.
+func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws {
+    if await !eventually(timeout: timeout, condition) { Issue.record("timed out waiting: \(what)") }
 }

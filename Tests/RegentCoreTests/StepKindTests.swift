@@ -14,11 +14,9 @@ struct StepKindTests {
         try #require(try await f.run(run).steps.first { $0.name == step })
     }
 
-    /// Waits for what the leader's timer duty does: up to 45 s, since on a loaded machine (CI's
-    /// parallel phase) leadership can change hands several times first.
-    static func waitForLeader(_ what: String, _ condition: () async throws -> Bool) async throws {
-        if await !eventually(timeout: .seconds(45), condition) { Issue.record("timed out waiting: \(what)") }
-    }
+    /// How long to wait for what the leader's timer duty does: on a loaded machine (CI's parallel
+    /// phase) leadership can change hands several times first.
+    static let leaderWork = Duration.seconds(45)
 
     static func wakeups(_ conn: PostgresConnection) async throws -> Int {
         try await conn.query("SELECT count(*) AS n FROM workflow.wakeups").single().decode("n", as: Int.self)
@@ -78,7 +76,7 @@ struct StepKindTests {
             let nap = try await Self.waiting(f, run.runID, "nap")
             #expect(nap.kind == "timer" && nap.state == "waiting" && nap.wait?.dueAt != nil)
             #expect(try await f.claim().isEmpty, "nothing is claimable while the timer sleeps")
-            try await Self.waitForLeader("the timer fires") { try await Self.waiting(f, run.runID, "nap").state == "succeeded" }
+            try await waitUntil("the timer fires", timeout: Self.leaderWork) { try await Self.waiting(f, run.runID, "nap").state == "succeeded" }
             // (How promptly is `regent bench runs`' business, not a test's.)
             let fired = try await conn.query(
                 """
@@ -102,7 +100,7 @@ struct StepKindTests {
             var cluster = Cluster(config: config)
             _ = cluster.start("leader")
             let past = try await f.start(#"{"send_at": "2020-01-01T00:00:00Z"}"#)
-            try await Self.waitForLeader("a past time fires at once") { try await Self.waiting(f, past.runID, "wait").state == "succeeded" }
+            try await waitUntil("a past time fires at once", timeout: Self.leaderWork) { try await Self.waiting(f, past.runID, "wait").state == "succeeded" }
             for (input, says) in [(#"{"send_at": "tomorrow"}"#, "\"tomorrow\""), (#"{}"#, "absent"), (#"{"send_at": "2027-02-30T00:00:00Z"}"#, "not a valid time")] {
                 let bad = try await f.start(input)
                 let r = try await f.run(bad.runID)
@@ -152,7 +150,7 @@ struct StepKindTests {
                 _ = try await (p0, p1, p2)
                 if try await Self.wakeups(conn) == 0 { break }
             }
-            try await Self.waitForLeader("every wakeup is gone") { try await Self.wakeups(conn) == 0 }
+            try await waitUntil("every wakeup is gone", timeout: Self.leaderWork) { try await Self.wakeups(conn) == 0 }
             let twice = try await conn.query(
                 """
                 SELECT count(*) AS n FROM (SELECT payload ->> 'run_id', payload ->> 'step' FROM engine.events
@@ -173,13 +171,14 @@ struct StepKindTests {
     @Test func aTimerDueWithNoLeaderFiresOnceWhenOneIsElected() async throws {
         try await withBootedDatabase { config, conn in
             let f = try await RunFixture.deploy("leaderless", steps: [#"{"name": "nap", "sleep": "50ms"}"#, #"{"name": "b", "lane": "work"}"#], on: conn)
-            let runs = try await (0..<20).asyncMap { _ in try await f.start() }
+            var runs: [RunStore.Started] = []
+            for _ in 0..<20 { runs.append(try await f.start()) }
             try await Task.sleep(for: .milliseconds(200))
             #expect(try await Self.waiting(f, runs[0].runID, "nap").state == "waiting")
             var cluster = Cluster(config: config)
             _ = cluster.start("one")
             _ = cluster.start("two")
-            try await Self.waitForLeader("every timer fires") {
+            try await waitUntil("every timer fires", timeout: Self.leaderWork) {
                 try await conn.query("SELECT count(*) AS n FROM workflow.run_steps WHERE name = 'b' AND state = 'queued'").single().decode("n", as: Int.self) == 20
             }
             let events = try await conn.query("SELECT count(*) AS n FROM engine.events WHERE topic = 'step.succeeded' AND payload ->> 'step' = 'nap'")
@@ -252,9 +251,9 @@ struct StepKindTests {
             _ = cluster.start("leader")
             let s = try await strict.start()
             let l = try await lenient.start()
-            try await Self.waitForLeader("the strict run fails") { try await strict.run(s.runID).state == "failed" }
+            try await waitUntil("the strict run fails", timeout: Self.leaderWork) { try await strict.run(s.runID).state == "failed" }
             #expect(try await strict.run(s.runID).error?.contains("no go signal arrived") == true)
-            try await Self.waitForLeader("the lenient run goes on") { try await Self.waiting(lenient, l.runID, "approve").state == "succeeded" }
+            try await waitUntil("the lenient run goes on", timeout: Self.leaderWork) { try await Self.waiting(lenient, l.runID, "approve").state == "succeeded" }
             #expect(try await Self.waiting(lenient, l.runID, "approve").output == "null")
             let retried = try await RunStore().retry(s.runID, .init(), actor: strict.actor, on: conn)
             #expect(retried.reset == ["approve", "b"])
@@ -280,7 +279,7 @@ struct StepKindTests {
             let run = try await f.start()
             _ = try await RunStore().signal(run.runID, name: "go", payloadJSON: "1", signalID: nil, actor: f.actor, on: conn)
             _ = try await f.complete(try await f.claimStep("flaky"), cost: [try Cost(amount: 1)])
-            try await Self.waitForLeader("the child starts") { try await Self.waiting(f, run.runID, "ship").wait?.childRunID != nil }
+            try await waitUntil("the child starts", timeout: Self.leaderWork) { try await Self.waiting(f, run.runID, "ship").wait?.childRunID != nil }
             let kid = try #require(try await Self.waiting(f, run.runID, "ship").wait?.childRunID)
             _ = try await child.complete(try await child.claimStep("work", run: kid), cost: [try Cost(amount: 1)])
             #expect(try await f.run(run.runID).state == "succeeded")
@@ -393,7 +392,7 @@ struct StepKindTests {
             await holder.close()
             var cluster = Cluster(config: config)
             _ = cluster.start("leader")
-            try await Self.waitForLeader("the parent's step resolves") { try await parent.run(run.runID).state == "succeeded" }
+            try await waitUntil("the parent's step resolves", timeout: Self.leaderWork) { try await parent.run(run.runID).state == "succeeded" }
             #expect(try await Self.wakeups(conn) == 0)
             await cluster.stopAll()
         }
@@ -418,18 +417,10 @@ struct StepKindTests {
             await holder.close()
             var cluster = Cluster(config: config)
             _ = cluster.start("leader")
-            try await Self.waitForLeader("the child is cancelled") { try await parent.run(kid).state == "cancelled" }
+            try await waitUntil("the child is cancelled", timeout: Self.leaderWork) { try await parent.run(kid).state == "cancelled" }
             #expect(try await parent.run(kid).error?.contains("its parent run \(run.runID) finished") == true)
             #expect(try await Self.wakeups(conn) == 0)
             await cluster.stopAll()
         }
-    }
-}
-
-extension Sequence {
-    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
-        var out: [T] = []
-        for e in self { out.append(try await transform(e)) }
-        return out
     }
 }
