@@ -56,7 +56,7 @@ struct LeadershipTests {
         try await admin.query("SELECT pg_terminate_backend(\(Int(old.backendPID)))")
         // How fast is measured by `regent drill failover` and `bench failover` (milliseconds), not
         // here: on a loaded test machine this only bounds it, generously.
-        #expect(await eventually(timeout: .seconds(10)) {
+        #expect(await eventually {
             let s = try await cluster.status()
             return s.leader != nil && s.leader!.instanceID != old.instanceID || (s.term > old.term && s.leader != nil)
         })
@@ -234,7 +234,7 @@ struct LeadershipTests {
         let term = try await cluster.status().term
         try await offThePool { try pg.restart() }
         // Right after the restart nobody may act as leader without confirming the lock again.
-        #expect(await eventually(timeout: .seconds(10)) {
+        #expect(await eventually {
             guard let s = try? await cluster.status() else { return false }
             return s.leader != nil && s.term > term
         })
@@ -270,7 +270,7 @@ struct LeadershipMetricsTests {
         })
         try await admin.query("SELECT pg_terminate_backend(\(Int(oldPID)))")
         // Without ending it, the new term would wait for that transaction for ever.
-        #expect(await eventually(timeout: .seconds(10)) { await node.isLeader })
+        #expect(await eventually { await node.isLeader })
         let alive = try await admin.query("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = \(Int(stuckPID))").single().decode("n", as: Int.self)
         #expect(alive == 0, "the earlier term's transaction was ended")
         await stuck.close()

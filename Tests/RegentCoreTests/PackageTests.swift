@@ -467,6 +467,6 @@ struct PackageStoreTests {
 }
 
 /// Polls `condition` for up to `timeout`; records an issue naming `what` when it never holds.
-func waitUntil(_ what: String, timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws {
+func waitUntil(_ what: String, timeout: Duration = .seconds(45), _ condition: () async throws -> Bool) async throws {
     if await !eventually(timeout: timeout, condition) { Issue.record("timed out waiting: \(what)") }
 }

@@ -28,7 +28,7 @@ struct TimelineTests {
         // Once the operator clears it (after pg_rewind, say), the node leads and records its timeline.
         try await conn.query("DELETE FROM engine.server_timelines WHERE timeline > \(timeline)")
         ServerTimelines.forgetForTests()
-        #expect(await eventually(timeout: .seconds(15)) { await node.isLeader })
+        #expect(await eventually { await node.isLeader })
         let recorded = try await conn.query(
             "SELECT timeline, first_term FROM engine.server_timelines WHERE system_identifier = \(systemID)")
         #expect(try recorded.map { try $0.decode("timeline", as: Int.self) } == [timeline])
@@ -85,7 +85,7 @@ struct PromotionTests {
         // With the new primary first, a node leads there and records the new timeline.
         var good = Cluster(config: try url(b, a))
         let n2 = good.start("n2")
-        #expect(await eventually(timeout: .seconds(15)) { await n2.isLeader })
+        #expect(await eventually { await n2.isLeader })
         let timelines = try await onB.query("SELECT timeline FROM engine.server_timelines ORDER BY timeline").map { try $0.decode("timeline", as: Int.self) }
         #expect(timelines == [1, 2])
         await good.stopAll()

@@ -104,12 +104,13 @@ public final class TCPProxy: Sendable {
 /// Polls `condition` every 10 ms until it holds or `timeout` passes; returns whether it
 /// held. A condition that throws counts as not (yet) holding.
 ///
-/// The default allows 15 s: the whole suite runs in parallel on machines with two cores,
-/// where the first seconds (private clusters starting, dozens of nodes booting) can hold a
-/// healthy election back for several. It only bounds how long a failing run waits; a
+/// The default allows 45 s: swift-testing runs the whole in-process suite at once on
+/// machines with two cores, where private clusters starting and dozens of nodes with 1 s
+/// test leases booting can hold an election back, or pass leadership around, for tens of
+/// seconds (15 s was seen to be too short in CI). It only bounds how long a failing run waits; a
 /// passing condition returns as soon as it holds. Timing goals live in `regent bench`, and
 /// tests that bound a duration say so with their own timeout.
-public func eventually(timeout: Duration = .seconds(15), _ condition: () async throws -> Bool) async -> Bool {
+public func eventually(timeout: Duration = .seconds(45), _ condition: () async throws -> Bool) async -> Bool {
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
         if (try? await condition()) == true { return true }
