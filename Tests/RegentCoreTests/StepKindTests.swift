@@ -120,7 +120,7 @@ struct StepKindTests {
             let duty = RunTimers(pool: pool, bell: Doorbell(), idleProbe: .milliseconds(500))
             #expect(try await duty.nextDue() == nil, "no wakeup: nothing is due, not 'due now'")
             let started = ContinuousClock.now
-            for _ in 0..<3 { _ = try await duty.runOnce(fence: fence) }
+            for _ in 0..<3 { _ = try await asLeader(fence, of: cluster) { try await duty.runOnce(fence: $0) } }
             #expect(started.duration(to: .now) >= .milliseconds(1400), "three idle rounds wait their probe interval each")
             #expect(try await Self.wakeups(conn) == 0)
             await cluster.stopAll()
@@ -143,10 +143,13 @@ struct StepKindTests {
             let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 6))
             let (fence, cluster) = try await leaderFence(config)
             let duty = RunTimers(pool: pool, bell: nil, pageSize: 10)
+            let nodes = cluster.nodes
             for _ in 0..<30 {
-                async let p0 = duty.fireOnce(fence: fence, part: 0, parts: 3)
-                async let p1 = duty.fireOnce(fence: fence, part: 1, parts: 3)
-                async let p2 = duty.fireOnce(fence: fence, part: 2, parts: 3)
+                // Each page as the leader: a loaded test process can stall inside a fenced
+                // transaction past the lease window, and the server ends it (then it is retried).
+                async let p0 = asLeader(fence, of: nodes) { try await duty.fireOnce(fence: $0, part: 0, parts: 3) }
+                async let p1 = asLeader(fence, of: nodes) { try await duty.fireOnce(fence: $0, part: 1, parts: 3) }
+                async let p2 = asLeader(fence, of: nodes) { try await duty.fireOnce(fence: $0, part: 2, parts: 3) }
                 _ = try await (p0, p1, p2)
                 if try await Self.wakeups(conn) == 0 { break }
             }

@@ -74,8 +74,14 @@ func refusedForLeadership(_ error: any Error) -> Bool {
 func asLeader<T>(
     _ fence: LeaderFence, of cluster: Cluster, isolation: isolated (any Actor)? = #isolation, _ body: (LeaderFence) async throws -> T
 ) async throws -> T {
-    let deadline = ContinuousClock.now + .seconds(15)
-    let nodes = cluster.nodes
+    try await asLeader(fence, of: cluster.nodes, body)
+}
+
+/// The same, given the cluster's nodes (which, unlike the cluster, may cross into child tasks).
+func asLeader<T>(
+    _ fence: LeaderFence, of nodes: [RegentNode], isolation: isolated (any Actor)? = #isolation, _ body: (LeaderFence) async throws -> T
+) async throws -> T {
+    let deadline = ContinuousClock.now + .seconds(45)
     var fence = fence
     while true {
         do {

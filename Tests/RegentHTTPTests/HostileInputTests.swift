@@ -203,7 +203,8 @@ struct APIContractTests {
 let lastEventIDName = HTTPField.Name("Last-Event-ID")!
 
 /// A raw loopback TCP connection that sends what it is told and can tell when the server closed it.
-final class RawSocket {
+/// Sendable: its only state is an immutable descriptor number.
+final class RawSocket: Sendable {
     let fd: Int32
     init(port: Int) throws { fd = try connectLoopback(port: port) }
     func send(_ text: String) { _ = text.withCString { Glibc.send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) } }
@@ -243,7 +244,7 @@ struct ConnectionLimitTests {
                     for s in sockets.dropFirst() { s.send("X-Slow-\(n): y\r\n") }
                     try await Task.sleep(for: .milliseconds(300))
                 }
-                #expect(sockets.allSatisfy { $0.closedByServer(within: .seconds(8)) })
+                #expect(try await offThePool { sockets.allSatisfy { $0.closedByServer(within: .seconds(8)) } })
                 // Served again once the slots are free.
                 let fresh = try RawHTTPStream(port: port, path: "/healthz", token: nil, close: true)
                 #expect(try fresh.read(until: "ok", timeout: .seconds(5)).contains("200"))
@@ -293,7 +294,8 @@ struct RefusedConnectionTests {
                 s.send("POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(f.worker)\r\nContent-Type: application/json\r\nContent-Length: 50000000\r\n\r\n")
                 // A little of the body only, before reading (see the 401 case below).
                 _ = s.sendZeros(4096)
-                let answer = s.readAll(timeout: .seconds(3))
+                // Off the cooperative pool: the blocking read must not starve the in-process server.
+                let answer = try await offThePool { s.readAll(timeout: .seconds(30)) }
                 #expect(answer.contains("413"))
                 // The client keeps sending: a fully closed socket refuses it (reset) soon.
                 var refused = false
@@ -308,7 +310,7 @@ struct RefusedConnectionTests {
                 let u = try RawSocket(port: port)
                 u.send("POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50000000\r\n\r\n")
                 _ = u.sendZeros(4096)
-                #expect(u.readAll(timeout: .seconds(3)).contains("401"))
+                #expect(try await offThePool { u.readAll(timeout: .seconds(30)) }.contains("401"))
                 var refusedToo = false
                 for _ in 0..<50 where !refusedToo {
                     refusedToo = !u.sendZeros(65_536)
