@@ -42,6 +42,11 @@ for schema in schemas {
         guard seen.insert(version).inserted else { fail("sql/\(schema): version \(version) appears twice") }
         guard let text = try? String(contentsOf: sqlDir.appendingPathComponent(schema).appendingPathComponent(file), encoding: .utf8)
         else { fail("sql/\(schema)/\(file): not readable as UTF-8") }
+        // A kind line, when present, must name a kind: a typo must not make a file contract silently.
+        let first = text.prefix { $0 != "\n" }.split(separator: " ")
+        if first.count >= 2, first[0] == "--", first[1].hasPrefix("regent:"), first[1] != "regent:expand", first[1] != "regent:contract" {
+            fail("sql/\(schema)/\(file): first line says \(first[1]); the kinds are regent:expand and regent:contract")
+        }
         entries.append((schema, version, String(parts[1]), text))
     }
     let versions = seen.sorted()

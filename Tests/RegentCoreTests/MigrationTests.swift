@@ -111,8 +111,8 @@ struct MigrationTests {
         let catalog = MigrationCatalog([
             Migration(schema: "engine", version: 1, name: "engine", sql: MigrationCatalog.builtIn.migrations(for: "engine")[0].sql),
             Migration(schema: "demo", version: 1, name: "one", sql: "CREATE SCHEMA IF NOT EXISTS demo; CREATE TABLE demo.a (x int);"),
-            Migration(schema: "demo", version: 2, name: "two", sql: "CREATE TABLE demo.b (x int);"),
-            Migration(schema: "demo", version: 3, name: "three", sql: "CREATE TABLE demo.c (x int);"),
+            Migration(schema: "demo", version: 2, name: "two", sql: "-- regent:expand\nCREATE TABLE demo.b (x int);"),
+            Migration(schema: "demo", version: 3, name: "three", sql: "-- regent:expand\nCREATE TABLE demo.c (x int);"),
         ])
         try await TestDatabase.shared.withConnection { conn, _ in
             let runner = MigrationRunner(catalog: catalog, appliedBy: "test")

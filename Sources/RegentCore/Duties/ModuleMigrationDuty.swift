@@ -19,7 +19,7 @@ public struct ModuleMigrationDuty: LeaderDuty {
     public func migrateOnce(fence: LeaderFence) async throws -> [Migration] {
         try await pool.withConnection { conn in
             let schemas = try await ModuleRegistry().enabledSchemas(on: conn)
-            let runner = MigrationRunner(appliedBy: AuditActor.instance(fence.instanceID).description)
+            let runner = MigrationRunner(appliedBy: AuditActor.instance(fence.instanceID).description, lockTimeout: MigrationRunner.nodeLockTimeout)
             guard try await !runner.plan(on: conn, schemas: schemas).isEmpty else { return [] }
             return try await runner.migrate(on: conn, schemas: schemas, fence: { try await fence.check($0) })
         }

@@ -6,6 +6,10 @@ public struct Migration: Sendable, Hashable, CustomStringConvertible {
     public let sql: String
     /// SHA-256 of the file's text, recorded when it is applied.
     public let checksum: String
+    /// Whether binaries that know only the versions before it keep working once it is applied
+    /// (its first line says `-- regent:expand`), or not (`-- regent:contract`, and every file
+    /// without that line: the files written before compatibility levels existed).
+    public let kind: MigrationKind
 
     public init(schema: String, version: Int, name: String, sql: String) {
         self.schema = schema
@@ -13,9 +17,28 @@ public struct Migration: Sendable, Hashable, CustomStringConvertible {
         self.name = name
         self.sql = sql
         self.checksum = SHA256.hex(sql)
+        self.kind = MigrationKind(header: sql)
     }
 
     public var description: String { "\(schema) \(zeroPadded4(version))_\(name)" }
+}
+
+/// Expand or contract (docs/operations.md, "Rolling upgrades").
+public enum MigrationKind: String, Sendable, Hashable, Codable {
+    /// Adds only: new tables, nullable (or defaulted) columns, new functions beside old ones,
+    /// function bodies that keep their signature and behaviour. Binaries that know only the
+    /// earlier versions keep working against the schema after it.
+    case expand
+    /// Removes or changes what earlier binaries use: after it, a binary must know at least
+    /// this version. Applied only when asked (`regent migrate --contract`), except on a
+    /// schema being created from nothing.
+    case contract
+
+    /// The kind a file's first line declares; contract when it declares none.
+    init(header sql: String) {
+        let words = sql.prefix { $0 != "\n" }.split(separator: " ", omittingEmptySubsequences: true)
+        self = words.first == "--" && words.dropFirst().first == "regent:expand" ? .expand : .contract
+    }
 }
 
 /// A row of `engine.migrations`.
@@ -25,6 +48,8 @@ public struct AppliedMigration: Sendable, Hashable {
     public let name: String
     public let checksum: String
     public let appliedBy: String
+    /// Rows written before engine 0006 (which records kinds) count as contract.
+    public var kind: MigrationKind = .contract
 }
 
 /// Every migration this binary knows, by schema.

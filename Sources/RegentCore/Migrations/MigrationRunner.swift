@@ -8,23 +8,50 @@ import PostgresClient
 ///   each file exactly once;
 /// - each schema's pending files run in one transaction with their
 ///   `engine.migrations` rows: all of them land, or none;
-/// - a database that holds a version this binary does not know, or an applied file
-///   whose text changed, is refused before anything runs.
+/// - an applied file whose text changed is refused before anything runs, and so is a
+///   database whose compatibility floor (its newest applied contract migration) is above
+///   what this binary knows; a database ahead of the binary by expand migrations only is
+///   accepted (a rolling upgrade or a rollback in progress: docs/operations.md);
+/// - contract migrations are applied only when asked (`contract: true`), except on a
+///   schema being created from nothing;
+/// - with `lockTimeout`, no statement waits longer than that for a table lock: a migration
+///   never queues behind a long transaction with every claim queued behind it.
 public struct MigrationRunner: Sendable {
     public let catalog: MigrationCatalog
     /// Recorded in `engine.migrations.applied_by` (an instance id or a CLI marker).
     public let appliedBy: String
+    /// The longest any statement of a migration may wait for a lock (nil: no limit). Nodes
+    /// migrate with 1 s; the CLI with none unless asked.
+    public let lockTimeout: Duration?
     let logger: Logger
 
-    public init(catalog: MigrationCatalog = .builtIn, appliedBy: String, logger: Logger = Logger(label: "regent.migrations")) {
+    /// How long a booting node's or the leader's migration may wait for a lock.
+    public static let nodeLockTimeout = Duration.seconds(1)
+
+    public init(
+        catalog: MigrationCatalog = .builtIn, appliedBy: String, lockTimeout: Duration? = nil,
+        logger: Logger = Logger(label: "regent.migrations")
+    ) {
         self.catalog = catalog
         self.appliedBy = appliedBy
+        self.lockTimeout = lockTimeout
         self.logger = logger
     }
 
     static let tableExists: PostgresQuery = "SELECT to_regclass('engine.migrations') IS NOT NULL AS present"
+    /// `kind` read through to_jsonb: the column exists from engine 0006 on, and this must read
+    /// older databases too.
     static let listApplied: PostgresQuery =
-        "SELECT schema_name, version, name, checksum, applied_by FROM engine.migrations ORDER BY schema_name, version"
+        "SELECT schema_name, version, name, checksum, applied_by, to_jsonb(m) ->> 'kind' AS kind FROM engine.migrations m ORDER BY schema_name, version"
+    static let kindRecorded: PostgresQuery = """
+        SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'engine.migrations'::regclass AND attname = 'kind' AND NOT attisdropped) AS present
+        """
+    static func recordKind(_ m: Migration) -> PostgresQuery {
+        "UPDATE engine.migrations SET kind = \(m.kind.rawValue) WHERE schema_name = \(m.schema) AND version = \(m.version)"
+    }
+    static func setLockTimeout(_ ms: Int) -> PostgresQuery {
+        "SELECT set_config('lock_timeout', \(String(ms)), true)"
+    }
     static let lockRunner: PostgresQuery =
         "SELECT pg_advisory_lock(\(AdvisoryLockKey.classID), \(AdvisoryLockKey.migrations))"
     static let unlockRunner: PostgresQuery =
@@ -54,23 +81,35 @@ public struct MigrationRunner: Sendable {
         return try await connection.query(Self.listApplied, purpose: "migrations: read applied files").map { row in
             AppliedMigration(
                 schema: try row.decode("schema_name"), version: try row.decode("version"), name: try row.decode("name"),
-                checksum: try row.decode("checksum"), appliedBy: try row.decode("applied_by"))
+                checksum: try row.decode("checksum"), appliedBy: try row.decode("applied_by"),
+                kind: MigrationKind(rawValue: try row.decodeOptional("kind", as: String.self) ?? "") ?? .contract)
         }
     }
 
-    /// Checks what is applied against the binary: refuses newer databases and changed files.
+    /// The oldest version of `schema` a binary must know to run against `applied`: the newest
+    /// applied contract migration's version (0 when none).
+    public static func floor(of schema: String, in applied: [AppliedMigration]) -> Int {
+        applied.filter { $0.schema == schema && $0.kind == .contract }.map(\.version).max() ?? 0
+    }
+
+    /// Checks what is applied against the binary: refuses a database whose compatibility
+    /// floor is above what this binary knows, and changed files. A database ahead by expand
+    /// migrations only is accepted.
     public func verify(_ applied: [AppliedMigration], schemas: [String]) throws(RegentError) {
         for schema in schemas {
             let known = catalog.migrations(for: schema)
             let latest = catalog.latestVersion(of: schema)
+            let floor = Self.floor(of: schema, in: applied)
+            if floor > latest {
+                let newest = applied.filter { $0.schema == schema }.map(\.version).max() ?? floor
+                throw RegentError(
+                    .databaseNewerThanBinary,
+                    "database schema \(schema) is at version \(newest) and needs a binary that knows version \(floor) or later "
+                        + "(its contract migration \(zeroPadded4(floor)) removed what older binaries use), but this binary knows only up to \(latest)",
+                    hint: "run a regent release that knows \(schema) \(zeroPadded4(floor)) or later (see CHANGELOG.md); "
+                        + "a database cannot go back below its floor except by restoring a backup")
+            }
             for row in applied where row.schema == schema {
-                guard row.version <= latest else {
-                    let newest = applied.filter { $0.schema == schema }.map(\.version).max() ?? row.version
-                    throw RegentError(
-                        .databaseNewerThanBinary,
-                        "database schema \(schema) is at version \(newest) but this binary knows only up to \(latest)",
-                        hint: "upgrade the regent binary, or restore the database to a version this binary knows")
-                }
                 if let file = known.first(where: { $0.version == row.version }), file.checksum != row.checksum {
                     throw RegentError(
                         .migrationChecksumMismatch,
@@ -82,12 +121,18 @@ public struct MigrationRunner: Sendable {
     }
 
     /// The files that `migrate` would apply, in order, without changing anything.
-    public func plan(on connection: PostgresConnection, schemas: [String], target: MigrationTarget? = nil) async throws -> [Migration] {
+    /// `contract`: include contract migrations (otherwise each schema's plan stops before its
+    /// first pending contract migration, unless the schema is being created from nothing).
+    public func plan(
+        on connection: PostgresConnection, schemas: [String], target: MigrationTarget? = nil, contract: Bool = false
+    ) async throws -> [Migration] {
         let applied = try await applied(on: connection)
-        return try pending(applied: applied, schemas: schemas, target: target)
+        return try pending(applied: applied, schemas: schemas, target: target, contract: contract)
     }
 
-    func pending(applied: [AppliedMigration], schemas requested: [String], target: MigrationTarget?) throws(RegentError) -> [Migration] {
+    func pending(
+        applied: [AppliedMigration], schemas requested: [String], target: MigrationTarget?, contract: Bool = false
+    ) throws(RegentError) -> [Migration] {
         var schemas = requested
         if let target {
             schemas = target.schema == "engine" ? ["engine"] : ["engine", target.schema]
@@ -106,9 +151,21 @@ public struct MigrationRunner: Sendable {
                 }
                 limit = target.version
             }
-            plan += catalog.migrations(for: schema).filter { $0.version > current && $0.version <= limit }
+            var files = catalog.migrations(for: schema).filter { $0.version > current && $0.version <= limit }
+            // A schema that exists is contracted only when asked: binaries that know less may still run against it.
+            if !contract, current > 0, let held = files.firstIndex(where: { $0.kind == .contract }) {
+                files = Array(files[..<held])
+            }
+            plan += files
         }
         return plan
+    }
+
+    /// The first contract migration of each schema that waits for `regent migrate --contract`.
+    public func heldContracts(applied: [AppliedMigration], schemas: [String]) throws(RegentError) -> [Migration] {
+        let all = try pending(applied: applied, schemas: schemas, target: nil, contract: true)
+        let expand = Set(try pending(applied: applied, schemas: schemas, target: nil, contract: false))
+        return orderedSchemas(schemas).compactMap { schema in all.first { $0.schema == schema && !expand.contains($0) } }
     }
 
     /// The engine schema first (every other schema records into it), then the rest by name.
@@ -124,12 +181,12 @@ public struct MigrationRunner: Sendable {
     /// `fence`, when given, runs first inside each schema's transaction (the leader's term
     /// check): if it throws, that schema's files are not applied.
     public func migrate(
-        on connection: PostgresConnection, schemas: [String], target: MigrationTarget? = nil,
+        on connection: PostgresConnection, schemas: [String], target: MigrationTarget? = nil, contract: Bool = false,
         fence: (@Sendable (PostgresConnection) async throws -> Void)? = nil
     ) async throws -> [Migration] {
         try await connection.query(Self.lockRunner, purpose: "migrations: take the runner lock")
         do {
-            let ran = try await migrateLocked(on: connection, schemas: schemas, target: target, fence: fence)
+            let ran = try await migrateLocked(on: connection, schemas: schemas, target: target, contract: contract, fence: fence)
             try await connection.query(Self.unlockRunner, purpose: "migrations: release the runner lock")
             return ran
         } catch {
@@ -139,20 +196,30 @@ public struct MigrationRunner: Sendable {
     }
 
     private func migrateLocked(
-        on connection: PostgresConnection, schemas: [String], target: MigrationTarget?,
+        on connection: PostgresConnection, schemas: [String], target: MigrationTarget?, contract: Bool,
         fence: (@Sendable (PostgresConnection) async throws -> Void)?
     ) async throws -> [Migration] {
         // Read under the lock: another runner may have finished while we waited.
-        let plan = try await self.plan(on: connection, schemas: schemas, target: target)
+        let plan = try await self.plan(on: connection, schemas: schemas, target: target, contract: contract)
         var ran: [Migration] = []
         for schema in orderedSchemas(plan.map(\.schema)) {
             let files = plan.filter { $0.schema == schema }
             do {
                 try await connection.withTransaction { tx in
                     if let fence { try await fence(tx) }
+                    if let lockTimeout {
+                        try await tx.query(Self.setLockTimeout(max(1, Int(lockTimeout.milliseconds))), purpose: "migrations: bound lock waits")
+                    }
+                    var kindRecorded = false
                     for file in files {
                         try await tx.executeScript(file.sql, purpose: "migration \(file)")
                         try await tx.query(Self.recordApplied(file, by: appliedBy), purpose: "migrations: record \(file)")
+                        if !kindRecorded {
+                            kindRecorded = try await tx.query(Self.kindRecorded, purpose: "migrations: look for kinds").single().decode("present", as: Bool.self)
+                        }
+                        if kindRecorded, file.kind == .expand {
+                            try await tx.query(Self.recordKind(file), purpose: "migrations: record \(file)'s kind")
+                        }
                     }
                     // Announce on the event bus once the bus exists (engine 0002 creates it).
                     let bus = try await tx.query(Self.busExists, purpose: "migrations: look for the event bus").single()
@@ -164,6 +231,13 @@ public struct MigrationRunner: Sendable {
                 }
             } catch let error as RegentError where error.code == .notLeader {
                 throw error
+            } catch let error as PostgresError where error.sqlState == "55P03" {
+                throw RegentError(
+                    .migrationFailed,
+                    "migrating schema \(schema) waited more than \(lockTimeout.map { "\($0)" } ?? "the lock timeout") for a table lock "
+                        + "held by live traffic and gave up; nothing of it was applied: \(error.message)",
+                    hint: "nodes retry on their own; to apply it now, run `regent migrate` in a quieter moment "
+                        + "(it waits without a limit unless given --lock-timeout)")
             } catch {
                 throw RegentError(
                     .migrationFailed,
@@ -180,14 +254,18 @@ public struct MigrationRunner: Sendable {
         return ran
     }
 
-    /// Per schema: the applied version and the version this binary knows.
+    /// Per schema: the applied version, the version this binary knows, the floor, and the
+    /// contract migration waiting to be asked for.
     public func status(on connection: PostgresConnection, schemas: [String]) async throws -> [SchemaStatus] {
         let applied = try await applied(on: connection)
+        let held = (try? heldContracts(applied: applied, schemas: schemas)) ?? []
         return orderedSchemas(schemas).map { schema in
             SchemaStatus(
                 schema: schema,
                 appliedVersion: applied.filter { $0.schema == schema }.map(\.version).max() ?? 0,
-                knownVersion: catalog.latestVersion(of: schema))
+                knownVersion: catalog.latestVersion(of: schema),
+                floor: Self.floor(of: schema, in: applied),
+                heldContract: held.first { $0.schema == schema }?.version)
         }
     }
 }
@@ -197,5 +275,17 @@ public struct SchemaStatus: Sendable, Hashable, Codable {
     public let schema: String
     public let appliedVersion: Int
     public let knownVersion: Int
-    public var isCurrent: Bool { appliedVersion == knownVersion }
+    /// The oldest version a binary must know to run against the schema.
+    public var floor: Int = 0
+    /// This binary's first contract migration of the schema not applied yet (applied only by
+    /// `regent migrate --contract`).
+    public var heldContract: Int?
+
+    /// Nothing this binary would apply on its own is pending, and the binary may run against
+    /// the schema: it is at the binary's version, ahead of it by expand migrations (an older
+    /// binary in a rolling upgrade), or behind it only by held contract migrations.
+    public var isCurrent: Bool {
+        guard floor <= knownVersion else { return false }
+        return appliedVersion >= (heldContract.map { $0 - 1 } ?? knownVersion)
+    }
 }

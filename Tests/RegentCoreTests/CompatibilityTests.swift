@@ -1,0 +1,185 @@
+import Foundation
+import PostgresClient
+@testable import RegentCore
+import RegentTestSupport
+import Testing
+
+/// Rolling upgrades: expand and contract migrations, the compatibility floor, bounded lock
+/// waits, and what `regent migrate --plan` reads from a file.
+@Suite("Compatibility levels against a real server")
+struct CompatibilityTests {
+    static let engineFiles = MigrationCatalog.builtIn.migrations(for: "engine")
+
+    /// The built-in engine files and `demo` files 1...`upTo` of this release history:
+    /// 1 creates, 2 expands (a table), 3 expands (a nullable column), 4 contracts (drops the
+    /// table 2 made), 5 expands again.
+    static func catalog(demoUpTo: Int) -> MigrationCatalog {
+        let demo = [
+            Migration(schema: "demo", version: 1, name: "one", sql: "CREATE SCHEMA IF NOT EXISTS demo; CREATE TABLE demo.items (id int PRIMARY KEY);"),
+            Migration(schema: "demo", version: 2, name: "two", sql: "-- regent:expand\nCREATE TABLE demo.old_notes (id int);"),
+            Migration(schema: "demo", version: 3, name: "three", sql: "-- regent:expand\nALTER TABLE demo.items ADD COLUMN label text;"),
+            Migration(schema: "demo", version: 4, name: "four", sql: "-- regent:contract\nDROP TABLE demo.old_notes;"),
+            Migration(schema: "demo", version: 5, name: "five", sql: "-- regent:expand\nCREATE TABLE demo.more (id int);"),
+        ]
+        return MigrationCatalog(engineFiles + demo.prefix(demoUpTo))
+    }
+
+    static func runner(_ demoUpTo: Int, lockTimeout: Duration? = nil) -> MigrationRunner {
+        MigrationRunner(catalog: catalog(demoUpTo: demoUpTo), appliedBy: "release-\(demoUpTo)", lockTimeout: lockTimeout)
+    }
+
+    @Test func kindsAreReadFromTheFirstLineAndRecorded() async throws {
+        #expect(Self.catalog(demoUpTo: 5).migrations(for: "demo").map(\.kind) == [.contract, .expand, .expand, .contract, .expand])
+        #expect(Migration(schema: "x", version: 1, name: "x", sql: "--   regent:expand  \nSELECT 1").kind == .expand)
+        #expect(Migration(schema: "x", version: 1, name: "x", sql: "SELECT 1 -- regent:expand").kind == .contract)
+        // Every file before compatibility levels counts as contract; engine 0006 records kinds.
+        let engine = MigrationCatalog.builtIn.migrations(for: "engine")
+        #expect(engine.prefix(5).allSatisfy { $0.kind == .contract })
+        #expect(engine[5].kind == .expand && engine[5].name == "compatibility_levels")
+        try await TestDatabase.shared.withConnection { conn, _ in
+            try await Self.runner(3).migrate(on: conn, schemas: ["engine", "demo"])
+            let applied = try await Self.runner(3).applied(on: conn)
+            #expect(applied.filter { $0.schema == "demo" }.map(\.kind) == [.contract, .expand, .expand])
+            #expect(applied.first { $0.schema == "engine" && $0.version == 6 }?.kind == .expand)
+            #expect(applied.first { $0.schema == "engine" && $0.version == 1 }?.kind == .contract)
+            #expect(MigrationRunner.floor(of: "demo", in: applied) == 1)
+        }
+    }
+
+    /// The rollout: a newer binary expands the schema; the older binary still starts against it
+    /// (and finds it current); the contract waits until asked; after it, the older binary is
+    /// refused, naming the floor and what to run instead.
+    @Test func anOlderBinaryRunsUntilTheContractAndIsRefusedAfterIt() async throws {
+        try await TestDatabase.shared.withConnection { conn, _ in
+            let schemas = ["engine", "demo"]
+            #expect(try await Self.runner(2).migrate(on: conn, schemas: schemas).count == Self.engineFiles.count + 2)
+            // The new release (files up to 5) applies only the expand file before its contract.
+            let new = Self.runner(5)
+            #expect(try await new.plan(on: conn, schemas: schemas).map(\.version) == [3])
+            #expect(try await new.migrate(on: conn, schemas: schemas).map(\.version) == [3])
+            #expect(try await new.migrate(on: conn, schemas: schemas).isEmpty, "the contract is never applied unasked")
+            let newStatus = try #require(try await new.status(on: conn, schemas: schemas).last)
+            #expect(newStatus.appliedVersion == 3 && newStatus.heldContract == 4 && newStatus.floor == 1 && newStatus.isCurrent)
+            // The old release (up to 2) verifies, applies nothing, and finds the schema current.
+            let old = Self.runner(2)
+            let applied = try await old.applied(on: conn)
+            try old.verify(applied, schemas: schemas)
+            #expect(try await old.migrate(on: conn, schemas: schemas).isEmpty)
+            #expect(try await old.status(on: conn, schemas: schemas).allSatisfy(\.isCurrent))
+            // The operator contracts once every node runs the new release.
+            #expect(try await new.plan(on: conn, schemas: schemas, contract: true).map(\.version) == [4, 5])
+            #expect(try await new.migrate(on: conn, schemas: schemas, contract: true).map(\.version) == [4, 5])
+            #expect(MigrationRunner.floor(of: "demo", in: try await new.applied(on: conn)) == 4)
+            let gone = try await conn.query("SELECT to_regclass('demo.old_notes') IS NULL AS gone").single().decode("gone", as: Bool.self)
+            #expect(gone)
+            // Now the old release is refused at once, saying which version it needs.
+            let contracted = try await new.applied(on: conn)
+            for release in [2, 3] {
+                do {
+                    try Self.runner(release).verify(contracted, schemas: schemas)
+                    Issue.record("release \(release) must be refused below the floor")
+                } catch let error as RegentError {
+                    #expect(error.code == .databaseNewerThanBinary)
+                    #expect(error.message.contains("needs a binary that knows version 4 or later"), "\(error.message)")
+                    #expect(error.message.contains("only up to \(release)"))
+                    #expect(error.hint?.contains("0004") == true)
+                }
+                #expect(try await !Self.runner(release).status(on: conn, schemas: schemas).last!.isCurrent)
+            }
+            // A binary that knows the contract itself runs on.
+            try Self.runner(4).verify(try await new.applied(on: conn), schemas: schemas)
+        }
+    }
+
+    @Test func aSchemaCreatedFromNothingTakesItsContractsAtOnce() async throws {
+        try await TestDatabase.shared.withConnection { conn, _ in
+            let ran = try await Self.runner(5).migrate(on: conn, schemas: ["engine", "demo"])
+            #expect(ran.filter { $0.schema == "demo" }.map(\.version) == [1, 2, 3, 4, 5])
+        }
+    }
+
+    /// A node's migration never waits behind live traffic with every claim queued behind it:
+    /// past the lock timeout it gives up, changes nothing, says why, and succeeds later.
+    @Test func aMigrationGivesUpOnABusyTableAndChangesNothing() async throws {
+        let config = try await TestDatabase.shared.freshDatabase()
+        try await PostgresConnection.withConnection(config) { conn in
+            try await Self.runner(2).migrate(on: conn, schemas: ["engine", "demo"])
+            let traffic = try await PostgresConnection.connect(config)
+            try await traffic.query("BEGIN")
+            try await traffic.query("INSERT INTO demo.items (id) VALUES (1)")
+            let started = ContinuousClock.now
+            do {
+                try await Self.runner(3, lockTimeout: .milliseconds(300)).migrate(on: conn, schemas: ["engine", "demo"])
+                Issue.record("the ALTER TABLE must give up while a transaction holds the table")
+            } catch let error as RegentError {
+                #expect(error.code == .migrationFailed)
+                #expect(error.message.contains("waited more than") && error.message.contains("table lock"), "\(error.message)")
+            }
+            #expect(started.duration(to: .now) < .seconds(20))
+            let column = try await conn.query(
+                "SELECT count(*) AS n FROM information_schema.columns WHERE table_schema = 'demo' AND column_name = 'label'"
+            ).single().decode("n", as: Int.self)
+            #expect(column == 0)
+            #expect(try await Self.runner(3).applied(on: conn).filter { $0.schema == "demo" }.count == 2)
+            // Other sessions were never queued behind the migration: the traffic's own
+            // transaction goes on and commits.
+            try await traffic.query("INSERT INTO demo.items (id) VALUES (2)")
+            try await traffic.query("COMMIT")
+            await traffic.close()
+            #expect(try await Self.runner(3, lockTimeout: .milliseconds(300)).migrate(on: conn, schemas: ["engine", "demo"]).map(\.version) == [3])
+        }
+    }
+
+    @Test func theEffectsOfAFileAreReadFromItsStatements() {
+        let e = MigrationEffects.effects(of: """
+            -- ALTER TABLE in a comment is not a statement
+            CREATE TABLE workflow.fresh (id int);
+            CREATE INDEX fresh_idx ON workflow.fresh (id);
+            ALTER TABLE workflow.fresh ADD COLUMN y int;
+            CREATE FUNCTION workflow.f() RETURNS void LANGUAGE plpgsql AS $fn$
+            BEGIN ALTER TABLE workflow.ready ADD COLUMN z int; END $fn$;
+            CREATE INDEX CONCURRENTLY ready_x_idx ON workflow.ready (execution_id);
+            CREATE UNIQUE INDEX runs_y_idx ON ONLY workflow.runs (run_id);
+            ALTER TABLE workflow.executions ALTER COLUMN lane TYPE text, ADD COLUMN note text DEFAULT 'x;y';
+            ALTER TABLE IF EXISTS workflow.leases ADD COLUMN at timestamptz DEFAULT clock_timestamp();
+            ALTER TABLE workflow.attempts SET (fillfactor = 70);
+            ALTER TABLE workflow.runs ADD CONSTRAINT c CHECK (depth >= 0) NOT VALID;
+            ALTER TABLE workflow.runs VALIDATE CONSTRAINT c;
+            CREATE TRIGGER t AFTER UPDATE ON workflow.run_steps FOR EACH ROW EXECUTE FUNCTION workflow.f();
+            UPDATE workflow.packages SET x = 1 WHERE y = 2;
+            DELETE FROM engine.audit;
+            DROP TABLE IF EXISTS demo.a, demo.b CASCADE;
+            LOCK TABLE engine.events IN SHARE ROW EXCLUSIVE MODE;
+            """)
+        let described = e.map { "\($0.table) \($0.lock) \($0.rewrites ? "rewrite" : $0.scans ? "scan" : "-")" }
+        #expect(described == [
+            "workflow.ready SHARE UPDATE EXCLUSIVE scan",
+            "workflow.runs SHARE scan",
+            "workflow.executions ACCESS EXCLUSIVE rewrite",
+            "workflow.leases ACCESS EXCLUSIVE rewrite",
+            "workflow.attempts SHARE UPDATE EXCLUSIVE -",
+            "workflow.runs ACCESS EXCLUSIVE -",
+            "workflow.runs SHARE UPDATE EXCLUSIVE scan",
+            "workflow.run_steps SHARE ROW EXCLUSIVE -",
+            "workflow.packages ROW EXCLUSIVE -",
+            "engine.audit ROW EXCLUSIVE scan",
+            "demo.a ACCESS EXCLUSIVE -",
+            "demo.b ACCESS EXCLUSIVE -",
+            "engine.events SHARE ROW EXCLUSIVE -",
+        ], "\(described)")
+        // The history as the plan would print it: 0009 rewrote the queue's hot table.
+        let q9 = MigrationCatalog.builtIn.migrations(for: "workflow")[8]
+        #expect(q9.name == "queue_hot_path")
+        #expect(q9.effects.contains { $0.table == "workflow.executions" && $0.rewrites && $0.onHotTable })
+    }
+
+    /// The rule for every expand migration from now on: it never rewrites or scans a hot table
+    /// while holding a lock that blocks its traffic. (Those are done online, in pages, or as
+    /// a manual step with a runbook entry.)
+    @Test func noExpandMigrationRewritesOrScansAHotTableUnderABlockingLock() {
+        for file in MigrationCatalog.builtIn.migrations where file.kind == .expand {
+            let bad = file.effects.filter { $0.onHotTable && $0.blocksTraffic && ($0.rewrites || $0.scans) }
+            #expect(bad.isEmpty, "\(file): \(bad)")
+        }
+    }
+}
