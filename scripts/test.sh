@@ -24,6 +24,16 @@ else
   skips=(); for s in "${heavy[@]}" StarvationTests; do skips+=(--skip "$s"); done
   filters=(); for s in "${heavy[@]}"; do filters+=(--filter "$s"); done
   timeout --signal=TERM --kill-after=30 "${REGENT_TEST_TIMEOUT:-1800}" swift test --skip-build "${skips[@]}" || status=$?
+  # The upgrade drill (ProcessTests) rolls a cluster from the previous tagged release's binary to
+  # this build and back: build that binary once (kept in .build/previous/).
+  if previous="$(bash scripts/build-previous.sh)"; then
+    export REGENT_PREVIOUS_BINARY="$previous"
+  elif [ "${REGENT_REQUIRE_TOOLS:-0}" = 1 ]; then
+    echo "the previous release could not be built; the upgrade drill cannot run" >&2
+    status=1
+  else
+    echo "skipping the upgrade drill: the previous release could not be built (see above)" >&2
+  fi
   timeout --signal=TERM --kill-after=30 "${REGENT_TEST_TIMEOUT:-1800}" swift test --skip-build --no-parallel "${filters[@]}" || status=$?
   timeout --signal=TERM --kill-after=30 600 swift test --skip-build --filter StarvationTests || status=$?
   # The API contract: Schemathesis against docs/openapi.yaml and a real node (skipped, saying

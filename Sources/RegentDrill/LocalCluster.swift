@@ -8,6 +8,8 @@ package final class LocalCluster {
     package struct Node {
         package let name: String
         package let pid: pid_t
+        /// The binary it runs (the upgrade drill mixes two).
+        package var executable: String = ""
     }
 
     package let databaseURL: String
@@ -32,16 +34,21 @@ package final class LocalCluster {
         (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
     }
 
+    /// Starts a node on `executable` (default: the cluster's) with `arguments` after the usual ones.
     @discardableResult
-    package func spawn() throws -> Node {
+    package func spawn(executable: String? = nil, arguments: [String] = []) throws -> Node {
         counter += 1
         let name = "node\(counter)"
-        let argv = [executablePath, "serve", "--database-url", databaseURL, "--node-name", name] + extraArguments
+        let binary = executable ?? executablePath
+        let argv = [binary, "serve", "--database-url", databaseURL, "--node-name", name] + extraArguments + arguments
         let pid = try ChildProcess.spawn(argv, outputPath: "\(logDirectory)/\(name).log")
-        let node = Node(name: name, pid: pid)
+        let node = Node(name: name, pid: pid, executable: binary)
         nodes.append(node)
         return node
     }
+
+    /// The nodes running now, oldest first.
+    package var running: [Node] { nodes }
 
     package func node(pid: Int32) -> Node? { nodes.first { $0.pid == pid } }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import PostgresClient
+import RegentCore
 
 @main
 struct Regent: AsyncParsableCommand {
@@ -14,7 +15,7 @@ struct Regent: AsyncParsableCommand {
             housekeeping. Every command that touches the database takes --database-url, or reads \
             REGENT_DATABASE_URL.
             """,
-        version: "0.1.0",
+        version: Release.description,
         subcommands: [
             DemoCommand.self, ServeCommand.self, StatusCommand.self, MigrateCommand.self, ModulesCommand.self,
             EventsCommand.self, TokensCommand.self, WorkersCommand.self, LeasesCommand.self, ExecutionsCommand.self, PackagesCommand.self, RunsCommand.self, WorkerCommand.self, DrillCommand.self, BenchCommand.self,

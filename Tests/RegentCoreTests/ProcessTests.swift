@@ -138,6 +138,23 @@ struct FaultDrillTests {
         #expect(log.contains("invariants held: every run succeeded"), "\(log.suffix(2000))")
     }
 
+    /// The previous tagged release's binary (scripts/build-previous.sh; scripts/test.sh sets it).
+    static var previousRelease: String? {
+        ProcessInfo.processInfo.environment["REGENT_PREVIOUS_BINARY"].flatMap { FileManager.default.isExecutableFile(atPath: $0) ? $0 : nil }
+    }
+
+    @Test(.enabled(if: previousRelease != nil, "REGENT_PREVIOUS_BINARY is not set: bash scripts/build-previous.sh builds it (scripts/test.sh does)"))
+    func upgradeDrillRollsFromThePreviousReleaseAndBack() async throws {
+        let (code, log) = try await drill(["upgrade", "--from", try #require(Self.previousRelease), "--runs", "24"], timeout: .seconds(420))
+        #expect(code == 0, "\(log.suffix(4000))")
+        #expect(log.contains("invariants held through the rollout and the undo"), "\(log.suffix(3000))")
+        for step in ["the crashed old node comes back on the old binary", "rollout undo: the old binary against the new schema", "migrate --contract"] {
+            #expect(log.contains(step), "the timeline names: \(step)")
+        }
+        // The timeline, in CI's log.
+        if let start = log.range(of: "timeline:") { print(log[start.lowerBound...].prefix(4000)) }
+    }
+
     @Test func terminateAllDrillElectsAgain() async throws {
         let (code, log) = try await drill(["terminate-all", "--nodes", "3", "--rounds", "2"])
         #expect(code == 0, "\(log.suffix(3000))")
@@ -160,6 +177,8 @@ struct FaultDrillTests {
             (["workflows", "--runs", "10", "--cancels", "11"], "--cancels must be 0 to --runs (10), got 11"),
             (["workflows", "--batch", "0"], "--batch must be 1 to 100, got 0"),
             (["semantics", "--runs", "0"], "--runs must be 1 to 10000, got 0"),
+            (["upgrade", "--from", "/nonexistent/regent"], "--from /nonexistent/regent is not an executable file"),
+            (["upgrade", "--from", "/bin/true", "--runs", "2"], "--runs must be 3 to 3000, got 2"),
         ] {
             let (code, log) = try await drill(args, timeout: .seconds(20))
             #expect(code != nil && code != 0, "\(args) must fail")
