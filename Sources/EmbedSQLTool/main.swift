@@ -44,8 +44,8 @@ for schema in schemas {
         else { fail("sql/\(schema)/\(file): not readable as UTF-8") }
         // A kind line, when present, must name a kind: a typo must not make a file contract silently.
         let first = text.prefix { $0 != "\n" }.split(separator: " ")
-        if first.count >= 2, first[0] == "--", first[1].hasPrefix("regent:"), first[1] != "regent:expand", first[1] != "regent:contract" {
-            fail("sql/\(schema)/\(file): first line says \(first[1]); the kinds are regent:expand and regent:contract")
+        if first.count >= 2, first[0] == "--", first[1].hasPrefix("regent:"), !["regent:expand", "regent:contract", "regent:breaking"].contains(first[1]) {
+            fail("sql/\(schema)/\(file): first line says \(first[1]); the kinds are regent:expand, regent:contract and regent:breaking")
         }
         entries.append((schema, version, String(parts[1]), text))
     }

@@ -214,7 +214,8 @@ package struct UpgradeDrill {
         result.violations += try await WorkflowDrill.check(conn)
         result.violations += try await DrillInvariants.check(databaseURL: url)
         for row in try await MigrationRunner(appliedBy: "").applied(on: conn) where !before.contains("\(row.schema) \(row.version)") {
-            result.migrationsApplied.append("\(row.schema) \(zeroPadded(row.version))_\(row.name) (\(row.kind.rawValue), by \(row.appliedBy))")
+            let took = row.durationMs.map { String(format: ", %.1f ms", $0) } ?? ""
+            result.migrationsApplied.append("\(row.schema) \(zeroPadded(row.version))_\(row.name) (\(row.kind.rawValue)\(took), by \(row.appliedBy))")
         }
         let logText = ((try? FileManager.default.contentsOfDirectory(atPath: logs)) ?? []).filter { $0.hasSuffix(".log") }
             .compactMap { try? String(contentsOfFile: "\(logs)/\($0)", encoding: .utf8) }

@@ -29,19 +29,20 @@ struct CompatibilityTests {
     }
 
     @Test func kindsAreReadFromTheFirstLineAndRecorded() async throws {
-        #expect(Self.catalog(demoUpTo: 5).migrations(for: "demo").map(\.kind) == [.contract, .expand, .expand, .contract, .expand])
+        #expect(Self.catalog(demoUpTo: 5).migrations(for: "demo").map(\.kind) == [.breaking, .expand, .expand, .contract, .expand])
+        #expect(Migration(schema: "x", version: 1, name: "x", sql: "-- regent:breaking\nSELECT 1").kind == .breaking)
         #expect(Migration(schema: "x", version: 1, name: "x", sql: "--   regent:expand  \nSELECT 1").kind == .expand)
-        #expect(Migration(schema: "x", version: 1, name: "x", sql: "SELECT 1 -- regent:expand").kind == .contract)
-        // Every file before compatibility levels counts as contract; engine 0006 records kinds.
+        #expect(Migration(schema: "x", version: 1, name: "x", sql: "SELECT 1 -- regent:expand").kind == .breaking)
+        // Every file before compatibility levels counts as breaking; engine 0006 records kinds.
         let engine = MigrationCatalog.builtIn.migrations(for: "engine")
-        #expect(engine.prefix(5).allSatisfy { $0.kind == .contract })
+        #expect(engine.prefix(5).allSatisfy { $0.kind == .breaking })
         #expect(engine[5].kind == .expand && engine[5].name == "compatibility_levels")
         try await TestDatabase.shared.withConnection { conn, _ in
             try await Self.runner(3).migrate(on: conn, schemas: ["engine", "demo"])
             let applied = try await Self.runner(3).applied(on: conn)
-            #expect(applied.filter { $0.schema == "demo" }.map(\.kind) == [.contract, .expand, .expand])
+            #expect(applied.filter { $0.schema == "demo" }.map(\.kind) == [.breaking, .expand, .expand])
             #expect(applied.first { $0.schema == "engine" && $0.version == 6 }?.kind == .expand)
-            #expect(applied.first { $0.schema == "engine" && $0.version == 1 }?.kind == .contract)
+            #expect(applied.first { $0.schema == "engine" && $0.version == 1 }?.kind == .breaking)
             #expect(MigrationRunner.floor(of: "demo", in: applied) == 1)
         }
     }
@@ -88,6 +89,31 @@ struct CompatibilityTests {
             }
             // A binary that knows the contract itself runs on.
             try Self.runner(4).verify(try await new.applied(on: conn), schemas: schemas)
+        }
+    }
+
+    /// A breaking file (every file before compatibility levels) is applied by booting nodes,
+    /// as the binary shipping it needs it, and raises the floor at once.
+    @Test func aBreakingMigrationIsAppliedByNodesAndRaisesTheFloorAtOnce() async throws {
+        let files = [
+            Migration(schema: "demo", version: 1, name: "one", sql: "CREATE SCHEMA IF NOT EXISTS demo; CREATE TABLE demo.items (id int);"),
+            Migration(schema: "demo", version: 2, name: "two", sql: "-- regent:expand\nCREATE TABLE demo.b (id int);"),
+            Migration(schema: "demo", version: 3, name: "three", sql: "-- regent:breaking\nALTER TABLE demo.items RENAME COLUMN id TO item_id;"),
+        ]
+        let old = MigrationRunner(catalog: MigrationCatalog(Self.engineFiles + files.prefix(2)), appliedBy: "old")
+        let new = MigrationRunner(catalog: MigrationCatalog(Self.engineFiles + files), appliedBy: "new")
+        try await TestDatabase.shared.withConnection { conn, _ in
+            try await old.migrate(on: conn, schemas: ["engine", "demo"])
+            #expect(try await new.migrate(on: conn, schemas: ["engine", "demo"]).map(\.version) == [3])
+            let applied = try await new.applied(on: conn)
+            #expect(MigrationRunner.floor(of: "demo", in: applied) == 3)
+            #expect(applied.last { $0.schema == "demo" }?.kind == .breaking)
+            do {
+                try old.verify(applied, schemas: ["engine", "demo"])
+                Issue.record("a binary below a breaking migration must be refused")
+            } catch let error as RegentError {
+                #expect(error.code == .databaseNewerThanBinary)
+            }
         }
     }
 

@@ -267,7 +267,9 @@ struct EventBusTests {
             let runner = MigrationRunner(appliedBy: "test")
             try await runner.migrate(on: conn, schemas: ["engine"], target: MigrationTarget(schema: "engine", version: 3))
             for i in 1...3 { try await conn.query("SELECT engine.publish_event('before.upgrade', \(#"{"n": \#(i)}"#)::jsonb, NULL)") }
-            #expect(try await runner.migrate(on: conn, schemas: ["engine"]).map(\.description) == ["engine 0004_event_domains", "engine 0005_takeover_and_timelines"])
+            // 0004 and every engine file after it (named by prefix: engine files keep coming).
+            let ran = try await runner.migrate(on: conn, schemas: ["engine"]).map(\.description)
+            #expect(ran.first == "engine 0004_event_domains" && ran.count == MigrationCatalog.builtIn.latestVersion(of: "engine") - 3, "\(ran)")
             let kept = try await conn.query("SELECT topic, payload->>'n' AS n FROM engine.events WHERE topic <> 'migration.applied' ORDER BY id")
                 .map { "\(try $0.decode("topic", as: String.self))/\(try $0.decode("n", as: String.self))" }
             #expect(kept == ["before.upgrade/1", "before.upgrade/2", "before.upgrade/3"])

@@ -6,9 +6,9 @@ public struct Migration: Sendable, Hashable, CustomStringConvertible {
     public let sql: String
     /// SHA-256 of the file's text, recorded when it is applied.
     public let checksum: String
-    /// Whether binaries that know only the versions before it keep working once it is applied
-    /// (its first line says `-- regent:expand`), or not (`-- regent:contract`, and every file
-    /// without that line: the files written before compatibility levels existed).
+    /// What it does to binaries that know only the versions before it: its first line says
+    /// `-- regent:expand`, `-- regent:contract` or `-- regent:breaking`; a file without one
+    /// (every file written before compatibility levels existed) is breaking.
     public let kind: MigrationKind
 
     public init(schema: String, version: Int, name: String, sql: String) {
@@ -23,21 +23,34 @@ public struct Migration: Sendable, Hashable, CustomStringConvertible {
     public var description: String { "\(schema) \(zeroPadded4(version))_\(name)" }
 }
 
-/// Expand or contract (docs/operations.md, "Rolling upgrades").
+/// Expand, contract or breaking (docs/operations.md, "Rolling upgrades").
 public enum MigrationKind: String, Sendable, Hashable, Codable {
     /// Adds only: new tables, nullable (or defaulted) columns, new functions beside old ones,
     /// function bodies that keep their signature and behaviour. Binaries that know only the
-    /// earlier versions keep working against the schema after it.
+    /// earlier versions keep working against the schema after it. Applied by booting nodes.
     case expand
-    /// Removes or changes what earlier binaries use: after it, a binary must know at least
-    /// this version. Applied only when asked (`regent migrate --contract`), except on a
-    /// schema being created from nothing.
+    /// Removes what only earlier binaries use, once none runs: after it, a binary must know at
+    /// least this version (the floor), while the binary that ships it runs without it.
+    /// Applied only when asked (`regent migrate --contract`), except on a schema being
+    /// created from nothing.
     case contract
+    /// Needed by the binary that ships it and fatal to earlier ones: applied by booting nodes,
+    /// and it raises the floor at once, so a rollout must replace every node at once (stop
+    /// them all, then start the new ones). Every file written before compatibility levels
+    /// existed is one; new ones should be an expand now and a contract later instead.
+    case breaking
 
-    /// The kind a file's first line declares; contract when it declares none.
+    /// Whether binaries that know only the versions before it are refused once it is applied.
+    public var raisesFloor: Bool { self != .expand }
+
+    /// The kind a file's first line declares; breaking when it declares none.
     init(header sql: String) {
         let words = sql.prefix { $0 != "\n" }.split(separator: " ", omittingEmptySubsequences: true)
-        self = words.first == "--" && words.dropFirst().first == "regent:expand" ? .expand : .contract
+        guard words.first == "--", let declared = words.dropFirst().first, declared.hasPrefix("regent:") else {
+            self = .breaking
+            return
+        }
+        self = MigrationKind(rawValue: String(declared.dropFirst("regent:".count))) ?? .breaking
     }
 }
 
@@ -48,8 +61,10 @@ public struct AppliedMigration: Sendable, Hashable {
     public let name: String
     public let checksum: String
     public let appliedBy: String
-    /// Rows written before engine 0006 (which records kinds) count as contract.
-    public var kind: MigrationKind = .contract
+    /// Rows written before engine 0006 (which records kinds) count as breaking.
+    public var kind: MigrationKind = .breaking
+    /// How long the file took to apply (recorded from engine 0007 on).
+    public var durationMs: Double?
 }
 
 /// Every migration this binary knows, by schema.

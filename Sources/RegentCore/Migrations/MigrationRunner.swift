@@ -9,7 +9,7 @@ import PostgresClient
 /// - each schema's pending files run in one transaction with their
 ///   `engine.migrations` rows: all of them land, or none;
 /// - an applied file whose text changed is refused before anything runs, and so is a
-///   database whose compatibility floor (its newest applied contract migration) is above
+///   database whose compatibility floor (its newest applied contract or breaking migration) is above
 ///   what this binary knows; a database ahead of the binary by expand migrations only is
 ///   accepted (a rolling upgrade or a rollback in progress: docs/operations.md);
 /// - contract migrations are applied only when asked (`contract: true`), except on a
@@ -42,12 +42,21 @@ public struct MigrationRunner: Sendable {
     /// `kind` read through to_jsonb: the column exists from engine 0006 on, and this must read
     /// older databases too.
     static let listApplied: PostgresQuery =
-        "SELECT schema_name, version, name, checksum, applied_by, to_jsonb(m) ->> 'kind' AS kind FROM engine.migrations m ORDER BY schema_name, version"
-    static let kindRecorded: PostgresQuery = """
-        SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'engine.migrations'::regclass AND attname = 'kind' AND NOT attisdropped) AS present
+        """
+        SELECT schema_name, version, name, checksum, applied_by, to_jsonb(m) ->> 'kind' AS kind,
+               (to_jsonb(m) ->> 'duration_ms')::float8 AS duration_ms
+        FROM engine.migrations m ORDER BY schema_name, version
+        """
+    /// Which of the columns later engine files added exist yet (kind: 0006, duration_ms: 0007).
+    static let recordedColumns: PostgresQuery = """
+        SELECT coalesce(bool_or(attname = 'kind'), false) AS kind, coalesce(bool_or(attname = 'duration_ms'), false) AS duration
+        FROM pg_attribute WHERE attrelid = 'engine.migrations'::regclass AND attname IN ('kind', 'duration_ms') AND NOT attisdropped
         """
     static func recordKind(_ m: Migration) -> PostgresQuery {
         "UPDATE engine.migrations SET kind = \(m.kind.rawValue) WHERE schema_name = \(m.schema) AND version = \(m.version)"
+    }
+    static func recordDuration(_ m: Migration, ms: Double) -> PostgresQuery {
+        "UPDATE engine.migrations SET duration_ms = \(ms) WHERE schema_name = \(m.schema) AND version = \(m.version)"
     }
     static func setLockTimeout(_ ms: Int) -> PostgresQuery {
         "SELECT set_config('lock_timeout', \(String(ms)), true)"
@@ -82,14 +91,15 @@ public struct MigrationRunner: Sendable {
             AppliedMigration(
                 schema: try row.decode("schema_name"), version: try row.decode("version"), name: try row.decode("name"),
                 checksum: try row.decode("checksum"), appliedBy: try row.decode("applied_by"),
-                kind: MigrationKind(rawValue: try row.decodeOptional("kind", as: String.self) ?? "") ?? .contract)
+                kind: MigrationKind(rawValue: try row.decodeOptional("kind", as: String.self) ?? "") ?? .breaking,
+                durationMs: try row.decodeOptional("duration_ms", as: Double.self))
         }
     }
 
     /// The oldest version of `schema` a binary must know to run against `applied`: the newest
-    /// applied contract migration's version (0 when none).
+    /// applied contract or breaking migration's version (0 when none).
     public static func floor(of schema: String, in applied: [AppliedMigration]) -> Int {
-        applied.filter { $0.schema == schema && $0.kind == .contract }.map(\.version).max() ?? 0
+        applied.filter { $0.schema == schema && $0.kind.raisesFloor }.map(\.version).max() ?? 0
     }
 
     /// Checks what is applied against the binary: refuses a database whose compatibility
@@ -105,7 +115,7 @@ public struct MigrationRunner: Sendable {
                 throw RegentError(
                     .databaseNewerThanBinary,
                     "database schema \(schema) is at version \(newest) and needs a binary that knows version \(floor) or later "
-                        + "(its contract migration \(zeroPadded4(floor)) removed what older binaries use), but this binary knows only up to \(latest)",
+                        + "(its migration \(zeroPadded4(floor)) changed what older binaries use), but this binary knows only up to \(latest)",
                     hint: "run a regent release that knows \(schema) \(zeroPadded4(floor)) or later (see CHANGELOG.md); "
                         + "a database cannot go back below its floor except by restoring a backup")
             }
@@ -210,15 +220,21 @@ public struct MigrationRunner: Sendable {
                     if let lockTimeout {
                         try await tx.query(Self.setLockTimeout(max(1, Int(lockTimeout.milliseconds))), purpose: "migrations: bound lock waits")
                     }
-                    var kindRecorded = false
+                    var columns = (kind: false, duration: false)
                     for file in files {
+                        let began = ContinuousClock.now
                         try await tx.executeScript(file.sql, purpose: "migration \(file)")
+                        let took = began.duration(to: .now)
                         try await tx.query(Self.recordApplied(file, by: appliedBy), purpose: "migrations: record \(file)")
-                        if !kindRecorded {
-                            kindRecorded = try await tx.query(Self.kindRecorded, purpose: "migrations: look for kinds").single().decode("present", as: Bool.self)
+                        if !columns.duration {
+                            let row = try await tx.query(Self.recordedColumns, purpose: "migrations: look for kinds and durations").single()
+                            columns = (try row.decode("kind", as: Bool.self), try row.decode("duration", as: Bool.self))
                         }
-                        if kindRecorded, file.kind == .expand {
+                        if columns.kind, file.kind != .breaking {
                             try await tx.query(Self.recordKind(file), purpose: "migrations: record \(file)'s kind")
+                        }
+                        if columns.duration {
+                            try await tx.query(Self.recordDuration(file, ms: took.milliseconds), purpose: "migrations: record \(file)'s duration")
                         }
                     }
                     // Announce on the event bus once the bus exists (engine 0002 creates it).

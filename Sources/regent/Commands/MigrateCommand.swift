@@ -77,7 +77,7 @@ struct MigrateCommand: AsyncParsableCommand {
         var floors: [String: Int] = [:]
         return pending.map { file in
             let floor = floors[file.schema] ?? MigrationRunner.floor(of: file.schema, in: applied)
-            let after = file.kind == .contract ? file.version : floor
+            let after = file.kind.raisesFloor ? file.version : floor
             floors[file.schema] = after
             let effects = file.effects.filter(\.blocksTraffic)
             let locks = effects.isEmpty ? "none that block reads or writes" : effects.map { effect in
