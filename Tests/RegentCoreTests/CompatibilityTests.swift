@@ -44,6 +44,9 @@ struct CompatibilityTests {
             #expect(applied.first { $0.schema == "engine" && $0.version == 6 }?.kind == .expand)
             #expect(applied.first { $0.schema == "engine" && $0.version == 1 }?.kind == .breaking)
             #expect(MigrationRunner.floor(of: "demo", in: applied) == 1)
+            // From engine 0007 on, each file's duration is recorded (0007 itself included).
+            #expect(applied.first { $0.schema == "engine" && $0.version == 6 }?.durationMs == nil)
+            #expect(applied.filter { $0.schema == "demo" || ($0.schema == "engine" && $0.version >= 7) }.allSatisfy { ($0.durationMs ?? -1) >= 0 })
         }
     }
 
