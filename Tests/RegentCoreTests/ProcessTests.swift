@@ -65,9 +65,31 @@ struct ProcessTests {
         let code = await p.waitForExit(timeout: .seconds(20))
         if code == nil { p.signal(SIGKILL) }
         #expect(code != nil && code != 0)
-        #expect(p.log.contains("engine is at version 999 but this binary knows only up to"), "log:\n\(p.log)")
+        #expect(p.log.contains("engine is at version 999 and needs a binary that knows version 999 or later"), "log:\n\(p.log)")
+        #expect(p.log.contains("but this binary knows only up to \(MigrationCatalog.builtIn.latestVersion(of: "engine"))"), "log:\n\(p.log)")
         let rows = try await conn.query("SELECT count(*) AS n FROM engine.instances").single().decode("n", as: Int.self)
         #expect(rows == 0)
+        await conn.close()
+    }
+
+    /// `migrate --plan` names each file's kind, its blocking locks and the floor after it, and
+    /// changes nothing; `migrate` then prints the floors.
+    @Test func migratePlanShowsKindsLocksAndFloors() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary))
+        let db = try await TestDatabase.shared.freshDatabase()
+        let plan = try RegentProcess(["migrate", "--plan", "--database-url", db.conninfo], logPath: NSTemporaryDirectory() + "regent-test-\(getpid())-plan.log")
+        #expect(await plan.waitForExit(timeout: .seconds(30)) == 0, "\(plan.log)")
+        func line(_ file: String) -> String { plan.log.split(separator: "\n").first { $0.contains(file) }.map(String.init) ?? "" }
+        #expect(line("workflow 0009_queue_hot_path").contains(" breaking "), "\(plan.log)")
+        #expect(line("workflow 0009_queue_hot_path").contains("workflow.executions ACCESS EXCLUSIVE rewrite HOT"), "\(plan.log)")
+        #expect(line("engine 0007_migration_durations").contains(" expand "), "\(plan.log)")
+        let conn = try await PostgresConnection.connect(db)
+        #expect(try await conn.query("SELECT to_regclass('engine.migrations') IS NULL AS none").single().decode("none", as: Bool.self))
+        let run = try RegentProcess(["migrate", "--database-url", db.conninfo], logPath: NSTemporaryDirectory() + "regent-test-\(getpid())-migrate.log")
+        #expect(await run.waitForExit(timeout: .seconds(30)) == 0, "\(run.log)")
+        #expect(run.log.contains("floor"), "\(run.log)")
+        let floor = MigrationRunner.floor(of: "engine", in: try await MigrationRunner(appliedBy: "").applied(on: conn))
+        #expect(floor == 5, "engine 0006 and 0007 are expand: the floor stays at 0005")
         await conn.close()
     }
 
@@ -82,6 +104,7 @@ struct ProcessTests {
             (["serve", "--database-url", "postgres://u@127.0.0.1:1/x", "--fail-fast"], "cannot connect"),
             (["serve", "--database-url", "postgres://h:port/x"], "malformed database URL"),
             (["migrate", "--database-url", db.conninfo, "--target", "nosuch:1"], "unknown schema"),
+            (["migrate", "--database-url", db.conninfo, "--lock-timeout", "soon"], "invalid duration"),
             (["modules", "enable", "Bad;Name", "--database-url", db.conninfo], "invalid module name"),
             (["status"], "no database given"),
         ]
