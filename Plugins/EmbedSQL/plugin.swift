@@ -1,8 +1,9 @@
 import Foundation
 import PackagePlugin
 
-/// Compiles every `sql/<schema>/NNNN_name.sql` file of the package into a Swift
-/// source, so a running `regent` binary never needs the source tree.
+/// Compiles every `sql/<schema>/NNNN_name.sql` file of the package, and every function file
+/// `sql/<schema>/functions/<name>.sql`, into a Swift source, so a running `regent` binary
+/// never needs the source tree.
 @main
 struct EmbedSQL: BuildToolPlugin {
     func createBuildCommands(context: PluginContext, target: any Target) throws -> [Command] {
@@ -19,6 +20,14 @@ struct EmbedSQL: BuildToolPlugin {
                 inputs.append(dir)
                 for file in (try? fm.contentsOfDirectory(atPath: dir.path)) ?? [] where file.hasSuffix(".sql") {
                     inputs.append(dir.appending(path: file))
+                }
+                // The schema's function files (sql/<schema>/functions/<name>.sql).
+                let functions = dir.appending(path: "functions")
+                if fm.fileExists(atPath: functions.path) {
+                    inputs.append(functions)
+                    for file in (try? fm.contentsOfDirectory(atPath: functions.path)) ?? [] where file.hasSuffix(".sql") {
+                        inputs.append(functions.appending(path: file))
+                    }
                 }
             }
         }

@@ -1,6 +1,7 @@
 import Foundation
 
-// Reads sql/<schema>/NNNN_name.sql and writes a Swift file holding each file's text.
+// Reads sql/<schema>/NNNN_name.sql and sql/<schema>/functions/<name>.sql and writes a Swift
+// file holding each file's text.
 // Used by the EmbedSQL build plugin; refuses misnamed files so a typo fails the build.
 
 let args = CommandLine.arguments
@@ -25,6 +26,7 @@ func isIdentifier(_ s: String) -> Bool {
 }
 
 var entries: [(schema: String, version: Int, name: String, sql: String)] = []
+var functionFiles: [(schema: String, name: String, sql: String)] = []
 let schemas = ((try? fm.contentsOfDirectory(atPath: sqlDir.path)) ?? []).sorted()
 for schema in schemas {
     var isDir: ObjCBool = false
@@ -49,6 +51,15 @@ for schema in schemas {
         }
         entries.append((schema, version, String(parts[1]), text))
     }
+    // Function files: the live definition of each function, one home per function.
+    let functionsDir = sqlDir.appendingPathComponent(schema).appendingPathComponent("functions")
+    for file in ((try? fm.contentsOfDirectory(atPath: functionsDir.path)) ?? []).sorted() where file.hasSuffix(".sql") {
+        let stem = String(file.dropLast(4))
+        guard isIdentifier(stem) else { fail("sql/\(schema)/functions/\(file): name must be a lowercase identifier (the function's name)") }
+        guard let text = try? String(contentsOf: functionsDir.appendingPathComponent(file), encoding: .utf8)
+        else { fail("sql/\(schema)/functions/\(file): not readable as UTF-8") }
+        functionFiles.append((schema, stem, text))
+    }
     let versions = seen.sorted()
     if versions != Array(1...max(1, versions.count)) && !versions.isEmpty {
         fail("sql/\(schema): versions must be 1, 2, 3 … without gaps (found \(versions))")
@@ -67,6 +78,11 @@ out += "enum EmbeddedMigrations {\n"
 out += "    static let files: [(schema: String, version: Int, name: String, sql: String)] = [\n"
 for e in entries {
     out += "        (\"\(e.schema)\", \(e.version), \"\(e.name)\", \(literal(e.sql))),\n"
+}
+out += "    ]\n"
+out += "    static let functions: [(schema: String, name: String, sql: String)] = [\n"
+for f in functionFiles {
+    out += "        (\"\(f.schema)\", \"\(f.name)\", \(literal(f.sql))),\n"
 }
 out += "    ]\n}\n"
 do {

@@ -217,6 +217,12 @@ package struct UpgradeDrill {
             let took = row.durationMs.map { String(format: ", %.1f ms", $0) } ?? ""
             result.migrationsApplied.append("\(row.schema) \(zeroPadded(row.version))_\(row.name) (\(row.kind.rawValue)\(took), by \(row.appliedBy))")
         }
+        if try await conn.query("SELECT to_regclass('engine.function_files') IS NOT NULL AS p").single().decode("p", as: Bool.self) {
+            for row in try await conn.query("SELECT schema_name, binary_level, applied_by FROM engine.function_files ORDER BY schema_name") {
+                result.migrationsApplied.append(
+                    "\(try row.decode("schema_name", as: String.self)) function files (binary level \(try row.decode("binary_level", as: Int.self)), by \(try row.decode("applied_by", as: String.self)))")
+            }
+        }
         let logText = ((try? FileManager.default.contentsOfDirectory(atPath: logs)) ?? []).filter { $0.hasSuffix(".log") }
             .compactMap { try? String(contentsOfFile: "\(logs)/\($0)", encoding: .utf8) }
         result.lockGiveUps = logText.reduce(0) { $0 + $1.components(separatedBy: "for a table lock").count - 1 }

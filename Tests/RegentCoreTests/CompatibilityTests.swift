@@ -212,3 +212,110 @@ struct CompatibilityTests {
         }
     }
 }
+
+/// One home for each SQL function: `sql/<schema>/functions/<name>.sql` (docs/operations.md,
+/// "Where SQL functions live").
+@Suite("Function files against a real server")
+struct FunctionFileTests {
+    let allSchemas = MigrationCatalog.builtIn.schemas
+
+    /// Every SQL function of Regent's schemas has exactly one home, and every such file defines
+    /// a live function of its name; after a migration their checksum is recorded.
+    @Test func everyFunctionHasOneHomeAndTheAppliedFilesAreRecorded() async throws {
+        try await TestDatabase.shared.withConnection { conn, _ in
+            let runner = MigrationRunner(appliedBy: "test")
+            try await runner.migrate(on: conn, schemas: allSchemas)
+            let live = try await conn.query(
+                """
+                SELECT DISTINCT n.nspname AS schema, p.proname AS name FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                WHERE n.nspname = ANY (\(allSchemas)) ORDER BY 1, 2
+                """).map { "\(try $0.decode("schema", as: String.self)).\(try $0.decode("name", as: String.self))" }
+            let files = MigrationCatalog.builtIn.functionFiles
+            #expect(!live.isEmpty)
+            for function in live {
+                #expect(files.filter { "\($0.schema).\($0.name)" == function }.count == 1, "\(function) needs exactly one function file")
+            }
+            for file in files {
+                #expect(live.contains("\(file.schema).\(file.name)"), "\(file) defines no live function")
+                #expect(file.sql.contains("FUNCTION \(file.schema).\(file.name)("), "\(file) defines another function")
+            }
+            for schema in Set(files.map(\.schema)) {
+                let row = try await conn.query("SELECT checksum, binary_level FROM engine.function_files WHERE schema_name = \(schema)").single()
+                #expect(try row.decode("checksum", as: String.self) == MigrationCatalog.builtIn.functionsChecksum(of: schema), "\(schema)")
+                #expect(try row.decode("binary_level", as: Int.self) == MigrationCatalog.builtIn.latestVersion(of: schema))
+            }
+            #expect(try await runner.functionsPending(on: conn, schemas: allSchemas).isEmpty)
+            #expect(try await !runner.hasWork(on: conn, schemas: allSchemas))
+        }
+    }
+
+    /// Two binaries that know the same schema version must carry the same function files, or
+    /// their leaders would put back each other's definitions: a change to a schema's function
+    /// files comes with a new migration of that schema, and `functions/LEVEL` records it.
+    @Test func aFunctionFileChangeComesWithAMigration() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let catalog = MigrationCatalog.builtIn
+        for schema in Set(catalog.functionFiles.map(\.schema)).sorted() {
+            let path = root.appendingPathComponent("sql/\(schema)/functions/LEVEL").path
+            let recorded = (try? String(contentsOfFile: path, encoding: .utf8))?.split(whereSeparator: \.isWhitespace) ?? []
+            let expected = "\(catalog.latestVersion(of: schema)) \(catalog.functionsChecksum(of: schema) ?? "")"
+            guard recorded.count == 2, let version = Int(recorded[0]) else {
+                Issue.record("sql/\(schema)/functions/LEVEL must hold `VERSION CHECKSUM`; write: \(expected)")
+                continue
+            }
+            if String(recorded[1]) != catalog.functionsChecksum(of: schema) {
+                #expect(
+                    catalog.latestVersion(of: schema) > version,
+                    "sql/\(schema)/functions changed without a migration: add sql/\(schema)/\(catalog.latestVersion(of: schema) + 1)_… (an `-- regent:expand` file saying which functions changed), then write into LEVEL: VERSION CHECKSUM")
+                Issue.record("sql/\(schema)/functions/LEVEL is out of date; write: \(expected)")
+            }
+        }
+    }
+
+    /// A binary applies its function files once its migrations are in and it is at least as new
+    /// as the one that applied the recorded files; an older binary never puts back its own.
+    @Test func theNewestBinarysFilesWinAndAnOlderOneNeverPutsBackItsOwn() async throws {
+        try await TestDatabase.shared.withConnection { conn, _ in
+            try await MigrationRunner(appliedBy: "test").migrate(on: conn, schemas: allSchemas)
+            let builtIn = MigrationCatalog.builtIn
+            func catalog(marker: String, workflowFiles: Int) -> MigrationCatalog {
+                let workflow = builtIn.migrations(for: "workflow").prefix(workflowFiles)
+                let extra = workflowFiles > builtIn.latestVersion(of: "workflow")
+                    ? [Migration(schema: "workflow", version: workflowFiles, name: "newer", sql: "-- regent:expand\nSELECT 1;")] : []
+                return MigrationCatalog(
+                    builtIn.migrations.filter { $0.schema != "workflow" } + workflow + extra,
+                    functionFiles: builtIn.functionFiles.map { f in
+                        guard f.schema == "workflow", f.name == "notify_queue" else { return f }
+                        return FunctionFile(schema: f.schema, name: f.name, sql: f.sql.replacingOccurrences(of: "DECLARE\n", with: "DECLARE\n    -- \(marker)\n"))
+                    })
+            }
+            func definition() async throws -> String {
+                try await conn.query("SELECT pg_get_functiondef('workflow.notify_queue(text,text[])'::regprocedure) AS d").single().decode("d")
+            }
+            let latest = builtIn.latestVersion(of: "workflow")
+            // A newer binary: its migration, then its files, once.
+            let newer = MigrationRunner(catalog: catalog(marker: "newer body", workflowFiles: latest + 1), appliedBy: "newer")
+            #expect(try await newer.migrate(on: conn, schemas: allSchemas).map(\.version) == [latest + 1])
+            #expect(try await definition().contains("newer body"))
+            let at = try await conn.query("SELECT applied_at, applied_by, binary_level FROM engine.function_files WHERE schema_name = 'workflow'").single()
+            #expect(try at.decode("applied_by", as: String.self) == "newer" && at.decode("binary_level", as: Int.self) == latest + 1)
+            #expect(try await newer.migrate(on: conn, schemas: allSchemas).isEmpty)
+            let again = try await conn.query("SELECT applied_at FROM engine.function_files WHERE schema_name = 'workflow'").single()
+            #expect(try again.decode("applied_at", as: Date.self) == at.decode("applied_at", as: Date.self), "unchanged: not applied again")
+            // The previous release (this build's files) runs against it and leaves them alone.
+            let older = MigrationRunner(catalog: catalog(marker: "older body", workflowFiles: latest), appliedBy: "older")
+            try older.verify(try await older.applied(on: conn), schemas: allSchemas)
+            #expect(try await older.functionsPending(on: conn, schemas: ["workflow"]).isEmpty)
+            #expect(try await older.migrate(on: conn, schemas: allSchemas).isEmpty)
+            #expect(try await definition().contains("newer body"))
+            // A binary whose own migrations are not all applied yet waits for them first.
+            let base = catalog(marker: "ahead body", workflowFiles: latest + 1)
+            let ahead = MigrationRunner(catalog: MigrationCatalog(
+                base.migrations + [Migration(schema: "workflow", version: latest + 2, name: "more", sql: "-- regent:expand\nSELECT 2;")],
+                functionFiles: base.functionFiles), appliedBy: "ahead")
+            #expect(try await ahead.functionsPending(on: conn, schemas: ["workflow"]).isEmpty, "its own migration comes first")
+            #expect(try await ahead.migrate(on: conn, schemas: allSchemas).map(\.version) == [latest + 2])
+            #expect(try await definition().contains("ahead body"))
+        }
+    }
+}

@@ -2,8 +2,8 @@ import Foundation
 import Logging
 import PostgresClient
 
-/// Applies pending migrations of every enabled module's schema, fenced, on election and
-/// whenever an operator enables a module (it looks every `interval`).
+/// Applies pending migrations of every enabled module's schema, and then changed function
+/// files, fenced, on election and whenever an operator enables a module (it looks every `interval`).
 public struct ModuleMigrationDuty: LeaderDuty {
     public let name = "module-migrations"
     let pool: ConnectionPool
@@ -20,7 +20,7 @@ public struct ModuleMigrationDuty: LeaderDuty {
         try await pool.withConnection { conn in
             let schemas = try await ModuleRegistry().enabledSchemas(on: conn)
             let runner = MigrationRunner(appliedBy: AuditActor.instance(fence.instanceID).description, lockTimeout: MigrationRunner.nodeLockTimeout)
-            guard try await !runner.plan(on: conn, schemas: schemas).isEmpty else { return [] }
+            guard try await runner.hasWork(on: conn, schemas: schemas) else { return [] }
             return try await runner.migrate(on: conn, schemas: schemas, fence: { try await fence.check($0) })
         }
     }

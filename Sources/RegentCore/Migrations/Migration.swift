@@ -54,6 +54,23 @@ public enum MigrationKind: String, Sendable, Hashable, Codable {
     }
 }
 
+/// The live definition of one SQL function (its overloads too): `sql/<schema>/functions/<name>.sql`,
+/// `CREATE OR REPLACE` statements applied after the schema's migrations (docs/operations.md,
+/// "Where SQL functions live").
+public struct FunctionFile: Sendable, Hashable, CustomStringConvertible {
+    public let schema: String
+    public let name: String
+    public let sql: String
+
+    public init(schema: String, name: String, sql: String) {
+        self.schema = schema
+        self.name = name
+        self.sql = sql
+    }
+
+    public var description: String { "\(schema) functions/\(name).sql" }
+}
+
 /// A row of `engine.migrations`.
 public struct AppliedMigration: Sendable, Hashable {
     public let schema: String
@@ -70,14 +87,28 @@ public struct AppliedMigration: Sendable, Hashable {
 /// Every migration this binary knows, by schema.
 public struct MigrationCatalog: Sendable {
     public let migrations: [Migration]
+    /// The function files, by schema then name.
+    public let functionFiles: [FunctionFile]
 
-    public init(_ migrations: [Migration]) {
+    public init(_ migrations: [Migration], functionFiles: [FunctionFile] = []) {
         self.migrations = migrations.sorted { ($0.schema, $0.version) < ($1.schema, $1.version) }
+        self.functionFiles = functionFiles.sorted { ($0.schema, $0.name) < ($1.schema, $1.name) }
     }
 
     /// The files under `sql/`, embedded at build time.
     public static let builtIn = MigrationCatalog(
-        EmbeddedMigrations.files.map { Migration(schema: $0.schema, version: $0.version, name: $0.name, sql: $0.sql) })
+        EmbeddedMigrations.files.map { Migration(schema: $0.schema, version: $0.version, name: $0.name, sql: $0.sql) },
+        functionFiles: EmbeddedMigrations.functions.map { FunctionFile(schema: $0.schema, name: $0.name, sql: $0.sql) })
+
+    public func functionFiles(for schema: String) -> [FunctionFile] { functionFiles.filter { $0.schema == schema } }
+
+    /// One checksum over a schema's function files (names and texts, in name order): what
+    /// `engine.function_files` records once they are applied. nil when the schema has none.
+    public func functionsChecksum(of schema: String) -> String? {
+        let files = functionFiles(for: schema)
+        guard !files.isEmpty else { return nil }
+        return SHA256.hex(files.map { "\($0.name)\n\($0.sql)" }.joined(separator: "\n\u{0}\n"))
+    }
 
     public var schemas: [String] { Array(Set(migrations.map(\.schema))).sorted() }
 

@@ -140,6 +140,15 @@ public struct MigrationRunner: Sendable {
         return try pending(applied: applied, schemas: schemas, target: target, contract: contract)
     }
 
+    /// Whether `migrate` has anything to do for `schemas`: a migration (held contracts aside)
+    /// or function files to apply. Two short statements when there is nothing (the leader asks
+    /// every couple of seconds).
+    public func hasWork(on connection: PostgresConnection, schemas: [String]) async throws -> Bool {
+        let applied = try await applied(on: connection)
+        if try !pending(applied: applied, schemas: schemas, target: nil).isEmpty { return true }
+        return try await !functionsPending(on: connection, schemas: schemas, applied: applied).isEmpty
+    }
+
     func pending(
         applied: [AppliedMigration], schemas requested: [String], target: MigrationTarget?, contract: Bool = false
     ) throws(RegentError) -> [Migration] {
@@ -267,7 +276,76 @@ public struct MigrationRunner: Sendable {
             }
             ran += files
         }
+        if target == nil { try await applyFunctionFiles(on: connection, schemas: schemas, fence: fence) }
         return ran
+    }
+
+    /// The schemas among `schemas` whose function files this binary should apply now: its files
+    /// differ from the recorded ones; it is at least as new as the binary that applied those
+    /// (`binary_level`), so an older binary never puts back older definitions; and its own
+    /// migrations of the schema are applied (held contracts aside), as its functions may use them.
+    /// `applied`: the rows of `engine.migrations` when the caller read them already.
+    public func functionsPending(
+        on connection: PostgresConnection, schemas: [String], applied known: [AppliedMigration]? = nil
+    ) async throws -> [String] {
+        var recorded: [String: (checksum: String, level: Int)] = [:]
+        do {
+            for row in try await connection.query(
+                "SELECT schema_name, checksum, binary_level FROM engine.function_files", purpose: "migrations: function files applied")
+            {
+                recorded[try row.decode("schema_name")] = (try row.decode("checksum"), try row.decode("binary_level"))
+            }
+        } catch let error as PostgresError where error.sqlState == "42P01" {
+            return []  // engine 0008 not applied yet: the migrations come first
+        }
+        let applied: [AppliedMigration]
+        if let known { applied = known } else { applied = try await self.applied(on: connection) }
+        let held = try heldContracts(applied: applied, schemas: schemas)
+        return orderedSchemas(schemas).filter { schema in
+            guard let checksum = catalog.functionsChecksum(of: schema) else { return false }
+            let latest = catalog.latestVersion(of: schema)
+            let version = applied.filter { $0.schema == schema }.map(\.version).max() ?? 0
+            let needed = held.first { $0.schema == schema }.map { $0.version - 1 } ?? latest
+            guard version >= needed, let current = recorded[schema] else { return version >= needed }
+            return current.checksum != checksum && latest >= current.level
+        }
+    }
+
+    /// Applies each pending schema's function files (`CREATE OR REPLACE`), in one transaction
+    /// per schema with its record, fenced and lock-bounded like the migrations.
+    private func applyFunctionFiles(
+        on connection: PostgresConnection, schemas: [String], fence: (@Sendable (PostgresConnection) async throws -> Void)?
+    ) async throws {
+        for schema in try await functionsPending(on: connection, schemas: schemas) {
+            let files = catalog.functionFiles(for: schema)
+            guard let checksum = catalog.functionsChecksum(of: schema) else { continue }
+            do {
+                try await connection.withTransaction { tx in
+                    if let fence { try await fence(tx) }
+                    if let lockTimeout {
+                        try await tx.query(Self.setLockTimeout(max(1, Int(lockTimeout.milliseconds))), purpose: "function files: bound lock waits")
+                    }
+                    // A file may call a function another file (later in name order) defines.
+                    try await tx.query("SELECT set_config('check_function_bodies', 'off', true)", purpose: "function files: defer body checks")
+                    for file in files { try await tx.executeScript(file.sql, purpose: "function file \(file)") }
+                    try await tx.query(
+                        """
+                        INSERT INTO engine.function_files (schema_name, checksum, binary_level, applied_by)
+                        VALUES (\(schema), \(checksum), \(catalog.latestVersion(of: schema)), \(appliedBy))
+                        ON CONFLICT (schema_name) DO UPDATE
+                        SET checksum = EXCLUDED.checksum, binary_level = EXCLUDED.binary_level, applied_by = EXCLUDED.applied_by,
+                            applied_at = clock_timestamp()
+                        """, purpose: "function files: record \(schema)")
+                }
+            } catch let error as RegentError where error.code == .notLeader {
+                throw error
+            } catch {
+                throw RegentError(
+                    .migrationFailed, "applying the function files of schema \(schema) failed, none was applied: \(error)",
+                    hint: "fix the file named and run `regent migrate` again; nodes retry on their own")
+            }
+            logger.info("function files applied", metadata: ["schema": "\(schema)", "files": "\(files.count)"])
+        }
     }
 
     /// Per schema: the applied version, the version this binary knows, the floor, and the

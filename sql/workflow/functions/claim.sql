@@ -1,0 +1,67 @@
+-- workflow.claim: its live definitions, the one home of this function (docs/operations.md,
+-- "Where SQL functions live"). Change it here; a new signature also needs a migration that
+-- drops the old one once no running binary calls it.
+-- History: sql/workflow/0004_queue.sql, sql/workflow/0007_run_engine.sql, sql/workflow/0009_queue_hot_path.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0013_hot_path_cost.sql.
+
+CREATE OR REPLACE FUNCTION workflow.claim(p_namespace text, p_worker text, p_lanes text[], p_capabilities text[], p_lease_ms bigint, p_limit integer)
+ RETURNS TABLE(alive boolean, execution_id uuid, lane text, attempt_index integer, lease_epoch bigint, payload text, lease_expires_at timestamp with time zone, run_id text, step text, package_hash text)
+ LANGUAGE sql
+AS $function$
+    SELECT * FROM workflow.claim(p_namespace, p_worker, p_lanes, p_capabilities, p_lease_ms, p_limit, NULL::text)
+$function$;
+
+CREATE OR REPLACE FUNCTION workflow.claim(p_namespace text, p_worker text, p_lanes text[], p_capabilities text[], p_lease_ms bigint, p_limit integer, p_token text)
+ RETURNS TABLE(alive boolean, execution_id uuid, lane text, attempt_index integer, lease_epoch bigint, payload text, lease_expires_at timestamp with time zone, run_id text, step text, package_hash text)
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+ SET plan_cache_mode TO 'force_generic_plan'
+AS $function$
+-- Locks: ready (SKIP LOCKED) → executions; then inserts attempts and leases.
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH alive AS (
+        SELECT EXISTS (
+            SELECT 1 FROM workflow.workers w
+            WHERE w.namespace = p_namespace AND w.worker_instance_id = p_worker AND NOT w.dead AND w.expires_at > now()
+              AND (p_token IS NULL OR w.token_id = p_token)) AS ok
+    ), picked AS (
+        SELECT r.rid, r.execution_id FROM unnest(p_lanes) AS l(lane)
+        CROSS JOIN LATERAL (
+            SELECT q.ctid AS rid, q.execution_id, q.priority, q.run_at FROM workflow.ready q
+            WHERE q.namespace = p_namespace AND q.lane = l.lane AND q.run_at <= now() AND q.required_capabilities <@ p_capabilities
+            ORDER BY q.priority, q.run_at, q.execution_id
+            LIMIT p_limit
+            FOR UPDATE SKIP LOCKED
+        ) AS r
+        WHERE (SELECT ok FROM alive)
+        ORDER BY r.priority, r.run_at, r.execution_id
+        LIMIT p_limit
+    ), taken AS (
+        DELETE FROM workflow.ready q WHERE q.ctid = ANY (ARRAY(SELECT rid FROM picked)) RETURNING q.execution_id
+    ), claimed AS (
+        UPDATE workflow.executions e
+        SET state = 'running', attempts = e.attempts + 1, lease_epoch = e.lease_epoch + 1, updated_at = now()
+        FROM taken t WHERE e.execution_id = t.execution_id AND e.state = 'queued'
+        RETURNING e.execution_id, e.namespace, e.lane, e.attempts, e.lease_epoch, e.payload, e.step_id,
+                  COALESCE(p_lease_ms, e.step_lease_ms, 30000) AS lease_ms
+    ), attempt AS (
+        INSERT INTO workflow.attempts AS a (execution_id, attempt_index, lease_epoch, worker_instance_id, state, lease_expires_at, lease_ms)
+        SELECT c.execution_id, c.attempts, c.lease_epoch, p_worker, 'leased', now() + c.lease_ms * interval '1 millisecond', c.lease_ms
+        FROM claimed c
+    ), leased AS (
+        INSERT INTO workflow.leases AS s (execution_id, namespace, attempt_index, lease_epoch, worker_instance_id, lease_expires_at, lease_ms, token_id)
+        SELECT c.execution_id, c.namespace, c.attempts, c.lease_epoch, p_worker, now() + c.lease_ms * interval '1 millisecond', c.lease_ms, p_token
+        FROM claimed c
+        RETURNING s.execution_id, s.lease_expires_at
+    )
+    SELECT a.ok, c.execution_id, c.lane::text, c.attempts, c.lease_epoch,
+           CASE WHEN c.step_id IS NULL THEN c.payload::text ELSE (c.payload || workflow.step_payload(c.step_id))::text END,
+           l.lease_expires_at,
+           CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'run_id' END,
+           CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'step' END,
+           CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'package_hash' END
+    FROM alive a LEFT JOIN (claimed c JOIN leased l ON l.execution_id = c.execution_id) ON true
+    ORDER BY c.execution_id;
+END
+$function$;

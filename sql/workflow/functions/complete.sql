@@ -1,0 +1,102 @@
+-- workflow.complete: its live definitions, the one home of this function (docs/operations.md,
+-- "Where SQL functions live"). Change it here; a new signature also needs a migration that
+-- drops the old one once no running binary calls it.
+-- History: sql/workflow/0004_queue.sql, sql/workflow/0007_run_engine.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0013_hot_path_cost.sql.
+--
+-- Completion bound to the lease's holder (see held_items). Plain executions, then step
+-- executions with their run rows locked first.
+
+CREATE OR REPLACE FUNCTION workflow.complete(p_items jsonb)
+ RETURNS TABLE(execution_id uuid)
+ LANGUAGE sql
+AS $function$
+    SELECT * FROM workflow.complete(p_items, NULL::text)
+$function$;
+
+CREATE OR REPLACE FUNCTION workflow.complete(p_items jsonb, p_token text)
+ RETURNS TABLE(execution_id uuid)
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+ SET plan_cache_mode TO 'force_generic_plan'
+AS $function$
+-- Locks: plain executions → leases → attempts; then runs (run_id order) → step executions →
+-- leases → attempts → (trigger) run_steps. Holding a plain execution while waiting for a run
+-- row cannot close a cycle: nothing that holds a run row waits for a plain execution.
+#variable_conflict use_column
+DECLARE
+    v_count bigint;
+    v_steps uuid[];
+    v_final boolean;
+BEGIN
+    IF p_token IS NOT NULL OR p_items @? '$[*].worker' THEN
+        p_items := workflow.held_items(p_items, p_token);
+    END IF;
+    -- Plain executions first, unless every item names its run (`run_id`, as the claim gave it:
+    -- a step's worker saves the statement). An item that names a run but is a plain execution
+    -- is not completed by the step statement: it is reported stale.
+    IF p_items @? '$[*] ? (!(exists(@.run_id ? (@.type() == "string"))))' THEN
+        RETURN QUERY
+        WITH input AS (
+            SELECT * FROM jsonb_to_recordset(p_items) AS i(execution_id uuid, epoch bigint, result jsonb, cost jsonb)
+        ), done AS (
+            UPDATE workflow.executions e
+            SET state = 'completed', result = i.result, cost = i.cost, updated_at = now(), finished_at = now()
+            FROM input i
+            WHERE e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running' AND e.step_id IS NULL
+            RETURNING e.execution_id, e.namespace, e.unique_key
+        ), unleased AS (
+            DELETE FROM workflow.leases l USING done d WHERE l.execution_id = d.execution_id RETURNING l.execution_id, l.attempt_index
+        ), ended AS (
+            UPDATE workflow.attempts a SET state = 'completed', ended_at = now()
+            FROM unleased u WHERE a.execution_id = u.execution_id AND a.attempt_index = u.attempt_index
+        ), unkeyed AS (
+            DELETE FROM workflow.unique_keys k USING done d
+            WHERE d.unique_key IS NOT NULL AND k.namespace = d.namespace AND k.unique_key = d.unique_key AND k.execution_id = d.execution_id
+        )
+        SELECT d.execution_id FROM done d;
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        IF v_count = jsonb_array_length(p_items) THEN RETURN; END IF;
+    ELSIF jsonb_array_length(p_items) = 0 THEN
+        RETURN;
+    END IF;
+
+    -- Step executions (they never carry a unique key).
+    WITH input AS (
+        SELECT * FROM jsonb_to_recordset(p_items) AS i(execution_id uuid, epoch bigint, result jsonb, cost jsonb)
+    ), runs_locked AS (
+        -- Lock order: the run rows of the batch's step executions, in run_id order, before any
+        -- of them (an uncorrelated condition of the update: evaluated once, before its scan).
+        SELECT r.run_id, r.state FROM workflow.runs r
+        WHERE r.run_id = ANY (ARRAY(
+            SELECT COALESCE(x.run_id, x.payload ->> 'run_id') FROM workflow.executions x
+            WHERE x.execution_id = ANY (ARRAY(SELECT (j ->> 'execution_id')::uuid FROM jsonb_array_elements(p_items) AS j))
+              AND x.step_id IS NOT NULL))
+        ORDER BY r.run_id
+        FOR UPDATE OF r
+    ), done AS (
+        UPDATE workflow.executions e
+        SET state = 'completed', result = i.result, cost = i.cost, updated_at = now(), finished_at = now()
+        FROM input i
+        WHERE (SELECT count(*) FROM runs_locked) >= 0
+          AND e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running' AND e.step_id IS NOT NULL
+        RETURNING e.execution_id, COALESCE(e.run_id, e.payload ->> 'run_id') AS run_id
+    ), unleased AS (
+        DELETE FROM workflow.leases l USING done d WHERE l.execution_id = d.execution_id RETURNING l.execution_id, l.attempt_index
+    ), ended AS (
+        UPDATE workflow.attempts a SET state = 'completed', ended_at = now()
+        FROM unleased u WHERE a.execution_id = u.execution_id AND a.attempt_index = u.attempt_index
+    )
+    SELECT array_agg(d.execution_id), count(DISTINCT d.run_id) = count(*) AND (SELECT bool_and(r.state = 'running') FROM runs_locked r)
+    INTO v_steps, v_final FROM done d;
+    IF v_steps IS NULL THEN RETURN; END IF;
+    -- Each run once in the batch and running when locked: no trigger of this statement can
+    -- have fenced another's completion (a finish fences only its own run's executions, and a
+    -- completed one only through its own trigger when its run had finished before). Otherwise
+    -- the triggers may have: what a sibling's finish fenced is no longer completed.
+    IF v_final THEN
+        FOREACH execution_id IN ARRAY v_steps LOOP RETURN NEXT; END LOOP;
+    ELSE
+        RETURN QUERY SELECT e.execution_id FROM workflow.executions e WHERE e.execution_id = ANY (v_steps) AND e.state = 'completed';
+    END IF;
+END
+$function$;

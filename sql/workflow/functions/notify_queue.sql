@@ -1,0 +1,21 @@
+-- workflow.notify_queue: its live definition, the one home of this function (docs/operations.md,
+-- "Where SQL functions live"). Change it here; a new signature also needs a migration that
+-- drops the old one once no running binary calls it.
+-- History: sql/workflow/0012_lock_order_and_trust.sql.
+--
+-- Every queue notification is built here: `<namespace> <lane> <lane> …`, or `<namespace> *`
+-- when that would not fit in a notification's 8000 bytes (a waiter on `*` claims in all its lanes).
+
+CREATE OR REPLACE FUNCTION workflow.notify_queue(p_namespace text, p_lanes text[])
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_payload text;
+BEGIN
+    IF p_lanes IS NULL OR cardinality(p_lanes) = 0 THEN RETURN; END IF;
+    v_payload := p_namespace || ' ' || array_to_string(ARRAY(SELECT DISTINCT l FROM unnest(p_lanes) AS l ORDER BY l), ' ');
+    IF octet_length(v_payload) > 7000 THEN v_payload := p_namespace || ' *'; END IF;
+    PERFORM pg_notify('regent_queue', v_payload);
+END
+$function$;
