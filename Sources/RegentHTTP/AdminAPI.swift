@@ -1,6 +1,7 @@
 import CoreMetrics
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import Logging
 import PostgresClient
 import Prometheus
@@ -152,15 +153,16 @@ public struct AdminAPI: Sendable {
         try await application(host: host, port: port).runService(gracefulShutdownSignals: [])
     }
 
-    /// An application serving the API on `host:port`.
-    public func application(host: String, port: Int, logger: Logger = Logger(label: "regent.http")) -> some ApplicationProtocol {
+    /// An application serving the API on `host:port`, over HTTPS when `tls` is given.
+    public func application(host: String, port: Int, tls: AdminTLS? = nil, logger: Logger = Logger(label: "regent.http")) -> some ApplicationProtocol {
         let connections = self.connections
         let idle = options.idleTimeout.components
+        let http1 = HTTP1Channel.Configuration(
+            additionalChannelHandlers: [connections.handler(), CloseAfterRefusal()],
+            idleTimeout: .nanoseconds(idle.seconds * 1_000_000_000 + idle.attoseconds / 1_000_000_000))
         return Application(
             router: router(),
-            server: .http1(configuration: .init(
-                additionalChannelHandlers: [connections.handler(), CloseAfterRefusal()],
-                idleTimeout: .nanoseconds(idle.seconds * 1_000_000_000 + idle.attoseconds / 1_000_000_000))),
+            server: tls.map { $0.serverBuilder(http1) } ?? .http1(configuration: http1),
             configuration: .init(address: .hostname(host, port: port), serverName: "regent"), logger: logger)
     }
 

@@ -1,6 +1,7 @@
 import EmbeddedPostgres
 import Foundation
 import PostgresClient
+import RegentTestSupport
 import Testing
 
 /// Verified TLS to PostgreSQL (issue 28): libpq does the TLS; these tests prove that a
@@ -9,51 +10,8 @@ import Testing
 /// run with `openssl` (never committed).
 @Suite("TLS to PostgreSQL", .serialized)
 struct TLSTests {
-    static let openssl = ["/usr/bin/openssl", "/bin/openssl"].first { FileManager.default.isExecutableFile(atPath: $0) }
-
-    /// A CA, a server certificate it signed for IP 127.0.0.1 only, and a second, unrelated CA.
-    struct Certificates {
-        let directory: String
-        var ca: String { directory + "/ca.crt" }
-        var otherCA: String { directory + "/other-ca.crt" }
-        var cert: String { directory + "/server.crt" }
-        var key: String { directory + "/server.key" }
-
-        init() throws {
-            directory = NSTemporaryDirectory() + "regent-tls-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: directory)
-            let d = directory
-            try Self.run(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", d + "/ca.key", "-out", d + "/ca.crt", "-days", "2",
-                          "-subj", "/CN=regent test CA"])
-            try Self.run(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", d + "/other-ca.key", "-out", d + "/other-ca.crt", "-days", "2",
-                          "-subj", "/CN=another CA"])
-            try Self.run(["req", "-newkey", "rsa:2048", "-nodes", "-keyout", d + "/server.key", "-out", d + "/server.csr", "-subj", "/CN=127.0.0.1"])
-            try "subjectAltName=IP:127.0.0.1\n".write(toFile: d + "/san.ext", atomically: true, encoding: .utf8)
-            try Self.run(["x509", "-req", "-in", d + "/server.csr", "-CA", d + "/ca.crt", "-CAkey", d + "/ca.key", "-CAcreateserial",
-                          "-out", d + "/server.crt", "-days", "2", "-extfile", d + "/san.ext"])
-        }
-
-        /// The server's key must be its user's and private (PostgreSQL refuses it otherwise).
-        func handOver(to user: String?) throws {
-            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: key)
-            guard let user, let pw = getpwnam(user) else { return }
-            for path in [key, cert] { chown(path, pw.pointee.pw_uid, pw.pointee.pw_gid) }
-        }
-
-        func remove() { try? FileManager.default.removeItem(atPath: directory) }
-
-        static func run(_ args: [String]) throws {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: TLSTests.openssl!)
-            p.arguments = args
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            p.waitUntilExit()
-            guard p.terminationStatus == 0 else { throw EmbeddedPostgresError("openssl \(args.prefix(2).joined(separator: " ")) failed") }
-        }
-    }
+    static let openssl = TestCertificates.openssl
+    typealias Certificates = TestCertificates
 
     @Test(.enabled(if: TLSTests.openssl != nil, "openssl is not installed (apt-get install openssl)"))
     func verifyFullReachesTheRightServerAndRefusesAWrongCAOrHost() async throws {

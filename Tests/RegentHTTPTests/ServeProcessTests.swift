@@ -47,6 +47,44 @@ struct ServeProcessTests {
         }
     }
 
+    /// HTTPS in a real `regent serve`: bad TLS flags stop it with one line; a certificate
+    /// renewed on disk is served after SIGHUP, and the node keeps running.
+    @Test(.enabled(if: HTTPSTests.tools, "curl or openssl is not installed"))
+    func serveOverHTTPSReloadsItsCertificateOnSIGHUP() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary))
+        let db = try await TestDatabase.shared.freshDatabase()
+        let certs = try TestCertificates()
+        defer { certs.remove() }
+        let port = try RawHTTPStream.freePort()
+        for (flags, says) in [
+            (["--tls-cert-file", certs.cert], "--tls-cert-file needs --tls-key-file"),
+            (["--http-address", "127.0.0.1:\(port)", "--tls-cert-file", certs.cert, "--tls-key-file", certs.directory + "/none.key"], "--tls-key-file"),
+            (["--tls-cert-file", certs.cert, "--tls-key-file", certs.key], "need --http-address"),
+        ] {
+            let refused = try await run(["serve", "--database-url", db.conninfo] + flags)
+            #expect(refused.code != nil && refused.code != 0, "\(flags)")
+            #expect(refused.output.contains(says), "\(flags): \(refused.output)")
+        }
+        let node = try RegentProcess(
+            ["serve", "--database-url", db.conninfo, "--http-address", "127.0.0.1:\(port)",
+             "--tls-cert-file", certs.cert, "--tls-key-file", certs.key],
+            logPath: NSTemporaryDirectory() + "regent-https-\(UUID().uuidString).log")
+        defer { node.signal(SIGKILL) }
+        let url = "https://127.0.0.1:\(port)/healthz"
+        #expect(await eventually(timeout: .seconds(30)) { try await HTTPSTests.curl(["--cacert", certs.ca, url]).output.contains("HTTP 200") }, "\(node.log)")
+        let fresh = try certs.issue("renewed", subject: "/CN=renewed", altNames: "IP:127.0.0.1")
+        try FileManager.default.removeItem(atPath: certs.cert)
+        try FileManager.default.copyItem(atPath: fresh.cert, toPath: certs.cert)
+        try FileManager.default.removeItem(atPath: certs.key)
+        try FileManager.default.copyItem(atPath: fresh.key, toPath: certs.key)
+        node.signal(SIGHUP)
+        #expect(await eventually(timeout: .seconds(20)) { node.log.contains("TLS certificate reloaded") }, "\(node.log)")
+        let renewed = try await HTTPSTests.curl(["-v", "--cacert", certs.ca, url])
+        #expect(renewed.output.contains("CN=renewed") && renewed.output.contains("HTTP 200"), "\(renewed.output)")
+        node.signal(SIGTERM)
+        #expect(await node.waitForExit(timeout: .seconds(30)) == 0, "\(node.log)")
+    }
+
     @Test func sigtermDrainsTheLeaderAndTheFollowersMetricsShowTheTakeover() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary))
         let db = try await TestDatabase.shared.freshDatabase()

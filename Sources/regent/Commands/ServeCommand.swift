@@ -30,6 +30,11 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "How long a leader trusts its lock without a fresh confirmation; below tcp_user_timeout.") var leaseWindow = "5s"
     @Option(help: "How long a follower waits for the leader to migrate module schemas before complaining.") var schemaWait = "60s"
     @Option(help: "Serve the admin HTTP API on HOST:PORT (e.g. 0.0.0.0:8080); off when not given.") var httpAddress: String?
+    @Option(help: ArgumentHelp("Serve the admin API over HTTPS with this PEM certificate chain (with --tls-key-file); reloaded on SIGHUP.", valueName: "path"))
+    var tlsCertFile: String?
+    @Option(help: ArgumentHelp("The PEM private key of --tls-cert-file.", valueName: "path")) var tlsKeyFile: String?
+    @Option(help: ArgumentHelp("Require HTTPS clients to present a certificate signed by this PEM CA (workers' client-certificate auth).", valueName: "path"))
+    var tlsClientCaFile: String?
     @Option(help: "How long the event outbox keeps events (the leader prunes older ones).") var eventRetention = "24h"
     @Option(help: "How long finished executions, worker events and lease decisions are kept (the leader prunes older ones).")
     var executionRetention = "168h"
@@ -71,8 +76,23 @@ struct ServeCommand: AsyncParsableCommand {
         return config
     }
 
+    /// The HTTPS files, checked and loaded (nil: plain HTTP); throws naming the flag at fault.
+    func loadTLS() throws -> AdminTLS? {
+        switch (tlsCertFile, tlsKeyFile) {
+        case (nil, nil):
+            if tlsClientCaFile != nil { throw ValidationError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file") }
+            return nil
+        case (.some, nil): throw ValidationError("--tls-cert-file needs --tls-key-file")
+        case (nil, .some): throw ValidationError("--tls-key-file needs --tls-cert-file")
+        case let (cert?, key?):
+            guard httpAddress != nil else { throw ValidationError("--tls-cert-file and --tls-key-file need --http-address (they serve the admin API)") }
+            return try AdminTLS(files: .init(certificate: cert, key: key, clientCA: tlsClientCaFile))
+        }
+    }
+
     func run() async throws {
         let config = try makeConfiguration()
+        let tls = try loadTLS()
         let shutdownTimeout = try parseDuration(self.shutdownTimeout, flag: "--shutdown-timeout")
         try log.bootstrap(defaultLevel: "info")
         let logger = Logger(label: "regent.serve")
@@ -92,7 +112,7 @@ struct ServeCommand: AsyncParsableCommand {
                     idleTimeout: try parseDuration(httpIdleTimeout, flag: "--http-idle-timeout"), maxConnections: httpMaxConnections,
                     packageLimits: try packageLimits.limits()))
             services.append(.init(
-                service: api.application(host: host, port: port), successTerminationBehavior: .gracefullyShutdownGroup,
+                service: api.application(host: host, port: port, tls: tls), successTerminationBehavior: .gracefullyShutdownGroup,
                 failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "http"))
         }
         services.append(.init(
@@ -103,6 +123,19 @@ struct ServeCommand: AsyncParsableCommand {
         groupConfig.maximumGracefulShutdownDuration = shutdownTimeout
         let watchdog = shutdownWatchdog(timeout: shutdownTimeout, logger: logger)
         defer { watchdog.cancel() }
+        // SIGHUP: read the TLS files again (new connections get them; a bad file keeps the old).
+        let reloader = Task {
+            guard let tls else { return }
+            for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                do {
+                    try tls.reload()
+                    logger.notice("TLS certificate reloaded", metadata: ["cert_file": "\(tls.files.certificate)", "loads": "\(tls.loadCount)"])
+                } catch {
+                    logger.error("TLS reload failed; still serving the previous certificate", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+        defer { reloader.cancel() }
         try await ServiceGroup(configuration: groupConfig).run()
     }
 }
