@@ -194,9 +194,29 @@ package struct UpgradeDrill {
         // 5. The contract migrations, explicitly, once every node runs the new binary.
         let contract = try await Self.command([newBinary, "migrate", "--contract", "--database-url", url])
         if contract.status != 0 { result.violations.append("migrate --contract failed: \(contract.output.suffix(400))") }
-        mark("new CLI: migrate --contract: " + (contract.output.split(separator: "\n").first.map(String.init) ?? ""))
+        let contracted = contract.output.split(separator: "\n").filter { $0.hasPrefix("  ") }.map { $0.trimmingCharacters(in: .whitespaces) }
+        mark("new CLI: migrate --contract: " + (contracted.isEmpty ? "nothing to contract" : contracted.joined(separator: ", ")))
         let oldAfter = try await Self.command([oldBinary, "migrate", "--plan", "--database-url", url])
-        mark("the old binary after the contract: " + (oldAfter.status == 0 ? "still allowed (no contract between these releases)" : "refused, as the floor says"))
+        if oldAfter.status == 0 {
+            mark("the old binary after the contract: still allowed (no contract between these releases)")
+            if !contracted.isEmpty { result.violations.append("the old binary still ran after contract migrations raised the floor: \(oldAfter.output.suffix(300))") }
+        } else {
+            mark("the old binary after the contract: refused, as the floor says")
+            if !oldAfter.output.contains("needs a binary that knows") {
+                result.violations.append("the old binary failed after the contract, but not for the floor: \(oldAfter.output.suffix(400))")
+            }
+            if contracted.isEmpty { result.violations.append("the old binary was refused though nothing was contracted") }
+        }
+        // The new release keeps working once contracted: a last few runs, started by its own CLI.
+        for i in 0..<3 {
+            let out = try await Self.command([
+                newBinary, "runs", "start", WorkflowDrill.type, "--input", #"{"after_contract": \#(i)}"#, "--idempotency-key", "contracted-\(i)",
+                "--database-url", url, "--actor", "drill",
+            ])
+            if out.status != 0 { result.violations.append("the new binary's `runs start` failed after the contract: \(out.output.suffix(400))") }
+            started_runs += 1
+        }
+        mark("new CLI started 3 runs after the contract")
 
         // The runs finish, exactly once each.
         let deadline = ContinuousClock.now + .seconds(120)

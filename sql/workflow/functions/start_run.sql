@@ -1,17 +1,9 @@
--- workflow.start_run: its live definitions, the one home of this function (docs/operations.md,
+-- workflow.start_run: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0014_start_on_version.sql, sql/workflow/0016_step_kinds.sql.
+-- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0014_start_on_version.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0017_drop_pre_0012_signatures.sql (dropped the signature kept for binaries before 0012 and 0014).
 --
 -- The start of 0014, making the run through create_run (so a root of any kind begins).
-
-CREATE OR REPLACE FUNCTION workflow.start_run(p_type text, p_input jsonb, p_idempotency_key text, p_deadline_ms bigint, p_budget_limit numeric, p_budget_unit text, p_actor text, p_namespace text, p_publisher uuid, p_allowed_lanes text[])
- RETURNS TABLE(run_id text, created boolean, package_hash text, same_input boolean, refused text)
- LANGUAGE sql
-AS $function$
-    SELECT * FROM workflow.start_run(p_type, p_input, p_idempotency_key, p_deadline_ms, p_budget_limit, p_budget_unit, p_actor, p_namespace,
-                                     p_publisher, p_allowed_lanes, NULL::text)
-$function$;
 
 CREATE OR REPLACE FUNCTION workflow.start_run(p_type text, p_input jsonb, p_idempotency_key text, p_deadline_ms bigint, p_budget_limit numeric, p_budget_unit text, p_actor text, p_namespace text, p_publisher uuid, p_allowed_lanes text[], p_version text)
  RETURNS TABLE(run_id text, created boolean, package_hash text, same_input boolean, refused text)
