@@ -120,6 +120,34 @@ struct CompatibilityTests {
         }
     }
 
+    /// Nodes never rewrite (or scan under a blocking lock) a hot table of a live database: such
+    /// a file waits for an operator's `regent migrate`, and the nodes say so; on a schema created
+    /// from nothing (empty tables) they apply it.
+    @Test func aHotTableRewriteWaitsForAnOperator() async throws {
+        let files = Self.catalog(demoUpTo: 2).migrations + [
+            Migration(schema: "demo", version: 3, name: "retype", sql: "-- regent:breaking\nALTER TABLE demo.items ALTER COLUMN id TYPE bigint;"),
+            Migration(schema: "demo", version: 4, name: "after", sql: "-- regent:expand\nCREATE TABLE demo.later (id int);"),
+        ]
+        func runner(automatic: Bool) -> MigrationRunner {
+            MigrationRunner(catalog: MigrationCatalog(files), appliedBy: automatic ? "node" : "operator", automatic: automatic, hotTables: ["demo.items"])
+        }
+        try await TestDatabase.shared.withConnection { conn, _ in
+            try await Self.runner(2).migrate(on: conn, schemas: ["engine", "demo"])
+            let node = runner(automatic: true)
+            #expect(try await node.migrate(on: conn, schemas: ["engine", "demo"]).isEmpty)
+            let applied = try await node.applied(on: conn)
+            #expect(try node.heldForOperator(applied: applied, schemas: ["engine", "demo"]).map(\.version) == [3])
+            #expect(try await !node.status(on: conn, schemas: ["engine", "demo"]).last!.isCurrent, "the node needs it: not ready")
+            // The operator applies it (and what follows).
+            #expect(try await runner(automatic: false).migrate(on: conn, schemas: ["engine", "demo"]).map(\.version) == [3, 4])
+            #expect(try await node.status(on: conn, schemas: ["engine", "demo"]).last!.isCurrent)
+        }
+        try await TestDatabase.shared.withConnection { conn, _ in
+            let ran = try await runner(automatic: true).migrate(on: conn, schemas: ["engine", "demo"])
+            #expect(ran.filter { $0.schema == "demo" }.count == 4, "a schema created from nothing: nothing to rewrite")
+        }
+    }
+
     @Test func aSchemaCreatedFromNothingTakesItsContractsAtOnce() async throws {
         try await TestDatabase.shared.withConnection { conn, _ in
             let ran = try await Self.runner(5).migrate(on: conn, schemas: ["engine", "demo"])

@@ -43,7 +43,7 @@ public struct Boot: Sendable {
         let pool = options.existingPool ?? ConnectionPool(configuration: options.database, options: options.pool)
         do {
             return try await pool.withConnection { connection in
-                let runner = MigrationRunner(appliedBy: options.actor, lockTimeout: MigrationRunner.nodeLockTimeout)
+                let runner = MigrationRunner.node(appliedBy: options.actor)
                 let registry = ModuleRegistry()
                 let engineApplied = try await step("engine migrations") {
                     try await runner.migrate(on: connection, schemas: ["engine"])

@@ -19,7 +19,7 @@ public struct ModuleMigrationDuty: LeaderDuty {
     public func migrateOnce(fence: LeaderFence) async throws -> [Migration] {
         try await pool.withConnection { conn in
             let schemas = try await ModuleRegistry().enabledSchemas(on: conn)
-            let runner = MigrationRunner(appliedBy: AuditActor.instance(fence.instanceID).description, lockTimeout: MigrationRunner.nodeLockTimeout)
+            let runner = MigrationRunner.node(appliedBy: AuditActor.instance(fence.instanceID).description)
             guard try await runner.hasWork(on: conn, schemas: schemas) else { return [] }
             return try await runner.migrate(on: conn, schemas: schemas, fence: { try await fence.check($0) })
         }

@@ -15,7 +15,10 @@ import PostgresClient
 /// - contract migrations are applied only when asked (`contract: true`), except on a
 ///   schema being created from nothing;
 /// - with `lockTimeout`, no statement waits longer than that for a table lock: a migration
-///   never queues behind a long transaction with every claim queued behind it.
+///   never queues behind a long transaction with every claim queued behind it;
+/// - `automatic` runners (booting nodes, the leader) never apply a file that rewrites or scans
+///   a hot table under a lock that blocks its traffic, unless the schema is being created from
+///   nothing: an operator applies it with `regent migrate` (docs/operations.md).
 public struct MigrationRunner: Sendable {
     public let catalog: MigrationCatalog
     /// Recorded in `engine.migrations.applied_by` (an instance id or a CLI marker).
@@ -23,19 +26,46 @@ public struct MigrationRunner: Sendable {
     /// The longest any statement of a migration may wait for a lock (nil: no limit). Nodes
     /// migrate with 1 s; the CLI with none unless asked.
     public let lockTimeout: Duration?
+    /// A node's runner: files that need an operator (`Migration.needsOperator`) wait for one.
+    public let automatic: Bool
+    /// The tables `needsOperator` protects.
+    let hotTables: Set<String>
     let logger: Logger
 
     /// How long a booting node's or the leader's migration may wait for a lock.
     public static let nodeLockTimeout = Duration.seconds(1)
 
     public init(
-        catalog: MigrationCatalog = .builtIn, appliedBy: String, lockTimeout: Duration? = nil,
-        logger: Logger = Logger(label: "regent.migrations")
+        catalog: MigrationCatalog = .builtIn, appliedBy: String, lockTimeout: Duration? = nil, automatic: Bool = false,
+        hotTables: Set<String> = TableEffect.hotTables, logger: Logger = Logger(label: "regent.migrations")
     ) {
         self.catalog = catalog
         self.appliedBy = appliedBy
         self.lockTimeout = lockTimeout
+        self.automatic = automatic
+        self.hotTables = hotTables
         self.logger = logger
+    }
+
+    /// The runner of a booting node or of the leader: lock waits bounded, operator files held.
+    public static func node(appliedBy: String) -> MigrationRunner {
+        MigrationRunner(appliedBy: appliedBy, lockTimeout: nodeLockTimeout, automatic: true)
+    }
+
+    /// Whether `file` rewrites or scans one of `hotTables` under a lock that blocks its traffic.
+    func needsOperator(_ file: Migration) -> Bool {
+        file.effects.contains { hotTables.contains($0.table) && $0.blocksTraffic && ($0.rewrites || $0.scans) }
+    }
+
+    /// The first file of each schema an automatic runner leaves to an operator (`regent migrate`).
+    public func heldForOperator(applied: [AppliedMigration], schemas: [String]) throws(RegentError) -> [Migration] {
+        orderedSchemas(schemas).compactMap { schema in
+            let current = applied.filter { $0.schema == schema }.map(\.version).max() ?? 0
+            guard current > 0 else { return nil }
+            let files = catalog.migrations(for: schema).filter { $0.version > current }
+            let firstContract = files.firstIndex { $0.kind == .contract } ?? files.endIndex
+            return files[..<firstContract].first { needsOperator($0) }
+        }
     }
 
     static let tableExists: PostgresQuery = "SELECT to_regclass('engine.migrations') IS NOT NULL AS present"
@@ -175,6 +205,10 @@ public struct MigrationRunner: Sendable {
             if !contract, current > 0, let held = files.firstIndex(where: { $0.kind == .contract }) {
                 files = Array(files[..<held])
             }
+            // A node does not rewrite a hot table of a live database: that waits for an operator.
+            if automatic, current > 0, let manual = files.firstIndex(where: { needsOperator($0) }) {
+                files = Array(files[..<manual])
+            }
             plan += files
         }
         return plan
@@ -182,9 +216,12 @@ public struct MigrationRunner: Sendable {
 
     /// The first contract migration of each schema that waits for `regent migrate --contract`.
     public func heldContracts(applied: [AppliedMigration], schemas: [String]) throws(RegentError) -> [Migration] {
-        let all = try pending(applied: applied, schemas: schemas, target: nil, contract: true)
-        let expand = Set(try pending(applied: applied, schemas: schemas, target: nil, contract: false))
-        return orderedSchemas(schemas).compactMap { schema in all.first { $0.schema == schema && !expand.contains($0) } }
+        try verify(applied, schemas: schemas)
+        return orderedSchemas(schemas).compactMap { schema in
+            let current = applied.filter { $0.schema == schema }.map(\.version).max() ?? 0
+            guard current > 0 else { return nil }
+            return catalog.migrations(for: schema).first { $0.version > current && $0.kind == .contract }
+        }
     }
 
     /// The engine schema first (every other schema records into it), then the rest by name.

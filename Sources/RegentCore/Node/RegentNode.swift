@@ -200,15 +200,25 @@ public actor RegentNode: Service {
         let pool = self.pool
         let deadline = ContinuousClock.now + configuration.schemaWaitTimeout
         var warned = false
+        var named = Set<String>()
         while !Task.isCancelled, !shuttingDown {
             do {
-                let current = try await pool.withConnection { conn in
+                let (current, manual) = try await pool.withConnection { conn in
                     let schemas = try await ModuleRegistry().enabledSchemas(on: conn)
-                    return try await MigrationRunner(appliedBy: "").status(on: conn, schemas: schemas).allSatisfy { $0.isCurrent }
+                    let runner = MigrationRunner.node(appliedBy: "")
+                    let current = try await runner.status(on: conn, schemas: schemas).allSatisfy { $0.isCurrent }
+                    return (current, current ? [] : try runner.heldForOperator(applied: try await runner.applied(on: conn), schemas: schemas))
                 }
                 if current {
                     logger.info("schemas current; node ready")
                     return
+                }
+                // A file no node applies to a live database: say once which, and what to run.
+                for file in manual where named.insert(file.description).inserted {
+                    let effect = file.effects.first { $0.onHotTable && ($0.rewrites || $0.scans) }.map { "\($0)" } ?? "a hot table"
+                    logger.error(
+                        "migration \(file) waits for an operator: it holds \(effect), which nodes do not do to a live database; run `regent migrate --database-url …` at a quiet moment (docs/operations.md, \"Rolling upgrades\")",
+                        metadata: ["migration": "\(file)"])
                 }
             } catch {
                 logger.warning("cannot check schema status", metadata: ["error": "\(error)"])
