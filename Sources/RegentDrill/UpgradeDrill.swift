@@ -38,6 +38,10 @@ package struct UpgradeDrill {
         package var migrationsApplied: [String] = []
         package var lockGiveUps = 0
         package var oldStarts = 0
+        /// Plain executions the old binary's CLI enqueued through the rollout, and how many of
+        /// them this process (the new binary's code) completed.
+        package var queueEnqueued = 0
+        package var queueCompleted = 0
         package var took: Duration = .zero
     }
 
@@ -160,6 +164,8 @@ package struct UpgradeDrill {
         let before = Set(try await MigrationRunner(appliedBy: "").applied(on: conn).map { "\($0.schema) \($0.version)" })
         for _ in 0..<2 { workers.append((try worker(oldBinary), oldBinary)) }
         mark("old workers started; drill package deployed by the old CLI")
+        let queue = QueueLoad(oldBinary: oldBinary, url: url)
+        mark("queue load started: the old CLI enqueues plain executions, this process claims and completes them")
         let perBatch = max(1, runs / 3)
         try await startRuns(perBatch, "before the rollout")
 
@@ -191,6 +197,11 @@ package struct UpgradeDrill {
         workers[1] = (try worker(newBinary), newBinary)
         mark("worker 2 rolled to the new binary")
 
+        // The old CLI stops enqueueing before the contract (after it, the old release is done).
+        let (enqueued, enqueueFailures) = await queue.stopProducing()
+        result.queueEnqueued = enqueued
+        result.violations += enqueueFailures.prefix(5)
+
         // 5. The contract migrations, explicitly, once every node runs the new binary.
         let contract = try await Self.command([newBinary, "migrate", "--contract", "--database-url", url])
         if contract.status != 0 { result.violations.append("migrate --contract failed: \(contract.output.suffix(400))") }
@@ -217,6 +228,23 @@ package struct UpgradeDrill {
             started_runs += 1
         }
         mark("new CLI started 3 runs after the contract")
+
+        // What the queue load enqueued is drained, each exactly once.
+        let drainDeadline = ContinuousClock.now + .seconds(60)
+        while try await conn.query("SELECT count(*) AS n FROM workflow.executions WHERE namespace = 'drillq' AND state <> 'completed'").single()
+            .decode("n", as: Int.self) > 0, ContinuousClock.now < drainDeadline {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        result.queueCompleted = await queue.stopConsuming()
+        let queueRows = try await conn.query(
+            "SELECT count(*) AS n, count(*) FILTER (WHERE state = 'completed') AS done FROM workflow.executions WHERE namespace = 'drillq'"
+        ).single()
+        let (rows, done) = (try queueRows.decode("n", as: Int.self), try queueRows.decode("done", as: Int.self))
+        if rows != enqueued || done != enqueued || result.queueCompleted != enqueued {
+            result.violations.append(
+                "queue: the old CLI enqueued \(enqueued), the table holds \(rows) (\(done) completed), this process completed \(result.queueCompleted)")
+        }
+        mark("queue load: \(enqueued) enqueued by the old CLI, \(result.queueCompleted) completed once each")
 
         // The runs finish, exactly once each.
         let deadline = ContinuousClock.now + .seconds(120)
@@ -342,3 +370,72 @@ extension UpgradeDrill {
 }
 
 private func zeroPadded(_ v: Int) -> String { String(repeating: "0", count: max(0, 4 - String(v).count)) + String(v) }
+
+/// Plain executions through the rollout: the old binary's CLI enqueues a few every 300 ms, and
+/// a consumer in this process (the new release's code) claims and completes them, whatever
+/// node leads or migrates meanwhile.
+final class QueueLoad: Sendable {
+    let producer: Task<(Int, [String]), Never>
+    let consumer: Task<Int, Never>
+
+    init(oldBinary: String, url: String) {
+        producer = Task {
+            var enqueued = 0
+            var failures: [String] = []
+            while !Task.isCancelled {
+                if let out = try? await UpgradeDrill.command(
+                    [oldBinary, "executions", "enqueue", "--namespace", "drillq", "--lane", "q", "--count", "5", "--database-url", url])
+                {
+                    if out.status == 0 {
+                        enqueued += out.output.split(separator: "\n").filter { $0.count == 36 && $0.contains("-") }.count
+                    } else {
+                        failures.append("the old binary's `executions enqueue` failed: \(out.output.suffix(300))")
+                    }
+                }
+                try? await Task.sleep(for: .milliseconds(300))
+            }
+            return (enqueued, failures)
+        }
+        consumer = Task {
+            var completed = 0
+            let conn = DrillConnection(url)
+            let ns = try! Namespace("drillq"), lane = try! Lane("q"), me = try! WorkerInstanceID("upgrade-queue")
+            var registered = ContinuousClock.now - .seconds(60)
+            while !Task.isCancelled {
+                do {
+                    let c = try await conn.get()
+                    if registered.duration(to: .now) > .seconds(5) {
+                        _ = try await WorkerRegistry().register(
+                            namespace: ns, workerInstanceID: me, workerID: try WorkerID("upgrade-queue"), lanes: [lane], capabilities: [],
+                            livenessTTL: .seconds(30), on: c)
+                        registered = .now
+                    }
+                    let leases = try await LeaseStore().claim(
+                        namespace: ns, lanes: [lane], workerInstanceID: me, capabilities: [], leaseDuration: .seconds(30), limit: 20, on: c)
+                    if leases.isEmpty {
+                        try? await Task.sleep(for: .milliseconds(50))
+                        continue
+                    }
+                    let outcome = try await LeaseStore().complete(
+                        leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch, worker: me) }, on: c)
+                    completed += outcome.done.count
+                } catch {
+                    conn.drop()
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
+            }
+            await conn.close()
+            return completed
+        }
+    }
+
+    func stopProducing() async -> (Int, [String]) {
+        producer.cancel()
+        return await producer.value
+    }
+
+    func stopConsuming() async -> Int {
+        consumer.cancel()
+        return await consumer.value
+    }
+}

@@ -257,13 +257,13 @@ struct DrillCommand: AsyncParsableCommand {
             for entry in result.timeline { print(String(format: "  %8.1f s  ", entry.at.milliseconds / 1000) + entry.what) }
             print("\nmigrations applied during the rollout: " + (result.migrationsApplied.isEmpty ? "none" : result.migrationsApplied.joined(separator: "; ")))
             print("\n" + table(
-                ["runs", "states", "old-binary starts", "HTTP requests", "503 (with Retry-After)", "migration lock give-ups", "took"],
+                ["runs", "states", "queue enqueued / completed", "old-binary starts", "HTTP requests", "503 (with Retry-After)", "migration lock give-ups", "took"],
                 [["\(runs)", result.states.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "),
-                  "\(result.oldStarts)", "\(result.httpRequests)", "\(result.http503)", "\(result.lockGiveUps)",
+                  "\(result.queueEnqueued) / \(result.queueCompleted)", "\(result.oldStarts)", "\(result.httpRequests)", "\(result.http503)", "\(result.lockGiveUps)",
                   String(format: "%.1f s", result.took.milliseconds / 1000)]]))
             try DrillCommand.finish(
                 result.violations,
-                held: "invariants held through the rollout and the undo: every run finished exactly once, one leader per term, no 5xx but 503 with Retry-After, every old-binary start succeeded")
+                held: "invariants held through the rollout and the undo: every run finished exactly once, every queued execution completed once, one leader per term, no 5xx but 503 with Retry-After, every old-binary start succeeded")
         }
     }
 
