@@ -27,6 +27,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         // HTTPS for the admin API (HummingbirdTLS is built on it).
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        // `regent worker --api-url https://…`: a worker over the admin API (also what HummingbirdTesting uses).
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // libpq, found through pkg-config; Debian/Ubuntu: apt-get install libpq-dev
@@ -117,6 +119,9 @@ let package = Package(
                 "RegentBench",
                 "RegentHTTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),

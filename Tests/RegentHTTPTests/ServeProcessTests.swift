@@ -85,6 +85,72 @@ struct ServeProcessTests {
         #expect(await node.waitForExit(timeout: .seconds(30)) == 0, "\(node.log)")
     }
 
+    /// `regent worker --api-url https://…` carries a run through a node that requires client
+    /// certificates: with the CA and its client certificate it completes every step; without
+    /// the certificate it gets nowhere and says so; bad flags are refused.
+    @Test(.enabled(if: HTTPSTests.tools, "curl or openssl is not installed"))
+    func aWorkerOverHTTPSWithAClientCertificateCarriesARun() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary))
+        let db = try await TestDatabase.shared.freshDatabase()
+        let certs = try TestCertificates()
+        defer { certs.remove() }
+        let client = try certs.issue("worker", subject: "/CN=worker-1")
+        let port = try RawHTTPStream.freePort()
+        for (flags, says) in [
+            (["--api-url", "ftp://127.0.0.1:1", "--token", "t"], "--api-url must be http://HOST[:PORT] or https://HOST[:PORT]"),
+            (["--ca-file", certs.ca], "need --api-url"),
+            (["--api-url", "http://127.0.0.1:1", "--token", "t", "--ca-file", certs.ca], "need an https --api-url"),
+        ] {
+            let refused = try await run(["worker", "--lane", "work"] + flags)
+            #expect(refused.code != nil && refused.code != 0, "\(flags)")
+            #expect(refused.output.contains(says), "\(flags): \(refused.output)")
+        }
+        let node = try RegentProcess(
+            ["serve", "--database-url", db.conninfo, "--http-address", "127.0.0.1:\(port)", "--tls-cert-file", certs.cert,
+             "--tls-key-file", certs.key, "--tls-client-ca-file", certs.ca],
+            logPath: NSTemporaryDirectory() + "regent-https-worker-\(UUID().uuidString).log")
+        defer { node.signal(SIGKILL) }
+        #expect(await eventually(timeout: .seconds(30)) {
+            try await HTTPSTests.curl(["--cacert", certs.ca, "--cert", client.cert, "--key", client.key, "https://127.0.0.1:\(port)/readyz"])
+                .output.contains("HTTP 200")
+        }, "\(node.log)")
+        let token = try #require(try await run(["tokens", "create", "--database-url", db.conninfo, "--role", "worker", "--name", "w"])
+            .output.split(separator: "\n").last.map(String.init))
+        let package = certs.directory + "/package"
+        try FileManager.default.createDirectory(atPath: package, withIntermediateDirectories: true)
+        try #"{"workflow_type": "https.demo", "steps": [{"name": "a", "lane": "work"}, {"name": "b", "lane": "work", "after": ["a"]}]}"#
+            .write(toFile: package + "/workflow.json", atomically: true, encoding: .utf8)
+        #expect(try await run(["packages", "deploy", package, "--database-url", db.conninfo]).code == 0)
+        let started = try await run(["runs", "start", "https.demo", "--database-url", db.conninfo])
+        let runID = try #require(started.output.split(separator: "\n").last.map(String.init), "\(started.output)")
+        // Without its client certificate a worker gets nowhere, and says so.
+        let refused = try RegentProcess(
+            ["worker", "--api-url", "https://127.0.0.1:\(port)", "--token", token, "--ca-file", certs.ca, "--lane", "work", "--name", "no-cert"],
+            logPath: NSTemporaryDirectory() + "regent-https-nocert-\(UUID().uuidString).log")
+        defer { refused.signal(SIGKILL) }
+        #expect(await eventually(timeout: .seconds(30)) { refused.log.contains("worker request failed") }, "\(refused.log)")
+        let worker = try RegentProcess(
+            ["worker", "--api-url", "https://127.0.0.1:\(port)", "--token", token, "--ca-file", certs.ca,
+             "--client-cert", client.cert, "--client-key", client.key, "--lane", "work", "--name", "with-cert"],
+            logPath: NSTemporaryDirectory() + "regent-https-worker-\(UUID().uuidString).log")
+        defer { worker.signal(SIGKILL) }
+        try await PostgresConnection.withConnection(db) { conn in
+            #expect(await eventually(timeout: .seconds(60)) {
+                try await conn.query("SELECT state FROM workflow.runs WHERE run_id = \(runID)").single().decode("state", as: String.self) == "succeeded"
+            }, "worker:\n\(worker.log)\nnode:\n\(node.log.suffix(3000))")
+            let by = try await conn.query(
+                """
+                SELECT COALESCE(s.output, e.result) ->> 'by' AS by FROM workflow.run_steps s
+                LEFT JOIN workflow.executions e ON e.execution_id = s.execution_id WHERE s.run_id = \(runID) ORDER BY s.name
+                """)
+                .map { try $0.decode("by", as: String.self) }
+            #expect(by == ["with-cert", "with-cert"])
+        }
+        worker.signal(SIGTERM)
+        #expect(await worker.waitForExit(timeout: .seconds(20)) == 0, "\(worker.log)")
+        #expect(worker.log.contains("completed=2"), "\(worker.log)")
+    }
+
     @Test func sigtermDrainsTheLeaderAndTheFollowersMetricsShowTheTakeover() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary))
         let db = try await TestDatabase.shared.freshDatabase()

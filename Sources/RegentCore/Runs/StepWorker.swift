@@ -31,6 +31,7 @@ public struct StepWorker: Sendable {
     public struct Tally: Sendable {
         public var completed = 0
         public var stale = 0
+        public init() {}
     }
 
     public func run(pool: ConnectionPool, waker: QueueWaker? = nil, logger: Logger = Logger(label: "regent.worker")) async -> Tally {

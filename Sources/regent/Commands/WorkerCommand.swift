@@ -1,4 +1,5 @@
 import ArgumentParser
+import AsyncHTTPClient
 import Foundation
 import Logging
 import PostgresClient
@@ -13,7 +14,9 @@ struct WorkerCommand: AsyncParsableCommand {
             For demos, drills and trying a package out: the "work" is a pause (--work). It registers in the \
             runs namespace, long-polls for steps, completes them in batches, drops a completion refused \
             as stale (its run was cancelled or its lease reclaimed), and stops on SIGTERM or SIGINT. A real \
-            worker is the same loop with real work in the middle (docs/runs.md).
+            worker is the same loop with real work in the middle (docs/runs.md). With --api-url it talks \
+            to a node's admin API (a worker token) instead of the database, over HTTPS verified with \
+            --ca-file and, for nodes that require one, a client certificate.
             """)
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var log: LogOptions
@@ -24,6 +27,14 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Steps claimed and completed at once (1-100).") var batch = 1
     @Option(help: "The cost each completion reports, in the run's budget unit.") var cost = 1.0
     @Flag(help: "Accepted for clarity: this worker only ever runs demo work.") var demo = false
+    @Option(help: ArgumentHelp("Work through this node's admin API (http:// or https://) instead of the database.", valueName: "url"))
+    var apiURL: String?
+    @Option(help: ArgumentHelp("The worker token for --api-url (default: $REGENT_TOKEN).", valueName: "token")) var token: String?
+    @Option(help: ArgumentHelp("Trust this PEM CA for an https --api-url (default: the system's roots).", valueName: "path")) var caFile: String?
+    @Option(help: ArgumentHelp("A PEM client certificate for nodes that require one (with --client-key).", valueName: "path")) var clientCert: String?
+    @Option(help: ArgumentHelp("The PEM key of --client-cert.", valueName: "path")) var clientKey: String?
+
+    var apiToken: String? { token ?? ProcessInfo.processInfo.environment["REGENT_TOKEN"] }
 
     func validate() throws {
         guard !lanes.isEmpty else { throw ValidationError("give at least one --lane") }
@@ -32,12 +43,26 @@ struct WorkerCommand: AsyncParsableCommand {
         if let name { _ = try validated { try WorkerInstanceID(name) } }
         if work != "0ms" { _ = try validated { try parseDuration(work, flag: "--work") } }
         guard (1...100).contains(batch) else { throw ValidationError("--batch must be 1 to 100, got \(batch)") }
+        if let apiURL {
+            guard let url = URL(string: apiURL), ["http", "https"].contains(url.scheme ?? ""), url.host != nil, url.query == nil else {
+                throw ValidationError("--api-url must be http://HOST[:PORT] or https://HOST[:PORT], got \(apiURL.debugDescription)")
+            }
+            guard apiToken != nil else { throw ValidationError("--api-url needs a worker token: --token or REGENT_TOKEN") }
+            if url.scheme == "http", caFile != nil || clientCert != nil { throw ValidationError("--ca-file and --client-cert need an https --api-url") }
+        } else if caFile != nil || clientCert != nil || clientKey != nil || token != nil {
+            throw ValidationError("--token, --ca-file, --client-cert and --client-key need --api-url")
+        }
+        if (clientCert == nil) != (clientKey == nil) { throw ValidationError("--client-cert and --client-key go together") }
         _ = try validated { try Cost(amount: cost) }
     }
 
     func run() async throws {
         try log.bootstrap(defaultLevel: "info")
         let logger = Logger(label: "regent.worker")
+        if let apiURL, let apiToken {
+            try await runOverHTTP(apiURL, apiToken, logger: logger)
+            return
+        }
         let config = try database.configuration()
         var worker = StepWorker(
             instanceID: try WorkerInstanceID(name ?? "worker-\(ProcessInfo.processInfo.hostName.prefix(40))-\(getpid())"),
@@ -64,6 +89,32 @@ struct WorkerCommand: AsyncParsableCommand {
             return result
         }
         await pool.shutdown()
+        logger.notice("worker stopped", metadata: ["completed": "\(tally?.completed ?? 0)", "stale": "\(tally?.stale ?? 0)"])
+    }
+}
+
+extension WorkerCommand {
+    /// The same worker through a node's admin API.
+    func runOverHTTP(_ apiURL: String, _ apiToken: String, logger: Logger) async throws {
+        let client = try HTTPStepWorker.client(.init(ca: caFile, clientCertificate: clientCert, clientKey: clientKey))
+        let worker = HTTPStepWorker(
+            base: apiURL.hasSuffix("/") ? String(apiURL.dropLast()) : apiURL, token: apiToken,
+            instanceID: try WorkerInstanceID(name ?? "worker-\(ProcessInfo.processInfo.hostName.prefix(40))-\(getpid())").value,
+            lanes: lanes, capabilities: capabilities, work: work == "0ms" ? .zero : try parseDuration(work, flag: "--work"), batch: batch, cost: cost)
+        logger.notice("worker started", metadata: ["worker": "\(worker.instanceID)", "lanes": "\(lanes.joined(separator: ","))", "api": "\(apiURL)"])
+        let tally = await withTaskGroup(of: StepWorker.Tally?.self) { group in
+            group.addTask { await worker.run(client: client, logger: logger) }
+            group.addTask {
+                for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
+                return nil
+            }
+            var result: StepWorker.Tally?
+            if let first = await group.next() { result = first }
+            group.cancelAll()
+            for await r in group { if let r { result = r } }
+            return result
+        }
+        try? await client.shutdown()
         logger.notice("worker stopped", metadata: ["completed": "\(tally?.completed ?? 0)", "stale": "\(tally?.stale ?? 0)"])
     }
 }
