@@ -137,17 +137,20 @@ package struct UpgradeDrill {
                 outputPath: "\(logs)/\(name).log")
         }
         var started_runs = 0
-        func startRuns(_ count: Int, _ why: String) async throws {
+        /// Starts `count` runs with `binary`'s CLI (the old one's, unless said otherwise).
+        func startRuns(_ count: Int, _ why: String, with binary: String? = nil) async throws {
+            let binary = binary ?? oldBinary
+            let label = binary == oldBinary ? "old" : "new"
             for _ in 0..<count {
                 let i = started_runs
                 let out = try await Self.command([
-                    oldBinary, "runs", "start", WorkflowDrill.type, "--input", #"{"n": \#(i)}"#, "--idempotency-key", "upgrade-\(i)",
+                    binary, "runs", "start", WorkflowDrill.type, "--input", #"{"n": \#(i)}"#, "--idempotency-key", "upgrade-\(i)",
                     "--database-url", url, "--actor", "drill",
                 ])
-                if out.status != 0 { result.violations.append("the old binary's `runs start` failed (\(why)): \(out.output.suffix(400))") }
+                if out.status != 0 { result.violations.append("the \(label) binary's `runs start` failed (\(why)): \(out.output.suffix(400))") }
                 started_runs += 1
             }
-            mark("old CLI started \(count) runs (\(why))")
+            mark("\(label) CLI started \(count) runs (\(why))")
         }
 
         // 1. Three nodes and two workers on the old binary, runs in flight.
@@ -219,15 +222,7 @@ package struct UpgradeDrill {
             if contracted.isEmpty { result.violations.append("the old binary was refused though nothing was contracted") }
         }
         // The new release keeps working once contracted: a last few runs, started by its own CLI.
-        for i in 0..<3 {
-            let out = try await Self.command([
-                newBinary, "runs", "start", WorkflowDrill.type, "--input", #"{"after_contract": \#(i)}"#, "--idempotency-key", "contracted-\(i)",
-                "--database-url", url, "--actor", "drill",
-            ])
-            if out.status != 0 { result.violations.append("the new binary's `runs start` failed after the contract: \(out.output.suffix(400))") }
-            started_runs += 1
-        }
-        mark("new CLI started 3 runs after the contract")
+        try await startRuns(3, "after the contract", with: newBinary)
 
         // What the queue load enqueued is drained, each exactly once.
         let drainDeadline = ContinuousClock.now + .seconds(60)

@@ -65,7 +65,7 @@ struct WorkerCommand: AsyncParsableCommand {
         }
         let config = try database.configuration()
         var worker = StepWorker(
-            instanceID: try WorkerInstanceID(name ?? "worker-\(ProcessInfo.processInfo.hostName.prefix(40))-\(getpid())"),
+            instanceID: try instanceID(),
             lanes: try lanes.map { try Lane($0) }, capabilities: try capabilities.map { try Capability($0) })
         worker.batch = batch
         worker.work = work == "0ms" ? .zero : try parseDuration(work, flag: "--work")
@@ -73,21 +73,7 @@ struct WorkerCommand: AsyncParsableCommand {
         let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 4))
         let waker = QueueWaker(configuration: config)
         logger.notice("worker started", metadata: ["worker": "\(worker.instanceID)", "lanes": "\(lanes.joined(separator: ","))"])
-        let tally = await withTaskGroup(of: StepWorker.Tally?.self) { group in
-            group.addTask { await pool.run(); return nil }
-            group.addTask { await waker.run(); return nil }
-            group.addTask { [worker] in await worker.run(pool: pool, waker: waker, logger: logger) }
-            group.addTask {
-                for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
-                return nil
-            }
-            // The first to end is the signal (or the worker failing); then everything stops.
-            var result: StepWorker.Tally?
-            if let first = await group.next() { result = first }
-            group.cancelAll()
-            for await r in group { if let r { result = r } }
-            return result
-        }
+        let tally = await Self.untilSignal({ [worker] in await worker.run(pool: pool, waker: waker, logger: logger) }, beside: [pool.run, waker.run])
         await pool.shutdown()
         logger.notice("worker stopped", metadata: ["completed": "\(tally?.completed ?? 0)", "stale": "\(tally?.stale ?? 0)"])
     }
@@ -99,22 +85,39 @@ extension WorkerCommand {
         let client = try HTTPStepWorker.client(.init(ca: caFile, clientCertificate: clientCert, clientKey: clientKey))
         let worker = HTTPStepWorker(
             base: apiURL.hasSuffix("/") ? String(apiURL.dropLast()) : apiURL, token: apiToken,
-            instanceID: try WorkerInstanceID(name ?? "worker-\(ProcessInfo.processInfo.hostName.prefix(40))-\(getpid())").value,
+            instanceID: try instanceID().value,
             lanes: lanes, capabilities: capabilities, work: work == "0ms" ? .zero : try parseDuration(work, flag: "--work"), batch: batch, cost: cost)
         logger.notice("worker started", metadata: ["worker": "\(worker.instanceID)", "lanes": "\(lanes.joined(separator: ","))", "api": "\(apiURL)"])
-        let tally = await withTaskGroup(of: StepWorker.Tally?.self) { group in
-            group.addTask { await worker.run(client: client, logger: logger) }
+        let tally = await Self.untilSignal { await worker.run(client: client, logger: logger) }
+        try? await client.shutdown()
+        logger.notice("worker stopped", metadata: ["completed": "\(tally?.completed ?? 0)", "stale": "\(tally?.stale ?? 0)"])
+    }
+}
+
+extension WorkerCommand {
+    /// This worker's instance id: --name, or worker-HOST-PID.
+    func instanceID() throws -> WorkerInstanceID {
+        try WorkerInstanceID(name ?? "worker-\(ProcessInfo.processInfo.hostName.prefix(40))-\(getpid())")
+    }
+
+    /// Runs `work` (and `beside` it, what it needs running) until it ends or SIGTERM/SIGINT
+    /// arrives; then cancels everything and returns the work's tally.
+    static func untilSignal(
+        _ work: @escaping @Sendable () async -> StepWorker.Tally, beside: [@Sendable () async -> Void] = []
+    ) async -> StepWorker.Tally? {
+        await withTaskGroup(of: StepWorker.Tally?.self) { group in
+            for task in beside { group.addTask { await task(); return nil } }
+            group.addTask { await work() }
             group.addTask {
                 for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
                 return nil
             }
+            // The first to end is the signal (or the worker failing); then everything stops.
             var result: StepWorker.Tally?
             if let first = await group.next() { result = first }
             group.cancelAll()
             for await r in group { if let r { result = r } }
             return result
         }
-        try? await client.shutdown()
-        logger.notice("worker stopped", metadata: ["completed": "\(tally?.completed ?? 0)", "stale": "\(tally?.stale ?? 0)"])
     }
 }
