@@ -15,7 +15,7 @@ struct TLSTests {
 
     @Test(.enabled(if: TLSTests.openssl != nil, "openssl is not installed (apt-get install openssl)"))
     func verifyFullReachesTheRightServerAndRefusesAWrongCAOrHost() async throws {
-        let certs = try Certificates()
+        let certs = try await Certificates.make()
         defer { certs.remove() }
         // Hand the key over before the server starts (initdb runs inside start; the key's owner
         // is the server's user, which start decides: root runs it as `postgres`).

@@ -342,7 +342,7 @@ struct AdminAPITests {
                 let second = try await client.call(.post, "/v1/events", token: f.worker, json: #"{"topic":"orders.created","payload":{"order":2}}"#)
                 let secondID = try #require(try object(second.body)["id"] as? Int)
                 _ = try await client.call(.post, "/v1/events", token: f.worker, json: #"{"topic":"other.topic","payload":{}}"#)
-                let text = try stream.read(until: "id: \(secondID)\n", timeout: .seconds(5))
+                let text = try await stream.read(until: "id: \(secondID)\n", timeout: .seconds(5))
                 #expect(text.contains("HTTP/1.1 200"))
                 #expect(text.lowercased().contains("content-type: text/event-stream"))
                 #expect(text.contains("id: \(firstID)\nevent: orders.created\ndata: {"))

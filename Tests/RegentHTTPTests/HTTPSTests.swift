@@ -38,7 +38,7 @@ struct HTTPSTests {
 
     @Test(.enabled(if: tools, "curl or openssl is not installed"))
     func httpsIsVerifiedRefusedWithoutItsCAAndReloadedForNewConnectionsOnly() async throws {
-        let certs = try TestCertificates()
+        let certs = try await TestCertificates.make()
         defer { certs.remove() }
         let tls = try AdminTLS(files: .init(certificate: certs.cert, key: certs.key))
         try await Fixture.with { f in
@@ -58,7 +58,7 @@ struct HTTPSTests {
 
                 // An open connection, then a reload with a new certificate.
                 let session = try await offThePool { try OpenTLSSession(port: port, ca: certs.ca) }
-                let fresh = try certs.issue("renewed", subject: "/CN=renewed", altNames: "IP:127.0.0.1")
+                let fresh = try await certs.issued("renewed", subject: "/CN=renewed", altNames: "IP:127.0.0.1")
                 try FileManager.default.removeItem(atPath: certs.cert)
                 try FileManager.default.removeItem(atPath: certs.key)
                 try FileManager.default.copyItem(atPath: fresh.cert, toPath: certs.cert)
@@ -82,10 +82,10 @@ struct HTTPSTests {
 
     @Test(.enabled(if: tools, "curl or openssl is not installed"))
     func aClientCAMakesClientCertificatesRequired() async throws {
-        let certs = try TestCertificates()
+        let certs = try await TestCertificates.make()
         defer { certs.remove() }
-        let worker = try certs.issue("worker", subject: "/CN=worker-1")
-        let stranger = try certs.issue("stranger", subject: "/CN=stranger", by: "other-ca")
+        let worker = try await certs.issued("worker", subject: "/CN=worker-1")
+        let stranger = try await certs.issued("stranger", subject: "/CN=stranger", by: "other-ca")
         let tls = try AdminTLS(files: .init(certificate: certs.cert, key: certs.key, clientCA: certs.ca))
         try await Fixture.with { f in
             try await f.api.application(host: "127.0.0.1", port: 0, tls: tls).test(.live) { client in
@@ -101,10 +101,10 @@ struct HTTPSTests {
     }
 
     @Test(.enabled(if: tools, "openssl is not installed"))
-    func badFilesAreRefusedNamingTheFlag() throws {
-        let certs = try TestCertificates()
+    func badFilesAreRefusedNamingTheFlag() async throws {
+        let certs = try await TestCertificates.make()
         defer { certs.remove() }
-        let other = try certs.issue("other", subject: "/CN=other")
+        let other = try await certs.issued("other", subject: "/CN=other")
         let garbage = certs.directory + "/garbage.pem"
         try "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".write(toFile: garbage, atomically: true, encoding: .utf8)
         let cases: [(AdminTLS.Files, String)] = [
@@ -160,6 +160,5 @@ final class OpenTLSSession: @unchecked Sendable {
     func close() {
         try? input.fileHandleForWriting.close()
         process.terminate()
-        process.waitUntilExit()
     }
 }

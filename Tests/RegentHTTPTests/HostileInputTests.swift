@@ -180,12 +180,12 @@ struct APIContractTests {
                 #expect(taken == ids.map { Int64($0) })
                 // after=N: starts after N (N itself is not sent again).
                 var stream = try RawHTTPStream(port: port, path: "/v1/events?after=\(ids[0])&topic=cursor.test", token: f.reader)
-                var text = try stream.read(until: "id: \(ids[1])\n", timeout: .seconds(5))
+                var text = try await stream.read(until: "id: \(ids[1])\n", timeout: .seconds(5))
                 #expect(!text.contains("id: \(ids[0])\n"))
                 stream.close()
                 // after=0: from the oldest kept event.
                 stream = try RawHTTPStream(port: port, path: "/v1/events?after=0&topic=cursor.test", token: f.reader)
-                text = try stream.read(until: "id: \(ids[1])\n", timeout: .seconds(5))
+                text = try await stream.read(until: "id: \(ids[1])\n", timeout: .seconds(5))
                 #expect(text.contains("id: \(ids[0])\n"))
                 stream.close()
                 // Last-Event-ID: the same exclusive cursor; garbage is refused.
@@ -249,7 +249,7 @@ struct ConnectionLimitTests {
                 // when its channel goes inactive, which a loaded machine can take a moment to do).
                 #expect(await eventually { api.connections.current == 0 }, "\(api.connections.current) connections still counted")
                 let fresh = try RawHTTPStream(port: port, path: "/healthz", token: nil, close: true)
-                #expect(try fresh.read(until: "ok", timeout: .seconds(20)).contains("200"))
+                #expect(try await fresh.read(until: "ok", timeout: .seconds(20)).contains("200"))
                 fresh.close()
             }
         }

@@ -19,13 +19,21 @@ final class RawHTTPStream {
     }
 
     /// Reads until `marker` appears or `timeout` passes; returns everything read so far.
-    func read(until marker: String, timeout: Duration) throws -> String {
+    ///
+    /// Never blocks a thread: it polls without waiting and sleeps between polls. (A blocking
+    /// read here once held one of the two cooperative threads of a CI machine for seconds,
+    /// while the in-process server it waited for needed a thread to answer: every test of
+    /// the parallel phase stalled with it.)
+    func read(until marker: String, timeout: Duration) async throws -> String {
         let deadline = ContinuousClock.now + timeout
         var buffer = [UInt8](repeating: 0, count: 4096)
         while ContinuousClock.now < deadline {
             if String(decoding: received, as: UTF8.self).contains(marker) { break }
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&pfd, 1, 100) > 0 else { continue }
+            guard poll(&pfd, 1, 0) > 0 else {
+                try await Task.sleep(for: .milliseconds(10))
+                continue
+            }
             let n = recv(fd, &buffer, buffer.count, 0)
             if n <= 0 { break }
             received.append(contentsOf: buffer[0..<n])
@@ -36,10 +44,10 @@ final class RawHTTPStream {
     func close() { Glibc.close(fd) }
 
     /// One whole request over a fresh connection (Connection: close): status and body.
-    static func fetch(port: Int, path: String, token: String? = nil, method: String = "GET") throws -> (status: Int, body: String) {
+    static func fetch(port: Int, path: String, token: String? = nil, method: String = "GET") async throws -> (status: Int, body: String) {
         let stream = try RawHTTPStream(port: port, path: path, token: token, method: method, close: true)
         defer { stream.close() }
-        let text = try stream.read(until: "\u{0}never\u{0}", timeout: .seconds(5))
+        let text = try await stream.read(until: "\u{0}never\u{0}", timeout: .seconds(5))
         let status = text.split(separator: " ", maxSplits: 2).dropFirst().first.flatMap { Int($0) } ?? 0
         let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? ""
         return (status, body)

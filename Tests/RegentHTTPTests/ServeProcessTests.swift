@@ -53,7 +53,7 @@ struct ServeProcessTests {
     func serveOverHTTPSReloadsItsCertificateOnSIGHUP() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary))
         let db = try await TestDatabase.shared.freshDatabase()
-        let certs = try TestCertificates()
+        let certs = try await TestCertificates.make()
         defer { certs.remove() }
         let port = try RawHTTPStream.freePort()
         for (flags, says) in [
@@ -72,7 +72,7 @@ struct ServeProcessTests {
         defer { node.signal(SIGKILL) }
         let url = "https://127.0.0.1:\(port)/healthz"
         #expect(await eventually(timeout: .seconds(30)) { try await HTTPSTests.curl(["--cacert", certs.ca, url]).output.contains("HTTP 200") }, "\(node.log)")
-        let fresh = try certs.issue("renewed", subject: "/CN=renewed", altNames: "IP:127.0.0.1")
+        let fresh = try await certs.issued("renewed", subject: "/CN=renewed", altNames: "IP:127.0.0.1")
         try FileManager.default.removeItem(atPath: certs.cert)
         try FileManager.default.copyItem(atPath: fresh.cert, toPath: certs.cert)
         try FileManager.default.removeItem(atPath: certs.key)
@@ -92,9 +92,9 @@ struct ServeProcessTests {
     func aWorkerOverHTTPSWithAClientCertificateCarriesARun() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary))
         let db = try await TestDatabase.shared.freshDatabase()
-        let certs = try TestCertificates()
+        let certs = try await TestCertificates.make()
         defer { certs.remove() }
-        let client = try certs.issue("worker", subject: "/CN=worker-1")
+        let client = try await certs.issued("worker", subject: "/CN=worker-1")
         let port = try RawHTTPStream.freePort()
         for (flags, says) in [
             (["--api-url", "ftp://127.0.0.1:1", "--token", "t"], "--api-url must be http://HOST[:PORT] or https://HOST[:PORT]"),
@@ -167,19 +167,19 @@ struct ServeProcessTests {
         defer { nodes.forEach { $0.signal(SIGKILL) } }
         // Both serve; find the leader through the API of either.
         #expect(await eventually(timeout: .seconds(20)) {
-            guard let r = try? RawHTTPStream.fetch(port: ports[0], path: "/v1/leader", token: token), r.status == 200,
+            guard let r = try? await RawHTTPStream.fetch(port: ports[0], path: "/v1/leader", token: token), r.status == 200,
                   let doc = try JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any],
                   doc["leader"] is [String: Any], (doc["instances"] as? [Any])?.count == 2
             else { return false }
-            return (try? RawHTTPStream.fetch(port: ports[1], path: "/readyz"))?.status == 200
+            return (try? await RawHTTPStream.fetch(port: ports[1], path: "/readyz"))?.status == 200
         })
-        let status = try RawHTTPStream.fetch(port: ports[1], path: "/v1/leader", token: token)
+        let status = try await RawHTTPStream.fetch(port: ports[1], path: "/v1/leader", token: token)
         let doc = try #require(try JSONSerialization.jsonObject(with: Data(status.body.utf8)) as? [String: Any])
         let leader = try #require(doc["leader"] as? [String: Any], "no leader; logs:\n\(nodes[0].log)\n\(nodes[1].log)")
         let leaderIndex = leader["node_name"] as? String == "web0" ? 0 : 1
         #expect(leader["http_address"] as? String == "127.0.0.1:\(ports[leaderIndex])")
         let follower = 1 - leaderIndex
-        let before = try RawHTTPStream.fetch(port: ports[follower], path: "/metrics")
+        let before = try await RawHTTPStream.fetch(port: ports[follower], path: "/metrics")
         #expect(before.body.contains("regent_is_leader 0"))
         #expect(before.body.contains("regent_elections_total 0"))
         // SIGTERM the leader: it hands over, deletes its row and exits 0 within the timeout.
@@ -189,7 +189,7 @@ struct ServeProcessTests {
         #expect(code == 0, "log:\n\(nodes[leaderIndex].log)")
         #expect(ContinuousClock.now - signalled < .seconds(6))
         #expect(await eventually(timeout: .seconds(5)) {
-            let r = try RawHTTPStream.fetch(port: ports[follower], path: "/metrics")
+            let r = try await RawHTTPStream.fetch(port: ports[follower], path: "/metrics")
             return r.body.contains("regent_is_leader 1") && r.body.contains("regent_elections_total 1")
                 && r.body.contains("regent_failover_seconds_count 1")
         })

@@ -23,6 +23,20 @@ public struct TestCertificates: Sendable {
         _ = try issue("server", subject: "/CN=127.0.0.1", altNames: "IP:127.0.0.1")
     }
 
+    /// `init()` off the cooperative pool: key generation takes seconds on a loaded machine, and
+    /// a test blocking one of CI's two cooperative threads that long stalls every other test.
+    public static func make() async throws -> TestCertificates {
+        try await offThePool { try TestCertificates() }
+    }
+
+    /// `issue` off the cooperative pool (see `make()`).
+    @discardableResult
+    public func issued(_ name: String, subject: String, altNames: String? = nil, by issuer: String = "ca") async throws -> (cert: String, key: String) {
+        let certs = self
+        let result = try await offThePool { try certs.issue(name, subject: subject, altNames: altNames, by: issuer) }
+        return result
+    }
+
     /// A certificate and key `ca` issues as `name.crt` / `name.key`; returns their paths.
     @discardableResult
     public func issue(_ name: String, subject: String, altNames: String? = nil, by issuer: String = "ca") throws -> (cert: String, key: String) {
