@@ -34,6 +34,9 @@ public struct MigrationRunner: Sendable {
 
     /// How long a booting node's or the leader's migration may wait for a lock.
     public static let nodeLockTimeout = Duration.seconds(1)
+    /// How many times a schema's files are tried when a lock wait runs out (each try waits at
+    /// most `lockTimeout` per statement, and nothing of a failed try stays).
+    static let lockAttempts = 3
 
     public init(
         catalog: MigrationCatalog = .builtIn, appliedBy: String, lockTimeout: Duration? = nil, automatic: Bool = false,
@@ -256,15 +259,21 @@ public struct MigrationRunner: Sendable {
         fence: (@Sendable (PostgresConnection) async throws -> Void)?
     ) async throws -> [Migration] {
         // Read under the lock: another runner may have finished while we waited.
-        let plan = try await self.plan(on: connection, schemas: schemas, target: target, contract: contract)
+        let applied = try await self.applied(on: connection)
+        let plan = try pending(applied: applied, schemas: schemas, target: target, contract: contract)
         var ran: [Migration] = []
         for schema in orderedSchemas(plan.map(\.schema)) {
             let files = plan.filter { $0.schema == schema }
+            // A schema created from nothing has no traffic to protect: its files wait for their
+            // locks as long as that takes (an autovacuum worker, say, yields after deadlock_timeout).
+            let bound = (applied.contains { $0.schema == schema }) ? lockTimeout : nil
+            var attempt = 1
+            while true {
             do {
                 try await connection.withTransaction { tx in
                     if let fence { try await fence(tx) }
-                    if let lockTimeout {
-                        try await tx.query(Self.setLockTimeout(max(1, Int(lockTimeout.milliseconds))), purpose: "migrations: bound lock waits")
+                    if let bound {
+                        try await tx.query(Self.setLockTimeout(max(1, Int(bound.milliseconds))), purpose: "migrations: bound lock waits")
                     }
                     var columns = (kind: false, duration: false)
                     for file in files {
@@ -283,6 +292,11 @@ public struct MigrationRunner: Sendable {
                             try await tx.query(Self.recordDuration(file, ms: took.milliseconds), purpose: "migrations: record \(file)'s duration")
                         }
                     }
+                    // The bound is for the files' table locks only: the announcements and the
+                    // commit wait as usual (a commit that sends notifications queues for the
+                    // server-wide notification lock behind every other database's, which a busy
+                    // server can hold past a second).
+                    if bound != nil { try await tx.query(Self.setLockTimeout(0), purpose: "migrations: unbound the commit") }
                     // Announce on the event bus once the bus exists (engine 0002 creates it).
                     let bus = try await tx.query(Self.busExists, purpose: "migrations: look for the event bus").single()
                     if try bus.decode("present", as: Bool.self) {
@@ -291,13 +305,22 @@ public struct MigrationRunner: Sendable {
                         }
                     }
                 }
+                break
             } catch let error as RegentError where error.code == .notLeader {
                 throw error
+            } catch let error as PostgresError where error.sqlState == "55P03" && attempt < Self.lockAttempts {
+                // A lock held a moment too long (a long transaction, an autovacuum): nothing was
+                // applied; try again shortly rather than fail the boot or the duty round.
+                logger.notice(
+                    "migration waited too long for a table lock; trying again",
+                    metadata: ["schema": "\(schema)", "attempt": "\(attempt)", "error": "\(error.message)"])
+                try await Task.sleep(for: .milliseconds(250 * attempt))
+                attempt += 1
             } catch let error as PostgresError where error.sqlState == "55P03" {
                 throw RegentError(
                     .migrationFailed,
-                    "migrating schema \(schema) waited more than \(lockTimeout.map { "\($0)" } ?? "the lock timeout") for a table lock "
-                        + "held by live traffic and gave up; nothing of it was applied: \(error.message)",
+                    "migrating schema \(schema) waited more than \(bound.map { "\($0)" } ?? "the lock timeout") for a table lock "
+                        + "held by live traffic, \(attempt) times, and gave up; nothing of it was applied: \(error.message)",
                     hint: "nodes retry on their own; to apply it now, run `regent migrate` in a quieter moment "
                         + "(it waits without a limit unless given --lock-timeout)")
             } catch {
@@ -305,6 +328,7 @@ public struct MigrationRunner: Sendable {
                     .migrationFailed,
                     "migrating schema \(schema) failed, nothing of it was applied: \(error)",
                     hint: "fix the cause and run `regent migrate` again")
+            }
             }
             for file in files {
                 logger.info(
@@ -365,6 +389,7 @@ public struct MigrationRunner: Sendable {
                     // A file may call a function another file (later in name order) defines.
                     try await tx.query("SELECT set_config('check_function_bodies', 'off', true)", purpose: "function files: defer body checks")
                     for file in files { try await tx.executeScript(file.sql, purpose: "function file \(file)") }
+                    if lockTimeout != nil { try await tx.query(Self.setLockTimeout(0), purpose: "function files: unbound the record") }
                     try await tx.query(
                         """
                         INSERT INTO engine.function_files (schema_name, checksum, binary_level, applied_by)
