@@ -47,9 +47,6 @@ package final class LocalCluster {
         return node
     }
 
-    /// The nodes running now, oldest first.
-    package var running: [Node] { nodes }
-
     package func node(pid: Int32) -> Node? { nodes.first { $0.pid == pid } }
 
     /// Sends `signal` and forgets the node; it is reaped by `reap()`.

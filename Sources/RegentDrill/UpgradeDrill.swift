@@ -92,7 +92,7 @@ package struct UpgradeDrill {
         // Starts a node on `binary` and waits for it to answer /readyz 200: the old binary must
         // start (and be ready) whenever the floor allows it.
         func start(_ binary: String, _ why: String) async throws -> LocalCluster.Node {
-            let port = try Self.freePort()
+            let port = try EmbeddedPostgres.freeLoopbackPort()
             let node = try cluster.spawn(executable: binary, arguments: ["--http-address", "127.0.0.1:\(port)"])
             let label = binary == oldBinary ? "old" : "new"
             if binary == oldBinary { result.oldStarts += 1 }
@@ -130,11 +130,23 @@ package struct UpgradeDrill {
             let label = node.executable == oldBinary ? "old" : "new"
             mark("\(signal == SIGKILL ? "SIGKILL" : "SIGTERM") \(label) node \(node.name) (\(why))")
         }
+        var spawnedWorkers = 0
         func worker(_ binary: String) throws -> pid_t {
-            let name = "up-w\(workers.count + 1)"
+            // A new name for every process: a replacement must not share its predecessor's
+            // (or another replacement's) worker identity.
+            spawnedWorkers += 1
+            let name = "up-w\(spawnedWorkers)"
             return try ChildProcess.spawn(
                 [binary, "worker", "--database-url", url, "--name", name, "--lane", "drill", "--work", "150ms", "--batch", "4", "--log-level", "warning"],
                 outputPath: "\(logs)/\(name).log")
+        }
+        /// SIGTERMs worker `index`, waits for it to end, and starts its replacement on the new binary.
+        func rollWorker(_ index: Int) async throws {
+            let pid = workers[index].pid
+            kill(pid, SIGTERM)
+            _ = try await runOffThePool { ChildProcess.exitStatus(pid, wait: true) }
+            workers[index] = (try worker(newBinary), newBinary)
+            mark("worker \(index + 1) rolled to the new binary")
         }
         var started_runs = 0
         /// Starts `count` runs with `binary`'s CLI (the old one's, unless said otherwise).
@@ -179,10 +191,7 @@ package struct UpgradeDrill {
         let victim = nodes.removeFirst()
         stop(victim, signal: SIGKILL, "mid-rollout crash of an old node")
         nodes.append(try await start(oldBinary, "the crashed old node comes back on the old binary"))
-        kill(workers[0].pid, SIGTERM)
-        _ = ChildProcess.exitStatus(workers[0].pid, wait: true)
-        workers[0] = (try worker(newBinary), newBinary)
-        mark("worker 1 rolled to the new binary")
+        try await rollWorker(0)
         for i in 2...3 {
             guard let old = nodes.firstIndex(where: { $0.executable == oldBinary }) else { break }
             stop(nodes.remove(at: old), signal: SIGTERM, "rollout \(i)/3")
@@ -195,10 +204,7 @@ package struct UpgradeDrill {
         try await startRuns(runs - 2 * perBatch, "after the undo")
         stop(nodes.removeLast(), signal: SIGTERM, "roll forward again")
         nodes.append(try await start(newBinary, "roll forward again"))
-        kill(workers[1].pid, SIGTERM)
-        _ = ChildProcess.exitStatus(workers[1].pid, wait: true)
-        workers[1] = (try worker(newBinary), newBinary)
-        mark("worker 2 rolled to the new binary")
+        try await rollWorker(1)
 
         // The old CLI stops enqueueing before the contract (after it, the old release is done).
         let (enqueued, enqueueFailures) = await queue.stopProducing()
@@ -291,23 +297,6 @@ extension UpgradeDrill {
         let pid = try ChildProcess.spawn(argv, outputPath: path)
         let status = try await runOffThePool { ChildProcess.exitStatus(pid, wait: true) ?? -1 }
         return (status, (try? String(contentsOfFile: path, encoding: .utf8)) ?? "")
-    }
-
-    /// A TCP port nobody listens on now (bound to port 0 and released).
-    static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw RegentError(.invalidInput, "cannot open a socket: errno \(errno)") }
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
-        }
-        guard bound else { throw RegentError(.invalidInput, "cannot bind a socket: errno \(errno)") }
-        return Int(UInt16(bigEndian: addr.sin_port))
     }
 
     /// One HTTP/1.1 GET on 127.0.0.1:`port`, blocking (run it off the cooperative pool): the

@@ -24,11 +24,7 @@ struct APIError: Error {
 struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     let routes: RouteIndex
 
-    func unavailable(_ code: String, _ message: String) throws -> Response {
-        var response = try errorResponse(.serviceUnavailable, code: code, message: message)
-        response.headers[.retryAfter] = "1"
-        return response
-    }
+    func unavailable(_ code: String, _ message: String) throws -> Response { try unavailableResponse(code, message) }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
@@ -141,4 +137,11 @@ func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) throws ->
 
 func errorResponse(_ status: HTTPResponse.Status, code: String, message: String) throws -> Response {
     try json(["error": ["code": code, "message": message]], status: status)
+}
+
+/// A 503 with `Retry-After: 1`, as every 503 of the API (the condition passes on its own).
+func unavailableResponse(_ code: String, _ message: String) throws -> Response {
+    var response = try errorResponse(.serviceUnavailable, code: code, message: message)
+    response.headers[.retryAfter] = "1"
+    return response
 }

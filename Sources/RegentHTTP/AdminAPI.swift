@@ -166,13 +166,6 @@ public struct AdminAPI: Sendable {
             configuration: .init(address: .hostname(host, port: port), serverName: "regent"), logger: logger)
     }
 
-    /// A 503 with `Retry-After`, as every 503 of the API: the condition passes on its own.
-    private func unavailable(code: String, message: String) throws -> Response {
-        var response = try errorResponse(.serviceUnavailable, code: code, message: message)
-        response.headers[.retryAfter] = "1"
-        return response
-    }
-
     func readiness() async throws -> Response {
         do {
             let schemas = try await pool.withConnection { conn -> [SchemaStatus] in
@@ -183,11 +176,11 @@ public struct AdminAPI: Sendable {
             guard behind.isEmpty else {
                 let list = behind.map { "\($0.schema) at \($0.appliedVersion) of \($0.knownVersion)" + ($0.floor > $0.knownVersion ? " (floor \($0.floor))" : "") }
                     .joined(separator: ", ")
-                return try unavailable(code: "schema_not_current", message: "schemas not current: \(list)")
+                return try unavailableResponse("schema_not_current", "schemas not current: \(list)")
             }
             return try json(["ready": true])
         } catch {
-            return try unavailable(code: "database_unreachable", message: "database not reachable: \(error)")
+            return try unavailableResponse("database_unreachable", "database not reachable: \(error)")
         }
     }
 

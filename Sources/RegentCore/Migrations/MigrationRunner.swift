@@ -63,7 +63,7 @@ public struct MigrationRunner: Sendable {
     /// The first file of each schema an automatic runner leaves to an operator (`regent migrate`).
     public func heldForOperator(applied: [AppliedMigration], schemas: [String]) throws(RegentError) -> [Migration] {
         orderedSchemas(schemas).compactMap { schema in
-            let current = applied.filter { $0.schema == schema }.map(\.version).max() ?? 0
+            let current = Self.version(of: schema, in: applied)
             guard current > 0 else { return nil }
             let files = catalog.migrations(for: schema).filter { $0.version > current }
             let firstContract = files.firstIndex { $0.kind == .contract } ?? files.endIndex
@@ -91,8 +91,16 @@ public struct MigrationRunner: Sendable {
     static func recordDuration(_ m: Migration, ms: Double) -> PostgresQuery {
         "UPDATE engine.migrations SET duration_ms = \(ms) WHERE schema_name = \(m.schema) AND version = \(m.version)"
     }
-    static func setLockTimeout(_ ms: Int) -> PostgresQuery {
-        "SELECT set_config('lock_timeout', \(String(ms)), true)"
+    /// Bounds the transaction's lock waits to `bound` from here on; nil leaves the session's own.
+    static func boundLockWaits(_ bound: Duration?, on tx: PostgresConnection) async throws {
+        guard let bound else { return }
+        try await tx.query("SELECT set_config('lock_timeout', \(String(max(1, Int(bound.milliseconds)))), true)", purpose: "migrations: bound lock waits")
+    }
+
+    /// Lifts a bound `boundLockWaits(bound, …)` set, for the rest of the transaction.
+    static func liftLockBound(_ bound: Duration?, on tx: PostgresConnection) async throws {
+        guard bound != nil else { return }
+        try await tx.query("SELECT set_config('lock_timeout', '0', true)", purpose: "migrations: lift the lock bound")
     }
     static let lockRunner: PostgresQuery =
         "SELECT pg_advisory_lock(\(AdvisoryLockKey.classID), \(AdvisoryLockKey.migrations))"
@@ -129,6 +137,11 @@ public struct MigrationRunner: Sendable {
         }
     }
 
+    /// The newest applied version of `schema` (0: the schema does not exist yet).
+    static func version(of schema: String, in applied: [AppliedMigration]) -> Int {
+        applied.filter { $0.schema == schema }.map(\.version).max() ?? 0
+    }
+
     /// The oldest version of `schema` a binary must know to run against `applied`: the newest
     /// applied contract or breaking migration's version (0 when none).
     public static func floor(of schema: String, in applied: [AppliedMigration]) -> Int {
@@ -144,7 +157,7 @@ public struct MigrationRunner: Sendable {
             let latest = catalog.latestVersion(of: schema)
             let floor = Self.floor(of: schema, in: applied)
             if floor > latest {
-                let newest = applied.filter { $0.schema == schema }.map(\.version).max() ?? floor
+                let newest = Self.version(of: schema, in: applied)
                 throw RegentError(
                     .databaseNewerThanBinary,
                     "database schema \(schema) is at version \(newest) and needs a binary that knows version \(floor) or later "
@@ -193,7 +206,7 @@ public struct MigrationRunner: Sendable {
         try verify(applied, schemas: schemas)
         var plan: [Migration] = []
         for schema in schemas {
-            let current = applied.filter { $0.schema == schema }.map(\.version).max() ?? 0
+            let current = Self.version(of: schema, in: applied)
             var limit = catalog.latestVersion(of: schema)
             if let target, target.schema == schema {
                 guard target.version >= current else {
@@ -221,7 +234,7 @@ public struct MigrationRunner: Sendable {
     public func heldContracts(applied: [AppliedMigration], schemas: [String]) throws(RegentError) -> [Migration] {
         try verify(applied, schemas: schemas)
         return orderedSchemas(schemas).compactMap { schema in
-            let current = applied.filter { $0.schema == schema }.map(\.version).max() ?? 0
+            let current = Self.version(of: schema, in: applied)
             guard current > 0 else { return nil }
             return catalog.migrations(for: schema).first { $0.version > current && $0.kind == .contract }
         }
@@ -266,69 +279,67 @@ public struct MigrationRunner: Sendable {
             let files = plan.filter { $0.schema == schema }
             // A schema created from nothing has no traffic to protect: its files wait for their
             // locks as long as that takes (an autovacuum worker, say, yields after deadlock_timeout).
-            let bound = (applied.contains { $0.schema == schema }) ? lockTimeout : nil
+            let bound = Self.version(of: schema, in: applied) > 0 ? lockTimeout : nil
             var attempt = 1
             while true {
-            do {
-                try await connection.withTransaction { tx in
-                    if let fence { try await fence(tx) }
-                    if let bound {
-                        try await tx.query(Self.setLockTimeout(max(1, Int(bound.milliseconds))), purpose: "migrations: bound lock waits")
-                    }
-                    var columns = (kind: false, duration: false)
-                    for file in files {
-                        let began = ContinuousClock.now
-                        try await tx.executeScript(file.sql, purpose: "migration \(file)")
-                        let took = began.duration(to: .now)
-                        try await tx.query(Self.recordApplied(file, by: appliedBy), purpose: "migrations: record \(file)")
-                        if !columns.duration {
-                            let row = try await tx.query(Self.recordedColumns, purpose: "migrations: look for kinds and durations").single()
-                            columns = (try row.decode("kind", as: Bool.self), try row.decode("duration", as: Bool.self))
-                        }
-                        if columns.kind, file.kind != .breaking {
-                            try await tx.query(Self.recordKind(file), purpose: "migrations: record \(file)'s kind")
-                        }
-                        if columns.duration {
-                            try await tx.query(Self.recordDuration(file, ms: took.milliseconds), purpose: "migrations: record \(file)'s duration")
-                        }
-                    }
-                    // The bound is for the files' table locks only: the announcements and the
-                    // commit wait as usual (a commit that sends notifications queues for the
-                    // server-wide notification lock behind every other database's, which a busy
-                    // server can hold past a second).
-                    if bound != nil { try await tx.query(Self.setLockTimeout(0), purpose: "migrations: unbound the commit") }
-                    // Announce on the event bus once the bus exists (engine 0002 creates it).
-                    let bus = try await tx.query(Self.busExists, purpose: "migrations: look for the event bus").single()
-                    if try bus.decode("present", as: Bool.self) {
+                do {
+                    try await connection.withTransaction { tx in
+                        if let fence { try await fence(tx) }
+                        try await Self.boundLockWaits(bound, on: tx)
+                        var columns = (kind: false, duration: false)
                         for file in files {
-                            try await tx.query(Self.announceApplied(file, by: appliedBy), purpose: "migrations: announce \(file)")
+                            let began = ContinuousClock.now
+                            try await tx.executeScript(file.sql, purpose: "migration \(file)")
+                            let took = began.duration(to: .now)
+                            try await tx.query(Self.recordApplied(file, by: appliedBy), purpose: "migrations: record \(file)")
+                            if !columns.duration {
+                                let row = try await tx.query(Self.recordedColumns, purpose: "migrations: look for kinds and durations").single()
+                                columns = (try row.decode("kind", as: Bool.self), try row.decode("duration", as: Bool.self))
+                            }
+                            if columns.kind, file.kind != .breaking {
+                                try await tx.query(Self.recordKind(file), purpose: "migrations: record \(file)'s kind")
+                            }
+                            if columns.duration {
+                                try await tx.query(Self.recordDuration(file, ms: took.milliseconds), purpose: "migrations: record \(file)'s duration")
+                            }
+                        }
+                        // The bound is for the files' table locks only: the announcements and the
+                        // commit wait as usual (a commit that sends notifications queues for the
+                        // server-wide notification lock behind every other database's, which a busy
+                        // server can hold past a second).
+                        try await Self.liftLockBound(bound, on: tx)
+                        // Announce on the event bus once the bus exists (engine 0002 creates it).
+                        let bus = try await tx.query(Self.busExists, purpose: "migrations: look for the event bus").single()
+                        if try bus.decode("present", as: Bool.self) {
+                            for file in files {
+                                try await tx.query(Self.announceApplied(file, by: appliedBy), purpose: "migrations: announce \(file)")
+                            }
                         }
                     }
+                    break
+                } catch let error as RegentError where error.code == .notLeader {
+                    throw error
+                } catch let error as PostgresError where error.sqlState == "55P03" && attempt < Self.lockAttempts {
+                    // A lock held a moment too long (a long transaction, an autovacuum): nothing was
+                    // applied; try again shortly rather than fail the boot or the duty round.
+                    logger.notice(
+                        "migration waited too long for a table lock; trying again",
+                        metadata: ["schema": "\(schema)", "attempt": "\(attempt)", "error": "\(error.message)"])
+                    try await Task.sleep(for: .milliseconds(250 * attempt))
+                    attempt += 1
+                } catch let error as PostgresError where error.sqlState == "55P03" {
+                    throw RegentError(
+                        .migrationFailed,
+                        "migrating schema \(schema) waited more than \(bound.map { "\($0)" } ?? "the lock timeout") for a table lock "
+                            + "held by live traffic, \(attempt) times, and gave up; nothing of it was applied: \(error.message)",
+                        hint: "nodes retry on their own; to apply it now, run `regent migrate` in a quieter moment "
+                            + "(it waits without a limit unless given --lock-timeout)")
+                } catch {
+                    throw RegentError(
+                        .migrationFailed,
+                        "migrating schema \(schema) failed, nothing of it was applied: \(error)",
+                        hint: "fix the cause and run `regent migrate` again")
                 }
-                break
-            } catch let error as RegentError where error.code == .notLeader {
-                throw error
-            } catch let error as PostgresError where error.sqlState == "55P03" && attempt < Self.lockAttempts {
-                // A lock held a moment too long (a long transaction, an autovacuum): nothing was
-                // applied; try again shortly rather than fail the boot or the duty round.
-                logger.notice(
-                    "migration waited too long for a table lock; trying again",
-                    metadata: ["schema": "\(schema)", "attempt": "\(attempt)", "error": "\(error.message)"])
-                try await Task.sleep(for: .milliseconds(250 * attempt))
-                attempt += 1
-            } catch let error as PostgresError where error.sqlState == "55P03" {
-                throw RegentError(
-                    .migrationFailed,
-                    "migrating schema \(schema) waited more than \(bound.map { "\($0)" } ?? "the lock timeout") for a table lock "
-                        + "held by live traffic, \(attempt) times, and gave up; nothing of it was applied: \(error.message)",
-                    hint: "nodes retry on their own; to apply it now, run `regent migrate` in a quieter moment "
-                        + "(it waits without a limit unless given --lock-timeout)")
-            } catch {
-                throw RegentError(
-                    .migrationFailed,
-                    "migrating schema \(schema) failed, nothing of it was applied: \(error)",
-                    hint: "fix the cause and run `regent migrate` again")
-            }
             }
             for file in files {
                 logger.info(
@@ -365,7 +376,7 @@ public struct MigrationRunner: Sendable {
         return orderedSchemas(schemas).filter { schema in
             guard let checksum = catalog.functionsChecksum(of: schema) else { return false }
             let latest = catalog.latestVersion(of: schema)
-            let version = applied.filter { $0.schema == schema }.map(\.version).max() ?? 0
+            let version = Self.version(of: schema, in: applied)
             let needed = held.first { $0.schema == schema }.map { $0.version - 1 } ?? latest
             guard version >= needed, let current = recorded[schema] else { return version >= needed }
             return current.checksum != checksum && latest >= current.level
@@ -383,13 +394,11 @@ public struct MigrationRunner: Sendable {
             do {
                 try await connection.withTransaction { tx in
                     if let fence { try await fence(tx) }
-                    if let lockTimeout {
-                        try await tx.query(Self.setLockTimeout(max(1, Int(lockTimeout.milliseconds))), purpose: "function files: bound lock waits")
-                    }
+                    try await Self.boundLockWaits(lockTimeout, on: tx)
                     // A file may call a function another file (later in name order) defines.
                     try await tx.query("SELECT set_config('check_function_bodies', 'off', true)", purpose: "function files: defer body checks")
                     for file in files { try await tx.executeScript(file.sql, purpose: "function file \(file)") }
-                    if lockTimeout != nil { try await tx.query(Self.setLockTimeout(0), purpose: "function files: unbound the record") }
+                    try await Self.liftLockBound(lockTimeout, on: tx)
                     try await tx.query(
                         """
                         INSERT INTO engine.function_files (schema_name, checksum, binary_level, applied_by)
@@ -418,7 +427,7 @@ public struct MigrationRunner: Sendable {
         return orderedSchemas(schemas).map { schema in
             SchemaStatus(
                 schema: schema,
-                appliedVersion: applied.filter { $0.schema == schema }.map(\.version).max() ?? 0,
+                appliedVersion: Self.version(of: schema, in: applied),
                 knownVersion: catalog.latestVersion(of: schema),
                 floor: Self.floor(of: schema, in: applied),
                 heldContract: held.first { $0.schema == schema }?.version)
