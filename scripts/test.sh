@@ -8,12 +8,15 @@ export PATH="$PATH:/opt/swift/usr/bin"
 bash scripts/ensure-deps.sh
 # Marks this run's start: only clusters started after it are ours to stop at the end.
 marker="$(mktemp /tmp/regent-test-run-XXXXXX)"
-trap 'rm -f "$marker"' EXIT
+# Every phase's output is also kept here, so the run can end with a list of what failed (a CI log
+# is often read from its tail, and a failure in the first phase is otherwise far above it).
+log="$(mktemp /tmp/regent-test-log-XXXXXX)"
+trap 'rm -f "$marker" "$log"' EXIT
 swift build --build-tests
 status=0
 # A hung test must fail the run, not hold it until CI's own limit.
 if [ $# -gt 0 ]; then
-  timeout --signal=TERM --kill-after=30 "${REGENT_TEST_TIMEOUT:-1800}" swift test --skip-build "$@" || status=$?
+  timeout --signal=TERM --kill-after=30 "${REGENT_TEST_TIMEOUT:-1800}" swift test --skip-build "$@" 2>&1 | tee -a "$log" || status=$?
 else
   # 1. Everything in-process, in parallel. 2. The suites that start processes and servers of
   # their own (drills, regent serve, promoted standbys, outages, PgBouncer), one at a time:
@@ -23,7 +26,7 @@ else
   heavy=(FaultDrillTests FailoverDrillTests QueueCLITests PackageCLITests RunCLITests ProcessTests ServeProcessTests PromotionTests OutageTests PoolerTests)
   skips=(); for s in "${heavy[@]}" StarvationTests; do skips+=(--skip "$s"); done
   filters=(); for s in "${heavy[@]}"; do filters+=(--filter "$s"); done
-  timeout --signal=TERM --kill-after=30 "${REGENT_TEST_TIMEOUT:-1800}" swift test --skip-build "${skips[@]}" || status=$?
+  timeout --signal=TERM --kill-after=30 "${REGENT_TEST_TIMEOUT:-1800}" swift test --skip-build "${skips[@]}" 2>&1 | tee -a "$log" || status=$?
   # The upgrade drill (ProcessTests) rolls a cluster from the previous tagged release's binary to
   # this build and back: build that binary once (kept in .build/previous/).
   if previous="$(bash scripts/build-previous.sh)"; then
@@ -34,11 +37,11 @@ else
   else
     echo "skipping the upgrade drill: the previous release could not be built (see above)" >&2
   fi
-  timeout --signal=TERM --kill-after=30 "${REGENT_TEST_TIMEOUT:-1800}" swift test --skip-build --no-parallel "${filters[@]}" || status=$?
-  timeout --signal=TERM --kill-after=30 600 swift test --skip-build --filter StarvationTests || status=$?
+  timeout --signal=TERM --kill-after=30 "${REGENT_TEST_TIMEOUT:-1800}" swift test --skip-build --no-parallel "${filters[@]}" 2>&1 | tee -a "$log" || status=$?
+  timeout --signal=TERM --kill-after=30 600 swift test --skip-build --filter StarvationTests 2>&1 | tee -a "$log" || status=$?
   # The API contract: Schemathesis against docs/openapi.yaml and a real node (skipped, saying
   # why, when it cannot be installed from PyPI).
-  timeout --signal=TERM --kill-after=30 900 bash scripts/schemathesis.sh || status=$?
+  timeout --signal=TERM --kill-after=30 900 bash scripts/schemathesis.sh 2>&1 | tee -a "$log" || status=$?
 fi
 # A crashed or timed-out test process can leave its private cluster behind: stop the clusters
 # that appeared during this run (not other checkouts' or other runs'), by their data directory.
@@ -49,4 +52,8 @@ for d in /tmp/regent-pg-*/data; do
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$pgctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
   else "$pgctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true; fi
 done
+if [ "$status" != 0 ]; then
+  echo "── what failed (status $status): failing tests and issues, then the contract's FAIL lines"
+  grep -E '✘|  FAIL |Fatal error|signal code|error: fatalError|error: Exited' "$log" | head -80 || true
+fi
 exit $status

@@ -123,6 +123,7 @@ public struct AdminAPI: Sendable {
         r.add(.get, "/v1/workers", role: .read) { request, _ in try await workflow.require(); return try await listWorkers(request) }
         r.add(.post, "/v1/workers/register", role: .worker) { request, context in try await workflow.require(); return try await registerWorker(request, context) }
         r.add(.post, "/v1/workers/heartbeat", role: .worker) { request, context in try await workflow.require(); return try await heartbeatWorker(request, context) }
+        r.add(.post, "/v1/workers/deregister", role: .worker) { request, context in try await workflow.require(); return try await deregisterWorker(request, context) }
         r.add(.post, "/v1/leases/claim", role: .worker) { request, context in try await workflow.require(); return try await claim(request, context) }
         r.add(.post, "/v1/leases/renew", role: .worker) { request, context in try await workflow.require(); return try await renew(request, context) }
         r.add(.post, "/v1/leases/complete", role: .worker) { request, context in try await workflow.require(); return try await complete(request, context) }

@@ -279,9 +279,17 @@ struct AdminAPITests {
                     .post, "/v1/leases/complete", token: f.worker, json: #"{"execution_id":"\#(ids[0])","lease_epoch":\#(epoch1),"result":{"ok":true}}"#)
                 #expect(done.status == .ok)
                 #expect(try object(done.body)["state"] as? String == "completed")
+                // The same completion again (its answer lost, say): it counted, and nothing changes.
                 let again = try await client.call(
                     .post, "/v1/leases/complete", token: f.worker, json: #"{"execution_id":"\#(ids[0])","lease_epoch":\#(epoch1)}"#)
-                #expect(again.status == .conflict)
+                #expect(again.status == .ok)
+                #expect(try object(again.body)["state"] as? String == "already_completed")
+                // Another worker instance sending it is not told that its work counted.
+                let other = try await client.call(
+                    .post, "/v1/leases/complete", token: f.worker,
+                    json: #"{"execution_id":"\#(ids[0])","lease_epoch":\#(epoch1),"worker_instance_id":"w-2"}"#)
+                #expect(other.status == .conflict)
+                #expect(errorCode(other) == "stale_lease")
                 let failed = try await client.call(
                     .post, "/v1/leases/fail", token: f.worker,
                     json: #"{"execution_id":"\#(ids[1])","lease_epoch":\#(epoch2),"error":"boom","retryable":true}"#)

@@ -46,7 +46,8 @@ struct TrustAPITests {
     /// Claims a lease in namespace `ns` as instance `w-1` registered with `token`.
     static func claimOne(_ client: some TestClientProtocol, token: String, ns: String = "trust") async throws -> (id: String, epoch: Int) {
         let register = #"{"namespace":"\#(ns)","worker_instance_id":"w-1","worker_id":"w","lanes":["a"],"liveness_ttl_ms":30000}"#
-        #expect(try await client.call(.post, "/v1/workers/register", token: token, json: register).status == .created)
+        let registered = try await client.call(.post, "/v1/workers/register", token: token, json: register).status
+        #expect(registered == .created || registered == .ok)
         #expect(try await client.call(.post, "/v1/executions", token: token, json: #"{"namespace":"\#(ns)","executions":[{"lane":"a"}]}"#).status == .ok)
         let claimed = try object(try await client.call(
             .post, "/v1/leases/claim", token: token, json: #"{"namespace":"\#(ns)","worker_instance_id":"w-1","lanes":["a"]}"#).body)
@@ -94,8 +95,72 @@ struct TrustAPITests {
                 let ahead = try await client.call(.post, "/v1/leases/complete", token: f.worker, json: #"{"execution_id":"\#(id)","lease_epoch":\#(epoch + 5)}"#)
                 #expect(ahead.status == .conflict && errorCode(ahead) == "stale_lease")
                 #expect(errorMessage(ahead)?.contains("never granted") == true)
-                let late = try await client.call(.post, "/v1/leases/complete", token: f.worker, json: #"{\#(lease)}"#)
+                // Another instance's completion of the completed execution is told what happened to it.
+                let late = try await client.call(.post, "/v1/leases/complete", token: f.worker, json: #"{\#(lease),"worker_instance_id":"w-2"}"#)
                 #expect(errorMessage(late)?.contains("it was completed") == true)
+            }
+        }
+    }
+
+    /// Issue 29: a completion whose answer was lost is sent again and must be told it counted
+    /// (200 `already_completed`), alone, in a batch and with the next claim; anyone else (another
+    /// token, another instance, a later epoch's holder) still hears stale, and nothing changes.
+    @Test func aRepeatedCompletionAnswersWithItsOriginalOutcomeOnlyToItsSender() async throws {
+        try await Fixture.with { f in
+            let other = try await Self.token(f, "other-worker")
+            try await f.app().test(.router) { client in
+                let (id, epoch) = try await Self.claimOne(client, token: f.worker)
+                let body = #"{"execution_id":"\#(id)","lease_epoch":\#(epoch),"worker_instance_id":"w-1","result":{"n":1}}"#
+                let first = try await client.call(.post, "/v1/leases/complete", token: f.worker, json: body)
+                #expect(first.status == .ok)
+                #expect(try object(first.body)["state"] as? String == "completed")
+                // Again, with another result: the first one stands.
+                let again = try await client.call(
+                    .post, "/v1/leases/complete", token: f.worker,
+                    json: #"{"execution_id":"\#(id)","lease_epoch":\#(epoch),"worker_instance_id":"w-1","result":{"n":2}}"#)
+                #expect(again.status == .ok)
+                #expect(try object(again.body)["state"] as? String == "already_completed")
+                let batch = try object(try await client.call(
+                    .post, "/v1/leases/complete-batch", token: f.worker,
+                    json: #"{"completions":[{"execution_id":"\#(id)","lease_epoch":\#(epoch),"worker_instance_id":"w-1"}]}"#).body)
+                #expect((batch["done"] as? [[String: Any]])?.first?["state"] as? String == "already_completed")
+                #expect((batch["stale"] as? [String]) == [])
+                let withClaim = try object(try await client.call(
+                    .post, "/v1/leases/complete-and-claim", token: f.worker,
+                    json: #"{"namespace":"trust","worker_instance_id":"w-1","lanes":["a"],"completions":[{"execution_id":"\#(id)","lease_epoch":\#(epoch),"worker_instance_id":"w-1"}]}"#).body)
+                #expect((withClaim["done"] as? [[String: Any]])?.first?["state"] as? String == "already_completed")
+                // Not the sender: another instance, an epoch never granted, another token.
+                for (token, json) in [
+                    (f.worker, #"{"execution_id":"\#(id)","lease_epoch":\#(epoch),"worker_instance_id":"w-9"}"#),
+                    (f.worker, #"{"execution_id":"\#(id)","lease_epoch":\#(epoch + 1),"worker_instance_id":"w-1"}"#),
+                    (other, #"{"execution_id":"\#(id)","lease_epoch":\#(epoch),"worker_instance_id":"w-1"}"#),
+                ] {
+                    let r = try await client.call(.post, "/v1/leases/complete", token: token, json: json)
+                    #expect(r.status == .conflict && errorCode(r) == "stale_lease", "\(json)")
+                }
+                let result = try await f.api.pool.query(
+                    "SELECT result::text AS r FROM workflow.executions WHERE execution_id = \(UUID(uuidString: id)!)").first?.decode("r", as: String.self)
+                #expect(result == #"{"n": 1}"#)
+
+                // A cancelled lease's holder is not told its completion counted.
+                let (cancelled, cancelledEpoch) = try await Self.claimOne(client, token: f.worker)
+                #expect(try await client.call(.post, "/v1/executions/\(cancelled)/cancel", token: f.worker, json: "{}").status == .ok)
+                let late = try await client.call(
+                    .post, "/v1/leases/complete", token: f.worker,
+                    json: #"{"execution_id":"\#(cancelled)","lease_epoch":\#(cancelledEpoch),"worker_instance_id":"w-1"}"#)
+                #expect(late.status == .conflict && errorCode(late) == "stale_lease")
+
+                // Deregistration: only by the token that registered the instance; then its claims are refused.
+                let leave = #"{"namespace":"trust","worker_instance_id":"w-1"}"#
+                let foreign = try await client.call(.post, "/v1/workers/deregister", token: other, json: leave)
+                #expect(foreign.status == .notFound && errorCode(foreign) == "not_registered")
+                let left = try await client.call(.post, "/v1/workers/deregister", token: f.worker, json: leave)
+                #expect(left.status == .ok)
+                #expect(try object(left.body)["registration"] as? String == "deregistered")
+                let claimAfter = try await client.call(
+                    .post, "/v1/leases/claim", token: f.worker, json: #"{"namespace":"trust","worker_instance_id":"w-1","lanes":["a"]}"#)
+                #expect(claimAfter.status == .notFound && errorCode(claimAfter) == "not_registered")
+                #expect(try await client.call(.post, "/v1/workers/deregister", token: f.worker, json: leave).status == .notFound)
             }
         }
     }

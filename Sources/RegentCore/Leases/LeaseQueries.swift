@@ -166,6 +166,24 @@ package enum LeaseQueries {
 
     /// Why a renew, completion or failure changed nothing: the execution's state and epoch, and
     /// its live lease's epoch, token and worker instance (read only on that path).
+    /// Of the completions `ids`/`epochs`/`workers` (parallel arrays; "" for no worker), those
+    /// that had landed already: the execution is completed at that epoch, by an attempt of that
+    /// worker instance when one is named, and (for a token) by a worker registered with it. A
+    /// completed execution never changes epoch again, so the answer is final.
+    static func alreadyCompleted(ids: [UUID], epochs: [Int64], workers: [String], token: String?) -> PostgresQuery {
+        """
+        SELECT e.execution_id
+        FROM unnest(\(ids.map(\.uuidString))::uuid[], \(epochs.map(String.init))::bigint[], \(workers)::text[]) AS i(execution_id, epoch, worker)
+        JOIN workflow.executions e ON e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'completed'
+        WHERE EXISTS (
+            SELECT 1 FROM workflow.attempts a
+            WHERE a.execution_id = e.execution_id AND a.lease_epoch = i.epoch AND a.state = 'completed'
+              AND (i.worker = '' OR a.worker_instance_id = i.worker)
+              AND (\(token)::text IS NULL OR EXISTS (
+                  SELECT 1 FROM workflow.workers w WHERE w.worker_instance_id = a.worker_instance_id AND w.token_id = \(token)::text)))
+        """
+    }
+
     static func leaseStatus(_ id: UUID) -> PostgresQuery {
         """
         SELECT e.state, e.lease_epoch, l.lease_epoch AS live_epoch, l.token_id, l.worker_instance_id

@@ -229,6 +229,24 @@ public struct LeaseStore: Sendable {
         let rows = try await conn.query(LeaseQueries.complete(itemsJSON: try Self.completionItems(completions), token: token), purpose: "complete executions")
         var done: [UUID: String] = [:]
         for row in rows { done[try row.decode("execution_id", as: UUID.self)] = "completed" }
+        return try await settlingRepeats(completions, done: done, on: conn)
+    }
+
+    /// The outcome of a batch whose `done` the statement reported: an item it did not complete
+    /// because the same completion (execution, epoch and worker instance) had landed before is
+    /// `already_completed`, not stale. A worker whose completion's answer was lost (a timeout, a
+    /// node that died after its commit) sends it again and learns that it counted; a worker
+    /// whose lease was reclaimed, cancelled or completed by another still hears stale.
+    func settlingRepeats(_ completions: [Completion], done: [UUID: String], on conn: PostgresConnection) async throws -> BatchOutcome {
+        var done = done
+        let missing = completions.filter { done[$0.executionID] == nil }
+        if !missing.isEmpty {
+            let rows = try await conn.query(
+                LeaseQueries.alreadyCompleted(
+                    ids: missing.map(\.executionID), epochs: missing.map(\.epoch.value), workers: missing.map { $0.worker?.value ?? "" }, token: token),
+                purpose: "repeated completions")
+            for row in rows { done[try row.decode("execution_id", as: UUID.self)] = CompletionOutcome.alreadyCompleted.rawValue }
+        }
         return BatchOutcome(done: done, stale: completions.map(\.executionID).filter { done[$0] == nil })
     }
 
@@ -268,16 +286,29 @@ public struct LeaseStore: Sendable {
         for text in try rows.first?.decode("completed", as: [String].self) ?? [] {
             if let id = UUID(uuidString: text) { done[id] = "completed" }
         }
-        let outcome = BatchOutcome(done: done, stale: completions.map(\.executionID).filter { done[$0] == nil })
-        return (outcome, try Self.leases(rows, workerInstanceID: workerInstanceID, namespace: namespace, completed: done.count))
+        let leases = try Self.leases(rows, workerInstanceID: workerInstanceID, namespace: namespace, completed: done.count)
+        return (try await settlingRepeats(completions, done: done, on: conn), leases)
     }
 
-    /// Completes the execution with `result` (a JSON object); ``staleLease`` when its epoch is not current.
+    /// Completes the execution with `result` (a JSON object): `.completed`, or `.alreadyCompleted`
+    /// when this same completion (epoch and worker instance) landed before; ``staleLease`` when
+    /// its epoch is not current for any other reason.
+    @discardableResult
     public func complete(
         executionID: UUID, epoch: LeaseEpoch, result: String = "{}", cost: [Cost] = [], worker: WorkerInstanceID? = nil, on conn: PostgresConnection
-    ) async throws {
+    ) async throws -> CompletionOutcome {
         let outcome = try await complete([Completion(executionID: executionID, epoch: epoch, result: result, cost: cost, worker: worker)], on: conn)
-        guard outcome.stale.isEmpty else { throw try await refusal(executionID, epoch, worker: worker, on: conn) }
+        guard let state = outcome.done[executionID], let done = CompletionOutcome(rawValue: state) else {
+            throw try await refusal(executionID, epoch, worker: worker, on: conn)
+        }
+        return done
+    }
+
+    /// What a completion did.
+    public enum CompletionOutcome: String, Sendable, Equatable {
+        case completed
+        /// The same completion (execution, epoch, worker instance) had landed before: nothing changed.
+        case alreadyCompleted = "already_completed"
     }
 
     public enum FailOutcome: String, Sendable, Equatable { case requeued = "queued", deadLettered = "dead_lettered", failed }

@@ -96,10 +96,11 @@ public struct WorkerRegistry: Sendable {
         RETURNING expires_at
         """
     }
-    static func markDead(_ ns: Namespace, _ instance: WorkerInstanceID, _ reason: DeathReason) -> PostgresQuery {
+    static func markDead(_ ns: Namespace, _ instance: WorkerInstanceID, _ reason: DeathReason, token: String? = nil) -> PostgresQuery {
         """
         UPDATE workflow.workers SET dead = true, dead_reason = \(reason.text)
         WHERE namespace = \(ns.value) AND worker_instance_id = \(instance.value) AND NOT dead
+          AND (\(token)::text IS NULL OR token_id = \(token)::text)
         RETURNING worker_id
         """
     }
@@ -168,6 +169,21 @@ public struct WorkerRegistry: Sendable {
             try await tx.query(
                 Self.logEvent(namespace, workerInstanceID, "marked_dead", detail: #"{"reason": \#(jsonString(reason.text))}"#),
                 purpose: "workers: log death")
+            return .marked
+        }
+    }
+
+    /// A worker leaving on purpose (graceful shutdown): it is marked dead at once, so the
+    /// leases it still holds are reclaimed by the next scan instead of at their expiry, and a
+    /// claim under its instance id is refused until it registers again. Only the token that
+    /// registered an instance may deregister it.
+    public func deregister(namespace: Namespace, workerInstanceID: WorkerInstanceID, on conn: PostgresConnection) async throws -> MarkDeadOutcome {
+        let reason = try DeathReason("deregistered")
+        return try await conn.withTransaction { tx in
+            guard try await !tx.query(Self.markDead(namespace, workerInstanceID, reason, token: token), purpose: "workers: deregister").isEmpty
+            else { return .notRegistered }
+            try await tx.query(
+                Self.logEvent(namespace, workerInstanceID, "marked_dead", detail: #"{"reason": "deregistered"}"#), purpose: "workers: log deregistration")
             return .marked
         }
     }

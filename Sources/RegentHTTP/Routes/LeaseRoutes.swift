@@ -96,10 +96,10 @@ extension AdminAPI {
 
     func complete(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let c = try await JSONBody.read(request, context: context, allowed: JSONBody.completionFields).completion()
-        try await retryingConflicts(on: pool) {
+        let outcome = try await retryingConflicts(on: pool) {
             try await context.leases.complete(executionID: c.executionID, epoch: c.epoch, result: c.result, cost: c.cost, worker: c.worker, on: $0)
         }
-        return try json(["state": "completed"])
+        return try json(["state": outcome.rawValue])
     }
 
     func fail(_ request: Request, _ context: RegentRequestContext) async throws -> Response {

@@ -74,4 +74,17 @@ extension AdminAPI {
             throw APIError.notFound("not_registered", "worker instance \(instance) is not registered and alive in namespace \(namespace); register it again")
         }
     }
+
+    func deregisterWorker(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let body = try await JSONBody.read(request, context: context, allowed: ["namespace", "worker_instance_id"])
+        let namespace = try Namespace(try body.string("namespace"))
+        let instance = try WorkerInstanceID(try body.string("worker_instance_id"))
+        let outcome = try await pool.withConnection {
+            try await WorkerRegistry(token: context.identity?.tokenID).deregister(namespace: namespace, workerInstanceID: instance, on: $0)
+        }
+        guard outcome == .marked else {
+            throw APIError.notFound("not_registered", "worker instance \(instance) is not registered and alive in namespace \(namespace) (for this token)")
+        }
+        return try json(["registration": "deregistered"])
+    }
 }
