@@ -13,6 +13,8 @@ let package = Package(
         .executable(name: "regent", targets: ["regent"]),
         .library(name: "PostgresClient", targets: ["PostgresClient"]),
         .library(name: "RegentCore", targets: ["RegentCore"]),
+        // Workers over the HTTP API (no libpq): what users' step programs depend on.
+        .library(name: "RegentWorker", targets: ["RegentWorker"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -97,6 +99,22 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The worker SDK: typed step handlers over the admin API with renewals, cancellation,
+        // completions that cannot count twice, batching and failover between nodes.
+        .target(
+            name: "RegentWorker",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Fault and failover drills: a local cluster of `regent serve` processes, the faults, the invariant checks.
         .target(
             name: "RegentDrill",
@@ -118,8 +136,8 @@ let package = Package(
                 "RegentDrill",
                 "RegentBench",
                 "RegentHTTP",
+                "RegentWorker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

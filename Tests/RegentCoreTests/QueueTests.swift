@@ -115,8 +115,14 @@ struct QueueTests {
             let outcome = try await store.complete(batch, on: conn)
             #expect(Set(outcome.done.keys) == Set(leases.prefix(2).map(\.executionID)))
             #expect(Set(outcome.stale) == Set(leases.suffix(2).map(\.executionID)))
+            // The same completion again (its answer lost): it counted, and it changes nothing.
             let again = try await store.complete([batch[0]], on: conn)
-            #expect(again.done.isEmpty && again.stale == [leases[0].executionID])
+            #expect(again.done == [leases[0].executionID: "already_completed"] && again.stale.isEmpty)
+            // Another worker instance sending it is not told that it counted.
+            var foreign = batch[0]
+            foreign.worker = try WorkerInstanceID("someone-else")
+            let refused = try await store.complete([foreign], on: conn)
+            #expect(refused.done.isEmpty && refused.stale == [leases[0].executionID])
             let states = try await conn.query("SELECT state, count(*) AS n FROM workflow.executions GROUP BY state ORDER BY state")
                 .map { "\(try $0.decode("state", as: String.self))=\(try $0.decode("n", as: Int.self))" }
             #expect(states == ["completed=2", "running=2"])

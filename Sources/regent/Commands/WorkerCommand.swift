@@ -1,9 +1,9 @@
 import ArgumentParser
-import AsyncHTTPClient
 import Foundation
 import Logging
 import PostgresClient
 import RegentCore
+import RegentWorker
 import UnixSignals
 
 struct WorkerCommand: AsyncParsableCommand {
@@ -27,8 +27,9 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Steps claimed and completed at once (1-100).") var batch = 1
     @Option(help: "The cost each completion reports, in the run's budget unit.") var cost = 1.0
     @Flag(help: "Accepted for clarity: this worker only ever runs demo work.") var demo = false
-    @Option(help: ArgumentHelp("Work through this node's admin API (http:// or https://) instead of the database.", valueName: "url"))
-    var apiURL: String?
+    @Option(help: ArgumentHelp(
+        "Work through this node's admin API (http:// or https://) instead of the database (repeatable: more nodes to fail over to).", valueName: "url"))
+    var apiURL: [String] = []
     @Option(help: ArgumentHelp("The worker token for --api-url (default: $REGENT_TOKEN).", valueName: "token")) var token: String?
     @Option(help: ArgumentHelp("Trust this PEM CA for an https --api-url (default: the system's roots).", valueName: "path")) var caFile: String?
     @Option(help: ArgumentHelp("A PEM client certificate for nodes that require one (with --client-key).", valueName: "path")) var clientCert: String?
@@ -43,12 +44,14 @@ struct WorkerCommand: AsyncParsableCommand {
         if let name { _ = try validated { try WorkerInstanceID(name) } }
         if work != "0ms" { _ = try validated { try parseDuration(work, flag: "--work") } }
         guard (1...100).contains(batch) else { throw ValidationError("--batch must be 1 to 100, got \(batch)") }
-        if let apiURL {
+        for apiURL in apiURL {
             guard let url = URL(string: apiURL), ["http", "https"].contains(url.scheme ?? ""), url.host != nil, url.query == nil else {
                 throw ValidationError("--api-url must be http://HOST[:PORT] or https://HOST[:PORT], got \(apiURL.debugDescription)")
             }
             guard apiToken != nil else { throw ValidationError("--api-url needs a worker token: --token or REGENT_TOKEN") }
             if url.scheme == "http", caFile != nil || clientCert != nil { throw ValidationError("--ca-file and --client-cert need an https --api-url") }
+        }
+        if !apiURL.isEmpty {
         } else if caFile != nil || clientCert != nil || clientKey != nil || token != nil {
             throw ValidationError("--token, --ca-file, --client-cert and --client-key need --api-url")
         }
@@ -59,7 +62,7 @@ struct WorkerCommand: AsyncParsableCommand {
     func run() async throws {
         try log.bootstrap(defaultLevel: "info")
         let logger = Logger(label: "regent.worker")
-        if let apiURL, let apiToken {
+        if !apiURL.isEmpty, let apiToken {
             try await runOverHTTP(apiURL, apiToken, logger: logger)
             return
         }
@@ -80,17 +83,35 @@ struct WorkerCommand: AsyncParsableCommand {
 }
 
 extension WorkerCommand {
-    /// The same worker through a node's admin API.
-    func runOverHTTP(_ apiURL: String, _ apiToken: String, logger: Logger) async throws {
-        let client = try HTTPStepWorker.client(.init(ca: caFile, clientCertificate: clientCert, clientKey: clientKey))
-        let worker = HTTPStepWorker(
-            base: apiURL.hasSuffix("/") ? String(apiURL.dropLast()) : apiURL, token: apiToken,
-            instanceID: try instanceID().value,
-            lanes: lanes, capabilities: capabilities, work: work == "0ms" ? .zero : try parseDuration(work, flag: "--work"), batch: batch, cost: cost)
-        logger.notice("worker started", metadata: ["worker": "\(worker.instanceID)", "lanes": "\(lanes.joined(separator: ","))", "api": "\(apiURL)"])
-        let tally = await Self.untilSignal { await worker.run(client: client, logger: logger) }
-        try? await client.shutdown()
-        logger.notice("worker stopped", metadata: ["completed": "\(tally?.completed ?? 0)", "stale": "\(tally?.stale ?? 0)"])
+    /// The same demo work through the nodes' admin API, with the RegentWorker library: every
+    /// step is handled by one fallback handler that pauses for --work and reports --cost.
+    /// SIGTERM/SIGINT shut it down gracefully (running steps finish, then it deregisters).
+    func runOverHTTP(_ urls: [String], _ apiToken: String, logger: Logger) async throws {
+        var configuration = WorkerConfiguration(urls: urls, token: apiToken)
+        let instance = try instanceID().value
+        configuration.instanceID = instance
+        configuration.workerID = "step-worker"
+        configuration.lanes = lanes
+        configuration.capabilities = capabilities
+        configuration.maxConcurrentSteps = batch
+        configuration.tls = .init(caFile: caFile, clientCertificateFile: clientCert, clientKeyFile: clientKey)
+        let work = work == "0ms" ? Duration.zero : try parseDuration(work, flag: "--work")
+        let worker = RegentWorker(configuration: configuration, logger: logger)
+        worker.fallback { [cost] ctx in
+            if work > .zero { try await Task.sleep(for: work) }
+            if cost > 0 { ctx.reportCost(cost) }
+            return ["step": .string(ctx.step), "by": .string(instance), "attempt": .int(Int64(ctx.attempt))]
+        }
+        // A signal begins the graceful shutdown; run() returns when it is done.
+        let signals = Task {
+            for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) {
+                worker.shutdown()
+                break
+            }
+        }
+        defer { signals.cancel() }
+        try await worker.run()
+        logger.notice("worker stopped", metadata: ["completed": "\(worker.tally.completed)", "stale": "\(worker.tally.lost)"])
     }
 }
 
