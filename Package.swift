@@ -166,7 +166,8 @@ let package = Package(
         .testTarget(
             name: "RegentHTTPTests",
             dependencies: [
-                "RegentHTTP", "RegentCore", "PostgresClient", "RegentTestSupport",
+                "RegentHTTP", "RegentCore", "PostgresClient", "RegentTestSupport", "RegentWorker",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -373,9 +373,13 @@ public final class RegentWorker: Service, Sendable {
             await fail(lease, error.message, retryable: false, api, state)
         case .threw(let error):
             let stopping = await state.isStopping
-            let message = error is CancellationError && stopping
-                ? "handed back: worker \(configuration.instanceID) shut down before the step finished" : "\(error)"
-            await fail(lease, message, retryable: true, api, state)
+            guard error is CancellationError && stopping else {
+                await fail(lease, "\(error)", retryable: true, api, state)
+                return
+            }
+            // Handed back at shutdown: this task is cancelled, so the report goes from one that is not.
+            let message = "handed back: worker \(configuration.instanceID) shut down before the step finished"
+            await Task { await self.fail(lease, message, retryable: true, api, state) }.value
         }
     }
 
