@@ -15,6 +15,8 @@ let package = Package(
         .library(name: "RegentCore", targets: ["RegentCore"]),
         // Workers over the HTTP API (no libpq): what users' step programs depend on.
         .library(name: "RegentWorker", targets: ["RegentWorker"]),
+        // examples/workers/swift: a worker built on RegentWorker (regent demo runs it).
+        .executable(name: "regent-example-worker", targets: ["RegentExampleWorker"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -115,6 +117,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .executableTarget(
+            name: "RegentExampleWorker",
+            dependencies: [
+                "RegentWorker",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            path: "examples/workers/swift",
+            swiftSettings: swiftSettings
+        ),
         // Fault and failover drills: a local cluster of `regent serve` processes, the faults, the invariant checks.
         .target(
             name: "RegentDrill",
@@ -138,6 +151,8 @@ let package = Package(
                 "RegentHTTP",
                 "RegentWorker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

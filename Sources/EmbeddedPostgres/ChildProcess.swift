@@ -4,8 +4,9 @@ import Foundation
 /// that are gone in an atexit handler): posix_spawnp, stdin from /dev/null, stdout and
 /// stderr appended to one file.
 public enum ChildProcess {
-    /// Starts `argv` (looked up on PATH) and returns its pid.
-    public static func spawn(_ argv: [String], outputPath: String) throws(EmbeddedPostgresError) -> pid_t {
+    /// Starts `argv` (looked up on PATH) and returns its pid; `environment` is added to this
+    /// process's (secrets go there, not into argv where `ps` shows them).
+    public static func spawn(_ argv: [String], outputPath: String, environment: [String: String] = [:]) throws(EmbeddedPostgresError) -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -15,7 +16,15 @@ public enum ChildProcess {
         let cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
         var pid: pid_t = 0
-        let rc = posix_spawnp(&pid, argv[0], &actions, nil, cArgs, environ)
+        let rc: Int32
+        if environment.isEmpty {
+            rc = posix_spawnp(&pid, argv[0], &actions, nil, cArgs, environ)
+        } else {
+            let merged = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+            let cEnv = merged.map { strdup("\($0.key)=\($0.value)") } + [nil]
+            defer { cEnv.forEach { free($0) } }
+            rc = posix_spawnp(&pid, argv[0], &actions, nil, cArgs, cEnv)
+        }
         guard rc == 0 else { throw EmbeddedPostgresError("cannot run \(argv[0]): \(String(cString: strerror(rc)))") }
         return pid
     }

@@ -243,7 +243,7 @@ func drainQueue(
 /// For each sample, a claim of `lane` by `worker` waits (LISTEN-woken, no connection held);
 /// `act` runs on a connection of its own and is timed until that claim returns; `settle` then
 /// checks and finishes what was claimed.
-func timeToClaim<T>(
+package func timeToClaim<T>(
     _ config: ConnectionConfiguration, namespace: Namespace, lane: Lane, worker: WorkerInstanceID, samples: Int,
     act: (PostgresConnection, Int) async throws -> T, settle: (PostgresConnection, T, [Lease]) async throws -> Void
 ) async throws -> Figures {

@@ -470,10 +470,13 @@ actor WorkerState {
     private var waiters: [CheckedContinuation<Void, Never>] = []
     /// Off: the claimer never carries completions, so the flusher sends each at once.
     let batching: Bool
+    /// How long the claimer waits for more running steps to finish before a small batch.
+    let linger: Duration
 
-    init(capacity: Int, batching: Bool) {
+    init(capacity: Int, batching: Bool, linger: Duration = .milliseconds(2)) {
         self.capacity = capacity
         self.batching = batching
+        self.linger = linger
     }
 
     private func wake() {
@@ -491,9 +494,27 @@ actor WorkerState {
     /// The room to claim into and the completions to send with the claim; nil once stopping.
     /// Waits while the worker is full (the flusher sends completions meanwhile).
     func nextClaim() async -> (Int, [CompletionItem])? {
+        var lingerUntil: ContinuousClock.Instant?
         while true {
             if isStopping { return nil }
             if running < capacity {
+                // Batching: while steps still run and fewer than half the slots are free, let more of
+                // them finish (up to `linger`), so one request carries many completions and claims
+                // many steps instead of one each.
+                if batching && running > 0 && capacity - running < (capacity + 1) / 2 && linger > .zero {
+                    let until = lingerUntil ?? ContinuousClock.now + linger
+                    if lingerUntil == nil {
+                        lingerUntil = until
+                        Task { [weak self] in
+                            try? await Task.sleep(until: until)
+                            await self?.poke()
+                        }
+                    }
+                    if ContinuousClock.now < until {
+                        await changed()
+                        continue
+                    }
+                }
                 let taken = batching ? outbox : []
                 if batching { outbox.removeAll() }
                 return (capacity - running, taken)

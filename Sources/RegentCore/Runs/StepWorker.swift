@@ -37,25 +37,34 @@ public struct StepWorker: Sendable {
     public func run(pool: ConnectionPool, waker: QueueWaker? = nil, logger: Logger = Logger(label: "regent.worker")) async -> Tally {
         var tally = Tally()
         let ns = RunStore.namespace
+        // Registered before the first claim (retrying until it is, or the worker is cancelled).
+        let register: @Sendable () async throws -> Void = {
+            _ = try await pool.withConnection { conn in
+                try await WorkerRegistry().register(
+                    namespace: ns, workerInstanceID: instanceID, workerID: try WorkerID("step-worker"), lanes: lanes,
+                    capabilities: capabilities, livenessTTL: livenessTTL, on: conn)
+            }
+        }
+        while !Task.isCancelled {
+            do {
+                try await register()
+                break
+            } catch {
+                logger.warning("worker registration failed; retrying", metadata: ["worker": "\(instanceID)", "error": "\(error)"])
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+        }
         await withTaskGroup(of: Void.self) { group in
             // Liveness: re-register (which refreshes) well within the TTL; a swept worker comes back.
             group.addTask {
                 while !Task.isCancelled {
-                    do {
-                        _ = try await pool.withConnection { conn in
-                            try await WorkerRegistry().register(
-                                namespace: ns, workerInstanceID: instanceID, workerID: try WorkerID("step-worker"), lanes: lanes,
-                                capabilities: capabilities, livenessTTL: livenessTTL, on: conn)
-                        }
-                    } catch {
+                    try? await Task.sleep(for: livenessTTL / 4)
+                    do { try await register() } catch {
                         if Task.isCancelled { return }
                         logger.warning("worker registration failed; retrying", metadata: ["worker": "\(instanceID)", "error": "\(error)"])
                     }
-                    try? await Task.sleep(for: livenessTTL / 4)
                 }
             }
-            // Wait for the first registration before claiming.
-            try? await Task.sleep(for: .milliseconds(50))
             // Completions ride on the next claim (one round trip per batch); when that claim finds
             // nothing, the worker long-polls.
             var leases: [Lease] = []

@@ -1,6 +1,9 @@
 import ArgumentParser
+import AsyncHTTPClient
 import EmbeddedPostgres
 import Foundation
+import NIOCore
+import NIOHTTP1
 import RegentDrill
 import PostgresClient
 import RegentCore
@@ -81,7 +84,80 @@ struct DemoCommand: AsyncParsableCommand {
             print("   (for comparison: River re-elects after ~15 s, Oban after 30 s, a Kubernetes Lease after 15 s;")
             print("    the crashed node's row stays until it is 2 s stale and the leader sweeps it)")
             print(renderStatus(status))
-            if !workers.isEmpty { try await awaitRuns(env, on: statusConn) }
+            if !workers.isEmpty {
+                try await awaitRuns(env, on: statusConn)
+                try await showWorkersOverHTTP(env, on: statusConn)
+            }
+        }
+    }
+
+    /// The example shop.checkout (examples/workers): each run's steps carried by a Swift worker
+    /// (RegentWorker) and a Python worker (regent-client) through two nodes' HTTP API with a
+    /// worker token; one run fails for good (a NonRetryable error); SIGTERM stops both
+    /// workers gracefully.
+    private func showWorkersOverHTTP(_ env: DrillEnvironment, on conn: PostgresConnection) async throws {
+        guard let package = Self.example("workers/greeting") else { return }
+        let root = URL(fileURLWithPath: package).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+        let swiftWorker = URL(fileURLWithPath: env.cluster.executablePath).deletingLastPathComponent().appendingPathComponent("regent-example-worker").path
+        print("\n── workers over the HTTP API: a Swift worker and a Python worker carry the steps of one run ──")
+        guard FileManager.default.isExecutableFile(atPath: swiftWorker) else {
+            print("   (skipped: \(swiftWorker) is not built; swift build --product regent-example-worker)")
+            return
+        }
+        guard let python = ["/usr/bin/python3", "/usr/local/bin/python3"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            print("   (skipped: python3 is not installed)")
+            return
+        }
+        let ports = [try EmbeddedPostgres.freeLoopbackPort(), try EmbeddedPostgres.freeLoopbackPort()]
+        for port in ports { try env.cluster.spawn(arguments: ["--http-address", "127.0.0.1:\(port)"]) }
+        let urls = ports.map { "http://127.0.0.1:\($0)" }
+        for url in urls {
+            let deadline = ContinuousClock.now + .seconds(60)
+            while true {
+                if let r = try? await HTTPClient.shared.execute(HTTPClientRequest(url: url + "/readyz"), timeout: .seconds(2)), r.status.code == 200 { break }
+                guard ContinuousClock.now < deadline else { throw RegentError(.timeout, "the API node at \(url) did not become ready") }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        print("   two more nodes serve the API at \(urls.joined(separator: " and "))")
+        let token = try await TokenStore().create(name: "demo-workers", role: .worker, actor: "demo", on: conn).1
+        let contents = try PackageContents(path: package, limits: .default)
+        _ = try await PackageStore().deploy(contents, actor: .named("demo"), on: conn)
+        let environment = ["REGENT_URLS": urls.joined(separator: ","), "REGENT_TOKEN": token]
+        let logs = env.cluster.logDirectory
+        let swiftPID = try ChildProcess.spawn(
+            [swiftWorker], outputPath: logs + "/swift-worker.log", environment: environment.merging(["REGENT_WORKER_NAME": "swift-worker"]) { $1 })
+        let pythonPID = try ChildProcess.spawn(
+            [python, root + "/examples/workers/python/worker.py"], outputPath: logs + "/python-worker.log",
+            environment: environment.merging(["REGENT_WORKER_NAME": "python-worker", "PYTHONPATH": root + "/clients/python/src"]) { $1 })
+        print("   regent-example-worker (Swift, lane swift: quote, receipt) and examples/workers/python/worker.py (Python, lane python: charge)")
+        var runs: [String] = []
+        for (customer, items) in [("ana", 3), ("bo", 1), ("mallory", 2)] {
+            runs.append(try await RunStore().start(
+                .init(workflowType: contents.manifest.workflowType, input: #"{"customer": "\#(customer)", "items": \#(items)}"#), actor: .named("demo"), on: conn).runID)
+        }
+        let deadline = ContinuousClock.now + .seconds(60)
+        var shown: [RunStore.Run] = []
+        while ContinuousClock.now < deadline {
+            shown = []
+            for id in runs { if let run = try await RunStore().get(id, on: conn) { shown.append(run) } }
+            if shown.allSatisfy({ $0.state != "running" }) { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        for run in shown {
+            print("   \(run.runID) \(run.state): " + run.steps.map { "\($0.name) by \($0.worker ?? "?")" }.joined(separator: ", "))
+            if let receipt = run.steps.last?.output { print("     receipt \(receipt)") }
+            if let error = run.error { print("     \(error)") }
+        }
+        kill(swiftPID, SIGTERM)
+        kill(pythonPID, SIGTERM)
+        _ = ChildProcess.exitStatus(swiftPID, wait: true)
+        _ = ChildProcess.exitStatus(pythonPID, wait: true)
+        let left = try await conn.query("SELECT worker_instance_id FROM workflow.workers WHERE dead_reason = 'deregistered' ORDER BY 1")
+            .map { try $0.decode("worker_instance_id", as: String.self) }
+        print("   SIGTERM to both: they finished, then deregistered (\(left.joined(separator: ", ")))")
+        guard shown.count == 3, shown.filter({ $0.state == "succeeded" }).count == 2, shown.contains(where: { $0.state == "failed" }) else {
+            throw RegentError(.timeout, "the workers over HTTP did not finish the checkout runs as expected; logs in \(logs)")
         }
     }
 
@@ -117,13 +193,15 @@ struct DemoCommand: AsyncParsableCommand {
     /// unload refused because they pin it; and runs that wait: for an approval signal, a timer,
     /// a child workflow.
     /// Returns the pids of the worker processes it started.
+    static func example(_ name: String) -> String? {
+        [
+            FileManager.default.currentDirectoryPath + "/examples/\(name)",
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("../../examples/\(name)").standardized.path,
+        ].first { FileManager.default.fileExists(atPath: $0 + "/workflow.json") }
+    }
+
     private func showPackages(on conn: PostgresConnection, env: DrillEnvironment) async throws -> [pid_t] {
-        func example(_ name: String) -> String? {
-            [
-                FileManager.default.currentDirectoryPath + "/examples/\(name)",
-                URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("../../examples/\(name)").path,
-            ].first { FileManager.default.fileExists(atPath: $0 + "/workflow.json") }
-        }
+        let example = Self.example
         guard let path = example("order-fulfilment") else {
             print("\n(the example package examples/order-fulfilment was not found from here; skipping the package part)")
             return []
