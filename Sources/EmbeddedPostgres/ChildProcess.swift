@@ -15,15 +15,29 @@ public enum ChildProcess {
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         let cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
+        // The child starts with no signal blocked and SIGTERM, SIGINT and SIGHUP at their
+        // defaults, whatever this process did with them (signal handling here blocks or ignores
+        // them, and both are inherited across exec: a child would never see its SIGTERM).
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attributes, &none)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for sig in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&defaults, sig) }
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var pid: pid_t = 0
         let rc: Int32
         if environment.isEmpty {
-            rc = posix_spawnp(&pid, argv[0], &actions, nil, cArgs, environ)
+            rc = posix_spawnp(&pid, argv[0], &actions, &attributes, cArgs, environ)
         } else {
             let merged = ProcessInfo.processInfo.environment.merging(environment) { $1 }
             let cEnv = merged.map { strdup("\($0.key)=\($0.value)") } + [nil]
             defer { cEnv.forEach { free($0) } }
-            rc = posix_spawnp(&pid, argv[0], &actions, nil, cArgs, cEnv)
+            rc = posix_spawnp(&pid, argv[0], &actions, &attributes, cArgs, cEnv)
         }
         guard rc == 0 else { throw EmbeddedPostgresError("cannot run \(argv[0]): \(String(cString: strerror(rc)))") }
         return pid

@@ -76,7 +76,7 @@ final class APIClient: Sendable {
         request.method = .POST
         request.headers.add(name: "Authorization", value: "Bearer \(token)")
         request.headers.add(name: "Content-Type", value: "application/json")
-        request.body = .bytes(ByteBuffer(bytes: try JSONValue.encoder.encode(body)))
+        request.body = .bytes(ByteBuffer(bytes: body.bytes))
         let status: Int
         let bytes: ByteBuffer
         do {
@@ -90,7 +90,7 @@ final class APIClient: Sendable {
             moveOn(from: index, node: node, reason: "\(error)")
             throw Unreachable(node: node, reason: "\(error)")
         }
-        let json = (try? JSONValue.decoder.decode(JSONValue.self, from: Data(bytes.readableBytesView))) ?? .null
+        let json = (try? JSONValue.parse(bytes.readableBytesView)) ?? .null
         let answer = Answer(status: status, body: json, node: node)
         if [502, 503, 504].contains(status) {
             moveOn(from: index, node: node, reason: "\(status) \(answer.errorCode)")

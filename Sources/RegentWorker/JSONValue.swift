@@ -13,20 +13,22 @@ public enum JSONValue: Sendable, Hashable, Codable, CustomStringConvertible {
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.singleValueContainer()
+        // The likeliest kinds first: each miss costs a thrown error, and API answers are mostly
+        // objects and strings.
         if c.decodeNil() {
             self = .null
-        } else if let b = try? c.decode(Bool.self) {
-            self = .bool(b)
-        } else if let i = try? c.decode(Int64.self) {
-            self = .int(i)
-        } else if let d = try? c.decode(Double.self) {
-            self = .double(d)
+        } else if let o = try? c.decode([String: JSONValue].self) {
+            self = .object(o)
         } else if let s = try? c.decode(String.self) {
             self = .string(s)
         } else if let a = try? c.decode([JSONValue].self) {
             self = .array(a)
+        } else if let b = try? c.decode(Bool.self) {
+            self = .bool(b)
+        } else if let i = try? c.decode(Int64.self) {
+            self = .int(i)
         } else {
-            self = .object(try c.decode([String: JSONValue].self))
+            self = .double(try c.decode(Double.self))
         }
     }
 
@@ -60,9 +62,11 @@ public enum JSONValue: Sendable, Hashable, Codable, CustomStringConvertible {
     public var array: [JSONValue]? { if case .array(let a) = self { return a }; return nil }
     public var object: [String: JSONValue]? { if case .object(let o) = self { return o }; return nil }
 
-    /// Compact JSON text.
+    /// Compact JSON text, keys sorted.
     public var description: String {
-        (try? String(decoding: JSONValue.encoder.encode(self), as: UTF8.self)) ?? "null"
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? String(decoding: e.encode(self), as: UTF8.self)) ?? "null"
     }
 
     /// `value` encoded and read back as JSON.
@@ -75,9 +79,10 @@ public enum JSONValue: Sendable, Hashable, Codable, CustomStringConvertible {
         try JSONValue.decoder.decode(T.self, from: JSONValue.encoder.encode(self))
     }
 
+    /// For request bodies and decoding round trips (no key sorting: it costs, and the API does not care).
     static var encoder: JSONEncoder {
         let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        e.outputFormatting = [.withoutEscapingSlashes]
         return e
     }
     static var decoder: JSONDecoder { JSONDecoder() }

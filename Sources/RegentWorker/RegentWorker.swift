@@ -209,7 +209,10 @@ public final class RegentWorker: Service, Sendable {
                     body["completions"] = .array(completions.map(\.json))
                     timeout = configuration.requestTimeout
                 }
-                await state.parkClaimer(true)
+                // Only a long poll lets the flusher send what finishes meanwhile; a complete-and-claim
+                // is short, and what finishes during it rides on the next one.
+                await state.parkClaimer(completions.isEmpty)
+                tally.claimed(completions: completions.count)
                 let answer: APIClient.Answer
                 do {
                     answer = try await api.post(path, .object(body), timeout: timeout)
@@ -229,6 +232,7 @@ public final class RegentWorker: Service, Sendable {
                     delay = .milliseconds(50)
                     report(completions, answer, state)
                     let at = ContinuousClock.now
+                    tally.leased(answer.body["leases"]?.array?.count ?? 0)
                     for item in answer.body["leases"]?.array ?? [] {
                         guard let lease = Lease(item, claimedAt: at) else {
                             logger.error("a claim answered a lease this library cannot read", metadata: ["lease": "\(item)"])
@@ -615,6 +619,11 @@ public final class StepTally: Sendable {
     public var lost: Int { counts.withLockedValue { $0[.lost, default: 0] } }
     /// Completions given up after their lease was long gone and no node could be reached.
     public var dropped: Int { counts.withLockedValue { $0[.dropped, default: 0] } }
+    private let requests = NIOLockedValueBox((claims: 0, carried: 0, leases: 0))
+    func claimed(completions: Int) { requests.withLockedValue { $0.claims += 1; $0.carried += completions } }
+    func leased(_ n: Int) { requests.withLockedValue { $0.leases += n } }
+    /// Claim requests sent (claim or complete-and-claim), the completions they carried, and the leases they brought.
+    public var claims: (requests: Int, completionsCarried: Int, leases: Int) { requests.withLockedValue { ($0.claims, $0.carried, $0.leases) } }
 }
 
 extension RegentWorker {

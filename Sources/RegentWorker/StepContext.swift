@@ -100,6 +100,7 @@ struct Lease: Sendable {
 
     /// An RFC 3339 instant with or without fractional seconds.
     static func parseInstant(_ text: String) -> Date? {
+        if let d = fastInstant(text) { return d }
         if let d = try? Date(text, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true)) { return d }
         return try? Date(text, strategy: .iso8601)
     }

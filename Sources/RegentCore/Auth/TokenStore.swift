@@ -170,15 +170,22 @@ public struct TokenStore: Sendable {
         RETURNING token_id, name
         """
     }
-    static func lookUp(_ id: String) -> PostgresQuery {
-        "SELECT name, role, secret_sha256, scope_namespace, scope_lanes FROM auth.tokens WHERE token_id = \(id) AND revoked_at IS NULL"
-    }
-    /// At most once a minute, to keep hot paths free of writes.
-    static func markUsed(_ id: String) -> PostgresQuery {
-        """
-        UPDATE auth.tokens SET last_used_at = now()
-        WHERE token_id = \(id) AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
-        """
+    /// The token's row, and `last_used_at` set when `presented` is its secret's hash and the
+    /// last mark is over a minute old (hot paths stay free of writes).
+    static func lookUpAndMarkUsed(_ id: String, _ presented: String) -> PostgresQuery {
+        let query: PostgresQuery = """
+            WITH t AS (
+                SELECT token_id, name, role, secret_sha256, scope_namespace, scope_lanes, last_used_at
+                FROM auth.tokens WHERE token_id = \(id) AND revoked_at IS NULL
+            ), used AS (
+                UPDATE auth.tokens u SET last_used_at = now() FROM t
+                WHERE u.token_id = t.token_id AND t.secret_sha256 = \(presented)
+                  AND (t.last_used_at IS NULL OR t.last_used_at < now() - interval '1 minute')
+                RETURNING u.token_id
+            )
+            SELECT t.name, t.role, t.secret_sha256, t.scope_namespace, t.scope_lanes, (SELECT count(*) FROM used) AS marked FROM t
+            """
+        return query.prepared()
     }
 
     /// Creates a token; returns its record and the token text, which exists nowhere else.
@@ -228,12 +235,13 @@ public struct TokenStore: Sendable {
     public func authenticate(_ token: String, on conn: PostgresConnection) async throws -> TokenIdentity? {
         guard let (id, secret) = Self.parse(token) else { return nil }
         let presented = SHA256.hex(secret)
-        let rows = try await conn.query(Self.lookUp(id), purpose: "tokens: look up")
+        // One statement per request: the look-up, and the at-most-once-a-minute mark of use
+        // (only for the right secret).
+        let rows = try await conn.query(Self.lookUpAndMarkUsed(id, presented), purpose: "tokens: look up")
         guard let row = rows.first else { return nil }
         guard Self.constantTimeEqual(presented, try row.decode("secret_sha256", as: String.self)),
               let role = TokenRole(rawValue: try row.decode("role", as: String.self))
         else { return nil }
-        try await conn.query(Self.markUsed(id), purpose: "tokens: mark used")
         return TokenIdentity(tokenID: id, name: try row.decode("name"), role: role, scope: try Self.scope(row))
     }
 

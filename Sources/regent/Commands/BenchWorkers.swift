@@ -240,6 +240,16 @@ struct WorkerBench {
             let rate = try await waitDrained(pool, from: started, target: target)
             for w in sdk { w.shutdown() }
             try await group.waitForAll()
+            var requests = 0, carried = 0, leases = 0
+            for w in sdk {
+                let c = w.tally.claims
+                requests += c.requests
+                carried += c.completionsCarried
+                leases += c.leases
+            }
+            let per = Double(max(requests, 1))
+            say(String(format: "    %d claim requests carrying %.1f completions and bringing %.1f leases each on average", requests,
+                       Double(carried) / per, Double(leases) / per))
             return rate
         }
     }
