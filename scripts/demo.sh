@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/opt/swift/usr/bin"
 bash scripts/ensure-deps.sh
 echo "building regent (the first build takes a minute or two) …"
-if ! swift build --product regent >/tmp/regent-demo-build.log 2>&1; then
+# regent, and the example worker on the RegentWorker library that the demo's last part runs.
+if ! { swift build --product regent && swift build --product regent-example-worker; } >/tmp/regent-demo-build.log 2>&1; then
   tail -30 /tmp/regent-demo-build.log >&2
   echo "build failed; full log in /tmp/regent-demo-build.log" >&2
   exit 1

@@ -145,7 +145,7 @@ struct DemoCommand: AsyncParsableCommand {
             try await Task.sleep(for: .milliseconds(100))
         }
         for run in shown {
-            print("   \(run.runID) \(run.state): " + run.steps.map { "\($0.name) by \($0.worker ?? "?")" }.joined(separator: ", "))
+            print("   \(run.runID) \(run.state): " + run.steps.map { "\($0.name) \($0.worker.map { "by \($0)" } ?? "(\($0.state))")" }.joined(separator: ", "))
             if let receipt = run.steps.last?.output { print("     receipt \(receipt)") }
             if let error = run.error { print("     \(error)") }
         }
