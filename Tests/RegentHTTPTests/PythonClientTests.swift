@@ -52,8 +52,12 @@ struct PythonClientTests {
             print("SKIPPED the pip install check: python3 -m venv failed (\(made.output.suffix(300)))")
             return
         }
-        // pip builds it with setuptools from the index (PyPI), as a user's `pip install ./clients/python` does.
-        let installed = try await Self.run(venv + "/bin/pip", ["install", "-q", "./clients/python"], in: Self.root, timeout: .seconds(240))
+        // pip builds it with setuptools from the index (PyPI), as a user's `pip install ./clients/python` does;
+        // from a copy, so the build leaves nothing in the source tree.
+        let copy = venv + "-src"
+        defer { try? FileManager.default.removeItem(atPath: copy) }
+        try FileManager.default.copyItem(atPath: Self.root + "/clients/python", toPath: copy)
+        let installed = try await Self.run(venv + "/bin/pip", ["install", "-q", copy], in: NSTemporaryDirectory(), timeout: .seconds(240))
         if installed.code != 0, installed.output.contains("Could not find a version that satisfies"), ProcessInfo.processInfo.environment["REGENT_REQUIRE_TOOLS"] != "1" {
             print("SKIPPED the pip install check: the package index cannot be reached for setuptools (\(installed.output.suffix(300)))")
             return
