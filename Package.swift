@@ -47,6 +47,8 @@ let package = Package(
             pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]
         ),
+        // JSON values and the strict linear-time reader, shared by the server and the worker SDK.
+        .target(name: "RegentJSON", swiftSettings: swiftSettings),
         // Our own small libpq client: connections, bound queries, typed rows, pool, LISTEN/NOTIFY.
         .target(
             name: "PostgresClient",
@@ -74,6 +76,7 @@ let package = Package(
             name: "RegentCore",
             dependencies: [
                 "PostgresClient",
+                "RegentJSON",
                 "CZlib",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -106,6 +109,7 @@ let package = Package(
         .target(
             name: "RegentWorker",
             dependencies: [
+                "RegentJSON",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -55,8 +55,8 @@ final class APIClient: Sendable {
         let status: Int
         let body: JSONValue
         let node: String
-        var errorCode: String { body["error"]?["code"]?.string ?? body["code"]?.string ?? "" }
-        var errorMessage: String { body["error"]?["message"]?.string ?? body["message"]?.string ?? "\(body)" }
+        var errorCode: String { body["error"]?["code"]?.stringValue ?? body["code"]?.stringValue ?? "" }
+        var errorMessage: String { body["error"]?["message"]?.stringValue ?? body["message"]?.stringValue ?? "\(body)" }
     }
 
     /// Why a request got no answer this node could give: it did not reach the node or the node
@@ -76,7 +76,7 @@ final class APIClient: Sendable {
         request.method = .POST
         request.headers.add(name: "Authorization", value: "Bearer \(token)")
         request.headers.add(name: "Content-Type", value: "application/json")
-        request.body = .bytes(ByteBuffer(bytes: body.bytes))
+        request.body = .bytes(ByteBuffer(string: body.text))
         let status: Int
         let bytes: ByteBuffer
         do {
@@ -90,7 +90,7 @@ final class APIClient: Sendable {
             moveOn(from: index, node: node, reason: "\(error)")
             throw Unreachable(node: node, reason: "\(error)")
         }
-        let json = (try? JSONValue.parse(bytes.readableBytesView)) ?? .null
+        let json = (try? StrictJSON.parse(Array(bytes.readableBytesView), maxDepth: 512)) ?? .null
         let answer = Answer(status: status, body: json, node: node)
         if [502, 503, 504].contains(status) {
             moveOn(from: index, node: node, reason: "\(status) \(answer.errorCode)")

@@ -139,7 +139,7 @@ public final class RegentWorker: Service, Sendable {
             "namespace": .string(configuration.namespace), "worker_instance_id": .string(configuration.instanceID),
             "worker_id": .string(configuration.workerID), "lanes": .array(configuration.lanes.map(JSONValue.string)),
             "capabilities": .array(configuration.capabilities.map(JSONValue.string)),
-            "liveness_ttl_ms": .int(Int64(configuration.livenessTTL.seconds * 1000)),
+            "liveness_ttl_ms": .integer(Int64(configuration.livenessTTL.seconds * 1000)),
         ])
         var delay = Duration.milliseconds(100)
         while true {
@@ -197,12 +197,12 @@ public final class RegentWorker: Service, Sendable {
             var delay = Duration.milliseconds(50)
             while let (room, completions) = await state.nextClaim() {
                 var body = claimBody
-                body["limit"] = .int(Int64(room))
+                body["limit"] = .integer(Int64(room))
                 let path: String
                 let timeout: Duration
                 if completions.isEmpty {
                     path = "/v1/leases/claim"
-                    body["wait_ms"] = .int(Int64(configuration.longPoll.seconds * 1000))
+                    body["wait_ms"] = .integer(Int64(configuration.longPoll.seconds * 1000))
                     timeout = configuration.requestTimeout + configuration.longPoll
                 } else {
                     path = "/v1/leases/complete-and-claim"
@@ -232,8 +232,8 @@ public final class RegentWorker: Service, Sendable {
                     delay = .milliseconds(50)
                     report(completions, answer, state)
                     let at = ContinuousClock.now
-                    tally.leased(answer.body["leases"]?.array?.count ?? 0)
-                    for item in answer.body["leases"]?.array ?? [] {
+                    tally.leased(answer.body["leases"]?.arrayValue?.count ?? 0)
+                    for item in answer.body["leases"]?.arrayValue ?? [] {
                         guard let lease = Lease(item, claimedAt: at) else {
                             logger.error("a claim answered a lease this library cannot read", metadata: ["lease": "\(item)"])
                             continue
@@ -320,7 +320,7 @@ public final class RegentWorker: Service, Sendable {
     /// Tallies what a complete-batch or complete-and-claim answer says of `items`.
     private func report(_ items: [CompletionItem], _ answer: APIClient.Answer, _ state: WorkerState) {
         guard !items.isEmpty else { return }
-        let stale = Set((answer.body["stale"]?.array ?? []).compactMap(\.string))
+        let stale = Set((answer.body["stale"]?.arrayValue ?? []).compactMap(\.stringValue))
         for item in items {
             if stale.contains(item.executionID) {
                 logger.warning("completion refused: the lease was lost (reclaimed, or the run was cancelled or finished)", metadata: ["execution_id": "\(item.executionID)"])
@@ -368,7 +368,7 @@ public final class RegentWorker: Service, Sendable {
         metrics.stepDuration.recordNanoseconds(Int64((ContinuousClock.now - started).seconds * 1e9))
         switch end {
         case .returned(let output):
-            let object: JSONValue = output.object == nil ? ["value": output] : output
+            let object: JSONValue = output.objectValue == nil ? ["value": output] : output
             await state.post(CompletionItem(lease: lease, output: object, costs: ctx.costs.all, worker: configuration.instanceID))
         case .leaseLost:
             ctx.logger.warning("lease lost (the run was cancelled or finished, or the lease was reclaimed): the step was cancelled and its result dropped")
@@ -391,7 +391,7 @@ public final class RegentWorker: Service, Sendable {
     /// lost (true): a renewal refused, or none got through before the lease ran out.
     private func renewUntilLost(_ lease: Lease, _ api: APIClient) async -> Bool {
         let body: JSONValue = [
-            "execution_id": .string(lease.executionID), "lease_epoch": .int(lease.epoch), "worker_instance_id": .string(configuration.instanceID),
+            "execution_id": .string(lease.executionID), "lease_epoch": .integer(lease.epoch), "worker_instance_id": .string(configuration.instanceID),
         ]
         var expiresAt = lease.expiresAt
         var period = lease.length / 3
@@ -401,7 +401,7 @@ public final class RegentWorker: Service, Sendable {
                 let answer = try await api.post("/v1/leases/renew", body, timeout: min(configuration.requestTimeout, max(period, .seconds(1))))
                 switch answer.status {
                 case 200:
-                    if let next = answer.body["lease_expires_at"]?.string.flatMap(Lease.parseInstant) { expiresAt = next }
+                    if let next = answer.body["lease_expires_at"]?.stringValue.flatMap(Lease.parseInstant) { expiresAt = next }
                     period = max(.milliseconds(100), .milliseconds(Int64(expiresAt.timeIntervalSinceNow * 1000)) / 3)
                 case 409, 404, 403:
                     return true
@@ -423,7 +423,7 @@ public final class RegentWorker: Service, Sendable {
     private func fail(_ lease: Lease, _ message: String, retryable: Bool, _ api: APIClient, _ state: WorkerState) async {
         count(.failed)
         let body: JSONValue = [
-            "execution_id": .string(lease.executionID), "lease_epoch": .int(lease.epoch), "worker_instance_id": .string(configuration.instanceID),
+            "execution_id": .string(lease.executionID), "lease_epoch": .integer(lease.epoch), "worker_instance_id": .string(configuration.instanceID),
             "error": .string(String(message.prefix(1000))), "retryable": .bool(retryable),
         ]
         let giveUp = lease.expiresAt.addingTimeInterval(60)
@@ -453,7 +453,7 @@ struct CompletionItem: Sendable {
     init(lease: Lease, output: JSONValue, costs: [JSONValue], worker: String) {
         executionID = lease.executionID
         var item: [String: JSONValue] = [
-            "execution_id": .string(lease.executionID), "lease_epoch": .int(lease.epoch), "worker_instance_id": .string(worker), "output": output,
+            "execution_id": .string(lease.executionID), "lease_epoch": .integer(lease.epoch), "worker_instance_id": .string(worker), "output": output,
         ]
         if let run = lease.runID { item["run_id"] = .string(run) }
         if !costs.isEmpty { item["cost"] = .array(costs) }

@@ -45,7 +45,7 @@ public struct StepContext: Sendable {
         executionID = lease.executionID
         lane = lease.lane
         input = lease.payload["input"] ?? lease.payload
-        earlierOutputs = lease.payload["after"]?.object ?? [:]
+        earlierOutputs = lease.payload["after"]?.objectValue ?? [:]
         var logger = base
         logger[metadataKey: "run_id"] = "\(runID)"
         logger[metadataKey: "step"] = "\(step)"
@@ -61,7 +61,7 @@ public struct StepContext: Sendable {
 final class CostLedger: Sendable {
     private let items = NIOLockedValueBox<[JSONValue]>([])
     func add(_ amount: Double, unit: String?) {
-        var item: [String: JSONValue] = ["amount": .double(amount)]
+        var item: [String: JSONValue] = ["amount": .number(amount)]
         if let unit { item["unit"] = .string(unit) }
         items.withLockedValue { $0.append(.object(item)) }
     }
@@ -83,18 +83,18 @@ struct Lease: Sendable {
     let claimedAt: ContinuousClock.Instant
 
     init?(_ json: JSONValue, claimedAt: ContinuousClock.Instant) {
-        guard let id = json["execution_id"]?.string, let epoch = json["lease_epoch"]?.int, let expires = json["lease_expires_at"]?.string,
+        guard let id = json["execution_id"]?.stringValue, let epoch = json["lease_epoch"]?.intValue, let expires = json["lease_expires_at"]?.stringValue,
             let at = Lease.parseInstant(expires)
         else { return nil }
         executionID = id
         self.epoch = epoch
-        lane = json["lane"]?.string ?? ""
-        attempt = Int(json["attempt_index"]?.int ?? 1)
+        lane = json["lane"]?.stringValue ?? ""
+        attempt = Int(json["attempt_index"]?.intValue ?? 1)
         payload = json["payload"] ?? .null
         expiresAt = at
-        runID = json["run_id"]?.string
-        step = json["step"]?.string
-        packageHash = json["package_hash"]?.string
+        runID = json["run_id"]?.stringValue
+        step = json["step"]?.stringValue
+        packageHash = json["package_hash"]?.stringValue
         self.claimedAt = claimedAt
     }
 

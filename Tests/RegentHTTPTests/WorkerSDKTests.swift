@@ -137,7 +137,7 @@ struct WorkerSDKTests {
                 let worker = RegentWorker(configuration: Self.configuration(f, port: try #require(client.port)))
                 worker.on("flaky") { ctx in
                     if ctx.attempt == 1 { throw CocoaError(.fileNoSuchFile) }
-                    return ["attempt": .int(Int64(ctx.attempt))]
+                    return ["attempt": .integer(Int64(ctx.attempt))]
                 }
                 worker.on("fatal") { _ in throw NonRetryable("card declined") }
                 try await Self.with(worker) {

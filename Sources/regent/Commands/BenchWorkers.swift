@@ -231,7 +231,7 @@ struct WorkerBench {
         for w in sdk {
             w.fallback { ctx in
                 ctx.reportCost(1)
-                return ["step": .string(ctx.step), "attempt": .int(Int64(ctx.attempt))]
+                return ["step": .string(ctx.step), "attempt": .integer(Int64(ctx.attempt))]
             }
         }
         let started = ContinuousClock.now
@@ -260,7 +260,7 @@ struct WorkerBench {
         let (arrivals, arrived) = AsyncStream<(Int, ContinuousClock.Instant)>.makeStream()
         worker.on("first") { ctx in
             let now = ContinuousClock.now
-            if let i = ctx.input["sample"]?.int { arrived.yield((Int(i), now)) }
+            if let i = ctx.input["sample"]?.intValue { arrived.yield((Int(i), now)) }
             return [:]
         }
         let task = Task { try await worker.run() }

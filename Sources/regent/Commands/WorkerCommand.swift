@@ -100,7 +100,7 @@ extension WorkerCommand {
         worker.fallback { [cost] ctx in
             if work > .zero { try await Task.sleep(for: work) }
             if cost > 0 { ctx.reportCost(cost) }
-            return ["step": .string(ctx.step), "by": .string(instance), "attempt": .int(Int64(ctx.attempt))]
+            return ["step": .string(ctx.step), "by": .string(instance), "attempt": .integer(Int64(ctx.attempt))]
         }
         // A signal begins the graceful shutdown; run() returns when it is done.
         let signals = Task {

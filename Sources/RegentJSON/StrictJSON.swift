@@ -9,13 +9,14 @@ import Foundation
 /// (`invalid_encoding`), a key given twice in one object (`duplicate_key`), and the NUL
 /// character anywhere in a string or key (`invalid_character`: PostgreSQL text and jsonb
 /// cannot hold it, and truncating silently is worse than refusing).
-package struct StrictJSON {
-    package struct Failure: Error, Equatable {
-        package let code: String
-        package let message: String
+public struct StrictJSON {
+    public struct Failure: Error, Equatable, CustomStringConvertible {
+        public let code: String
+        public let message: String
+        public var description: String { message }
     }
 
-    package static let defaultMaxDepth = 32
+    public static let defaultMaxDepth = 32
 
     private let bytes: [UInt8]
     private var i = 0
@@ -27,7 +28,7 @@ package struct StrictJSON {
     }
 
     /// Parses one JSON document.
-    package static func parse(_ bytes: [UInt8], maxDepth: Int = defaultMaxDepth) throws(Failure) -> JSONValue {
+    public static func parse(_ bytes: [UInt8], maxDepth: Int = defaultMaxDepth) throws(Failure) -> JSONValue {
         if bytes.starts(with: [0xEF, 0xBB, 0xBF]) || bytes.starts(with: [0xFE, 0xFF]) || bytes.starts(with: [0xFF, 0xFE]) {
             throw Failure(code: "invalid_encoding", message: "the body starts with a byte-order mark: send UTF-8 JSON without one")
         }
@@ -251,13 +252,13 @@ package struct StrictJSON {
 
 extension JSONValue {
     /// Compact JSON text, written in one pass (keys sorted, so equal values give equal text).
-    package var text: String {
+    public var text: String {
         var out = ""
         write(to: &out)
         return out
     }
 
-    package func write(to out: inout String) {
+    public func write(to out: inout String) {
         switch self {
         case .null: out += "null"
         case .bool(let v): out += v ? "true" : "false"
@@ -308,6 +309,6 @@ extension JSONValue {
 public func readRequestBodyForBenchmark(_ bytes: [UInt8]) -> Bool { (try? StrictJSON.parse(bytes)) != nil }
 
 /// Any JSON document; integers stay integers. Read by ``StrictJSON``, written by its `text`.
-package enum JSONValue: Equatable, Sendable {
+public enum JSONValue: Hashable, Sendable {
     case null, bool(Bool), integer(Int64), number(Double), string(String), array([JSONValue]), object([String: JSONValue])
 }
