@@ -319,10 +319,15 @@ struct RunTests {
             #expect(state == "cancelled", "the stale one is the step its sibling's budget stop fenced")
             let shown = try await f.run(run.runID)
             #expect(shown.state == "failed" && shown.reason == "budget_exceeded")
-            // The same batch again: every item is stale now, nothing is reported done.
+            // The same batch again (its answer lost, say): the two that landed are told so, the
+            // fenced one is still stale, and nothing changes.
             let again = try await LeaseStore().complete(
                 leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch, result: "{}") }, on: conn)
-            #expect(again.done.isEmpty && again.stale.count == 3)
+            #expect(again.stale == [fenced])
+            #expect(Set(again.done.values) == ["already_completed"] && again.done.count == 2)
+            #expect(try await f.run(run.runID).state == "failed")
+            let fencedState = try await conn.query("SELECT state::text AS s FROM workflow.executions WHERE execution_id = \(fenced)").single()
+            #expect(try fencedState.decode("s", as: String.self) == "cancelled")
         }
     }
 
