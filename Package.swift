@@ -47,6 +47,8 @@ let package = Package(
             pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]
         ),
+        // Timestamps as text (PostgreSQL's and the API's), shared by the libpq client and the worker SDK.
+        .target(name: "CivilTime", swiftSettings: swiftSettings),
         // JSON values and the strict linear-time reader, shared by the server and the worker SDK.
         .target(name: "RegentJSON", swiftSettings: swiftSettings),
         // Our own small libpq client: connections, bound queries, typed rows, pool, LISTEN/NOTIFY.
@@ -54,6 +56,7 @@ let package = Package(
             name: "PostgresClient",
             dependencies: [
                 "CLibPQ",
+                "CivilTime",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -77,6 +80,7 @@ let package = Package(
             dependencies: [
                 "PostgresClient",
                 "RegentJSON",
+                "CivilTime",
                 "CZlib",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -110,6 +114,7 @@ let package = Package(
             name: "RegentWorker",
             dependencies: [
                 "RegentJSON",
+                "CivilTime",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -174,7 +179,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RegentUnitTests",
-            dependencies: ["RegentCore", "PostgresClient", "RegentTestSupport"],
+            dependencies: ["RegentCore", "PostgresClient", "RegentTestSupport", "CivilTime"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -185,7 +190,7 @@ let package = Package(
         .testTarget(
             name: "RegentHTTPTests",
             dependencies: [
-                "RegentHTTP", "RegentCore", "PostgresClient", "RegentTestSupport", "RegentWorker",
+                "RegentHTTP", "RegentCore", "PostgresClient", "RegentTestSupport", "RegentWorker", "CivilTime",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Yams", package: "Yams"),

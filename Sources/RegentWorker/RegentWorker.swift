@@ -509,10 +509,7 @@ actor WorkerState {
                     let until = lingerUntil ?? ContinuousClock.now + linger
                     if lingerUntil == nil {
                         lingerUntil = until
-                        Task { [weak self] in
-                            try? await Task.sleep(until: until)
-                            await self?.poke()
-                        }
+                        _ = pokeAt(until)
                     }
                     if ContinuousClock.now < until {
                         await changed()
@@ -573,28 +570,31 @@ actor WorkerState {
 
     /// Waits up to `limit` for the running steps to end; false if some still run.
     func waitIdle(for limit: Duration) async -> Bool {
-        let deadline = ContinuousClock.now + limit
-        let timer = Task { [weak self] in
-            try? await Task.sleep(until: deadline)
-            await self?.poke()
-        }
-        defer { timer.cancel() }
-        while running > 0 && ContinuousClock.now < deadline { await changed() }
+        await wait(until: ContinuousClock.now + limit) { running > 0 }
         return running == 0
     }
-    private func poke() { wake() }
 
     /// Sleeps `duration`; false when the outbox closed meanwhile (the worker is stopping).
     func nap(_ duration: Duration) async -> Bool {
-        let deadline = ContinuousClock.now + duration
-        let timer = Task { [weak self] in
+        await wait(until: ContinuousClock.now + duration) { !outboxClosed }
+        return !outboxClosed
+    }
+
+    /// Waits for changes while `condition` holds, until `deadline` (a timer wakes it then).
+    private func wait(until deadline: ContinuousClock.Instant, while condition: () -> Bool) async {
+        let timer = pokeAt(deadline)
+        defer { timer.cancel() }
+        while condition() && ContinuousClock.now < deadline { await changed() }
+    }
+
+    /// A wake-up of every waiter at `deadline`.
+    private func pokeAt(_ deadline: ContinuousClock.Instant) -> Task<Void, Never> {
+        Task { [weak self] in
             try? await Task.sleep(until: deadline)
             await self?.poke()
         }
-        defer { timer.cancel() }
-        while !outboxClosed && ContinuousClock.now < deadline { await changed() }
-        return !outboxClosed
     }
+    private func poke() { wake() }
 
 }
 

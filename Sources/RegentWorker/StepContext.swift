@@ -1,3 +1,4 @@
+import CivilTime
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
@@ -100,7 +101,7 @@ struct Lease: Sendable {
 
     /// An RFC 3339 instant with or without fractional seconds.
     static func parseInstant(_ text: String) -> Date? {
-        if let d = fastInstant(text) { return d }
+        if let d = Timestamp.parse(text, requireZone: true) { return d }
         if let d = try? Date(text, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true)) { return d }
         return try? Date(text, strategy: .iso8601)
     }

@@ -1,6 +1,10 @@
+import AsyncHTTPClient
 import Foundation
 import Dispatch
+import NIOCore
+import NIOHTTP1
 import PostgresClient
+import RegentCore
 
 
 /// Left-aligned text table for terminal output.
@@ -41,4 +45,14 @@ final class SignalHandler {
     }
 
     func cancel() { sources.forEach { $0.cancel() } }
+}
+
+/// Waits until `base` answers `GET /readyz` with 200 (a node this command started).
+func waitUntilReady(_ base: String, within limit: Duration = .seconds(60)) async throws {
+    let deadline = ContinuousClock.now + limit
+    while true {
+        if let r = try? await HTTPClient.shared.execute(HTTPClientRequest(url: base + "/readyz"), timeout: .seconds(2)), r.status.code == 200 { return }
+        guard ContinuousClock.now < deadline else { throw RegentError(.timeout, "the node at \(base) did not become ready within \(limit)") }
+        try await Task.sleep(for: .milliseconds(100))
+    }
 }

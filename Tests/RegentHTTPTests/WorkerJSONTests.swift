@@ -1,8 +1,9 @@
+import CivilTime
 import Foundation
 @testable import RegentWorker
 import Testing
 
-/// JSONValue as the SDK uses it, and the SDK's own RFC 3339 reader (the worker's hot path does
+/// JSONValue as the SDK uses it, and the RFC 3339 reader it shares with the libpq client (CivilTime) (the worker's hot path does
 /// without Foundation's parsers): the same answers as Foundation, and clear refusals.
 @Suite("RegentWorker's JSON and instants")
 struct WorkerJSONTests {
@@ -31,12 +32,12 @@ struct WorkerJSONTests {
     @Test func readsTheAPIsInstantsAsFoundationDoes() throws {
         for text in ["2026-12-06T19:26:12.851662Z", "2026-12-06T19:26:12Z", "2024-02-29T00:00:00.5Z", "1999-12-31T23:59:59.999+02:00",
                      "2026-01-01T00:00:00-05:30", "1970-01-01T00:00:00Z"] {
-            let fast = try #require(Lease.fastInstant(text), "\(text)")
+            let fast = try #require(Timestamp.parse(text, requireZone: true), "\(text)")
             let foundation = try Date(text, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: text.contains(".")).timeZone(separator: .colon))
             #expect(abs(fast.timeIntervalSince(foundation)) < 0.001, "\(text): \(fast) vs \(foundation)")
         }
         for bad in ["2026-13-01T00:00:00Z", "2026-12-06 19:26", "2026-12-06T19:26:12", "2026-12-06T19:26:12.Z", "yesterday", "2026-12-06T19:26:12Zjunk"] {
-            #expect(Lease.fastInstant(bad) == nil, "\(bad)")
+            #expect(Timestamp.parse(bad, requireZone: true) == nil, "\(bad)")
         }
     }
 }

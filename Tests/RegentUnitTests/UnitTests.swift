@@ -1,3 +1,4 @@
+import CivilTime
 import Foundation
 @testable import PostgresClient
 @testable import RegentCore

@@ -171,7 +171,8 @@ public struct TokenStore: Sendable {
         """
     }
     /// The token's row, and `last_used_at` set when `presented` is its secret's hash and the
-    /// last mark is over a minute old (hot paths stay free of writes).
+    /// last mark is over a minute old (hot paths stay free of writes). The UPDATE runs though
+    /// nothing reads its result: PostgreSQL runs a data-modifying WITH exactly once.
     static func lookUpAndMarkUsed(_ id: String, _ presented: String) -> PostgresQuery {
         let query: PostgresQuery = """
             WITH t AS (
@@ -183,7 +184,7 @@ public struct TokenStore: Sendable {
                   AND (t.last_used_at IS NULL OR t.last_used_at < now() - interval '1 minute')
                 RETURNING u.token_id
             )
-            SELECT t.name, t.role, t.secret_sha256, t.scope_namespace, t.scope_lanes, (SELECT count(*) FROM used) AS marked FROM t
+            SELECT t.name, t.role, t.secret_sha256, t.scope_namespace, t.scope_lanes FROM t
             """
         return query.prepared()
     }

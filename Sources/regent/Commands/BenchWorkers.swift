@@ -110,7 +110,7 @@ struct WorkerBench {
         }
         try cluster.spawn()
         let base = "http://127.0.0.1:\(port)"
-        try await waitReady(base)
+        try await waitUntilReady(base)
         say("▶ one node serving the API at \(base); \(runs) runs of 3 steps per round, \(workers) workers × \(concurrency) steps each")
 
         var report = BenchCommand.Workers.Report()
@@ -145,15 +145,6 @@ struct WorkerBench {
     func median(_ values: [Double]) -> Double {
         let s = values.sorted()
         return s.isEmpty ? 0 : s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
-    }
-
-    func waitReady(_ base: String) async throws {
-        let deadline = ContinuousClock.now + .seconds(60)
-        while ContinuousClock.now < deadline {
-            if let response = try? await HTTPClient.shared.execute(HTTPClientRequest(url: base + "/readyz"), timeout: .seconds(2)), response.status.code == 200 { return }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        throw RegentError(.timeout, "the bench's API node at \(base) did not become ready within 60 s")
     }
 
     func registered(_ pool: ConnectionPool, _ name: String, lane: String) async throws -> WorkerInstanceID {

@@ -111,14 +111,7 @@ struct DemoCommand: AsyncParsableCommand {
         let ports = [try EmbeddedPostgres.freeLoopbackPort(), try EmbeddedPostgres.freeLoopbackPort()]
         for port in ports { try env.cluster.spawn(arguments: ["--http-address", "127.0.0.1:\(port)"]) }
         let urls = ports.map { "http://127.0.0.1:\($0)" }
-        for url in urls {
-            let deadline = ContinuousClock.now + .seconds(60)
-            while true {
-                if let r = try? await HTTPClient.shared.execute(HTTPClientRequest(url: url + "/readyz"), timeout: .seconds(2)), r.status.code == 200 { break }
-                guard ContinuousClock.now < deadline else { throw RegentError(.timeout, "the API node at \(url) did not become ready") }
-                try await Task.sleep(for: .milliseconds(100))
-            }
-        }
+        for url in urls { try await waitUntilReady(url) }
         print("   two more nodes serve the API at \(urls.joined(separator: " and "))")
         let token = try await TokenStore().create(name: "demo-workers", role: .worker, actor: "demo", on: conn).1
         let contents = try PackageContents(path: package, limits: .default)
