@@ -74,6 +74,9 @@ let package = Package(
         // Compiles sql/<schema>/NNNN_name.sql into the binary.
         .executableTarget(name: "EmbedSQLTool", swiftSettings: swiftSettings),
         .plugin(name: "EmbedSQL", capability: .buildTool(), dependencies: ["EmbedSQLTool"]),
+        // Compiles console/ (the browser console's HTML, CSS and JavaScript) into the binary.
+        .executableTarget(name: "EmbedConsoleTool", swiftSettings: swiftSettings),
+        .plugin(name: "EmbedConsole", capability: .buildTool(), dependencies: ["EmbedConsoleTool"]),
         // The coordinator: migrations, modules, boot, membership, leadership.
         .target(
             name: "RegentCore",
@@ -106,7 +109,8 @@ let package = Package(
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: swiftSettings,
+            plugins: ["EmbedConsole"]
         ),
         // The worker SDK: typed step handlers over the admin API with renewals, cancellation,
         // completions that cannot count twice, batching and failover between nodes.

@@ -41,4 +41,17 @@ if [ "${REGENT_REQUIRE_TOOLS:-0}" = 1 ] && ! command -v pgbouncer >/dev/null 2>&
   echo "FAILED: pgbouncer is required (REGENT_REQUIRE_TOOLS=1) and could not be installed" >&2
   exit 1
 fi
+# Optional: Chromium and its driver for the console's browser tests (scripts/console-test.sh,
+# which skips with a printed reason without them, or fails under REGENT_REQUIRE_TOOLS=1).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing: chromium chromium-driver (for the console's browser tests)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }; } \
+      || echo "chromium could not be installed; the console's browser tests will be skipped" >&2
+  else
+    echo "chromium is not installed; the console's browser tests will be skipped (sudo apt-get install -y chromium chromium-driver)" >&2
+  fi
+fi
 command -v swift >/dev/null 2>&1 || { echo "swift is not on PATH (expected /opt/swift/usr/bin)" >&2; exit 1; }

@@ -42,6 +42,8 @@ else
   # The API contract: Schemathesis against docs/openapi.yaml and a real node (skipped, saying
   # why, when it cannot be installed from PyPI).
   timeout --signal=TERM --kill-after=30 900 bash scripts/schemathesis.sh 2>&1 | tee -a "$log" || status=$?
+  # The console in a real headless Chromium against two live nodes (scripts/console-test.sh).
+  timeout --signal=TERM --kill-after=30 900 bash scripts/console-test.sh 2>&1 | tee -a "$log" || status=$?
 fi
 # A crashed or timed-out test process can leave its private cluster behind: stop the clusters
 # that appeared during this run (not other checkouts' or other runs'), by their data directory.
@@ -54,6 +56,6 @@ for d in /tmp/regent-pg-*/data; do
 done
 if [ "$status" != 0 ]; then
   echo "── what failed (status $status): failing tests and issues, then the contract's FAIL lines"
-  grep -E '✘|  FAIL |Fatal error|signal code|error: fatalError|error: Exited' "$log" | head -80 || true
+  grep -E '✘|  FAIL |Fatal error|signal code|error: fatalError|error: Exited|^FAIL: |^ERROR: |^AssertionError' "$log" | head -80 || true
 fi
 exit $status

@@ -57,6 +57,8 @@ public struct AdminAPI: Sendable {
     let poolGauges: PoolGauges
     let modules: ModuleGate
     let connections: ConnectionCounter
+    let sharedCluster: SharedRead<ClusterDocument>
+    let sharedQueues: SharedRead<QueueOverview>
 
     public init(pool: ConnectionPool, node: RegentNode?, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
                 options: Options = Options()) {
@@ -71,6 +73,13 @@ public struct AdminAPI: Sendable {
         self.poolGauges = PoolGauges(factory: factory)
         self.modules = ModuleGate(pool: pool, module: "workflow")
         self.connections = ConnectionCounter(limit: options.maxConnections)
+        let staleAfter = options.staleAfter
+        self.sharedCluster = SharedRead(maxAge: Self.sharedReadMaxAge) {
+            try await Self.readCluster(pool: pool, staleAfter: staleAfter, node: node)
+        }
+        self.sharedQueues = SharedRead(maxAge: Self.sharedReadMaxAge) {
+            try await pool.withConnection { try await QueueOverview.read(on: $0) }
+        }
     }
 
     var staleAfter: Duration { options.staleAfter }
@@ -102,11 +111,15 @@ public struct AdminAPI: Sendable {
         let index = RouteIndex()
         let r = RouteRegistrar(authenticator: Authenticator(pool: pool, failures: authFailures), index: index)
         r.router.add(middleware: JSONErrorMiddleware(routes: index))
+        ConsoleFiles.register(on: r.router)
         r.add(.get, "/healthz", role: nil) { _, _ in try json(["status": "ok"]) }
         r.add(.get, "/readyz", role: nil) { _, _ in try await readiness() }
         r.add(.get, "/metrics", role: options.metricsRequireToken ? .read : nil) { _, _ in try await metrics() }
         r.add(.get, "/v1/leader", role: .read) { _, _ in try await leader() }
         r.add(.post, "/v1/leader/resign", role: .admin) { _, _ in try await resign() }
+        r.add(.get, "/v1/whoami", role: .read) { _, context in try whoami(context) }
+        r.add(.get, "/v1/cluster", role: .read) { _, _ in try await cluster() }
+        r.add(.get, "/v1/migrations", role: .read) { _, _ in try await migrations() }
         r.add(.get, "/v1/instances", role: .read) { _, _ in
             try json(try await clusterStatus().instances)
         }
@@ -146,6 +159,10 @@ public struct AdminAPI: Sendable {
         r.add(.post, "/v1/runs/{id}/retry", role: .worker) { request, context in try await workflow.require(); return try await retryRun(request, context) }
         r.add(.post, "/v1/runs/{id}/signals/{name}", role: .worker) { request, context in try await workflow.require(); return try await signalRun(request, context) }
         r.add(.get, "/v1/leases/expired", role: .read) { request, _ in try await workflow.require(); return try await expiredLeases(request) }
+        r.add(.get, "/v1/leases", role: .read) { request, _ in try await workflow.require(); return try await currentLeases(request) }
+        r.add(.get, "/v1/leases/decisions", role: .read) { request, _ in try await workflow.require(); return try await leaseDecisions(request) }
+        r.add(.get, "/v1/queues", role: .read) { _, _ in try await workflow.require(); return try await queues() }
+        r.add(.post, "/v1/workers/mark-dead", role: .admin) { request, context in try await workflow.require(); return try await markWorkerDead(request, context) }
         return r
     }
 
@@ -214,6 +231,7 @@ public struct AdminAPI: Sendable {
     }
 
     func audit(_ request: Request) async throws -> Response {
+        if let newestFirst = try await auditNewestFirst(request) { return newestFirst }
         let after = try afterID(request) ?? 0
         let limit = try limit(request)
         let rows = try await AuditLog.page(after: after, limit: limit, on: pool).map { row in

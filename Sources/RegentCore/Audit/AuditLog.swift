@@ -44,6 +44,13 @@ public enum AuditLog {
         """
     }
 
+    static func page(before: Int64, limit: Int) -> PostgresQuery {
+        """
+        SELECT id, at, actor, action, term, instance_id, detail::text AS detail FROM engine.audit
+        WHERE id < \(before) ORDER BY id DESC LIMIT \(limit)
+        """
+    }
+
     static func insert(actor: AuditActor, action: String, detailJSON: String) -> PostgresQuery {
         "INSERT INTO engine.audit (actor, action, detail) VALUES (\(actor.description), \(action), \(detailJSON)::jsonb)"
     }
@@ -67,6 +74,15 @@ public enum AuditLog {
     /// The rows after id `after`, oldest first.
     public static func page(after: Int64, limit: Int, on pool: ConnectionPool) async throws -> [Row] {
         try await pool.query(page(after: after, limit: limit), purpose: "audit: page").map { row in
+            Row(
+                id: try row.decode("id"), at: try row.decode("at"), actor: try row.decode("actor"), action: try row.decode("action"),
+                term: try row.decodeOptional("term"), instanceID: try row.decodeOptional("instance_id"), detailJSON: try row.decode("detail"))
+        }
+    }
+
+    /// The rows before id `before`, newest first.
+    public static func page(before: Int64, limit: Int, on pool: ConnectionPool) async throws -> [Row] {
+        try await pool.query(page(before: before, limit: limit), purpose: "audit: page back").map { row in
             Row(
                 id: try row.decode("id"), at: try row.decode("at"), actor: try row.decode("actor"), action: try row.decode("action"),
                 term: try row.decodeOptional("term"), instanceID: try row.decodeOptional("instance_id"), detailJSON: try row.decode("detail"))

@@ -274,7 +274,9 @@ public actor LeaderElector: Service {
         for attempt in 1...20 {
             do {
                 row = try await conn.query(
-                    LeadershipQueries.recordElection(instance: instanceID, actor: AuditActor.instance(instanceID).description),
+                    LeadershipQueries.recordElection(
+                        instance: instanceID, actor: AuditActor.instance(instanceID).description,
+                        lockWaitedMs: takeoverGrantedAt.map { (ContinuousClock.now - $0).milliseconds }),
                     purpose: "record the new term").single()
                 break
             } catch let error as PostgresError where error.sqlState == "55P03" && attempt < 20 {

@@ -20,23 +20,34 @@ package enum LeadershipQueries {
     /// One statement, one round trip, one implicit transaction: bump the term, audit the
     /// election and publish `leader.elected` on the event bus; `since_resignation` is how long
     /// ago the previous term's leader resigned (NULL when it did not: it crashed or was cut off). Runs on the lock session, so it is fenced by construction.
-    static func recordElection(instance: InstanceID, actor: String) -> PostgresQuery {
+    /// The audit row's detail says how the term began (`after`: `resignation` when the previous
+    /// term's leader resigned within the last minute, `lock_released` when this node waited for the
+    /// lock, `fresh` otherwise) and, for a takeover, `leaderless_ms` (from the resignation, or from
+    /// the lock's release, to this statement), so a console can draw the failover timeline.
+    static func recordElection(instance: InstanceID, actor: String, lockWaitedMs: Double?) -> PostgresQuery {
         """
-        WITH t AS (
+        WITH r AS (
+            SELECT (SELECT extract(epoch FROM now() - r.at)::float8
+                    FROM (SELECT at, term FROM engine.audit WHERE action = 'leader.resigned' ORDER BY id DESC LIMIT 1) r
+                    WHERE r.term = (SELECT term FROM engine.leadership WHERE id = 1)) AS since_resignation
+        ), t AS (
             UPDATE engine.leadership SET term = term + 1, leader_instance = \(instance)::uuid,
                    leader_backend_pid = pg_backend_pid(), elected_at = now()
             WHERE id = 1 RETURNING term, elected_at
         ), a AS (
-            INSERT INTO engine.audit (actor, action, term, instance_id)
-            SELECT \(actor)::text, 'leader.elected', term, \(instance)::uuid FROM t RETURNING id
+            INSERT INTO engine.audit (actor, action, term, instance_id, detail)
+            SELECT \(actor)::text, 'leader.elected', term, \(instance)::uuid,
+                   CASE WHEN r.since_resignation < 60
+                            THEN jsonb_build_object('after', 'resignation', 'leaderless_ms', round((r.since_resignation * 1000)::numeric, 2))
+                        WHEN \(lockWaitedMs)::float8 IS NOT NULL
+                            THEN jsonb_build_object('after', 'lock_released', 'leaderless_ms', round(\(lockWaitedMs)::numeric, 2))
+                        ELSE jsonb_build_object('after', 'fresh') END
+            FROM t, r RETURNING id
         )
-        SELECT t.term, t.elected_at,
-               (SELECT extract(epoch FROM now() - r.at)::float8
-                FROM (SELECT at, term FROM engine.audit WHERE action = 'leader.resigned' ORDER BY id DESC LIMIT 1) r
-                WHERE r.term = t.term - 1) AS since_resignation,
+        SELECT t.term, t.elected_at, r.since_resignation,
                engine.publish_event('leader.elected',
                    jsonb_build_object('term', t.term, 'instance_id', \(instance.uuidString.lowercased())::text), \(instance)::uuid) AS event_id
-        FROM t, a
+        FROM t, a, r
         """
     }
 

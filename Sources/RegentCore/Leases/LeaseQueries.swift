@@ -205,6 +205,33 @@ package enum LeaseQueries {
         """
     }
 
+    /// Every current lease, soonest expiry first, with the workflow step it carries (if any).
+    static func listCurrent(namespace: Namespace?, after: ExpiredLeaseCursor?, limit: Int) -> PostgresQuery {
+        """
+        SELECT l.execution_id, l.namespace, e.lane, l.attempt_index, l.lease_epoch, l.worker_instance_id, l.lease_expires_at,
+               l.started_at, l.lease_ms, s.run_id, s.name AS step, now() AS read_at
+        FROM workflow.leases l JOIN workflow.executions e USING (execution_id)
+        LEFT JOIN workflow.run_steps s ON s.execution_id = l.execution_id
+        WHERE (\(namespace?.value)::text IS NULL OR l.namespace = \(namespace?.value)::text)
+          AND (\(after?.expiresAt)::timestamptz IS NULL
+               OR (l.lease_expires_at, l.execution_id) > (\(after?.expiresAt)::timestamptz, \(after?.executionID)::uuid))
+        ORDER BY l.lease_expires_at, l.execution_id
+        LIMIT \(limit)
+        """
+    }
+
+    /// The lease-expiry scanner's decisions, newest first (`before`: an id cursor).
+    static func decisions(before: Int64?, limit: Int) -> PostgresQuery {
+        """
+        SELECT d.id, d.execution_id, d.attempt_index, d.decision, d.term, d.at, e.namespace, e.lane, s.run_id, s.name AS step
+        FROM workflow.lease_decisions d
+        LEFT JOIN workflow.executions e ON e.execution_id = d.execution_id
+        LEFT JOIN workflow.run_steps s ON s.execution_id = d.execution_id
+        WHERE (\(before)::bigint IS NULL OR d.id < \(before)::bigint)
+        ORDER BY d.id DESC LIMIT \(limit)
+        """
+    }
+
     static func listExecutions(_ ns: Namespace?, state: String?, limit: Int) -> PostgresQuery {
         """
         SELECT execution_id, namespace, lane, state, attempts, max_attempts, lease_epoch, created_at

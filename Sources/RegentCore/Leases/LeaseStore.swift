@@ -379,6 +379,34 @@ public struct LeaseStore: Sendable {
             }
     }
 
+    /// Current leases (expired ones not yet reclaimed included), soonest expiry first.
+    public func listCurrentLeases(
+        namespace: Namespace? = nil, after: ExpiredLeaseCursor? = nil, limit: Int = 100, on conn: PostgresConnection
+    ) async throws -> [CurrentLease] {
+        guard (1...1000).contains(limit) else { throw RegentError(.invalidInput, "limit must be 1 to 1000, got \(limit)") }
+        return try await conn.query(LeaseQueries.listCurrent(namespace: namespace, after: after, limit: limit), purpose: "list leases")
+            .map { row in
+                CurrentLease(
+                    executionID: try row.decode("execution_id"), namespace: try row.decode("namespace"), lane: try row.decode("lane"),
+                    attemptIndex: try row.decode("attempt_index"), epoch: try row.decode("lease_epoch"),
+                    workerInstanceID: try row.decode("worker_instance_id"), expiresAt: try row.decode("lease_expires_at"),
+                    startedAt: try row.decode("started_at"), leaseMs: try row.decode("lease_ms"), runID: try row.decodeOptional("run_id"),
+                    step: try row.decodeOptional("step"), readAt: try row.decode("read_at"))
+            }
+    }
+
+    /// The lease-expiry scanner's decisions, newest first, before id `before`.
+    public func listDecisions(before: Int64? = nil, limit: Int = 100, on conn: PostgresConnection) async throws -> [LeaseDecision] {
+        guard (1...1000).contains(limit) else { throw RegentError(.invalidInput, "limit must be 1 to 1000, got \(limit)") }
+        return try await conn.query(LeaseQueries.decisions(before: before, limit: limit), purpose: "list lease decisions").map { row in
+            LeaseDecision(
+                id: try row.decode("id"), executionID: try row.decode("execution_id"), attemptIndex: try row.decode("attempt_index"),
+                decision: try row.decode("decision"), term: try row.decode("term"), at: try row.decode("at"),
+                namespace: try row.decodeOptional("namespace"), lane: try row.decodeOptional("lane"),
+                runID: try row.decodeOptional("run_id"), step: try row.decodeOptional("step"))
+        }
+    }
+
     public static let states = ["queued", "running", "completed", "failed", "dead_lettered", "cancelled"]
 
     public func listExecutions(namespace: Namespace?, state: String?, limit: Int, on conn: PostgresConnection) async throws -> [ExecutionRecord] {

@@ -260,3 +260,43 @@ public enum CancelOutcome: String, Sendable, Hashable, Codable {
     case alreadyFinished = "already_finished"
     case notFound = "not_found"
 }
+
+/// A lease as the console lists it: who holds which execution until when, and the workflow
+/// step it carries.
+public struct CurrentLease: Sendable, Encodable {
+    public let executionID: UUID
+    public let namespace: String
+    public let lane: String
+    public let attemptIndex: Int
+    public let epoch: Int64
+    public let workerInstanceID: String
+    public let expiresAt: Date
+    public let startedAt: Date
+    public let leaseMs: Int64
+    public let runID: String?
+    public let step: String?
+    /// The database's clock when read: `expires_at - read_at` is the time left, whatever the viewer's clock says.
+    public let readAt: Date
+    enum CodingKeys: String, CodingKey {
+        case executionID = "execution_id", namespace, lane, attemptIndex = "attempt_index", epoch = "lease_epoch"
+        case workerInstanceID = "worker_instance_id", expiresAt = "lease_expires_at", startedAt = "started_at", leaseMs = "lease_ms"
+        case runID = "run_id", step, readAt = "read_at"
+    }
+}
+
+/// One decision of the leader's lease-expiry scanner.
+public struct LeaseDecision: Sendable, Encodable {
+    public let id: Int64
+    public let executionID: UUID
+    public let attemptIndex: Int
+    public let decision: String
+    public let term: Int64
+    public let at: Date
+    public let namespace: String?
+    public let lane: String?
+    public let runID: String?
+    public let step: String?
+    enum CodingKeys: String, CodingKey {
+        case id, executionID = "execution_id", attemptIndex = "attempt_index", decision, term, at, namespace, lane, runID = "run_id", step
+    }
+}

@@ -49,10 +49,12 @@ public struct PackageStore: Sendable {
         public let fileCount: Int
         public let stepCount: Int
         public let routed: Bool
+        /// Unfinished runs pinned to this version (an unload is refused while there are any).
+        public var runningRuns: Int64 = 0
 
         enum CodingKeys: String, CodingKey {
             case workflowType = "workflow_type", contentHash = "content_hash", deployedAt = "deployed_at", deployedBy = "deployed_by"
-            case sizeBytes = "size_bytes", fileCount = "file_count", stepCount = "step_count", routed
+            case sizeBytes = "size_bytes", fileCount = "file_count", stepCount = "step_count", routed, runningRuns = "running_runs"
         }
     }
 
@@ -235,7 +237,8 @@ public struct PackageStore: Sendable {
         let rows = try await conn.query(
             """
             SELECT p.workflow_type, p.content_hash, p.deployed_at, p.deployed_by, p.size_bytes, p.file_count, p.step_count,
-                   (r.workflow_type IS NOT NULL) AS routed, (extract(epoch FROM p.deployed_at) * 1000000)::bigint AS deployed_us
+                   (r.workflow_type IS NOT NULL) AS routed, (extract(epoch FROM p.deployed_at) * 1000000)::bigint AS deployed_us,
+                   (SELECT count(*) FROM workflow.runs x WHERE x.package_hash = p.content_hash AND x.state = 'running') AS running_runs
             FROM workflow.packages p
             LEFT JOIN workflow.package_routes r ON r.workflow_type = p.workflow_type AND r.content_hash = p.content_hash
             WHERE (\(type?.value)::text IS NULL OR p.workflow_type = \(type?.value))
@@ -247,10 +250,11 @@ public struct PackageStore: Sendable {
         var versions: [Version] = []
         var last: (String, Int64, String)?
         for row in rows.prefix(limit) {
-            let v = Version(
+            var v = Version(
                 workflowType: try row.decode("workflow_type"), contentHash: try row.decode("content_hash"), deployedAt: try row.decode("deployed_at"),
                 deployedBy: try row.decode("deployed_by"), sizeBytes: try row.decode("size_bytes"), fileCount: try row.decode("file_count"),
                 stepCount: try row.decode("step_count"), routed: try row.decode("routed"))
+            v.runningRuns = try row.decode("running_runs")
             versions.append(v)
             last = (v.workflowType, try row.decode("deployed_us"), v.contentHash)
         }

@@ -164,7 +164,7 @@ extension RunStore {
             case runID = "run_id", workflowType = "workflow_type", packageHash = "package_hash", state, reason, error, input, output
             case idempotencyKey = "idempotency_key", deadline, budget, startedBy = "started_by", finishedBy = "finished_by", term
             case startedAt = "started_at", finishedAt = "finished_at", steps, ledger, namespace, signals
-            case parentRunID = "parent_run_id", parentStep = "parent_step"
+            case parentRunID = "parent_run_id", parentStep = "parent_step", readAt = "read_at"
         }
         enum BudgetKeys: String, CodingKey { case limit, unit, spent, remaining }
 
@@ -197,6 +197,9 @@ extension RunStore {
                 try c.encode(steps, forKey: .steps)
                 try c.encode(ledger, forKey: .ledger)
                 try c.encode(signals, forKey: .signals)
+                // The database's clock at the read: a viewer's countdowns (lease expiry, timers) are
+                // `due - read_at`, whatever its own clock says.
+                if let readAt = steps.first?.readAt { try c.encode(readAt, forKey: .readAt) }
             }
         }
     }
@@ -217,10 +220,14 @@ extension RunStore {
         public let finishedAt: Date?
         public let output: String?
         public let error: String?
+        /// While a worker holds the step's lease: when it expires (database time).
+        public var leaseExpiresAt: Date? = nil
+        /// The database's clock when the step was read (countdowns are `lease_expires_at - read_at`).
+        var readAt: Date? = nil
 
         enum CodingKeys: String, CodingKey {
             case name, after, state, attempts, maxAttempts = "max_attempts", worker, executionID = "execution_id", queuedAt = "queued_at"
-            case finishedAt = "finished_at", output, error, kind, wait
+            case finishedAt = "finished_at", output, error, kind, wait, leaseExpiresAt = "lease_expires_at"
         }
         public func encode(to encoder: any Encoder) throws {
             var c = encoder.container(keyedBy: CodingKeys.self)
@@ -232,6 +239,7 @@ extension RunStore {
             try c.encode(attempts, forKey: .attempts)
             try c.encode(maxAttempts, forKey: .maxAttempts)
             try c.encode(worker, forKey: .worker)
+            if let leaseExpiresAt { try c.encode(leaseExpiresAt, forKey: .leaseExpiresAt) }
             try c.encode(executionID?.uuidString.lowercased(), forKey: .executionID)
             try c.encode(queuedAt, forKey: .queuedAt)
             try c.encode(finishedAt, forKey: .finishedAt)
@@ -350,7 +358,8 @@ extension RunStore {
                    COALESCE(e.attempts, 0) AS attempts, s.max_attempts, s.execution_id, s.queued_at, s.finished_at,
                    COALESCE(s.output, e.result)::text AS output, COALESCE(s.error, e.last_error) AS error,
                    (SELECT a.worker_instance_id FROM workflow.attempts a WHERE a.execution_id = e.execution_id ORDER BY a.attempt_index DESC LIMIT 1) AS worker,
-                   s.kind, s.waiting_since, s.due_at, s.wait ->> 'signal' AS signal, s.wait ->> 'on_timeout' AS on_timeout, s.child_type, s.child_hash,
+                   (SELECT l.lease_expires_at FROM workflow.leases l WHERE l.execution_id = e.execution_id) AS lease_expires_at,
+                   clock_timestamp() AS read_at, s.kind, s.waiting_since, s.due_at, s.wait ->> 'signal' AS signal, s.wait ->> 'on_timeout' AS on_timeout, s.child_type, s.child_hash,
                    s.child_run_id,
                    (extract(epoch FROM (COALESCE(s.finished_at, clock_timestamp()) - s.waiting_since)) * 1000)::bigint AS waited_ms
             FROM workflow.run_steps s LEFT JOIN workflow.executions e ON e.execution_id = s.execution_id
@@ -363,6 +372,8 @@ extension RunStore {
                 queuedAt: try r.decodeOptional("queued_at"), finishedAt: try r.decodeOptional("finished_at"), output: try r.decodeOptional("output"),
                 error: try r.decodeOptional("error"))
             step.kind = try r.decode("kind")
+            step.leaseExpiresAt = try r.decodeOptional("lease_expires_at")
+            step.readAt = try r.decode("read_at")
             if step.kind != "worker" {
                 step.wait = Wait(
                     since: try r.decodeOptional("waiting_since"), dueAt: try r.decodeOptional("due_at"), signal: try r.decodeOptional("signal"),
@@ -412,6 +423,69 @@ extension RunStore {
     /// the page ends early (with a cursor) when the next run would pass it. At least one run.
     public static let pageByteBudget = 4 << 20
 
+    /// What a runs listing is narrowed to. Every combination walks an index in
+    /// `started_at DESC` order (sql/workflow/0018_run_listing.sql), so a page costs the rows it
+    /// returns whatever the table holds: type, state, type and state, version (package hash),
+    /// or an idempotency key (with its type: keys are unique per type), each with an optional
+    /// `started_at` window.
+    public struct ListFilter: Sendable, Hashable {
+        public var type: WorkflowType?
+        public var state: String?
+        public var packageHash: String?
+        public var idempotencyKey: String?
+        public var startedAfter: Date?
+        public var startedBefore: Date?
+        public init(
+            type: WorkflowType? = nil, state: String? = nil, packageHash: String? = nil, idempotencyKey: String? = nil,
+            startedAfter: Date? = nil, startedBefore: Date? = nil
+        ) {
+            self.type = type
+            self.state = state
+            self.packageHash = packageHash
+            self.idempotencyKey = idempotencyKey
+            self.startedAfter = startedAfter
+            self.startedBefore = startedBefore
+        }
+
+        func validate() throws {
+            if let state, !RunStore.states.contains(state) {
+                throw RegentError(.invalidInput, "invalid state \(quoted(state)): one of \(RunStore.states.joined(separator: ", "))")
+            }
+            if let packageHash, !(packageHash.utf8.count == 64 && packageHash.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) })) {
+                throw RegentError(.invalidInput, "version must be a package's content hash (64 lowercase hex digits), got \(quoted(String(packageHash.prefix(80))))")
+            }
+            if let key = idempotencyKey {
+                guard (1...255).contains(key.utf8.count), !key.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+                    throw RegentError(.invalidInput, "an idempotency key is 1-255 bytes without control characters")
+                }
+                guard type != nil else {
+                    throw RegentError(.invalidInput, "an idempotency key is unique per workflow type: pass the type too (type=…)")
+                }
+            }
+            if let a = startedAfter, let b = startedBefore, a >= b {
+                throw RegentError(.invalidInput, "started_after must be before started_before")
+            }
+        }
+    }
+
+    /// The listing statement (also what the plan tests EXPLAIN).
+    package static func listQuery(_ filter: ListFilter, cursor: (micros: Int64, runID: String)?, limit: Int, input: Bool = false, output: Bool = false) -> PostgresQuery {
+        PostgresQuery(
+            unsafeSQL: """
+                SELECT \(summaryColumns(input: input, output: output)),
+                       (extract(epoch FROM started_at) * 1000000)::bigint AS started_us FROM workflow.runs
+                WHERE ($1::text IS NULL OR workflow_type = $1) AND ($2::text IS NULL OR state = $2)
+                  AND ($3::bigint IS NULL OR (started_at, run_id) < (to_timestamp($3::float8 / 1000000), $4::text))
+                  AND ($6::text IS NULL OR package_hash = $6) AND ($7::text IS NULL OR idempotency_key = $7)
+                  AND ($8::timestamptz IS NULL OR started_at >= $8) AND ($9::timestamptz IS NULL OR started_at < $9)
+                ORDER BY started_at DESC, run_id DESC LIMIT $5
+                """,
+            binds: [filter.type?.value.postgresBind ?? .null, filter.state?.postgresBind ?? .null,
+                    cursor.map { String($0.micros) }?.postgresBind ?? .null, cursor?.runID.postgresBind ?? .null,
+                    String(limit + 1).postgresBind, filter.packageHash?.postgresBind ?? .null, filter.idempotencyKey?.postgresBind ?? .null,
+                    filter.startedAfter?.postgresBind ?? .null, filter.startedBefore?.postgresBind ?? .null])
+    }
+
     /// Runs, newest first, as summaries (no input, output, steps or ledger: `get` has those),
     /// paged by `after` (a `next_cursor`). `includeInput`/`includeOutput` add those documents,
     /// within ``pageByteBudget`` per page.
@@ -419,10 +493,15 @@ extension RunStore {
         type: WorkflowType? = nil, state: String? = nil, after cursor: String? = nil, limit: Int = 100, includeInput: Bool = false,
         includeOutput: Bool = false, on conn: PostgresConnection
     ) async throws -> Page {
+        try await list(ListFilter(type: type, state: state), after: cursor, limit: limit, includeInput: includeInput, includeOutput: includeOutput, on: conn)
+    }
+
+    public func list(
+        _ filter: ListFilter, after cursor: String? = nil, limit: Int = 100, includeInput: Bool = false,
+        includeOutput: Bool = false, on conn: PostgresConnection
+    ) async throws -> Page {
         guard (1...1000).contains(limit) else { throw RegentError(.invalidInput, "limit must be 1 to 1000, got \(limit)") }
-        if let state, !Self.states.contains(state) {
-            throw RegentError(.invalidInput, "invalid state \(quoted(state)): one of \(Self.states.joined(separator: ", "))")
-        }
+        try filter.validate()
         var position: (micros: Int64, runID: String)?
         if let cursor {
             let parts = cursor.split(separator: ".", maxSplits: 1).map(String.init)
@@ -432,17 +511,7 @@ extension RunStore {
             position = (micros, parts[1])
         }
         let rows = try await conn.query(
-            PostgresQuery(
-                unsafeSQL: """
-                    SELECT \(Self.summaryColumns(input: includeInput, output: includeOutput)),
-                           (extract(epoch FROM started_at) * 1000000)::bigint AS started_us FROM workflow.runs
-                    WHERE ($1::text IS NULL OR workflow_type = $1) AND ($2::text IS NULL OR state = $2)
-                      AND ($3::bigint IS NULL OR (started_at, run_id) < (to_timestamp($3::float8 / 1000000), $4::text))
-                    ORDER BY started_at DESC, run_id DESC LIMIT $5
-                    """,
-                binds: [type?.value.postgresBind ?? .null, state?.postgresBind ?? .null, position.map { String($0.micros) }?.postgresBind ?? .null,
-                        position?.runID.postgresBind ?? .null, String(limit + 1).postgresBind]),
-            purpose: "runs: list")
+            Self.listQuery(filter, cursor: position, limit: limit, input: includeInput, output: includeOutput), purpose: "runs: list")
         var runs: [Run] = []
         var bytes = 0
         var more = rows.count > limit

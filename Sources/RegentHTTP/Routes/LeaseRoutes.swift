@@ -130,6 +130,34 @@ extension AdminAPI {
         return try json(Page(items: leases, next: next))
     }
 
+    /// `GET /v1/leases`: every current lease, soonest expiry first (the console's countdowns).
+    func currentLeases(_ request: Request) async throws -> Response {
+        let namespace = try optionalNamespace(request)
+        let limit = try limit(request)
+        let after = try request.uri.queryParameters.get("after").map { text -> ExpiredLeaseCursor in
+            let parts = text.split(separator: ",", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let at = Self.parseInstant(parts[0]), let id = UUID(uuidString: parts[1]) else {
+                throw APIError.badRequest("invalid_cursor", "after must be EXPIRES_AT,EXECUTION_ID as given in next")
+            }
+            return ExpiredLeaseCursor(expiresAt: at, executionID: id)
+        }
+        let leases = try await pool.withConnection {
+            try await LeaseStore().listCurrentLeases(namespace: namespace, after: after, limit: limit, on: $0)
+        }
+        let next = leases.count == limit
+            ? leases.last.map { "\($0.expiresAt.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true))),\($0.executionID.uuidString.lowercased())" }
+            : nil
+        return try json(Page(items: leases, next: next))
+    }
+
+    /// `GET /v1/leases/decisions?before=ID`: the leader's reclaim decisions, newest first.
+    func leaseDecisions(_ request: Request) async throws -> Response {
+        let before = try queryInt64(request, "before", range: 1...Int64.max, code: "invalid_cursor")
+        let limit = try limit(request)
+        let items = try await pool.withConnection { try await LeaseStore().listDecisions(before: before, limit: limit, on: $0) }
+        return try json(Page(items: items, next: items.count == limit ? items.last.map { String($0.id) } : nil))
+    }
+
     /// An ISO 8601 instant with or without fractional seconds (`next` cursors carry them).
     static func parseInstant(_ text: String) -> Date? {
         if let d = try? Date(text, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true)) { return d }

@@ -43,13 +43,19 @@ extension AdminAPI {
     }
 
     func listRuns(_ request: Request) async throws -> Response {
-        let type = try request.uri.queryParameters.get("type").map { try WorkflowType($0) }
-        let state = request.uri.queryParameters.get("state").map { String($0) }
-        let after = request.uri.queryParameters.get("after").map { String($0) }
+        let q = request.uri.queryParameters
+        var filter = RunStore.ListFilter()
+        filter.type = try q.get("type").map { try WorkflowType($0) }
+        filter.state = q.get("state").map { String($0) }
+        filter.packageHash = q.get("version").map { String($0) }
+        filter.idempotencyKey = q.get("idempotency_key").map { String($0) }
+        filter.startedAfter = try instantParameter(request, "started_after")
+        filter.startedBefore = try instantParameter(request, "started_before")
+        let after = q.get("after").map { String($0) }
         let limit = try limit(request)
         // Listings are summaries; `include=input,output` adds those documents, within a byte budget per page.
         var input = false, output = false
-        for part in request.uri.queryParameters.getAll("include").flatMap({ $0.split(separator: ",") }) {
+        for part in q.getAll("include").flatMap({ $0.split(separator: ",") }) {
             switch part {
             case "input": input = true
             case "output": output = true
@@ -57,8 +63,17 @@ extension AdminAPI {
             }
         }
         return try json(try await pool.withConnection {
-            try await RunStore().list(type: type, state: state, after: after, limit: limit, includeInput: input, includeOutput: output, on: $0)
+            try await RunStore().list(filter, after: after, limit: limit, includeInput: input, includeOutput: output, on: $0)
         })
+    }
+
+    /// An ISO 8601 instant query parameter (`2026-12-06T10:00:00Z`, fractions allowed), nil when absent.
+    func instantParameter(_ request: Request, _ name: String) throws -> Date? {
+        guard let text = request.uri.queryParameters.get(name) else { return nil }
+        guard let instant = Self.parseInstant(String(text)) else {
+            throw APIError.badRequest("invalid_\(name)", "\(name) must be an ISO 8601 instant with a zone (2026-12-06T10:00:00Z), got \(SQLIdentifier.printable(String(text.prefix(64))))")
+        }
+        return instant
     }
 
     func runID(_ context: RegentRequestContext) throws -> String {

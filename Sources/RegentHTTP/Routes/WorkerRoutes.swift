@@ -87,4 +87,24 @@ extension AdminAPI {
         }
         return try json(["registration": "deregistered"])
     }
+
+    /// An operator's verdict (admin): the instance is marked dead now, whichever token registered
+    /// it; its leases are reclaimed by the leader's next scan and its claims refused until it
+    /// registers again. Audited with the token's name and the reason.
+    func markWorkerDead(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let body = try await JSONBody.read(request, context: context, allowed: ["namespace", "worker_instance_id", "reason"])
+        let namespace = try Namespace(try body.string("namespace"))
+        let instance = try WorkerInstanceID(try body.string("worker_instance_id"))
+        let reason = try DeathReason(try body.optionalString("reason") ?? "marked dead by \(context.actor)")
+        let outcome = try await pool.withConnection {
+            try await WorkerRegistry().markDead(namespace: namespace, workerInstanceID: instance, reason: reason, on: $0)
+        }
+        guard outcome == .marked else {
+            throw APIError.notFound("not_registered", "worker instance \(instance) is not registered and alive in namespace \(namespace)")
+        }
+        try await AuditLog.record(
+            "worker.marked_dead", actor: .named(context.actor),
+            detail: ["namespace": namespace.value, "worker_instance_id": instance.value, "reason": reason.text], on: pool)
+        return try json(["registration": "marked_dead"])
+    }
 }

@@ -1,0 +1,107 @@
+import Foundation
+import Hummingbird
+import PostgresClient
+import RegentCore
+
+/// What the console reads to draw the cluster: the token's own identity, the cluster with its
+/// recent terms (one shared read per second whatever the number of viewers), the audit log
+/// newest first.
+extension AdminAPI {
+    struct WhoAmI: Encodable {
+        let tokenID: String
+        let name: String
+        let role: String
+        let namespace: String?
+        let lanes: [String]?
+        /// The node answering (its instance id and name), so a client knows where it is connected.
+        let instanceID: String?
+        let nodeName: String?
+        enum CodingKeys: String, CodingKey {
+            case tokenID = "token_id", name, role, namespace, lanes, instanceID = "instance_id", nodeName = "node_name"
+        }
+    }
+
+    func whoami(_ context: RegentRequestContext) throws -> Response {
+        guard let identity = context.identity else { throw APIError.unauthorized }
+        return try json(WhoAmI(
+            tokenID: identity.tokenID, name: identity.name, role: identity.role.rawValue,
+            namespace: identity.scope?.namespace.value, lanes: identity.scope?.lanes?.map(\.value),
+            instanceID: node.map { $0.instanceID.uuid.uuidString.lowercased() }, nodeName: node?.configuration.nodeName))
+    }
+
+    /// `GET /v1/cluster`: the leader document, every instance and the recent terms.
+    struct ClusterDocument: Sendable, Encodable {
+        let status: ClusterStatus
+        let history: LeadershipHistory
+        let selfInstanceID: String?
+        let readAt: Date
+        enum Keys: String, CodingKey { case terms, selfInstanceID = "self_instance_id", readAt = "read_at", maxAgeMs = "max_age_ms" }
+        func encode(to encoder: any Encoder) throws {
+            try status.encode(to: encoder)
+            var c = encoder.container(keyedBy: Keys.self)
+            try c.encode(history.terms, forKey: .terms)
+            try c.encode(selfInstanceID, forKey: .selfInstanceID)
+            try c.encode(readAt, forKey: .readAt)
+            try c.encode(Int(AdminAPI.sharedReadMaxAge.milliseconds), forKey: .maxAgeMs)
+        }
+    }
+
+    /// How old a shared read (cluster, queues) may be when served.
+    static let sharedReadMaxAge: Duration = .seconds(1)
+
+    static func readCluster(pool: ConnectionPool, staleAfter: Duration, node: RegentNode?) async throws -> ClusterDocument {
+        try await pool.withConnection { conn in
+            let status = try await ClusterStatus.read(on: conn, staleAfter: staleAfter)
+            let history = try await LeadershipHistory.read(limit: 50, on: conn)
+            return ClusterDocument(
+                status: status, history: history, selfInstanceID: node.map { $0.instanceID.uuid.uuidString.lowercased() }, readAt: Date())
+        }
+    }
+
+    func cluster() async throws -> Response {
+        try json(try await sharedCluster.value())
+    }
+
+    func queues() async throws -> Response {
+        try json(try await sharedQueues.value())
+    }
+
+    /// `GET /v1/audit?before=ID`: newest first (the console's paging); `after` keeps its oldest-first order.
+    func auditNewestFirst(_ request: Request) async throws -> Response? {
+        guard let before = try queryInt64(request, "before", range: 1...Int64.max, code: "invalid_cursor") else { return nil }
+        if request.uri.queryParameters.get("after") != nil {
+            throw APIError.badRequest("invalid_cursor", "pass after (oldest first) or before (newest first), not both")
+        }
+        let rows = try await AuditLog.page(before: before, limit: try limit(request), on: pool).map { row in
+            AuditRow(
+                id: row.id, at: row.at, actor: row.actor, action: row.action, term: row.term, instanceID: row.instanceID,
+                detail: AnyJSON(text: row.detailJSON))
+        }
+        return try json(["items": rows])
+    }
+
+    /// `GET /v1/migrations`: each enabled module's schema, what is applied, what this node's
+    /// binary knows, the compatibility floor and a held contract migration.
+    struct SchemaDocument: Encodable {
+        let schema: String
+        let appliedVersion: Int
+        let knownVersion: Int
+        let floor: Int
+        let heldContract: Int?
+        let current: Bool
+        enum CodingKeys: String, CodingKey {
+            case schema, appliedVersion = "applied_version", knownVersion = "known_version", floor, heldContract = "held_contract", current
+        }
+    }
+
+    func migrations() async throws -> Response {
+        let schemas = try await pool.withConnection { conn -> [SchemaStatus] in
+            let enabled = try await ModuleRegistry().enabledSchemas(on: conn)
+            return try await MigrationRunner(appliedBy: "").status(on: conn, schemas: enabled)
+        }
+        return try json(["schemas": schemas.map {
+            SchemaDocument(schema: $0.schema, appliedVersion: $0.appliedVersion, knownVersion: $0.knownVersion, floor: $0.floor,
+                           heldContract: $0.heldContract, current: $0.isCurrent)
+        }])
+    }
+}
