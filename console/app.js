@@ -1,6 +1,6 @@
 // Regent console: plain JavaScript over the documented /v1 API and its event stream.
 // The token lives in this tab's sessionStorage only; it is sent in the Authorization header,
-// never in a URL. Everything drawn from the API goes into the page as text (no innerHTML).
+// never in a URL. Everything drawn from the API goes into the page as text nodes, never parsed as markup.
 'use strict';
 
 (() => {

@@ -387,7 +387,7 @@ public struct LeaseStore: Sendable {
         return try await conn.query(LeaseQueries.listCurrent(namespace: namespace, after: after, limit: limit), purpose: "list leases")
             .map { row in
                 CurrentLease(
-                    executionID: try row.decode("execution_id"), namespace: try row.decode("namespace"), lane: try row.decode("lane"),
+                    executionID: try row.decode("execution_id", as: UUID.self).uuidString.lowercased(), namespace: try row.decode("namespace"), lane: try row.decode("lane"),
                     attemptIndex: try row.decode("attempt_index"), epoch: try row.decode("lease_epoch"),
                     workerInstanceID: try row.decode("worker_instance_id"), expiresAt: try row.decode("lease_expires_at"),
                     startedAt: try row.decode("started_at"), leaseMs: try row.decode("lease_ms"), runID: try row.decodeOptional("run_id"),
@@ -400,7 +400,7 @@ public struct LeaseStore: Sendable {
         guard (1...1000).contains(limit) else { throw RegentError(.invalidInput, "limit must be 1 to 1000, got \(limit)") }
         return try await conn.query(LeaseQueries.decisions(before: before, limit: limit), purpose: "list lease decisions").map { row in
             LeaseDecision(
-                id: try row.decode("id"), executionID: try row.decode("execution_id"), attemptIndex: try row.decode("attempt_index"),
+                id: try row.decode("id"), executionID: try row.decode("execution_id", as: UUID.self).uuidString.lowercased(), attemptIndex: try row.decode("attempt_index"),
                 decision: try row.decode("decision"), term: try row.decode("term"), at: try row.decode("at"),
                 namespace: try row.decodeOptional("namespace"), lane: try row.decodeOptional("lane"),
                 runID: try row.decodeOptional("run_id"), step: try row.decodeOptional("step"))

@@ -264,7 +264,8 @@ public enum CancelOutcome: String, Sendable, Hashable, Codable {
 /// A lease as the console lists it: who holds which execution until when, and the workflow
 /// step it carries.
 public struct CurrentLease: Sendable, Encodable {
-    public let executionID: UUID
+    /// Lowercase, as the API writes execution ids.
+    public let executionID: String
     public let namespace: String
     public let lane: String
     public let attemptIndex: Int
@@ -287,7 +288,7 @@ public struct CurrentLease: Sendable, Encodable {
 /// One decision of the leader's lease-expiry scanner.
 public struct LeaseDecision: Sendable, Encodable {
     public let id: Int64
-    public let executionID: UUID
+    public let executionID: String
     public let attemptIndex: Int
     public let decision: String
     public let term: Int64

@@ -104,6 +104,19 @@ public struct WorkerRegistry: Sendable {
         RETURNING worker_id
         """
     }
+    /// A dead worker's leases expire now, so the leader's next scan reclaims them instead of
+    /// waiting out their time. Its own transaction, after the mark committed (the worker row is
+    /// no longer held), taking only lease rows and those in execution id order, the order batch
+    /// completions take them in: it waits at most for a completion in flight, never in a cycle.
+    static func expireLeases(_ ns: Namespace, _ instance: WorkerInstanceID) -> PostgresQuery {
+        """
+        UPDATE workflow.leases l SET lease_expires_at = now()
+        FROM (SELECT execution_id FROM workflow.leases
+              WHERE namespace = \(ns.value) AND worker_instance_id = \(instance.value) AND lease_expires_at > now()
+              ORDER BY execution_id FOR UPDATE) x
+        WHERE l.execution_id = x.execution_id
+        """
+    }
     static func list(namespace: Namespace?, after: WorkerCursor?, limit: Int) -> PostgresQuery {
         """
         SELECT namespace, worker_instance_id, worker_id, lanes, capabilities, liveness_ttl_ms, last_heartbeat, expires_at,
@@ -162,15 +175,17 @@ public struct WorkerRegistry: Sendable {
     public func markDead(namespace: Namespace, workerInstanceID: WorkerInstanceID, reason: DeathReason, on conn: PostgresConnection) async throws
         -> MarkDeadOutcome
     {
-        try await conn.withTransaction { tx in
+        let outcome = try await conn.withTransaction { tx in
             guard try await !tx.query(Self.markDead(namespace, workerInstanceID, reason), purpose: "workers: mark dead").isEmpty else {
-                return .notRegistered
+                return MarkDeadOutcome.notRegistered
             }
             try await tx.query(
                 Self.logEvent(namespace, workerInstanceID, "marked_dead", detail: #"{"reason": \#(jsonString(reason.text))}"#),
                 purpose: "workers: log death")
             return .marked
         }
+        if outcome == .marked { try await conn.query(Self.expireLeases(namespace, workerInstanceID), purpose: "workers: expire a dead worker's leases") }
+        return outcome
     }
 
     /// A worker leaving on purpose (graceful shutdown): it is marked dead at once, so the
@@ -179,13 +194,15 @@ public struct WorkerRegistry: Sendable {
     /// registered an instance may deregister it.
     public func deregister(namespace: Namespace, workerInstanceID: WorkerInstanceID, on conn: PostgresConnection) async throws -> MarkDeadOutcome {
         let reason = try DeathReason("deregistered")
-        return try await conn.withTransaction { tx in
+        let outcome = try await conn.withTransaction { tx in
             guard try await !tx.query(Self.markDead(namespace, workerInstanceID, reason, token: token), purpose: "workers: deregister").isEmpty
-            else { return .notRegistered }
+            else { return MarkDeadOutcome.notRegistered }
             try await tx.query(
                 Self.logEvent(namespace, workerInstanceID, "marked_dead", detail: #"{"reason": "deregistered"}"#), purpose: "workers: log deregistration")
             return .marked
         }
+        if outcome == .marked { try await conn.query(Self.expireLeases(namespace, workerInstanceID), purpose: "workers: expire a departed worker's leases") }
+        return outcome
     }
 
     /// Workers in `(namespace, worker_instance_id)` order; across all namespaces when `namespace` is nil.

@@ -114,13 +114,7 @@ extension AdminAPI {
     func expiredLeases(_ request: Request) async throws -> Response {
         let namespace = try optionalNamespace(request)
         let limit = try limit(request)
-        let after = try request.uri.queryParameters.get("after").map { text -> ExpiredLeaseCursor in
-            let parts = text.split(separator: ",", maxSplits: 1).map(String.init)
-            guard parts.count == 2, let at = Self.parseInstant(parts[0]), let id = UUID(uuidString: parts[1]) else {
-                throw APIError.badRequest("invalid_cursor", "after must be EXPIRES_AT,EXECUTION_ID as given in next")
-            }
-            return ExpiredLeaseCursor(expiresAt: at, executionID: id)
-        }
+        let after = try leaseCursor(request)
         let leases = try await pool.withConnection {
             try await LeaseStore().listExpiredLeases(namespace: namespace, after: after, limit: limit, on: $0)
         }
@@ -134,18 +128,12 @@ extension AdminAPI {
     func currentLeases(_ request: Request) async throws -> Response {
         let namespace = try optionalNamespace(request)
         let limit = try limit(request)
-        let after = try request.uri.queryParameters.get("after").map { text -> ExpiredLeaseCursor in
-            let parts = text.split(separator: ",", maxSplits: 1).map(String.init)
-            guard parts.count == 2, let at = Self.parseInstant(parts[0]), let id = UUID(uuidString: parts[1]) else {
-                throw APIError.badRequest("invalid_cursor", "after must be EXPIRES_AT,EXECUTION_ID as given in next")
-            }
-            return ExpiredLeaseCursor(expiresAt: at, executionID: id)
-        }
+        let after = try leaseCursor(request)
         let leases = try await pool.withConnection {
             try await LeaseStore().listCurrentLeases(namespace: namespace, after: after, limit: limit, on: $0)
         }
         let next = leases.count == limit
-            ? leases.last.map { "\($0.expiresAt.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true))),\($0.executionID.uuidString.lowercased())" }
+            ? leases.last.map { "\($0.expiresAt.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true))),\($0.executionID)" }
             : nil
         return try json(Page(items: leases, next: next))
     }
@@ -156,6 +144,17 @@ extension AdminAPI {
         let limit = try limit(request)
         let items = try await pool.withConnection { try await LeaseStore().listDecisions(before: before, limit: limit, on: $0) }
         return try json(Page(items: items, next: items.count == limit ? items.last.map { String($0.id) } : nil))
+    }
+
+    /// The `after` cursor of the lease listings: EXPIRES_AT,EXECUTION_ID as given in `next`.
+    func leaseCursor(_ request: Request) throws -> ExpiredLeaseCursor? {
+        try request.uri.queryParameters.get("after").map { text -> ExpiredLeaseCursor in
+            let parts = text.split(separator: ",", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let at = Self.parseInstant(parts[0]), let id = UUID(uuidString: parts[1]) else {
+                throw APIError.badRequest("invalid_cursor", "after must be EXPIRES_AT,EXECUTION_ID as given in next")
+            }
+            return ExpiredLeaseCursor(expiresAt: at, executionID: id)
+        }
     }
 
     /// An ISO 8601 instant with or without fractional seconds (`next` cursors carry them).
