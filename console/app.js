@@ -15,6 +15,8 @@
     events: [], // the newest events seen on the stream, newest last (bounded)
     lastEventId: null,
     listeners: new Set(),
+    snapshotListeners: new Set(),
+    needs: [], // what the current view wants on the stream besides events (run:ID, queues)
     stream: null,
     connected: false,
     view: null, // the current view's cleanup
@@ -154,17 +156,34 @@
 
   // ── The event stream: fetch + a streaming body (an EventSource cannot send a header) ────
   function onEvent(fn) { state.listeners.add(fn); return () => state.listeners.delete(fn); }
+  // Snapshots ride on the same stream: the node writes the cluster (always: the disconnected
+  // banner names the other nodes from it) and what the view asked for every 2 s, from reads it
+  // shares among all its viewers. A view that follows them polls nothing.
+  function onSnapshot(kind, fn) {
+    const entry = { kind, fn };
+    state.snapshotListeners.add(entry);
+    return () => state.snapshotListeners.delete(entry);
+  }
+  function need(list) {
+    const same = list.length === state.needs.length && list.every((x, i) => x === state.needs[i]);
+    state.needs = list;
+    if (!same && state.stream && state.stream.abort) state.stream.restart();
+  }
   async function runStream() {
     const me = {};
     state.stream = me;
     let delay = 500;
     while (state.stream === me) {
       const controller = new AbortController();
+      let restarting = false;
       me.abort = () => controller.abort();
+      me.restart = () => { restarting = true; controller.abort(); };
       try {
         const headers = { Authorization: `Bearer ${state.token}`, Accept: 'text/event-stream' };
         if (state.lastEventId !== null) headers['Last-Event-ID'] = String(state.lastEventId);
-        const response = await fetch('/v1/events', { headers, signal: controller.signal, cache: 'no-store', credentials: 'omit' });
+        const query = new URLSearchParams();
+        for (const x of ['cluster', ...state.needs]) query.append('snapshot', x);
+        const response = await fetch(`/v1/events?${query}`, { headers, signal: controller.signal, cache: 'no-store', credentials: 'omit' });
         if (response.status === 401) { signOut('The token was refused: paste a valid one.'); return; }
         if (response.status === 400) { state.lastEventId = null; throw new Error('resume point pruned'); }
         if (!response.ok || !response.body) throw new Error(`stream answered ${response.status}`);
@@ -186,6 +205,7 @@
         throw new Error('stream ended');
       } catch (e) {
         if (state.stream !== me) return;
+        if (restarting) continue; // the view changed what it needs: reconnect at once, resuming after the last event
         setConnection(false);
         await new Promise((r) => setTimeout(r, delay));
         delay = Math.min(delay * 2, 5000);
@@ -202,6 +222,14 @@
       if (field === 'id') id = value;
       else if (field === 'event') topic = value;
       else if (field === 'data') data += value;
+    }
+    if (topic && topic.startsWith('snapshot.') && id === null && data) {
+      let doc;
+      try { doc = JSON.parse(data); } catch { return; }
+      const kind = topic.slice('snapshot.'.length);
+      if (kind === 'cluster') state.cluster = doc;
+      for (const l of state.snapshotListeners) if (l.kind === kind) { try { l.fn(doc); } catch (e) { /* keep the stream */ } }
+      return;
     }
     if (id === null || !data) return;
     state.lastEventId = Number(id);
@@ -275,6 +303,7 @@
     const name = parts[0] || 'runs';
     for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.view === name || (a.dataset.view === 'runs' && name === 'run') || (a.dataset.view === 'packages' && name === 'package'));
     const view = views[name] || views.runs;
+    need(name === 'queues' ? ['queues'] : name === 'run' && parts[1] ? [`run:${parts[1]}`] : []);
     const root = h('div', { id: `view-${name}`, 'data-view': name });
     fill($('view'), root);
     state.generation += 1;
@@ -420,7 +449,13 @@
     const left = (iso) => (iso ? new Date(iso) - (Date.now() + readOffset) : null);
     const countdowns = [];
     const pick = (name) => { const row = root.querySelector(`tr[data-step="${CSS.escape(name)}"]`); if (row) row.scrollIntoView({ block: 'center' }); };
+    let drawn = null;
     const draw = () => {
+      // The same run again (a snapshot with nothing new): keep the page as it is, so a button
+      // under the pointer is not replaced while it is being clicked.
+      const same = JSON.stringify({ ...run, read_at: undefined });
+      if (same === drawn) return;
+      drawn = same;
       countdowns.length = 0;
       fill(head, h('h1', {}, h('span', { class: 'mono' }, run.run_id), badge(run.state)),
         h('div', { class: 'panel grid' }, kv('type', h('a', { href: `#/runs?type=${encodeURIComponent(run.workflow_type)}` }, run.workflow_type)),
@@ -474,11 +509,18 @@
     };
     const addEvent = (e) => feed.prepend(h('li', { 'data-topic': e.topic }, h('span', { class: 'muted' }, when(e.published_at)), badge(e.topic, e.topic.split('.')[1]), e.payload?.step ? `step ${e.payload.step}` : '', e.payload?.reason || ''));
     for (const e of state.events) if (e.payload?.run_id === id) addEvent(e);
-    // Redrawn on each of its events; while it runs, also every 3 s (a claim publishes nothing).
-    const loop = live(load, 3000);
+    // Redrawn at once on each of its events, and from the stream's snapshot of it every 2 s (a
+    // claim publishes no event; the node reads the run once for all its viewers).
+    const loop = live(load, 0);
     const off = onEvent((e) => { if (e.payload?.run_id === id || e.payload?.parent_run_id === id) { addEvent(e); loop.wake(); } });
+    const offSnapshot = onSnapshot('run', (doc) => {
+      if (doc.run_id !== id || !doc.run) return;
+      run = doc.run;
+      if (run.read_at) readOffset = new Date(run.read_at) - Date.now();
+      draw();
+    });
     const stopTick = ticker(tick);
-    return () => { loop.stop(); off(); stopTick(); };
+    return () => { loop.stop(); off(); offSnapshot(); stopTick(); };
   };
 
   // ── Packages ───────────────────────────────────────────────────────────────────────────
@@ -532,10 +574,16 @@
     let offset = 0;
     const leader = h('div', { id: 'leader' }), instances = h('div', {}), terms = h('div', {}), actions = h('div', { class: 'actions' });
     root.append(h('h1', {}, 'Cluster'), leader, actions, h('h2', {}, 'Instances'), instances, h('h2', {}, 'Elections and failovers'), terms);
-    const ages = [];
+    const ages = new Map();
+    let drawn = null;
     const draw = (c) => {
       state.cluster = c;
       offset = new Date(c.read_at) - Date.now();
+      // Heartbeat ages change at every read: they tick in place; the rest is redrawn only when it changed.
+      for (const i of c.instances) { const a = ages.get(i.instance_id); if (a) { a.base = i.heartbeat_age_ms; a.at = Date.now(); } }
+      const same = JSON.stringify({ ...c, read_at: undefined, instances: c.instances.map((i) => ({ ...i, heartbeat_age_ms: undefined, last_heartbeat: undefined, stale: i.stale })) });
+      if (same === drawn) { tickAges(); return; }
+      drawn = same;
       const l = c.leader;
       fill(leader, h('div', { class: 'panel grid' },
         kv('leader', l ? h('strong', { id: 'leader-node', 'data-instance': l.instance_id }, l.node_name || l.instance_id) : h('strong', { id: 'leader-node' }, 'none')),
@@ -545,11 +593,10 @@
       fill(actions, can('admin') && l ? h('button', { id: 'resign', type: 'button', class: 'danger', onclick: () => act('Resign the leader',
         `Ask ${l.node_name || l.instance_id} (term ${c.term}) to hand over leadership? Another node takes over within milliseconds.`,
         () => api('/v1/leader/resign', { method: 'POST' }), () => loop.wake()) }, 'Resign leader') : null);
-      ages.length = 0;
+      ages.clear();
       fill(instances, table(['node', 'instance', 'host · pid', 'version', 'API', 'heartbeat age', ''], c.instances.map((i) => {
         const age = h('td', { class: 'age' });
-        const base = i.heartbeat_age_ms, at = Date.now();
-        ages.push(() => { age.textContent = ms(base + (Date.now() - at)); });
+        ages.set(i.instance_id, { cell: age, base: i.heartbeat_age_ms, at: Date.now() });
         const me = i.instance_id === c.self_instance_id;
         return h('tr', { 'data-instance': i.instance_id, class: me ? 'me' : null },
           h('td', {}, i.node_name, i.is_leader ? [' ', badge('leader')] : null), h('td', { class: 'mono' }, short(i.instance_id)),
@@ -564,8 +611,9 @@
           h('td', {}, ms(t.leaderless_ms)), h('td', {}, t.ended ? `${t.ended} ${when(t.ended_at)}` : t.term === c.term ? 'current' : 'vanished'))), 'No election yet.'));
       tickAges();
     };
-    const tickAges = () => { for (const f of ages) f(); };
-    const loop = live(async () => draw(await api('/v1/cluster')), 2000);
+    const tickAges = () => { for (const a of ages.values()) a.cell.textContent = ms(a.base + (Date.now() - a.at)); };
+    const loop = live(async () => draw(await api('/v1/cluster')), 0);
+    const offSnapshot = onSnapshot('cluster', draw);
     // The node shares one read a second among its viewers: look again once that read is stale too.
     let later = null;
     const off = onEvent((e) => {
@@ -575,7 +623,7 @@
       later = setTimeout(() => loop.wake(), (state.cluster?.max_age_ms || 1000) + 100);
     });
     const stop = ticker(tickAges);
-    return () => { loop.stop(); off(); stop(); clearTimeout(later); };
+    return () => { loop.stop(); off(); stop(); clearTimeout(later); offSnapshot(); };
   };
 
   // ── Workers and leases ─────────────────────────────────────────────────────────────────
@@ -621,14 +669,15 @@
   views.queues = (root) => {
     const body = h('div', {});
     root.append(h('h1', {}, 'Queues'), h('p', { class: 'muted' }, 'Per namespace and lane; read once a second by the node for every viewer.'), body);
-    const loop = live(async () => {
-      const q = await api('/v1/queues');
+    const draw = (q) => {
       fill(body, table(['namespace', 'lane', 'ready', 'oldest ready', 'scheduled', 'running', 'expired leases'], q.lanes.map((x) =>
         h('tr', { 'data-lane': `${x.namespace}/${x.lane}` }, h('td', {}, x.namespace), h('td', {}, x.lane), h('td', {}, x.ready), h('td', {}, ms(x.oldest_ready_age_ms)),
           h('td', {}, x.scheduled), h('td', {}, x.running), h('td', {}, x.expired ? badge(String(x.expired), 'expired') : '0'))), 'Every queue is empty.'),
         q.truncated ? h('p', { class: 'muted' }, 'Only the busiest lanes are shown.') : null);
-    }, 2000);
-    return () => loop.stop();
+    };
+    const loop = live(async () => draw(await api('/v1/queues')), 0);
+    const off = onSnapshot('queues', draw);
+    return () => { loop.stop(); off(); };
   };
 
   // ── Events ─────────────────────────────────────────────────────────────────────────────

@@ -59,6 +59,7 @@ public struct AdminAPI: Sendable {
     let connections: ConnectionCounter
     let sharedCluster: SharedRead<ClusterDocument>
     let sharedQueues: SharedRead<QueueOverview>
+    let sharedRuns: SharedReads<String, RunStore.Run?>
 
     public init(pool: ConnectionPool, node: RegentNode?, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
                 options: Options = Options()) {
@@ -79,6 +80,9 @@ public struct AdminAPI: Sendable {
         }
         self.sharedQueues = SharedRead(maxAge: Self.sharedReadMaxAge) {
             try await pool.withConnection { try await QueueOverview.read(on: $0) }
+        }
+        self.sharedRuns = SharedReads(maxAge: Self.sharedReadMaxAge) { id in
+            try await pool.withConnection { try await RunStore().get(id, on: $0) }
         }
     }
 

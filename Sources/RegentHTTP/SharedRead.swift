@@ -35,3 +35,30 @@ actor SharedRead<Value: Sendable> {
         }
     }
 }
+
+/// ``SharedRead``s by key (a run's page, read for every viewer of that run): entries unused for a
+/// minute are dropped when the table is full, and past `maxEntries` live keys a read is not shared.
+actor SharedReads<Key: Hashable & Sendable, Value: Sendable> {
+    private let maxAge: Duration
+    private let maxEntries: Int
+    private let read: @Sendable (Key) async throws -> Value
+    private var entries: [Key: (read: SharedRead<Value>, used: ContinuousClock.Instant)] = [:]
+
+    init(maxAge: Duration, maxEntries: Int = 10_000, read: @escaping @Sendable (Key) async throws -> Value) {
+        self.maxAge = maxAge
+        self.maxEntries = maxEntries
+        self.read = read
+    }
+
+    func value(_ key: Key) async throws -> Value {
+        let now = ContinuousClock.now
+        if entries[key] == nil, entries.count >= maxEntries {
+            entries = entries.filter { now - $0.value.used < .seconds(60) }
+            if entries.count >= maxEntries { return try await read(key) }
+        }
+        let read = self.read
+        let shared = entries[key]?.read ?? SharedRead(maxAge: maxAge) { try await read(key) }
+        entries[key] = (shared, now)
+        return try await shared.value()
+    }
+}

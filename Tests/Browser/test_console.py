@@ -235,6 +235,13 @@ class ConsoleInABrowser(unittest.TestCase):
         self.assertTrue(self.present("tr.me"), "the node the console talks to is marked")
         self.assertTrue(self.present("tr[data-term]"), "the elections table has a row")
         self.shot("cluster")
+        # Live without polling: the page reads the cluster once, then follows the stream's snapshots.
+        count = "return performance.getEntriesByType('resource').filter(e => /\\/v1\\/(cluster|queues)/.test(e.name)).length"
+        before = self.browser.execute_script(count)
+        first_age = self.css("tr[data-instance] td.age").text
+        time.sleep(5)
+        self.assertEqual(self.browser.execute_script(count), before, "the cluster view polled the API")
+        self.assertNotEqual(self.css("tr[data-instance] td.age").text, first_age, "heartbeat ages tick")
 
     def test_03_a_runs_graph_follows_the_worker_and_an_approval_from_the_page_lets_it_go_on(self):
         run = self.start_run("orders.approval", "console-approval-1")

@@ -94,6 +94,48 @@ struct ConsoleAPITests {
         }
     }
 
+    /// The console's live views poll nothing: the event stream carries the cluster, the queues
+    /// and a run's page every 2 s, read once for every viewer of the node.
+    @Test func theStreamCarriesSharedSnapshotsToEveryViewer() async throws {
+        try await Fixture.with { f in
+            let p = try PackageFixture(files: ["workflow.json": PackageFixture.manifest(type: "flow", steps: [#"{"name": "only", "lane": "l"}"#])])
+            defer { p.remove() }
+            let contents = try PackageContents(path: p.directory.path, limits: .default)
+            _ = try await f.api.pool.withConnection { try await PackageStore().deploy(contents, actor: .named("test"), on: $0) }
+            let app = Application(router: f.api.router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+            try await app.test(.live) { client in
+                let port = try #require(client.port)
+                let started = try object(try await client.call(.post, "/v1/runs", token: f.worker, json: #"{"workflow_type":"flow"}"#).body)
+                let runID = try #require(started["run_id"] as? String)
+                let before = await f.api.sharedCluster.reads
+                var streams: [RawHTTPStream] = []
+                defer { for s in streams { s.close() } }
+                for _ in 0..<10 {
+                    streams.append(try RawHTTPStream(port: port, path: "/v1/events?snapshot=cluster&snapshot=queues&snapshot=run:\(runID)", token: f.reader))
+                }
+                var texts: [String] = []
+                for stream in streams { texts.append(try await stream.read(until: "event: snapshot.run\n", timeout: .seconds(10))) }
+                for text in texts {
+                    #expect(text.contains("event: snapshot.cluster\ndata: {") && text.contains("event: snapshot.queues\ndata: {"))
+                    #expect(text.contains(#""run_id":"\#(runID)""#) && text.contains(#""workflow_type":"flow""#))
+                }
+                // The second round, 2 s later, shows the run's step claimed: without any request.
+                let register = #"{"namespace":"runs","worker_instance_id":"w-1","worker_id":"w","lanes":["l"],"liveness_ttl_ms":30000}"#
+                #expect(try await client.call(.post, "/v1/workers/register", token: f.worker, json: register).status == .created)
+                _ = try await client.call(.post, "/v1/leases/claim", token: f.worker, json: #"{"namespace":"runs","worker_instance_id":"w-1","lanes":["l"]}"#)
+                let later = try await streams[0].read(until: #""worker":"w-1""#, timeout: .seconds(10))
+                #expect(later.contains(#""state":"running""#))
+                // Ten viewers, two rounds each: the cluster was read a handful of times, not twenty.
+                let reads = await f.api.sharedCluster.reads - before
+                #expect(reads <= 4, "\(reads) cluster reads for 10 streams")
+                for bad in ["snapshot=everything", "snapshot=run:nope", "snapshot=cluster&snapshot=queues&snapshot=run:run_00000000000000000000000000&snapshot=run:run_00000000000000000000000001"] {
+                    let r = try await client.call(.get, "/v1/events?\(bad)", token: f.reader)
+                    #expect(r.status == .badRequest && errorCode(r) == "invalid_snapshot", "\(bad)")
+                }
+            }
+        }
+    }
+
     @Test func leasesQueuesDecisionsAndAnAdminsMarkDead() async throws {
         try await Fixture.with { f in
             let p = try PackageFixture(files: ["workflow.json": PackageFixture.manifest(type: "flow", steps: [#"{"name": "only", "lane": "l"}"#])])

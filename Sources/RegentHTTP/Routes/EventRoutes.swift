@@ -58,6 +58,7 @@ extension AdminAPI {
         }
         let after = try queryInt64(request, "after", range: 0...(Int64.max - 1), code: "invalid_cursor") ?? resume
         let topics = try request.uri.queryParameters.getAll("topic").map { try EventTopic($0).name }
+        let snapshots = try streamSnapshots(request)
         if request.method == .head {
             return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"])
         }
@@ -68,11 +69,17 @@ extension AdminAPI {
             try await withGracefulShutdownHandler {
                 do {
                     try await writer.write(ByteBuffer(string: ": regent event stream\n\n"))
+                    var nextSnapshot = ContinuousClock.now
                     while true {
-                        guard let batch = try await subscription.nextBatch(idleAfter: keepAlive) else {
+                        if !snapshots.isEmpty, ContinuousClock.now >= nextSnapshot {
+                            try await writer.write(await snapshotRecords(snapshots))
+                            nextSnapshot = .now + Self.snapshotInterval
+                        }
+                        let idle = snapshots.isEmpty ? keepAlive : min(keepAlive, max(.milliseconds(20), ContinuousClock.now.duration(to: nextSnapshot)))
+                        guard let batch = try await subscription.nextBatch(idleAfter: idle) else {
                             // Idle: a comment keeps proxies from closing the connection, and
-                            // finds out when the client went away (the write fails).
-                            try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                            // finds out when the client went away (the write fails). Snapshots do both.
+                            if snapshots.isEmpty { try await writer.write(ByteBuffer(string: ": keep-alive\n\n")) }
                             continue
                         }
                         if batch.isEmpty { break }
@@ -95,5 +102,73 @@ extension AdminAPI {
             try await writer.finish(nil)
         }
         return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
+    }
+
+    /// What a stream's `snapshot` parameters ask for besides events: the cluster document, the
+    /// queues, or a run's page, written every ``snapshotInterval`` as `event: snapshot.<kind>`
+    /// records without an id (they are state, not events: nothing to resume). Each comes from the
+    /// node's shared reads, so a thousand open consoles cost the database what one does, and
+    /// their token was checked once, when the stream opened.
+    enum StreamSnapshot: Hashable {
+        case cluster, queues, run(String)
+        var name: String {
+            switch self {
+            case .cluster: "cluster"
+            case .queues: "queues"
+            case .run: "run"
+            }
+        }
+    }
+
+    static let snapshotInterval: Duration = .seconds(2)
+
+    func streamSnapshots(_ request: Request) throws -> [StreamSnapshot] {
+        var snapshots: [StreamSnapshot] = []
+        for text in request.uri.queryParameters.getAll("snapshot") {
+            let snapshot: StreamSnapshot
+            switch text {
+            case "cluster": snapshot = .cluster
+            case "queues": snapshot = .queues
+            case let t where t.hasPrefix("run:") && RunStore.isRunID(String(t.dropFirst(4))): snapshot = .run(String(t.dropFirst(4)))
+            default:
+                throw APIError.badRequest(
+                    "invalid_snapshot", "snapshot takes cluster, queues or run:RUN_ID, got \(SQLIdentifier.printable(String(text.prefix(64))))")
+            }
+            if !snapshots.contains(snapshot) { snapshots.append(snapshot) }
+        }
+        guard snapshots.count <= 3 else { throw APIError.badRequest("invalid_snapshot", "a stream carries at most 3 snapshots") }
+        return snapshots
+    }
+
+    /// The snapshots' records; one whose read fails is left out this time (the next comes in 2 s).
+    func snapshotRecords(_ snapshots: [StreamSnapshot]) async -> ByteBuffer {
+        var buffer = ByteBuffer()
+        for snapshot in snapshots {
+            let body: [UInt8]?
+            switch snapshot {
+            case .cluster: body = try? encodeJSON(try await sharedCluster.value())
+            case .queues: body = try? await workflowEnabled() ? encodeJSON(try await sharedQueues.value()) : nil
+            case .run(let id): body = try? await workflowEnabled() ? encodeJSON(RunSnapshot(runID: id, run: try await sharedRuns.value(id))) : nil
+            }
+            guard let body else { continue }
+            buffer.writeString("event: snapshot.\(snapshot.name)\ndata: ")
+            buffer.writeBytes(body)
+            buffer.writeString("\n\n")
+        }
+        return buffer
+    }
+
+    func workflowEnabled() async -> Bool { (try? await modules.require()) != nil }
+
+    /// A run's snapshot: the run's page, or null when there is no such run.
+    struct RunSnapshot: Encodable {
+        let runID: String
+        let run: RunStore.Run?
+        enum CodingKeys: String, CodingKey { case runID = "run_id", run }
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(runID, forKey: .runID)
+            try c.encode(run, forKey: .run)
+        }
     }
 }

@@ -19,6 +19,9 @@ struct DemoCommand: AsyncParsableCommand {
             """
     )
     @Option(help: "Nodes to start (2-9).") var nodes = 3
+    @Flag(name: [.customLong("console"), .customLong("keep")],
+          help: "After the demo, leave the cluster running with two nodes serving the browser console (their addresses and an admin token are printed) until Ctrl-C.")
+    var console = false
     @OptionGroup var log: LogOptions
 
     func validate() throws {
@@ -30,6 +33,7 @@ struct DemoCommand: AsyncParsableCommand {
         let env = try await DrillEnvironment.start(databaseURL: nil, nodes: nodes) { print($0) }
         do {
             try await show(env)
+            if console { try await keepForTheConsole(env) }
         } catch {
             await env.close()
             throw error
@@ -37,6 +41,34 @@ struct DemoCommand: AsyncParsableCommand {
         print("\n■ stopping the nodes (SIGTERM: each hands over and deletes its row) and PostgreSQL")
         await env.close()
         print("■ done")
+    }
+
+    /// Two more nodes with the HTTP API, an admin token, the console's addresses: a newcomer
+    /// clicks through the runs and packages and watches a failover (the Resign button, or a
+    /// `kill -9` of the leader's pid) until Ctrl-C stops everything.
+    private func keepForTheConsole(_ env: DrillEnvironment) async throws {
+        let config = try ConnectionConfiguration(env.databaseURL)
+        let ports = [try EmbeddedPostgres.freeLoopbackPort(), try EmbeddedPostgres.freeLoopbackPort()]
+        for port in ports { try env.cluster.spawn(arguments: ["--http-address", "127.0.0.1:\(port)"]) }
+        let urls = ports.map { "http://127.0.0.1:\($0)" }
+        for url in urls { try await waitUntilReady(url) }
+        let token = try await PostgresConnection.withConnection(config) {
+            try await TokenStore().create(name: "demo-console-\(UInt32.random(in: 0...UInt32.max))", role: .admin, actor: "demo", on: $0).1
+        }
+        print("""
+
+            ── the console ─────────────────────────────────────────────
+               open \(urls[0])/console/ (or \(urls[1])/console/) and paste this admin token:
+               \(token)
+               Watch a failover on the Cluster page: press Resign leader, or kill -9 the leader's pid
+               (regent status --database-url '\(env.databaseURL)').
+               The cluster keeps running until Ctrl-C.
+            """)
+        // Ctrl-C (or SIGTERM) ends the wait; the demo then stops the nodes and PostgreSQL as usual.
+        let (stopped, stop) = AsyncStream<Void>.makeStream()
+        let signals = SignalHandler(signals: [SIGINT, SIGTERM]) { stop.yield() }
+        defer { signals.cancel() }
+        for await _ in stopped { break }
     }
 
     private func show(_ env: DrillEnvironment) async throws {
@@ -272,3 +304,4 @@ struct DemoCommand: AsyncParsableCommand {
         }
     }
 }
+
