@@ -614,16 +614,17 @@
     const tickAges = () => { for (const a of ages.values()) a.cell.textContent = ms(a.base + (Date.now() - a.at)); };
     const loop = live(async () => draw(await api('/v1/cluster')), 0);
     const offSnapshot = onSnapshot('cluster', draw);
-    // The node shares one read a second among its viewers: look again once that read is stale too.
-    let later = null;
-    const off = onEvent((e) => {
+    // A leadership event: the leader card at once from a fresh read (failovers are rare, so this
+    // costs nothing in steady state); the elections table follows with the next snapshot.
+    const off = onEvent(async (e) => {
       if (!e.topic.startsWith('leader.') && !e.topic.startsWith('instance.')) return;
-      loop.wake();
-      clearTimeout(later);
-      later = setTimeout(() => loop.wake(), (state.cluster?.max_age_ms || 1000) + 100);
+      try {
+        const fresh = await api('/v1/leader');
+        if (state.cluster) draw({ ...state.cluster, leader: fresh.leader, term: fresh.term, instances: fresh.instances });
+      } catch (err) { /* the snapshot will bring it */ }
     });
     const stop = ticker(tickAges);
-    return () => { loop.stop(); off(); stop(); clearTimeout(later); offSnapshot(); };
+    return () => { loop.stop(); off(); stop(); offSnapshot(); };
   };
 
   // ── Workers and leases ─────────────────────────────────────────────────────────────────

@@ -354,6 +354,14 @@ class ConsoleInABrowser(unittest.TestCase):
             self.skipTest("n1 was expected to lead")
         leader.kill(signal.SIGKILL)
         t0 = time.time()
+        while True:
+            code, now = call(other.url, self.read, "GET", "/v1/leader")
+            if code != 200:
+                print("leader read answered", code, now)
+            elif now.get("leader") and now["leader"]["node_name"] == other.name:
+                break
+            time.sleep(0.02)
+        print(f"the database named the new leader {time.time() - t0:.2f} s after the SIGKILL")
         self.until("the new leader on the page", lambda: self.css("#leader-node").text == other.name, timeout=10)
         self.until("the new election row", lambda: self.present(f"tr[data-term='{old_term + 1}']"), timeout=10)
         shown_after = time.time() - t0
