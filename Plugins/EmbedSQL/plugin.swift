@@ -21,12 +21,14 @@ struct EmbedSQL: BuildToolPlugin {
                 for file in (try? fm.contentsOfDirectory(atPath: dir.path)) ?? [] where file.hasSuffix(".sql") {
                     inputs.append(dir.appending(path: file))
                 }
-                // The schema's function files (sql/<schema>/functions/<name>.sql).
-                let functions = dir.appending(path: "functions")
-                if fm.fileExists(atPath: functions.path) {
-                    inputs.append(functions)
-                    for file in (try? fm.contentsOfDirectory(atPath: functions.path)) ?? [] where file.hasSuffix(".sql") {
-                        inputs.append(functions.appending(path: file))
+                // The schema's function files (sql/<schema>/functions/<name>.sql) and online
+                // index files (sql/<schema>/indexes/<name>.sql).
+                for sub in ["functions", "indexes"] {
+                    let folder = dir.appending(path: sub)
+                    guard fm.fileExists(atPath: folder.path) else { continue }
+                    inputs.append(folder)
+                    for file in (try? fm.contentsOfDirectory(atPath: folder.path)) ?? [] where file.hasSuffix(".sql") {
+                        inputs.append(folder.appending(path: file))
                     }
                 }
             }

@@ -27,6 +27,7 @@ func isIdentifier(_ s: String) -> Bool {
 
 var entries: [(schema: String, version: Int, name: String, sql: String)] = []
 var functionFiles: [(schema: String, name: String, sql: String)] = []
+var indexFiles: [(schema: String, name: String, table: String, sql: String)] = []
 let schemas = ((try? fm.contentsOfDirectory(atPath: sqlDir.path)) ?? []).sorted()
 for schema in schemas {
     var isDir: ObjCBool = false
@@ -60,6 +61,24 @@ for schema in schemas {
         else { fail("sql/\(schema)/functions/\(file): not readable as UTF-8") }
         functionFiles.append((schema, stem, text))
     }
+    // Online index files: built by the leader with CREATE INDEX CONCURRENTLY, outside any
+    // migration's transaction (an index on a hot table must not block its traffic while it builds).
+    let indexesDir = sqlDir.appendingPathComponent(schema).appendingPathComponent("indexes")
+    for file in ((try? fm.contentsOfDirectory(atPath: indexesDir.path)) ?? []).sorted() where file.hasSuffix(".sql") {
+        let stem = String(file.dropLast(4))
+        guard isIdentifier(stem) else { fail("sql/\(schema)/indexes/\(file): name must be a lowercase identifier (the index's name)") }
+        guard let text = try? String(contentsOf: indexesDir.appendingPathComponent(file), encoding: .utf8)
+        else { fail("sql/\(schema)/indexes/\(file): not readable as UTF-8") }
+        let statement = text.split(separator: "\n").filter { !$0.hasPrefix("--") }.joined(separator: " ")
+            .split(whereSeparator: { $0 == " " || $0 == "\t" }).joined(separator: " ").trimmingCharacters(in: CharacterSet(charactersIn: "; "))
+        let prefix = "CREATE INDEX CONCURRENTLY IF NOT EXISTS \(stem) ON \(schema)."
+        guard statement.hasPrefix(prefix), !statement.contains(";") else {
+            fail("sql/\(schema)/indexes/\(file): must hold one statement, `\(prefix)<table> (...)` (comments aside)")
+        }
+        let table = String(statement.dropFirst(prefix.count).prefix { $0 != " " && $0 != "(" })
+        guard isIdentifier(table) else { fail("sql/\(schema)/indexes/\(file): cannot read the table name") }
+        indexFiles.append((schema, stem, table, statement))
+    }
     let versions = seen.sorted()
     if versions != Array(1...max(1, versions.count)) && !versions.isEmpty {
         fail("sql/\(schema): versions must be 1, 2, 3 … without gaps (found \(versions))")
@@ -83,6 +102,11 @@ out += "    ]\n"
 out += "    static let functions: [(schema: String, name: String, sql: String)] = [\n"
 for f in functionFiles {
     out += "        (\"\(f.schema)\", \"\(f.name)\", \(literal(f.sql))),\n"
+}
+out += "    ]\n"
+out += "    static let indexes: [(schema: String, name: String, table: String, sql: String)] = [\n"
+for i in indexFiles {
+    out += "        (\"\(i.schema)\", \"\(i.name)\", \"\(i.table)\", \(literal(i.sql))),\n"
 }
 out += "    ]\n}\n"
 do {

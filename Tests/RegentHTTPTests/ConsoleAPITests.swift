@@ -249,6 +249,12 @@ struct ConsoleAPITests {
     @Test func everyRunsListingWalksAnIndex() async throws {
         try await TestDatabase.shared.withConnection { conn, _ in
         _ = try await MigrationRunner(appliedBy: "test").migrate(on: conn, schemas: ["engine", "workflow"])
+        // The listing indexes are built online, after the migrations, as the leader does.
+        #expect(try await OnlineIndexes.ensure(schemas: ["engine", "workflow"], on: conn).count == 4)
+        #expect(try await OnlineIndexes.ensure(schemas: ["engine", "workflow"], on: conn).isEmpty)
+        // A build that died leaves an invalid index: the next pass drops and rebuilds it.
+        try await conn.query("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'workflow.runs_state_listing_idx'::regclass")
+        #expect(try await OnlineIndexes.ensure(schemas: ["workflow"], on: conn) == ["workflow.runs_state_listing_idx"])
         let hash = String(repeating: "a", count: 64)
         try await conn.query(
             """

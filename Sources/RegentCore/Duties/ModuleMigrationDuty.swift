@@ -30,6 +30,12 @@ public struct ModuleMigrationDuty: LeaderDuty {
         if !ran.isEmpty {
             logger.notice("leader applied module migrations", metadata: ["files": "\(ran.map(\.description))", "term": "\(fence.term)"])
         }
+        // Then the indexes built online (not fenced: a concurrent build cannot run in the fence's
+        // transaction; two leaders building the same one is harmless, IF NOT EXISTS).
+        try await pool.withConnection { conn in
+            let schemas = try await ModuleRegistry().enabledSchemas(on: conn)
+            try await OnlineIndexes.ensure(schemas: schemas, on: conn, logger: logger)
+        }
         return false
     }
 }

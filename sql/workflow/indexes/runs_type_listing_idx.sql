@@ -1,0 +1,2 @@
+-- The console's runs list (issue 30), filtered and newest first: built online by the leader.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS runs_type_listing_idx ON workflow.runs (workflow_type, started_at, run_id);
