@@ -303,7 +303,7 @@
     const name = parts[0] || 'runs';
     for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.view === name || (a.dataset.view === 'runs' && name === 'run') || (a.dataset.view === 'packages' && name === 'package'));
     const view = views[name] || views.runs;
-    need(name === 'queues' ? ['queues'] : name === 'run' && parts[1] ? [`run:${parts[1]}`] : []);
+    need(name === 'queues' ? ['queues'] : name === 'workers' ? ['workers'] : name === 'run' && parts[1] ? [`run:${parts[1]}`] : []);
     const root = h('div', { id: `view-${name}`, 'data-view': name });
     fill($('view'), root);
     state.generation += 1;
@@ -377,7 +377,7 @@
           h('td', {}, h('a', { href: `#/package/${r.package_hash}`, class: 'mono' }, short(r.package_hash))),
           h('td', {}, when(r.started_at)), h('td', {}, when(r.finished_at)),
           h('td', {}, r.finished_at ? ms(new Date(r.finished_at) - new Date(r.started_at)) : '–'))), 'No run matches.'));
-      fill(pager, 
+      fill(pager,
         cursors.length ? h('button', { type: 'button', class: 'quiet', onclick: () => { cursor = cursors.pop(); loop.wake(); } }, '← Newer') : null,
         page.next_cursor ? h('button', { id: 'runs-older', type: 'button', class: 'quiet', onclick: () => { cursors.push(cursor); cursor = page.next_cursor; loop.wake(); } }, 'Older →') : null);
     };
@@ -495,7 +495,11 @@
           h('td', { class: 'mono' }, x.worker || '–'), timing, h('td', {}, when(x.finished_at)),
           h('td', { class: 'wrap' }, x.error ? h('span', { class: 'error-text' }, x.error) : x.output !== null && x.output !== undefined ? h('code', {}, JSON.stringify(x.output).slice(0, 300)) : '–'));
       })));
-      fill(extra, 
+      const attempts = run.steps.flatMap((x) => (x.attempt_history || []).map((a) => [x.name, a]));
+      fill(extra,
+        h('h2', {}, 'Attempts'), table(['step', '#', 'worker', 'epoch', 'state', 'started', 'took'], attempts.map(([name, a]) =>
+          h('tr', { 'data-attempt': `${name}/${a.attempt_index}` }, h('td', {}, name), h('td', {}, a.attempt_index), h('td', { class: 'mono' }, a.worker), h('td', {}, a.lease_epoch),
+            h('td', {}, badge(a.state)), h('td', {}, when(a.started_at)), h('td', {}, a.ended_at ? ms(new Date(a.ended_at) - new Date(a.started_at)) : '–'))), 'No attempt yet.'),
         h('h2', {}, 'Budget ledger'), table(['step', 'amount', 'unit', 'at'], run.ledger.map((l) => h('tr', {}, h('td', {}, l.step), h('td', {}, l.amount), h('td', {}, l.unit), h('td', {}, when(l.at)))), 'No cost recorded.'),
         h('h2', {}, 'Signals'), table(['name', 'id', 'sent by', 'received', 'consumed by'], (run.signals || []).map((g) => h('tr', {}, h('td', {}, g.name), h('td', { class: 'mono' }, g.signal_id), h('td', {}, g.sent_by), h('td', {}, when(g.received_at)), h('td', {}, g.consumed_by || '–'))), 'No signal.'),
         h('h2', {}, 'Input'), h('pre', {}, json(run.input)), run.output !== undefined && run.output !== null ? [h('h2', {}, 'Output'), h('pre', {}, json(run.output))] : null);
@@ -633,8 +637,11 @@
     const workers = h('div', {}), leases = h('div', {}), decisions = h('div', {});
     root.append(h('h1', {}, 'Workers and leases'), workers, h('h2', {}, 'Leases (soonest expiry first)'), leases, h('h2', {}, "The leader's reclaim decisions"), decisions);
     const countdowns = [];
-    const load = async () => {
-      const [w, l, d] = await Promise.all([api('/v1/workers?limit=500'), api('/v1/leases?limit=200'), api('/v1/leases/decisions?limit=50')]);
+    let drawn = null;
+    const draw = (w, l, d) => {
+      const same = JSON.stringify([w.items, l.items.map((x) => ({ ...x, read_at: undefined })), d.items]);
+      if (same === drawn) return;
+      drawn = same;
       countdowns.length = 0;
       fill(workers, table(['namespace', 'instance', 'worker', 'lanes', 'capabilities', 'TTL', 'state', 'last heartbeat', ''], w.items.map((x) => {
         const alive = !x.dead && new Date(x.expires_at) > new Date();
@@ -660,10 +667,16 @@
           h('td', {}, x.run_id ? [h('a', { href: `#/run/${x.run_id}` }, x.run_id), ` · ${x.step}`] : '–'), h('td', {}, x.term))), 'No lease has expired.'));
       tick();
     };
+    const load = async () => {
+      const [w, l, d] = await Promise.all([api('/v1/workers?limit=500'), api('/v1/leases?limit=200'), api('/v1/leases/decisions?limit=50')]);
+      draw(w, l, d);
+    };
     const tick = () => { for (const f of countdowns) f(); };
-    const loop = live(load, 5000);
+    // Drawn once from the API, then from the stream's snapshot every 2 s (shared by every viewer).
+    const loop = live(load, 0);
+    const off = onSnapshot('workers', (x) => draw({ items: x.workers }, { items: x.leases }, { items: x.decisions }));
     const stop = ticker(tick);
-    return () => { loop.stop(); stop(); };
+    return () => { loop.stop(); stop(); off(); };
   };
 
   // ── Queues ─────────────────────────────────────────────────────────────────────────────
@@ -738,7 +751,7 @@
       fill(body, table(['id', 'at', 'actor', 'action', 'term', 'detail'], page.items.map((a) => h('tr', { 'data-action': a.action },
         h('td', {}, a.id), h('td', {}, when(a.at)), h('td', { class: 'mono' }, a.actor), h('td', {}, a.action), h('td', {}, a.term ?? '–'),
         h('td', { class: 'wrap' }, h('code', {}, JSON.stringify(a.detail)))))));
-      fill(pager, 
+      fill(pager,
         stack.length ? h('button', { type: 'button', class: 'quiet', onclick: () => { before = stack.pop(); loop.wake(); } }, '← Newer') : null,
         page.items.length === 50 ? h('button', { type: 'button', class: 'quiet', onclick: () => { stack.push(before); before = page.items[page.items.length - 1].id; loop.wake(); } }, 'Older →') : null);
     }, 0);

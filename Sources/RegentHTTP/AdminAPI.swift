@@ -60,6 +60,7 @@ public struct AdminAPI: Sendable {
     let sharedCluster: SharedRead<ClusterDocument>
     let sharedQueues: SharedRead<QueueOverview>
     let sharedRuns: SharedReads<String, RunStore.Run?>
+    let sharedWorkers: SharedRead<WorkersSnapshot>
 
     public init(pool: ConnectionPool, node: RegentNode?, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
                 options: Options = Options()) {
@@ -80,6 +81,9 @@ public struct AdminAPI: Sendable {
         }
         self.sharedQueues = SharedRead(maxAge: Self.sharedReadMaxAge) {
             try await pool.withConnection { try await QueueOverview.read(on: $0) }
+        }
+        self.sharedWorkers = SharedRead(maxAge: Self.sharedReadMaxAge) {
+            try await pool.withConnection { try await WorkersSnapshot.read(on: $0) }
         }
         self.sharedRuns = SharedReads(maxAge: Self.sharedReadMaxAge) { id in
             try await pool.withConnection { try await RunStore().get(id, on: $0) }

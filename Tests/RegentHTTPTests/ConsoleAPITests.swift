@@ -163,6 +163,9 @@ struct ConsoleAPITests {
                 let shown = try object(try await client.call(.get, "/v1/runs/\(lease["run_id"] as? String ?? runID)", token: f.reader).body)
                 let step = try #require((shown["steps"] as? [[String: Any]])?.first)
                 #expect(step["state"] as? String == "running" && step["lease_expires_at"] is String && shown["read_at"] is String)
+                let attempts = try #require(step["attempt_history"] as? [[String: Any]])
+                #expect(attempts.count == 1 && attempts[0]["worker"] as? String == "w-1" && attempts[0]["state"] as? String == "leased")
+                #expect(attempts[0]["lease_epoch"] as? Int == lease["lease_epoch"] as? Int && attempts[0]["ended_at"] is NSNull)
 
                 let queues = try #require(try object(try await client.call(.get, "/v1/queues", token: f.reader).body)["lanes"] as? [[String: Any]])
                 let lane = try #require(queues.first { $0["namespace"] as? String == "runs" && $0["lane"] as? String == "l" })

@@ -283,6 +283,21 @@ public struct CurrentLease: Sendable, Encodable {
         case workerInstanceID = "worker_instance_id", expiresAt = "lease_expires_at", startedAt = "started_at", leaseMs = "lease_ms"
         case runID = "run_id", step, readAt = "read_at"
     }
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(executionID, forKey: .executionID)
+        try c.encode(namespace, forKey: .namespace)
+        try c.encode(lane, forKey: .lane)
+        try c.encode(attemptIndex, forKey: .attemptIndex)
+        try c.encode(epoch, forKey: .epoch)
+        try c.encode(workerInstanceID, forKey: .workerInstanceID)
+        try c.encode(expiresAt, forKey: .expiresAt)
+        try c.encode(startedAt, forKey: .startedAt)
+        try c.encode(leaseMs, forKey: .leaseMs)
+        try c.encode(runID, forKey: .runID)  // null for a plain execution
+        try c.encode(step, forKey: .step)
+        try c.encode(readAt, forKey: .readAt)
+    }
 }
 
 /// One decision of the leader's lease-expiry scanner.
@@ -299,5 +314,18 @@ public struct LeaseDecision: Sendable, Encodable {
     public let step: String?
     enum CodingKeys: String, CodingKey {
         case id, executionID = "execution_id", attemptIndex = "attempt_index", decision, term, at, namespace, lane, runID = "run_id", step
+    }
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(executionID, forKey: .executionID)
+        try c.encode(attemptIndex, forKey: .attemptIndex)
+        try c.encode(decision, forKey: .decision)
+        try c.encode(term, forKey: .term)
+        try c.encode(at, forKey: .at)
+        try c.encode(namespace, forKey: .namespace)  // nulls: the execution was pruned since
+        try c.encode(lane, forKey: .lane)
+        try c.encode(runID, forKey: .runID)
+        try c.encode(step, forKey: .step)
     }
 }

@@ -16,6 +16,16 @@ public struct QueueOverview: Sendable, Encodable {
         enum CodingKeys: String, CodingKey {
             case namespace, lane, ready, scheduled, oldestReadyAgeMs = "oldest_ready_age_ms", running, expired
         }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(namespace, forKey: .namespace)
+            try c.encode(lane, forKey: .lane)
+            try c.encode(ready, forKey: .ready)
+            try c.encode(scheduled, forKey: .scheduled)
+            try c.encode(oldestReadyAgeMs, forKey: .oldestReadyAgeMs)  // null when nothing is ready
+            try c.encode(running, forKey: .running)
+            try c.encode(expired, forKey: .expired)
+        }
     }
 
     public let lanes: [Lane]

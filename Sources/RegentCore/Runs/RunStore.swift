@@ -222,12 +222,14 @@ extension RunStore {
         public let error: String?
         /// While a worker holds the step's lease: when it expires (database time).
         public var leaseExpiresAt: Date? = nil
+        /// A worker step's attempts at its current execution, oldest first.
+        public var attemptHistory: [Attempt] = []
         /// The database's clock when the step was read (countdowns are `lease_expires_at - read_at`).
         var readAt: Date? = nil
 
         enum CodingKeys: String, CodingKey {
             case name, after, state, attempts, maxAttempts = "max_attempts", worker, executionID = "execution_id", queuedAt = "queued_at"
-            case finishedAt = "finished_at", output, error, kind, wait, leaseExpiresAt = "lease_expires_at"
+            case finishedAt = "finished_at", output, error, kind, wait, leaseExpiresAt = "lease_expires_at", attemptHistory = "attempt_history"
         }
         public func encode(to encoder: any Encoder) throws {
             var c = encoder.container(keyedBy: CodingKeys.self)
@@ -245,6 +247,30 @@ extension RunStore {
             try c.encode(finishedAt, forKey: .finishedAt)
             try c.encode(output.map(RawJSON.init), forKey: .output)
             try c.encode(error, forKey: .error)
+            if kind == "worker" { try c.encode(attemptHistory, forKey: .attemptHistory) }
+        }
+    }
+
+    /// One attempt of a worker step: who held it under which epoch, and how it ended.
+    public struct Attempt: Sendable, Encodable {
+        public let attemptIndex: Int
+        public let epoch: Int64
+        public let worker: String
+        /// leased, completed, failed, expired or cancelled.
+        public let state: String
+        public let startedAt: Date
+        public let endedAt: Date?
+        enum CodingKeys: String, CodingKey {
+            case attemptIndex = "attempt_index", epoch = "lease_epoch", worker, state, startedAt = "started_at", endedAt = "ended_at"
+        }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(attemptIndex, forKey: .attemptIndex)
+            try c.encode(epoch, forKey: .epoch)
+            try c.encode(worker, forKey: .worker)
+            try c.encode(state, forKey: .state)
+            try c.encode(startedAt, forKey: .startedAt)
+            try c.encode(endedAt, forKey: .endedAt)  // null while the attempt lasts
         }
     }
 
@@ -382,6 +408,21 @@ extension RunStore {
                     waitedMs: try r.decodeOptional("waited_ms"))
             }
             return step
+        }
+        let executions = run.steps.compactMap(\.executionID)
+        if !executions.isEmpty {
+            var attempts: [UUID: [Attempt]] = [:]
+            for r in try await conn.query(
+                """
+                SELECT execution_id, attempt_index, lease_epoch, worker_instance_id, state, started_at, ended_at FROM workflow.attempts
+                WHERE execution_id = ANY (\(executions.map { $0.uuidString.lowercased() })::uuid[]) ORDER BY execution_id, attempt_index LIMIT 10000
+                """, purpose: "runs: attempts")
+            {
+                attempts[try r.decode("execution_id", as: UUID.self), default: []].append(Attempt(
+                    attemptIndex: try r.decode("attempt_index"), epoch: try r.decode("lease_epoch"), worker: try r.decode("worker_instance_id"),
+                    state: try r.decode("state"), startedAt: try r.decode("started_at"), endedAt: try r.decodeOptional("ended_at")))
+            }
+            for i in run.steps.indices { if let id = run.steps[i].executionID { run.steps[i].attemptHistory = attempts[id] ?? [] } }
         }
         if let parent = run.parentRunID {
             run.parentStep = try await conn.query(

@@ -19,6 +19,16 @@ extension AdminAPI {
         enum CodingKeys: String, CodingKey {
             case tokenID = "token_id", name, role, namespace, lanes, instanceID = "instance_id", nodeName = "node_name"
         }
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(tokenID, forKey: .tokenID)
+            try c.encode(name, forKey: .name)
+            try c.encode(role, forKey: .role)
+            try c.encode(namespace, forKey: .namespace)  // nulls: an unscoped token, a process without a node
+            try c.encode(lanes, forKey: .lanes)
+            try c.encode(instanceID, forKey: .instanceID)
+            try c.encode(nodeName, forKey: .nodeName)
+        }
     }
 
     func whoami(_ context: RegentRequestContext) throws -> Response {
@@ -92,6 +102,15 @@ extension AdminAPI {
         enum CodingKeys: String, CodingKey {
             case schema, appliedVersion = "applied_version", knownVersion = "known_version", floor, heldContract = "held_contract", current
         }
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(schema, forKey: .schema)
+            try c.encode(appliedVersion, forKey: .appliedVersion)
+            try c.encode(knownVersion, forKey: .knownVersion)
+            try c.encode(floor, forKey: .floor)
+            try c.encode(heldContract, forKey: .heldContract)  // null: none held
+            try c.encode(current, forKey: .current)
+        }
     }
 
     func migrations() async throws -> Response {
@@ -103,5 +122,19 @@ extension AdminAPI {
             SchemaDocument(schema: $0.schema, appliedVersion: $0.appliedVersion, knownVersion: $0.knownVersion, floor: $0.floor,
                            heldContract: $0.heldContract, current: $0.isCurrent)
         }])
+    }
+
+    /// The workers view's snapshot: the first 500 workers, the 200 soonest-expiring leases and
+    /// the last 50 reclaim decisions, in one read shared by every stream that asks.
+    struct WorkersSnapshot: Sendable, Encodable {
+        let workers: [WorkerRecord]
+        let leases: [CurrentLease]
+        let decisions: [LeaseDecision]
+        static func read(on conn: PostgresConnection) async throws -> WorkersSnapshot {
+            WorkersSnapshot(
+                workers: try await WorkerRegistry().list(namespace: nil, after: nil, limit: 500, on: conn),
+                leases: try await LeaseStore().listCurrentLeases(limit: 200, on: conn),
+                decisions: try await LeaseStore().listDecisions(limit: 50, on: conn))
+        }
     }
 }

@@ -110,11 +110,12 @@ extension AdminAPI {
     /// node's shared reads, so a thousand open consoles cost the database what one does, and
     /// their token was checked once, when the stream opened.
     enum StreamSnapshot: Hashable {
-        case cluster, queues, run(String)
+        case cluster, queues, workers, run(String)
         var name: String {
             switch self {
             case .cluster: "cluster"
             case .queues: "queues"
+            case .workers: "workers"
             case .run: "run"
             }
         }
@@ -129,10 +130,11 @@ extension AdminAPI {
             switch text {
             case "cluster": snapshot = .cluster
             case "queues": snapshot = .queues
+            case "workers": snapshot = .workers
             case let t where t.hasPrefix("run:") && RunStore.isRunID(String(t.dropFirst(4))): snapshot = .run(String(t.dropFirst(4)))
             default:
                 throw APIError.badRequest(
-                    "invalid_snapshot", "snapshot takes cluster, queues or run:RUN_ID, got \(SQLIdentifier.printable(String(text.prefix(64))))")
+                    "invalid_snapshot", "snapshot takes cluster, queues, workers or run:RUN_ID, got \(SQLIdentifier.printable(String(text.prefix(64))))")
             }
             if !snapshots.contains(snapshot) { snapshots.append(snapshot) }
         }
@@ -148,6 +150,7 @@ extension AdminAPI {
             switch snapshot {
             case .cluster: body = try? encodeJSON(try await sharedCluster.value())
             case .queues: body = try? await workflowEnabled() ? encodeJSON(try await sharedQueues.value()) : nil
+            case .workers: body = try? await workflowEnabled() ? encodeJSON(try await sharedWorkers.value()) : nil
             case .run(let id): body = try? await workflowEnabled() ? encodeJSON(RunSnapshot(runID: id, run: try await sharedRuns.value(id))) : nil
             }
             guard let body else { continue }
