@@ -278,11 +278,14 @@ class ConsoleInABrowser(unittest.TestCase):
         lease = self.claim(["console"])
         status, doc = call(self.nodes[1].url, self.worker, "POST", "/v1/leases/fail", {
             "execution_id": lease["execution_id"], "lease_epoch": lease["lease_epoch"], "worker_instance_id": self.instance,
-            "error": "card declined", "retryable": False})
+            "error": "card declined <img src=x onerror=window.pwned=1>", "retryable": False})
         self.assertEqual(status, 200, doc)
         self.go(f"#/run/{run}")
         self.until("the failed run", lambda: self.css("h1 .badge").text == "failed")
-        self.assertIn("card declined", self.css("#view").text)
+        # Markup in an error is shown as text, never parsed: no element, no script ran.
+        self.assertIn("card declined <img src=x onerror=window.pwned=1>", self.css("#view").text)
+        self.assertFalse(self.present("#view img[src='x']"))
+        self.assertIsNone(self.browser.execute_script("return window.pwned"))
         attempt = self.css("tr[data-attempt^='charge/']")
         self.assertIn("console-test-worker", attempt.text)
         self.assertIn("failed", attempt.text)
@@ -328,6 +331,28 @@ class ConsoleInABrowser(unittest.TestCase):
             self.go(view)
             self.until(f"{view} drawn", lambda: self.present(selector))
             self.shot(view.strip("#/"))
+
+    def test_07b_a_phone_width_and_a_dark_system_theme(self):
+        self.go("#/runs")
+        self.until("the runs", lambda: self.present("tr[data-run]"))
+        self.browser.set_window_size(390, 844)
+        try:
+            time.sleep(0.3)
+            overflow = self.browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+            self.assertLessEqual(overflow, 1, "the page scrolls sideways at a phone's width (tables scroll inside their frame)")
+            self.shot("runs-narrow")
+        finally:
+            self.browser.set_window_size(1280, 900)
+        self.browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+        try:
+            self.go("#/cluster")
+            self.until("the cluster", lambda: self.present("tr[data-instance]"))
+            bg = self.browser.execute_script("return getComputedStyle(document.body).backgroundColor")
+            channels = [int(x) for x in re.findall(r"\d+", bg)[:3]]
+            self.assertLess(sum(channels) / 3, 60, f"the dark theme's background is {bg}")
+            self.shot("cluster-dark")
+        finally:
+            self.browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "light"}]})
 
     def test_08_a_read_token_sees_no_admin_or_worker_buttons(self):
         self.sign_in(self.nodes[0], self.read)

@@ -44,10 +44,10 @@ public enum AuditLog {
         """
     }
 
-    static func page(before: Int64, limit: Int) -> PostgresQuery {
+    static func page(before: Int64, after: Int64, limit: Int) -> PostgresQuery {
         """
         SELECT id, at, actor, action, term, instance_id, detail::text AS detail FROM engine.audit
-        WHERE id < \(before) ORDER BY id DESC LIMIT \(limit)
+        WHERE id < \(before) AND id > \(after) ORDER BY id DESC LIMIT \(limit)
         """
     }
 
@@ -80,9 +80,9 @@ public enum AuditLog {
         }
     }
 
-    /// The rows before id `before`, newest first.
-    public static func page(before: Int64, limit: Int, on pool: ConnectionPool) async throws -> [Row] {
-        try await pool.query(page(before: before, limit: limit), purpose: "audit: page back").map { row in
+    /// The rows before id `before` (and after id `after`), newest first.
+    public static func page(before: Int64, after: Int64 = 0, limit: Int, on pool: ConnectionPool) async throws -> [Row] {
+        try await pool.query(page(before: before, after: after, limit: limit), purpose: "audit: page back").map { row in
             Row(
                 id: try row.decode("id"), at: try row.decode("at"), actor: try row.decode("actor"), action: try row.decode("action"),
                 term: try row.decodeOptional("term"), instanceID: try row.decodeOptional("instance_id"), detailJSON: try row.decode("detail"))

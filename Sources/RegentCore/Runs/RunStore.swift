@@ -465,10 +465,10 @@ extension RunStore {
     public static let pageByteBudget = 4 << 20
 
     /// What a runs listing is narrowed to. Every combination walks an index in
-    /// `started_at DESC` order (sql/workflow/0018_run_listing.sql), so a page costs the rows it
-    /// returns whatever the table holds: type, state, type and state, version (package hash),
-    /// or an idempotency key (with its type: keys are unique per type), each with an optional
-    /// `started_at` window.
+    /// `started_at DESC` order (sql/workflow/indexes/, built online by the leader), so a page
+    /// costs the rows it returns whatever the table holds: type, state, type and state, version
+    /// (package hash), or an idempotency key (unique per type; without a type, every type's run
+    /// with that key), each with an optional `started_at` window.
     public struct ListFilter: Sendable, Hashable {
         public var type: WorkflowType?
         public var state: String?
@@ -499,12 +499,6 @@ extension RunStore {
                 guard (1...255).contains(key.utf8.count), !key.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
                     throw RegentError(.invalidInput, "an idempotency key is 1-255 bytes without control characters")
                 }
-                guard type != nil else {
-                    throw RegentError(.invalidInput, "an idempotency key is unique per workflow type: pass the type too (type=…)")
-                }
-            }
-            if let a = startedAfter, let b = startedBefore, a >= b {
-                throw RegentError(.invalidInput, "started_after must be before started_before")
             }
         }
     }

@@ -76,13 +76,12 @@ extension AdminAPI {
         try json(try await sharedQueues.value())
     }
 
-    /// `GET /v1/audit?before=ID`: newest first (the console's paging); `after` keeps its oldest-first order.
+    /// `GET /v1/audit?before=ID`: newest first (the console's paging), down to `after` when given
+    /// too (a window); `after` alone keeps its oldest-first order.
     func auditNewestFirst(_ request: Request) async throws -> Response? {
         guard let before = try queryInt64(request, "before", range: 1...Int64.max, code: "invalid_cursor") else { return nil }
-        if request.uri.queryParameters.get("after") != nil {
-            throw APIError.badRequest("invalid_cursor", "pass after (oldest first) or before (newest first), not both")
-        }
-        let rows = try await AuditLog.page(before: before, limit: try limit(request), on: pool).map { row in
+        let after = try afterID(request) ?? 0
+        let rows = try await AuditLog.page(before: before, after: after, limit: try limit(request), on: pool).map { row in
             AuditRow(
                 id: row.id, at: row.at, actor: row.actor, action: row.action, term: row.term, instanceID: row.instanceID,
                 detail: AnyJSON(text: row.detailJSON))
