@@ -413,6 +413,15 @@ class ConsoleInABrowser(unittest.TestCase):
         other.start()
         self.until("reconnected", lambda: self.css("#conn").get_attribute("data-state") == "live", timeout=30)
 
+    def test_09b_the_actions_taken_from_the_page_are_audited(self):
+        node = [n for n in self.nodes if n.proc and n.proc.poll() is None][0]
+        _, page = call(node.url, self.read, "GET", "/v1/audit?before=9223372036854775807&limit=1000")
+        actions = {(a["action"], a["actor"]) for a in page["items"]}
+        for action in ["run.signalled", "run.retried", "package.routed", "leader.resigned"]:
+            self.assertTrue(any(a == action for a, _ in actions), f"{action} is not in the audit log")
+        self.assertIn(("run.signalled", "token:console-admin"), actions)
+        self.assertIn(("package.routed", "token:console-admin"), actions)
+
     def test_10_no_console_errors_and_no_token_in_server_logs(self):
         entries = [e for e in self.browser.get_log("browser") if e["level"] == "SEVERE"]
         unexpected = []

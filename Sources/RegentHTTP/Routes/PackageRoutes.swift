@@ -138,6 +138,9 @@ extension AdminAPI {
         let routed = try await pool.withConnection {
             try await PackageStore(publisher: node?.instanceID.uuid).route(type: type, to: hash, actor: .named(context.actor), on: $0)
         }
+        if routed.routeChanged {
+            try await recordAudit("package.routed", context, ["workflow_type": type.value, "content_hash": hash, "previous_hash": routed.previousHash ?? ""])
+        }
         return try json(RoutedDocument(workflowType: type.value, contentHash: hash, routeChanged: routed.routeChanged, previousHash: routed.previousHash))
     }
 
@@ -169,6 +172,7 @@ extension AdminAPI {
         try await pool.withConnection {
             try await PackageStore(publisher: node?.instanceID.uuid).unload(type: type, hash: hash, actor: .named(context.actor), on: $0)
         }
+        try await recordAudit("package.unloaded", context, ["workflow_type": type.value, "content_hash": hash])
         return try json(UnloadedDocument(workflow_type: type.value, content_hash: hash, unloaded: true))
     }
 }

@@ -98,6 +98,7 @@ extension AdminAPI {
             try await checkRunScope(id, context, action: "cancel runs", on: conn)
             return try await RunStore().cancel(id, reason: reason, actor: .named(context.actor), on: conn)
         }
+        if outcome == .cancelled { try await recordAudit("run.cancelled", context, ["run_id": id, "reason": reason]) }
         return try json(["outcome": outcome.rawValue])
     }
 
@@ -113,6 +114,7 @@ extension AdminAPI {
             try await checkRunScope(id, context, action: "retry runs", on: conn)
             return try await RunStore(publisher: node?.instanceID.uuid).retry(id, retry, actor: .named(context.actor), on: conn)
         }
+        try await recordAudit("run.retried", context, ["run_id": id, "requeued": retried.requeued.joined(separator: ","), "reset": retried.reset.joined(separator: ",")])
         return try json(RetriedDocument(run_id: retried.runID, requeued: retried.requeued, reset: retried.reset))
     }
 
@@ -128,6 +130,8 @@ extension AdminAPI {
             try await checkRunScope(id, context, action: "signal runs", on: conn)
             return try await RunStore(publisher: node?.instanceID.uuid).signal(id, name: name, payloadJSON: data, signalID: signalID, actor: .named(context.actor), on: conn)
         }
+        // Who sent which signal, never its data (it may hold anything).
+        if !sent.duplicate { try await recordAudit("run.signalled", context, ["run_id": id, "signal": name, "signal_id": sent.signalID]) }
         return try json(
             SignalledDocument(run_id: sent.runID, name: sent.name, signal_id: sent.signalID, consumed: sent.consumedBy != nil, consumed_by: sent.consumedBy,
                               duplicate: sent.duplicate, run_state: sent.runState),
@@ -153,6 +157,13 @@ extension AdminAPI {
             try c.encode(duplicate, forKey: .duplicate)
             try c.encode(run_state, forKey: .run_state)
         }
+    }
+
+    /// An operator's change through the API, in `engine.audit` under the token's name, after the
+    /// change committed (the change is also recorded where it happened: the run's finished_by, the
+    /// signal's sent_by, the route's routed_by).
+    func recordAudit(_ action: String, _ context: RegentRequestContext, _ detail: [String: String]) async throws {
+        try await AuditLog.record(action, actor: .named(context.actor), detail: detail, on: pool)
     }
 
     /// A scoped token acts only on the runs whose steps are in its namespace (403 otherwise,
