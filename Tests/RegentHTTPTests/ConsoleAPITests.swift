@@ -250,6 +250,33 @@ struct ConsoleAPITests {
         }
     }
 
+    /// A follower waiting for the leadership lock must not hold up an online index build
+    /// (CREATE INDEX CONCURRENTLY waits for every older snapshot, and a waiting statement holds
+    /// one): the follower waits in rounds, so the leader's build finishes with the follower up.
+    @Test func theLeaderBuildsAnOnlineIndexWhileAFollowerWaitsForTheLock() async throws {
+        try await Fixture.with { f in
+            let follower = RegentNode(configuration: fastNode(f.database, name: "follower"))
+            let task = Task { try await follower.run() }
+            defer { task.cancel() }
+            #expect(await eventually { await follower.membershipService != nil })
+            // The follower's session is now blocked in its wait for the lock.
+            #expect(await eventually(timeout: .seconds(10)) {
+                try await f.api.pool.query(
+                    "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND datname = current_database()"
+                ).single().decode("n", as: Int.self) >= 1
+            })
+            try await f.api.pool.query("DROP INDEX workflow.runs_state_listing_idx")
+            #expect(await eventually(timeout: .seconds(20)) {
+                try await f.api.pool.query(
+                    "SELECT coalesce((SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('workflow.runs_state_listing_idx')), false) AS ok"
+                ).single().decode("ok", as: Bool.self)
+            }, "the leader's online build did not finish while a follower waited")
+            #expect(await f.node.isLeader)
+            await follower.shutdown()
+            _ = try? await task.value
+        }
+    }
+
     /// The runs list walks an index in its order for every filter, however many runs there are:
     /// the plan, on a table of 30,000 runs, reads by index and sorts nothing.
     @Test func everyRunsListingWalksAnIndex() async throws {

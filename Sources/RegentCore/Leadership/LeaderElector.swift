@@ -137,7 +137,7 @@ public actor LeaderElector: Service {
                     let free = try await conn.query(LeadershipQueries.tryLock, purpose: "try the leadership lock").single()
                         .decode("locked", as: Bool.self)
                     if !free {
-                        try await conn.query(LeadershipQueries.waitForLock, purpose: "wait for the leadership lock")
+                        try await waitForTheLock(on: conn)
                         takeoverGrantedAt = .now
                     }
                     action = stopping ? machine.shutdownRequested() : machine.lockAcquired()
@@ -301,6 +301,24 @@ public actor LeaderElector: Service {
             logger.info("took over leadership", metadata: ["term": "\(term)", "leaderless_ms": "\(Int((seconds * 1000).rounded()))"])
         }
         return (term, try row.decode("elected_at", as: Date.self))
+    }
+
+    /// Waits for the leadership lock in rounds of at most 2 s (`lock_timeout`), each a new statement.
+    /// A statement holds its snapshot for as long as it waits, and `CREATE INDEX CONCURRENTLY`
+    /// (the online indexes the leader builds, or an operator's) waits for every snapshot older
+    /// than its own to end: a single wait would hold it up for as long as the leader lives. A
+    /// lock released between two rounds is taken by the next round at once (it tries first).
+    private func waitForTheLock(on conn: PostgresConnection) async throws {
+        try await conn.query(LeadershipQueries.boundedLockWait, purpose: "bound each wait for the leadership lock")
+        while true {
+            do {
+                try await conn.query(LeadershipQueries.waitForLock, purpose: "wait for the leadership lock")
+                try await conn.query(LeadershipQueries.noLockTimeout, purpose: "unbound lock waits")
+                return
+            } catch let error as PostgresError where error.sqlState == "55P03" {
+                if stopping { throw error }
+            }
+        }
     }
 
     /// Graceful handover: duties off, `leader.resigned` audited and announced, lock released.

@@ -55,6 +55,8 @@ package enum LeadershipQueries {
     /// the leadership row FOR SHARE) before it ends them; set on the lock session around it only.
     static let termLockTimeout: PostgresQuery = "SET lock_timeout = '300ms'"
     static let noLockTimeout: PostgresQuery = "SET lock_timeout = 0"
+    /// A follower's wait for the lock, in rounds (LeaderElector.waitForTheLock).
+    static let boundedLockWait: PostgresQuery = "SET lock_timeout = '2s'"
 
     /// Ends the sessions whose transactions hold `engine.leadership` FOR SHARE (a RowShareLock on
     /// the table): fenced transactions, and only the lock holder may be leader, so once this

@@ -46,10 +46,14 @@ public enum OnlineIndexes {
     public static func ensure(schemas: [String], on conn: PostgresConnection, logger: Logger? = nil) async throws -> [String] {
         var built: [String] = []
         for (index, invalid) in try await pending(schemas: schemas, on: conn) {
+            // A leader stepping down cancels its duties: a build is long, so stop between them (a
+            // cancel that arrives between two statements would otherwise be lost on an idle session).
+            try Task.checkCancellation()
             if invalid {
                 // A build that died (a crash, a deposed leader's session ended) leaves an invalid index behind.
                 try await conn.query(PostgresQuery(unsafeSQL: "DROP INDEX CONCURRENTLY IF EXISTS \(index.qualified)"), purpose: "online indexes: drop an invalid one")
             }
+            try Task.checkCancellation()
             logger?.notice("building an index online", metadata: ["index": "\(index.qualified)", "table": "\(index.schema).\(index.table)"])
             let started = ContinuousClock.now
             try await conn.query(PostgresQuery(unsafeSQL: index.sql), purpose: "online indexes: build \(index.name)")

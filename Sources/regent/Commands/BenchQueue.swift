@@ -87,6 +87,8 @@ extension BenchCommand {
         @Option(help: "Runs sleeping 1 s for the timer lateness (0: skip; up to 1000000).") var timers = 10_000
         @Option(help: "Runs sleeping an hour while the idle leader's statements are counted (0: skip; up to 1000000).") var sleepers = 100_000
         @Option(help: "Seconds each idle window counts statements (5-600).") var idleWindow = 30
+        @Option(help: "Build the runs listing's online indexes first, as a leader does (on), or measure without them (off).")
+        var listingIndexes: Toggle = .on
         @Option(name: .customLong("database-url"), help: ArgumentHelp("Use this database (it must be disposable).", valueName: "url"))
         var databaseURL: String?
         @Flag(help: "Print one JSON object instead of tables.") var json = false
@@ -112,6 +114,7 @@ extension BenchCommand {
             options.timers = timers
             options.sleepers = sleepers
             options.idleWindow = .seconds(idleWindow)
+            options.listingIndexes = listingIndexes == .on
             let r = try await RunBench(url: url, options: options, say: say).run()
             if json { return try printJSON(r) }
             print("\n" + table(["figure", "Regent", "raw lease cycle", "ratio", "goal"], [
@@ -131,3 +134,6 @@ extension BenchCommand {
         }
     }
 }
+
+/// An on/off option of a benchmark.
+enum Toggle: String, ExpressibleByArgument, CaseIterable, Sendable { case on, off }
