@@ -64,6 +64,9 @@ struct DemoCommand: AsyncParsableCommand {
                (regent status --database-url '\(env.databaseURL)').
                The cluster keeps running until Ctrl-C.
             """)
+        // Shown now even when the output goes into a pipe or a file (`regent demo --console | tee`):
+        // the process is about to wait.
+        fflush(nil)
         // Ctrl-C (or SIGTERM) ends the wait; the demo then stops the nodes and PostgreSQL as usual.
         let (stopped, stop) = AsyncStream<Void>.makeStream()
         let signals = SignalHandler(signals: [SIGINT, SIGTERM]) { stop.yield() }
