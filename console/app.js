@@ -575,14 +575,12 @@
 
   // ── Cluster ────────────────────────────────────────────────────────────────────────────
   views.cluster = (root) => {
-    let offset = 0;
     const leader = h('div', { id: 'leader' }), instances = h('div', {}), terms = h('div', {}), actions = h('div', { class: 'actions' });
     root.append(h('h1', {}, 'Cluster'), leader, actions, h('h2', {}, 'Instances'), instances, h('h2', {}, 'Elections and failovers'), terms);
     const ages = new Map();
     let drawn = null;
     const draw = (c) => {
       state.cluster = c;
-      offset = new Date(c.read_at) - Date.now();
       // Heartbeat ages change at every read: they tick in place; the rest is redrawn only when it changed.
       for (const i of c.instances) { const a = ages.get(i.instance_id); if (a) { a.base = i.heartbeat_age_ms; a.at = Date.now(); } }
       const same = JSON.stringify({ ...c, read_at: undefined, instances: c.instances.map((i) => ({ ...i, heartbeat_age_ms: undefined, last_heartbeat: undefined, stale: i.stale })) });

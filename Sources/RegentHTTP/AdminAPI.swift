@@ -192,12 +192,17 @@ public struct AdminAPI: Sendable {
             configuration: .init(address: .hostname(host, port: port), serverName: "regent"), logger: logger)
     }
 
+    /// Each enabled module's schema: what is applied against what this binary knows.
+    func schemaStatuses() async throws -> [SchemaStatus] {
+        try await pool.withConnection { conn in
+            let enabled = try await ModuleRegistry().enabledSchemas(on: conn)
+            return try await MigrationRunner(appliedBy: "").status(on: conn, schemas: enabled)
+        }
+    }
+
     func readiness() async throws -> Response {
         do {
-            let schemas = try await pool.withConnection { conn -> [SchemaStatus] in
-                let enabled = try await ModuleRegistry().enabledSchemas(on: conn)
-                return try await MigrationRunner(appliedBy: "").status(on: conn, schemas: enabled)
-            }
+            let schemas = try await schemaStatuses()
             let behind = schemas.filter { !$0.isCurrent }
             guard behind.isEmpty else {
                 let list = behind.map { "\($0.schema) at \($0.appliedVersion) of \($0.knownVersion)" + ($0.floor > $0.knownVersion ? " (floor \($0.floor))" : "") }
@@ -238,16 +243,30 @@ public struct AdminAPI: Sendable {
         enum CodingKeys: String, CodingKey { case id, at, actor, action, term, instanceID = "instance_id", detail }
     }
 
+    /// Oldest first after `after`; with `before`, newest first (the console's paging), down to
+    /// `after` when it is given too (a window).
     func audit(_ request: Request) async throws -> Response {
-        if let newestFirst = try await auditNewestFirst(request) { return newestFirst }
         let after = try afterID(request) ?? 0
         let limit = try limit(request)
-        let rows = try await AuditLog.page(after: after, limit: limit, on: pool).map { row in
+        let page: [AuditLog.Row]
+        if let before = try queryInt64(request, "before", range: 1...Int64.max, code: "invalid_cursor") {
+            page = try await AuditLog.page(before: before, after: after, limit: limit, on: pool)
+        } else {
+            page = try await AuditLog.page(after: after, limit: limit, on: pool)
+        }
+        let rows = page.map { row in
             AuditRow(
                 id: row.id, at: row.at, actor: row.actor, action: row.action, term: row.term, instanceID: row.instanceID,
                 detail: AnyJSON(text: row.detailJSON))
         }
         return try json(["items": rows])
+    }
+
+    /// An operator's change through the API, in `engine.audit` under the token's name, after the
+    /// change committed (the change is also recorded where it happened: the run's finished_by, the
+    /// signal's sent_by, the route's routed_by, the worker's dead_reason).
+    func recordAudit(_ action: String, _ context: RegentRequestContext, _ detail: [String: String]) async throws {
+        try await AuditLog.record(action, actor: .named(context.actor), detail: detail, on: pool)
     }
 
     func resign() async throws -> Response {

@@ -16,24 +16,22 @@ public struct ModuleMigrationDuty: LeaderDuty {
         self.logger = logger
     }
 
-    public func migrateOnce(fence: LeaderFence) async throws -> [Migration] {
-        try await pool.withConnection { conn in
-            let schemas = try await ModuleRegistry().enabledSchemas(on: conn)
-            let runner = MigrationRunner.node(appliedBy: AuditActor.instance(fence.instanceID).description)
-            guard try await runner.hasWork(on: conn, schemas: schemas) else { return [] }
-            return try await runner.migrate(on: conn, schemas: schemas, fence: { try await fence.check($0) })
-        }
+    /// Applies what is pending for `schemas`, fenced.
+    func migrate(_ schemas: [String], fence: LeaderFence, on conn: PostgresConnection) async throws -> [Migration] {
+        let runner = MigrationRunner.node(appliedBy: AuditActor.instance(fence.instanceID).description)
+        guard try await runner.hasWork(on: conn, schemas: schemas) else { return [] }
+        return try await runner.migrate(on: conn, schemas: schemas, fence: { try await fence.check($0) })
     }
 
     public func runOnce(fence: LeaderFence) async throws -> Bool {
-        let ran = try await migrateOnce(fence: fence)
-        if !ran.isEmpty {
-            logger.notice("leader applied module migrations", metadata: ["files": "\(ran.map(\.description))", "term": "\(fence.term)"])
-        }
-        // Then the indexes built online (not fenced: a concurrent build cannot run in the fence's
-        // transaction; two leaders building the same one is harmless, IF NOT EXISTS).
         try await pool.withConnection { conn in
             let schemas = try await ModuleRegistry().enabledSchemas(on: conn)
+            let ran = try await migrate(schemas, fence: fence, on: conn)
+            if !ran.isEmpty {
+                logger.notice("leader applied module migrations", metadata: ["files": "\(ran.map(\.description))", "term": "\(fence.term)"])
+            }
+            // Then the indexes built online (not fenced: a concurrent build cannot run in the fence's
+            // transaction; two leaders building the same one is harmless, IF NOT EXISTS).
             try await OnlineIndexes.ensure(schemas: schemas, on: conn, logger: logger)
         }
         return false

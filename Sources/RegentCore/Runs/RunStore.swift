@@ -154,6 +154,9 @@ extension RunStore {
         public var steps: [Step] = []
         public var ledger: [LedgerEntry] = []
         public var signals: [Signal] = []
+        /// The database's clock when the steps were read: a viewer's countdowns (lease expiry,
+        /// timers) are `due - read_at`, whatever its own clock says (nil without steps).
+        public var readAt: Date? = nil
         /// A listing's summary: input, output, steps and ledger are left out (unless `include` asked for input or output).
         public var summary = false
 
@@ -197,9 +200,7 @@ extension RunStore {
                 try c.encode(steps, forKey: .steps)
                 try c.encode(ledger, forKey: .ledger)
                 try c.encode(signals, forKey: .signals)
-                // The database's clock at the read: a viewer's countdowns (lease expiry, timers) are
-                // `due - read_at`, whatever its own clock says.
-                if let readAt = steps.first?.readAt { try c.encode(readAt, forKey: .readAt) }
+                if let readAt { try c.encode(readAt, forKey: .readAt) }
             }
         }
     }
@@ -224,8 +225,6 @@ extension RunStore {
         public var leaseExpiresAt: Date? = nil
         /// A worker step's attempts at its current execution, oldest first.
         public var attemptHistory: [Attempt] = []
-        /// The database's clock when the step was read (countdowns are `lease_expires_at - read_at`).
-        var readAt: Date? = nil
 
         enum CodingKeys: String, CodingKey {
             case name, after, state, attempts, maxAttempts = "max_attempts", worker, executionID = "execution_id", queuedAt = "queued_at"
@@ -378,6 +377,7 @@ extension RunStore {
             purpose: "runs: get"
         ).first else { return nil }
         var run = try Self.run(row)
+        var readAt: Date?
         run.steps = try await conn.query(
             """
             SELECT s.name, s.after_steps, CASE WHEN s.state = 'queued' AND e.state = 'running' THEN 'running' ELSE s.state END AS state,
@@ -399,7 +399,7 @@ extension RunStore {
                 error: try r.decodeOptional("error"))
             step.kind = try r.decode("kind")
             step.leaseExpiresAt = try r.decodeOptional("lease_expires_at")
-            step.readAt = try r.decode("read_at")
+            readAt = try r.decode("read_at")
             if step.kind != "worker" {
                 step.wait = Wait(
                     since: try r.decodeOptional("waiting_since"), dueAt: try r.decodeOptional("due_at"), signal: try r.decodeOptional("signal"),
@@ -409,6 +409,7 @@ extension RunStore {
             }
             return step
         }
+        run.readAt = readAt
         let executions = run.steps.compactMap(\.executionID)
         if !executions.isEmpty {
             var attempts: [UUID: [Attempt]] = [:]
@@ -492,7 +493,7 @@ extension RunStore {
             if let state, !RunStore.states.contains(state) {
                 throw RegentError(.invalidInput, "invalid state \(quoted(state)): one of \(RunStore.states.joined(separator: ", "))")
             }
-            if let packageHash, !(packageHash.utf8.count == 64 && packageHash.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) })) {
+            if let packageHash, !PackageStore.isHash(packageHash) {
                 throw RegentError(.invalidInput, "version must be a package's content hash (64 lowercase hex digits), got \(quoted(String(packageHash.prefix(80))))")
             }
             if let key = idempotencyKey {

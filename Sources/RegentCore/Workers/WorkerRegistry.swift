@@ -175,17 +175,7 @@ public struct WorkerRegistry: Sendable {
     public func markDead(namespace: Namespace, workerInstanceID: WorkerInstanceID, reason: DeathReason, on conn: PostgresConnection) async throws
         -> MarkDeadOutcome
     {
-        let outcome = try await conn.withTransaction { tx in
-            guard try await !tx.query(Self.markDead(namespace, workerInstanceID, reason), purpose: "workers: mark dead").isEmpty else {
-                return MarkDeadOutcome.notRegistered
-            }
-            try await tx.query(
-                Self.logEvent(namespace, workerInstanceID, "marked_dead", detail: #"{"reason": \#(jsonString(reason.text))}"#),
-                purpose: "workers: log death")
-            return .marked
-        }
-        if outcome == .marked { try await conn.query(Self.expireLeases(namespace, workerInstanceID), purpose: "workers: expire a dead worker's leases") }
-        return outcome
+        try await mark(namespace, workerInstanceID, dead: reason, token: nil, on: conn)
     }
 
     /// A worker leaving on purpose (graceful shutdown): it is marked dead at once, so the
@@ -193,15 +183,23 @@ public struct WorkerRegistry: Sendable {
     /// claim under its instance id is refused until it registers again. Only the token that
     /// registered an instance may deregister it.
     public func deregister(namespace: Namespace, workerInstanceID: WorkerInstanceID, on conn: PostgresConnection) async throws -> MarkDeadOutcome {
-        let reason = try DeathReason("deregistered")
+        try await mark(namespace, workerInstanceID, dead: try DeathReason("deregistered"), token: token, on: conn)
+    }
+
+    /// Marks the instance dead (only if `token` registered it, when given) and logs why, in one
+    /// transaction; then expires its leases, in a statement of its own (see ``expireLeases``).
+    private func mark(_ namespace: Namespace, _ instance: WorkerInstanceID, dead reason: DeathReason, token: String?, on conn: PostgresConnection)
+        async throws -> MarkDeadOutcome
+    {
         let outcome = try await conn.withTransaction { tx in
-            guard try await !tx.query(Self.markDead(namespace, workerInstanceID, reason, token: token), purpose: "workers: deregister").isEmpty
-            else { return MarkDeadOutcome.notRegistered }
+            guard try await !tx.query(Self.markDead(namespace, instance, reason, token: token), purpose: "workers: mark dead").isEmpty else {
+                return MarkDeadOutcome.notRegistered
+            }
             try await tx.query(
-                Self.logEvent(namespace, workerInstanceID, "marked_dead", detail: #"{"reason": "deregistered"}"#), purpose: "workers: log deregistration")
+                Self.logEvent(namespace, instance, "marked_dead", detail: #"{"reason": \#(jsonString(reason.text))}"#), purpose: "workers: log death")
             return .marked
         }
-        if outcome == .marked { try await conn.query(Self.expireLeases(namespace, workerInstanceID), purpose: "workers: expire a departed worker's leases") }
+        if outcome == .marked { try await conn.query(Self.expireLeases(namespace, instance), purpose: "workers: expire a dead worker's leases") }
         return outcome
     }
 

@@ -4,8 +4,8 @@ import PostgresClient
 import RegentCore
 
 /// What the console reads to draw the cluster: the token's own identity, the cluster with its
-/// recent terms (one shared read per second whatever the number of viewers), the audit log
-/// newest first.
+/// recent terms (one shared read per second whatever the number of viewers), the schemas and
+/// the workers view's snapshot.
 extension AdminAPI {
     struct WhoAmI: Encodable {
         let tokenID: String
@@ -76,19 +76,6 @@ extension AdminAPI {
         try json(try await sharedQueues.value())
     }
 
-    /// `GET /v1/audit?before=ID`: newest first (the console's paging), down to `after` when given
-    /// too (a window); `after` alone keeps its oldest-first order.
-    func auditNewestFirst(_ request: Request) async throws -> Response? {
-        guard let before = try queryInt64(request, "before", range: 1...Int64.max, code: "invalid_cursor") else { return nil }
-        let after = try afterID(request) ?? 0
-        let rows = try await AuditLog.page(before: before, after: after, limit: try limit(request), on: pool).map { row in
-            AuditRow(
-                id: row.id, at: row.at, actor: row.actor, action: row.action, term: row.term, instanceID: row.instanceID,
-                detail: AnyJSON(text: row.detailJSON))
-        }
-        return try json(["items": rows])
-    }
-
     /// `GET /v1/migrations`: each enabled module's schema, what is applied, what this node's
     /// binary knows, the compatibility floor and a held contract migration.
     struct SchemaDocument: Encodable {
@@ -113,11 +100,7 @@ extension AdminAPI {
     }
 
     func migrations() async throws -> Response {
-        let schemas = try await pool.withConnection { conn -> [SchemaStatus] in
-            let enabled = try await ModuleRegistry().enabledSchemas(on: conn)
-            return try await MigrationRunner(appliedBy: "").status(on: conn, schemas: enabled)
-        }
-        return try json(["schemas": schemas.map {
+        return try json(["schemas": try await schemaStatuses().map {
             SchemaDocument(schema: $0.schema, appliedVersion: $0.appliedVersion, knownVersion: $0.knownVersion, floor: $0.floor,
                            heldContract: $0.heldContract, current: $0.isCurrent)
         }])

@@ -118,9 +118,7 @@ extension AdminAPI {
         let leases = try await pool.withConnection {
             try await LeaseStore().listExpiredLeases(namespace: namespace, after: after, limit: limit, on: $0)
         }
-        let next = leases.count == limit
-            ? leases.last.map { "\($0.expiresAt.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true))),\($0.executionID.uuidString.lowercased())" }
-            : nil
+        let next = leases.count == limit ? leases.last.map { Self.leaseCursorText($0.expiresAt, $0.executionID.uuidString.lowercased()) } : nil
         return try json(Page(items: leases, next: next))
     }
 
@@ -132,9 +130,7 @@ extension AdminAPI {
         let leases = try await pool.withConnection {
             try await LeaseStore().listCurrentLeases(namespace: namespace, after: after, limit: limit, on: $0)
         }
-        let next = leases.count == limit
-            ? leases.last.map { "\($0.expiresAt.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true))),\($0.executionID)" }
-            : nil
+        let next = leases.count == limit ? leases.last.map { Self.leaseCursorText($0.expiresAt, $0.executionID) } : nil
         return try json(Page(items: leases, next: next))
     }
 
@@ -144,6 +140,11 @@ extension AdminAPI {
         let limit = try limit(request)
         let items = try await pool.withConnection { try await LeaseStore().listDecisions(before: before, limit: limit, on: $0) }
         return try json(Page(items: items, next: items.count == limit ? items.last.map { String($0.id) } : nil))
+    }
+
+    /// A lease listing's `next`: EXPIRES_AT,EXECUTION_ID, what ``leaseCursor(_:)`` reads back.
+    static func leaseCursorText(_ expiresAt: Date, _ executionID: String) -> String {
+        "\(expiresAt.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true))),\(executionID)"
     }
 
     /// The `after` cursor of the lease listings: EXPIRES_AT,EXECUTION_ID as given in `next`.

@@ -159,13 +159,6 @@ extension AdminAPI {
         }
     }
 
-    /// An operator's change through the API, in `engine.audit` under the token's name, after the
-    /// change committed (the change is also recorded where it happened: the run's finished_by, the
-    /// signal's sent_by, the route's routed_by).
-    func recordAudit(_ action: String, _ context: RegentRequestContext, _ detail: [String: String]) async throws {
-        try await AuditLog.record(action, actor: .named(context.actor), detail: detail, on: pool)
-    }
-
     /// A scoped token acts only on the runs whose steps are in its namespace (403 otherwise,
     /// 404 for an unknown run); an unscoped one on any.
     private func checkRunScope(_ id: String, _ context: RegentRequestContext, action: String, on conn: PostgresConnection) async throws {

@@ -102,9 +102,7 @@ extension AdminAPI {
         guard outcome == .marked else {
             throw APIError.notFound("not_registered", "worker instance \(instance) is not registered and alive in namespace \(namespace)")
         }
-        try await AuditLog.record(
-            "worker.marked_dead", actor: .named(context.actor),
-            detail: ["namespace": namespace.value, "worker_instance_id": instance.value, "reason": reason.text], on: pool)
+        try await recordAudit("worker.marked_dead", context, ["namespace": namespace.value, "worker_instance_id": instance.value, "reason": reason.text])
         return try json(["registration": "marked_dead"])
     }
 }

@@ -140,15 +140,15 @@ struct ConsoleBench {
         ]
         var healthz = 0.0
         for (name, path) in reads {
-            var times: [Double] = []
+            var times: [Duration] = []
             for _ in 0..<10 { _ = try await get(base + path, token: token) }  // warm the plans and the pool
             for _ in 0..<samples {
                 let started = ContinuousClock.now
                 _ = try await get(base + path, token: token)
-                times.append(started.duration(to: .now).milliseconds)
+                times.append(started.duration(to: .now))
             }
-            times.sort()
-            let p50 = times[times.count / 2], p95 = times[min(times.count - 1, Int(Double(times.count) * 0.95))]
+            let figures = Figures(times)
+            let p50 = figures.median.milliseconds, p95 = figures.percentile(0.95).milliseconds
             if path == "/healthz" { healthz = p50 }
             report.reads.append(.init(name: name, path: path, p50_ms: p50, p95_ms: p95, vs_healthz_p50: p50 / max(healthz, 0.001)))
             say(String(format: "  %@: p50 %.2f ms, p95 %.2f ms", name, p50, p95))

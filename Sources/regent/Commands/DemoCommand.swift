@@ -48,10 +48,7 @@ struct DemoCommand: AsyncParsableCommand {
     /// `kill -9` of the leader's pid) until Ctrl-C stops everything.
     private func keepForTheConsole(_ env: DrillEnvironment) async throws {
         let config = try ConnectionConfiguration(env.databaseURL)
-        let ports = [try EmbeddedPostgres.freeLoopbackPort(), try EmbeddedPostgres.freeLoopbackPort()]
-        for port in ports { try env.cluster.spawn(arguments: ["--http-address", "127.0.0.1:\(port)"]) }
-        let urls = ports.map { "http://127.0.0.1:\($0)" }
-        for url in urls { try await waitUntilReady(url) }
+        let urls = try await spawnAPINodes(env)
         let token = try await PostgresConnection.withConnection(config) {
             try await TokenStore().create(name: "demo-console-\(UInt32.random(in: 0...UInt32.max))", role: .admin, actor: "demo", on: $0).1
         }
@@ -72,6 +69,15 @@ struct DemoCommand: AsyncParsableCommand {
         let signals = SignalHandler(signals: [SIGINT, SIGTERM]) { stop.yield() }
         defer { signals.cancel() }
         for await _ in stopped { break }
+    }
+
+    /// Two more nodes serving the HTTP API on free loopback ports, once ready; their base URLs.
+    private func spawnAPINodes(_ env: DrillEnvironment) async throws -> [String] {
+        let ports = [try EmbeddedPostgres.freeLoopbackPort(), try EmbeddedPostgres.freeLoopbackPort()]
+        for port in ports { try env.cluster.spawn(arguments: ["--http-address", "127.0.0.1:\(port)"]) }
+        let urls = ports.map { "http://127.0.0.1:\($0)" }
+        for url in urls { try await waitUntilReady(url) }
+        return urls
     }
 
     private func show(_ env: DrillEnvironment) async throws {
@@ -143,10 +149,7 @@ struct DemoCommand: AsyncParsableCommand {
             print("   (skipped: python3 is not installed)")
             return
         }
-        let ports = [try EmbeddedPostgres.freeLoopbackPort(), try EmbeddedPostgres.freeLoopbackPort()]
-        for port in ports { try env.cluster.spawn(arguments: ["--http-address", "127.0.0.1:\(port)"]) }
-        let urls = ports.map { "http://127.0.0.1:\($0)" }
-        for url in urls { try await waitUntilReady(url) }
+        let urls = try await spawnAPINodes(env)
         print("   two more nodes serve the API at \(urls.joined(separator: " and "))")
         let token = try await TokenStore().create(name: "demo-workers", role: .worker, actor: "demo", on: conn).1
         let contents = try PackageContents(path: package, limits: .default)
