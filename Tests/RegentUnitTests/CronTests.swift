@@ -42,6 +42,19 @@ import Testing
         #expect(try CronExpression("0 0 30 2 *").next(after: instant("2026-12-06T00:00:00Z"), in: utc) == nil)
     }
 
+    /// Six fields: the first is the second; five fields fire at second 0.
+    @Test func aLeadingSecondsField() throws {
+        #expect(try CronExpression("* * * * *").seconds == [0])
+        #expect(try CronExpression("*/20 * * * * *").seconds == [0, 20, 40])
+        #expect(try slots("*/20 * * * * *", after: "2026-12-06T10:00:50Z", in: utc, count: 3) == [
+            "2026-12-06T10:01:00Z", "2026-12-06T10:01:20Z", "2026-12-06T10:01:40Z",
+        ])
+        // A fraction of a second past a slot: the next whole second.
+        #expect(iso(try CronExpression("* * * * * *").next(after: instant("2026-12-06T23:59:59Z").addingTimeInterval(0.4), in: utc)) == "2026-12-07T00:00:00Z")
+        #expect(try slots("30 0 12 * * *", after: "2026-12-06T12:00:30Z", in: utc, count: 1) == ["2026-12-07T12:00:30Z"])
+        #expect(throws: RegentError.self) { try CronExpression("60 * * * * *") }
+    }
+
     @Test func badExpressionsAreRefusedNamingWhatIsWrong() {
         for (text, says) in [
             ("* * * *", "4 fields"), ("60 * * * *", "minute \"60\""), ("* 24 * * *", "hour \"24\""), ("* * 0 * *", "day-of-month \"0\""),

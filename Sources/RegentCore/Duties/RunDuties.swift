@@ -73,8 +73,17 @@ public struct RunRetention: LeaderDuty {
 
     public func pruneOnce(fence: LeaderFence) async throws -> Int {
         guard try await WorkflowSchema.has("workflow.runs", pool) else { return 0 }
+        let prunesFires = try await WorkflowSchema.has("workflow.schedule_fires", pool)
         return try await fence.withTransaction(pool) { tx in
-            try await tx.query("SELECT workflow.prune_runs(\(retention)::interval, \(pageSize)) AS n", purpose: "runs: retention").single()
+            // Schedule history goes with the runs it started (same retention), a page at a time.
+            if prunesFires {
+                try await tx.query(
+                    """
+                    DELETE FROM workflow.schedule_fires WHERE id = ANY (ARRAY(
+                        SELECT id FROM workflow.schedule_fires WHERE fired_at < now() - \(retention)::interval ORDER BY fired_at LIMIT \(pageSize)))
+                    """, purpose: "schedules: history retention")
+            }
+            return try await tx.query("SELECT workflow.prune_runs(\(retention)::interval, \(pageSize)) AS n", purpose: "runs: retention").single()
                 .decode("n", as: Int.self)
         }
     }

@@ -35,6 +35,8 @@ public final class EventBus: Sendable {
     /// When set, the bus's LISTEN session also carries `regent_wakeups` (a wakeup was recorded:
     /// the leader's timer duty looks again), and rings it when it (re)connects or drops.
     let wakeupBell: Doorbell?
+    /// Rung by `regent_schedules` (a schedule changed): the schedule duty's wake-up.
+    let scheduleBell: Doorbell?
     let options: Options
     let logger: Logger
     let metrics: RegentMetrics
@@ -86,11 +88,12 @@ public final class EventBus: Sendable {
 
     public init(
         configuration: ConnectionConfiguration, pool: ConnectionPool, publisher: UUID? = nil, options: Options = Options(),
-        metrics: RegentMetrics = .discarded, queueWaker: QueueWaker? = nil, wakeupBell: Doorbell? = nil,
+        metrics: RegentMetrics = .discarded, queueWaker: QueueWaker? = nil, wakeupBell: Doorbell? = nil, scheduleBell: Doorbell? = nil,
         logger: Logger = Logger(label: "regent.events")
     ) {
         self.queueWaker = queueWaker
         self.wakeupBell = wakeupBell
+        self.scheduleBell = scheduleBell
         self.metrics = metrics
         self.configuration = configuration
         self.pool = pool
@@ -137,6 +140,7 @@ public final class EventBus: Sendable {
     func dropListener() -> Bool {
         queueWaker?.notListening()
         wakeupBell?.ring()
+        scheduleBell?.ring()
         return state.withLock { s -> Bool in
             s.listener = nil
             s.caughtUp = false

@@ -33,6 +33,7 @@ public struct EventListenerService: Service {
                 var channels = [try SQLIdentifier(EventQueries.channel)]
                 if bus.queueWaker != nil { channels.append(try SQLIdentifier(LeaseQueries.channel)) }
                 if bus.wakeupBell != nil { channels.append(try SQLIdentifier(RunTimers.channel)) }
+                if bus.scheduleBell != nil { channels.append(try SQLIdentifier(ScheduleStore.channel)) }
                 let listener = try await PostgresListener.open(bus.configuration, channels: channels)
                 guard bus.adopt(listener) else {
                     listener.stop()

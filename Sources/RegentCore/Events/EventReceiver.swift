@@ -44,6 +44,7 @@ struct EventReceiver: PostgresListenerHandler {
         for continuation in ready { continuation.resume() }
         bus.queueWaker?.listening()
         bus.wakeupBell?.ring()
+        bus.scheduleBell?.ring()
     }
 
     func received(_ notification: PostgresNotification, session: ListenerSession) throws {
@@ -53,6 +54,10 @@ struct EventReceiver: PostgresListenerHandler {
         }
         if notification.channel == RunTimers.channel {
             bus.wakeupBell?.ring()
+            return
+        }
+        if notification.channel == ScheduleStore.channel {
+            bus.scheduleBell?.ring()
             return
         }
         guard let parsed = EventQueries.parseNotification(notification.payload) else {

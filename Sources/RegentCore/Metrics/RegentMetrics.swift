@@ -42,6 +42,10 @@ public struct RegentMetrics: Sendable {
     public let wakeupsFired: Counter
     /// How far behind the oldest due wakeup was at this leader's last look, in seconds (0: none due).
     public let wakeupsOverdue: Gauge
+    /// How far behind the earliest due schedule slot was at this leader's last look, in seconds.
+    public let schedulesOverdue: Gauge
+    /// The worst lateness of a page of fired schedule slots (start against due time), in seconds.
+    public let scheduleLateness: Gauge
 
     /// Metric names, shared by the exporter, the tests and the docs.
     public enum Name {
@@ -70,6 +74,14 @@ public struct RegentMetrics: Sendable {
         wakeupsFired = Counter(label: "regent_run_wakeups_fired_total", factory: factory)
         wakeupsOverdue = Gauge(label: "regent_run_wakeups_overdue_seconds", factory: factory)
         staleInstancesSwept = Counter(label: "regent_stale_instances_swept_total", factory: factory)
+        schedulesOverdue = Gauge(label: "regent_schedules_overdue_seconds", factory: factory)
+        scheduleLateness = Gauge(label: "regent_schedule_lateness_seconds", factory: factory)
+    }
+
+    /// Schedule slots this node handled as leader, by outcome: started, existing (the slot's
+    /// run had been started already), failed, skipped (by the catch-up policy).
+    public func scheduleSlots(outcome: String) -> Counter {
+        Counter(label: "regent_schedule_slots_total", dimensions: [("outcome", outcome)], factory: factory)
     }
 
     /// Metrics that go nowhere (library users and tests that do not read them).

@@ -82,6 +82,8 @@ public actor RegentNode: Service {
         let reachableSince: @Sendable () async -> Date? = { await membership.healthySinceDatabase }
         // Rung by the bus's `regent_wakeups` notifications: the timer duty's wake-up.
         let wakeupBell = Doorbell()
+        // Rung by `regent_schedules` notifications: the schedule duty's wake-up.
+        let scheduleBell = Doorbell()
         let duties = DutyRunner(duties: [
             ModuleMigrationDuty(pool: pool),
             StaleInstanceCleanup(pool: pool, membership: membership, staleAfter: configuration.staleAfter, metrics: metrics),
@@ -92,6 +94,7 @@ public actor RegentNode: Service {
             QueueVacuum(pool: pool),
             RunDeadlines(pool: pool),
             RunTimers(pool: pool, bell: wakeupBell, metrics: metrics),
+            ScheduleFiring(pool: pool, bell: scheduleBell, publisher: identity.instanceID.uuid, metrics: metrics),
             RunRetention(pool: pool, retention: configuration.runRetention),
         ], metrics: metrics)
         let elector = LeaderElector(
@@ -107,7 +110,7 @@ public actor RegentNode: Service {
         self.waker = waker
         let bus = EventBus(
             configuration: configuration.database, pool: pool, publisher: identity.instanceID.uuid, metrics: metrics, queueWaker: waker,
-            wakeupBell: wakeupBell)
+            wakeupBell: wakeupBell, scheduleBell: scheduleBell)
         self.bus = bus
 
         // One ordered group: started in this order, shut down in reverse — the listener and

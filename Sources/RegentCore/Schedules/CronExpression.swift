@@ -4,12 +4,15 @@ import Foundation
 /// usual extensions: lists (`1,15`), ranges (`9-17`), steps (`*/5`, `10-50/10`), month and day
 /// names (`jan`, `mon-fri`), `7` for Sunday, and the macros `@yearly` (`@annually`), `@monthly`,
 /// `@weekly`, `@daily` (`@midnight`) and `@hourly`. As in Vixie cron, when both day fields are
-/// restricted a day matches either of them.
+/// restricted a day matches either of them. A sixth, leading field is read as seconds
+/// (`*/10 * * * * *`: every ten seconds), the extension Quartz, Spring and most cron libraries
+/// accept; with five fields a slot is at second 0.
 ///
 /// The first piece of issue 31's schedules: slots are computed in a time zone's wall clock, and
 /// across a daylight-saving change a wall-clock time that does not exist that day is skipped,
 /// and one that happens twice fires once (at its first occurrence).
 public struct CronExpression: Sendable, Hashable, CustomStringConvertible {
+    public let seconds: Set<Int>
     public let minutes: Set<Int>
     public let hours: Set<Int>
     public let daysOfMonth: Set<Int>
@@ -34,28 +37,31 @@ public struct CronExpression: Sendable, Hashable, CustomStringConvertible {
         }
         let expanded = Self.macros[trimmed.lowercased()] ?? trimmed
         let fields = expanded.split(separator: " ", omittingEmptySubsequences: true).map { String($0).lowercased() }
-        guard fields.count == 5 else {
+        guard fields.count == 5 || fields.count == 6 else {
             throw RegentError(
-                .invalidInput, "cron expression \(quoted(trimmed)) has \(fields.count) fields; it needs 5: minute hour day-of-month month day-of-week (or @hourly, @daily, @weekly, @monthly, @yearly)")
+                .invalidInput, "cron expression \(quoted(trimmed)) has \(fields.count) fields; it needs 5: minute hour day-of-month month day-of-week (6 with a leading second; or @hourly, @daily, @weekly, @monthly, @yearly)")
         }
-        minutes = try Self.field(fields[0], name: "minute", range: 0...59, names: [])
-        hours = try Self.field(fields[1], name: "hour", range: 0...23, names: [])
-        daysOfMonth = try Self.field(fields[2], name: "day-of-month", range: 1...31, names: [])
-        months = try Self.field(fields[3], name: "month", range: 1...12, names: Self.monthNames, namesStart: 1)
+        let o = fields.count - 5
+        seconds = o == 1 ? try Self.field(fields[0], name: "second", range: 0...59, names: []) : [0]
+        minutes = try Self.field(fields[o], name: "minute", range: 0...59, names: [])
+        hours = try Self.field(fields[o + 1], name: "hour", range: 0...23, names: [])
+        daysOfMonth = try Self.field(fields[o + 2], name: "day-of-month", range: 1...31, names: [])
+        months = try Self.field(fields[o + 3], name: "month", range: 1...12, names: Self.monthNames, namesStart: 1)
         // 7 is Sunday too.
-        daysOfWeek = Set(try Self.field(fields[4], name: "day-of-week", range: 0...7, names: Self.dayNames).map { $0 % 7 })
-        domRestricted = !fields[2].hasPrefix("*")
-        dowRestricted = !fields[4].hasPrefix("*")
+        daysOfWeek = Set(try Self.field(fields[o + 4], name: "day-of-week", range: 0...7, names: Self.dayNames).map { $0 % 7 })
+        domRestricted = !fields[o + 2].hasPrefix("*")
+        dowRestricted = !fields[o + 4].hasPrefix("*")
         description = trimmed
     }
 
     /// The same schedule under another written form (a macro and its expansion compare equal this way).
     func withDescription(_ text: String) -> CronExpression {
-        CronExpression(minutes: minutes, hours: hours, daysOfMonth: daysOfMonth, months: months, daysOfWeek: daysOfWeek,
+        CronExpression(seconds: seconds, minutes: minutes, hours: hours, daysOfMonth: daysOfMonth, months: months, daysOfWeek: daysOfWeek,
                        domRestricted: domRestricted, dowRestricted: dowRestricted, description: text)
     }
 
-    init(minutes: Set<Int>, hours: Set<Int>, daysOfMonth: Set<Int>, months: Set<Int>, daysOfWeek: Set<Int>, domRestricted: Bool, dowRestricted: Bool, description: String) {
+    init(seconds: Set<Int>, minutes: Set<Int>, hours: Set<Int>, daysOfMonth: Set<Int>, months: Set<Int>, daysOfWeek: Set<Int>, domRestricted: Bool, dowRestricted: Bool, description: String) {
+        self.seconds = seconds
         self.minutes = minutes
         self.hours = hours
         self.daysOfMonth = daysOfMonth
@@ -113,22 +119,29 @@ public struct CronExpression: Sendable, Hashable, CustomStringConvertible {
     public func next(after instant: Date, in zone: TimeZone) -> Date? {
         var calendar = Calendar(identifier: .gregorian)
         calendar.timeZone = zone
-        let start = calendar.dateComponents([.year, .month, .day, .hour, .minute], from: instant)
+        let start = calendar.dateComponents([.year, .month, .day, .hour, .minute, .second], from: instant)
         guard var day = calendar.date(from: DateComponents(year: start.year, month: start.month, day: start.day)) else { return nil }
-        let sortedHours = hours.sorted(), sortedMinutes = minutes.sorted()
+        let sortedHours = hours.sorted(), sortedMinutes = minutes.sorted(), sortedSeconds = seconds.sorted()
+        let (startHour, startMinute, startSecond) = (start.hour ?? 0, start.minute ?? 0, start.second ?? 0)
         for dayIndex in 0..<(366 * 5) {
             let d = calendar.dateComponents([.year, .month, .day, .weekday], from: day)
             if let y = d.year, let m = d.month, let dd = d.day, let wd = d.weekday, months.contains(m), dayMatches(day: dd, weekday: wd - 1) {
                 for hour in sortedHours {
-                    if dayIndex == 0, hour < start.hour! { continue }
+                    if dayIndex == 0, hour < startHour { continue }
                     for minute in sortedMinutes {
-                        if dayIndex == 0, hour == start.hour!, minute <= start.minute! { continue }
-                        guard let candidate = calendar.date(from: DateComponents(year: y, month: m, day: dd, hour: hour, minute: minute)) else { continue }
-                        // A wall-clock time the day skips (spring forward) comes back as another time: skip it.
-                        let back = calendar.dateComponents([.day, .hour, .minute], from: candidate)
-                        guard back.day == dd, back.hour == hour, back.minute == minute else { continue }
-                        // A repeated wall-clock time (fall back) resolves to its first occurrence: once.
-                        if candidate > instant { return candidate }
+                        if dayIndex == 0, hour == startHour, minute < startMinute { continue }
+                        for second in sortedSeconds {
+                            // Candidates at or before `instant`'s second are not after it (a
+                            // repeated hour is caught by the comparison below).
+                            if dayIndex == 0, hour == startHour, minute == startMinute, second <= startSecond { continue }
+                            guard let candidate = calendar.date(from: DateComponents(year: y, month: m, day: dd, hour: hour, minute: minute, second: second))
+                            else { continue }
+                            // A wall-clock time the day skips (spring forward) comes back as another time: skip it.
+                            let back = calendar.dateComponents([.day, .hour, .minute], from: candidate)
+                            guard back.day == dd, back.hour == hour, back.minute == minute else { continue }
+                            // A repeated wall-clock time (fall back) resolves to its first occurrence: once.
+                            if candidate > instant { return candidate }
+                        }
                     }
                 }
             }
