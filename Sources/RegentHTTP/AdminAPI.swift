@@ -170,6 +170,13 @@ public struct AdminAPI: Sendable {
         r.add(.get, "/v1/leases", role: .read) { request, _ in try await workflow.require(); return try await currentLeases(request) }
         r.add(.get, "/v1/leases/decisions", role: .read) { request, _ in try await workflow.require(); return try await leaseDecisions(request) }
         r.add(.get, "/v1/queues", role: .read) { _, _ in try await workflow.require(); return try await queues() }
+        r.add(.get, "/v1/schedules", role: .read) { request, _ in try await workflow.require(); return try await listSchedules(request) }
+        r.add(.post, "/v1/schedules", role: .admin) { request, context in try await workflow.require(); return try await createSchedule(request, context) }
+        r.add(.get, "/v1/schedules/{name}", role: .read) { _, context in try await workflow.require(); return try await showSchedule(context) }
+        r.add(.delete, "/v1/schedules/{name}", role: .admin) { _, context in try await workflow.require(); return try await deleteSchedule(context) }
+        r.add(.post, "/v1/schedules/{name}/pause", role: .admin) { _, context in try await workflow.require(); return try await pauseSchedule(context, paused: true) }
+        r.add(.post, "/v1/schedules/{name}/resume", role: .admin) { _, context in try await workflow.require(); return try await pauseSchedule(context, paused: false) }
+        r.add(.post, "/v1/schedules/{name}/trigger", role: .admin) { request, context in try await workflow.require(); return try await triggerSchedule(request, context) }
         r.add(.post, "/v1/workers/mark-dead", role: .admin) { request, context in try await workflow.require(); return try await markWorkerDead(request, context) }
         return r
     }

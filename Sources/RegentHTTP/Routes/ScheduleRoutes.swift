@@ -1,0 +1,75 @@
+import Foundation
+import Hummingbird
+import PostgresClient
+import RegentCore
+
+/// Cron schedules (issue 31): admin writes, read-role lists. The leader fires them; these
+/// routes only change what it will fire.
+extension AdminAPI {
+    static let scheduleFields: Set<String> = ["name", "workflow_type", "cron", "timezone", "input", "catch_up", "jitter_ms"]
+
+    func createSchedule(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let body = try await JSONBody.read(request, context: context, allowed: Self.scheduleFields, limit: RunStore.maxInputBytes + 64 * 1024)
+        let jitterMs = try body.optionalInt("jitter_ms") ?? 0
+        guard (0...3_600_000).contains(jitterMs) else { throw body.wrongType("jitter_ms", "an integer from 0 to 3600000") }
+        let spec = try ScheduleSpec(
+            name: try body.string("name"), workflowType: try body.string("workflow_type"), cron: try body.string("cron"),
+            timeZone: try body.optionalString("timezone") ?? "UTC", input: try body.optionalObjectJSON("input") ?? "{}",
+            catchUp: try body.optionalString("catch_up") ?? "skip", jitter: .milliseconds(jitterMs))
+        let schedule = try await retryingConflicts(on: pool) { try await ScheduleStore().create(spec, actor: .named(context.actor), on: $0) }
+        return try json(schedule, status: .created)
+    }
+
+    func listSchedules(_ request: Request) async throws -> Response {
+        let after = request.uri.queryParameters.get("after").map { String($0) }
+        let limit = try limit(request)
+        return try json(try await pool.withConnection { try await ScheduleStore().list(after: after, limit: limit, on: $0) })
+    }
+
+    func scheduleName(_ context: RegentRequestContext) throws -> ScheduleName {
+        try ScheduleName(try context.parameters.require("name"))
+    }
+
+    /// A schedule with its newest fires.
+    struct ScheduleDocument: Encodable {
+        let schedule: Schedule
+        let recentFires: [ScheduleFire]
+        func encode(to encoder: any Encoder) throws {
+            try schedule.encode(to: encoder)
+            var c = encoder.container(keyedBy: Key.self)
+            try c.encode(recentFires, forKey: .recentFires)
+        }
+        enum Key: String, CodingKey { case recentFires = "recent_fires" }
+    }
+
+    func showSchedule(_ context: RegentRequestContext) async throws -> Response {
+        let name = try scheduleName(context)
+        return try json(try await pool.withConnection { conn in
+            ScheduleDocument(schedule: try await ScheduleStore().get(name, on: conn), recentFires: try await ScheduleStore().fires(name, on: conn))
+        })
+    }
+
+    func pauseSchedule(_ context: RegentRequestContext, paused: Bool) async throws -> Response {
+        let name = try scheduleName(context)
+        return try json(try await pool.withConnection { conn in
+            paused ? try await ScheduleStore().pause(name, actor: .named(context.actor), on: conn)
+                : try await ScheduleStore().resume(name, actor: .named(context.actor), on: conn)
+        })
+    }
+
+    func deleteSchedule(_ context: RegentRequestContext) async throws -> Response {
+        let name = try scheduleName(context)
+        try await pool.withConnection { try await ScheduleStore().delete(name, actor: .named(context.actor), on: $0) }
+        return try json(["deleted": name.value])
+    }
+
+    func triggerSchedule(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let name = try scheduleName(context)
+        let body = try await JSONBody.read(request, context: context, allowed: ["key"], limit: 4096)
+        let key = try body.optionalString("key")
+        let started = try await retryingConflicts(on: pool) {
+            try await ScheduleStore(publisher: node?.instanceID.uuid).trigger(name, key: key, actor: .named(context.actor), on: $0)
+        }
+        return try json(StartedDocument(run_id: started.runID, created: started.created, package_hash: started.packageHash), status: started.created ? .created : .ok)
+    }
+}
