@@ -161,6 +161,13 @@ struct FaultDrillTests {
         #expect(log.contains("invariants held: every run succeeded"), "\(log.suffix(2000))")
     }
 
+    /// Issue 31's drill, bounded for CI: schedules every second through leader SIGKILLs.
+    @Test func scheduleDrillFiresEachSlotOnceThroughLeaderKills() async throws {
+        let (code, log) = try await drill(["schedules", "--schedules", "3", "--seconds", "15"])
+        #expect(code == 0, "\(log.suffix(3000))")
+        #expect(log.contains("invariants held: every slot fired exactly once") && log.contains("SIGKILLed and replaced"), "\(log.suffix(2000))")
+    }
+
     /// The previous tagged release's binary (scripts/build-previous.sh; scripts/test.sh sets it).
     static var previousRelease: String? {
         ProcessInfo.processInfo.environment["REGENT_PREVIOUS_BINARY"].flatMap { FileManager.default.isExecutableFile(atPath: $0) ? $0 : nil }
@@ -200,6 +207,7 @@ struct FaultDrillTests {
             (["workflows", "--runs", "10", "--cancels", "11"], "--cancels must be 0 to --runs (10), got 11"),
             (["workflows", "--batch", "0"], "--batch must be 1 to 100, got 0"),
             (["semantics", "--runs", "0"], "--runs must be 1 to 10000, got 0"),
+            (["schedules", "--seconds", "1"], "--seconds must be 5 to 3600, got 1"),
             (["upgrade", "--from", "/nonexistent/regent"], "--from /nonexistent/regent is not an executable file"),
             (["upgrade", "--from", "/bin/true", "--runs", "2"], "--runs must be 3 to 3000, got 2"),
         ] {

@@ -148,13 +148,15 @@ public struct ScheduleFiring: LeaderDuty {
     }
 
     /// One fenced page of due schedules: those of part `part` of `parts` (by name), so that
-    /// pages fired side by side never take the same schedules.
+    /// pages fired side by side never take the same schedules. "Due" is read at the
+    /// transaction's start (`now()`), the time its runs record as their start: no run can look
+    /// as if it started before its slot.
     public func fireOnce(fence: LeaderFence, part: Int = 0, parts: Int = 1) async throws -> Page {
         try await fence.withTransaction(pool) { tx in
             let rows = try await tx.query(
                 """
-                SELECT name, cron, timezone, catch_up, jitter_ms, next_slot, clock_timestamp() AS now FROM workflow.schedules
-                WHERE NOT paused AND next_fire_at <= clock_timestamp() AND (\(parts) = 1 OR abs(hashtext(name)) % \(parts) = \(part))
+                SELECT name, cron, timezone, catch_up, jitter_ms, next_slot, now() AS now FROM workflow.schedules
+                WHERE NOT paused AND next_fire_at <= now() AND (\(parts) = 1 OR abs(hashtext(name)) % \(parts) = \(part))
                 ORDER BY next_fire_at LIMIT \(pageSize) FOR UPDATE SKIP LOCKED
                 """, purpose: "schedules: lock a due page")
             var page = Page()
