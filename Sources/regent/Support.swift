@@ -56,3 +56,12 @@ func waitUntilReady(_ base: String, within limit: Duration = .seconds(60)) async
         try await Task.sleep(for: .milliseconds(100))
     }
 }
+
+/// CPU seconds a process used (user + system), from /proc/PID/stat (0 when it cannot be read).
+func processCPUSeconds(_ pid: Int32) -> Double {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return 0 }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    // After the command: state is field 3, utime 14 and stime 15 (1-based over the whole line).
+    guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}

@@ -11,7 +11,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks that print their figures next to a raw baseline measured in the same run.",
-        subcommands: [Failover.self, Events.self, Queue.self, Runs.self, Workers.self, Console.self, Statements.self, JSON.self]
+        subcommands: [Failover.self, Events.self, Queue.self, Runs.self, Workers.self, Console.self, Schedules.self, Statements.self, JSON.self]
     )
 
     struct Failover: AsyncParsableCommand {

@@ -233,12 +233,12 @@ struct ConsoleBench {
             try await pool.query("SELECT xact_commit + xact_rollback AS n FROM pg_stat_database WHERE datname = current_database()").single()
                 .decode("n", as: Int64.self)
         }
-        let cpu0 = cpuSeconds(pid), x0 = try await xacts(), t0 = ContinuousClock.now
+        let cpu0 = processCPUSeconds(pid), x0 = try await xacts(), t0 = ContinuousClock.now
         let deadline = t0 + .seconds(seconds)
         let requests = try await load(deadline)
         if ContinuousClock.now < deadline { try await Task.sleep(until: deadline) }
         let elapsed = t0.duration(to: .now).milliseconds / 1000
-        let cpu1 = cpuSeconds(pid), x1 = try await xacts()
+        let cpu1 = processCPUSeconds(pid), x1 = try await xacts()
         let result = BenchCommand.Console.Load(
             phase: phase, node_cpu_percent: 100 * (cpu1 - cpu0) / elapsed, database_xacts_per_s: Double(x1 - x0 - 2) / elapsed,
             requests_per_s: Double(requests) / elapsed)
@@ -246,14 +246,6 @@ struct ConsoleBench {
         return result
     }
 
-    /// CPU seconds a process used (user + system), from /proc/PID/stat.
-    func cpuSeconds(_ pid: Int32) -> Double {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return 0 }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        // After the command: state is field 3, utime 14 and stime 15 (1-based over the whole line).
-        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
-        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
-    }
 
     /// `viewers` consoles: each holds the event stream open and reads `paths` every `every`,
     /// starting at a random point of the period (as browsers opened at different times do).

@@ -23,31 +23,40 @@ DECLARE
     f record;
     s record;
     r record;
+    v_schedule text[] := '{}';
+    v_slot timestamptz[] := '{}';
+    v_due timestamptz[] := '{}';
+    v_outcome text[] := '{}';
+    v_run text[] := '{}';
+    v_error text[] := '{}';
 BEGIN
-    FOR f IN SELECT * FROM ROWS FROM (jsonb_to_recordset(p_fires)
-                 AS (schedule text, slot timestamptz, due_at timestamptz, skip boolean, through timestamptz, slots integer)) WITH ORDINALITY
-                 AS x(schedule, slot, due_at, skip, through, slots, n)
-             ORDER BY n
+    -- Skipped runs of slots: one record each, and the counters.
+    INSERT INTO workflow.schedule_fires (schedule, slot, through_slot, slots, outcome, term, due_at)
+    SELECT x.schedule, x.slot, x.through, x.slots, 'skipped', p_term, x.due_at
+    FROM jsonb_to_recordset(p_fires) AS x(schedule text, slot timestamptz, due_at timestamptz, skip boolean, through timestamptz, slots integer)
+    WHERE x.skip;
+    UPDATE workflow.schedules sc SET skipped = sc.skipped + k.n
+    FROM (SELECT x.schedule, sum(x.slots) AS n
+          FROM jsonb_to_recordset(p_fires) AS x(schedule text, skip boolean, slots integer) WHERE x.skip GROUP BY 1) AS k
+    WHERE sc.name = k.schedule;
+    -- Fired slots, in order: each starts its run; the records are written together afterwards.
+    FOR f IN SELECT x.schedule, x.slot, x.due_at, sc.workflow_type, sc.input
+             FROM ROWS FROM (jsonb_to_recordset(p_fires) AS (schedule text, slot timestamptz, due_at timestamptz, skip boolean)) WITH ORDINALITY
+                  AS x(schedule, slot, due_at, skip, n)
+             JOIN workflow.schedules sc ON sc.name = x.schedule
+             WHERE NOT x.skip ORDER BY x.n
     LOOP
-        IF f.skip THEN
-            INSERT INTO workflow.schedule_fires (schedule, slot, through_slot, slots, outcome, term, due_at)
-            VALUES (f.schedule, f.slot, f.through, f.slots, 'skipped', p_term, f.due_at);
-            UPDATE workflow.schedules sc SET skipped = sc.skipped + f.slots WHERE sc.name = f.schedule;
-            CONTINUE;
-        END IF;
-        SELECT sc.workflow_type, sc.input INTO s FROM workflow.schedules sc WHERE sc.name = f.schedule;
-        IF NOT FOUND THEN CONTINUE; END IF;
         schedule := f.schedule;
         slot := f.slot;
         run_id := NULL;
         error := NULL;
         SELECT st.run_id, st.created, st.refused INTO r
-        FROM workflow.start_run(s.workflow_type, s.input,
+        FROM workflow.start_run(f.workflow_type, f.input,
                                 'schedule:' || f.schedule || ':' || to_char(f.slot AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
                                 NULL, NULL, NULL, p_actor, 'runs', p_publisher, NULL, NULL) AS st;
         IF NOT FOUND THEN
             outcome := 'failed';
-            error := format('workflow type %s has no routed package version: deploy one (regent packages deploy)', s.workflow_type);
+            error := format('workflow type %s has no routed package version: deploy one (regent packages deploy)', f.workflow_type);
         ELSIF r.refused IS NOT NULL THEN
             outcome := 'failed';
             error := r.refused;
@@ -56,17 +65,31 @@ BEGIN
             run_id := r.run_id;
         END IF;
         late := extract(epoch FROM clock_timestamp() - f.due_at);
-        INSERT INTO workflow.schedule_fires (schedule, slot, outcome, run_id, error, term, due_at)
-        VALUES (f.schedule, f.slot, outcome, run_id, error, p_term, f.due_at);
-        UPDATE workflow.schedules sc
-        SET fired = sc.fired + CASE WHEN outcome = 'started' THEN 1 ELSE 0 END,
-            last_slot = f.slot, last_run_id = COALESCE(fire_schedules.run_id, sc.last_run_id), last_fired_at = clock_timestamp(),
-            last_error = fire_schedules.error
-        WHERE sc.name = f.schedule;
+        v_schedule := v_schedule || f.schedule;
+        v_slot := v_slot || f.slot;
+        v_due := v_due || f.due_at;
+        v_outcome := v_outcome || outcome;
+        v_run := v_run || run_id;
+        v_error := v_error || error;
         RETURN NEXT;
     END LOOP;
-    UPDATE workflow.schedules sc SET next_slot = m.next_slot, next_fire_at = m.next_fire_at
+    INSERT INTO workflow.schedule_fires (schedule, slot, outcome, run_id, error, term, due_at, fired_at)
+    SELECT u.schedule, u.slot, u.outcome, u.run_id, u.error, p_term, u.due_at, clock_timestamp()
+    FROM unnest(v_schedule, v_slot, v_outcome, v_run, v_error, v_due) AS u(schedule, slot, outcome, run_id, error, due_at);
+    -- Each schedule's counters and last slot (its newest fire in this page), and where it goes next.
+    UPDATE workflow.schedules sc
+    SET fired = sc.fired + COALESCE(k.started, 0),
+        last_slot = COALESCE(k.last_slot, sc.last_slot), last_run_id = COALESCE(k.last_run, sc.last_run_id),
+        last_fired_at = CASE WHEN k.schedule IS NULL THEN sc.last_fired_at ELSE clock_timestamp() END,
+        last_error = CASE WHEN k.schedule IS NULL THEN sc.last_error ELSE k.last_error END,
+        next_slot = m.next_slot, next_fire_at = m.next_fire_at
     FROM jsonb_to_recordset(p_moves) AS m(schedule text, next_slot timestamptz, next_fire_at timestamptz)
+    LEFT JOIN (
+        SELECT u.schedule, count(*) FILTER (WHERE u.outcome = 'started') AS started, max(u.slot) AS last_slot,
+               (array_agg(u.run_id ORDER BY u.slot DESC) FILTER (WHERE u.run_id IS NOT NULL))[1] AS last_run,
+               (array_agg(u.error ORDER BY u.slot DESC))[1] AS last_error
+        FROM unnest(v_schedule, v_slot, v_outcome, v_run, v_error) AS u(schedule, slot, outcome, run_id, error) GROUP BY 1
+    ) AS k ON k.schedule = m.schedule
     WHERE sc.name = m.schedule;
 END
 $function$;
