@@ -32,7 +32,7 @@ package enum LeaseQueries {
         WITH input AS (
             SELECT * FROM jsonb_to_recordset(\(itemsJSON)::jsonb) AS i(
                 n integer, lane text, payload jsonb, max_attempts integer, required_capabilities text[], priority smallint,
-                run_at timestamptz, unique_key text, retry_base_ms bigint, retry_max_ms bigint)
+                run_at timestamptz, unique_key text, retry_base_ms bigint, retry_max_ms bigint, flow_key text, flow_limit integer)
         ), keyed AS (
             INSERT INTO workflow.unique_keys (namespace, unique_key, execution_id)
             SELECT \(namespace), unique_key, gen_random_uuid() FROM input WHERE unique_key IS NOT NULL
@@ -46,17 +46,25 @@ package enum LeaseQueries {
         ), inserted AS (
             INSERT INTO workflow.executions (
                 execution_id, namespace, lane, payload, max_attempts, required_capabilities, priority, run_at, unique_key,
-                retry_base_ms, retry_max_ms)
+                retry_base_ms, retry_max_ms, flow_key)
             SELECT execution_id, \(namespace), lane, payload, max_attempts, required_capabilities, priority,
-                   COALESCE(run_at, clock_timestamp()), unique_key, retry_base_ms, retry_max_ms
+                   COALESCE(run_at, clock_timestamp()), unique_key, retry_base_ms, retry_max_ms, flow_key
             FROM fresh ORDER BY n
-            RETURNING execution_id, lane, priority, run_at, required_capabilities
+            RETURNING execution_id, lane, priority, run_at, required_capabilities, flow_key
         ), readied AS (
             INSERT INTO workflow.ready (namespace, lane, priority, run_at, execution_id, required_capabilities)
-            SELECT \(namespace), lane, priority, run_at, execution_id, required_capabilities FROM inserted
+            SELECT \(namespace), lane, priority, run_at, execution_id, required_capabilities FROM inserted WHERE flow_key IS NULL
             RETURNING lane
+        ), waiting AS (
+            -- Keyed items join their key's waiting list; the commit admits them (sql/workflow/0019).
+            INSERT INTO workflow.flow_waiting (namespace, flow_key, execution_id, lane, priority, run_at, required_capabilities, max_admitted)
+            SELECT \(namespace), x.flow_key, x.execution_id, x.lane, x.priority, x.run_at, x.required_capabilities, f.flow_limit
+            FROM inserted x JOIN fresh f ON f.execution_id = x.execution_id
+            WHERE x.flow_key IS NOT NULL
+            ORDER BY f.n
         ), notified AS (
-            SELECT workflow.notify_queue(\(namespace), lanes) FROM (SELECT array_agg(lane::text) AS lanes FROM readied) AS l WHERE lanes IS NOT NULL
+            SELECT workflow.notify_queue(\(namespace), lanes)
+            FROM (SELECT array_agg(lane::text) AS lanes FROM readied) AS l WHERE lanes IS NOT NULL
         )
         SELECT i.n, COALESCE(f.execution_id, first.execution_id, u.execution_id) AS execution_id, f.execution_id IS NOT NULL AS created,
                (SELECT count(*) FROM notified) AS notified

@@ -87,6 +87,7 @@ public struct LeaseStore: Sendable {
             if let runAt = request.runAt { item += #","run_at":"\#(PostgresTimestamp.format(runAt))""# }
             if let key = request.uniqueKey { item += #","unique_key":\#(jsonString(key))"# }
             if let retry = request.retry { item += #","retry_base_ms":\#(Int64(retry.base.milliseconds)),"retry_max_ms":\#(Int64(retry.maximum.milliseconds))"# }
+            if let flow = request.flowKey { item += #","flow_key":\#(jsonString(flow.key)),"flow_limit":\#(flow.limit)"# }
             items.append(item + "}")
         }
         var results = [Enqueued?](repeating: nil, count: requests.count)

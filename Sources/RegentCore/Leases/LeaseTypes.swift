@@ -139,6 +139,8 @@ public struct EnqueueRequest: Sendable, Hashable {
     public var uniqueKey: String?
     /// nil: ``RetryPolicy/default``.
     public var retry: RetryPolicy?
+    /// A concurrency key or a fair key (docs/flow-control.md); nil: neither.
+    public var flow: FlowGate?
 
     public init(
         lane: Lane, payload: String = "{}", maxAttempts: Int = 3, requiredCapabilities: [Capability] = [], priority: Int = 0,
@@ -169,7 +171,47 @@ public struct EnqueueRequest: Sendable, Hashable {
                 throw bad("unique key contains a control character")
             }
         }
+        if let flow {
+            do { try flow.check() } catch { throw bad(error.message) }
+        }
         do { return try EventPayload(json: payload) } catch { throw bad(error.message) }
+    }
+
+    /// The gate's key in `workflow.flow_keys` (`c:<key>`, or `f:<lane>:<key>`: fairness is per lane) and its limit.
+    var flowKey: (key: String, limit: Int)? {
+        switch flow {
+        case nil: nil
+        case .concurrency(let key, let limit): ("c:" + key, limit)
+        case .fair(let key, let window): ("f:\(lane.value):" + key, window)
+        }
+    }
+}
+
+/// Flow control for one execution (docs/flow-control.md): it waits outside the claim's reach
+/// until its key has a free slot.
+public enum FlowGate: Sendable, Hashable {
+    /// At most `limit` executions with this key queued or running at once (in its namespace).
+    case concurrency(key: String, limit: Int)
+    /// At most `window` executions with this key claimable at once in its lane: one key's
+    /// backlog interleaves with the others' instead of running ahead of them.
+    case fair(key: String, window: Int)
+
+    public static let maxLimit = 100_000
+    public static let defaultFairWindow = 10
+
+    public func check() throws(RegentError) {
+        let (key, limit, what) = switch self {
+        case .concurrency(let key, let limit): (key, limit, "concurrency")
+        case .fair(let key, let window): (key, window, "fair")
+        }
+        let length = key.unicodeScalars.count
+        guard (1...255).contains(length) else { throw RegentError(.invalidInput, "\(what) key must be 1 to 255 characters, got \(length)") }
+        guard !key.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+            throw RegentError(.invalidInput, "\(what) key contains a control character")
+        }
+        guard (1...Self.maxLimit).contains(limit) else {
+            throw RegentError(.invalidInput, "\(what == "fair" ? "fair window" : "concurrency limit") must be 1 to \(Self.maxLimit), got \(limit)")
+        }
     }
 }
 

@@ -11,6 +11,7 @@ extension AdminAPI {
 
     static let enqueueFields: Set<String> = [
         "lane", "payload", "max_attempts", "required_capabilities", "priority", "run_at", "unique_key", "retry_base_ms", "retry_max_ms",
+        "concurrency_key", "concurrency_limit", "fair_key", "fair_window",
     ]
 
     /// What `run_at` may be (docs/openapi.yaml says the same).
@@ -43,11 +44,29 @@ extension AdminAPI {
                 guard (1...604_800_000).contains(m) else { throw item.wrongType("retry_max_ms", "1 to 604800000") }
                 r.retry = try RetryPolicy(base: .milliseconds(b), maximum: .milliseconds(Swift.max(b, m)))
             }
+            r.flow = try Self.flowGate(item)
             return r
         }
         try context.checkScope(namespace: namespace, lanes: requests.map(\.lane), action: "enqueue")
         let made = try await pool.withConnection { try await context.leases.enqueue(namespace: namespace, requests, on: $0) }
         return try json(["executions": made.map { EnqueuedDocument(executionID: $0.executionID.uuidString.lowercased(), created: $0.created) }])
+    }
+
+    /// `concurrency_key` (+ `concurrency_limit`, default 1) or `fair_key` (+ `fair_window`, default 10), not both.
+    static func flowGate(_ item: JSONBody) throws -> FlowGate? {
+        let concurrency = try item.optionalString("concurrency_key"), fair = try item.optionalString("fair_key")
+        let limit = try item.optionalInt("concurrency_limit"), window = try item.optionalInt("fair_window")
+        if concurrency != nil && fair != nil {
+            throw APIError.badRequest("invalid_field", "an execution takes concurrency_key or fair_key, not both")
+        }
+        if limit != nil && concurrency == nil { throw APIError.badRequest("invalid_field", "concurrency_limit needs concurrency_key") }
+        if window != nil && fair == nil { throw APIError.badRequest("invalid_field", "fair_window needs fair_key") }
+        for (name, value) in [("concurrency_limit", limit), ("fair_window", window)] {
+            if let value, !(1...Int64(FlowGate.maxLimit)).contains(value) { throw item.wrongType(name, "an integer from 1 to \(FlowGate.maxLimit)") }
+        }
+        if let concurrency { return .concurrency(key: concurrency, limit: Int(limit ?? 1)) }
+        if let fair { return .fair(key: fair, window: Int(window ?? Int64(FlowGate.defaultFairWindow))) }
+        return nil
     }
 
     struct EnqueuedDocument: Encodable {

@@ -1,0 +1,262 @@
+import Foundation
+import PostgresClient
+@testable import RegentCore
+import RegentTestSupport
+import Synchronization
+import Testing
+
+/// Flow control (issue 31, sql/workflow/0019) against a real server, with racing claimers:
+/// concurrency keys never exceeded at any instant (checked afterwards from the attempts' own
+/// start and end times, not from any counter the gate keeps), fair keys interleaving a small
+/// tenant ahead of a big backlog, lane limits (max running, a token bucket) held by the claim.
+/// A count shared by racing tasks.
+final class Tally: Sendable {
+    let value = Mutex(0)
+    func add(_ n: Int) { value.withLock { $0 += n } }
+    var total: Int { value.withLock { $0 } }
+}
+
+@Suite("Flow control: concurrency keys, fair keys, lane limits")
+struct FlowControlTests {
+    let ns = try! Namespace("flow")
+    let lane = try! Lane("work")
+    let store = LeaseStore()
+
+    func register(_ w: String, on conn: PostgresConnection) async throws -> WorkerInstanceID {
+        let id = try WorkerInstanceID(w)
+        _ = try await WorkerRegistry().register(
+            namespace: ns, workerInstanceID: id, workerID: try WorkerID("flow"), lanes: [lane], capabilities: [], livenessTTL: .seconds(120), on: conn)
+        return id
+    }
+
+    func request(_ gate: FlowGate?, payload: String = "{}") -> EnqueueRequest {
+        var r = EnqueueRequest(lane: lane, payload: payload)
+        r.flow = gate
+        return r
+    }
+
+    /// The most attempts of one key that ran at the same instant, per key, from the attempts'
+    /// start and end times (an attempt starting while `n` others of its key are unfinished).
+    static func maxOverlap(_ conn: PostgresConnection) async throws -> [String: Int] {
+        let rows = try await conn.query(
+            """
+            SELECT e.flow_key, max(o.n) AS most FROM workflow.attempts a JOIN workflow.executions e USING (execution_id)
+            CROSS JOIN LATERAL (
+                SELECT count(*) AS n FROM workflow.attempts b JOIN workflow.executions f USING (execution_id)
+                WHERE f.flow_key = e.flow_key AND b.started_at <= a.started_at AND COALESCE(b.ended_at, 'infinity') > a.started_at) AS o
+            WHERE e.flow_key IS NOT NULL GROUP BY 1
+            """)
+        return Dictionary(uniqueKeysWithValues: try rows.map { (try $0.decode("flow_key", as: String.self), try $0.decode("most", as: Int.self)) })
+    }
+
+    /// Claims and completes until nothing is left, on `workers` connections side by side, each
+    /// holding its executions a moment; returns how many it completed.
+    func drain(_ config: ConnectionConfiguration, workers: [WorkerInstanceID], limit: Int = 5, hold: Duration = .milliseconds(2)) async throws -> Int {
+        let done = Tally()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for w in workers {
+                group.addTask { [store, ns, lane] in
+                    try await PostgresConnection.withConnection(config) { c in
+                        var idle = 0
+                        while idle < 20 {
+                            let leases = try await store.claim(
+                                namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: limit, on: c)
+                            if leases.isEmpty {
+                                idle += 1
+                                try await Task.sleep(for: .milliseconds(10))
+                                continue
+                            }
+                            idle = 0
+                            try await Task.sleep(for: hold)
+                            _ = try await store.complete(leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, on: c)
+                            done.add(leases.count)
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        return done.total
+    }
+
+    @Test func concurrencyKeysAreNeverExceededByRacingClaimersAndNothingStarves() async throws {
+        try await withBootedDatabase { config, conn in
+            // 40 keys of limit 1, 10 of limit 3, 300 unkeyed: 1,100 executions.
+            var requests: [EnqueueRequest] = []
+            for i in 0..<600 { requests.append(request(.concurrency(key: "one-\(i % 40)", limit: 1))) }
+            for i in 0..<200 { requests.append(request(.concurrency(key: "three-\(i % 10)", limit: 3))) }
+            for _ in 0..<300 { requests.append(request(nil)) }
+            requests.shuffle()
+            for chunk in stride(from: 0, to: requests.count, by: 250) {
+                _ = try await store.enqueue(namespace: ns, Array(requests[chunk..<min(chunk + 250, requests.count)]), on: conn)
+            }
+            let waiting = try await conn.query("SELECT count(*) AS n FROM workflow.flow_waiting").single().decode("n", as: Int.self)
+            #expect(waiting == 800 - 40 - 30, "beyond each key's limit, executions wait outside ready")
+            var workers: [WorkerInstanceID] = []
+            for w in 0..<12 { workers.append(try await register("w\(w)", on: conn)) }
+            let done = try await drain(config, workers: workers)
+            #expect(done == 1100, "every execution ran: no key starved")
+            let overlap = try await Self.maxOverlap(conn)
+            #expect(overlap.count == 50)
+            for (key, most) in overlap {
+                #expect(most <= (key.hasPrefix("c:one-") ? 1 : 3), "\(key): \(most) at once")
+            }
+            #expect(overlap.filter { $0.key.hasPrefix("c:three-") }.values.contains(3), "a limit of 3 is used, not just 1")
+            let left = try await conn.query(
+                "SELECT (SELECT count(*) FROM workflow.flow_keys) + (SELECT count(*) FROM workflow.flow_waiting) AS n").single().decode("n", as: Int.self)
+            #expect(left == 0, "the gate forgets keys with nothing admitted or waiting")
+        }
+    }
+
+    /// A freed slot admits the next at once, and a cancel of a waiting or an admitted execution
+    /// keeps the count right; a failure that is retried keeps its slot, a final one frees it.
+    @Test func slotsFreeOnCompletionFailureAndCancelAndWaitersAreAdmittedInOrder() async throws {
+        try await withBootedDatabase { _, conn in
+            let w = try await register("w", on: conn)
+            let made = try await store.enqueue(namespace: ns, (0..<4).map { request(.concurrency(key: "acct", limit: 1), payload: #"{"i": \#($0)}"#) }, on: conn)
+            var first = try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 10, on: conn)
+            #expect(first.map(\.executionID) == [made[0].executionID], "one at a time")
+            // Cancel the second while it waits: the third is next.
+            #expect(try await store.cancel(executionID: made[1].executionID, on: conn) == .cancelledQueued)
+            // A retryable failure keeps the slot (the retry is due at once: base 1 ms).
+            _ = try await conn.query("UPDATE workflow.executions SET retry_base_ms = 1, retry_max_ms = 1 WHERE execution_id = \(made[0].executionID)")
+            _ = try await store.fail([Failure(executionID: first[0].executionID, epoch: first[0].epoch, error: "again", retryable: true)], on: conn)
+            try await Task.sleep(for: .milliseconds(20))
+            first = try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 10, on: conn)
+            #expect(first.map(\.executionID) == [made[0].executionID], "the retry holds the key's one slot")
+            _ = try await store.complete([Completion(executionID: first[0].executionID, epoch: first[0].epoch)], on: conn)
+            let third = try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 10, on: conn)
+            #expect(third.map(\.executionID) == [made[2].executionID], "admitted the moment the slot freed, in arrival order")
+            // Cancelling the running one frees its slot too.
+            #expect(try await store.cancel(executionID: made[2].executionID, on: conn) == .cancelledRunning)
+            let fourth = try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 10, on: conn)
+            #expect(fourth.map(\.executionID) == [made[3].executionID])
+            let key = try await conn.query("SELECT admitted FROM workflow.flow_keys WHERE flow_key = 'c:acct'").single().decode("admitted", as: Int.self)
+            #expect(key == 1)
+        }
+    }
+
+    /// A waiting claim is woken by the slot freeing (the queue's announcement), not by a poll.
+    @Test func aFreedSlotWakesAWaitingClaim() async throws {
+        try await withBootedDatabase { config, conn in
+            let w = try await register("w", on: conn)
+            let made = try await store.enqueue(namespace: ns, (0..<2).map { _ in request(.concurrency(key: "k", limit: 1)) }, on: conn)
+            let held = try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 5, on: conn)
+            #expect(held.count == 1)
+            let waker = QueueWaker(configuration: config)
+            let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 2))
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await waker.run() }
+                #expect(await eventually { waker.isListening })
+                async let waited = store.claim(
+                    namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 5, wait: .seconds(20),
+                    waker: waker, pool: pool)
+                try await Task.sleep(for: .milliseconds(300))
+                let t0 = ContinuousClock.now
+                _ = try await store.complete([Completion(executionID: held[0].executionID, epoch: held[0].epoch)], on: conn)
+                let got = try await waited
+                #expect(got.map(\.executionID) == [made[1].executionID])
+                // (The claim looks again at least every second anyway: the announcement must beat that.)
+                #expect(t0.duration(to: .now) < .milliseconds(900), "woken by the announcement")
+                group.cancelAll()
+            }
+            await pool.shutdown()
+        }
+    }
+
+    /// A backlog of 2,000 from one tenant and then one execution from another: the small
+    /// tenant's is claimed within two claims of ten (fair keys), where without them it waits
+    /// behind the whole backlog.
+    @Test func aSmallTenantIsNotStuckBehindABigTenantsBacklog() async throws {
+        try await withBootedDatabase { _, conn in
+            let w = try await register("w", on: conn)
+            func claimsUntilSmall(_ fair: Bool) async throws -> Int {
+                for chunk in 0..<4 {
+                    _ = try await store.enqueue(namespace: ns, (0..<500).map { i in request(fair ? .fair(key: "big", window: 10) : nil, payload: #"{"t": "big", "i": \#(chunk * 500 + i)}"#) }, on: conn)
+                }
+                _ = try await store.enqueue(namespace: ns, [request(fair ? .fair(key: "small", window: 10) : nil, payload: #"{"t": "small"}"#)], on: conn)
+                var claims = 0
+                while true {
+                    let leases = try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 10, on: conn)
+                    claims += 1
+                    if leases.isEmpty || leases.contains(where: { $0.payload.contains("small") }) { break }
+                    _ = try await store.complete(leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, on: conn)
+                }
+                for table in ["ready", "flow_waiting", "flow_keys"] { try await conn.query(PostgresQuery(unsafeSQL: "DELETE FROM workflow.\(table)")) }
+                return claims
+            }
+            let unfair = try await claimsUntilSmall(false)
+            let fair = try await claimsUntilSmall(true)
+            #expect(unfair > 150, "without fair keys the small tenant waits behind the backlog (\(unfair) claims)")
+            #expect(fair <= 2, "with fair keys: \(fair) claims")
+            // The big tenant still drains, ten at a time.
+            let admitted = try await conn.query("SELECT count(*) AS n FROM workflow.ready").single().decode("n", as: Int.self)
+            #expect(admitted == 0)
+        }
+    }
+
+    /// max running 3 under 8 racing claimers: never more than 3 leases of the lane at once
+    /// (attempt times again); the token bucket: at most burst + rate × elapsed claims.
+    @Test func laneLimitsHoldUnderRacingClaimers() async throws {
+        try await withBootedDatabase { config, conn in
+            _ = try await store.enqueue(namespace: ns, (0..<150).map { _ in request(nil) }, on: conn)
+            _ = try await LaneLimitStore().set(namespace: ns, lane: lane, maxRunning: 3, rate: nil, burst: nil, actor: .named("test"), on: conn)
+            var workers: [WorkerInstanceID] = []
+            for w in 0..<8 { workers.append(try await register("w\(w)", on: conn)) }
+            #expect(try await drain(config, workers: workers, limit: 2, hold: .milliseconds(5)) == 150)
+            let most = try await conn.query(
+                """
+                SELECT max(o.n) AS most FROM workflow.attempts a
+                CROSS JOIN LATERAL (SELECT count(*) AS n FROM workflow.attempts b
+                                    WHERE b.started_at <= a.started_at AND COALESCE(b.ended_at, 'infinity') > a.started_at) AS o
+                """).single().decode("most", as: Int.self)
+            #expect(most <= 3 && most >= 2, "max running 3 (used, never passed): \(most)")
+            let limits = try await LaneLimitStore().list(on: conn)
+            #expect(limits.first?.blocked ?? 0 > 0, "claims held back are counted")
+            // The bucket: 20/s with a burst of 5, for about a second of claiming.
+            try await conn.query("DELETE FROM workflow.attempts")
+            try await conn.query("DELETE FROM workflow.leases")
+            _ = try await store.enqueue(namespace: ns, (0..<200).map { _ in request(nil) }, on: conn)
+            _ = try await LaneLimitStore().set(namespace: ns, lane: lane, maxRunning: nil, rate: 20, burst: 5, actor: .named("test"), on: conn)
+            let t0 = try await ScheduleStore.now(conn)
+            let stop = ContinuousClock.now + .seconds(1)
+            let claimed = Tally()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for w in workers.prefix(4) {
+                    group.addTask { [store, ns, lane] in
+                        try await PostgresConnection.withConnection(config) { c in
+                            while ContinuousClock.now < stop {
+                                let n = try await store.claim(
+                                    namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 10, on: c).count
+                                claimed.add(n)
+                            }
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let elapsed = try await ScheduleStore.now(conn).timeIntervalSince(t0)
+            let n = claimed.total
+            #expect(n <= 5 + Int((20 * elapsed).rounded(.up)), "\(n) claims in \(elapsed) s at 20/s, burst 5")
+            #expect(n >= 15, "the rate is served, not starved: \(n)")
+            try await LaneLimitStore().clear(namespace: ns, lane: lane, actor: .named("test"), on: conn)
+            await expectCode(.notFound) { try await LaneLimitStore().clear(namespace: ns, lane: lane, actor: .named("test"), on: conn) }
+        }
+    }
+
+    @Test func badGatesAndLimitsAreRefusedNamingWhatIsWrong() async throws {
+        expectCode(.invalidInput) { try request(.concurrency(key: "", limit: 1)).check() }
+        expectCode(.invalidInput) { try request(.concurrency(key: "k", limit: 0)).check() }
+        expectCode(.invalidInput) { try request(.fair(key: "a\u{1}", window: 5)).check() }
+        expectCode(.invalidInput) { try request(.fair(key: "k", window: 100_001)).check() }
+        for bad in ["0/s", "fast", "5/d", "-3", "1e9/s", "/s"] { expectCode(.invalidInput) { _ = try LaneLimit.parseRate(bad) } }
+        #expect(try LaneLimit.parseRate("50/s") == 50 && LaneLimit.parseRate("600/m") == 10 && LaneLimit.parseRate("7") == 7)
+        try await withBootedDatabase { _, conn in
+            await expectCode(.invalidInput) { _ = try await LaneLimitStore().set(namespace: ns, lane: lane, maxRunning: nil, rate: nil, burst: nil, actor: .named("t"), on: conn) }
+            await expectCode(.invalidInput) { _ = try await LaneLimitStore().set(namespace: ns, lane: lane, maxRunning: 0, rate: nil, burst: nil, actor: .named("t"), on: conn) }
+            await expectCode(.invalidInput) { _ = try await LaneLimitStore().set(namespace: ns, lane: lane, maxRunning: nil, rate: nil, burst: 3, actor: .named("t"), on: conn) }
+            let limits = try await LaneLimitStore().list(on: conn)
+            #expect(limits.isEmpty)
+        }
+    }
+}
