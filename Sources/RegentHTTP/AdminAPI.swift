@@ -177,6 +177,9 @@ public struct AdminAPI: Sendable {
         r.add(.post, "/v1/schedules/{name}/pause", role: .admin) { _, context in try await workflow.require(); return try await pauseSchedule(context, paused: true) }
         r.add(.post, "/v1/schedules/{name}/resume", role: .admin) { _, context in try await workflow.require(); return try await pauseSchedule(context, paused: false) }
         r.add(.post, "/v1/schedules/{name}/trigger", role: .admin) { request, context in try await workflow.require(); return try await triggerSchedule(request, context) }
+        r.add(.get, "/v1/lanes", role: .read) { _, _ in try await workflow.require(); return try await listLanes() }
+        r.add(.put, "/v1/lanes/{namespace}/{lane}", role: .admin) { request, context in try await workflow.require(); return try await setLane(request, context) }
+        r.add(.delete, "/v1/lanes/{namespace}/{lane}", role: .admin) { _, context in try await workflow.require(); return try await clearLane(context) }
         r.add(.post, "/v1/workers/mark-dead", role: .admin) { request, context in try await workflow.require(); return try await markWorkerDead(request, context) }
         return r
     }

@@ -244,6 +244,44 @@ struct FlowControlTests {
         }
     }
 
+    /// A manifest's keys: at most one `charge` per customer at a time (read from each run's
+    /// input), tenants interleaved in `notify`; the keys' rules are checked at deploy.
+    @Test func aManifestsStepKeysAreReadFromEachRun() async throws {
+        try await withBootedDatabase { _, conn in
+            let f = try await RunFixture.deploy("billing", steps: [
+                #"{"name": "charge", "lane": "work", "concurrency": {"key": "$.input.customer", "limit": 1}, "after": []}"#,
+            ], on: conn)
+            var runs: [String: [String]] = [:]
+            for (i, customer) in ["acme", "acme", "acme", "globex", "globex", "initech"].enumerated() {
+                runs[customer, default: []].append(try await f.start(#"{"customer": "\#(customer)", "n": \#(i)}"#).runID)
+            }
+            let first = try await f.claim(limit: 10)
+            #expect(Set(first.compactMap(\.step?.runID)) == Set([runs["acme"]![0], runs["globex"]![0], runs["initech"]![0]]), "one per customer")
+            let keys = try await conn.query("SELECT flow_key FROM workflow.flow_keys ORDER BY 1").map { try $0.decode("flow_key", as: String.self) }
+            #expect(keys == ["c:billing/charge:acme", "c:billing/charge:globex", "c:billing/charge:initech"])
+            let acme = try #require(first.first { $0.step?.runID == runs["acme"]![0] })
+            _ = try await f.complete(acme)
+            let next = try await f.claim(limit: 10)
+            #expect(next.compactMap(\.step?.runID) == [runs["acme"]![1]], "the customer's next run, once the first finished")
+        }
+        let bad: [(String, String)] = [
+            (#"{"name": "a", "lane": "l", "concurrency": {"key": "customer"}}"#, "concurrency.key"),
+            (#"{"name": "a", "lane": "l", "concurrency": {"key": "$.input.c", "limit": 0}}"#, "concurrency.limit must be 1"),
+            (#"{"name": "a", "lane": "l", "concurrency": {"key": "$.input.c"}, "fair_key": "$.input.t"}"#, "both concurrency and fair_key"),
+            (#"{"name": "a", "lane": "l", "fair_window": 5}"#, "fair_window needs fair_key"),
+            (#"{"name": "a", "lane": "l", "concurrency": {"key": "$.input.c", "size": 2}}"#, "size"),
+            (#"{"name": "a", "sleep": "1s", "concurrency": {"key": "$.input.c"}}"#, "worker step"),
+        ]
+        for (step, says) in bad {
+            do {
+                _ = try WorkflowManifest.parse(Array(PackageFixture.manifest(type: "bad", steps: [step]).utf8))
+                Issue.record("accepted: \(step)")
+            } catch let error as RegentError {
+                #expect(error.code == .invalidInput && error.message.contains(says), "\(step): \(error.message)")
+            }
+        }
+    }
+
     @Test func badGatesAndLimitsAreRefusedNamingWhatIsWrong() async throws {
         expectCode(.invalidInput) { try request(.concurrency(key: "", limit: 1)).check() }
         expectCode(.invalidInput) { try request(.concurrency(key: "k", limit: 0)).check() }

@@ -33,6 +33,9 @@ ALTER TABLE workflow.executions
     ADD COLUMN flow_key text,
     ADD COLUMN lane_limited boolean,
     ADD CONSTRAINT executions_flow_key_check CHECK (flow_key IS NULL OR (flow_key ~ '^[cf]:' AND length(flow_key) <= 400)) NOT VALID;
+-- A worker step's key, as its manifest says it (workflow.create_run copies it from the manifest;
+-- workflow.enqueue_steps reads its value from the run when it enqueues the step).
+ALTER TABLE workflow.run_steps ADD COLUMN flow jsonb;
 ALTER TABLE workflow.leases
     ADD COLUMN lane text,
     ADD COLUMN lane_limited boolean;

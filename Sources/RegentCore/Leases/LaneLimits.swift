@@ -78,7 +78,7 @@ public struct LaneLimitStore: Sendable {
         namespace: Namespace, lane: Lane, maxRunning: Int?, rate: Double?, burst: Int?, actor: AuditActor, on conn: PostgresConnection
     ) async throws -> LaneLimit {
         guard maxRunning != nil || rate != nil else {
-            throw RegentError(.invalidInput, "give --max-running, --rate or both (to remove a lane's limits: regent lanes clear)")
+            throw RegentError(.invalidInput, "a lane limit needs a max running, a rate, or both (to remove a lane's limits: regent lanes clear, or DELETE /v1/lanes/{namespace}/{lane})")
         }
         if let maxRunning, !(1...1_000_000).contains(maxRunning) { throw RegentError(.invalidInput, "max running must be 1 to 1000000, got \(maxRunning)") }
         if burst != nil && rate == nil { throw RegentError(.invalidInput, "a burst needs a rate") }

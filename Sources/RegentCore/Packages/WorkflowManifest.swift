@@ -29,6 +29,16 @@ public struct WorkflowManifest: Sendable, Hashable {
         /// The step's lease: how long one attempt may run without renewing.
         public let timeout: Duration
         public let backoff: RetryPolicy
+        /// A worker step's concurrency key or fair key (docs/flow-control.md), read from the run.
+        public var flow: StepFlow? = nil
+    }
+
+    /// `"concurrency": {"key": "$.input.customer_id", "limit": 1}`: at most `limit` executions
+    /// of this step (of this workflow type) with the same key value queued or running at once;
+    /// `"fair_key": "$.input.tenant"` (`"fair_window"`, default 10): tenants interleave in the lane.
+    public enum StepFlow: Sendable, Hashable {
+        case concurrency(key: RunPath, limit: Int)
+        case fair(key: RunPath, window: Int)
     }
 
     /// What a step is: work a worker claims, or a wait the engine advances.
@@ -171,7 +181,11 @@ public struct WorkflowManifest: Sendable, Hashable {
             switch step.kind {
             case .timer(.until(let p)): path = p
             case .child(_, let p): path = p
-            default: path = nil
+            default:
+                switch step.flow {
+                case .concurrency(let p, _), .fair(let p, _): path = p
+                case nil: path = nil
+                }
             }
             if let name = path?.step, !Self.runsAfter(step.name, name, steps) {
                 throw RegentError(
@@ -195,7 +209,7 @@ public struct WorkflowManifest: Sendable, Hashable {
 
     static let commonKeys: Set<String> = ["name", "after"]
     static let kindKeys: [(kind: String, marker: [String], keys: Set<String>)] = [
-        ("worker", ["lane"], ["lane", "capabilities", "max_attempts", "timeout", "backoff"]),
+        ("worker", ["lane"], ["lane", "capabilities", "max_attempts", "timeout", "backoff", "concurrency", "fair_key", "fair_window"]),
         ("timer", ["sleep", "sleep_until"], ["sleep", "sleep_until"]),
         ("signal", ["wait_for"], ["wait_for", "timeout", "on_timeout"]),
         ("child", ["child"], ["child", "input"]),
@@ -291,8 +305,37 @@ public struct WorkflowManifest: Sendable, Hashable {
                 let max = try bf.optionalString("max").map { t throws(RegentError) in try parseDuration(t, flag: "workflow.json \(at).backoff.max") } ?? Swift.max(base, backoff.maximum)
                 do { backoff = try RetryPolicy(base: base, maximum: max) } catch { throw RegentError(.invalidInput, "workflow.json: \(at).backoff: \(error.message)") }
             }
-            return Step(name: name, kind: .worker, lane: lane, capabilities: capabilities, after: after, maxAttempts: maxAttempts, timeout: timeout, backoff: backoff)
+            var step = Step(name: name, kind: .worker, lane: lane, capabilities: capabilities, after: after, maxAttempts: maxAttempts, timeout: timeout, backoff: backoff)
+            step.flow = try flow(f, at: at)
+            return step
         }
+    }
+
+    /// A worker step's `concurrency` object or `fair_key` (with `fair_window`), not both.
+    static func flow(_ f: Fields, at: String) throws(RegentError) -> StepFlow? {
+        let fairKey = try f.optionalString("fair_key")
+        let window = try f.optionalInt("fair_window")
+        if let c = f.optional("concurrency") {
+            guard fairKey == nil, window == nil else {
+                throw RegentError(.invalidInput, "workflow.json: \(at) has both concurrency and fair_key; a step has one or the other")
+            }
+            let cf = try Fields(c, "\(at).concurrency", allowed: ["key", "limit"])
+            let key = try RunPath(try cf.string("key"), at: "\(at).concurrency.key")
+            let limit = try cf.optionalInt("limit") ?? 1
+            guard (1...FlowGate.maxLimit).contains(limit) else {
+                throw RegentError(.invalidInput, "workflow.json: \(at).concurrency.limit must be 1 to \(FlowGate.maxLimit), got \(limit)")
+            }
+            return .concurrency(key: key, limit: limit)
+        }
+        guard let fairKey else {
+            if window != nil { throw RegentError(.invalidInput, "workflow.json: \(at).fair_window needs fair_key") }
+            return nil
+        }
+        let w = window ?? FlowGate.defaultFairWindow
+        guard (1...FlowGate.maxLimit).contains(w) else {
+            throw RegentError(.invalidInput, "workflow.json: \(at).fair_window must be 1 to \(FlowGate.maxLimit), got \(w)")
+        }
+        return .fair(key: try RunPath(fairKey, at: "\(at).fair_key"), window: w)
     }
 
     /// One cycle of the `after` graph, as names from a step back to itself; nil when acyclic.
@@ -338,6 +381,13 @@ public struct WorkflowManifest: Sendable, Hashable {
                 entry["timeout_ms"] = .integer(Int64(s.timeout.milliseconds))
                 entry["backoff_base_ms"] = .integer(Int64(s.backoff.base.milliseconds))
                 entry["backoff_max_ms"] = .integer(Int64(s.backoff.maximum.milliseconds))
+                switch s.flow {
+                case .concurrency(let key, let limit):
+                    entry["flow"] = .object(["kind": "c", "key": .array(key.segments.map { .string($0) }), "limit": .integer(Int64(limit))])
+                case .fair(let key, let window):
+                    entry["flow"] = .object(["kind": "f", "key": .array(key.segments.map { .string($0) }), "limit": .integer(Int64(window))])
+                case nil: break
+                }
             case .timer(.sleep(let d)):
                 entry["sleep_ms"] = .integer(Int64(d.milliseconds.rounded(.up)))
             case .timer(.until(let path)):

@@ -27,7 +27,16 @@ extension AdminAPI {
     }
 
     func scheduleName(_ context: RegentRequestContext) throws -> ScheduleName {
-        try ScheduleName(try context.parameters.require("name"))
+        try ScheduleName(try pathParameter(context, "name"))
+    }
+
+    /// A path parameter, percent-decoded (`:` arrives as `%3A` from clients that encode it).
+    func pathParameter(_ context: RegentRequestContext, _ name: String) throws -> String {
+        let raw = try context.parameters.require(name)
+        guard let decoded = raw.removingPercentEncoding else {
+            throw APIError.badRequest("invalid_path", "path parameter \(name) is not valid percent-encoding")
+        }
+        return decoded
     }
 
     /// A schedule with its newest fires.
@@ -71,5 +80,36 @@ extension AdminAPI {
             try await ScheduleStore(publisher: node?.instanceID.uuid).trigger(name, key: key, actor: .named(context.actor), on: $0)
         }
         return try json(StartedDocument(run_id: started.runID, created: started.created, package_hash: started.packageHash), status: started.created ? .created : .ok)
+    }
+}
+
+/// Lane limits (issue 31): admin writes, read lists.
+extension AdminAPI {
+    func listLanes() async throws -> Response {
+        try json(["lanes": try await pool.withConnection { try await LaneLimitStore().list(on: $0) }])
+    }
+
+    func laneAddress(_ context: RegentRequestContext) throws -> (Namespace, Lane) {
+        (try Namespace(try pathParameter(context, "namespace")), try Lane(try pathParameter(context, "lane")))
+    }
+
+    func setLane(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
+        let (namespace, lane) = try laneAddress(context)
+        let body = try await JSONBody.read(request, context: context, allowed: ["max_running", "rate_per_s", "burst"], limit: 4096)
+        let maxRunning = try body.optionalInt("max_running"), rate = try body.optionalNumber("rate_per_s"), burst = try body.optionalInt("burst")
+        if let maxRunning, !(1...1_000_000).contains(maxRunning) { throw body.wrongType("max_running", "an integer from 1 to 1000000") }
+        if let rate, !(rate >= 0.0001 && rate <= 1_000_000) { throw body.wrongType("rate_per_s", "a number from 0.0001 to 1000000") }
+        if let burst, !(1...1_000_000).contains(burst) { throw body.wrongType("burst", "an integer from 1 to 1000000") }
+        let limit = try await retryingConflicts(on: pool) {
+            try await LaneLimitStore().set(
+                namespace: namespace, lane: lane, maxRunning: maxRunning.map(Int.init), rate: rate, burst: burst.map(Int.init), actor: .named(context.actor), on: $0)
+        }
+        return try json(limit)
+    }
+
+    func clearLane(_ context: RegentRequestContext) async throws -> Response {
+        let (namespace, lane) = try laneAddress(context)
+        try await pool.withConnection { try await LaneLimitStore().clear(namespace: namespace, lane: lane, actor: .named(context.actor), on: $0) }
+        return try json(["cleared": true])
     }
 }

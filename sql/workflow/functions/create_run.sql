@@ -1,7 +1,7 @@
 -- workflow.create_run: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0016_step_kinds.sql.
+-- History: sql/workflow/0016_step_kinds.sql, sql/workflow/0019_flow_control.sql (a step's flow key).
 --
 -- A run's row and steps, made from a stored version's manifest, then advanced (its roots made
 -- ready, whatever their kind). False when the idempotency key is taken (nothing made).
@@ -24,11 +24,11 @@ BEGIN
     ON CONFLICT (workflow_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING;
     IF NOT FOUND THEN RETURN false; END IF;
     INSERT INTO workflow.run_steps (step_id, run_id, name, position, after_steps, lane, capabilities, max_attempts, timeout_ms,
-                                    backoff_base_ms, backoff_max_ms, kind, wait)
+                                    backoff_base_ms, backoff_max_ms, kind, wait, flow)
     SELECT 'step_' || workflow.ulid(), p_run_id, s ->> 'name', (ord - 1)::integer, ARRAY(SELECT jsonb_array_elements_text(s -> 'after')),
            s ->> 'lane', CASE WHEN s ? 'capabilities' THEN ARRAY(SELECT jsonb_array_elements_text(s -> 'capabilities')) END,
            (s ->> 'max_attempts')::integer, (s ->> 'timeout_ms')::bigint, (s ->> 'backoff_base_ms')::bigint, (s ->> 'backoff_max_ms')::bigint,
-           COALESCE(s ->> 'kind', 'worker'), CASE WHEN COALESCE(s ->> 'kind', 'worker') <> 'worker' THEN s END
+           COALESCE(s ->> 'kind', 'worker'), CASE WHEN COALESCE(s ->> 'kind', 'worker') <> 'worker' THEN s END, s -> 'flow'
     FROM jsonb_array_elements(p_manifest -> 'steps') WITH ORDINALITY AS t(s, ord);
     PERFORM engine.publish_event('run.started',
         jsonb_strip_nulls(jsonb_build_object('run_id', p_run_id, 'workflow_type', p_type, 'package_hash', p_hash, 'version_chosen', p_version_chosen,

@@ -1,7 +1,7 @@
 -- workflow.enqueue_steps: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql.
+-- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0019_flow_control.sql (keyed steps join their key's waiting list).
 --
 -- A step's execution payload names its run, step and version only; the claim adds the run's
 -- input and the outputs of the steps it runs after (read where they are stored, once).
@@ -16,25 +16,40 @@ DECLARE
     v_lanes text[];
 BEGIN
     WITH run AS (
-        SELECT r.run_id, r.package_hash FROM workflow.runs r WHERE r.run_id = p_run_id
+        SELECT r.run_id, r.package_hash, r.workflow_type FROM workflow.runs r WHERE r.run_id = p_run_id
     ), spec AS (
         SELECT s.step_id, s.lane, s.capabilities, s.max_attempts, s.timeout_ms, s.backoff_base_ms, s.backoff_max_ms,
                jsonb_build_object('run_id', run.run_id, 'step', s.name, 'package_hash', run.package_hash) AS payload,
-               gen_random_uuid() AS execution_id
+               gen_random_uuid() AS execution_id,
+               -- A keyed step's key: its kind, the key's value read from the run (a string as it is, any
+               -- other JSON as its text, a missing one as null; past 200 characters, its md5), scoped
+               -- by the type and step (a concurrency key) or by the lane (a fair key).
+               CASE WHEN s.flow IS NOT NULL THEN
+                   (s.flow ->> 'kind') || ':' || CASE WHEN s.flow ->> 'kind' = 'c' THEN run.workflow_type || '/' || s.name ELSE s.lane END || ':'
+                   || (SELECT CASE WHEN length(t) > 200 THEN 'md5:' || md5(t) ELSE t END
+                       FROM (SELECT COALESCE(CASE WHEN jsonb_typeof(v) = 'string' THEN v #>> '{}' ELSE v::text END, 'null') AS t
+                             FROM (SELECT workflow.run_value(run.run_id, ARRAY(SELECT jsonb_array_elements_text(s.flow -> 'key'))) AS v) AS x) AS y)
+               END AS flow_key,
+               (s.flow ->> 'limit')::integer AS flow_limit
         FROM run
         JOIN workflow.run_steps s ON s.run_id = run.run_id AND s.name = ANY (p_names) AND s.state = 'pending'
     ), inserted AS (
         INSERT INTO workflow.executions (
             execution_id, namespace, lane, payload, max_attempts, required_capabilities, priority, run_at, retry_base_ms, retry_max_ms, step_id,
-            step_lease_ms, run_id)
+            step_lease_ms, run_id, flow_key)
         SELECT execution_id, p_namespace, lane, payload, max_attempts, capabilities, 0, clock_timestamp(), backoff_base_ms, backoff_max_ms,
-               step_id, timeout_ms, p_run_id
+               step_id, timeout_ms, p_run_id, flow_key
         FROM spec
-        RETURNING execution_id, lane, priority, run_at, required_capabilities
+        RETURNING execution_id, lane, priority, run_at, required_capabilities, flow_key
     ), readied AS (
         INSERT INTO workflow.ready (namespace, lane, priority, run_at, execution_id, required_capabilities)
-        SELECT p_namespace, lane, priority, run_at, execution_id, required_capabilities FROM inserted
+        SELECT p_namespace, lane, priority, run_at, execution_id, required_capabilities FROM inserted WHERE flow_key IS NULL
         RETURNING lane
+    ), waiting AS (
+        -- Keyed steps join their key's waiting list; the commit admits them (sql/workflow/0019).
+        INSERT INTO workflow.flow_waiting (namespace, flow_key, execution_id, lane, priority, run_at, required_capabilities, max_admitted)
+        SELECT p_namespace, i.flow_key, i.execution_id, i.lane, i.priority, i.run_at, i.required_capabilities, spec.flow_limit
+        FROM inserted i JOIN spec ON spec.execution_id = i.execution_id WHERE i.flow_key IS NOT NULL
     ), marked AS (
         UPDATE workflow.run_steps s SET state = 'queued', execution_id = spec.execution_id, queued_at = clock_timestamp()
         FROM spec WHERE s.step_id = spec.step_id
