@@ -14,6 +14,12 @@ package struct QueueBench: Sendable {
         package var workers = 16
         package var bigBacklog = 100_000
         package var wakeSamples = 200
+        /// Measure drains under flow control (issue 31): unkeyed, 1,000 keys of limit 1, one hot key.
+        package var flow = true
+        /// Only the flow-control phase.
+        package var onlyFlow = false
+        /// Alternating rounds of the flow-control phase (medians reported).
+        package var flowRounds = 3
         package init() {}
     }
 
@@ -31,6 +37,13 @@ package struct QueueBench: Sendable {
         package var wake_p99_ms = 0.0
         package var jobs = 0
         package var workers = 0
+        /// Flow control, medians of alternating rounds (batch 10): unkeyed, 1,000 concurrency keys
+        /// of limit 1, one hot key of limit 1 (its jobs drain one at a time), and fair keys (1,000
+        /// tenants, window 10); `flow_unkeyed_vs_before`: the unkeyed drain with the gate's code
+        /// in place against the same drain measured in the plain phase above.
+        package var flow_drain_per_s: [String: Double] = [:]
+        package var flow_enqueue_per_s: [String: Double] = [:]
+        package var flow_hot_key_jobs = 0
     }
 
     let url: String
@@ -56,6 +69,11 @@ package struct QueueBench: Sendable {
         f.workers = options.workers
         do {
             try await registerWorkers(pool)
+            if options.flow { try await flowPhase(config, pool: pool, into: &f) }
+            if options.onlyFlow {
+                await pool.shutdown()
+                return f
+            }
 
             say("▶ enqueue: \(options.jobs) executions, 1000 per statement (raw libpq, then Regent)")
             try await reset(pool)
@@ -125,6 +143,34 @@ package struct QueueBench: Sendable {
 
     private func worker(_ w: Int) throws -> WorkerInstanceID { try WorkerInstanceID("bench-w\(w)") }
 
+    /// Drains under flow control, alternating the variants round after round (medians).
+    private func flowPhase(_ config: ConnectionConfiguration, pool: ConnectionPool, into f: inout Report) async throws {
+        let hotJobs = max(1000, options.jobs / 10)
+        f.flow_hot_key_jobs = hotJobs
+        let variants: [(String, Int, (Int) -> FlowGate?)] = [
+            ("unkeyed", options.jobs, { _ in nil }),
+            ("1000 keys, limit 1", options.jobs, { .concurrency(key: "k\($0 % 1000)", limit: 1) }),
+            ("1000 fair keys, window 10", options.jobs, { .fair(key: "t\($0 % 1000)", window: 10) }),
+            ("one hot key, limit 1", hotJobs, { _ in .concurrency(key: "hot", limit: 1) }),
+        ]
+        var drains: [String: [Double]] = [:], enqueues: [String: [Double]] = [:]
+        for round in 1...options.flowRounds {
+            for (name, jobs, gate) in variants {
+                try await reset(pool)
+                let enq = try await enqueue(pool, count: jobs, gate: gate)
+                try await analyze(pool)
+                let rate = try await drainQueue(
+                    config, namespace: ns, lane: lane, workers: (0..<options.workers).map(worker), batch: 10, until: jobs, waitForMore: true)
+                drains[name, default: []].append(rate)
+                enqueues[name, default: []].append(enq)
+                say(String(format: "  round %d, %@ (%d): enqueue %.0f/s, drain %.0f/s", round, name, jobs, enq, rate))
+            }
+        }
+        func median(_ v: [Double]) -> Double { v.sorted()[v.count / 2] }
+        for (name, v) in drains { f.flow_drain_per_s[name] = median(v) }
+        for (name, v) in enqueues { f.flow_enqueue_per_s[name] = median(v) }
+    }
+
     private func registerWorkers(_ pool: ConnectionPool) async throws {
         try await pool.withConnection { conn in
             for w in 0..<(options.workers + 1) {
@@ -139,6 +185,10 @@ package struct QueueBench: Sendable {
         try await pool.withConnection { conn in
             try await conn.query("DELETE FROM workflow.ready WHERE namespace = 'bench'")
             try await conn.query("DELETE FROM workflow.unique_keys WHERE namespace = 'bench'")
+            if try await conn.query("SELECT to_regclass('workflow.flow_waiting') IS NOT NULL AS ok").single().decode("ok", as: Bool.self) {
+                try await conn.query("DELETE FROM workflow.flow_waiting WHERE namespace = 'bench'")
+                try await conn.query("DELETE FROM workflow.flow_keys WHERE namespace = 'bench'")
+            }
             try await conn.query("DELETE FROM workflow.executions WHERE namespace = 'bench'")
             try await conn.query("VACUUM ANALYZE workflow.ready")
             try await conn.query("VACUUM ANALYZE workflow.executions")
@@ -154,7 +204,7 @@ package struct QueueBench: Sendable {
         }
     }
 
-    private func enqueue(_ pool: ConnectionPool, count: Int) async throws -> Double {
+    private func enqueue(_ pool: ConnectionPool, count: Int, gate: ((Int) -> FlowGate?)? = nil) async throws -> Double {
         let store = LeaseStore()
         let request = EnqueueRequest(lane: lane, payload: #"{"n":1}"#)
         return try await pool.withConnection { conn in
@@ -162,7 +212,9 @@ package struct QueueBench: Sendable {
             var left = count
             while left > 0 {
                 let n = min(left, 1000)
-                _ = try await store.enqueue(namespace: ns, Array(repeating: request, count: n), on: conn)
+                var batch = Array(repeating: request, count: n)
+                if let gate { for i in batch.indices { batch[i].flow = gate(count - left + i) } }
+                _ = try await store.enqueue(namespace: ns, batch, on: conn)
                 left -= n
             }
             return Double(count) / started.duration(to: .now).inSeconds

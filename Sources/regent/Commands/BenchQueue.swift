@@ -21,6 +21,10 @@ extension BenchCommand {
         @Option(help: "Backlog drained at each batch size (1000-1000000).") var jobs = 20_000
         @Option(help: "Worker connections draining (1-64).") var workers = 16
         @Option(help: "The large backlog (10000-10000000).") var backlog = 100_000
+        @Option(help: "Drains under flow control first: unkeyed, 1,000 keys of limit 1, 1,000 fair keys, one hot key, alternating (on|off).")
+        var flow: Toggle = .on
+        @Option(help: "Alternating rounds of the flow-control drains (1-9; medians).") var flowRounds = 3
+        @Flag(help: "Only the flow-control drains.") var onlyFlow = false
         @Option(name: .customLong("database-url"), help: ArgumentHelp("Use this database (it must be disposable).", valueName: "url"))
         var databaseURL: String?
         @Flag(help: "Print one JSON object instead of tables.") var json = false
@@ -29,6 +33,7 @@ extension BenchCommand {
             guard (1000...1_000_000).contains(jobs) else { throw ValidationError("--jobs must be 1000 to 1000000, got \(jobs)") }
             guard (1...64).contains(workers) else { throw ValidationError("--workers must be 1 to 64, got \(workers)") }
             guard (10_000...10_000_000).contains(backlog) else { throw ValidationError("--backlog must be 10000 to 10000000, got \(backlog)") }
+            guard (1...9).contains(flowRounds) else { throw ValidationError("--flow-rounds must be 1 to 9, got \(flowRounds)") }
         }
 
         func run() async throws {
@@ -40,12 +45,24 @@ extension BenchCommand {
             options.jobs = jobs
             options.workers = workers
             options.bigBacklog = backlog
+            options.flow = flow == .on || onlyFlow
+            options.onlyFlow = onlyFlow
+            options.flowRounds = flowRounds
             let r = try await QueueBench(url: url, options: options, say: say).run()
             if json { return try printJSON(r) }
             func rate(_ v: Double?) -> String { v.map { String(format: "%.0f /s", $0) } ?? "-" }
             func ratio(_ a: Double?, _ b: Double?) -> String {
                 guard let a, let b, b > 0 else { return "-" }
                 return String(format: "%.0f%%", 100 * a / b)
+            }
+            if options.flow {
+                let base = r.flow_drain_per_s["unkeyed"] ?? 0
+                print("\n" + table(["flow control (batch 10, \(workers) workers, medians of \(flowRounds))", "enqueue", "drain", "drain / unkeyed"],
+                    ["unkeyed", "1000 keys, limit 1", "1000 fair keys, window 10", "one hot key, limit 1"].map { name in
+                        [name + (name.hasPrefix("one hot") ? " (\(r.flow_hot_key_jobs) jobs)" : " (\(jobs) jobs)"), rate(r.flow_enqueue_per_s[name]),
+                         rate(r.flow_drain_per_s[name]), ratio(r.flow_drain_per_s[name], base)]
+                    }))
+                if onlyFlow { return }
             }
             print("")
             print(table(["", "raw libpq", "Regent", "Regent / raw"], [

@@ -22,11 +22,12 @@ BEGIN
                jsonb_build_object('run_id', run.run_id, 'step', s.name, 'package_hash', run.package_hash) AS payload,
                gen_random_uuid() AS execution_id,
                -- A keyed step's key: its kind, the key's value read from the run (a string as it is, any
-               -- other JSON as its text, a missing one as null; past 200 characters, its md5), scoped
+               -- other JSON as its text, a missing one as null; control characters as ?; past 200
+               -- characters, its md5), scoped
                -- by the type and step (a concurrency key) or by the lane (a fair key).
                CASE WHEN s.flow IS NOT NULL THEN
                    (s.flow ->> 'kind') || ':' || CASE WHEN s.flow ->> 'kind' = 'c' THEN run.workflow_type || '/' || s.name ELSE s.lane END || ':'
-                   || (SELECT CASE WHEN length(t) > 200 THEN 'md5:' || md5(t) ELSE t END
+                   || (SELECT CASE WHEN length(t) > 200 THEN 'md5:' || md5(t) ELSE regexp_replace(t, '[\x01-\x1f\x7f]', '?', 'g') END
                        FROM (SELECT COALESCE(CASE WHEN jsonb_typeof(v) = 'string' THEN v #>> '{}' ELSE v::text END, 'null') AS t
                              FROM (SELECT workflow.run_value(run.run_id, ARRAY(SELECT jsonb_array_elements_text(s.flow -> 'key'))) AS v) AS x) AS y)
                END AS flow_key,

@@ -3,70 +3,76 @@
 -- drops the old one once no running binary calls it.
 -- History: sql/workflow/0019_flow_control.sql (with its deferred triggers, flow_settle_*).
 
--- At commit (deferred constraint triggers), settles every key the transaction noted, in
--- (namespace, key) order, so that two transactions never take two keys in opposite orders:
--- frees the noted slots, then admits waiting executions (oldest first) while the key has free
--- slots, into `ready` (a fair key's at the tail of its lane: `run_at` = now), and announces
--- their lanes. Waiting rows another transaction holds are skipped (it is cancelling them). A
--- key with nothing admitted and nothing waiting is forgotten. The first firing of a commit does
--- all the work; the others find nothing noted.
+-- At commit (deferred constraint triggers), settles every key the transaction noted, all at
+-- once and in (namespace, flow_key) order, so that two transactions never take two keys in
+-- opposite orders: frees the noted slots, then admits waiting executions (oldest first) while
+-- each key has free slots, into `ready` (a fair key's at the tail of its lane: `run_at` = now),
+-- and announces their lanes. Waiting rows another transaction holds are skipped (it is
+-- cancelling them). A key with nothing admitted and nothing waiting is forgotten. The first
+-- firing of a commit does all the work; the others find nothing noted.
 CREATE OR REPLACE FUNCTION workflow.flow_settle()
  RETURNS trigger
  LANGUAGE plpgsql
+ SET jit TO 'off'
 AS $function$
--- Locks: flow_keys rows in (namespace, flow_key) order; per key, its waiting rows (SKIP LOCKED); then inserts into ready.
+-- Locks: flow_keys rows in (namespace, flow_key) order (new ones inserted in that order); their
+-- waiting rows (SKIP LOCKED); then inserts into ready.
 DECLARE
     v_pending text := current_setting('regent.flow_pending', true);
-    k record;
-    v_admitted integer;
-    v_max integer;
-    v_limit integer;
-    v_n integer;
-    v_lanes text[];
+    v_announced bigint;
 BEGIN
     IF v_pending IS NULL OR v_pending = '' THEN RETURN NULL; END IF;
     PERFORM set_config('regent.flow_pending', '', true);
-    FOR k IN SELECT e ->> 0 AS namespace, e ->> 1 AS flow_key, sum((e ->> 2)::integer)::integer AS releases
-             FROM jsonb_array_elements(v_pending::jsonb) AS e GROUP BY 1, 2 ORDER BY 1, 2
-    LOOP
-        LOOP
-            INSERT INTO workflow.flow_keys (namespace, flow_key, max_admitted, admitted) VALUES (k.namespace, k.flow_key, 1, 0)
-            ON CONFLICT (namespace, flow_key) DO NOTHING;
-            SELECT f.admitted, f.max_admitted INTO v_admitted, v_max FROM workflow.flow_keys f
-            WHERE f.namespace = k.namespace AND f.flow_key = k.flow_key FOR UPDATE;
-            EXIT WHEN FOUND;  -- (forgotten by another settling between the two statements: again)
-        END LOOP;
-        v_admitted := GREATEST(v_admitted - k.releases, 0);
-        -- The newest waiting execution's limit is the key's limit.
-        SELECT w.max_admitted INTO v_limit FROM workflow.flow_waiting w
-        WHERE w.namespace = k.namespace AND w.flow_key = k.flow_key ORDER BY w.seq DESC LIMIT 1;
-        IF FOUND THEN v_max := v_limit; END IF;
-        WITH next AS (
+    -- Keys seen for the first time, inserted in order.
+    INSERT INTO workflow.flow_keys (namespace, flow_key, max_admitted, admitted)
+    SELECT DISTINCT split_part(r, chr(31), 1), split_part(r, chr(31), 2), 1, 0
+    FROM string_to_table(v_pending, chr(30)) AS r WHERE r <> '' ORDER BY 1, 2
+    ON CONFLICT (namespace, flow_key) DO NOTHING;
+    -- Every key locked in order; its noted slots freed; the oldest waiting admitted while slots
+    -- are free (the newest waiting execution's limit is the key's limit); the counts written back.
+    WITH pending AS (
+        SELECT split_part(r, chr(31), 1) AS namespace, split_part(r, chr(31), 2) AS flow_key, sum(split_part(r, chr(31), 3)::integer)::integer AS releases
+        FROM string_to_table(v_pending, chr(30)) AS r WHERE r <> '' GROUP BY 1, 2
+    ), locked AS (
+        SELECT f.namespace, f.flow_key, f.admitted, f.max_admitted FROM workflow.flow_keys f
+        WHERE (f.namespace, f.flow_key) IN (SELECT namespace, flow_key FROM pending)
+        ORDER BY f.namespace, f.flow_key
+        FOR UPDATE
+    ), keys AS (
+        SELECT l.namespace, l.flow_key, GREATEST(l.admitted - p.releases, 0) AS admitted,
+               COALESCE((SELECT w.max_admitted FROM workflow.flow_waiting w
+                         WHERE w.namespace = l.namespace AND w.flow_key = l.flow_key ORDER BY w.seq DESC LIMIT 1), l.max_admitted) AS max_admitted
+        FROM locked l JOIN pending p ON p.namespace = l.namespace AND p.flow_key = l.flow_key
+    ), next AS (
+        SELECT w.seq FROM keys k
+        CROSS JOIN LATERAL (
             SELECT w.seq FROM workflow.flow_waiting w
             WHERE w.namespace = k.namespace AND w.flow_key = k.flow_key
-            ORDER BY w.seq LIMIT GREATEST(v_max - v_admitted, 0)
-            FOR UPDATE SKIP LOCKED
-        ), taken AS (
-            DELETE FROM workflow.flow_waiting w USING next WHERE w.seq = next.seq
-            RETURNING w.execution_id, w.lane, w.priority, w.run_at, w.required_capabilities
-        ), readied AS (
-            INSERT INTO workflow.ready (namespace, lane, priority, run_at, execution_id, required_capabilities)
-            SELECT k.namespace, t.lane, t.priority,
-                   CASE WHEN k.flow_key LIKE 'f:%' THEN GREATEST(t.run_at, clock_timestamp()) ELSE t.run_at END,
-                   t.execution_id, t.required_capabilities
-            FROM taken t
-            RETURNING lane
-        )
-        SELECT count(*), array_agg(lane::text) INTO v_n, v_lanes FROM readied;
-        v_admitted := v_admitted + v_n;
-        IF v_admitted = 0 AND NOT EXISTS (SELECT 1 FROM workflow.flow_waiting w WHERE w.namespace = k.namespace AND w.flow_key = k.flow_key) THEN
-            DELETE FROM workflow.flow_keys f WHERE f.namespace = k.namespace AND f.flow_key = k.flow_key;
-        ELSE
-            UPDATE workflow.flow_keys f SET admitted = v_admitted, max_admitted = v_max
-            WHERE f.namespace = k.namespace AND f.flow_key = k.flow_key;
-        END IF;
-        IF v_n > 0 THEN PERFORM workflow.notify_queue(k.namespace, v_lanes); END IF;
-    END LOOP;
+            ORDER BY w.seq LIMIT GREATEST(k.max_admitted - k.admitted, 0)
+            FOR UPDATE SKIP LOCKED) AS w
+    ), taken AS (
+        DELETE FROM workflow.flow_waiting w USING next WHERE w.seq = next.seq
+        RETURNING w.namespace, w.flow_key, w.execution_id, w.lane, w.priority, w.run_at, w.required_capabilities
+    ), readied AS (
+        INSERT INTO workflow.ready (namespace, lane, priority, run_at, execution_id, required_capabilities)
+        SELECT t.namespace, t.lane, t.priority, CASE WHEN t.flow_key LIKE 'f:%' THEN GREATEST(t.run_at, clock_timestamp()) ELSE t.run_at END,
+               t.execution_id, t.required_capabilities
+        FROM taken t
+        RETURNING namespace, lane
+    ), counted AS (
+        UPDATE workflow.flow_keys f SET admitted = k.admitted + COALESCE(n.n, 0), max_admitted = k.max_admitted
+        FROM keys k LEFT JOIN (SELECT t.namespace, t.flow_key, count(*)::integer AS n FROM taken t GROUP BY 1, 2) AS n
+             ON n.namespace = k.namespace AND n.flow_key = k.flow_key
+        WHERE f.namespace = k.namespace AND f.flow_key = k.flow_key
+    )
+    SELECT count(*) FROM (SELECT workflow.notify_queue(r.namespace, array_agg(r.lane::text)) FROM readied r GROUP BY r.namespace) AS announced
+    INTO v_announced;
+    -- Keys with nothing admitted and nothing waiting are forgotten (the table holds live keys).
+    DELETE FROM workflow.flow_keys f
+    WHERE f.admitted = 0
+      AND (f.namespace, f.flow_key) IN (SELECT DISTINCT split_part(r, chr(31), 1), split_part(r, chr(31), 2)
+                                        FROM string_to_table(v_pending, chr(30)) AS r WHERE r <> '')
+      AND NOT EXISTS (SELECT 1 FROM workflow.flow_waiting w WHERE w.namespace = f.namespace AND w.flow_key = f.flow_key);
     RETURN NULL;
 END
 $function$;
