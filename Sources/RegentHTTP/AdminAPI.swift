@@ -55,6 +55,7 @@ public struct AdminAPI: Sendable {
     public let registry: PrometheusCollectorRegistry
     let authFailures: AuthFailureLog
     let poolGauges: PoolGauges
+    let flowGauges: FlowGauges
     let modules: ModuleGate
     let connections: ConnectionCounter
     let sharedCluster: SharedRead<ClusterDocument>
@@ -73,6 +74,7 @@ public struct AdminAPI: Sendable {
             pool: pool, throttleAfter: options.authFailureLimit,
             throttled: CoreMetrics.Counter(label: "regent_http_throttled_total", factory: factory))
         self.poolGauges = PoolGauges(factory: factory)
+        self.flowGauges = FlowGauges(factory: factory)
         self.modules = ModuleGate(pool: pool, module: "workflow")
         self.connections = ConnectionCounter(limit: options.maxConnections)
         let staleAfter = options.staleAfter

@@ -70,4 +70,33 @@ struct ScheduleAPITests {
             }
         }
     }
+
+    @Test func laneLimitsOverHTTPWithRolesAndTheirMetrics() async throws {
+        try await Fixture.with { f in
+            try await f.app().test(.router) { client in
+                let body = #"{"max_running": 4, "rate_per_s": 25.5, "burst": 10}"#
+                for weaker in [f.reader, f.worker] {
+                    #expect(try await client.call(.put, "/v1/lanes/tenant-a/mail", token: weaker, json: body).status == .forbidden)
+                }
+                let set = try await client.call(.put, "/v1/lanes/tenant-a/mail", token: f.admin, json: body)
+                #expect(set.status == .ok, "\(String(buffer: set.body))")
+                let doc = try object(set.body)
+                #expect(doc["max_running"] as? Int == 4 && doc["rate_per_s"] as? Double == 25.5 && doc["burst"] as? Int == 10)
+                for (bad, says) in [(#"{}"#, "max running, a rate"), (#"{"burst": 3}"#, "burst needs a rate"), (#"{"max_running": 0}"#, "max_running"),
+                                    (#"{"rate_per_s": -1}"#, "rate_per_s"), (#"{"max_running": 1, "color": 1}"#, "color")] {
+                    let r = try await client.call(.put, "/v1/lanes/tenant-a/mail", token: f.admin, json: bad)
+                    #expect(r.status == .badRequest && (errorMessage(r) ?? "").contains(says), "\(bad): \(errorMessage(r) ?? "")")
+                }
+                // A colon in a path segment arrives percent-encoded.
+                #expect(try await client.call(.put, "/v1/lanes/ns%3Aone/l", token: f.admin, json: #"{"max_running": 1}"#).status == .ok)
+                let listed = try object(try await client.call(.get, "/v1/lanes", token: f.reader).body)
+                #expect((listed["lanes"] as? [[String: Any]])?.map { $0["namespace"] as? String } == ["ns:one", "tenant-a"])
+                let metrics = String(buffer: try await client.call(.get, "/metrics", token: nil).body)
+                #expect(metrics.contains(#"regent_lane_running{lane="mail",namespace="tenant-a"} 0"#) || metrics.contains(#"regent_lane_running{namespace="tenant-a",lane="mail"} 0"#), "\(metrics.split(separator: "\n").filter { $0.contains("lane") })")
+                #expect(try await client.call(.delete, "/v1/lanes/tenant-a/mail", token: f.worker).status == .forbidden)
+                #expect(try await client.call(.delete, "/v1/lanes/tenant-a/mail", token: f.admin).status == .ok)
+                #expect(try await client.call(.delete, "/v1/lanes/tenant-a/mail", token: f.admin).status == .notFound)
+            }
+        }
+    }
 }

@@ -86,3 +86,27 @@ public struct DutyRunner: Sendable {
         }
     }
 }
+
+/// What the duties that wait for a due time (timers, schedules) share: pages fired side by side,
+/// and a sleep until the next due time that a doorbell cuts short.
+enum DueTimeDuty {
+    /// `parts` pages at once, page `part` of `parts` each (so they never take the same rows).
+    static func sideBySide<Page: Sendable>(_ parts: Int, _ page: @escaping @Sendable (Int) async throws -> Page) async throws -> [Page] {
+        try await withThrowingTaskGroup(of: Page.self) { group in
+            for part in 0..<parts { group.addTask { try await page(part) } }
+            var all: [Page] = []
+            for try await p in group { all.append(p) }
+            return all
+        }
+    }
+
+    /// Sleeps until `nextMs` from now (nil: nothing due), at most `idleProbe`, or until `bell` rings.
+    static func sleep(untilDueIn nextMs: Int64?, idleProbe: Duration, bell: Doorbell?) async throws {
+        let sleep = nextMs.map { min(Duration.milliseconds($0), idleProbe) } ?? idleProbe
+        if let bell {
+            _ = await bell.wait(upTo: sleep)
+        } else {
+            try await Task.sleep(for: sleep)
+        }
+    }
+}

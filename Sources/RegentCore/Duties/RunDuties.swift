@@ -178,12 +178,7 @@ public struct RunTimers: LeaderDuty {
         if next == 0 {
             // Pages side by side, each on its part of the wakeups: a burst of due timers is fired
             // on `firers` connections at once.
-            let pages = try await withThrowingTaskGroup(of: Page.self) { group in
-                for part in 0..<firers { group.addTask { try await fireOnce(fence: fence, part: part, parts: firers) } }
-                var all: [Page] = []
-                for try await page in group { all.append(page) }
-                return all
-            }
+            let pages = try await DueTimeDuty.sideBySide(firers) { part in try await fireOnce(fence: fence, part: part, parts: firers) }
             let page = Page(
                 fired: pages.map(\.fired).reduce(0, +), skipped: pages.map(\.skipped).reduce(0, +),
                 nextDueMs: pages.compactMap(\.nextDueMs).min())
@@ -196,12 +191,7 @@ public struct RunTimers: LeaderDuty {
             // than spin on a due time that cannot be served yet.
             next = page.skipped > 0 || page.fired == 0 ? max(page.nextDueMs ?? 20, 20) : page.nextDueMs
         }
-        let sleep = next.map { min(Duration.milliseconds($0), idleProbe) } ?? idleProbe
-        if let bell {
-            _ = await bell.wait(upTo: sleep)
-        } else {
-            try await Task.sleep(for: sleep)
-        }
+        try await DueTimeDuty.sleep(untilDueIn: next, idleProbe: idleProbe, bell: bell)
         return true
     }
 }

@@ -77,6 +77,7 @@ public struct LaneLimitStore: Sendable {
     public func set(
         namespace: Namespace, lane: Lane, maxRunning: Int?, rate: Double?, burst: Int?, actor: AuditActor, on conn: PostgresConnection
     ) async throws -> LaneLimit {
+        if burst != nil && rate == nil { throw RegentError(.invalidInput, "a burst needs a rate") }
         guard maxRunning != nil || rate != nil else {
             throw RegentError(.invalidInput, "a lane limit needs a max running, a rate, or both (to remove a lane's limits: regent lanes clear, or DELETE /v1/lanes/{namespace}/{lane})")
         }

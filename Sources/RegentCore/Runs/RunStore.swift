@@ -47,11 +47,7 @@ public struct RunStore: Sendable {
             let parsed: JSONValue
             do { parsed = try StrictJSON.parse(Array(input.utf8)) } catch { throw RegentError(.invalidInput, "input: \(error.message)") }
             guard case .object = parsed else { throw RegentError(.invalidInput, "input must be a JSON object, e.g. {\"order\": 42}") }
-            if let key = idempotencyKey {
-                guard (1...255).contains(key.unicodeScalars.count), !key.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
-                    throw RegentError(.invalidInput, "idempotency key must be 1-255 characters without control characters")
-                }
-            }
+            if let key = idempotencyKey { try RunStore.checkIdempotencyKey(key) }
             if let version, !PackageStore.isHash(version) {
                 throw RegentError(.invalidInput, "version \(quoted(String(version.prefix(80)))) is not a package version: use the 64 lowercase hex digits of its content hash (regent packages list)")
             }
@@ -65,6 +61,14 @@ public struct RunStore: Sendable {
 
     let publisher: UUID?
     public init(publisher: UUID? = nil) { self.publisher = publisher }
+
+    /// An idempotency key, as a start takes it and the runs filter looks it up: 1-255 characters
+    /// (the column's own rule counts characters) without control characters.
+    static func checkIdempotencyKey(_ key: String) throws(RegentError) {
+        guard (1...255).contains(key.unicodeScalars.count), !key.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+            throw RegentError(.invalidInput, "idempotency key must be 1-255 characters without control characters")
+        }
+    }
 
     /// A run's deadline (at a start or a retry): after now, at most a year away.
     static func checkDeadline(_ deadline: Duration?) throws(RegentError) {
@@ -496,11 +500,7 @@ extension RunStore {
             if let packageHash, !PackageStore.isHash(packageHash) {
                 throw RegentError(.invalidInput, "version must be a package's content hash (64 lowercase hex digits), got \(quoted(String(packageHash.prefix(80))))")
             }
-            if let key = idempotencyKey {
-                guard (1...255).contains(key.utf8.count), !key.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
-                    throw RegentError(.invalidInput, "an idempotency key is 1-255 bytes without control characters")
-                }
-            }
+            if let key = idempotencyKey { try RunStore.checkIdempotencyKey(key) }
         }
     }
 

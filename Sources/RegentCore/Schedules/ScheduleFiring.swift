@@ -219,12 +219,7 @@ public struct ScheduleFiring: LeaderDuty {
     public func runOnce(fence: LeaderFence) async throws -> Bool {
         var next = try await nextDue()
         if next == 0 {
-            let pages = try await withThrowingTaskGroup(of: Page.self) { group in
-                for part in 0..<firers { group.addTask { try await fireOnce(fence: fence, part: part, parts: firers) } }
-                var all: [Page] = []
-                for try await page in group { all.append(page) }
-                return all
-            }
+            let pages = try await DueTimeDuty.sideBySide(firers) { part in try await fireOnce(fence: fence, part: part, parts: firers) }
             let started = pages.map(\.started).reduce(0, +), skipped = pages.map(\.skipped).reduce(0, +)
             let failed = pages.map(\.failed).reduce(0, +), existing = pages.map(\.existing).reduce(0, +)
             metrics.scheduleSlots(outcome: "started").increment(by: started)
@@ -237,12 +232,7 @@ public struct ScheduleFiring: LeaderDuty {
             // Held by another transaction (a trigger, a pause) or nothing due after all: a moment's pause.
             next = pages.allSatisfy({ $0.schedules == 0 }) ? 20 : try await nextDue()
         }
-        let sleep = next.map { min(Duration.milliseconds($0), idleProbe) } ?? idleProbe
-        if let bell {
-            _ = await bell.wait(upTo: sleep)
-        } else {
-            try await Task.sleep(for: sleep)
-        }
+        try await DueTimeDuty.sleep(untilDueIn: next, idleProbe: idleProbe, bell: bell)
         return true
     }
 }

@@ -159,6 +159,22 @@ public struct Schedule: Sendable, Encodable {
     }
 }
 
+/// A schedule with what became of its newest slots (`schedules show`, `GET /v1/schedules/{name}`).
+public struct ScheduleDocument: Sendable, Encodable {
+    public let schedule: Schedule
+    public let recentFires: [ScheduleFire]
+    public init(schedule: Schedule, recentFires: [ScheduleFire]) {
+        self.schedule = schedule
+        self.recentFires = recentFires
+    }
+    public func encode(to encoder: any Encoder) throws {
+        try schedule.encode(to: encoder)
+        var c = encoder.container(keyedBy: Key.self)
+        try c.encode(recentFires, forKey: .recentFires)
+    }
+    enum Key: String, CodingKey { case recentFires = "recent_fires" }
+}
+
 /// What became of one slot (or one run of skipped slots).
 public struct ScheduleFire: Sendable, Encodable {
     public let slot: Date
@@ -272,6 +288,11 @@ public struct ScheduleStore: Sendable {
         let rows = try await conn.query(Schedule.selecting("WHERE name = \(name.value)"), purpose: "schedules: show")
         guard let row = rows.first else { throw Self.notFound(name) }
         return try Schedule(row: row)
+    }
+
+    /// The schedule and its newest fires, read together.
+    public func show(_ name: ScheduleName, on conn: PostgresConnection) async throws -> ScheduleDocument {
+        ScheduleDocument(schedule: try await get(name, on: conn), recentFires: try await fires(name, on: conn))
     }
 
     /// The newest `limit` records of what became of its slots.

@@ -18,6 +18,7 @@ extension AdminAPI {
             node?.metrics.staleInstances.record(stale)
         }
         await poolGauges.http.update(pool)
+        await flowGauges.update(pool)
         if let nodePool = await node?.connectionPool { await poolGauges.node.update(nodePool) }
         return Response(
             status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],

@@ -39,23 +39,9 @@ extension AdminAPI {
         return decoded
     }
 
-    /// A schedule with its newest fires.
-    struct ScheduleDocument: Encodable {
-        let schedule: Schedule
-        let recentFires: [ScheduleFire]
-        func encode(to encoder: any Encoder) throws {
-            try schedule.encode(to: encoder)
-            var c = encoder.container(keyedBy: Key.self)
-            try c.encode(recentFires, forKey: .recentFires)
-        }
-        enum Key: String, CodingKey { case recentFires = "recent_fires" }
-    }
-
     func showSchedule(_ context: RegentRequestContext) async throws -> Response {
         let name = try scheduleName(context)
-        return try json(try await pool.withConnection { conn in
-            ScheduleDocument(schedule: try await ScheduleStore().get(name, on: conn), recentFires: try await ScheduleStore().fires(name, on: conn))
-        })
+        return try json(try await pool.withConnection { try await ScheduleStore().show(name, on: $0) })
     }
 
     func pauseSchedule(_ context: RegentRequestContext, paused: Bool) async throws -> Response {

@@ -59,7 +59,7 @@ extension BenchCommand {
                 let base = r.flow_drain_per_s["unkeyed"] ?? 0
                 print("\n" + table(["flow control (batch 10, \(workers) workers, medians of \(flowRounds))", "enqueue", "drain", "drain / unkeyed"],
                     ["unkeyed", "1000 keys, limit 1", "1000 fair keys, window 10", "one hot key, limit 1"].map { name in
-                        [name + (name.hasPrefix("one hot") ? " (\(r.flow_hot_key_jobs) jobs)" : " (\(jobs) jobs)"), rate(r.flow_enqueue_per_s[name]),
+                        [name + (name.hasPrefix("one hot") ? " (\(r.flow_hot_key_jobs) jobs, 2 workers)" : " (\(jobs) jobs)"), rate(r.flow_enqueue_per_s[name]),
                          rate(r.flow_drain_per_s[name]), ratio(r.flow_drain_per_s[name], base)]
                     }))
                 if onlyFlow { return }

@@ -93,22 +93,11 @@ struct SchedulesCommand: AsyncParsableCommand {
 
         func run() async throws {
             try log.bootstrap()
-            let (schedule, fires) = try await PostgresConnection.withConnection(try database.configuration()) { conn in
-                (try await ScheduleStore().get(try name.value(), on: conn), try await ScheduleStore().fires(try name.value(), on: conn))
+            let doc = try await PostgresConnection.withConnection(try database.configuration()) { conn in
+                try await ScheduleStore().show(try name.value(), on: conn)
             }
-            if json {
-                struct Document: Encodable {
-                    let schedule: Schedule
-                    let recentFires: [ScheduleFire]
-                    func encode(to encoder: any Encoder) throws {
-                        try schedule.encode(to: encoder)
-                        var c = encoder.container(keyedBy: Key.self)
-                        try c.encode(recentFires, forKey: .recentFires)
-                    }
-                    enum Key: String, CodingKey { case recentFires = "recent_fires" }
-                }
-                return try printJSON(Document(schedule: schedule, recentFires: fires))
-            }
+            if json { return try printJSON(doc) }
+            let (schedule, fires) = (doc.schedule, doc.recentFires)
             let f = ISO8601DateFormatter()
             print("""
                 schedule   \(schedule.name) (\(schedule.paused ? "paused" : "active"))
