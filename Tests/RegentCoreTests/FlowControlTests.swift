@@ -5,7 +5,7 @@ import RegentTestSupport
 import Synchronization
 import Testing
 
-/// Flow control (issue 31, sql/workflow/0019) against a real server, with racing claimers:
+/// Flow control (issue 31, sql/workflow/0018) against a real server, with racing claimers:
 /// concurrency keys never exceeded at any instant (checked afterwards from the attempts' own
 /// start and end times, not from any counter the gate keeps), fair keys interleaving a small
 /// tenant ahead of a big backlog, lane limits (max running, a token bucket) held by the claim.

@@ -4,7 +4,7 @@ import PostgresClient
 import RegentTestSupport
 import Testing
 
-/// Cron schedules (issue 31, sql/workflow/0018) against a real server: fired by a real leader's
+/// Cron schedules (issue 31, sql/workflow/0017) against a real server: fired by a real leader's
 /// duty, each slot once under its idempotency key, never early; pause, resume, trigger, delete;
 /// catch-up after a leaderless hour; pages fired side by side taking no slot twice.
 @Suite("Schedules")

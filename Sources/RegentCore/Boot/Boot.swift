@@ -60,7 +60,21 @@ public struct Boot: Sendable {
                     }
                     let applied = try await runner.applied(on: connection)
                     try runner.verify(applied, schemas: schemas)
-                    return []
+                    // A node newer than a module schema that exists applies the schema's pending
+                    // migrations itself when every one of them is an expand (docs/operations.md,
+                    // "Rolling upgrades": "applied by booting nodes and the leader"): during a
+                    // rollout the leader may still be an old node that does not know them, and a
+                    // new node must not wait for a leader of its own release to become ready.
+                    // Anything else (a new schema, a breaking file) is left to the leader.
+                    let existing = Set(applied.map(\.schema))
+                    let expandable = try schemas.filter { schema in
+                        guard existing.contains(schema) else { return false }
+                        let plan = try runner.pending(applied: applied, schemas: [schema], target: nil)
+                        return !plan.isEmpty && plan.allSatisfy { $0.kind == .expand }
+                    }
+                    guard !expandable.isEmpty else { return [] }
+                    logger.notice("applying the module schemas' expand migrations at boot", metadata: ["schemas": "\(expandable.joined(separator: ","))"])
+                    return try await runner.migrate(on: connection, schemas: expandable)
                 }
                 logger.info(
                     "boot complete",

@@ -1,7 +1,7 @@
 import Foundation
 import PostgresClient
 
-/// A lane's limits (`workflow.lane_limits`, sql/workflow/0019), enforced by the claim itself:
+/// A lane's limits (`workflow.lane_limits`, sql/workflow/0018), enforced by the claim itself:
 /// at most `maxRunning` executions of the lane running at once, and claims at most `rate` per
 /// second with bursts of `burst` (a token bucket). docs/flow-control.md.
 public struct LaneLimit: Sendable, Hashable, Encodable {

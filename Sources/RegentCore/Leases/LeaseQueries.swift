@@ -56,7 +56,7 @@ package enum LeaseQueries {
             SELECT \(namespace), lane, priority, run_at, execution_id, required_capabilities FROM inserted WHERE flow_key IS NULL
             RETURNING lane
         ), waiting AS (
-            -- Keyed items join their key's waiting list; the commit admits them (sql/workflow/0019).
+            -- Keyed items join their key's waiting list; the commit admits them (sql/workflow/0018).
             INSERT INTO workflow.flow_waiting (namespace, flow_key, execution_id, lane, priority, run_at, required_capabilities, max_admitted)
             SELECT \(namespace), x.flow_key, x.execution_id, x.lane, x.priority, x.run_at, x.required_capabilities, f.flow_limit
             FROM inserted x JOIN fresh f ON f.execution_id = x.execution_id

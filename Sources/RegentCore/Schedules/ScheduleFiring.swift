@@ -133,7 +133,7 @@ public struct ScheduleFiring: LeaderDuty {
             metrics.schedulesOverdue.record(Double(max(0, -(ms ?? 0))) / 1000)
             return ms.map { max(0, $0) }
         } catch let error as PostgresError where error.sqlState == "42P01" {
-            return nil  // before sql/workflow/0018
+            return nil  // before sql/workflow/0017
         }
     }
 

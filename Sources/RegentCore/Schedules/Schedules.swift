@@ -205,7 +205,7 @@ public struct ScheduleFire: Sendable, Encodable {
     }
 }
 
-/// Schedules (`workflow.schedules`, sql/workflow/0018): created, paused, resumed, deleted and
+/// Schedules (`workflow.schedules`, sql/workflow/0017): created, paused, resumed, deleted and
 /// triggered by an admin; fired only by the leader (``ScheduleFiring``). Every write is audited
 /// and rings the leader's doorbell (`regent_schedules`), so a new earliest slot is not slept past.
 public struct ScheduleStore: Sendable {

@@ -1,7 +1,7 @@
 -- workflow.claim: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0004_queue.sql, sql/workflow/0007_run_engine.sql, sql/workflow/0009_queue_hot_path.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0013_hot_path_cost.sql, sql/workflow/0017_drop_pre_0012_signatures.sql (dropped the signature kept for binaries before 0012), sql/workflow/0019_flow_control.sql (lane limits).
+-- History: sql/workflow/0004_queue.sql, sql/workflow/0007_run_engine.sql, sql/workflow/0009_queue_hot_path.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0013_hot_path_cost.sql, sql/workflow/0019_drop_pre_0012_signatures.sql (dropped the signature kept for binaries before 0012), sql/workflow/0018_flow_control.sql (lane limits).
 
 CREATE OR REPLACE FUNCTION workflow.claim(p_namespace text, p_worker text, p_lanes text[], p_capabilities text[], p_lease_ms bigint, p_limit integer, p_token text)
  RETURNS TABLE(alive boolean, execution_id uuid, lane text, attempt_index integer, lease_epoch bigint, payload text, lease_expires_at timestamp with time zone, run_id text, step text, package_hash text)
@@ -22,10 +22,13 @@ DECLARE
     v_allow integer[];
     v_limited boolean[];
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM workflow.lane_limits ll WHERE ll.namespace = p_namespace AND ll.lane = ANY (p_lanes)) THEN
-        -- No lane of this claim is limited: the one statement of before.
-        RETURN QUERY
-        WITH alive AS (
+    -- No lane of this claim limited (one index probe, inside the statement): the one statement of
+    -- before. A limited lane among them: this statement takes and returns nothing, and the claim
+    -- goes the limited way below.
+    RETURN QUERY
+        WITH limited AS (
+            SELECT EXISTS (SELECT 1 FROM workflow.lane_limits ll WHERE ll.namespace = p_namespace AND ll.lane = ANY (p_lanes)) AS is_limited
+        ), alive AS (
             SELECT EXISTS (
                 SELECT 1 FROM workflow.workers w
                 WHERE w.namespace = p_namespace AND w.worker_instance_id = p_worker AND NOT w.dead AND w.expires_at > now()
@@ -39,7 +42,7 @@ BEGIN
                 LIMIT p_limit
                 FOR UPDATE SKIP LOCKED
             ) AS r
-            WHERE (SELECT ok FROM alive)
+            WHERE (SELECT ok FROM alive) AND NOT (SELECT is_limited FROM limited)
             ORDER BY r.priority, r.run_at, r.execution_id
             LIMIT p_limit
         ), taken AS (
@@ -68,9 +71,9 @@ BEGIN
                CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'step' END,
                CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'package_hash' END
         FROM alive a LEFT JOIN (claimed c JOIN leased l ON l.execution_id = c.execution_id) ON true
+        WHERE NOT (SELECT is_limited FROM limited)
         ORDER BY c.execution_id;
-        RETURN;
-    END IF;
+    IF FOUND THEN RETURN; END IF;
 
     -- Limited lanes: lock their rows in lane order (claimers of overlapping lanes queue here, not
     -- in a cycle), refill each token bucket to now, then (a new snapshot, after the locks) count

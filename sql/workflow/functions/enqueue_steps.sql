@@ -1,7 +1,7 @@
 -- workflow.enqueue_steps: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0019_flow_control.sql (keyed steps join their key's waiting list).
+-- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0018_flow_control.sql (keyed steps join their key's waiting list).
 --
 -- A step's execution payload names its run, step and version only; the claim adds the run's
 -- input and the outputs of the steps it runs after (read where they are stored, once).
@@ -47,7 +47,7 @@ BEGIN
         SELECT p_namespace, lane, priority, run_at, execution_id, required_capabilities FROM inserted WHERE flow_key IS NULL
         RETURNING lane
     ), waiting AS (
-        -- Keyed steps join their key's waiting list; the commit admits them (sql/workflow/0019).
+        -- Keyed steps join their key's waiting list; the commit admits them (sql/workflow/0018).
         INSERT INTO workflow.flow_waiting (namespace, flow_key, execution_id, lane, priority, run_at, required_capabilities, max_admitted)
         SELECT p_namespace, i.flow_key, i.execution_id, i.lane, i.priority, i.run_at, i.required_capabilities, spec.flow_limit
         FROM inserted i JOIN spec ON spec.execution_id = i.execution_id WHERE i.flow_key IS NOT NULL

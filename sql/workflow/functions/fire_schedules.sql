@@ -1,7 +1,7 @@
 -- workflow.fire_schedules: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0018_schedules.sql.
+-- History: sql/workflow/0017_schedules.sql.
 
 -- One page of the leader's schedule firing (docs/flow-control.md), called inside the leader's
 -- fenced transaction that locked the page's schedule rows (FOR UPDATE SKIP LOCKED). The slot

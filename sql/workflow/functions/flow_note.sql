@@ -1,7 +1,7 @@
 -- workflow.flow_note: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0019_flow_control.sql.
+-- History: sql/workflow/0018_flow_control.sql.
 
 -- Notes, for this transaction's commit, that key `p_key` has `p_releases` slots to free (0: an
 -- execution joined its waiting list). Kept in a transaction-local setting (no lock, no row), as
