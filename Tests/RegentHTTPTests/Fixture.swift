@@ -45,8 +45,10 @@ struct Fixture {
         // Generous: under the parallel tests a leader can step down mid-migration and start over.
         #expect(await eventually(timeout: .seconds(45)) { await node.isLeader })
         let pool = ConnectionPool(configuration: config, options: .init(maxConnections: 3))
-        // The leader migrates the module schemas right after its election.
-        #expect(await eventually(timeout: .seconds(45)) {
+        // The leader migrates the module schemas right after its election. Generous again: on a
+        // two-core machine running every suite at once, a 1 s test lease lapses often, and each
+        // lapse refuses the fenced migration round in flight (it is tried again).
+        #expect(await eventually(timeout: .seconds(120)) {
             try await pool.withConnection { conn in
                 try await MigrationRunner(appliedBy: "").status(on: conn, schemas: ["engine", "workflow", "auth"]).allSatisfy { $0.isCurrent }
             }
