@@ -82,7 +82,6 @@ public struct LaneLimitStore: Sendable {
             throw RegentError(.invalidInput, "a lane limit needs a max running, a rate, or both (to remove a lane's limits: regent lanes clear, or DELETE /v1/lanes/{namespace}/{lane})")
         }
         if let maxRunning, !(1...1_000_000).contains(maxRunning) { throw RegentError(.invalidInput, "max running must be 1 to 1000000, got \(maxRunning)") }
-        if burst != nil && rate == nil { throw RegentError(.invalidInput, "a burst needs a rate") }
         if let rate, !(rate > 0 && rate <= 1_000_000) { throw RegentError(.invalidInput, "rate must be above 0 and at most 1000000 per second") }
         if let burst, !(1...1_000_000).contains(burst) { throw RegentError(.invalidInput, "burst must be 1 to 1000000, got \(burst)") }
         let bucket = rate.map { r in burst ?? max(1, Int(r.rounded(.up))) }
