@@ -211,3 +211,38 @@ struct ModuleTests {
         await boot.pool.shutdown()
     }
 }
+
+@Suite("Boot beside a migration in progress")
+struct BootBesideMigrationTests {
+    /// A booting node joins while another runner (a leader creating or upgrading a schema,
+    /// slow on a loaded machine) holds the migration lock; once the lock is free, the
+    /// pending expands are applied. Before, the boot queued behind the lock and the node
+    /// neither joined nor heartbeated until that run ended.
+    @Test func aNodeJoinsWhileTheMigrationLockIsHeldAndAppliesExpandsOnceFree() async throws {
+        let config = try await TestDatabase.shared.freshDatabase()
+        let setup = try await PostgresConnection.connect(config)
+        let runner = MigrationRunner(appliedBy: "test")
+        try await runner.migrate(on: setup, schemas: ["engine", "auth"])
+        let older = try MigrationTarget(parsing: "workflow:16", catalog: .builtIn)
+        try await runner.migrate(on: setup, schemas: ["workflow"], target: older)
+        let holder = try await PostgresConnection.connect(config)
+        try await holder.query(MigrationRunner.lockRunner)
+        var cluster = Cluster(config: config)
+        let node = cluster.start("beside")
+        #expect(await eventually(timeout: .seconds(30)) {
+            try await setup.query("SELECT count(*) AS n FROM engine.instances WHERE node_name = 'beside'").single().decode("n", as: Int.self) == 1
+        })
+        let version: @Sendable () async throws -> Int = {
+            try await setup.query("SELECT max(version) AS v FROM engine.migrations WHERE schema_name = 'workflow'").single().decode("v", as: Int.self)
+        }
+        #expect(try await version() == 16)
+        let expected = try await runner.plan(on: setup, schemas: ["workflow"]).last?.version ?? 16
+        #expect(expected > 16)
+        try await holder.query(MigrationRunner.unlockRunner)
+        #expect(await eventually(timeout: .seconds(60)) { try await version() == expected })
+        _ = node
+        await cluster.stopAll()
+        await holder.close()
+        await setup.close()
+    }
+}

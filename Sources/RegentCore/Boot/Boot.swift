@@ -45,8 +45,11 @@ public struct Boot: Sendable {
             return try await pool.withConnection { connection in
                 let runner = MigrationRunner.node(appliedBy: options.actor)
                 let registry = ModuleRegistry()
-                let engineApplied = try await step("engine migrations") {
-                    try await runner.migrate(on: connection, schemas: ["engine"])
+                let engineApplied: [Migration] = try await step("engine migrations") {
+                    // A current engine schema needs no lock: a booting node does not wait
+                    // behind the leader's migration of a module schema.
+                    guard try await runner.hasWork(on: connection, schemas: ["engine"]) else { return [] }
+                    return try await runner.migrate(on: connection, schemas: ["engine"])
                 }
                 let modules = try await step("read or seed modules") {
                     let added = try await registry.seed(on: connection)
@@ -54,27 +57,15 @@ public struct Boot: Sendable {
                     return try await registry.list(on: connection)
                 }
                 let schemas = try await registry.enabledSchemas(on: connection).filter { $0 != "engine" }
-                let moduleApplied = try await step("module schemas and migrations") {
+                let moduleApplied: [Migration] = try await step("module schemas and migrations") {
                     if options.migrateModules {
                         return try await runner.migrate(on: connection, schemas: schemas)
                     }
-                    let applied = try await runner.applied(on: connection)
-                    try runner.verify(applied, schemas: schemas)
-                    // A node newer than a module schema that exists applies the schema's pending
-                    // migrations itself when every one of them is an expand (docs/operations.md,
-                    // "Rolling upgrades": "applied by booting nodes and the leader"): during a
-                    // rollout the leader may still be an old node that does not know them, and a
-                    // new node must not wait for a leader of its own release to become ready.
-                    // Anything else (a new schema, a breaking file) is left to the leader.
-                    let existing = Set(applied.map(\.schema))
-                    let expandable = try schemas.filter { schema in
-                        guard existing.contains(schema) else { return false }
-                        let plan = try runner.pending(applied: applied, schemas: [schema], target: nil)
-                        return !plan.isEmpty && plan.allSatisfy { $0.kind == .expand }
-                    }
-                    guard !expandable.isEmpty else { return [] }
-                    logger.notice("applying the module schemas' expand migrations at boot", metadata: ["schemas": "\(expandable.joined(separator: ","))"])
-                    return try await runner.migrate(on: connection, schemas: expandable)
+                    // A follower only checks: the leader migrates, and pending expands an old
+                    // leader does not know are applied once the node runs (``RegentNode``'s
+                    // schema wait), never here: a boot must not queue behind a leader's long run.
+                    try runner.verify(try await runner.applied(on: connection), schemas: schemas)
+                    return []
                 }
                 logger.info(
                     "boot complete",

@@ -267,6 +267,37 @@ public struct MigrationRunner: Sendable {
         }
     }
 
+    static let tryLockRunner: PostgresQuery =
+        "SELECT pg_try_advisory_lock(\(AdvisoryLockKey.classID), \(AdvisoryLockKey.migrations)) AS taken"
+
+    /// The schemas among `schemas` that exist and whose pending files (held contracts aside)
+    /// are all expands: what a node that is not the leader may apply itself.
+    public func expandable(applied: [AppliedMigration], schemas: [String]) throws(RegentError) -> [String] {
+        var out: [String] = []
+        for schema in orderedSchemas(schemas) where Self.version(of: schema, in: applied) > 0 {
+            let plan = try pending(applied: applied, schemas: [schema], target: nil)
+            if !plan.isEmpty, plan.allSatisfy({ $0.kind == .expand }) { out.append(schema) }
+        }
+        return out
+    }
+
+    /// `migrate`, unless another runner holds the migration lock: then nil at once. A node
+    /// that only helps (a follower applying expands the old leader does not know) must not
+    /// queue behind the leader's own run; it looks again later.
+    public func migrateIfIdle(on connection: PostgresConnection, schemas: [String]) async throws -> [Migration]? {
+        let taken = try await connection.query(Self.tryLockRunner, purpose: "migrations: try the runner lock").single()
+            .decode("taken", as: Bool.self)
+        guard taken else { return nil }
+        do {
+            let ran = try await migrateLocked(on: connection, schemas: schemas, target: nil, contract: false, fence: nil)
+            try await connection.query(Self.unlockRunner, purpose: "migrations: release the runner lock")
+            return ran
+        } catch {
+            if connection.isUsable { _ = try? await connection.query(Self.unlockRunner) }
+            throw error
+        }
+    }
+
     private func migrateLocked(
         on connection: PostgresConnection, schemas: [String], target: MigrationTarget?, contract: Bool,
         fence: (@Sendable (PostgresConnection) async throws -> Void)?

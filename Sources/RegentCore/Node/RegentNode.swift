@@ -201,6 +201,7 @@ public actor RegentNode: Service {
     /// A follower waits for the leader to migrate the enabled module schemas.
     func waitForSchemas() async {
         let pool = self.pool
+        let actor = AuditActor.instance(identity.instanceID).description
         let deadline = ContinuousClock.now + configuration.schemaWaitTimeout
         var warned = false
         var named = Set<String>()
@@ -208,9 +209,22 @@ public actor RegentNode: Service {
             do {
                 let (current, manual) = try await pool.withConnection { conn in
                     let schemas = try await ModuleRegistry().enabledSchemas(on: conn)
-                    let runner = MigrationRunner.node(appliedBy: "")
-                    let current = try await runner.status(on: conn, schemas: schemas).allSatisfy { $0.isCurrent }
-                    return (current, current ? [] : try runner.heldForOperator(applied: try await runner.applied(on: conn), schemas: schemas))
+                    let runner = MigrationRunner.node(appliedBy: actor)
+                    if try await runner.status(on: conn, schemas: schemas).allSatisfy(\.isCurrent) { return (true, [Migration]()) }
+                    // A node newer than a module schema that exists applies the schema's pending
+                    // migrations itself when every one of them is an expand (docs/operations.md,
+                    // "Rolling upgrades"): during a rollout the leader may still be an old node
+                    // that does not know them. Only when no runner is at work: the leader's own
+                    // run (a schema created from nothing) is waited for, not queued behind.
+                    let applied = try await runner.applied(on: conn)
+                    let expandable = try runner.expandable(applied: applied, schemas: schemas.filter { $0 != "engine" })
+                    if !expandable.isEmpty, let ran = try await runner.migrateIfIdle(on: conn, schemas: expandable), !ran.isEmpty {
+                        logger.notice(
+                            "applied the module schemas' expand migrations the leader had not",
+                            metadata: ["schemas": "\(expandable.joined(separator: ","))", "files": "\(ran.count)"])
+                        if try await runner.status(on: conn, schemas: schemas).allSatisfy(\.isCurrent) { return (true, []) }
+                    }
+                    return (false, try runner.heldForOperator(applied: try await runner.applied(on: conn), schemas: schemas))
                 }
                 if current {
                     logger.info("schemas current; node ready")
