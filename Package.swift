@@ -33,6 +33,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         // `regent worker --api-url https://…`: a worker over the admin API (also what HummingbirdTesting uses).
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        // The vault's AES-256-GCM and HMAC (already built for async-http-client's TLS stack).
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
     ],
     targets: [
         // libpq, found through pkg-config; Debian/Ubuntu: apt-get install libpq-dev
@@ -88,6 +90,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings,
             plugins: ["EmbedSQL"]

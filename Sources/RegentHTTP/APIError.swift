@@ -50,6 +50,8 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             case .unknownSignal: return try errorResponse(.notFound, code: "unknown_signal", message: error.description)
             case .runFinished: return try errorResponse(.conflict, code: "run_finished", message: error.description)
             case .signalConflict: return try errorResponse(.conflict, code: "signal_conflict", message: error.description)
+            case .vaultSealed: return try unavailable("vault_sealed", error.description)
+            case .secretCorrupt: return try errorResponse(.conflict, code: "secret_corrupt", message: error.description)
             case .timeout: return try unavailable("timeout", "the database did not answer in time; retry shortly")
             default:
                 context.logger.error("request failed", metadata: ["path": "\(request.uri.path)", "error": "\(error)"])

@@ -32,11 +32,15 @@ public struct AdminAPI: Sendable {
         public var maxConnections = 512
         /// What a deployed package may hold (and so how large a deploy body may be).
         public var packageLimits = PackageLimits.default
+        /// The vault's keys on this node; nil: vault routes that need a key answer 503 `vault_sealed`.
+        public var vaultKeyring: VaultKeyring? = nil
         public init(
             staleAfter: Duration = .seconds(10), metricsRequireToken: Bool = false, authFailureLimit: Int = 50,
-            idleTimeout: Duration = .seconds(30), maxConnections: Int = 512, packageLimits: PackageLimits = .default
+            idleTimeout: Duration = .seconds(30), maxConnections: Int = 512, packageLimits: PackageLimits = .default,
+            vaultKeyring: VaultKeyring? = nil
         ) {
             self.packageLimits = packageLimits
+            self.vaultKeyring = vaultKeyring
             self.staleAfter = staleAfter
             self.metricsRequireToken = metricsRequireToken
             self.authFailureLimit = authFailureLimit
@@ -57,6 +61,7 @@ public struct AdminAPI: Sendable {
     let poolGauges: PoolGauges
     let flowGauges: FlowGauges
     let modules: ModuleGate
+    let vaultModule: ModuleGate
     let connections: ConnectionCounter
     let sharedCluster: SharedRead<ClusterDocument>
     let sharedQueues: SharedRead<QueueOverview>
@@ -76,6 +81,7 @@ public struct AdminAPI: Sendable {
         self.poolGauges = PoolGauges(factory: factory)
         self.flowGauges = FlowGauges(factory: factory)
         self.modules = ModuleGate(pool: pool, module: "workflow")
+        self.vaultModule = ModuleGate(pool: pool, module: "vault")
         self.connections = ConnectionCounter(limit: options.maxConnections)
         let staleAfter = options.staleAfter
         self.sharedCluster = SharedRead(maxAge: Self.sharedReadMaxAge) {
@@ -183,6 +189,21 @@ public struct AdminAPI: Sendable {
         r.add(.put, "/v1/lanes/{namespace}/{lane}", role: .admin) { request, context in try await workflow.require(); return try await setLane(request, context) }
         r.add(.delete, "/v1/lanes/{namespace}/{lane}", role: .admin) { _, context in try await workflow.require(); return try await clearLane(context) }
         r.add(.post, "/v1/workers/mark-dead", role: .admin) { request, context in try await workflow.require(); return try await markWorkerDead(request, context) }
+        let vault = vaultModule
+        r.add(.get, "/v1/vault/status", role: .read) { _, _ in try await vault.require(); return try await vaultStatus() }
+        r.add(.get, "/v1/vault/secrets", role: .read) { request, _ in try await vault.require(); return try await listSecrets(request) }
+        r.add(.get, "/v1/vault/secret", role: .admin) { request, context in try await vault.require(); return try await getSecret(request, context) }
+        r.add(.put, "/v1/vault/secret", role: .admin) { request, context in try await vault.require(); return try await putSecret(request, context) }
+        r.add(.delete, "/v1/vault/secret", role: .admin) { request, context in try await vault.require(); return try await removeSecret(request, context) }
+        r.add(.get, "/v1/vault/metadata", role: .read) { request, _ in try await vault.require(); return try await secretMetadata(request) }
+        r.add(.post, "/v1/vault/versions/delete", role: .admin) { request, context in try await vault.require(); return try await changeSecretVersions(request, context, .delete) }
+        r.add(.post, "/v1/vault/versions/undelete", role: .admin) { request, context in try await vault.require(); return try await changeSecretVersions(request, context, .undelete) }
+        r.add(.post, "/v1/vault/versions/destroy", role: .admin) { request, context in try await vault.require(); return try await changeSecretVersions(request, context, .destroy) }
+        r.add(.post, "/v1/vault/lease-read", role: .worker) { request, context in
+            try await vault.require()
+            try await workflow.require()
+            return try await leaseReadSecret(request, context)
+        }
         return r
     }
 

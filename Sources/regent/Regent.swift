@@ -18,7 +18,7 @@ struct Regent: AsyncParsableCommand {
         version: Release.description,
         subcommands: [
             DemoCommand.self, ServeCommand.self, StatusCommand.self, MigrateCommand.self, ModulesCommand.self,
-            EventsCommand.self, TokensCommand.self, WorkersCommand.self, LeasesCommand.self, ExecutionsCommand.self, PackagesCommand.self, RunsCommand.self, SchedulesCommand.self, LanesCommand.self, WorkerCommand.self, DrillCommand.self, BenchCommand.self,
+            EventsCommand.self, TokensCommand.self, WorkersCommand.self, LeasesCommand.self, ExecutionsCommand.self, PackagesCommand.self, RunsCommand.self, SchedulesCommand.self, LanesCommand.self, VaultCommand.self, WorkerCommand.self, DrillCommand.self, BenchCommand.self,
         ]
     )
 }

@@ -154,13 +154,13 @@ struct ModuleTests {
     @Test func bootSeedsModulesAndMigratesEnabledSchemas() async throws {
         let config = try await TestDatabase.shared.freshDatabase()
         let result = try await Boot(options: .init(database: config, actor: "test")).run()
-        #expect(Set(result.modules.map(\.name)) == ["engine", "workflow", "auth"])
+        #expect(Set(result.modules.map(\.name)) == ["engine", "workflow", "auth", "vault"])
         #expect(result.modules.allSatisfy { $0.enabled })
-        #expect(result.enabledSchemas == ["engine", "auth", "workflow"])
+        #expect(result.enabledSchemas == ["engine", "auth", "vault", "workflow"])
         #expect(result.migrationsApplied.count == MigrationCatalog.builtIn.migrations.count)
         let schemas = try await result.pool.query(
-            "SELECT count(*) AS n FROM pg_namespace WHERE nspname IN ('engine', 'workflow', 'auth')").single()
-        #expect(try schemas.decode("n", as: Int.self) == 3)
+            "SELECT count(*) AS n FROM pg_namespace WHERE nspname IN ('engine', 'workflow', 'auth', 'vault')").single()
+        #expect(try schemas.decode("n", as: Int.self) == 4)
         // A second boot reads the table instead of reseeding and migrates nothing.
         let again = try await Boot(options: .init(database: config, actor: "test")).run()
         #expect(again.migrationsApplied.isEmpty)
@@ -178,7 +178,7 @@ struct ModuleTests {
         #expect(state.enabled == false)
         let second = try await Boot(options: .init(database: config, actor: "test")).run()
         #expect(second.modules.first { $0.name == "workflow" }?.enabled == false)
-        #expect(second.enabledSchemas == ["engine", "auth"])
+        #expect(second.enabledSchemas == ["engine", "auth", "vault"])
         let audit = try await second.pool.query(
             "SELECT actor, action, detail->>'module' AS module FROM engine.audit ORDER BY id").single()
         #expect(try audit.decode("action", as: String.self) == "module.disabled")

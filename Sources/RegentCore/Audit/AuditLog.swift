@@ -55,7 +55,7 @@ public enum AuditLog {
         "INSERT INTO engine.audit (actor, action, detail) VALUES (\(actor.description), \(action), \(detailJSON)::jsonb)"
     }
 
-    /// An audit row's (or event's) detail: strings, booleans, numbers and string lists as
+    /// An audit row's (or event's) detail: strings, booleans, integers, numbers and string lists as
     /// themselves, anything else (a nil) as null.
     static func detail(_ fields: [String: Any]) -> String {
         var object: [String: JSONValue] = [:]
@@ -63,6 +63,8 @@ public enum AuditLog {
             switch v {
             case let s as String: object[k] = .string(s)
             case let b as Bool: object[k] = .bool(b)
+            case let i as Int: object[k] = .integer(Int64(i))
+            case let i as Int64: object[k] = .integer(i)
             case let d as Double: object[k] = .number(d)
             case let a as [String]: object[k] = .array(a.map { .string($0) })
             default: object[k] = .null

@@ -69,8 +69,20 @@ public struct QueueRetention: LeaderDuty {
     /// migration duty, waits.
     public func pruneOnce(fence: LeaderFence) async throws -> Page {
         guard try await WorkflowSchema.has("workflow.run_steps", pool) else { return Page(executions: 0, workerEvents: 0, leaseDecisions: 0) }
+        let prunesGrants = try await WorkflowSchema.has("vault.execution_grants", pool)
         return try await fence.withTransaction(pool) { tx in
             let row = try await tx.query(Self.prune(retention: retention, pageSize: pageSize), purpose: "queue retention").single()
+            // The vault's grants to executions that retention removed (or that never committed).
+            if prunesGrants {
+                try await tx.query(
+                    """
+                    DELETE FROM vault.execution_grants WHERE execution_id = ANY (ARRAY(
+                        SELECT g.execution_id FROM vault.execution_grants g
+                        WHERE g.created_at < now() - \(retention)::interval
+                          AND NOT EXISTS (SELECT 1 FROM workflow.executions e WHERE e.execution_id = g.execution_id)
+                        ORDER BY g.created_at LIMIT \(pageSize)))
+                    """, purpose: "vault: grants of pruned executions")
+            }
             return Page(executions: try row.decode("executions"), workerEvents: try row.decode("worker_events"), leaseDecisions: try row.decode("lease_decisions"))
         }
     }

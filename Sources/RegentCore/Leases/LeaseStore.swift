@@ -77,6 +77,25 @@ public struct LeaseStore: Sendable {
     /// order. Requests whose unique key belongs to an unfinished execution return that one.
     public func enqueue(namespace: Namespace, _ requests: [EnqueueRequest], on conn: PostgresConnection) async throws -> [Enqueued] {
         try Self.batchSize(requests.count, "executions")
+        guard requests.contains(where: { !$0.secrets.isEmpty }) else { return try await enqueueItems(namespace: namespace, requests, on: conn) }
+        // Executions that name vault secrets get their grants in the same transaction.
+        let vault = try await conn.query("SELECT to_regclass('vault.execution_grants') IS NOT NULL AS present", purpose: "vault: grants table?")
+            .single().decode("present", as: Bool.self)
+        guard vault else {
+            throw RegentError(.invalidInput, "an execution names vault secrets, and the vault module's schema does not exist", hint: "enable the vault module (regent modules enable vault)")
+        }
+        return try await conn.withTransaction { tx in
+            let made = try await enqueueItems(namespace: namespace, requests, on: tx)
+            var byGrant: [[SecretPath]: [UUID]] = [:]
+            for (request, result) in zip(requests, made) where result.created && !request.secrets.isEmpty {
+                byGrant[request.secrets, default: []].append(result.executionID)
+            }
+            for (paths, ids) in byGrant { try await VaultStore.grant(paths, to: ids, on: tx) }
+            return made
+        }
+    }
+
+    func enqueueItems(namespace: Namespace, _ requests: [EnqueueRequest], on conn: PostgresConnection) async throws -> [Enqueued] {
         var items: [String] = []
         items.reserveCapacity(requests.count)
         for (n, request) in requests.enumerated() {

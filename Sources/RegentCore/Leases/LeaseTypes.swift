@@ -141,6 +141,8 @@ public struct EnqueueRequest: Sendable, Hashable {
     public var retry: RetryPolicy?
     /// A concurrency key or a fair key (docs/flow-control.md); nil: neither.
     public var flow: FlowGate?
+    /// Vault secrets the worker holding this execution's lease may read (docs/vault.md).
+    public var secrets: [SecretPath] = []
 
     public init(
         lane: Lane, payload: String = "{}", maxAttempts: Int = 3, requiredCapabilities: [Capability] = [], priority: Int = 0,

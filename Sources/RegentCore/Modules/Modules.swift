@@ -15,8 +15,12 @@ public struct BuiltinModule: Sendable, Hashable {
     /// only leave the API open to anyone or closed to everyone.
     public static let auth = BuiltinModule(name: "auth", defaultEnabled: true, alwaysEnabled: true)
 
+    /// Versioned secrets sealed at rest (docs/vault.md). Its routes answer 503 `vault_sealed`
+    /// on a node given no key.
+    public static let vault = BuiltinModule(name: "vault", defaultEnabled: true, alwaysEnabled: false)
+
     /// The modules of this build.
-    public static let all: [BuiltinModule] = [.engine, .workflow, .auth]
+    public static let all: [BuiltinModule] = [.engine, .workflow, .auth, .vault]
 }
 
 /// A row of `engine.modules`.

@@ -31,6 +31,8 @@ public struct WorkflowManifest: Sendable, Hashable {
         public let backoff: RetryPolicy
         /// A worker step's concurrency key or fair key (docs/flow-control.md), read from the run.
         public var flow: StepFlow? = nil
+        /// The vault secrets a worker holding this step's lease may read (docs/vault.md).
+        public var secrets: [String] = []
     }
 
     /// `"concurrency": {"key": "$.input.customer_id", "limit": 1}`: at most `limit` executions
@@ -209,7 +211,7 @@ public struct WorkflowManifest: Sendable, Hashable {
 
     static let commonKeys: Set<String> = ["name", "after"]
     static let kindKeys: [(kind: String, marker: [String], keys: Set<String>)] = [
-        ("worker", ["lane"], ["lane", "capabilities", "max_attempts", "timeout", "backoff", "concurrency", "fair_key", "fair_window"]),
+        ("worker", ["lane"], ["lane", "capabilities", "max_attempts", "timeout", "backoff", "concurrency", "fair_key", "fair_window", "secrets"]),
         ("timer", ["sleep", "sleep_until"], ["sleep", "sleep_until"]),
         ("signal", ["wait_for"], ["wait_for", "timeout", "on_timeout"]),
         ("child", ["child"], ["child", "input"]),
@@ -307,6 +309,7 @@ public struct WorkflowManifest: Sendable, Hashable {
             }
             var step = Step(name: name, kind: .worker, lane: lane, capabilities: capabilities, after: after, maxAttempts: maxAttempts, timeout: timeout, backoff: backoff)
             step.flow = try flow(f, at: at)
+            step.secrets = try VaultStore.checkGrant(try f.optionalStrings("secrets") ?? [], at: "workflow.json: \(at).secrets").map(\.value)
             return step
         }
     }
@@ -388,6 +391,7 @@ public struct WorkflowManifest: Sendable, Hashable {
                     entry["flow"] = .object(["kind": "f", "key": .array(key.segments.map { .string($0) }), "limit": .integer(Int64(window))])
                 case nil: break
                 }
+                if !s.secrets.isEmpty { entry["secrets"] = .array(s.secrets.map { .string($0) }) }
             case .timer(.sleep(let d)):
                 entry["sleep_ms"] = .integer(Int64(d.milliseconds.rounded(.up)))
             case .timer(.until(let path)):

@@ -6,6 +6,7 @@ public struct RegentError: Error, Sendable, CustomStringConvertible {
             case unknownModule, schemaNotCurrent, bootFailed, notLeader, timeout, staleLease, notRegistered
             case instanceBound, notFound, conflict, notLeaseHolder, forbidden, idempotencyConflict
             case unknownSignal, runFinished, signalConflict
+            case vaultSealed, secretCorrupt
         }
         let base: Base
         /// Input (flag, config value, name, body) was rejected; nothing was changed.
@@ -48,6 +49,12 @@ public struct RegentError: Error, Sendable, CustomStringConvertible {
         public static let forbidden = Code(base: .forbidden)
         /// An idempotency key was reused with a different input; nothing was changed.
         public static let idempotencyConflict = Code(base: .idempotencyConflict)
+        /// The vault cannot seal or open: this process holds no key, or not the key the secret
+        /// was sealed under. Nothing was read or changed; the message says which key is needed.
+        public static let vaultSealed = Code(base: .vaultSealed)
+        /// A stored secret version does not open under its own path and version: its ciphertext
+        /// was altered or moved from another row. Nothing was returned.
+        public static let secretCorrupt = Code(base: .secretCorrupt)
         /// Something did not happen within its deadline.
         public static let timeout = Code(base: .timeout)
         public var description: String { base.rawValue }

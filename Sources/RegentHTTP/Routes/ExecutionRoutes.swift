@@ -11,7 +11,7 @@ extension AdminAPI {
 
     static let enqueueFields: Set<String> = [
         "lane", "payload", "max_attempts", "required_capabilities", "priority", "run_at", "unique_key", "retry_base_ms", "retry_max_ms",
-        "concurrency_key", "concurrency_limit", "fair_key", "fair_window",
+        "concurrency_key", "concurrency_limit", "fair_key", "fair_window", "secrets",
     ]
 
     /// What `run_at` may be (docs/openapi.yaml says the same).
@@ -45,6 +45,7 @@ extension AdminAPI {
                 r.retry = try RetryPolicy(base: .milliseconds(b), maximum: .milliseconds(Swift.max(b, m)))
             }
             r.flow = try Self.flowGate(item)
+            r.secrets = try VaultStore.checkGrant(try item.optionalStrings("secrets") ?? [], at: "secrets")
             return r
         }
         try context.checkScope(namespace: namespace, lanes: requests.map(\.lane), action: "enqueue")

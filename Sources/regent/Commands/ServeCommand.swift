@@ -24,6 +24,7 @@ struct ServeCommand: AsyncParsableCommand {
     @OptionGroup var database: DatabaseOptions
     @OptionGroup var log: LogOptions
     @OptionGroup var packageLimits: PackageLimitOptions
+    @OptionGroup var vaultKeys: VaultKeyOptions
     @Option(help: "Name shown in status (default: HOST-PID).") var nodeName: String?
     @Option(help: "How often to heartbeat engine.instances (e.g. 3s, 500ms).") var heartbeatInterval = "3s"
     @Option(help: "A node whose heartbeat is older than this is swept by the leader.") var staleAfter = "10s"
@@ -54,6 +55,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         _ = try parseDuration(httpIdleTimeout, flag: "--http-idle-timeout")
         _ = try packageLimits.limits()
+        _ = try vaultKeys.keyring()
         guard (1...1_000_000).contains(httpAuthFailureLimit) else {
             throw ValidationError("--http-auth-failure-limit must be 1 to 1000000, got \(httpAuthFailureLimit)")
         }
@@ -93,6 +95,7 @@ struct ServeCommand: AsyncParsableCommand {
     func run() async throws {
         let config = try makeConfiguration()
         let tls = try loadTLS()
+        let vaultKeyring = try vaultKeys.keyring()
         let shutdownTimeout = try parseDuration(self.shutdownTimeout, flag: "--shutdown-timeout")
         try log.bootstrap(defaultLevel: "info")
         let logger = Logger(label: "regent.serve")
@@ -110,7 +113,12 @@ struct ServeCommand: AsyncParsableCommand {
                 options: .init(
                     staleAfter: config.staleAfter, metricsRequireToken: metricsRequireToken, authFailureLimit: httpAuthFailureLimit,
                     idleTimeout: try parseDuration(httpIdleTimeout, flag: "--http-idle-timeout"), maxConnections: httpMaxConnections,
-                    packageLimits: try packageLimits.limits()))
+                    packageLimits: try packageLimits.limits(), vaultKeyring: vaultKeyring))
+            if let vaultKeyring {
+                logger.notice("vault keys loaded", metadata: ["key_ids": "\(vaultKeyring.ids.joined(separator: ","))"])
+            } else {
+                logger.notice("the vault is sealed on this node: no --vault-key-file or REGENT_VAULT_KEY; vault routes answer 503 vault_sealed")
+            }
             services.append(.init(
                 service: api.application(host: host, port: port, tls: tls), successTerminationBehavior: .gracefullyShutdownGroup,
                 failureTerminationBehavior: .gracefullyShutdownGroup, serviceName: "http"))
