@@ -347,7 +347,22 @@ public final class RegentWorker: Service, Sendable {
 
     private func performStep(_ lease: Lease, _ api: APIClient, _ state: WorkerState) async {
         let started = ContinuousClock.now
-        let ctx = StepContext(lease: lease, logger: logger)
+        let instanceID = configuration.instanceID
+        let ctx = StepContext(lease: lease, logger: logger) { path in
+            let body: JSONValue = [
+                "execution_id": .string(lease.executionID), "lease_epoch": .integer(lease.epoch), "worker_instance_id": .string(instanceID),
+                "path": .string(path),
+            ]
+            let answer = try await api.post("/v1/vault/lease-read", body, timeout: .seconds(10))
+            guard answer.status == 200 else {
+                throw NonRetryable("reading secret \(path) was refused (\(answer.status) \(answer.errorCode)): \(answer.errorMessage)")
+            }
+            if let text = answer.body["value"]?.stringValue { return Array(text.utf8) }
+            guard let encoded = answer.body["value_base64"]?.stringValue, let data = Data(base64Encoded: encoded) else {
+                throw NonRetryable("reading secret \(path): the node's answer has no value")
+            }
+            return Array(data)
+        }
         guard let handler = handlers.withLockedValue({ $0[lease.step ?? ""] }) ?? fallbackHandler.withLockedValue({ $0 }) else {
             await fail(lease, "worker \(configuration.instanceID) has no handler for step \(lease.step ?? "(none)")", retryable: true, api, state)
             return

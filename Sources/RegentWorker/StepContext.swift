@@ -21,6 +21,27 @@ public struct StepContext: Sendable {
     /// The outputs of the steps this one runs after (its manifest `after`), by step name.
     public let earlierOutputs: [String: JSONValue]
     let costs: CostLedger
+    /// Reads a vault secret with this attempt's lease (nil: a context made without a node).
+    let secretReader: (@Sendable (String) async throws -> [UInt8])?
+
+    /// A vault secret this step was granted (its manifest step's `secrets`, or its enqueue's),
+    /// read with this attempt's lease; the read is audited on the node. Bytes, held only as
+    /// long as you hold them: do not log them. A secret the step was not granted, or a lease
+    /// that was lost, fails the step for good (``NonRetryable``); a node without the vault key
+    /// is skipped for the next one.
+    public func secretBytes(_ path: String) async throws -> [UInt8] {
+        guard let secretReader else { throw NonRetryable("step \(step) has no node to read secret \(path) from") }
+        return try await secretReader(path)
+    }
+
+    /// A vault secret as UTF-8 text (see ``secretBytes(_:)``).
+    public func secret(_ path: String) async throws -> String {
+        let bytes = try await secretBytes(path)
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw NonRetryable("secret \(path) is not UTF-8 text; read it with secretBytes")
+        }
+        return text
+    }
 
     /// Records what this attempt cost (sent with its completion, for the run's budget
     /// ledger): an amount in the run's budget unit, or in `unit`.
@@ -38,7 +59,8 @@ public struct StepContext: Sendable {
     }
 
     /// Reads a step lease's payload: `{"input": …, "after": {step: output}}`.
-    init(lease: Lease, logger base: Logger) {
+    init(lease: Lease, logger base: Logger, secretReader: (@Sendable (String) async throws -> [UInt8])? = nil) {
+        self.secretReader = secretReader
         runID = lease.runID ?? ""
         step = lease.step ?? ""
         attempt = lease.attempt

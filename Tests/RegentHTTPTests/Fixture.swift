@@ -37,7 +37,9 @@ struct Fixture {
     var worker: String { tokens[.worker]! }
     var reader: String { tokens[.read]! }
 
-    static func with(metricsRequireToken: Bool = false, authFailureLimit: Int = 50, _ body: (Fixture) async throws -> Void) async throws {
+    static func with(
+        metricsRequireToken: Bool = false, authFailureLimit: Int = 50, vaultKeyring: VaultKeyring? = nil, _ body: (Fixture) async throws -> Void
+    ) async throws {
         let config = try await TestDatabase.shared.freshDatabase()
         let registry = PrometheusCollectorRegistry()
         let node = RegentNode(configuration: fastNode(config, name: "api-node"), metrics: AdminAPI.nodeMetrics(registry: registry))
@@ -50,7 +52,7 @@ struct Fixture {
         // lapse refuses the fenced migration round in flight (it is tried again).
         #expect(await eventually(timeout: .seconds(120)) {
             try await pool.withConnection { conn in
-                try await MigrationRunner(appliedBy: "").status(on: conn, schemas: ["engine", "workflow", "auth"]).allSatisfy { $0.isCurrent }
+                try await MigrationRunner(appliedBy: "").status(on: conn, schemas: ["engine", "workflow", "auth", "vault"]).allSatisfy { $0.isCurrent }
             }
         })
         // Events published from here on come after the bus's starting point: none of them can
@@ -63,7 +65,7 @@ struct Fixture {
                 try await TokenStore().create(name: "test-\(role.rawValue)", role: role, actor: "test", on: $0).1
             }
         }
-        let api = AdminAPI(pool: pool, node: node, registry: registry, options: .init(staleAfter: .seconds(1), metricsRequireToken: metricsRequireToken, authFailureLimit: authFailureLimit))
+        let api = AdminAPI(pool: pool, node: node, registry: registry, options: .init(staleAfter: .seconds(1), metricsRequireToken: metricsRequireToken, authFailureLimit: authFailureLimit, vaultKeyring: vaultKeyring))
         try await body(Fixture(node: node, api: api, tokens: tokens))
         await pool.shutdown()
         await node.shutdown()
