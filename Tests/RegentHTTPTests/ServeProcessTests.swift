@@ -211,4 +211,69 @@ struct ServeProcessTests {
                 "log:\n\(nodes[follower].log)")
         }
     }
+
+    /// A planted secret, written and read every way there is (CLI, API, a corrupt copy), never
+    /// appears in a log line of the node or of the CLI, at trace level, as text, hex or base64.
+    @Test func aPlantedSecretNeverReachesALogLine() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary))
+        let db = try await TestDatabase.shared.freshDatabase()
+        let dir = NSTemporaryDirectory() + "regent-vault-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let keyFile = dir + "/vault.key"
+        let made = try await run(["vault", "init-key", "--out", keyFile])
+        #expect(made.code == 0, "\(made.output)")
+        #expect(try FileManager.default.attributesOfItem(atPath: keyFile)[.posixPermissions] as? Int == 0o600)
+        #expect(try await run(["vault", "init-key", "--out", keyFile]).code != 0, "never overwrites a key")
+        let planted = "PLANTED-\(UUID().uuidString)"
+        let valueFile = dir + "/value"
+        FileManager.default.createFile(atPath: valueFile, contents: Data((planted + "\n").utf8), attributes: [.posixPermissions: 0o600])
+        let created = try await run(["tokens", "create", "--database-url", db.conninfo, "--role", "admin", "--name", "ops"])
+        let token = try #require(created.output.split(separator: "\n").last.map(String.init))
+        let port = try RawHTTPStream.freePort()
+        let node = try RegentProcess(
+            ["serve", "--database-url", db.conninfo, "--node-name", "vault0", "--http-address", "127.0.0.1:\(port)", "--vault-key-file", keyFile,
+             "--log-level", "trace", "--log-format", "json", "--shutdown-timeout", "5s"],
+            logPath: dir + "/serve.log")
+        defer { node.signal(SIGKILL) }
+        #expect(await eventually(timeout: .seconds(30)) {
+            (try? await RawHTTPStream.fetch(port: port, path: "/v1/vault/status", token: token))?.status == 200
+        }, "\(node.log)")
+        var cliLogs: [String] = []
+        let common = ["--database-url", db.conninfo, "--vault-key-file", keyFile, "--log-level", "trace"]
+        let put = try await run(["vault", "put", "plant/x", "--from-file", valueFile] + common)
+        #expect(put.code == 0, "\(put.output)")
+        cliLogs.append(put.output)
+        let got = try await run(["vault", "get", "plant/x", "--vault-key-file", keyFile, "--database-url", db.conninfo])
+        #expect(got.output == planted, "get prints the value alone (the trailing newline of the file was dropped)")
+        for args in [["vault", "metadata", "plant/x"], ["vault", "list"], ["vault", "status"]] {
+            let r = try await run(args + common)
+            #expect(r.code == 0, "\(r.output)")
+            cliLogs.append(r.output)
+        }
+        let read = try await RawHTTPStream.fetch(port: port, path: "/v1/vault/secret?path=plant/x&purpose=test", token: token)
+        #expect(read.status == 200 && read.body.contains(planted))
+        // A corrupt copy, read through the API and the CLI: refused, nothing of the value said.
+        try await PostgresConnection.withConnection(db) { conn in
+            try await conn.query("INSERT INTO vault.kv_meta (path, current_version, created_by, updated_by) VALUES ('plant/y', 1, 't', 't')")
+            try await conn.query(
+                """
+                INSERT INTO vault.kv_versions (path, version, key_id, sealed_key, sealed_value, size_bytes, created_by)
+                SELECT 'plant/y', 1, key_id, sealed_key, sealed_value, size_bytes, created_by FROM vault.kv_versions WHERE path = 'plant/x'
+                """)
+        }
+        #expect(try await RawHTTPStream.fetch(port: port, path: "/v1/vault/secret?path=plant/y", token: token).status == 409)
+        let corrupt = try await run(["vault", "get", "plant/y"] + common)
+        #expect(corrupt.code != 0)
+        cliLogs.append(corrupt.output)
+        node.signal(SIGTERM)
+        _ = await node.waitForExit(timeout: .seconds(10))
+        let serveLog = node.log
+        #expect(serveLog.contains("vault keys loaded"))
+        let forms = [planted, Array(planted.utf8).map { String(format: "%02x", $0) }.joined(), Data(planted.utf8).base64EncodedString()]
+        for (name, log) in [("serve", serveLog)] + cliLogs.enumerated().map { ("cli \($0.offset)", $0.element) } {
+            #expect(!log.isEmpty)
+            for form in forms { #expect(!log.contains(form), "the \(name) log holds the planted secret") }
+        }
+    }
 }

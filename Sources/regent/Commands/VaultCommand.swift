@@ -144,6 +144,7 @@ struct VaultCommand: AsyncParsableCommand {
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Secret paths under a prefix (never values).")
         @OptionGroup var database: DatabaseOptions
+        @OptionGroup var keys: VaultKeyOptions
         @OptionGroup var log: LogOptions
         @Argument(help: "A path or a prefix ending in / (default: all).") var prefix = ""
         @Option(help: "Paths per page (1-1000).") var limit = 100
@@ -170,6 +171,7 @@ struct VaultCommand: AsyncParsableCommand {
     struct Metadata: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "A secret's versions: who wrote each, when, its key, and whether it was deleted or destroyed.")
         @OptionGroup var database: DatabaseOptions
+        @OptionGroup var keys: VaultKeyOptions
         @OptionGroup var log: LogOptions
         @OptionGroup var path: PathArgument
         @Flag(help: "Print JSON.") var json = false
@@ -209,6 +211,7 @@ struct VaultCommand: AsyncParsableCommand {
     struct Delete: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Soft-delete versions of a secret (reads refuse them; `undelete` brings them back).")
         @OptionGroup var database: DatabaseOptions
+        @OptionGroup var keys: VaultKeyOptions
         @OptionGroup var log: LogOptions
         @OptionGroup var path: PathArgument
         @OptionGroup var versions: VersionsOptions
@@ -221,6 +224,7 @@ struct VaultCommand: AsyncParsableCommand {
     struct Undelete: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Bring back soft-deleted versions of a secret.")
         @OptionGroup var database: DatabaseOptions
+        @OptionGroup var keys: VaultKeyOptions
         @OptionGroup var log: LogOptions
         @OptionGroup var path: PathArgument
         @OptionGroup var versions: VersionsOptions
@@ -233,6 +237,7 @@ struct VaultCommand: AsyncParsableCommand {
     struct Destroy: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Erase versions of a secret for good (their ciphertext and data key are overwritten).")
         @OptionGroup var database: DatabaseOptions
+        @OptionGroup var keys: VaultKeyOptions
         @OptionGroup var log: LogOptions
         @OptionGroup var path: PathArgument
         @OptionGroup var versions: VersionsOptions
@@ -245,6 +250,7 @@ struct VaultCommand: AsyncParsableCommand {
     struct Remove: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Remove a secret with all its versions (its audit rows stay).")
         @OptionGroup var database: DatabaseOptions
+        @OptionGroup var keys: VaultKeyOptions
         @OptionGroup var log: LogOptions
         @OptionGroup var path: PathArgument
         @Option(help: "Recorded as who did it.") var actor = "cli:\(ProcessInfo.processInfo.userName)"
