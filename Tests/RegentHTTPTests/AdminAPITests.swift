@@ -32,7 +32,7 @@ struct AdminAPITests {
                 #expect((try parse(instances.body) as? [[String: Any]])?.count == 1)
                 let modules = try await client.call(.get, "/v1/modules", token: f.reader)
                 let list = try #require(try parse(modules.body) as? [[String: Any]])
-                #expect(Set(list.compactMap { $0["name"] as? String }) == ["engine", "workflow", "auth"])
+                #expect(Set(list.compactMap { $0["name"] as? String }) == ["engine", "workflow", "auth", "vault"])
                 let audit = try await client.call(.get, "/v1/audit?limit=5", token: f.reader)
                 let items = try #require(try object(audit.body)["items"] as? [[String: Any]])
                 #expect(items.contains { $0["action"] as? String == "leader.elected" })

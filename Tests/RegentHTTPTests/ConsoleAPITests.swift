@@ -62,7 +62,7 @@ struct ConsoleAPITests {
                 #expect(tenant["namespace"] as? String == "tenant-a" && tenant["lanes"] as? [String] == ["mail"])
 
                 let schemas = try #require(try object(try await client.call(.get, "/v1/migrations", token: f.reader).body)["schemas"] as? [[String: Any]])
-                #expect(Set(schemas.compactMap { $0["schema"] as? String }) == ["engine", "workflow", "auth"])
+                #expect(Set(schemas.compactMap { $0["schema"] as? String }) == ["engine", "workflow", "auth", "vault"])
                 #expect(schemas.allSatisfy { $0["current"] as? Bool == true })
 
                 // Many viewers at once: one database read between them.
@@ -264,6 +264,10 @@ struct ConsoleAPITests {
                 try await f.api.pool.query(
                     "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND datname = current_database()"
                 ).single().decode("n", as: Int.self) >= 1
+            })
+            // The leader builds the online indexes after the migrations the fixture waited for.
+            #expect(await eventually(timeout: .seconds(30)) {
+                try await f.api.pool.query("SELECT to_regclass('workflow.runs_state_listing_idx') IS NOT NULL AS present").single().decode("present", as: Bool.self)
             })
             try await f.api.pool.query("DROP INDEX workflow.runs_state_listing_idx")
             #expect(await eventually(timeout: .seconds(20)) {

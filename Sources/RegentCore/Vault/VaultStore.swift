@@ -36,6 +36,7 @@ public struct SecretPath: Sendable, Hashable, CustomStringConvertible, Comparabl
     /// A listing prefix: a path, or a path followed by `/`, or empty (everything).
     public static func checkPrefix(_ prefix: String) throws(RegentError) {
         guard !prefix.isEmpty else { return }
+        guard prefix.utf8.count <= 255 else { throw RegentError(.invalidInput, "a secret prefix has at most 255 bytes") }
         let trimmed = prefix.hasSuffix("/") ? String(prefix.dropLast()) : prefix
         guard isValid(trimmed) else {
             throw RegentError(.invalidInput, "invalid secret prefix \(quoted(String(prefix.prefix(300)))): give a path or a path followed by /, e.g. payments/")
@@ -198,7 +199,7 @@ public struct VaultStore: Sendable {
 
     static func checkPurpose(_ purpose: String?) throws(RegentError) {
         guard let purpose else { return }
-        guard (1...200).contains(purpose.utf8.count), !purpose.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+        guard (1...200).contains(purpose.unicodeScalars.count), !purpose.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
             throw RegentError(.invalidInput, "purpose must be 1-200 characters without control characters")
         }
     }

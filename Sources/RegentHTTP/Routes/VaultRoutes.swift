@@ -25,7 +25,7 @@ extension AdminAPI {
     func listSecrets(_ request: Request) async throws -> Response {
         let prefix = request.uri.queryParameters.get("prefix").map { String($0) } ?? ""
         let after = request.uri.queryParameters.get("after").map { String($0) }
-        if let after, !after.isEmpty, !SecretPath.isValid(after) {
+        if let after, !SecretPath.isValid(after) {
             throw APIError.badRequest("invalid_cursor", "after must be a secret path (the last path of the previous page)")
         }
         let limit = try limit(request)
@@ -34,6 +34,8 @@ extension AdminAPI {
     }
 
     static let putSecretFields: Set<String> = ["value", "value_base64", "max_versions", "expires_in_s"]
+    static let maxTextCharacters = 16_384
+    static let maxBase64Characters = 87_380
 
     func putSecret(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let path = try secretPath(request)
@@ -41,9 +43,16 @@ extension AdminAPI {
         let text = try body.optionalString("value"), encoded = try body.optionalString("value_base64")
         var value: [UInt8]
         switch (text, encoded) {
-        case (let text?, nil): value = Array(text.utf8)
+        case (let text?, nil):
+            // At most 16384 characters: at most 65536 bytes whatever they are (docs/openapi.yaml says the same).
+            guard text.unicodeScalars.count <= Self.maxTextCharacters else {
+                throw body.wrongType("value", "text of at most \(Self.maxTextCharacters) characters (value_base64 takes up to 65535 bytes)")
+            }
+            value = Array(text.utf8)
         case (nil, let encoded?):
-            guard let data = Data(base64Encoded: encoded) else { throw body.wrongType("value_base64", "base64 text") }
+            guard encoded.utf8.count <= Self.maxBase64Characters, let data = Data(base64Encoded: encoded) else {
+                throw body.wrongType("value_base64", "base64 text of at most \(Self.maxBase64Characters) characters")
+            }
             value = Array(data)
         default:
             throw APIError.badRequest("invalid_field", "give the secret as value (text) or value_base64 (bytes), exactly one of them")
