@@ -39,7 +39,8 @@ extension AdminAPI {
 
     func putSecret(_ request: Request, _ context: RegentRequestContext) async throws -> Response {
         let path = try secretPath(request)
-        let body = try await JSONBody.read(request, context: context, allowed: Self.putSecretFields, limit: VaultStore.maxValueBytes * 2 + 4096)
+        // The whole request budget: a value of 16384 characters sent as JSON escapes takes up to 196,608 bytes.
+        let body = try await JSONBody.read(request, context: context, allowed: Self.putSecretFields, limit: AdminAPI.maxBodyBytes)
         let text = try body.optionalString("value"), encoded = try body.optionalString("value_base64")
         var value: [UInt8]
         switch (text, encoded) {
@@ -110,7 +111,16 @@ extension AdminAPI {
         if let raw = body.fields["versions"] {
             guard case .array(let items) = raw, items.count <= 100 else { throw body.wrongType("versions", "an array of at most 100 version numbers") }
             for item in items {
-                guard case .integer(let n) = item, (1...Int64(Int32.max)).contains(n) else { throw body.wrongType("versions", "an array of version numbers (1 or more)") }
+                // JSON has one number type: 12.0 is the version 12 (as JSON Schema says).
+                let n: Int64?
+                switch item {
+                case .integer(let v): n = v
+                case .number(let d) where d.rounded() == d && abs(d) < 9.2e18: n = Int64(d)
+                default: n = nil
+                }
+                guard let n, (1...Int64(Int32.max)).contains(n) else {
+                    throw body.wrongType("versions", "an array of version numbers from 1 to 2147483647")
+                }
                 versions.append(Int(n))
             }
         }
