@@ -1,5 +1,6 @@
 import Foundation
 import PostgresClient
+import RegentCore
 import RegentTestSupport
 import Testing
 
@@ -76,9 +77,13 @@ struct PythonClientTests {
         let ports = [try RawHTTPStream.freePort(), try RawHTTPStream.freePort()]
         var nodes: [RegentProcess] = []
         defer { for n in nodes { n.signal(SIGKILL) } }
+        let keyFile = NSTemporaryDirectory() + "regent-py-vault-\(UUID().uuidString).key"
+        try VaultKey.write(VaultKey.generate(), to: keyFile)
+        defer { unlink(keyFile) }
         for (i, port) in ports.enumerated() {
             nodes.append(try RegentProcess(
-                ["serve", "--database-url", db.conninfo, "--node-name", "py\(i + 1)", "--http-address", "127.0.0.1:\(port)", "--log-level", "warning"],
+                ["serve", "--database-url", db.conninfo, "--node-name", "py\(i + 1)", "--http-address", "127.0.0.1:\(port)", "--log-level", "warning",
+                 "--vault-key-file", keyFile],
                 logPath: NSTemporaryDirectory() + "regent-py-node-\(UUID().uuidString).log"))
             // One at a time: the first is the leader, and it migrates before the second boots.
             #expect(await eventually(timeout: .seconds(45)) { try await RawHTTPStream.fetch(port: port, path: "/readyz").status == 200 }, "\(nodes[i].log)")
@@ -102,7 +107,7 @@ struct PythonClientTests {
             ],
             timeout: .seconds(420))
         #expect(result.code == 0, "\(result.output.suffix(8000))\n-- node py2:\n\(nodes[1].log.suffix(2000))")
-        #expect(result.output.contains("Ran 4 tests") && !result.output.contains("skipped"), "\(result.output.suffix(3000))")
+        #expect(result.output.contains("Ran 5 tests") && !result.output.contains("skipped"), "\(result.output.suffix(3000))")
         print(result.output.split(separator: "\n").filter { $0.contains(" ... ") || $0.hasPrefix("Ran ") }.joined(separator: "\n"))
     }
 }

@@ -276,4 +276,50 @@ struct ServeProcessTests {
             for form in forms { #expect(!log.contains(form), "the \(name) log holds the planted secret") }
         }
     }
+
+    /// A rotation SIGKILLed in the middle (a real process, not a polite stop) leaves every
+    /// secret readable by a node holding both keys, and running the same command again
+    /// finishes it: each page is its own transaction.
+    @Test func aRotationKilledMidwayIsResumedByRunningItAgain() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: RegentProcess.binary))
+        let db = try await TestDatabase.shared.freshDatabase()
+        let dir = NSTemporaryDirectory() + "regent-rotate-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let old = VaultKey.generate(), new = VaultKey.generate()
+        try VaultKey.write(old, to: dir + "/old.key")
+        try VaultKey.write(new, to: dir + "/new.key")
+        let boot = try await Boot(options: .init(database: db, actor: "test")).run()
+        await boot.pool.shutdown()
+        let count = 2000
+        try await PostgresConnection.withConnection(db) { conn in
+            let vault = VaultStore(keyring: VaultKeyring(current: old))
+            for n in 0..<count { _ = try await vault.put(try SecretPath("k/s\(n)"), value: Array("value-\(n)".utf8), actor: .named("test"), on: conn) }
+        }
+        func moved(_ conn: PostgresConnection) async throws -> Int {
+            try await conn.query("SELECT count(*)::int AS n FROM vault.kv_versions WHERE key_id = \(new.id)").single().decode("n")
+        }
+        let args = ["vault", "rotate-key", "--database-url", db.conninfo, "--vault-key-file", dir + "/old.key", "--new-key-file", dir + "/new.key", "--page-size", "1"]
+        let first = try RegentProcess(args, logPath: dir + "/rotate1.log")
+        try await PostgresConnection.withConnection(db) { conn in
+            #expect(await eventually(timeout: .seconds(60)) { try await moved(conn) >= 20 }, "\(first.log)")
+            first.signal(SIGKILL)
+            _ = await first.waitForExit(timeout: .seconds(10))
+            let partial = try await moved(conn)
+            #expect(partial > 0 && partial < count, "killed midway: \(partial) of \(count) moved")
+            let both = VaultStore(keyring: VaultKeyring(current: new, previous: [old]))
+            for n in stride(from: 0, to: count, by: 7) {
+                #expect(try await both.get(try SecretPath("k/s\(n)"), actor: .named("test"), on: conn).value == Array("value-\(n)".utf8))
+            }
+            let again = try await run(args.dropLast(2) + ["--page-size", "100", "--json"])
+            #expect(again.code == 0, "\(again.output)")
+            #expect(again.output.contains("\"finished\" : true") || again.output.contains("\"finished\":true"), "\(again.output)")
+            #expect(try await moved(conn) == count)
+            let onlyNew = VaultStore(keyring: VaultKeyring(current: new))
+            for n in 0..<count {
+                #expect(try await onlyNew.get(try SecretPath("k/s\(n)"), actor: .named("test"), on: conn).value == Array("value-\(n)".utf8))
+            }
+            #expect(try await onlyNew.status(on: conn).keys.first { $0.keyID == old.id }?.state == "retired")
+        }
+    }
 }

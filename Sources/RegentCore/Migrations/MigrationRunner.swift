@@ -270,13 +270,16 @@ public struct MigrationRunner: Sendable {
     static let tryLockRunner: PostgresQuery =
         "SELECT pg_try_advisory_lock(\(AdvisoryLockKey.classID), \(AdvisoryLockKey.migrations)) AS taken"
 
-    /// The schemas among `schemas` that exist and whose pending files (held contracts aside)
-    /// are all expands: what a node that is not the leader may apply itself.
+    /// What a node that is not the leader may apply itself, of `schemas`: a schema that does
+    /// not exist yet (created from nothing, no traffic to protect: a module newer than the
+    /// leader's binary), and one that exists whose pending files (held contracts aside) are all
+    /// expands.
     public func expandable(applied: [AppliedMigration], schemas: [String]) throws(RegentError) -> [String] {
         var out: [String] = []
-        for schema in orderedSchemas(schemas) where Self.version(of: schema, in: applied) > 0 {
+        for schema in orderedSchemas(schemas) {
             let plan = try pending(applied: applied, schemas: [schema], target: nil)
-            if !plan.isEmpty, plan.allSatisfy({ $0.kind == .expand }) { out.append(schema) }
+            guard !plan.isEmpty else { continue }
+            if Self.version(of: schema, in: applied) == 0 || plan.allSatisfy({ $0.kind == .expand }) { out.append(schema) }
         }
         return out
     }

@@ -211,16 +211,16 @@ public actor RegentNode: Service {
                     let schemas = try await ModuleRegistry().enabledSchemas(on: conn)
                     let runner = MigrationRunner.node(appliedBy: actor)
                     if try await runner.status(on: conn, schemas: schemas).allSatisfy(\.isCurrent) { return (true, [Migration]()) }
-                    // A node newer than a module schema that exists applies the schema's pending
-                    // migrations itself when every one of them is an expand (docs/operations.md,
-                    // "Rolling upgrades"): during a rollout the leader may still be an old node
-                    // that does not know them. Only when no runner is at work: the leader's own
-                    // run (a schema created from nothing) is waited for, not queued behind.
+                    // A node newer than a module schema applies the schema's pending migrations
+                    // itself when every one of them is an expand, or creates a schema that does
+                    // not exist yet (docs/operations.md, "Rolling upgrades"): during a rollout the
+                    // leader may still be an old node that does not know them. Only when no
+                    // runner is at work: the leader's own run is waited for, not queued behind.
                     let applied = try await runner.applied(on: conn)
                     let expandable = try runner.expandable(applied: applied, schemas: schemas.filter { $0 != "engine" })
                     if !expandable.isEmpty, let ran = try await runner.migrateIfIdle(on: conn, schemas: expandable), !ran.isEmpty {
                         logger.notice(
-                            "applied the module schemas' expand migrations the leader had not",
+                            "applied module schema migrations the leader had not (expands, or a new schema)",
                             metadata: ["schemas": "\(expandable.joined(separator: ","))", "files": "\(ran.count)"])
                         if try await runner.status(on: conn, schemas: schemas).allSatisfy(\.isCurrent) { return (true, []) }
                     }

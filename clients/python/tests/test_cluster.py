@@ -250,6 +250,33 @@ class ClusterTests(unittest.TestCase):
                 break
         self.assertTrue({run, failing} <= seen)
 
+    def test_3b_a_step_reads_the_vault_secret_it_was_granted_and_nothing_else(self) -> None:
+        put = self.admin.nodes.request("PUT", "/v1/vault/secret?path=py/api-key", {"value": "py-secret-value"})
+        self.assertEqual(put.status, 201, put.body)
+        deploy(
+            self.admin,
+            '{"workflow_type": "py.vault", "steps": [{"name": "use", "lane": "pyvault", "secrets": ["py/api-key"]}, '
+            '{"name": "snoop", "lane": "pyvault", "after": ["use"], "max_attempts": 1}]}',
+        )
+        worker = self.worker(["pyvault"], instance_id="py-vault")
+
+        @worker.step("use")
+        def use(ctx: Any, _input: Any) -> Dict[str, Any]:
+            return {"length": len(ctx.secret("py/api-key"))}
+
+        @worker.step("snoop")
+        def snoop(ctx: Any, _input: Any) -> Dict[str, Any]:
+            ctx.secret("py/api-key")
+            return {}
+
+        with Running(worker):
+            run = self.client.start_run("py.vault", {})["run_id"]
+            done = self.client.wait_run(run)
+        self.assertEqual(done["state"], "failed", done)
+        self.assertEqual(done["steps"][0]["output"], {"length": 15})
+        self.assertIn("403", done["steps"][1]["error"])
+        self.assertNotIn("py-secret-value", str(done))
+
     def test_4_runs_finish_exactly_once_while_a_node_is_killed(self) -> None:
         self.assertEqual(len(URLS), 2, "two nodes")
         deploy(

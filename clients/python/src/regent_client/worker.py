@@ -10,6 +10,7 @@ dropped.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import random
@@ -50,7 +51,10 @@ def _parse_instant(text: str) -> float:
 class StepContext:
     """What a handler knows about the step it is doing."""
 
-    def __init__(self, lease: Dict[str, Any], worker_logger: logging.Logger) -> None:
+    def __init__(
+        self, lease: Dict[str, Any], worker_logger: logging.Logger, secret_reader: Optional[Callable[[str], bytes]] = None
+    ) -> None:
+        self._secret_reader = secret_reader
         payload = lease.get("payload") or {}
         self.run_id: str = lease.get("run_id", "")
         self.step: str = lease.get("step", "")
@@ -78,6 +82,22 @@ class StepContext:
             item["unit"] = unit
         with self._lock:
             self._costs.append(item)
+
+    def secret_bytes(self, path: str) -> bytes:
+        """A vault secret this step was granted (its manifest step's or its enqueue's `secrets`),
+        read with this attempt's lease; the node audits the read. Do not log it. A secret the
+        step was not granted, or a lost lease, raises NonRetryable (docs/vault.md)."""
+        if self._secret_reader is None:
+            raise NonRetryable(f"step {self.step} has no node to read secret {path} from")
+        return self._secret_reader(path)
+
+    def secret(self, path: str) -> str:
+        """A vault secret as UTF-8 text (see secret_bytes)."""
+        data = self.secret_bytes(path)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NonRetryable(f"secret {path} is not UTF-8 text; read it with secret_bytes") from None
 
     def check_cancelled(self) -> None:
         """Raises Cancelled when the step should stop."""
@@ -364,8 +384,17 @@ class Worker:
                 self._requeue(completions)
                 answer.raise_for_status()
 
+    def _read_secret(self, lease: Dict[str, Any], path: str) -> bytes:
+        body = {"execution_id": lease["execution_id"], "lease_epoch": lease["lease_epoch"], "worker_instance_id": self.instance_id, "path": path}
+        answer = self.nodes.request("POST", "/v1/vault/lease-read", body, timeout=self.request_timeout)
+        if answer.status != 200:
+            raise NonRetryable(f"reading secret {path} was refused ({answer.status} {answer.error_code})")
+        if "value" in answer.body:
+            return str(answer.body["value"]).encode("utf-8")
+        return base64.b64decode(answer.body["value_base64"])
+
     def _start(self, lease: Dict[str, Any]) -> None:
-        ctx = StepContext(lease, self.log)
+        ctx = StepContext(lease, self.log, secret_reader=lambda path: self._read_secret(lease, path))
         with self._cond:
             self._running[lease["execution_id"]] = ctx
         threading.Thread(target=self._perform, args=(lease, ctx), name=f"regent-step-{ctx.step}", daemon=True).start()
