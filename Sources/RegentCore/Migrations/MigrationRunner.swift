@@ -257,10 +257,17 @@ public struct MigrationRunner: Sendable {
         fence: (@Sendable (PostgresConnection) async throws -> Void)? = nil
     ) async throws -> [Migration] {
         try await connection.query(Self.lockRunner, purpose: "migrations: take the runner lock")
+        return try await releasingRunnerLock(on: connection) {
+            try await migrateLocked(on: connection, schemas: schemas, target: target, contract: contract, fence: fence)
+        }
+    }
+
+    /// Runs `body` (the runner lock held on `connection`), then releases the lock, also when it throws.
+    private func releasingRunnerLock<T>(on connection: PostgresConnection, _ body: () async throws -> T) async throws -> T {
         do {
-            let ran = try await migrateLocked(on: connection, schemas: schemas, target: target, contract: contract, fence: fence)
+            let value = try await body()
             try await connection.query(Self.unlockRunner, purpose: "migrations: release the runner lock")
-            return ran
+            return value
         } catch {
             if connection.isUsable { _ = try? await connection.query(Self.unlockRunner) }
             throw error
@@ -291,13 +298,8 @@ public struct MigrationRunner: Sendable {
         let taken = try await connection.query(Self.tryLockRunner, purpose: "migrations: try the runner lock").single()
             .decode("taken", as: Bool.self)
         guard taken else { return nil }
-        do {
-            let ran = try await migrateLocked(on: connection, schemas: schemas, target: nil, contract: false, fence: nil)
-            try await connection.query(Self.unlockRunner, purpose: "migrations: release the runner lock")
-            return ran
-        } catch {
-            if connection.isUsable { _ = try? await connection.query(Self.unlockRunner) }
-            throw error
+        return try await releasingRunnerLock(on: connection) {
+            try await migrateLocked(on: connection, schemas: schemas, target: nil, contract: false, fence: nil)
         }
     }
 

@@ -31,7 +31,10 @@ struct VaultKeyOptions: ParsableArguments {
 struct VaultCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vault", abstract: "Versioned secrets sealed at rest (docs/vault.md).",
-        subcommands: [InitKey.self, Status.self, Put.self, Get.self, List.self, Metadata.self, Delete.self, Undelete.self, Destroy.self, Remove.self, RotateKey.self])
+        subcommands: [
+            InitKey.self, Status.self, Put.self, Get.self, List.self, Metadata.self, ChangeVersions<DeleteKind>.self, ChangeVersions<UndeleteKind>.self,
+            ChangeVersions<DestroyKind>.self, Remove.self, RotateKey.self,
+        ])
 
     struct PathArgument: ParsableArguments {
         @Argument(help: "The secret's path, e.g. payments/stripe-key.") var path: String
@@ -208,21 +211,23 @@ struct VaultCommand: AsyncParsableCommand {
         print("\(meta.path): \(change.rawValue) done; current version \(meta.currentVersion)")
     }
 
-    struct Delete: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Soft-delete versions of a secret (reads refuse them; `undelete` brings them back).")
-        @OptionGroup var database: DatabaseOptions
-        @OptionGroup var keys: VaultKeyOptions
-        @OptionGroup var log: LogOptions
-        @OptionGroup var path: PathArgument
-        @OptionGroup var versions: VersionsOptions
-        func run() async throws {
-            try log.bootstrap()
-            try await VaultCommand.change(.delete, path, versions, database)
-        }
+    /// What `delete`, `undelete` and `destroy` do to versions (one command type each).
+    protocol VersionChangeKind { static var change: VaultStore.VersionChange { get }; static var abstract: String { get } }
+    enum DeleteKind: VersionChangeKind {
+        static var change: VaultStore.VersionChange { .delete }
+        static var abstract: String { "Soft-delete versions of a secret (reads refuse them; `undelete` brings them back)." }
+    }
+    enum UndeleteKind: VersionChangeKind {
+        static var change: VaultStore.VersionChange { .undelete }
+        static var abstract: String { "Bring back soft-deleted versions of a secret." }
+    }
+    enum DestroyKind: VersionChangeKind {
+        static var change: VaultStore.VersionChange { .destroy }
+        static var abstract: String { "Erase versions of a secret for good (their ciphertext and data key are overwritten)." }
     }
 
-    struct Undelete: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Bring back soft-deleted versions of a secret.")
+    struct ChangeVersions<Kind: VersionChangeKind>: AsyncParsableCommand {
+        static var configuration: CommandConfiguration { CommandConfiguration(commandName: Kind.change.rawValue, abstract: Kind.abstract) }
         @OptionGroup var database: DatabaseOptions
         @OptionGroup var keys: VaultKeyOptions
         @OptionGroup var log: LogOptions
@@ -230,20 +235,7 @@ struct VaultCommand: AsyncParsableCommand {
         @OptionGroup var versions: VersionsOptions
         func run() async throws {
             try log.bootstrap()
-            try await VaultCommand.change(.undelete, path, versions, database)
-        }
-    }
-
-    struct Destroy: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Erase versions of a secret for good (their ciphertext and data key are overwritten).")
-        @OptionGroup var database: DatabaseOptions
-        @OptionGroup var keys: VaultKeyOptions
-        @OptionGroup var log: LogOptions
-        @OptionGroup var path: PathArgument
-        @OptionGroup var versions: VersionsOptions
-        func run() async throws {
-            try log.bootstrap()
-            try await VaultCommand.change(.destroy, path, versions, database)
+            try await VaultCommand.change(Kind.change, path, versions, database)
         }
     }
 
