@@ -23,7 +23,7 @@ else
   # on a two-core machine running them beside everything else starves the other tests'
   # leaders (1 s test leases) and makes timing assertions flaky. 3. The starvation test
   # alone: it saturates the process's cooperative pool on purpose.
-  heavy=(FaultDrillTests FailoverDrillTests QueueCLITests PackageCLITests RunCLITests ProcessTests ServeProcessTests PromotionTests OutageTests PoolerTests WorkerSDKTests PythonClientTests FlowControlTests ScheduleTests ScheduleAPITests)
+  heavy=(FaultDrillTests FailoverDrillTests QueueCLITests PackageCLITests RunCLITests ProcessTests ServeProcessTests PromotionTests OutageTests PoolerTests WorkerSDKTests PythonClientTests FlowControlTests ScheduleTests ScheduleAPITests VaultTests VaultAPITests BootBesideMigrationTests)
   skips=(); for s in "${heavy[@]}" StarvationTests; do skips+=(--skip "$s"); done
   filters=(); for s in "${heavy[@]}"; do filters+=(--filter "$s"); done
   timeout --signal=TERM --kill-after=30 "${REGENT_TEST_TIMEOUT:-1800}" swift test --skip-build "${skips[@]}" 2>&1 | tee -a "$log" || status=$?

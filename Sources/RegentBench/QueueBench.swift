@@ -44,6 +44,12 @@ package struct QueueBench: Sendable {
         package var flow_drain_per_s: [String: Double] = [:]
         package var flow_enqueue_per_s: [String: Double] = [:]
         package var flow_hot_key_jobs = 0
+        /// Fairness (issue 31): one tenant's backlog of `fair_backlog` executions, then one
+        /// execution of another tenant; the claims (batch 10, completing each batch) and the time
+        /// until that one is in a worker's hands, without keys ("unkeyed") and with fair keys ("fair").
+        package var fair_backlog = 0
+        package var fair_small_claims: [String: Int] = [:]
+        package var fair_small_ms: [String: Double] = [:]
     }
 
     let url: String
@@ -172,6 +178,37 @@ package struct QueueBench: Sendable {
         func median(_ v: [Double]) -> Double { v.sorted()[v.count / 2] }
         for (name, v) in drains { f.flow_drain_per_s[name] = median(v) }
         for (name, v) in enqueues { f.flow_enqueue_per_s[name] = median(v) }
+        f.fair_backlog = options.bigBacklog
+        for fair in [false, true] {
+            let (claims, ms) = try await smallTenantWait(pool, fair: fair)
+            f.fair_small_claims[fair ? "fair" : "unkeyed"] = claims
+            f.fair_small_ms[fair ? "fair" : "unkeyed"] = ms
+            say(String(format: "  a small tenant behind %d of a big one (%@): claimed after %d claims, %.1f ms", options.bigBacklog, fair ? "fair keys" : "no keys", claims, ms))
+        }
+    }
+
+    /// One tenant's backlog, then one execution of another: the claims of ten (each completed)
+    /// and the time until the small tenant's is claimed.
+    private func smallTenantWait(_ pool: ConnectionPool, fair: Bool) async throws -> (Int, Double) {
+        try await reset(pool)
+        _ = try await enqueue(pool, count: options.bigBacklog, gate: fair ? { _ in .fair(key: "big", window: 10) } : nil)
+        let store = LeaseStore()
+        var small = EnqueueRequest(lane: lane, payload: #"{"tenant":"small"}"#)
+        if fair { small.flow = .fair(key: "small", window: 10) }
+        try await analyze(pool)
+        let w = try worker(0)
+        return try await pool.withConnection { conn in
+            _ = try await store.enqueue(namespace: ns, [small], on: conn)
+            let started = ContinuousClock.now
+            var claims = 0
+            while true {
+                let leases = try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(60), limit: 10, on: conn)
+                claims += 1
+                if leases.isEmpty || leases.contains(where: { $0.payload.contains("small") }) { break }
+                _ = try await store.complete(leases.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, on: conn)
+            }
+            return (claims, started.duration(to: .now).inSeconds * 1000)
+        }
     }
 
     private func registerWorkers(_ pool: ConnectionPool) async throws {

@@ -265,7 +265,7 @@ struct LeadershipMetricsTests {
         #expect(await eventually {
             try await admin.query("""
                 SELECT count(*) AS n FROM pg_locks
-                WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                WHERE locktype = 'advisory' AND NOT granted AND objid = 2 AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                 """).single().decode("n", as: Int.self) == 1
         })
         try await admin.query("SELECT pg_terminate_backend(\(Int(oldPID)))")
@@ -295,13 +295,15 @@ struct LeadershipMetricsTests {
         let second = RegentNode(configuration: fastNode(db, name: "second"), metrics: RegentMetrics(factory: secondMetrics))
         let secondTask = Task { try await second.run() }
         #expect(await eventually { await second.membershipService != nil })
-        // Wait until the second node is blocked on the lock (on a busy machine 200 ms were
-        // not always enough, and a node that finds the lock free is not taking over).
+        // Wait until the second node is blocked on the leadership lock (key 2; on a busy machine
+        // 200 ms were not always enough, and a node that finds the lock free is not taking over).
+        // Not any advisory wait: the leader's migration duty can wait on the runner lock (key 1)
+        // while the follower applies the module schemas.
         let admin = try await PostgresConnection.connect(db)
         #expect(await eventually {
             try await admin.query("""
                 SELECT count(*) AS n FROM pg_locks
-                WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                WHERE locktype = 'advisory' AND NOT granted AND objid = 2 AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                 """)
                 .single().decode("n", as: Int.self) == 1
         })

@@ -265,9 +265,12 @@ struct ConsoleAPITests {
                     "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND datname = current_database()"
                 ).single().decode("n", as: Int.self) >= 1
             })
-            // The leader builds the online indexes after the migrations the fixture waited for.
+            // The leader builds the online indexes after the migrations the fixture waited for:
+            // wait until this one is built and valid (dropping it mid-build is a catalog race).
             #expect(await eventually(timeout: .seconds(30)) {
-                try await f.api.pool.query("SELECT to_regclass('workflow.runs_state_listing_idx') IS NOT NULL AS present").single().decode("present", as: Bool.self)
+                try await f.api.pool.query(
+                    "SELECT coalesce((SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('workflow.runs_state_listing_idx')), false) AS ok"
+                ).single().decode("ok", as: Bool.self)
             })
             try await f.api.pool.query("DROP INDEX workflow.runs_state_listing_idx")
             #expect(await eventually(timeout: .seconds(20)) {

@@ -110,6 +110,16 @@ public actor LeaderElector: Service {
     private func runLoop() async {
         var action = machine.start()
         while true {
+            // A cancelled task (its owner cancelled it instead of stopping the elector) stops as
+            // a shutdown would: every wait below returns at once once cancelled, and the loop
+            // would otherwise reconnect (or confirm) without pause, forever.
+            if Task.isCancelled, !stopping {
+                stopping = true
+                switch action {
+                case .stop, .resignAndStop: break
+                default: action = machine.shutdownRequested()
+                }
+            }
             switch action {
             case .connect(let delay):
                 if delay > .zero { _ = await doorbell.wait(upTo: delay) }
@@ -238,7 +248,10 @@ public actor LeaderElector: Service {
         while true {
             let next = machine.nextConfirmation(after: lastStart)
             _ = await doorbell.wait(upTo: ContinuousClock.now.duration(to: next))
-            if stopping { return machine.shutdownRequested() }
+            if stopping || Task.isCancelled {
+                stopping = true
+                return machine.shutdownRequested()
+            }
             if resignRequested {
                 resignRequested = false
                 await resign()

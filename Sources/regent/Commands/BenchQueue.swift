@@ -21,7 +21,7 @@ extension BenchCommand {
         @Option(help: "Backlog drained at each batch size (1000-1000000).") var jobs = 20_000
         @Option(help: "Worker connections draining (1-64).") var workers = 16
         @Option(help: "The large backlog (10000-10000000).") var backlog = 100_000
-        @Option(help: "Drains under flow control first: unkeyed, 1,000 keys of limit 1, 1,000 fair keys, one hot key, alternating (on|off).")
+        @Option(help: "Drains under flow control first: unkeyed, 1,000 keys of limit 1, 1,000 fair keys, one hot key, alternating (on|off); then a small tenant's wait behind --backlog of a big one, without and with fair keys.")
         var flow: Toggle = .on
         @Option(help: "Alternating rounds of the flow-control drains (1-9; medians).") var flowRounds = 3
         @Flag(help: "Only the flow-control drains.") var onlyFlow = false
@@ -61,6 +61,10 @@ extension BenchCommand {
                     ["unkeyed", "1000 keys, limit 1", "1000 fair keys, window 10", "one hot key, limit 1"].map { name in
                         [name + (name.hasPrefix("one hot") ? " (\(r.flow_hot_key_jobs) jobs, 2 workers)" : " (\(jobs) jobs)"), rate(r.flow_enqueue_per_s[name]),
                          rate(r.flow_drain_per_s[name]), ratio(r.flow_drain_per_s[name], base)]
+                    }))
+                print(table(["a small tenant's one execution behind \(r.fair_backlog) of a big tenant's", "claims of 10 until claimed", "time"],
+                    [("no keys", "unkeyed"), ("fair keys, window 10", "fair")].map { label, key in
+                        [label, r.fair_small_claims[key].map(String.init) ?? "-", r.fair_small_ms[key].map { String(format: "%.1f ms", $0) } ?? "-"]
                     }))
                 if onlyFlow { return }
             }
