@@ -7,6 +7,34 @@ import Testing
 
 @Suite("Leadership against a real server", .serialized)
 struct LeadershipTests {
+    /// An elector whose task is cancelled (not stopped) ends, following or leading, and a
+    /// leader gives its lock up: every wait returns at once under cancellation, and before it
+    /// was handled the loop reconnected (or confirmed) without pause for as long as the process
+    /// lived (CI saw a follower log a thousand refused connections a second).
+    @Test func aCancelledElectorEndsWhetherItFollowsLeadsOrCannotConnect() async throws {
+        let db = try await TestDatabase.shared.freshDatabase()
+        let conn = try await PostgresConnection.connect(db)
+        try await MigrationRunner(appliedBy: "test").migrate(on: conn, schemas: ["engine"])
+        let closedPort = try ConnectionConfiguration("host=127.0.0.1 port=1 user=nobody dbname=none connect_timeout=1")
+        for config in [closedPort, db] {
+            let elector = LeaderElector(instanceID: InstanceID(), configuration: config, options: .init(leaseWindow: .seconds(1)))
+            let ended = Tally()
+            let task = Task {
+                await elector.run()
+                ended.add(1)
+            }
+            if config.conninfo == db.conninfo {
+                #expect(await eventually { await elector.electionsWon == 1 })
+            } else {
+                try await Task.sleep(for: .milliseconds(300))
+            }
+            task.cancel()
+            #expect(await eventually(timeout: .seconds(5)) { ended.total == 1 }, "the cancelled elector kept running")
+        }
+        #expect(try await conn.query(LeadershipQueries.countLockHolders).single().decode("n", as: Int.self) == 0, "the cancelled leader let its lock go")
+        await conn.close()
+    }
+
     @Test func exactlyOneLeaderAmongThreeNodesAndStatusAgrees() async throws {
         var cluster = Cluster(config: try await TestDatabase.shared.freshDatabase())
         for i in 1...3 { _ = cluster.start("n\(i)") }
