@@ -215,8 +215,8 @@ struct ModuleTests {
 @Suite("Boot beside a migration in progress")
 struct BootBesideMigrationTests {
     /// A booting node joins while another runner (a leader creating or upgrading a schema,
-    /// slow on a loaded machine) holds the migration lock; once the lock is free, the
-    /// pending expands are applied. Before, the boot queued behind the lock and the node
+    /// slow on a loaded machine) holds the migration lock; once the lock is free, its leader
+    /// duty applies the pending expands. Before, the boot queued behind the lock and the node
     /// neither joined nor heartbeated until that run ended.
     @Test func aNodeJoinsWhileTheMigrationLockIsHeldAndAppliesExpandsOnceFree() async throws {
         let config = try await TestDatabase.shared.freshDatabase()

@@ -198,6 +198,11 @@ public actor RegentNode: Service {
         }
     }
 
+    /// The release the current leader runs (no row: no leader).
+    static let leaderRelease: PostgresQuery = """
+        SELECT i.version FROM engine.leadership l JOIN engine.instances i ON i.instance_id = l.leader_instance WHERE l.id = 1
+        """
+
     /// A follower waits for the leader to migrate the enabled module schemas.
     func waitForSchemas() async {
         let pool = self.pool
@@ -211,16 +216,19 @@ public actor RegentNode: Service {
                     let schemas = try await ModuleRegistry().enabledSchemas(on: conn)
                     let runner = MigrationRunner.node(appliedBy: actor)
                     if try await runner.status(on: conn, schemas: schemas).allSatisfy(\.isCurrent) { return (true, [Migration]()) }
-                    // A node newer than a module schema applies the schema's pending migrations
-                    // itself when every one of them is an expand, or creates a schema that does
-                    // not exist yet (docs/operations.md, "Rolling upgrades"): during a rollout the
-                    // leader may still be an old node that does not know them. Only when no
-                    // runner is at work: the leader's own run is waited for, not queued behind.
+                    // While the leader runs another release (a rollout: it may not know these
+                    // files), a node applies a module schema's pending migrations itself when
+                    // every one of them is an expand, or creates a schema that does not exist yet
+                    // (docs/operations.md, "Rolling upgrades"); only when no runner holds the lock,
+                    // never queued behind one. A leader of this release migrates on its own.
+                    let leaderRelease = try await conn.query(Self.leaderRelease, purpose: "schemas: the leader's release").first?
+                        .decodeOptional("version", as: String.self)
                     let applied = try await runner.applied(on: conn)
-                    let expandable = try runner.expandable(applied: applied, schemas: schemas.filter { $0 != "engine" })
+                    let expandable = leaderRelease.map { $0 != RegentVersion.current } == true
+                        ? try runner.expandable(applied: applied, schemas: schemas.filter { $0 != "engine" }) : []
                     if !expandable.isEmpty, let ran = try await runner.migrateIfIdle(on: conn, schemas: expandable), !ran.isEmpty {
                         logger.notice(
-                            "applied module schema migrations the leader had not (expands, or a new schema)",
+                            "applied module schema migrations the leader's release does not know (expands, or a new schema)",
                             metadata: ["schemas": "\(expandable.joined(separator: ","))", "files": "\(ran.count)"])
                         if try await runner.status(on: conn, schemas: schemas).allSatisfy(\.isCurrent) { return (true, []) }
                     }

@@ -1,6 +1,6 @@
 /// The version of this build, recorded in `engine.instances` and `engine.modules`.
 public enum RegentVersion {
-    public static let current = "0.1.0"
+    public static let current = "0.3.0-dev"
 }
 
 /// Advisory-lock keys (two-int form) used by Regent; `classID` namespaces them.
