@@ -167,8 +167,13 @@ struct VaultAPITests {
                 let bad = try await client.call(
                     .post, "/v1/executions", token: f.worker, json: #"{"namespace": "jobs", "executions": [{"lane": "mail", "secrets": ["../x"]}]}"#)
                 #expect(bad.status == .badRequest)
-                let made = try await client.call(
+                // A worker token cannot grant secrets (it could grant itself any); an admin can.
+                let byWorker = try await client.call(
                     .post, "/v1/executions", token: f.worker, json: #"{"namespace": "jobs", "executions": [{"lane": "mail", "secrets": ["mail/smtp"]}]}"#)
+                #expect(byWorker.status == .forbidden)
+                #expect(try await count(f.api.pool, "workflow.executions") == 0)
+                let made = try await client.call(
+                    .post, "/v1/executions", token: f.admin, json: #"{"namespace": "jobs", "executions": [{"lane": "mail", "secrets": ["mail/smtp"]}]}"#)
                 #expect(made.status == .created || made.status == .ok)
                 let claim = try object(try await client.call(
                     .post, "/v1/leases/claim", token: f.worker, json: #"{"namespace": "jobs", "worker_instance_id": "m1", "lanes": ["mail"], "limit": 1}"#).body)

@@ -49,6 +49,13 @@ extension AdminAPI {
             return r
         }
         try context.checkScope(namespace: namespace, lanes: requests.map(\.lane), action: "enqueue")
+        // A grant of vault secrets is an admin's decision: a worker token that could grant them
+        // could enqueue an execution naming any secret, claim it, and read it.
+        if requests.contains(where: { !$0.secrets.isEmpty }), context.identity.map({ $0.role < .admin }) ?? true {
+            throw RegentError(
+                .forbidden, "only an admin token may grant vault secrets to an execution (secrets); a worker token could grant itself any secret",
+                hint: "name the secrets a step needs in its package manifest (deployed by an admin), or enqueue with an admin token")
+        }
         let made = try await pool.withConnection { try await context.leases.enqueue(namespace: namespace, requests, on: $0) }
         return try json(["executions": made.map { EnqueuedDocument(executionID: $0.executionID.uuidString.lowercased(), created: $0.created) }])
     }
