@@ -223,7 +223,7 @@ public actor RegentNode: Service {
                     // never queued behind one. A leader of this release migrates on its own.
                     let leaderRelease = try await conn.query(Self.leaderRelease, purpose: "schemas: the leader's release").first?
                         .decodeOptional("version", as: String.self)
-                    let applied = try await runner.applied(on: conn)
+                    var applied = try await runner.applied(on: conn)
                     let expandable = leaderRelease.map { $0 != RegentVersion.current } == true
                         ? try runner.expandable(applied: applied, schemas: schemas.filter { $0 != "engine" }) : []
                     if !expandable.isEmpty, let ran = try await runner.migrateIfIdle(on: conn, schemas: expandable), !ran.isEmpty {
@@ -231,8 +231,9 @@ public actor RegentNode: Service {
                             "applied module schema migrations the leader's release does not know (expands, or a new schema)",
                             metadata: ["schemas": "\(expandable.joined(separator: ","))", "files": "\(ran.count)"])
                         if try await runner.status(on: conn, schemas: schemas).allSatisfy(\.isCurrent) { return (true, []) }
+                        applied = try await runner.applied(on: conn)
                     }
-                    return (false, try runner.heldForOperator(applied: try await runner.applied(on: conn), schemas: schemas))
+                    return (false, try runner.heldForOperator(applied: applied, schemas: schemas))
                 }
                 if current {
                     logger.info("schemas current; node ready")

@@ -493,13 +493,22 @@ public struct VaultStore: Sendable {
         let keyring = try requireKeys()
         if let version, version < 1 { throw RegentError(.invalidInput, "version must be 1 or more") }
         let row = try await Self.sealedRow(path, version: version, on: conn)
+        return try await openAudited(path, row, keyring: keyring, actor: actor, detail: ["purpose": purpose as Any], on: conn)
+    }
+
+    /// Opens `row` and audits the read (`vault.secret_read`, with `detail`), or audits the
+    /// refusal (`vault.read_failed`, with the reason) when it is sealed or corrupt.
+    func openAudited(
+        _ path: SecretPath, _ row: SealedRow, keyring: VaultKeyring, actor: AuditActor, detail: [String: Any], on conn: PostgresConnection
+    ) async throws -> SecretValue {
         do {
             let value = try open(path, row, keyring: keyring)
-            try await Self.audit("vault.secret_read", path: path.value, version: value.version, actor: actor, extra: ["purpose": purpose as Any], on: conn)
+            try await Self.audit("vault.secret_read", path: path.value, version: value.version, actor: actor, extra: detail, on: conn)
             return value
         } catch let error as RegentError where error.code == .secretCorrupt || error.code == .vaultSealed {
-            try await Self.audit(
-                "vault.read_failed", path: path.value, version: row.info.version, actor: actor, extra: ["purpose": purpose as Any, "reason": "\(error.code)"], on: conn)
+            var failed = detail.filter { $0.key == "purpose" }
+            failed["reason"] = "\(error.code)"
+            try await Self.audit("vault.read_failed", path: path.value, version: row.info.version, actor: actor, extra: failed, on: conn)
             throw error
         }
     }
@@ -582,18 +591,9 @@ public struct VaultStore: Sendable {
             throw RegentError(.forbidden, denial, hint: "a step reads the secrets its manifest step (secrets) or its enqueue (secrets) names, while it holds the lease")
         }
         let row = try await Self.sealedRow(path, version: nil, on: conn)
-        let purpose = "execution \(idText) epoch \(epoch.value)"
-        do {
-            let value = try open(path, row, keyring: keyring)
-            try await Self.audit(
-                "vault.secret_read", path: path.value, version: value.version, actor: actor,
-                extra: ["purpose": purpose, "execution_id": idText, "worker_instance_id": worker.value], on: conn)
-            return value
-        } catch let error as RegentError where error.code == .secretCorrupt || error.code == .vaultSealed {
-            try await Self.audit(
-                "vault.read_failed", path: path.value, version: row.info.version, actor: actor, extra: ["purpose": purpose, "reason": "\(error.code)"], on: conn)
-            throw error
-        }
+        return try await openAudited(
+            path, row, keyring: keyring, actor: actor,
+            detail: ["purpose": "execution \(idText) epoch \(epoch.value)", "execution_id": idText, "worker_instance_id": worker.value], on: conn)
     }
 
     // MARK: status
