@@ -335,7 +335,7 @@
   const views = {};
 
   // ── Runs ───────────────────────────────────────────────────────────────────────────────
-  const RUN_STATES = ['', 'running', 'succeeded', 'failed', 'cancelled'];
+  const RUN_STATES = ['', 'queued', 'running', 'succeeded', 'failed', 'cancelled'];
   views.runs = (root, _parts, params) => {
     const filters = {
       type: params.get('type') || '', state: params.get('state') || '', version: params.get('version') || '',
@@ -463,11 +463,12 @@
           kv('started', `${when(run.started_at)} by ${run.started_by}`), kv('finished', run.finished_at ? `${when(run.finished_at)} by ${run.finished_by}` : '–'),
           kv('reason', run.reason), kv('deadline', when(run.deadline)), kv('idempotency key', run.idempotency_key),
           kv('budget', run.budget && run.budget.limit !== null ? `${run.budget.spent} of ${run.budget.limit} ${run.budget.unit || ''} (${run.budget.remaining} left)` : 'none'),
-          kv('parent', run.parent_run_id ? h('a', { href: `#/run/${run.parent_run_id}` }, run.parent_run_id) : '–')),
+          kv('parent', run.parent_run_id ? h('a', { href: `#/run/${run.parent_run_id}` }, run.parent_run_id) : '–'),
+          run.concurrency_key !== undefined ? kv('concurrency key', run.admitted_at ? `${run.concurrency_key} (admitted ${when(run.admitted_at)})` : `${run.concurrency_key} (waiting for a slot)`) : null),
         run.error ? h('p', { class: 'error-text', id: 'run-error' }, run.error) : null);
       fill(actions);
       if (can('worker')) {
-        if (run.state === 'running') {
+        if (run.state === 'running' || run.state === 'queued') {
           actions.append(h('button', { id: 'run-cancel', type: 'button', class: 'danger', onclick: () => act('Cancel run', `Cancel ${run.run_id}? Its queued and running steps are fenced; this cannot be undone (retry resumes it later).`,
             () => api(`/v1/runs/${run.run_id}/cancel`, { method: 'POST', body: { reason: `cancelled from the console by ${state.who.name}` } }), () => loop.wake()) }, 'Cancel run'));
           for (const x of run.steps.filter((x) => x.kind === 'signal' && x.state === 'waiting')) {

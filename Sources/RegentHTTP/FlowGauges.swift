@@ -10,11 +10,13 @@ import Synchronization
 /// - `regent_flow_keys{namespace,state}`: live keys at their limit (`at_limit`) or below it;
 /// - `regent_flow_key_admitted{namespace,key}`: the ten busiest keys' admitted executions (keys
 ///   leaving the ten are set to 0), so a hot key shows without a series per key.
+/// - `regent_runs_queued{namespace,workflow_type}`: runs waiting for a slot of their run
+///   concurrency key (types with a key only).
 final class FlowGauges: Sendable {
     let factory: any MetricsFactory
     /// The last blocked count seen per lane (the counter moves by the difference), and the keys
     /// last reported among the busiest.
-    private let state = Mutex<(blocked: [String: Int64], busiest: Set<[String]>)>(([:], []))
+    private let state = Mutex<(blocked: [String: Int64], busiest: Set<[String]>, queued: Set<[String]>)>(([:], [], []))
 
     init(factory: any MetricsFactory) { self.factory = factory }
 
@@ -62,6 +64,30 @@ final class FlowGauges: Sendable {
                         .record(Double(try row.decode("at_limit", as: Int64.self)))
                     Gauge(label: "regent_flow_keys", dimensions: [("namespace", ns), ("state", "below_limit")], factory: factory)
                         .record(Double(try row.decode("below", as: Int64.self)))
+                }
+                if try await conn.query("SELECT to_regclass('workflow.run_waiting') IS NOT NULL AS ok", purpose: "metrics: run_waiting?")
+                    .single().decode("ok", as: Bool.self)
+                {
+                    let queued = try await conn.query(
+                        """
+                        SELECT w.namespace, r.workflow_type, count(*)::bigint AS n
+                        FROM workflow.run_waiting w JOIN workflow.runs r ON r.run_id = w.run_id GROUP BY 1, 2
+                        """, purpose: "metrics: queued runs")
+                    var seen = Set<[String]>()
+                    for row in queued {
+                        let id = [try row.decode("namespace", as: String.self), try row.decode("workflow_type", as: String.self)]
+                        seen.insert(id)
+                        Gauge(label: "regent_runs_queued", dimensions: [("namespace", id[0]), ("workflow_type", id[1])], factory: factory)
+                            .record(Double(try row.decode("n", as: Int64.self)))
+                    }
+                    // A type with nothing queued any more reads 0, not its last count.
+                    let emptied = state.withLock { s -> Set<[String]> in
+                        defer { s.queued = seen }
+                        return s.queued.subtracting(seen)
+                    }
+                    for id in emptied {
+                        Gauge(label: "regent_runs_queued", dimensions: [("namespace", id[0]), ("workflow_type", id[1])], factory: factory).record(0)
+                    }
                 }
                 var now = Set<[String]>()
                 for row in busiest {

@@ -15,9 +15,11 @@ struct RunFixture {
     let actor = AuditActor.named("test")
 
     /// `steps`: manifest step objects; every step's lane is `work` unless it says otherwise.
-    static func deploy(_ type: String, steps: [String], budget: String? = nil, on conn: PostgresConnection) async throws -> RunFixture {
+    /// `top`: more top-level manifest fields (`"concurrency": {…}`).
+    static func deploy(_ type: String, steps: [String], budget: String? = nil, top: String? = nil, on conn: PostgresConnection) async throws -> RunFixture {
         var manifest = PackageFixture.manifest(type: type, steps: steps)
         if let budget { manifest = manifest.replacingOccurrences(of: #""steps":"#, with: #""budget": \#(budget), "steps":"#) }
+        if let top { manifest = manifest.replacingOccurrences(of: #""steps":"#, with: #"\#(top), "steps":"#) }
         let fixture = try PackageFixture(files: ["workflow.json": manifest])
         defer { fixture.remove() }
         let contents = try PackageContents(path: fixture.directory.path, limits: .default)

@@ -208,6 +208,9 @@ public struct PackageStore: Sendable {
                     SELECT r.run_id || COALESCE(' (child of ' || r.parent_run_id || ')', '') AS label, r.started_at AS at, r.run_id AS id
                     FROM workflow.runs r WHERE r.package_hash = \(hash) AND r.state = 'running'
                     UNION ALL
+                    SELECT r.run_id || ' (queued for its concurrency key)', r.started_at, r.run_id
+                    FROM workflow.run_waiting w JOIN workflow.runs r ON r.run_id = w.run_id WHERE r.package_hash = \(hash)
+                    UNION ALL
                     SELECT 'a child recorded by run ' || s.run_id || ' (step ' || s.name || ') and not started', s.waiting_since, s.child_run_id
                     FROM workflow.run_steps s
                     WHERE s.child_hash = \(hash) AND s.state = 'waiting'
@@ -238,7 +241,9 @@ public struct PackageStore: Sendable {
             """
             SELECT p.workflow_type, p.content_hash, p.deployed_at, p.deployed_by, p.size_bytes, p.file_count, p.step_count,
                    (r.workflow_type IS NOT NULL) AS routed, (extract(epoch FROM p.deployed_at) * 1000000)::bigint AS deployed_us,
-                   (SELECT count(*) FROM workflow.runs x WHERE x.package_hash = p.content_hash AND x.state = 'running') AS running_runs
+                   (SELECT count(*) FROM workflow.runs x WHERE x.package_hash = p.content_hash AND x.state = 'running')
+                   + (SELECT count(*) FROM workflow.run_waiting w JOIN workflow.runs x ON x.run_id = w.run_id WHERE x.package_hash = p.content_hash)
+                     AS running_runs
             FROM workflow.packages p
             LEFT JOIN workflow.package_routes r ON r.workflow_type = p.workflow_type AND r.content_hash = p.content_hash
             WHERE (\(type?.value)::text IS NULL OR p.workflow_type = \(type?.value))

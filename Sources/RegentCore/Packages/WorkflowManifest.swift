@@ -109,7 +109,16 @@ public struct WorkflowManifest: Sendable, Hashable {
     public let workflowType: WorkflowType
     public let description: String?
     public let budget: Budget?
+    /// `"concurrency": {"key": "$.input.customer_id", "limit": 1}` at the top: at most `limit`
+    /// runs of this type with the same key value running at once; the others wait `queued`.
+    public let concurrency: RunConcurrency?
     public let steps: [Step]
+
+    /// A run concurrency key (docs/flow-control.md, "Run concurrency"): read from the run's input.
+    public struct RunConcurrency: Sendable, Hashable {
+        public let key: RunPath
+        public let limit: Int
+    }
 
     public static let maxSteps = 256
     /// Child steps per workflow (its fan-out); runs nest at most ``maxChildDepth`` deep.
@@ -131,7 +140,7 @@ public struct WorkflowManifest: Sendable, Hashable {
     }
 
     init(_ value: JSONValue) throws(RegentError) {
-        let top = try Fields(value, "workflow.json", allowed: ["workflow_type", "description", "budget", "steps"])
+        let top = try Fields(value, "workflow.json", allowed: ["workflow_type", "description", "budget", "concurrency", "steps"])
         workflowType = try WorkflowType(try top.string("workflow_type"))
         description = try top.optionalString("description")
         if let d = description, d.utf8.count > 1024 || d.unicodeScalars.contains(where: { $0.value < 0x20 && $0 != "\n" && $0 != "\t" }) {
@@ -146,6 +155,21 @@ public struct WorkflowManifest: Sendable, Hashable {
             self.budget = Budget(limit: limit, unit: unit)
         } else {
             budget = nil
+        }
+        if let c = top.optional("concurrency") {
+            let cf = try Fields(c, "concurrency", allowed: ["key", "limit"])
+            let key = try RunPath(try cf.string("key"), at: "concurrency.key")
+            guard key.step == nil else {
+                throw RegentError(
+                    .invalidInput, "workflow.json: concurrency.key \(quoted(key.description)) reads a step's output; a run's key is read from its input when it starts: use $.input[.key…]")
+            }
+            let limit = try cf.optionalInt("limit") ?? 1
+            guard (1...FlowGate.maxLimit).contains(limit) else {
+                throw RegentError(.invalidInput, "workflow.json: concurrency.limit must be 1 to \(FlowGate.maxLimit), got \(limit)")
+            }
+            concurrency = RunConcurrency(key: key, limit: limit)
+        } else {
+            concurrency = nil
         }
         guard case .array(let items)? = top.optional("steps") else {
             throw RegentError(.invalidInput, "workflow.json: steps is required: a list of 1 to \(Self.maxSteps) steps")
@@ -409,6 +433,9 @@ public struct WorkflowManifest: Sendable, Hashable {
         var top: [String: JSONValue] = ["workflow_type": .string(workflowType.value), "steps": .array(steps)]
         if let description { top["description"] = .string(description) }
         if let budget { top["budget"] = .object(["limit": .number(budget.limit), "unit": .string(budget.unit)]) }
+        if let concurrency {
+            top["flow"] = .object(["kind": "r", "key": .array(concurrency.key.segments.map { .string($0) }), "limit": .integer(Int64(concurrency.limit))])
+        }
         return JSONValue.object(top).text
     }
 }

@@ -129,7 +129,8 @@ public struct RunStore: Sendable {
 // MARK: Reading and cancelling
 
 extension RunStore {
-    public static let states = ["running", "succeeded", "failed", "cancelled"]
+    /// `queued`: waiting for a free slot of its concurrency key (docs/flow-control.md); nothing of it has begun.
+    public static let states = ["queued", "running", "succeeded", "failed", "cancelled"]
 
     /// A run as `runs show` and `GET /v1/runs/{id}` present it.
     public struct Run: Sendable, Encodable {
@@ -155,6 +156,9 @@ extension RunStore {
         /// A child run's parent run and the parent's step that started it.
         public var parentRunID: String? = nil
         public var parentStep: String? = nil
+        /// A run of a workflow with a run concurrency key: the key's value, and when a slot admitted it.
+        public var concurrencyKey: String? = nil
+        public var admittedAt: Date? = nil
         public var steps: [Step] = []
         public var ledger: [LedgerEntry] = []
         public var signals: [Signal] = []
@@ -172,6 +176,7 @@ extension RunStore {
             case idempotencyKey = "idempotency_key", deadline, budget, startedBy = "started_by", finishedBy = "finished_by", term
             case startedAt = "started_at", finishedAt = "finished_at", steps, ledger, namespace, signals
             case parentRunID = "parent_run_id", parentStep = "parent_step", readAt = "read_at"
+            case concurrencyKey = "concurrency_key", admittedAt = "admitted_at"
         }
         enum BudgetKeys: String, CodingKey { case limit, unit, spent, remaining }
 
@@ -200,6 +205,8 @@ extension RunStore {
             try c.encode(term, forKey: .term)
             try c.encode(startedAt, forKey: .startedAt)
             try c.encode(finishedAt, forKey: .finishedAt)
+            if let concurrencyKey { try c.encode(concurrencyKey, forKey: .concurrencyKey) }
+            if let admittedAt { try c.encode(admittedAt, forKey: .admittedAt) }
             if !summary {
                 try c.encode(steps, forKey: .steps)
                 try c.encode(ledger, forKey: .ledger)
@@ -347,7 +354,7 @@ extension RunStore {
     static let runColumns = """
         run_id, workflow_type, package_hash, state, reason, error, input::text AS input, output::text AS output, idempotency_key, deadline,
         budget_limit::float8 AS budget_limit, budget_unit, budget_spent::float8 AS budget_spent, started_by, finished_by, term, started_at, finished_at,
-        namespace, parent_run_id
+        namespace, parent_run_id, substr(flow_key, length(workflow_type) + 4) AS concurrency_key, admitted_at
         """
 
     /// A listing's columns: input and output only when asked for (`include`).
@@ -356,7 +363,7 @@ extension RunStore {
         run_id, workflow_type, package_hash, state, reason, left(error, 1024) AS error, \(input ? "input::text" : "''::text") AS input,
         \(output ? "output::text" : "NULL::text") AS output, idempotency_key, deadline,
         budget_limit::float8 AS budget_limit, budget_unit, budget_spent::float8 AS budget_spent, started_by, finished_by, term, started_at, finished_at,
-        namespace, parent_run_id
+        namespace, parent_run_id, substr(flow_key, length(workflow_type) + 4) AS concurrency_key, admitted_at
         """
     }
 
@@ -370,6 +377,8 @@ extension RunStore {
             term: try row.decodeOptional("term"), startedAt: try row.decode("started_at"), finishedAt: try row.decodeOptional("finished_at"))
         run.namespace = try row.decodeOptional("namespace")
         run.parentRunID = try row.decodeOptional("parent_run_id")
+        run.concurrencyKey = try row.decodeOptional("concurrency_key")
+        run.admittedAt = try row.decodeOptional("admitted_at")
         return run
     }
 
@@ -579,7 +588,7 @@ extension RunStore {
             "SELECT workflow.cancel_run(\(runID), \(reason), \(actor.description)) AS before", purpose: "runs: cancel"
         ).single().decodeOptional("before", as: String.self)
         guard let before else { throw RegentError(.notFound, "no run \(runID)") }
-        return before == "running" ? .cancelled : .alreadyFinished
+        return before == "running" || before == "queued" ? .cancelled : .alreadyFinished
     }
 }
 
@@ -646,6 +655,7 @@ extension RunStore {
             case "retried": break
             case "not_found": throw RegentError(.notFound, "no run \(runID)")
             case "running": throw RegentError(.conflict, "run \(runID) is still running: only a failed or cancelled run can be retried")
+            case "queued": throw RegentError(.conflict, "run \(runID) is queued for its concurrency key and has not begun: only a failed or cancelled run can be retried")
             case "succeeded": throw RegentError(.conflict, "run \(runID) succeeded: there is nothing to retry", hint: "start a new run")
             case "no_failed_step":
                 throw RegentError(.conflict, "no step of run \(runID) failed (it was cancelled, or passed its deadline or budget)",

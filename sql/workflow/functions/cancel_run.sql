@@ -1,7 +1,7 @@
 -- workflow.cancel_run: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0007_run_engine.sql.
+-- History: sql/workflow/0007_run_engine.sql, sql/workflow/0020_run_concurrency.sql (queued runs).
 --
 -- Cancels a running run (the actor and reason recorded). Returns the run's state before:
 -- NULL when there is no such run.
@@ -16,7 +16,7 @@ DECLARE
 BEGIN
     SELECT state INTO v_state FROM workflow.runs WHERE run_id = p_run_id FOR UPDATE;
     IF NOT FOUND THEN RETURN NULL; END IF;
-    IF v_state = 'running' THEN
+    IF v_state IN ('running', 'queued') THEN
         PERFORM workflow.finish_run(p_run_id, 'cancelled', 'cancelled', p_reason, p_actor, NULL);
     END IF;
     RETURN v_state;

@@ -1,7 +1,7 @@
 -- workflow.enqueue_steps: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0018_flow_control.sql (keyed steps join their key's waiting list).
+-- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0018_flow_control.sql (keyed steps join their key's waiting list), sql/workflow/0020_run_concurrency.sql (the key's text through flow_value).
 --
 -- A step's execution payload names its run, step and version only; the claim adds the run's
 -- input and the outputs of the steps it runs after (read where they are stored, once).
@@ -21,15 +21,11 @@ BEGIN
         SELECT s.step_id, s.lane, s.capabilities, s.max_attempts, s.timeout_ms, s.backoff_base_ms, s.backoff_max_ms,
                jsonb_build_object('run_id', run.run_id, 'step', s.name, 'package_hash', run.package_hash) AS payload,
                gen_random_uuid() AS execution_id,
-               -- A keyed step's key: its kind, the key's value read from the run (a string as it is, any
-               -- other JSON as its text, a missing one as null; control characters as ?; past 200
-               -- characters, its md5), scoped
-               -- by the type and step (a concurrency key) or by the lane (a fair key).
+               -- A keyed step's key: its kind, the key's value read from the run (workflow.flow_value),
+               -- scoped by the type and step (a concurrency key) or by the lane (a fair key).
                CASE WHEN s.flow IS NOT NULL THEN
                    (s.flow ->> 'kind') || ':' || CASE WHEN s.flow ->> 'kind' = 'c' THEN run.workflow_type || '/' || s.name ELSE s.lane END || ':'
-                   || (SELECT CASE WHEN length(t) > 200 THEN 'md5:' || md5(t) ELSE regexp_replace(t, '[\x01-\x1f\x7f]', '?', 'g') END
-                       FROM (SELECT COALESCE(CASE WHEN jsonb_typeof(v) = 'string' THEN v #>> '{}' ELSE v::text END, 'null') AS t
-                             FROM (SELECT workflow.run_value(run.run_id, ARRAY(SELECT jsonb_array_elements_text(s.flow -> 'key'))) AS v) AS x) AS y)
+                   || workflow.flow_value(workflow.run_value(run.run_id, ARRAY(SELECT jsonb_array_elements_text(s.flow -> 'key'))))
                END AS flow_key,
                (s.flow ->> 'limit')::integer AS flow_limit
         FROM run

@@ -1,7 +1,7 @@
 -- workflow.expire_runs: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0007_run_engine.sql, sql/workflow/0011_run_strays.sql, sql/workflow/0012_lock_order_and_trust.sql.
+-- History: sql/workflow/0007_run_engine.sql, sql/workflow/0011_run_strays.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0020_run_concurrency.sql (queued runs past their deadline).
 --
 -- The deadline duty's page: overdue runs fail (as before); then the recorded strays, each
 -- taken in lock order (its run, its ready row, its execution; none waited for).
@@ -21,6 +21,15 @@ BEGIN
         SELECT run_id FROM workflow.runs WHERE state = 'running' AND deadline <= now() ORDER BY deadline LIMIT p_limit FOR UPDATE SKIP LOCKED
     LOOP
         IF workflow.finish_run(v_run, 'failed', 'deadline_exceeded', 'the run passed its deadline', p_actor, p_term) THEN
+            n := n + 1;
+        END IF;
+    END LOOP;
+    -- Queued runs (on a key's waiting list) past their deadline fail too.
+    FOR v_run IN
+        SELECT w.run_id FROM workflow.run_waiting w JOIN workflow.runs r ON r.run_id = w.run_id
+        WHERE w.deadline <= now() ORDER BY w.deadline LIMIT p_limit FOR UPDATE OF r SKIP LOCKED
+    LOOP
+        IF workflow.finish_run(v_run, 'failed', 'deadline_exceeded', 'the run passed its deadline while queued for its concurrency key', p_actor, p_term) THEN
             n := n + 1;
         END IF;
     END LOOP;

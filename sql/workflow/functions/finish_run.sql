@@ -1,7 +1,7 @@
 -- workflow.finish_run: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0007_run_engine.sql, sql/workflow/0011_run_strays.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0016_step_kinds.sql.
+-- History: sql/workflow/0007_run_engine.sql, sql/workflow/0011_run_strays.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0020_run_concurrency.sql (a queued run finishes too).
 --
 -- A run's finish (0012's, extended): its running children are cancelled, its waiting steps
 -- cancelled, its wakeups dropped, and its parent (if a child) learns of it.
@@ -20,7 +20,7 @@ DECLARE
 BEGIN
     UPDATE workflow.runs SET state = p_state, reason = p_reason, error = left(p_error, 4096), finished_by = p_actor, term = p_term,
                              finished_at = clock_timestamp()
-    WHERE run_id = p_run_id AND state = 'running'
+    WHERE run_id = p_run_id AND state IN ('running', 'queued')
     RETURNING workflow_type, parent_run_id INTO v_type, v_parent;
     IF NOT FOUND THEN RETURN false; END IF;
     UPDATE workflow.run_steps SET state = 'skipped' WHERE run_id = p_run_id AND state = 'pending';

@@ -1,7 +1,7 @@
 -- workflow.fire_wakeup: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0016_step_kinds.sql.
+-- History: sql/workflow/0016_step_kinds.sql, sql/workflow/0020_run_concurrency.sql (queued runs).
 --
 -- One wakeup, its run's row held and the wakeup row deleted.
 
@@ -14,7 +14,7 @@ DECLARE
     v_parent text;
 BEGIN
     IF p_reason = 'parent_finished' THEN
-        SELECT parent_run_id INTO v_parent FROM workflow.runs WHERE run_id = p_run_id AND state = 'running';
+        SELECT parent_run_id INTO v_parent FROM workflow.runs WHERE run_id = p_run_id AND state IN ('running', 'queued');
         IF FOUND AND NOT EXISTS (SELECT 1 FROM workflow.runs WHERE run_id = v_parent AND state = 'running') THEN
             PERFORM workflow.finish_run(p_run_id, 'cancelled', 'cancelled', format('its parent run %s finished', v_parent), p_actor, p_term);
         END IF;

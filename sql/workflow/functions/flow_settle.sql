@@ -1,7 +1,7 @@
 -- workflow.flow_settle: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0018_flow_control.sql (with its deferred triggers, flow_settle_*).
+-- History: sql/workflow/0018_flow_control.sql (with its deferred triggers, flow_settle_*), sql/workflow/0020_run_concurrency.sql (run keys first).
 
 -- At commit (deferred constraint triggers), settles every key the transaction noted, all at
 -- once and in (namespace, flow_key) order, so that two transactions never take two keys in
@@ -10,19 +10,43 @@
 -- and announces their lanes. Waiting rows another transaction holds are skipped (it is
 -- cancelling them). A key with nothing admitted and nothing waiting is forgotten. The first
 -- firing of a commit does all the work; the others find nothing noted.
+-- Run keys (`r:`) are settled first, by workflow.flow_settle_runs: a run it admits begins its
+-- roots, which may note step keys; those are settled here right after, with the others. So the
+-- order is run keys (in key order), then step keys (in key order), in every transaction. Run
+-- keys noted while admitting (a child run queued by an admitted parent) are left for the
+-- firing of the child's waiting row, which comes later in the same commit.
 CREATE OR REPLACE FUNCTION workflow.flow_settle()
  RETURNS trigger
  LANGUAGE plpgsql
  SET jit TO 'off'
 AS $function$
--- Locks: flow_keys rows in (namespace, flow_key) order (new ones inserted in that order); their
--- waiting rows (SKIP LOCKED); then inserts into ready.
+-- Locks: run keys' (flow_settle_runs); then flow_keys rows in (namespace, flow_key) order (new
+-- ones inserted in that order); their waiting rows (SKIP LOCKED); then inserts into ready.
 DECLARE
     v_pending text := current_setting('regent.flow_pending', true);
+    v_runs text;
+    v_more text;
     v_announced bigint;
 BEGIN
     IF v_pending IS NULL OR v_pending = '' THEN RETURN NULL; END IF;
     PERFORM set_config('regent.flow_pending', '', true);
+    IF strpos(v_pending, chr(31) || 'r:') > 0 THEN
+        SELECT string_agg(r, chr(30)) FILTER (WHERE split_part(r, chr(31), 2) LIKE 'r:%') || chr(30),
+               string_agg(r, chr(30)) FILTER (WHERE split_part(r, chr(31), 2) NOT LIKE 'r:%') || chr(30)
+        INTO v_runs, v_pending
+        FROM string_to_table(v_pending, chr(30)) AS r WHERE r <> '';
+        PERFORM workflow.flow_settle_runs(v_runs);
+        -- What admitting noted: step keys are settled below; run keys go back for a later firing.
+        v_more := current_setting('regent.flow_pending', true);
+        IF v_more <> '' THEN
+            SELECT COALESCE(v_pending, '') || COALESCE(string_agg(r, chr(30)) FILTER (WHERE split_part(r, chr(31), 2) NOT LIKE 'r:%') || chr(30), ''),
+                   COALESCE(string_agg(r, chr(30)) FILTER (WHERE split_part(r, chr(31), 2) LIKE 'r:%') || chr(30), '')
+            INTO v_pending, v_more
+            FROM string_to_table(v_more, chr(30)) AS r WHERE r <> '';
+            PERFORM set_config('regent.flow_pending', v_more, true);
+        END IF;
+        IF v_pending IS NULL OR v_pending = '' THEN RETURN NULL; END IF;
+    END IF;
     -- Keys seen for the first time, inserted in order.
     INSERT INTO workflow.flow_keys (namespace, flow_key, max_admitted, admitted)
     SELECT DISTINCT split_part(r, chr(31), 1), split_part(r, chr(31), 2), 1, 0
@@ -72,6 +96,7 @@ BEGIN
     WHERE f.admitted = 0
       AND (f.namespace, f.flow_key) IN (SELECT DISTINCT split_part(r, chr(31), 1), split_part(r, chr(31), 2)
                                         FROM string_to_table(v_pending, chr(30)) AS r WHERE r <> '')
+      AND f.flow_key NOT LIKE 'r:%'
       AND NOT EXISTS (SELECT 1 FROM workflow.flow_waiting w WHERE w.namespace = f.namespace AND w.flow_key = f.flow_key);
     RETURN NULL;
 END

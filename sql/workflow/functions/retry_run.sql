@@ -1,7 +1,7 @@
 -- workflow.retry_run: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0015_retry_runs.sql, sql/workflow/0016_step_kinds.sql.
+-- History: sql/workflow/0015_retry_runs.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0020_run_concurrency.sql (a keyed run rejoins its key's waiting list).
 --
 -- Resume (0015's), for every kind: a waiting or failed timer, signal or child step begins
 -- again (a child step records a new child on the type's route at that moment). Refused also
@@ -24,7 +24,10 @@ BEGIN
     END IF;
     SELECT * INTO v_run FROM workflow.runs WHERE run_id = p_run_id FOR UPDATE;
     IF NOT FOUND THEN RETURN QUERY SELECT 'not_found', NULL::text[], NULL::text[]; RETURN; END IF;
-    IF v_run.state IN ('running', 'succeeded') THEN RETURN QUERY SELECT v_run.state, NULL::text[], NULL::text[]; RETURN; END IF;
+    IF v_run.state IN ('running', 'succeeded', 'queued') THEN
+        IF v_run.state = 'queued' THEN PERFORM workflow.flow_note(COALESCE(v_run.namespace, 'runs'), v_run.flow_key, 0); END IF;
+        RETURN QUERY SELECT v_run.state, NULL::text[], NULL::text[]; RETURN;
+    END IF;
     IF p_mode = 'failed' AND NOT EXISTS (SELECT 1 FROM workflow.run_steps WHERE run_id = p_run_id AND state = 'failed') THEN
         RETURN QUERY SELECT 'no_failed_step', NULL::text[], NULL::text[]; RETURN;
     END IF;
@@ -45,12 +48,12 @@ BEGIN
     END IF;
     IF EXISTS (
         SELECT 1 FROM workflow.run_steps s JOIN workflow.runs c ON c.run_id = s.child_run_id
-        WHERE s.run_id = p_run_id AND s.state <> 'succeeded' AND c.state = 'running'
+        WHERE s.run_id = p_run_id AND s.state <> 'succeeded' AND c.state IN ('running', 'queued')
     ) THEN
         RETURN QUERY SELECT 'children_live', NULL::text[], NULL::text[]; RETURN;
     END IF;
     UPDATE workflow.runs
-    SET state = 'running', reason = NULL, error = NULL, output = NULL, finished_at = NULL, finished_by = NULL, term = NULL,
+    SET state = CASE WHEN flow_key IS NULL THEN 'running' ELSE 'queued' END, admitted_at = NULL, reason = NULL, error = NULL, output = NULL, finished_at = NULL, finished_by = NULL, term = NULL,
         budget_limit = COALESCE(p_budget_limit, budget_limit),
         budget_unit = CASE WHEN p_budget_limit IS NOT NULL THEN COALESCE(budget_unit, 'units') ELSE budget_unit END,
         deadline = CASE WHEN p_deadline_ms IS NOT NULL THEN clock_timestamp() + p_deadline_ms * interval '1 millisecond'
@@ -74,7 +77,15 @@ BEGIN
                            'previous_state', v_run.state, 'previous_reason', v_run.reason, 'requeued', to_jsonb(COALESCE(v_ready, '{}')),
                            'reset', to_jsonb(COALESCE(v_reset, '{}')), 'actor', p_actor),
         p_publisher);
-    PERFORM workflow.advance_run(p_run_id, p_actor, NULL);
+    IF v_run.flow_key IS NOT NULL THEN
+        -- Back on its key's waiting list: admission advances it (workflow.flow_settle_runs).
+        INSERT INTO workflow.run_waiting (namespace, flow_key, run_id, max_admitted, deadline)
+        SELECT COALESCE(r.namespace, 'runs'), r.flow_key, r.run_id,
+               COALESCE((SELECT (p.manifest -> 'flow' ->> 'limit')::integer FROM workflow.packages p WHERE p.content_hash = r.package_hash), 1), r.deadline
+        FROM workflow.runs r WHERE r.run_id = p_run_id;
+    ELSE
+        PERFORM workflow.advance_run(p_run_id, p_actor, NULL);
+    END IF;
     RETURN QUERY SELECT 'retried', COALESCE(v_ready, '{}'), COALESCE(v_reset, '{}');
 END
 $function$;

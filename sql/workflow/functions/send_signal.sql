@@ -1,7 +1,7 @@
 -- workflow.send_signal: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0016_step_kinds.sql.
+-- History: sql/workflow/0016_step_kinds.sql, sql/workflow/0020_run_concurrency.sql (queued runs).
 --
 -- A signal for a run. Outcomes: 'consumed' (a step waited for it and succeeded with its
 -- payload), 'kept' (no step waits for it yet: the first wait of that name consumes it),
@@ -36,7 +36,11 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    IF v_run.state <> 'running' THEN RETURN QUERY SELECT 'run_finished', NULL::text, NULL::text, v_run.state; RETURN; END IF;
+    IF v_run.state = 'queued' THEN
+        -- Kept for the run's signal step; the key is noted, so that the commit settles it (this
+        -- transaction held the run's row, which a settling admission skips).
+        PERFORM workflow.flow_note(COALESCE(v_run.namespace, 'runs'), v_run.flow_key, 0);
+    ELSIF v_run.state <> 'running' THEN RETURN QUERY SELECT 'run_finished', NULL::text, NULL::text, v_run.state; RETURN; END IF;
     IF NOT EXISTS (SELECT 1 FROM workflow.run_steps s WHERE s.run_id = p_run_id AND s.kind = 'signal' AND s.wait ->> 'signal' = p_name) THEN
         RETURN QUERY SELECT 'unknown_signal', NULL::text, NULL::text, v_run.state; RETURN;
     END IF;
