@@ -201,6 +201,7 @@ struct CompatibilityTests {
             ALTER TABLE IF EXISTS workflow.leases ADD COLUMN at timestamptz DEFAULT clock_timestamp();
             ALTER TABLE workflow.attempts SET (fillfactor = 70);
             ALTER TABLE workflow.runs ADD CONSTRAINT c CHECK (depth >= 0) NOT VALID;
+            ALTER TABLE workflow.runs DROP CONSTRAINT d, ADD CONSTRAINT d CHECK (state IN ('a', 'b')) NOT VALID;
             ALTER TABLE workflow.runs VALIDATE CONSTRAINT c;
             CREATE TRIGGER t AFTER UPDATE ON workflow.run_steps FOR EACH ROW EXECUTE FUNCTION workflow.f();
             UPDATE workflow.packages SET x = 1 WHERE y = 2;
@@ -215,6 +216,7 @@ struct CompatibilityTests {
             "workflow.executions ACCESS EXCLUSIVE rewrite",
             "workflow.leases ACCESS EXCLUSIVE rewrite",
             "workflow.attempts SHARE UPDATE EXCLUSIVE -",
+            "workflow.runs ACCESS EXCLUSIVE -",
             "workflow.runs ACCESS EXCLUSIVE -",
             "workflow.runs SHARE UPDATE EXCLUSIVE scan",
             "workflow.run_steps SHARE ROW EXCLUSIVE -",

@@ -78,7 +78,7 @@ enum MigrationEffects {
                 let i = after(2, skipping: ["if", "exists", "only"])
                 let rest = Array(t[(i + 1)...])
                 let text = " " + rest.joined(separator: " ") + " "
-                let subcommands = text.split(separator: ",").map { " " + $0.trimmingPrefix(" ") }
+                let subcommands = Self.topLevelParts(text).map { " " + $0.trimmingPrefix(" ") }
                 let lightOnly = subcommands.allSatisfy { $0.hasPrefix(" validate constraint") || $0.hasPrefix(" set (") || $0.hasPrefix(" set(") }
                 let volatile = ["clock_timestamp", "random", "gen_random_uuid", "uuid_generate", "nextval"]
                 let rewrites = text.contains(" type ") && text.contains("alter column")
@@ -119,6 +119,26 @@ enum MigrationEffects {
 
     /// The file's statements as lowercased words, with comments, string literals and
     /// dollar-quoted bodies (function code) left out.
+    /// An ALTER TABLE's subcommands: split at the commas outside parentheses (a CHECK's
+    /// `IN ('a', 'b')` is one subcommand).
+    static func topLevelParts(_ text: String) -> [Substring] {
+        var parts: [Substring] = []
+        var depth = 0
+        var start = text.startIndex
+        for i in text.indices {
+            switch text[i] {
+            case "(": depth += 1
+            case ")": depth = max(0, depth - 1)
+            case "," where depth == 0:
+                parts.append(text[start..<i])
+                start = text.index(after: i)
+            default: break
+            }
+        }
+        parts.append(text[start...])
+        return parts
+    }
+
     static func statements(of sql: String) -> [[String]] {
         var text = ""
         let chars = Array(sql)

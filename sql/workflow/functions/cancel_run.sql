@@ -1,7 +1,7 @@
 -- workflow.cancel_run: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0007_run_engine.sql, sql/workflow/0020_run_concurrency.sql (queued runs).
+-- History: sql/workflow/0007_run_engine.sql, sql/workflow/0019_run_concurrency.sql (queued runs).
 --
 -- Cancels a running run (the actor and reason recorded). Returns the run's state before:
 -- NULL when there is no such run.

@@ -1,7 +1,7 @@
 -- workflow.create_run: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0016_step_kinds.sql, sql/workflow/0018_flow_control.sql (a step's flow key), sql/workflow/0020_run_concurrency.sql (a run's own key).
+-- History: sql/workflow/0016_step_kinds.sql, sql/workflow/0018_flow_control.sql (a step's flow key), sql/workflow/0019_run_concurrency.sql (a run's own key).
 --
 -- A run's row and steps, made from a stored version's manifest, then advanced (its roots made
 -- ready, whatever their kind). A manifest with a run concurrency key (`flow` at its top)

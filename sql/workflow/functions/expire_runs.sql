@@ -1,7 +1,7 @@
 -- workflow.expire_runs: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0007_run_engine.sql, sql/workflow/0011_run_strays.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0020_run_concurrency.sql (queued runs past their deadline).
+-- History: sql/workflow/0007_run_engine.sql, sql/workflow/0011_run_strays.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0019_run_concurrency.sql (queued runs past their deadline).
 --
 -- The deadline duty's page: overdue runs fail (as before); then the recorded strays, each
 -- taken in lock order (its run, its ready row, its execution; none waited for).

@@ -1,7 +1,7 @@
 -- workflow.finish_run: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0007_run_engine.sql, sql/workflow/0011_run_strays.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0020_run_concurrency.sql (a queued run finishes too).
+-- History: sql/workflow/0007_run_engine.sql, sql/workflow/0011_run_strays.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0019_run_concurrency.sql (a queued run finishes too).
 --
 -- A run's finish (0012's, extended): its running children are cancelled, its waiting steps
 -- cancelled, its wakeups dropped, and its parent (if a child) learns of it.

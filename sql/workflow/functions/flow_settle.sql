@@ -1,7 +1,7 @@
 -- workflow.flow_settle: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0018_flow_control.sql (with its deferred triggers, flow_settle_*), sql/workflow/0020_run_concurrency.sql (run keys first).
+-- History: sql/workflow/0018_flow_control.sql (with its deferred triggers, flow_settle_*), sql/workflow/0019_run_concurrency.sql (run keys first).
 
 -- At commit (deferred constraint triggers), settles every key the transaction noted, all at
 -- once and in (namespace, flow_key) order, so that two transactions never take two keys in

@@ -1,7 +1,7 @@
 -- workflow.flow_settle_runs: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0020_run_concurrency.sql.
+-- History: sql/workflow/0019_run_concurrency.sql.
 
 -- The run keys (`r:<type>/<value>`) a commit noted, settled by workflow.flow_settle before
 -- its step keys: per key, in (namespace, flow_key) order, the noted slots are freed and the

@@ -1,7 +1,7 @@
 -- workflow.flow_value: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0020_run_concurrency.sql (the expression 0018 wrote in enqueue_steps).
+-- History: sql/workflow/0019_run_concurrency.sql (the expression 0018 wrote in enqueue_steps).
 
 -- A concurrency or fair key's value as its key text: a string as it is, any other JSON as its
 -- text, a missing value as `null` (one shared key); control characters become `?`; past 200

@@ -1,7 +1,7 @@
 -- workflow.retry_run: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0015_retry_runs.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0020_run_concurrency.sql (a keyed run rejoins its key's waiting list).
+-- History: sql/workflow/0015_retry_runs.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0019_run_concurrency.sql (a keyed run rejoins its key's waiting list).
 --
 -- Resume (0015's), for every kind: a waiting or failed timer, signal or child step begins
 -- again (a child step records a new child on the type's route at that moment). Refused also

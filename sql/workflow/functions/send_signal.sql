@@ -1,7 +1,7 @@
 -- workflow.send_signal: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0016_step_kinds.sql, sql/workflow/0020_run_concurrency.sql (queued runs).
+-- History: sql/workflow/0016_step_kinds.sql, sql/workflow/0019_run_concurrency.sql (queued runs).
 --
 -- A signal for a run. Outcomes: 'consumed' (a step waited for it and succeeded with its
 -- payload), 'kept' (no step waits for it yet: the first wait of that name consumes it),
