@@ -22,6 +22,9 @@ package struct RunBench: Sendable {
         /// Build the runs listing's online indexes first, as a leader does in production (off: the
         /// run engine without them, to measure what they cost).
         package var listingIndexes = true
+        /// Distinct run concurrency keys (limit 1) for the keyed round: the same runs, a type with
+        /// a run key, `runs / runKeys` runs per key waiting their turn (0: skip).
+        package var runKeys = 1000
         package init() {}
     }
 
@@ -33,6 +36,10 @@ package struct RunBench: Sendable {
         package var steps_per_s = 0.0
         package var raw_lease_cycles_per_s = 0.0
         package var steps_vs_raw = 0.0
+        package var run_keys = 0
+        package var keyed_starts_per_s = 0.0
+        package var keyed_steps_per_s = 0.0
+        package var keyed_steps_vs_unkeyed = 0.0
         package var start_to_claim_p50_ms = 0.0
         package var start_to_claim_p99_ms = 0.0
         package var signal_to_claim_p50_ms = 0.0
@@ -83,6 +90,7 @@ package struct RunBench: Sendable {
                 #"{"workflow_type": "bench.signal", "steps": [{"name": "wait", "wait_for": "go"}, {"name": "next", "lane": "bench"}]}"#,
                 #"{"workflow_type": "bench.nap", "steps": [{"name": "nap", "sleep": "1s"}]}"#,
                 #"{"workflow_type": "bench.sleeper", "steps": [{"name": "nap", "sleep": "1h"}]}"#,
+                #"{"workflow_type": "bench.keyed", "concurrency": {"key": "$.input.k", "limit": 1}, "steps": [{"name": "one", "lane": "bench"}, {"name": "two", "lane": "bench"}, {"name": "three", "lane": "bench"}]}"#,
             ] {
                 try Data(manifest.utf8).write(to: URL(fileURLWithPath: dir + "/workflow.json"))
                 _ = try await PackageStore().deploy(try PackageContents(path: dir, limits: .default), actor: .named("bench"), on: conn)
@@ -130,6 +138,28 @@ package struct RunBench: Sendable {
         r.runs_per_s = Double(options.runs) / elapsed
         r.steps_vs_raw = r.steps_per_s / r.raw_lease_cycles_per_s
         say(String(format: "  starts %.0f/s; runs %.0f/s, steps %.0f/s = %.0f%% of the raw lease cycle", r.starts_per_s, r.runs_per_s, r.steps_per_s, 100 * r.steps_vs_raw))
+
+        if options.runKeys > 0 {
+            // The same runs of a type with a run concurrency key (limit 1): each key's runs wait
+            // `queued` and are admitted one at a time, in the commit that finishes the one before.
+            let keys = min(options.runKeys, options.runs)
+            say("▶ \(options.runs) runs of a type with a run concurrency key over \(keys) keys (limit 1), the same \(options.workers) workers")
+            let keyedStart = ContinuousClock.now
+            try await pool.withConnection { conn in
+                for i in 0..<options.runs {
+                    _ = try await RunStore().start(
+                        .init(workflowType: try WorkflowType("bench.keyed"), input: #"{"i": \#(i), "k": "key-\#(i % keys)"}"#), actor: .named("bench"), on: conn)
+                }
+            }
+            r.run_keys = keys
+            r.keyed_starts_per_s = Double(options.runs) / keyedStart.duration(to: .now).inSeconds
+            r.keyed_steps_per_s = try await drain(config, until: steps)
+            let keyed = try await pool.query("SELECT count(*) AS n FROM workflow.runs WHERE workflow_type = 'bench.keyed' AND state = 'succeeded'")
+                .single().decode("n", as: Int.self)
+            guard keyed == options.runs else { throw RegentError(.timeout, "only \(keyed) of \(options.runs) keyed runs succeeded") }
+            r.keyed_steps_vs_unkeyed = r.keyed_steps_per_s / r.steps_per_s
+            say(String(format: "  starts %.0f/s; steps %.0f/s = %.0f%% of the unkeyed runs'", r.keyed_starts_per_s, r.keyed_steps_per_s, 100 * r.keyed_steps_vs_unkeyed))
+        }
 
         say("▶ start → first step in a waiting worker's hands, \(options.latencySamples) samples")
         let latency = try await startToClaim(config, samples: options.latencySamples)

@@ -108,6 +108,7 @@ extension BenchCommand {
         @Option(help: "Runs sleeping 1 s for the timer lateness (0: skip; up to 1000000).") var timers = 10_000
         @Option(help: "Runs sleeping an hour while the idle leader's statements are counted (0: skip; up to 1000000).") var sleepers = 100_000
         @Option(help: "Seconds each idle window counts statements (5-600).") var idleWindow = 30
+        @Option(help: "Distinct run concurrency keys (limit 1) for the keyed round (0: skip; up to 1000000).") var runKeys = 1000
         @Option(help: "Build the runs listing's online indexes first, as a leader does (on), or measure without them (off).")
         var listingIndexes: Toggle = .on
         @Option(name: .customLong("database-url"), help: ArgumentHelp("Use this database (it must be disposable).", valueName: "url"))
@@ -120,6 +121,7 @@ extension BenchCommand {
             guard (10...10_000).contains(samples) else { throw ValidationError("--samples must be 10 to 10000, got \(samples)") }
             guard (0...1_000_000).contains(timers) else { throw ValidationError("--timers must be 0 to 1000000, got \(timers)") }
             guard (0...1_000_000).contains(sleepers) else { throw ValidationError("--sleepers must be 0 to 1000000, got \(sleepers)") }
+            guard (0...1_000_000).contains(runKeys) else { throw ValidationError("--run-keys must be 0 to 1000000, got \(runKeys)") }
             guard (5...600).contains(idleWindow) else { throw ValidationError("--idle-window must be 5 to 600 seconds, got \(idleWindow)") }
         }
 
@@ -136,6 +138,7 @@ extension BenchCommand {
             options.sleepers = sleepers
             options.idleWindow = .seconds(idleWindow)
             options.listingIndexes = listingIndexes == .on
+            options.runKeys = runKeys
             let r = try await RunBench(url: url, options: options, say: say).run()
             if json { return try printJSON(r) }
             print("\n" + table(["figure", "Regent", "raw lease cycle", "ratio", "goal"], [
@@ -143,6 +146,9 @@ extension BenchCommand {
                  String(format: "%.0f%%", 100 * r.steps_vs_raw), "≥ 60%"],
                 ["runs/s", String(format: "%.0f", r.runs_per_s), "", "", ""],
                 ["starts/s (one connection)", String(format: "%.0f", r.starts_per_s), "", "", ""],
+                ["steps/s, runs keyed over \(r.run_keys) keys (limit 1)", String(format: "%.0f", r.keyed_steps_per_s), String(format: "%.0f (unkeyed runs)", r.steps_per_s),
+                 String(format: "%.0f%%", 100 * r.keyed_steps_vs_unkeyed), ""],
+                ["starts/s, keyed", String(format: "%.0f", r.keyed_starts_per_s), String(format: "%.0f (unkeyed)", r.starts_per_s), "", ""],
                 ["start → first step claimed, p50", String(format: "%.2f ms", r.start_to_claim_p50_ms), "", "", "< 5 ms"],
                 ["start → first step claimed, p99", String(format: "%.2f ms", r.start_to_claim_p99_ms), "", "", ""],
                 ["signal → next step claimed, p50", String(format: "%.2f ms", r.signal_to_claim_p50_ms), "", "", "< 5 ms"],
