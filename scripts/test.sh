@@ -24,7 +24,7 @@ else
   # leaders (1 s test leases) and makes timing assertions flaky; the leadership and event-bus
   # suites, whose 1 s test leases flapped for 45 s at a time in that phase, run there too. 3. The starvation test
   # alone: it saturates the process's cooperative pool on purpose.
-  heavy=(FaultDrillTests FailoverDrillTests QueueCLITests PackageCLITests RunCLITests ProcessTests ServeProcessTests PromotionTests OutageTests PoolerTests WorkerSDKTests PythonClientTests FlowControlTests ScheduleTests ScheduleAPITests VaultTests VaultAPITests BootBesideMigrationTests LeadershipTests LeadershipMetricsTests EventBusTests)
+  heavy=(FaultDrillTests FailoverDrillTests QueueCLITests PackageCLITests RunCLITests ProcessTests ServeProcessTests PromotionTests OutageTests PoolerTests WorkerSDKTests PythonClientTests FlowControlTests ScheduleTests ScheduleAPITests RunConcurrencyTests VaultTests VaultAPITests BootBesideMigrationTests LeadershipTests LeadershipMetricsTests EventBusTests)
   skips=(); for s in "${heavy[@]}" StarvationTests; do skips+=(--skip "$s"); done
   filters=(); for s in "${heavy[@]}"; do filters+=(--filter "$s"); done
   timeout --signal=TERM --kill-after=30 "${REGENT_TEST_TIMEOUT:-1800}" swift test --skip-build "${skips[@]}" 2>&1 | tee -a "$log" || status=$?

@@ -120,6 +120,8 @@ struct RunConcurrencyTests {
             #expect(try await f.run(other).state == "running")
             let queued = try await f.run(r2)
             #expect(queued.state == "queued" && queued.concurrencyKey == "acme" && queued.admittedAt == nil)
+            let json = String(decoding: try JSONEncoder().encode(queued), as: UTF8.self)
+            #expect(json.contains(#""concurrency_key":"acme""#) && json.contains(#""state":"queued""#) && !json.contains("admitted_at"), "\(json)")
             #expect(try await f.run(r1).admittedAt != nil)
             let listed = try await RunStore().list(state: "queued", on: conn).runs.map(\.runID)
             #expect(Set(listed) == [r2, r3, r4])
