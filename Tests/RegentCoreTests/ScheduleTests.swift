@@ -181,4 +181,57 @@ struct ScheduleTests {
             await pool.shutdown()
         }
     }
+
+    /// A page mixing types the firing starts together (worker roots, no run key) with types it
+    /// starts one by one (a timer root, a run key) and an unrouted one: every slot gets its run
+    /// (the batch's runs whole: steps, root executions claimable, `run.started`), and firing
+    /// the same page again starts nothing twice.
+    @Test func aPageMixesBatchedAndSingleStartsAndNeverStartsASlotTwice() async throws {
+        try await withBootedDatabase { _, conn in
+            let plain = try await RunFixture.deploy("plain", steps: [#"{"name": "a", "lane": "work"}"#, #"{"name": "b", "lane": "work", "after": ["a"]}"#], on: conn)
+            _ = try await RunFixture.deploy("napper", steps: [#"{"name": "nap", "sleep": "1h"}"#], on: conn)
+            _ = try await RunFixture.deploy("keyed", steps: [#"{"name": "a", "lane": "work"}"#], top: #""concurrency": {"key": "$.input.k"}"#, on: conn)
+            let types = ["p1": "plain", "p2": "plain", "p3": "plain", "n1": "napper", "k1": "keyed", "k2": "keyed", "u1": "nobody.here"]
+            for (name, type) in types {
+                try await conn.query(
+                    """
+                    INSERT INTO workflow.schedules (name, workflow_type, cron, timezone, catch_up, next_slot, next_fire_at, created_by, updated_by)
+                    VALUES (\(name), \(type), '0 * * * *', 'UTC', 'skip', now(), now(), 'test', 'test')
+                    """)
+            }
+            let fires = "[" + types.keys.sorted().map { #"{"schedule": "\#($0)", "slot": "2026-01-01T00:00:00Z", "due_at": "2026-01-01T00:00:00Z", "skip": false}"# }
+                .joined(separator: ", ") + "]"
+            func fire() async throws -> [String: (outcome: String, run: String?)] {
+                var out: [String: (String, String?)] = [:]
+                for row in try await conn.query("SELECT schedule, outcome, run_id FROM workflow.fire_schedules(\(fires)::jsonb, '[]'::jsonb, 'test', 1, NULL)") {
+                    out[try row.decode("schedule")] = (try row.decode("outcome"), try row.decodeOptional("run_id"))
+                }
+                return out
+            }
+            let first = try await fire()
+            #expect(first.count == types.count)
+            for name in ["p1", "p2", "p3", "n1", "k1", "k2"] { #expect(first[name]?.outcome == "started", "\(name): \(String(describing: first[name]))") }
+            #expect(first["u1"]?.outcome == "failed")
+            let runs = Set(first.values.compactMap(\.run))
+            #expect(runs.count == 6)
+            // The batched runs are whole: their first step is claimable, the second pending.
+            let leases = try await plain.claim(limit: 10)
+            #expect(Set(leases.compactMap(\.step?.runID)) == Set(["p1", "p2", "p3", "k1", "k2"].compactMap { first[$0]?.run }).subtracting(
+                try await conn.query("SELECT run_id FROM workflow.runs WHERE state = 'queued'").map { try $0.decode("run_id", as: String.self) }))
+            #expect(leases.allSatisfy { $0.step?.name == "a" })
+            for name in ["p1", "p2", "p3"] { #expect(try await plain.stepStates(first[name]!.run!) == ["a": "running", "b": "pending"]) }
+            #expect(try await plain.stepStates(first["n1"]!.run!) == ["nap": "waiting"])
+            let states = try await conn.query("SELECT state FROM workflow.runs WHERE workflow_type = 'keyed' ORDER BY state").map { try $0.decode("state", as: String.self) }
+            #expect(states == ["queued", "running"], "the run key still applies to runs a schedule starts")
+            let started = try await conn.query("SELECT count(*)::int AS n FROM engine.events WHERE topic = 'run.started'").single().decode("n", as: Int.self)
+            #expect(started == 5, "three batched, the timer's, the admitted keyed one")
+            // The same page again (a successor leader replaying it): nothing started twice.
+            let again = try await fire()
+            for name in ["p1", "p2", "p3", "n1", "k1", "k2"] {
+                #expect(again[name]?.outcome == "existing" && again[name]?.run == first[name]?.run, "\(name): \(String(describing: again[name]))")
+            }
+            let count = try await conn.query("SELECT count(*)::int AS n FROM workflow.runs").single().decode("n", as: Int.self)
+            #expect(count == 6)
+        }
+    }
 }

@@ -1,7 +1,7 @@
 -- workflow.fire_schedules: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0017_schedules.sql.
+-- History: sql/workflow/0017_schedules.sql, sql/workflow/0019_run_concurrency.sql (a page's runs started set by set).
 
 -- One page of the leader's schedule firing (docs/flow-control.md), called inside the leader's
 -- fenced transaction that locked the page's schedule rows (FOR UPDATE SKIP LOCKED). The slot
@@ -11,6 +11,9 @@
 --     a fire starts a run of the schedule's type with its input and the idempotency key
 --     `schedule:<name>:<slot, UTC, RFC 3339>`; a skip records a run of skipped slots.
 --   p_moves: [{"schedule", "next_slot", "next_fire_at"}]: where each schedule of the page goes.
+-- Slots of a type whose routed version has only worker steps at its roots and no run
+-- concurrency key (most schedules) are started together, per type, by workflow.create_runs (a
+-- few statements for the whole page instead of a dozen per run); the others one by one.
 -- Returns one row per fire: the slot, 'started' / 'existing' (the key had started it: a slot is
 -- never started twice) / 'failed' (no routed version, or the token scope refused it), the run,
 -- and how late it started against its due time (seconds).
@@ -21,6 +24,8 @@ AS $function$
 -- Locks: the schedule rows (held by the caller), then what start_run takes (package KEY SHARE, inserts).
 DECLARE
     f record;
+    t record;
+    v_done integer[] := '{}';
     s record;
     r record;
     v_schedule text[] := '{}';
@@ -39,12 +44,55 @@ BEGIN
     FROM (SELECT x.schedule, sum(x.slots) AS n
           FROM jsonb_to_recordset(p_fires) AS x(schedule text, skip boolean, slots integer) WHERE x.skip GROUP BY 1) AS k
     WHERE sc.name = k.schedule;
-    -- Fired slots, in order: each starts its run; the records are written together afterwards.
+    -- Fired slots of batchable types, per type: their runs started together.
+    FOR t IN
+        SELECT sc.workflow_type, rt.content_hash,
+               jsonb_agg(jsonb_build_object('n', x.n, 'input', sc.input, 'idempotency_key',
+                                            'schedule:' || x.schedule || ':' || to_char(x.slot AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+                         ORDER BY x.n) AS items
+        FROM ROWS FROM (jsonb_to_recordset(p_fires) AS (schedule text, slot timestamptz, due_at timestamptz, skip boolean)) WITH ORDINALITY
+             AS x(schedule, slot, due_at, skip, n)
+        JOIN workflow.schedules sc ON sc.name = x.schedule
+        JOIN workflow.package_routes rt ON rt.workflow_type = sc.workflow_type
+        WHERE NOT x.skip
+        GROUP BY 1, 2
+    LOOP
+        -- The version, key-share locked as start_run locks it (an unload waits), and batchable.
+        SELECT p.manifest INTO r FROM workflow.packages p
+        WHERE p.content_hash = t.content_hash AND NOT (p.manifest ? 'flow')
+          AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p.manifest -> 'steps') AS st
+                          WHERE jsonb_array_length(st -> 'after') = 0 AND COALESCE(st ->> 'kind', 'worker') <> 'worker')
+        FOR KEY SHARE OF p;
+        CONTINUE WHEN NOT FOUND;
+        FOR f IN
+            SELECT c.n, c.run_id, c.created, x.schedule, x.slot, x.due_at
+            FROM workflow.create_runs(t.workflow_type, t.content_hash, r.manifest, t.items, p_actor, 'runs', p_publisher) AS c
+            JOIN ROWS FROM (jsonb_to_recordset(p_fires) AS (schedule text, slot timestamptz, due_at timestamptz, skip boolean)) WITH ORDINALITY
+                 AS x(schedule, slot, due_at, skip, n) ON x.n = c.n
+            ORDER BY c.n
+        LOOP
+            schedule := f.schedule;
+            slot := f.slot;
+            run_id := f.run_id;
+            error := NULL;
+            outcome := CASE WHEN f.created THEN 'started' ELSE 'existing' END;
+            late := extract(epoch FROM clock_timestamp() - f.due_at);
+            v_done := v_done || f.n::integer;
+            v_schedule := v_schedule || f.schedule;
+            v_slot := v_slot || f.slot;
+            v_due := v_due || f.due_at;
+            v_outcome := v_outcome || outcome;
+            v_run := v_run || run_id;
+            v_error := v_error || error;
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+    -- The other fired slots, in order: each starts its run; the records are written together afterwards.
     FOR f IN SELECT x.schedule, x.slot, x.due_at, sc.workflow_type, sc.input
              FROM ROWS FROM (jsonb_to_recordset(p_fires) AS (schedule text, slot timestamptz, due_at timestamptz, skip boolean)) WITH ORDINALITY
                   AS x(schedule, slot, due_at, skip, n)
              JOIN workflow.schedules sc ON sc.name = x.schedule
-             WHERE NOT x.skip ORDER BY x.n
+             WHERE NOT x.skip AND NOT (x.n::integer = ANY (v_done)) ORDER BY x.n
     LOOP
         schedule := f.schedule;
         slot := f.slot;

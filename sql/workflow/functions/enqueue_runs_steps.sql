@@ -1,0 +1,60 @@
+-- workflow.enqueue_runs_steps: its live definition, the one home of this function (docs/operations.md,
+-- "Where SQL functions live"). Change it here; a new signature also needs a migration that
+-- drops the old one once no running binary calls it.
+-- History: sql/workflow/0019_run_concurrency.sql.
+--
+-- workflow.enqueue_steps for many runs of one version at once (the same steps of each, in one
+-- statement and one announcement): a schedule page's runs (workflow.create_runs). Keep the two
+-- in step: the single-run one is the run engine's hot path and stays as it is.
+
+CREATE OR REPLACE FUNCTION workflow.enqueue_runs_steps(p_run_ids text[], p_names text[], p_namespace text)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+AS $function$
+DECLARE
+    n integer;
+    v_lanes text[];
+BEGIN
+    WITH run AS (
+        SELECT r.run_id, r.package_hash, r.workflow_type FROM workflow.runs r WHERE r.run_id = ANY (p_run_ids)
+    ), spec AS (
+        SELECT s.step_id, s.run_id, s.lane, s.capabilities, s.max_attempts, s.timeout_ms, s.backoff_base_ms, s.backoff_max_ms,
+               jsonb_build_object('run_id', run.run_id, 'step', s.name, 'package_hash', run.package_hash) AS payload,
+               gen_random_uuid() AS execution_id,
+               -- A keyed step's key: its kind, the key's value read from the run (workflow.flow_value),
+               -- scoped by the type and step (a concurrency key) or by the lane (a fair key).
+               CASE WHEN s.flow IS NOT NULL THEN
+                   (s.flow ->> 'kind') || ':' || CASE WHEN s.flow ->> 'kind' = 'c' THEN run.workflow_type || '/' || s.name ELSE s.lane END || ':'
+                   || workflow.flow_value(workflow.run_value(run.run_id, ARRAY(SELECT jsonb_array_elements_text(s.flow -> 'key'))))
+               END AS flow_key,
+               (s.flow ->> 'limit')::integer AS flow_limit
+        FROM run
+        JOIN workflow.run_steps s ON s.run_id = run.run_id AND s.name = ANY (p_names) AND s.state = 'pending'
+    ), inserted AS (
+        INSERT INTO workflow.executions (
+            execution_id, namespace, lane, payload, max_attempts, required_capabilities, priority, run_at, retry_base_ms, retry_max_ms, step_id,
+            step_lease_ms, run_id, flow_key)
+        SELECT execution_id, p_namespace, lane, payload, max_attempts, capabilities, 0, clock_timestamp(), backoff_base_ms, backoff_max_ms,
+               step_id, timeout_ms, run_id, flow_key
+        FROM spec
+        RETURNING execution_id, lane, priority, run_at, required_capabilities, flow_key
+    ), readied AS (
+        INSERT INTO workflow.ready (namespace, lane, priority, run_at, execution_id, required_capabilities)
+        SELECT p_namespace, lane, priority, run_at, execution_id, required_capabilities FROM inserted WHERE flow_key IS NULL
+        RETURNING lane
+    ), waiting AS (
+        -- Keyed steps join their key's waiting list; the commit admits them (sql/workflow/0018).
+        INSERT INTO workflow.flow_waiting (namespace, flow_key, execution_id, lane, priority, run_at, required_capabilities, max_admitted)
+        SELECT p_namespace, i.flow_key, i.execution_id, i.lane, i.priority, i.run_at, i.required_capabilities, spec.flow_limit
+        FROM inserted i JOIN spec ON spec.execution_id = i.execution_id WHERE i.flow_key IS NOT NULL
+    ), marked AS (
+        UPDATE workflow.run_steps s SET state = 'queued', execution_id = spec.execution_id, queued_at = clock_timestamp()
+        FROM spec WHERE s.step_id = spec.step_id
+        RETURNING 1
+    )
+    SELECT count(*), (SELECT array_agg(lane::text) FROM readied) INTO n, v_lanes FROM marked;
+    PERFORM workflow.notify_queue(p_namespace, v_lanes);
+    RETURN n;
+END
+$function$;
