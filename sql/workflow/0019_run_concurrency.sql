@@ -17,7 +17,7 @@
 -- finish_run, cancel_run, cancel_children, fire_wakeup, send_signal, retry_run, expire_runs,
 -- enqueue_steps (the key's text through flow_value), flow_settle; new: flow_value,
 -- flow_settle_runs, run_flow_changed. Also with it: fire_schedules starts a page's runs set by
--- set (new: create_runs, enqueue_runs_steps), for the schedules' lateness goal (issue 31).
+-- set (new: create_runs), for the schedules' lateness goal (issue 31).
 
 -- New columns are nullable; the new checks hold for new rows only (NOT VALID: nothing is
 -- scanned, and every existing row satisfies them: they only allow one more state).

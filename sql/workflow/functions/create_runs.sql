@@ -5,9 +5,9 @@
 --
 -- workflow.create_run for many top-level runs of one version at once, set by set: their rows,
 -- their steps, their `run.started` events and their roots' executions, in a few statements
--- instead of a dozen per run. For versions whose roots are all worker steps and that have no
--- run concurrency key (the caller checks: workflow.fire_schedules falls back to start_run for
--- the others). `p_items`: [{"n", "input", "idempotency_key"}]. Returns one row per item: its
+-- instead of a dozen per run. For versions whose roots are all worker steps without a step
+-- key and that have no run concurrency key (the caller checks: workflow.fire_schedules falls
+-- back to start_run for the others). `p_items`: [{"n", "input", "idempotency_key"}]. Returns one row per item: its
 -- run and whether this call created it (false: the idempotency key had started it already).
 
 CREATE OR REPLACE FUNCTION workflow.create_runs(p_type text, p_hash text, p_manifest jsonb, p_items jsonb, p_actor text, p_namespace text, p_publisher uuid)
@@ -15,10 +15,12 @@ CREATE OR REPLACE FUNCTION workflow.create_runs(p_type text, p_hash text, p_mani
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
 AS $function$
--- Locks: inserts only (the run rows are new; a key taken by a concurrent start is skipped).
+-- Locks: inserts only (the run rows are new; a key taken by a concurrent start is skipped);
+-- ready's foreign key takes KEY SHARE on the new executions.
 DECLARE
     v_created text[];
-    v_roots text[];
+    v_lanes text[];
+    v_namespace text := COALESCE(p_namespace, 'runs');
 BEGIN
     WITH items AS (
         SELECT x.n, x.input, x.idempotency_key FROM jsonb_to_recordset(p_items) AS x(n integer, input jsonb, idempotency_key text)
@@ -32,22 +34,46 @@ BEGIN
     )
     SELECT array_agg(m.run_id) INTO v_created FROM made m;
     IF v_created IS NOT NULL THEN
-        INSERT INTO workflow.run_steps (step_id, run_id, name, position, after_steps, lane, capabilities, max_attempts, timeout_ms,
-                                        backoff_base_ms, backoff_max_ms, kind, wait, flow)
-        SELECT 'step_' || workflow.ulid(), r.run_id, s ->> 'name', (ord - 1)::integer, ARRAY(SELECT jsonb_array_elements_text(s -> 'after')),
-               s ->> 'lane', CASE WHEN s ? 'capabilities' THEN ARRAY(SELECT jsonb_array_elements_text(s -> 'capabilities')) END,
-               (s ->> 'max_attempts')::integer, (s ->> 'timeout_ms')::bigint, (s ->> 'backoff_base_ms')::bigint, (s ->> 'backoff_max_ms')::bigint,
-               COALESCE(s ->> 'kind', 'worker'), CASE WHEN COALESCE(s ->> 'kind', 'worker') <> 'worker' THEN s END, s -> 'flow'
-        FROM unnest(v_created) AS r(run_id) CROSS JOIN jsonb_array_elements(p_manifest -> 'steps') WITH ORDINALITY AS t(s, ord);
+        -- The steps; the roots made queued with their executions in the same statement (what
+        -- enqueue_steps does for one run, without reading back what was just written).
+        WITH steps AS (
+            INSERT INTO workflow.run_steps (step_id, run_id, name, position, after_steps, lane, capabilities, max_attempts, timeout_ms,
+                                            backoff_base_ms, backoff_max_ms, kind, wait, flow, state, execution_id, queued_at)
+            SELECT 'step_' || workflow.ulid(), r.run_id, s ->> 'name', (ord - 1)::integer, ARRAY(SELECT jsonb_array_elements_text(s -> 'after')),
+                   s ->> 'lane', CASE WHEN s ? 'capabilities' THEN ARRAY(SELECT jsonb_array_elements_text(s -> 'capabilities')) END,
+                   (s ->> 'max_attempts')::integer, (s ->> 'timeout_ms')::bigint, (s ->> 'backoff_base_ms')::bigint, (s ->> 'backoff_max_ms')::bigint,
+                   COALESCE(s ->> 'kind', 'worker'), CASE WHEN COALESCE(s ->> 'kind', 'worker') <> 'worker' THEN s END, s -> 'flow',
+                   CASE WHEN jsonb_array_length(s -> 'after') = 0 THEN 'queued' ELSE 'pending' END,
+                   CASE WHEN jsonb_array_length(s -> 'after') = 0 THEN gen_random_uuid() END,
+                   CASE WHEN jsonb_array_length(s -> 'after') = 0 THEN clock_timestamp() END
+            FROM unnest(v_created) AS r(run_id) CROSS JOIN jsonb_array_elements(p_manifest -> 'steps') WITH ORDINALITY AS t(s, ord)
+            RETURNING workflow.run_steps.step_id, workflow.run_steps.run_id, workflow.run_steps.name, workflow.run_steps.lane,
+                      workflow.run_steps.capabilities, workflow.run_steps.max_attempts, workflow.run_steps.timeout_ms,
+                      workflow.run_steps.backoff_base_ms, workflow.run_steps.backoff_max_ms, workflow.run_steps.execution_id
+        ), inserted AS (
+            INSERT INTO workflow.executions (
+                execution_id, namespace, lane, payload, max_attempts, required_capabilities, priority, run_at, retry_base_ms, retry_max_ms, step_id,
+                step_lease_ms, run_id)
+            SELECT st.execution_id, v_namespace, st.lane, jsonb_build_object('run_id', st.run_id, 'step', st.name, 'package_hash', p_hash),
+                   st.max_attempts, st.capabilities, 0, clock_timestamp(), st.backoff_base_ms, st.backoff_max_ms, st.step_id, st.timeout_ms, st.run_id
+            FROM steps st WHERE st.execution_id IS NOT NULL
+            RETURNING workflow.executions.execution_id, workflow.executions.lane, workflow.executions.priority, workflow.executions.run_at,
+                      workflow.executions.required_capabilities
+        ), readied AS (
+            INSERT INTO workflow.ready (namespace, lane, priority, run_at, execution_id, required_capabilities)
+            SELECT v_namespace, i.lane, i.priority, i.run_at, i.execution_id, i.required_capabilities FROM inserted i
+            RETURNING workflow.ready.lane
+        )
+        SELECT array_agg(DISTINCT rd.lane::text) INTO v_lanes FROM readied rd;
         PERFORM engine.publish_event('run.started',
                     jsonb_build_object('run_id', r.run_id, 'workflow_type', p_type, 'package_hash', p_hash, 'version_chosen', false), p_publisher)
         FROM unnest(v_created) AS r(run_id);
-        SELECT array_agg(s ->> 'name') INTO v_roots FROM jsonb_array_elements(p_manifest -> 'steps') AS s WHERE jsonb_array_length(s -> 'after') = 0;
-        PERFORM workflow.enqueue_runs_steps(v_created, v_roots, COALESCE(p_namespace, 'runs'));
+        PERFORM workflow.notify_queue(v_namespace, v_lanes);
     END IF;
     RETURN QUERY
-        SELECT x.n, r.run_id, r.run_id = ANY (COALESCE(v_created, '{}'))
+        SELECT x.n, r.run_id, c.run_id IS NOT NULL
         FROM jsonb_to_recordset(p_items) AS x(n integer, input jsonb, idempotency_key text)
-        JOIN workflow.runs r ON r.workflow_type = p_type AND r.idempotency_key = x.idempotency_key;
+        JOIN workflow.runs r ON r.workflow_type = p_type AND r.idempotency_key = x.idempotency_key
+        LEFT JOIN unnest(v_created) AS c(run_id) ON c.run_id = r.run_id;
 END
 $function$;

@@ -11,8 +11,8 @@
 --     a fire starts a run of the schedule's type with its input and the idempotency key
 --     `schedule:<name>:<slot, UTC, RFC 3339>`; a skip records a run of skipped slots.
 --   p_moves: [{"schedule", "next_slot", "next_fire_at"}]: where each schedule of the page goes.
--- Slots of a type whose routed version has only worker steps at its roots and no run
--- concurrency key (most schedules) are started together, per type, by workflow.create_runs (a
+-- Slots of a type whose routed version has only worker steps without a step key at its roots
+-- and no run concurrency key (most schedules) are started together, per type, by workflow.create_runs (a
 -- few statements for the whole page instead of a dozen per run); the others one by one.
 -- Returns one row per fire: the slot, 'started' / 'existing' (the key had started it: a slot is
 -- never started twice) / 'failed' (no routed version, or the token scope refused it), the run,
@@ -61,7 +61,7 @@ BEGIN
         SELECT p.manifest INTO r FROM workflow.packages p
         WHERE p.content_hash = t.content_hash AND NOT (p.manifest ? 'flow')
           AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p.manifest -> 'steps') AS st
-                          WHERE jsonb_array_length(st -> 'after') = 0 AND COALESCE(st ->> 'kind', 'worker') <> 'worker')
+                          WHERE jsonb_array_length(st -> 'after') = 0 AND (COALESCE(st ->> 'kind', 'worker') <> 'worker' OR st ? 'flow'))
         FOR KEY SHARE OF p;
         CONTINUE WHEN NOT FOUND;
         FOR f IN
