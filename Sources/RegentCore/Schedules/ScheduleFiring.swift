@@ -109,7 +109,7 @@ public struct ScheduleFiring: LeaderDuty {
     let logger: Logger
 
     public init(
-        pool: ConnectionPool, bell: Doorbell?, idleProbe: Duration = .seconds(10), pageSize: Int = 200, firers: Int = 2, publisher: UUID? = nil,
+        pool: ConnectionPool, bell: Doorbell?, idleProbe: Duration = .seconds(10), pageSize: Int = 500, firers: Int = 2, publisher: UUID? = nil,
         metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.duty.schedules")
     ) {
         self.pool = pool
@@ -121,6 +121,9 @@ public struct ScheduleFiring: LeaderDuty {
         self.metrics = metrics
         self.logger = logger
     }
+
+    /// Pages one firer fires in a row before the duty loops (and looks at the time again).
+    static let maxPagesPerRound = 40
 
     static let probe: PostgresQuery = """
         SELECT ceil(extract(epoch FROM (min(next_fire_at) - clock_timestamp())) * 1000)::bigint AS ms FROM workflow.schedules WHERE NOT paused
@@ -161,14 +164,23 @@ public struct ScheduleFiring: LeaderDuty {
                 """, purpose: "schedules: lock a due page")
             var page = Page()
             var fires: [JSONValue] = [], moves: [JSONValue] = []
+            // A page's schedules mostly share a few cron lines and zones: each read once.
+            var crons: [String: CronExpression] = [:], zones: [String: TimeZone] = [:]
             func time(_ d: Date) -> JSONValue { .string(Timestamp.format(d)) }
             for row in rows {
                 let name: String = try row.decode("name")
                 let now: Date = try row.decode("now")
                 let cron: CronExpression, zone: TimeZone, catchUp: CatchUp
                 do {
-                    cron = try CronExpression(try row.decode("cron", as: String.self))
-                    zone = try ScheduleSpec.zone(try row.decode("timezone", as: String.self))
+                    let cronText: String = try row.decode("cron"), zoneName: String = try row.decode("timezone")
+                    if let known = crons[cronText] { cron = known } else {
+                        cron = try CronExpression(cronText)
+                        crons[cronText] = cron
+                    }
+                    if let known = zones[zoneName] { zone = known } else {
+                        zone = try ScheduleSpec.zone(zoneName)
+                        zones[zoneName] = zone
+                    }
                     catchUp = CatchUp(rawValue: try row.decode("catch_up", as: String.self)) ?? .skip
                 } catch let error as RegentError {
                     // Stored before a rule changed (a zone gone from the system's database): pause it, saying why.
@@ -219,7 +231,15 @@ public struct ScheduleFiring: LeaderDuty {
     public func runOnce(fence: LeaderFence) async throws -> Bool {
         var next = try await nextDue()
         if next == 0 {
-            let pages = try await DueTimeDuty.sideBySide(firers) { part in try await fireOnce(fence: fence, part: part, parts: firers) }
+            // Each firer goes on through its part's full pages on its own (not in step with the
+            // others, no probe between pages), up to `maxPagesPerRound` before the duty loops.
+            let pages = try await DueTimeDuty.sideBySide(firers) { part in
+                var mine: [Page] = []
+                repeat {
+                    mine.append(try await fireOnce(fence: fence, part: part, parts: firers))
+                } while mine.last?.schedules == pageSize && mine.count < Self.maxPagesPerRound
+                return mine
+            }.flatMap { $0 }
             let started = pages.map(\.started).reduce(0, +), skipped = pages.map(\.skipped).reduce(0, +)
             let failed = pages.map(\.failed).reduce(0, +), existing = pages.map(\.existing).reduce(0, +)
             metrics.scheduleSlots(outcome: "started").increment(by: started)

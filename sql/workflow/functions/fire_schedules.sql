@@ -26,6 +26,12 @@ DECLARE
     f record;
     t record;
     v_done integer[] := '{}';
+    b_n integer[];
+    b_schedule text[];
+    b_slot timestamptz[];
+    b_due timestamptz[];
+    b_outcome text[];
+    b_run text[];
     s record;
     r record;
     v_schedule text[] := '{}';
@@ -64,35 +70,37 @@ BEGIN
                           WHERE jsonb_array_length(st -> 'after') = 0 AND (COALESCE(st ->> 'kind', 'worker') <> 'worker' OR st ? 'flow'))
         FOR KEY SHARE OF p;
         CONTINUE WHEN NOT FOUND;
-        FOR f IN
+        -- The type's slots and their runs, appended to the page's records array by array (not
+        -- element by element: a page is hundreds of slots).
+        WITH c AS (
             SELECT c.n, c.run_id, c.created, x.schedule, x.slot, x.due_at
             FROM workflow.create_runs(t.workflow_type, t.content_hash, r.manifest, t.items, p_actor, 'runs', p_publisher) AS c
             JOIN ROWS FROM (jsonb_to_recordset(p_fires) AS (schedule text, slot timestamptz, due_at timestamptz, skip boolean)) WITH ORDINALITY
                  AS x(schedule, slot, due_at, skip, n) ON x.n = c.n
-            ORDER BY c.n
-        LOOP
-            schedule := f.schedule;
-            slot := f.slot;
-            run_id := f.run_id;
-            error := NULL;
-            outcome := CASE WHEN f.created THEN 'started' ELSE 'existing' END;
-            late := extract(epoch FROM clock_timestamp() - f.due_at);
-            v_done := v_done || f.n::integer;
-            v_schedule := v_schedule || f.schedule;
-            v_slot := v_slot || f.slot;
-            v_due := v_due || f.due_at;
-            v_outcome := v_outcome || outcome;
-            v_run := v_run || run_id;
-            v_error := v_error || error;
-            RETURN NEXT;
-        END LOOP;
+        )
+        SELECT array_agg(c.n ORDER BY c.n), array_agg(c.schedule ORDER BY c.n), array_agg(c.slot ORDER BY c.n), array_agg(c.due_at ORDER BY c.n),
+               array_agg(CASE WHEN c.created THEN 'started' ELSE 'existing' END ORDER BY c.n), array_agg(c.run_id ORDER BY c.n)
+        INTO b_n, b_schedule, b_slot, b_due, b_outcome, b_run
+        FROM c;
+        CONTINUE WHEN b_n IS NULL;
+        v_done := v_done || b_n;
+        v_schedule := v_schedule || b_schedule;
+        v_slot := v_slot || b_slot;
+        v_due := v_due || b_due;
+        v_outcome := v_outcome || b_outcome;
+        v_run := v_run || b_run;
+        v_error := v_error || array_fill(NULL::text, ARRAY[cardinality(b_n)]);
+        RETURN QUERY SELECT u.schedule, u.slot, u.outcome, u.run_id, NULL::text, extract(epoch FROM clock_timestamp() - u.due_at)::double precision
+                     FROM unnest(b_schedule, b_slot, b_outcome, b_run, b_due) AS u(schedule, slot, outcome, run_id, due_at);
     END LOOP;
-    -- The other fired slots, in order: each starts its run; the records are written together afterwards.
+    -- The other fired slots, in order: each starts its run; the records are written together
+    -- afterwards. (None, in a page of batchable types only.)
+    IF cardinality(v_done) < (SELECT count(*) FROM jsonb_to_recordset(p_fires) AS x(skip boolean) WHERE NOT x.skip) THEN
     FOR f IN SELECT x.schedule, x.slot, x.due_at, sc.workflow_type, sc.input
              FROM ROWS FROM (jsonb_to_recordset(p_fires) AS (schedule text, slot timestamptz, due_at timestamptz, skip boolean)) WITH ORDINALITY
                   AS x(schedule, slot, due_at, skip, n)
              JOIN workflow.schedules sc ON sc.name = x.schedule
-             WHERE NOT x.skip AND NOT (x.n::integer = ANY (v_done)) ORDER BY x.n
+             WHERE NOT x.skip AND NOT EXISTS (SELECT 1 FROM unnest(v_done) AS d(n) WHERE d.n = x.n) ORDER BY x.n
     LOOP
         schedule := f.schedule;
         slot := f.slot;
@@ -121,6 +129,7 @@ BEGIN
         v_error := v_error || error;
         RETURN NEXT;
     END LOOP;
+    END IF;
     INSERT INTO workflow.schedule_fires (schedule, slot, outcome, run_id, error, term, due_at, fired_at)
     SELECT u.schedule, u.slot, u.outcome, u.run_id, u.error, p_term, u.due_at, clock_timestamp()
     FROM unnest(v_schedule, v_slot, v_outcome, v_run, v_error, v_due) AS u(schedule, slot, outcome, run_id, error, due_at);
