@@ -109,7 +109,7 @@ public struct ScheduleFiring: LeaderDuty {
     let logger: Logger
 
     public init(
-        pool: ConnectionPool, bell: Doorbell?, idleProbe: Duration = .seconds(10), pageSize: Int = 500, firers: Int = 2, publisher: UUID? = nil,
+        pool: ConnectionPool, bell: Doorbell?, idleProbe: Duration = .seconds(10), pageSize: Int = 1000, firers: Int = 2, publisher: UUID? = nil,
         metrics: RegentMetrics = .discarded, logger: Logger = Logger(label: "regent.duty.schedules")
     ) {
         self.pool = pool
