@@ -244,6 +244,29 @@ struct FlowControlTests {
         }
     }
 
+    /// A max-running limit set while executions already run in the lane counts them: no claim
+    /// until the lane is back under the limit, and the one that brings it there wakes a waiting
+    /// claim's announcement like any limited slot.
+    @Test func aLimitSetWhileExecutionsRunCountsThem() async throws {
+        try await withBootedDatabase { _, conn in
+            let w = try await register("w", on: conn)
+            _ = try await store.enqueue(namespace: ns, (0..<6).map { _ in request(nil) }, on: conn)
+            let running = try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 3, on: conn)
+            #expect(running.count == 3)
+            _ = try await LaneLimitStore().set(namespace: ns, lane: lane, maxRunning: 2, rate: nil, burst: nil, actor: .named("test"), on: conn)
+            func claimOne() async throws -> [Lease] {
+                try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 1, on: conn)
+            }
+            #expect(try await claimOne().isEmpty, "3 running against a limit of 2: nothing more")
+            #expect(try await LaneLimitStore().list(on: conn).first?.running == 3)
+            _ = try await store.complete([Completion(executionID: running[0].executionID, epoch: running[0].epoch)], on: conn)
+            #expect(try await claimOne().isEmpty, "2 running: still at the limit")
+            _ = try await store.complete([Completion(executionID: running[1].executionID, epoch: running[1].epoch)], on: conn)
+            #expect(try await claimOne().count == 1, "1 running: one more may start")
+            #expect(try await claimOne().isEmpty)
+        }
+    }
+
     /// A manifest's keys: at most one `charge` per customer at a time (read from each run's
     /// input), tenants interleaved in `notify`; the keys' rules are checked at deploy.
     @Test func aManifestsStepKeysAreReadFromEachRun() async throws {

@@ -94,6 +94,25 @@ public struct LaneLimitStore: Sendable {
                     max_running = EXCLUDED.max_running, rate = EXCLUDED.rate, burst = EXCLUDED.burst,
                     tokens = LEAST(COALESCE(EXCLUDED.burst, 0), workflow.lane_limits.tokens), updated_at = now(), updated_by = EXCLUDED.updated_by
                 """, purpose: "lanes: set limits")
+            if maxRunning != nil {
+                // Executions already running in the lane count against the limit too: marked as
+                // if claimed under it (their slot is announced when they stop; the unlimited claim
+                // leaves a lease's lane unset, so it is written here), executions before their
+                // leases, in the lock order (docs/workers-and-leases.md). A completion in flight
+                // wins the row; the execution it ends is then no longer running. Live leases only:
+                // a short table, read without an index.
+                try await tx.query(
+                    """
+                    WITH marked AS (
+                        UPDATE workflow.executions e SET lane_limited = true
+                        FROM workflow.leases l
+                        WHERE l.namespace = \(namespace.value) AND l.lane_limited IS NOT TRUE
+                          AND e.execution_id = l.execution_id AND e.lane = \(lane.value) AND e.state = 'running'
+                        RETURNING e.execution_id, e.lane
+                    )
+                    UPDATE workflow.leases l SET lane_limited = true, lane = m.lane FROM marked m WHERE l.execution_id = m.execution_id
+                    """, purpose: "lanes: count the running executions")
+            }
             var detail: [String: Any] = ["namespace": namespace.value, "lane": lane.value]
             if let maxRunning { detail["max_running"] = String(maxRunning) }
             if let rate { detail["rate_per_s"] = String(rate) }
