@@ -23,9 +23,11 @@ final class FlowGauges: Sendable {
     func update(_ pool: ConnectionPool) async {
         do {
             try await pool.withConnection { conn in
-                guard try await conn.query("SELECT to_regclass('workflow.flow_keys') IS NOT NULL AS ok", purpose: "metrics: flow tables?")
-                    .single().decode("ok", as: Bool.self)
-                else { return }
+                let tables = try await conn.query(
+                    "SELECT to_regclass('workflow.flow_keys') IS NOT NULL AS ok, to_regclass('workflow.run_waiting') IS NOT NULL AS runs",
+                    purpose: "metrics: flow tables?"
+                ).single()
+                guard try tables.decode("ok", as: Bool.self) else { return }
                 let lanes = try await conn.query(
                     """
                     SELECT ll.namespace, ll.lane, ll.blocked,
@@ -65,9 +67,7 @@ final class FlowGauges: Sendable {
                     Gauge(label: "regent_flow_keys", dimensions: [("namespace", ns), ("state", "below_limit")], factory: factory)
                         .record(Double(try row.decode("below", as: Int64.self)))
                 }
-                if try await conn.query("SELECT to_regclass('workflow.run_waiting') IS NOT NULL AS ok", purpose: "metrics: run_waiting?")
-                    .single().decode("ok", as: Bool.self)
-                {
+                if try tables.decode("runs", as: Bool.self) {
                     let queued = try await conn.query(
                         """
                         SELECT w.namespace, r.workflow_type, count(*)::bigint AS n

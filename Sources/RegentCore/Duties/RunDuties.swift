@@ -29,7 +29,7 @@ public struct RunDeadlines: LeaderDuty {
             OR EXISTS (SELECT 1 FROM workflow.run_strays) AS pending
         """
     /// The same, and a queued run (waiting for its concurrency key) past its deadline
-    /// (`run_waiting_deadline_idx`, sql/workflow 0020).
+    /// (`run_waiting_deadline_idx`, sql/workflow 0019).
     static let pendingWithQueued: PostgresQuery = """
         SELECT EXISTS (SELECT 1 FROM workflow.runs WHERE state = 'running' AND deadline <= now())
             OR EXISTS (SELECT 1 FROM workflow.run_strays)
@@ -39,8 +39,14 @@ public struct RunDeadlines: LeaderDuty {
     /// One page: how many runs it failed.
     public func expireOnce(fence: LeaderFence) async throws -> Int {
         // Its migration comes after the runs' own (a node newer than the schema waits for it).
-        guard try await WorkflowSchema.has("workflow.run_strays", pool) else { return 0 }
-        let probe = try await WorkflowSchema.has("workflow.run_waiting", pool) ? Self.pendingWithQueued : Self.pending
+        // run_waiting (0019) implies run_strays (0011): one lookup on a current schema.
+        let probe: PostgresQuery
+        if try await WorkflowSchema.has("workflow.run_waiting", pool) {
+            probe = Self.pendingWithQueued
+        } else {
+            guard try await WorkflowSchema.has("workflow.run_strays", pool) else { return 0 }
+            probe = Self.pending
+        }
         guard try await pool.query(probe, purpose: "runs: anything past its deadline?").single().decode("pending", as: Bool.self)
         else { return 0 }
         return try await fence.withTransaction(pool) { tx in

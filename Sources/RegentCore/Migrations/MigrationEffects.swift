@@ -117,8 +117,6 @@ enum MigrationEffects {
         return out
     }
 
-    /// The file's statements as lowercased words, with comments, string literals and
-    /// dollar-quoted bodies (function code) left out.
     /// An ALTER TABLE's subcommands: split at the commas outside parentheses (a CHECK's
     /// `IN ('a', 'b')` is one subcommand).
     static func topLevelParts(_ text: String) -> [Substring] {
@@ -139,6 +137,8 @@ enum MigrationEffects {
         return parts
     }
 
+    /// The file's statements as lowercased words, with comments, string literals and
+    /// dollar-quoted bodies (function code) left out.
     static func statements(of sql: String) -> [[String]] {
         var text = ""
         let chars = Array(sql)

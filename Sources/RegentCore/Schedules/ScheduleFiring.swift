@@ -233,13 +233,14 @@ public struct ScheduleFiring: LeaderDuty {
         if next == 0 {
             // Each firer goes on through its part's full pages on its own (not in step with the
             // others, no probe between pages), up to `maxPagesPerRound` before the duty loops.
-            let pages = try await DueTimeDuty.sideBySide(firers) { part in
+            let rounds = try await DueTimeDuty.sideBySide(firers) { part in
                 var mine: [Page] = []
                 repeat {
                     mine.append(try await fireOnce(fence: fence, part: part, parts: firers))
                 } while mine.last?.schedules == pageSize && mine.count < Self.maxPagesPerRound
                 return mine
-            }.flatMap { $0 }
+            }
+            let pages = rounds.flatMap { $0 }
             let started = pages.map(\.started).reduce(0, +), skipped = pages.map(\.skipped).reduce(0, +)
             let failed = pages.map(\.failed).reduce(0, +), existing = pages.map(\.existing).reduce(0, +)
             metrics.scheduleSlots(outcome: "started").increment(by: started)
@@ -248,7 +249,8 @@ public struct ScheduleFiring: LeaderDuty {
             metrics.scheduleSlots(outcome: "skipped").increment(by: skipped)
             if let worst = pages.map(\.worstLateness).max(), started + existing + failed > 0 { metrics.scheduleLateness.record(worst) }
             if skipped > 0 { logger.notice("schedule slots skipped by their catch-up policy", metadata: ["slots": "\(skipped)", "term": "\(fence.term)"]) }
-            if pages.contains(where: { $0.schedules == pageSize }) { return true }
+            // A firer that stopped on a full page (at maxPagesPerRound) has more: loop at once.
+            if rounds.contains(where: { $0.last?.schedules == pageSize }) { return true }
             // Held by another transaction (a trigger, a pause) or nothing due after all: a moment's pause.
             next = pages.allSatisfy({ $0.schedules == 0 }) ? 20 : try await nextDue()
         }

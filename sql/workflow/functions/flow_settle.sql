@@ -96,7 +96,6 @@ BEGIN
     WHERE f.admitted = 0
       AND (f.namespace, f.flow_key) IN (SELECT DISTINCT split_part(r, chr(31), 1), split_part(r, chr(31), 2)
                                         FROM string_to_table(v_pending, chr(30)) AS r WHERE r <> '')
-      AND f.flow_key NOT LIKE 'r:%'
       AND NOT EXISTS (SELECT 1 FROM workflow.flow_waiting w WHERE w.namespace = f.namespace AND w.flow_key = f.flow_key);
     RETURN NULL;
 END
