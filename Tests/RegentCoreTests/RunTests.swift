@@ -125,6 +125,44 @@ struct RunTests {
         }
     }
 
+    /// A step's state changes are HOT updates (in place, no new index entries): no index of
+    /// run_steps, the online ones included, names a column the step path writes on its way
+    /// (state, finished_at, error) in its keys, expressions or predicate, and completing a step
+    /// of a fresh run updates its row in place (sql/workflow/0020; before it, the unload rule's
+    /// index had `state` in its predicate, and every step's every change wrote four index entries).
+    @Test func aStepsStateChangesAreHotUpdates() async throws {
+        try await withBootedDatabase { _, conn in
+            try await OnlineIndexes.ensure(schemas: ["workflow"], on: conn)
+            let naming = try await conn.query(
+                """
+                SELECT i.indexrelid::regclass::text AS name, a.attname::text AS col
+                FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum > 0
+                WHERE i.indrelid = 'workflow.run_steps'::regclass
+                  AND a.attname IN ('state', 'finished_at', 'error')
+                  AND (a.attnum = ANY (i.indkey)
+                       OR COALESCE(pg_get_expr(i.indpred, i.indrelid), '') ~ ('\\m' || a.attname || '\\M')
+                       OR COALESCE(pg_get_expr(i.indexprs, i.indrelid), '') ~ ('\\m' || a.attname || '\\M'))
+                """
+            ).map { "\(try $0.decode("name", as: String.self)) (\(try $0.decode("col", as: String.self)))" }
+            #expect(naming.isEmpty, "indexes of run_steps naming a column every step changes: \(naming)")
+
+            let f = try await RunFixture.deploy("hot", steps: Self.linear, on: conn)
+            let run = try await f.start().runID
+            let lease = try await f.claimStep("a", run: run)
+            let hot = try await conn.withTransaction { tx in
+                func read() async throws -> Int {
+                    try await tx.query("SELECT n_tup_hot_upd AS n FROM pg_stat_xact_user_tables WHERE relid = 'workflow.run_steps'::regclass")
+                        .single().decode("n", as: Int.self)
+                }
+                let before = try await read()
+                #expect(try await f.complete(lease, on: tx).done.keys.contains(lease.executionID))
+                return try await read() - before
+            }
+            #expect(hot >= 1, "completing step a updated its run_steps row in place \(hot) times")
+            #expect(try await f.stepStates(run)["a"] == "succeeded")
+        }
+    }
+
     @Test func aStartPinsTheRoutedVersionAndALaterRouteChangeDoesNotMoveIt() async throws {
         try await withBootedDatabase { _, conn in
             let f = try await RunFixture.deploy("pinned", steps: Self.linear, on: conn)

@@ -290,8 +290,9 @@ struct ConsoleAPITests {
         try await TestDatabase.shared.withConnection { conn, _ in
         _ = try await MigrationRunner(appliedBy: "test").migrate(on: conn, schemas: ["engine", "workflow"])
         // The listing indexes are built online, after the migrations, as the leader does.
-        // (the five listing indexes, and the lane-limit count index of sql/workflow/0018)
-        #expect(try await OnlineIndexes.ensure(schemas: ["engine", "workflow"], on: conn).count == 6)
+        // (the five listing indexes, the lane-limit count index of sql/workflow/0018 and the
+        // unload rule's child index of 0020)
+        #expect(try await OnlineIndexes.ensure(schemas: ["engine", "workflow"], on: conn).count == 7)
         #expect(try await OnlineIndexes.ensure(schemas: ["engine", "workflow"], on: conn).isEmpty)
         // A build that died leaves an invalid index: the next pass drops and rebuilds it.
         try await conn.query("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'workflow.runs_state_listing_idx'::regclass")

@@ -1,0 +1,24 @@
+-- regent:expand
+-- The step path's cost (issue 26: `bench runs` no slower than before). Two things made every
+-- step dearer than it needed to be:
+--
+-- * run_steps_child_pins_idx (0016) has `state` in its predicate. PostgreSQL updates a row in
+--   place (HOT: no new index entries) only when no indexed column changes, and a partial
+--   index's predicate columns count; so every state change of every step wrote a new entry
+--   into each of run_steps' four indexes. The unload rule's index is rebuilt on `child_hash`
+--   alone (sql/workflow/indexes/run_steps_child_hash_idx.sql, built online by the leader; the
+--   rule still reads `state = 'waiting'` from the rows it finds), and run_steps keeps a fifth
+--   of each new page free so that a step's updates can stay on its page.
+-- * workflow.enqueue_steps ran its keyed statement for every step, opening the waiting list
+--   and its indexes at each call. Steps with no key now take a statement of their own.
+-- * workflow.claim saved and restored a setting (`jit`) at every call for the sake of its
+--   limited-lanes half. That half is now workflow.claim_limited, called only when a lane of the
+--   claim has a limit; the claim of unlimited lanes keeps one statement and two settings.
+--
+-- Functions changed with this migration (their files in sql/workflow/functions/): enqueue_steps,
+-- claim; new: claim_limited.
+-- Takes ACCESS EXCLUSIVE on run_steps for the moment of the index drop (no scan) and SHARE
+-- UPDATE EXCLUSIVE for the storage parameter; until the leader has built the new index, the
+-- unload rule reads run_steps without one.
+DROP INDEX workflow.run_steps_child_pins_idx;
+ALTER TABLE workflow.run_steps SET (fillfactor = 80);
