@@ -4,7 +4,7 @@ import PostgresClient
 import RegentTestSupport
 import Testing
 
-/// Run concurrency keys (issue 31, sql/workflow/0020): a manifest's top-level `concurrency`
+/// Run concurrency keys (issue 31, sql/workflow/0019): a manifest's top-level `concurrency`
 /// lets at most `limit` runs of a type with the same key value run at once; the others wait
 /// `queued`, nothing of them begun, and are admitted in arrival order as slots free. Checked
 /// afterwards from the runs' own admission and finish times, with racing workers, and through
