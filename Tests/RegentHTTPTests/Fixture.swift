@@ -41,6 +41,14 @@ struct Fixture {
         metricsRequireToken: Bool = false, authFailureLimit: Int = 50, vaultKeyring: VaultKeyring? = nil, _ body: (Fixture) async throws -> Void
     ) async throws {
         let config = try await TestDatabase.shared.freshDatabase()
+        // The schemas are migrated before the node starts, as `regent migrate` does ahead of a
+        // rollout: these tests are about the API, and a leader migrating four schemas from nothing
+        // under a 1 s test lease, on two cores running every suite at once, could lose its lease
+        // round after round for minutes (CI once timed out here after 120 s). The leader's own
+        // module migrations are tested in MigrationTests and ProcessTests.
+        _ = try await PostgresConnection.withConnection(config) {
+            try await MigrationRunner(appliedBy: "test").migrate(on: $0, schemas: ["engine", "workflow", "auth", "vault"])
+        }
         let registry = PrometheusCollectorRegistry()
         let node = RegentNode(configuration: fastNode(config, name: "api-node"), metrics: AdminAPI.nodeMetrics(registry: registry))
         let task = Task { try await node.run() }
