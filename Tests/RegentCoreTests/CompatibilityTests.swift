@@ -232,6 +232,60 @@ struct CompatibilityTests {
         #expect(q9.effects.contains { $0.table == "workflow.executions" && $0.rewrites && $0.onHotTable })
     }
 
+    /// A column retyped to a domain the same file created with no constraint keeps its file;
+    /// once the domain has a constraint, a retype to it rewrites (PostgreSQL checks every value).
+    @Test func aColumnRetypedToAPlainDomainIsNoRewrite() {
+        let plain = MigrationEffects.effects(of: """
+            CREATE DOMAIN workflow.step_kind AS text;
+            ALTER TABLE workflow.run_steps ALTER COLUMN kind TYPE workflow.step_kind, ALTER COLUMN name TYPE text;
+            ALTER TABLE workflow.runs ALTER COLUMN kind TYPE workflow.step_kind;
+            ALTER DOMAIN workflow.step_kind ADD CONSTRAINT k CHECK (VALUE IN ('a')) NOT VALID;
+            ALTER TABLE workflow.executions ALTER COLUMN kind TYPE workflow.step_kind;
+            CREATE DOMAIN workflow.checked AS text CHECK (VALUE <> '');
+            ALTER TABLE workflow.leases ALTER COLUMN note TYPE workflow.checked;
+            """)
+        #expect(plain.map { "\($0.table) \($0.rewrites ? "rewrite" : "-")" } == [
+            "workflow.run_steps rewrite", "workflow.runs -", "workflow.executions rewrite", "workflow.leases rewrite",
+        ], "a retype to text is still read as a rewrite; the others by their domain: \(plain)")
+    }
+
+    /// workflow 0021 retypes columns of executions, run_steps and runs to plain domains: a node
+    /// applies it by itself, and no table or index of theirs gets a new file (no rewrite), while
+    /// the rules it moved into the domains refuse what the table constraints refused.
+    @Test func workflow0021RetypesHotColumnsWithoutARewrite() async throws {
+        let config = try await TestDatabase.shared.freshDatabase()
+        try await PostgresConnection.withConnection(config) { conn in
+            let operator_ = MigrationRunner(appliedBy: "operator")
+            _ = try await operator_.migrate(on: conn, schemas: ["engine", "workflow"], target: MigrationTarget(schema: "workflow", version: 20))
+            func files() async throws -> [String: Int] {
+                let rows = try await conn.query("""
+                    SELECT c.relname AS name, c.relfilenode::bigint AS file FROM pg_class c
+                    WHERE c.relnamespace = 'workflow'::regnamespace AND c.relkind IN ('r', 'i')
+                      AND (c.relname LIKE 'executions%' OR c.relname LIKE 'run_steps%' OR c.relname LIKE 'runs%')
+                      AND c.relname <> 'run_steps_child_hash_idx'
+                    """)
+                var out: [String: Int] = [:]
+                for row in rows { out[try row.decode("name", as: String.self)] = try row.decode("file", as: Int.self) }
+                return out
+            }
+            let before = try await files()
+            #expect(before.count >= 8, "\(before)")
+            let node = MigrationRunner(appliedBy: "node", automatic: true)
+            let ran = try await node.migrate(on: conn, schemas: ["engine", "workflow"], target: MigrationTarget(schema: "workflow", version: 21))
+            #expect(ran.map(\.version) == [21], "a node applies it: nothing in it waits for an operator")
+            #expect(try await files() == before)
+            for (value, domain) in [("bogus", "step_state"), ("robot", "step_kind"), ("step_1", "step_id"), ("ABC", "sha256_hex"), ("x:1", "execution_flow_key")] {
+                do {
+                    try await conn.query("SELECT \(value)::text::workflow.\(identifier: try SQLIdentifier(domain))")
+                    Issue.record("workflow.\(domain) took \(value)")
+                } catch let error as PostgresError {
+                    #expect(error.sqlState == "23514", "\(error)")
+                }
+            }
+            try await conn.query("SELECT 'succeeded'::text::workflow.step_state, 'c:k'::text::workflow.execution_flow_key")
+        }
+    }
+
     /// The rule for every expand migration from now on: it never rewrites or scans a hot table
     /// while holding a lock that blocks its traffic. (Those are done online, in pages, or as
     /// a manual step with a runbook entry.)

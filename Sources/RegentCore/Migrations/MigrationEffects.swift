@@ -46,6 +46,10 @@ extension Migration {
 enum MigrationEffects {
     static func effects(of sql: String) -> [TableEffect] {
         var created = Set<String>()
+        // Domains this file created with no constraint yet (`CREATE DOMAIN d AS text`): a column
+        // retyped to one over its own type keeps its file (PostgreSQL checks no value, rewrites
+        // nothing). A domain stops being one once a constraint is added to it.
+        var plainDomains = Set<String>()
         var out: [TableEffect] = []
         for statement in statements(of: sql) {
             let t = statement
@@ -67,6 +71,12 @@ enum MigrationEffects {
             case ("create", _) where t.contains("table") && t.firstIndex(of: "table")! <= 3 && !t.contains("trigger"):
                 let i = after(t.firstIndex(of: "table")! + 1, skipping: ["if", "not", "exists"])
                 created.insert(word(i).split(separator: "(").first.map(String.init) ?? word(i))
+            case ("create", "domain"):
+                if t.count == 5, word(3) == "as", ["text", "varchar", "bigint", "integer", "smallint", "boolean", "jsonb"].contains(word(4)) {
+                    plainDomains.insert(word(2))
+                }
+            case ("alter", "domain"):
+                if t.contains("add") || t.contains("set") { plainDomains.remove(word(2)) }
             case ("create", _) where t.prefix(4).contains("index"):
                 guard let on = t.firstIndex(of: "on") else { continue }
                 let concurrently = t.contains("concurrently")
@@ -81,7 +91,13 @@ enum MigrationEffects {
                 let subcommands = Self.topLevelParts(text).map { " " + $0.trimmingPrefix(" ") }
                 let lightOnly = subcommands.allSatisfy { $0.hasPrefix(" validate constraint") || $0.hasPrefix(" set (") || $0.hasPrefix(" set(") }
                 let volatile = ["clock_timestamp", "random", "gen_random_uuid", "uuid_generate", "nextval"]
-                let rewrites = text.contains(" type ") && text.contains("alter column")
+                // ALTER COLUMN … TYPE rewrites the table, except to a plain domain of this file.
+                let retypes = subcommands.contains { sub in
+                    guard sub.contains("alter column"), let type = sub.range(of: " type ") else { return false }
+                    let target = sub[type.upperBound...].split(separator: " ").first.map { String($0).trimmingSuffix(",") } ?? ""
+                    return !plainDomains.contains(target)
+                }
+                let rewrites = retypes
                     || text.contains(" set logged") || text.contains(" set unlogged")
                     || subcommands.contains { sub in sub.contains(" add column") && sub.contains(" default ") && volatile.contains { sub.contains($0) } }
                     || text.contains(" stored")

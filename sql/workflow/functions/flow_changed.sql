@@ -1,7 +1,7 @@
 -- workflow.flow_changed: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0018_flow_control.sql (with its trigger, execution_flow_changed).
+-- History: sql/workflow/0018_flow_control.sql (with its trigger, execution_flow_changed), sql/workflow/0021_cheaper_row_checks.sql (the trigger's WHEN tests for a key only; an unchanged state returns here).
 
 -- The trigger on a keyed (or lane-limited) execution's state change (docs/flow-control.md). It
 -- takes no key's lock: it notes the slots to free (workflow.flow_note), and the transaction's

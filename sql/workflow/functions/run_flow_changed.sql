@@ -1,7 +1,7 @@
 -- workflow.run_flow_changed: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0019_run_concurrency.sql (with its triggers, run_flow_changed and flow_settle_runs).
+-- History: sql/workflow/0019_run_concurrency.sql (with its triggers, run_flow_changed and flow_settle_runs), sql/workflow/0021_cheaper_row_checks.sql (the trigger's WHEN tests for a key only; an unchanged state returns here).
 
 -- A keyed run's state changed. Ending while queued, it leaves its key's waiting list (it held
 -- no slot); ending while running, it notes the slot it frees for the commit's settling.

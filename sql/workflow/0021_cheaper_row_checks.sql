@@ -1,0 +1,103 @@
+-- regent:expand
+-- The step path's cost, again (issue 26: `bench runs` no slower than before). Counted with
+-- callgrind (instructions per step, one claim and one completion, the same SQL a worker
+-- sends), most of what a step cost more than before workflow 0012 was not the step's work but
+-- PostgreSQL re-reading rules at every statement:
+--
+-- * A table's CHECK constraints are parsed from their stored text, planned and evaluated by
+--   every INSERT and UPDATE of the table, whichever columns it sets (about 20,000 instructions
+--   per constraint per statement here). run_steps had four and each step updates it twice;
+--   executions gained one (0018) that every claim and completion paid for. As in workflow 0009,
+--   the rules of columns move into domains: a domain's check runs only where a value of that
+--   domain is assigned, from an expression the session keeps. The rules are the same ones.
+--   The columns change type without a rewrite (a domain with no constraint yet, then the
+--   constraint added NOT VALID: every stored value already passed the same rule as a table
+--   constraint). Rules that span columns or that UPDATE statements assign (runs' state,
+--   reason and the unfinished rule) stay table constraints, restated with typed array
+--   literals, which are read as one value instead of one node per element.
+-- * A trigger's WHEN condition is parsed and planned by every statement that may fire it.
+--   The flow-control triggers (0018, 0019) now test only for a key (or a limited lane); their
+--   functions return at once when the state did not change. The step trigger's list of final
+--   states is a typed array literal. Which rows fire which trigger is unchanged.
+--
+-- Functions changed with this migration (their files in sql/workflow/functions/): flow_changed,
+-- run_flow_changed.
+-- Takes ACCESS EXCLUSIVE on executions, run_steps and runs for the moment of the catalog
+-- changes (no table is rewritten or scanned; the indexes on changed columns are kept as they
+-- are). run_steps_child_hash_idx is dropped (its predicate names child_hash) and rebuilt
+-- online by the leader, as after workflow 0020.
+CREATE DOMAIN workflow.step_id AS text;
+CREATE DOMAIN workflow.step_kind AS text;
+CREATE DOMAIN workflow.step_state AS text;
+CREATE DOMAIN workflow.sha256_hex AS text;
+CREATE DOMAIN workflow.execution_flow_key AS text;
+
+-- Triggers whose WHEN names a changed column go while its type changes, and come back.
+DROP TRIGGER step_execution_changed ON workflow.executions;
+DROP TRIGGER execution_flow_changed ON workflow.executions;
+DROP TRIGGER flow_settle_executions ON workflow.executions;
+DROP TRIGGER run_flow_changed ON workflow.runs;
+DROP TRIGGER flow_settle_runs ON workflow.runs;
+DROP INDEX IF EXISTS workflow.run_steps_child_hash_idx;
+
+ALTER TABLE workflow.executions
+    DROP CONSTRAINT executions_flow_key_check,
+    ALTER COLUMN flow_key TYPE workflow.execution_flow_key;
+ALTER TABLE workflow.run_steps
+    DROP CONSTRAINT run_steps_step_id_check, DROP CONSTRAINT run_steps_kind_check, DROP CONSTRAINT run_steps_state_check,
+    DROP CONSTRAINT run_steps_child_hash_check,
+    ALTER COLUMN step_id TYPE workflow.step_id, ALTER COLUMN kind TYPE workflow.step_kind, ALTER COLUMN state TYPE workflow.step_state,
+    ALTER COLUMN child_hash TYPE workflow.sha256_hex;
+ALTER DOMAIN workflow.step_id ADD CONSTRAINT step_id_check CHECK (VALUE ~ '^step_[0-9a-z]{26}$') NOT VALID;
+ALTER DOMAIN workflow.step_kind ADD CONSTRAINT step_kind_check CHECK (VALUE IN ('worker', 'timer', 'signal', 'child')) NOT VALID;
+ALTER DOMAIN workflow.step_state ADD CONSTRAINT step_state_check
+    CHECK (VALUE IN ('pending', 'queued', 'running', 'waiting', 'succeeded', 'failed', 'skipped', 'cancelled')) NOT VALID;
+ALTER DOMAIN workflow.sha256_hex ADD CONSTRAINT sha256_hex_check CHECK (VALUE ~ '^[0-9a-f]{64}$') NOT VALID;
+ALTER DOMAIN workflow.execution_flow_key ADD CONSTRAINT execution_flow_key_check
+    CHECK (VALUE ~ '^[cf]:' AND length(VALUE) <= 400) NOT VALID;
+
+-- runs: the same rules, shorter to read (a NULL passes a CHECK as it did through `IS NULL OR`).
+ALTER TABLE workflow.runs
+    DROP CONSTRAINT runs_reason_check,
+    ADD CONSTRAINT runs_reason_check CHECK (reason = ANY ('{step_failed,cancelled,deadline_exceeded,budget_exceeded}'::text[])) NOT VALID,
+    DROP CONSTRAINT runs_idempotency_key_check,
+    ADD CONSTRAINT runs_idempotency_key_check CHECK (length(idempotency_key) BETWEEN 1 AND 255) NOT VALID,
+    DROP CONSTRAINT runs_state_check,
+    ADD CONSTRAINT runs_state_check CHECK (state = ANY ('{queued,running,succeeded,failed,cancelled}'::text[])) NOT VALID,
+    DROP CONSTRAINT runs_flow_key_check,
+    ADD CONSTRAINT runs_flow_key_check CHECK (flow_key ~ '^r:' AND length(flow_key) <= 400) NOT VALID,
+    DROP CONSTRAINT runs_unfinished_check,
+    ADD CONSTRAINT runs_unfinished_check CHECK ((state = ANY ('{queued,running}'::text[])) = (finished_at IS NULL)) NOT VALID,
+    DROP CONSTRAINT runs_budget_limit_check,
+    ADD CONSTRAINT runs_budget_limit_check CHECK (budget_limit > 0) NOT VALID,
+    DROP CONSTRAINT runs_namespace_check,
+    ADD CONSTRAINT runs_namespace_check CHECK (namespace ~ '^[A-Za-z0-9_.:-]{1,128}$') NOT VALID;
+
+CREATE TRIGGER step_execution_changed
+AFTER UPDATE OF state ON workflow.executions
+FOR EACH ROW
+WHEN (NEW.step_id IS NOT NULL AND OLD.state IS DISTINCT FROM NEW.state
+      AND NEW.state = ANY ('{completed,failed,dead_lettered,cancelled}'::text[]))
+EXECUTE FUNCTION workflow.step_execution_changed();
+CREATE TRIGGER execution_flow_changed
+AFTER UPDATE OF state ON workflow.executions
+FOR EACH ROW
+WHEN (NEW.flow_key IS NOT NULL OR NEW.lane_limited)
+EXECUTE FUNCTION workflow.flow_changed();
+CREATE CONSTRAINT TRIGGER flow_settle_executions
+AFTER UPDATE OF state ON workflow.executions
+DEFERRABLE INITIALLY DEFERRED
+FOR EACH ROW
+WHEN (NEW.flow_key IS NOT NULL)
+EXECUTE FUNCTION workflow.flow_settle();
+CREATE TRIGGER run_flow_changed
+AFTER UPDATE OF state ON workflow.runs
+FOR EACH ROW
+WHEN (NEW.flow_key IS NOT NULL)
+EXECUTE FUNCTION workflow.run_flow_changed();
+CREATE CONSTRAINT TRIGGER flow_settle_runs
+AFTER UPDATE OF state ON workflow.runs
+DEFERRABLE INITIALLY DEFERRED
+FOR EACH ROW
+WHEN (NEW.flow_key IS NOT NULL)
+EXECUTE FUNCTION workflow.flow_settle();
