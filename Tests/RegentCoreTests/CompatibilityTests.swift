@@ -283,6 +283,20 @@ struct CompatibilityTests {
                 }
             }
             try await conn.query("SELECT 'succeeded'::text::workflow.step_state, 'c:k'::text::workflow.execution_flow_key")
+            // The rules restated without counted repetitions accept exactly what the old
+            // expressions accepted.
+            let ids = "0123456789abcdefghjkmnpqrs"
+            let samples = ["", "a", "lane-1", "a b", "é", String(repeating: "x", count: 128), String(repeating: "x", count: 129),
+                           "step_" + ids, "step_" + ids.dropLast(), "step_" + ids + "t", "step_" + ids.uppercased(), "run_" + ids,
+                           String(repeating: "ab12", count: 16), String(repeating: "ab12", count: 16) + "0", String(repeating: "AB12", count: 16)]
+            for (domain, old) in [("queue_ident", "^[A-Za-z0-9_.:-]{1,128}$"), ("step_id", "^step_[0-9a-z]{26}$"), ("sha256_hex", "^[0-9a-f]{64}$")] {
+                for sample in samples {
+                    let before = try await conn.query("SELECT \(sample) ~ \(old) AS ok").single().decode("ok", as: Bool.self)
+                    var now = true
+                    do { try await conn.query("SELECT \(sample)::text::workflow.\(identifier: try SQLIdentifier(domain))") } catch is PostgresError { now = false }
+                    #expect(now == before, "workflow.\(domain) on \(sample.debugDescription)")
+                }
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 -- workflow.complete: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0004_queue.sql, sql/workflow/0007_run_engine.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0013_hot_path_cost.sql, sql/workflow/0022_drop_pre_0012_signatures.sql (dropped the signature kept for binaries before 0012).
+-- History: sql/workflow/0004_queue.sql, sql/workflow/0007_run_engine.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0013_hot_path_cost.sql, sql/workflow/0022_drop_pre_0012_signatures.sql (dropped the signature kept for binaries before 0012), sql/workflow/0021_cheaper_row_checks.sql (the batch's ids as an array: index probes whatever the plan's statistics).
 --
 -- Completion bound to the lease's holder (see held_items). Plain executions, then step
 -- executions with their run rows locked first.
@@ -35,7 +35,10 @@ BEGIN
             UPDATE workflow.executions e
             SET state = 'completed', result = i.result, cost = i.cost, updated_at = now(), finished_at = now()
             FROM input i
-            WHERE e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running' AND e.step_id IS NULL
+            -- The ids as an array as well: with the join's condition alone, a generic plan made
+            -- while few executions were running walked all of executions' index for each batch.
+            WHERE e.execution_id = ANY (ARRAY(SELECT (j ->> 'execution_id')::uuid FROM jsonb_array_elements(p_items) AS j))
+              AND e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running' AND e.step_id IS NULL
             RETURNING e.execution_id, e.namespace, e.unique_key
         ), unleased AS (
             DELETE FROM workflow.leases l USING done d WHERE l.execution_id = d.execution_id RETURNING l.execution_id, l.attempt_index
@@ -71,6 +74,7 @@ BEGIN
         SET state = 'completed', result = i.result, cost = i.cost, updated_at = now(), finished_at = now()
         FROM input i
         WHERE (SELECT count(*) FROM runs_locked) >= 0
+          AND e.execution_id = ANY (ARRAY(SELECT (j ->> 'execution_id')::uuid FROM jsonb_array_elements(p_items) AS j))
           AND e.execution_id = i.execution_id AND e.lease_epoch = i.epoch AND e.state = 'running' AND e.step_id IS NOT NULL
         RETURNING e.execution_id, COALESCE(e.run_id, e.payload ->> 'run_id') AS run_id
     ), unleased AS (
