@@ -31,8 +31,12 @@
 --   of executions' index (a join to the batch the planner thought costlier than one pass). The
 --   claim no longer uses bitmap scans; the batches name their ids as an array as well.
 --
+-- * Smaller things on every step: the step trigger assigns what it calls instead of PERFORMing
+--   it (a PERFORM runs a query with an executor of its own, an assignment an expression), and
+--   a queue notification of one lane is built without a query.
+--
 -- Functions changed with this migration (their files in sql/workflow/functions/): flow_changed,
--- run_flow_changed, claim, complete, fail.
+-- run_flow_changed, claim, complete, fail, step_execution_changed, notify_queue.
 -- Takes ACCESS EXCLUSIVE on executions, run_steps, runs and workers for the moment of the catalog
 -- changes (no table is rewritten or scanned; the indexes on changed columns are kept as they
 -- are). run_steps_child_hash_idx is dropped (its predicate names child_hash) and rebuilt

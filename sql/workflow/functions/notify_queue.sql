@@ -1,7 +1,7 @@
 -- workflow.notify_queue: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0012_lock_order_and_trust.sql.
+-- History: sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0021_cheaper_row_checks.sql (one lane: no query).
 --
 -- Every queue notification is built here: `<namespace> <lane> <lane> …`, or `<namespace> *`
 -- when that would not fit in a notification's 8000 bytes (a waiter on `*` claims in all its lanes).
@@ -14,7 +14,12 @@ DECLARE
     v_payload text;
 BEGIN
     IF p_lanes IS NULL OR cardinality(p_lanes) = 0 THEN RETURN; END IF;
-    v_payload := p_namespace || ' ' || array_to_string(ARRAY(SELECT DISTINCT l FROM unnest(p_lanes) AS l ORDER BY l), ' ');
+    -- One lane (or the same lane repeated), the usual case: an expression, with no query to run.
+    IF p_lanes <@ p_lanes[1:1] THEN
+        v_payload := p_namespace || ' ' || p_lanes[1];
+    ELSE
+        v_payload := p_namespace || ' ' || array_to_string(ARRAY(SELECT DISTINCT l FROM unnest(p_lanes) AS l ORDER BY l), ' ');
+    END IF;
     IF octet_length(v_payload) > 7000 THEN v_payload := p_namespace || ' *'; END IF;
     PERFORM pg_notify('regent_queue', v_payload);
 END

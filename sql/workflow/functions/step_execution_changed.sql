@@ -1,7 +1,7 @@
 -- workflow.step_execution_changed: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0007_run_engine.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0016_step_kinds.sql.
+-- History: sql/workflow/0007_run_engine.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0021_cheaper_row_checks.sql (calls on every step are assignments, not PERFORMs).
 --
 -- The step trigger (0012's), advancing through advance_run when a step of another kind becomes
 -- ready; a run of worker steps only takes the same path as before (enqueue, or succeed).
@@ -20,6 +20,8 @@ DECLARE
     v_ready text[];
     v_others boolean;
     v_all_done boolean;
+    v_event bigint;
+    v_enqueued integer;
 BEGIN
     SELECT * INTO v_run FROM workflow.runs WHERE run_id = COALESCE(NEW.run_id, NEW.payload ->> 'run_id') FOR UPDATE;
     IF NOT FOUND THEN RETURN NULL; END IF;
@@ -52,7 +54,9 @@ BEGIN
             WHERE COALESCE(c ->> 'unit', v_run.budget_unit, 'units') = COALESCE(v_run.budget_unit, 'units');
             UPDATE workflow.runs SET budget_spent = v_spent WHERE run_id = v_run.run_id;
         END IF;
-        PERFORM engine.publish_event('step.succeeded',
+        -- Assigned, not PERFORMed: an assignment is an expression, a PERFORM a query with an
+        -- executor of its own (on every step's completion).
+        v_event := engine.publish_event('step.succeeded',
             jsonb_build_object('run_id', v_run.run_id, 'step', v_step.name, 'execution_id', NEW.execution_id, 'epoch', NEW.lease_epoch), NULL);
         IF v_run.budget_limit IS NOT NULL AND v_spent >= v_run.budget_limit THEN
             PERFORM workflow.finish_run(v_run.run_id, 'failed', 'budget_exceeded',
@@ -69,7 +73,7 @@ BEGIN
         IF v_others THEN
             PERFORM workflow.advance_run(v_run.run_id, 'engine', NULL);
         ELSIF v_ready IS NOT NULL THEN
-            PERFORM workflow.enqueue_steps(v_run.run_id, v_ready, NEW.namespace);
+            v_enqueued := workflow.enqueue_steps(v_run.run_id, v_ready, NEW.namespace);
         ELSIF v_all_done THEN
             -- succeed_run's statements, inline: this is every run's last step (a call costs more).
             UPDATE workflow.runs SET state = 'succeeded', finished_at = clock_timestamp(), finished_by = 'engine',
@@ -78,7 +82,7 @@ BEGIN
                           WHERE s.run_id = v_run.run_id
                             AND NOT EXISTS (SELECT 1 FROM workflow.run_steps t WHERE t.run_id = s.run_id AND s.name = ANY (t.after_steps)))
             WHERE run_id = v_run.run_id;
-            PERFORM engine.publish_event('run.succeeded',
+            v_event := engine.publish_event('run.succeeded',
                 jsonb_build_object('run_id', v_run.run_id, 'workflow_type', v_run.workflow_type), NULL);
             IF v_run.parent_run_id IS NOT NULL THEN PERFORM workflow.child_finished(v_run.run_id); END IF;
         END IF;
