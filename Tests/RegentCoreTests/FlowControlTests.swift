@@ -108,6 +108,33 @@ struct FlowControlTests {
         }
     }
 
+    /// An UPDATE that sets a keyed execution's state to the state it has (the trigger's WHEN tests
+    /// only for a key since workflow 0021) frees no slot: the next waiter stays waiting.
+    @Test func aStateSetToItselfFreesNoSlot() async throws {
+        try await withBootedDatabase { _, conn in
+            let w = try await register("w", on: conn)
+            let made = try await store.enqueue(namespace: ns, (0..<3).map { request(.concurrency(key: "same", limit: 1), payload: #"{"i": \#($0)}"#) }, on: conn)
+            let first = try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 10, on: conn)
+            #expect(first.map(\.executionID) == [made[0].executionID])
+            _ = try await store.complete(first.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, on: conn)
+            func state() async throws -> (admitted: Int, waiting: Int, ready: Int) {
+                let row = try await conn.query("""
+                    SELECT (SELECT admitted FROM workflow.flow_keys WHERE flow_key = 'c:same') AS admitted,
+                           (SELECT count(*) FROM workflow.flow_waiting WHERE flow_key = 'c:same')::int AS waiting,
+                           (SELECT count(*) FROM workflow.ready WHERE namespace = 'flow')::int AS ready
+                    """).single()
+                return (try row.decode("admitted"), try row.decode("waiting"), try row.decode("ready"))
+            }
+            let before = try await state()
+            #expect(before.admitted == 1 && before.waiting == 1 && before.ready == 1, "\(before)")
+            for id in [made[0].executionID, made[1].executionID] {
+                try await conn.query("UPDATE workflow.executions SET state = state WHERE execution_id = \(id)")
+            }
+            let after = try await state()
+            #expect(after.admitted == before.admitted && after.waiting == before.waiting && after.ready == before.ready, "\(after)")
+        }
+    }
+
     /// A freed slot admits the next at once, and a cancel of a waiting or an admitted execution
     /// keeps the count right; a failure that is retried keeps its slot, a final one frees it.
     @Test func slotsFreeOnCompletionFailureAndCancelAndWaitersAreAdmittedInOrder() async throws {

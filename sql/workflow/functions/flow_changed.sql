@@ -19,6 +19,9 @@ CREATE OR REPLACE FUNCTION workflow.flow_changed()
 AS $function$
 -- Locks: the execution's own flow_waiting row only.
 BEGIN
+    -- The trigger fires on any UPDATE OF state of a keyed row (its WHEN is kept short: every
+    -- statement that may fire it reads it); only a change of state means anything here.
+    IF OLD.state IS NOT DISTINCT FROM NEW.state THEN RETURN NULL; END IF;
     IF OLD.lane_limited AND OLD.state = 'running' AND NEW.state <> 'running' THEN
         PERFORM workflow.notify_queue(NEW.namespace, ARRAY[NEW.lane::text]);
     END IF;

@@ -13,6 +13,9 @@ CREATE OR REPLACE FUNCTION workflow.run_flow_changed()
 AS $function$
 -- Locks: the run's own run_waiting row only.
 BEGIN
+    -- The trigger fires on any UPDATE OF state of a keyed row (its WHEN is kept short: every
+    -- statement that may fire it reads it); only a change of state means anything here.
+    IF OLD.state IS NOT DISTINCT FROM NEW.state THEN RETURN NULL; END IF;
     IF NEW.state IN ('succeeded', 'failed', 'cancelled') THEN
         IF OLD.state = 'queued' THEN
             DELETE FROM workflow.run_waiting w WHERE w.run_id = NEW.run_id;
