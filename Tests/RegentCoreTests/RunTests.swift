@@ -497,6 +497,45 @@ struct RunTests {
         }
     }
 
+    /// The step trigger's WHEN (workflow 0022) reads "final" as "sorts before 'queued' byte-wise":
+    /// it holds for exactly the final states of the execution_state domain, and a state this test
+    /// does not know fails it (the trigger must then be read again). A step's final state set to
+    /// itself fires the trigger and changes nothing: no event, the run and its steps as they were.
+    @Test func theStepTriggerSeesEveryFinalStateAndNoRepeat() async throws {
+        try await withBootedDatabase { _, conn in
+            let definition = try await conn.query("""
+                SELECT pg_get_constraintdef(c.oid) AS def FROM pg_constraint c WHERE c.contypid = 'workflow.execution_state'::regtype
+                """).single().decode("def", as: String.self)
+            let states = try await conn.query("SELECT m[1] AS s FROM regexp_matches(\(definition), '''([a-z_]+)''', 'g') AS m")
+                .map { try $0.decode("s", as: String.self) }
+            let final: Set = ["completed", "failed", "dead_lettered", "cancelled"]
+            #expect(Set(states) == final.union(["queued", "running"]), "execution_state is \(definition): read the step trigger's WHEN again")
+            for state in states {
+                let fires = try await conn.query("SELECT \(state) < 'queued' COLLATE \"C\" AS f").single().decode("f", as: Bool.self)
+                #expect(fires == final.contains(state), "\(state)")
+            }
+            let trigger = try await conn.query("SELECT pg_get_triggerdef(oid) AS d FROM pg_trigger WHERE tgname = 'step_execution_changed'").single()
+                .decode("d", as: String.self)
+            #expect(trigger.contains("< ('queued'::text COLLATE \"C\")"), "\(trigger)")
+
+            let f = try await RunFixture.deploy("repeat", steps: Self.linear, on: conn)
+            let run = try await f.start()
+            let a = try await f.claimStep("a", run: run.runID)
+            _ = try await f.complete(a, output: #"{"a": 1}"#)
+            func snapshot() async throws -> String {
+                try await conn.query("""
+                    SELECT (SELECT count(*) FROM engine.events)::text || ' ' || (SELECT state || ' ' || coalesce(finished_at::text, '-') FROM workflow.runs WHERE run_id = \(run.runID))
+                           || ' ' || (SELECT string_agg(name || ':' || state || ':' || coalesce(finished_at::text, '-'), ',' ORDER BY position) FROM workflow.run_steps WHERE run_id = \(run.runID))
+                           || ' ' || (SELECT count(*) FROM workflow.executions WHERE run_id = \(run.runID))::text AS s
+                    """).single().decode("s", as: String.self)
+            }
+            let before = try await snapshot()
+            try await conn.query("UPDATE workflow.executions SET state = state WHERE execution_id = \(a.executionID)")
+            #expect(try await snapshot() == before, "a completed step's state set to itself advanced the run again")
+            #expect(try await f.stepStates(run.runID) == ["a": "succeeded", "b": "queued", "c": "pending"])
+        }
+    }
+
     @Test func aBudgetReachedStopsTheRunAndTheLedgerAddsUp() async throws {
         try await withBootedDatabase { _, conn in
             let f = try await RunFixture.deploy("budget", steps: Self.linear, budget: #"{"limit": 10, "unit": "cents"}"#, on: conn)

@@ -1,7 +1,7 @@
 -- workflow.claim: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0004_queue.sql, sql/workflow/0007_run_engine.sql, sql/workflow/0009_queue_hot_path.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0013_hot_path_cost.sql, sql/workflow/0022_drop_pre_0012_signatures.sql (dropped the signature kept for binaries before 0012), sql/workflow/0018_flow_control.sql (lane limits), sql/workflow/0020_step_path_cost.sql (the limited lanes' claim moved to claim_limited; no JIT setting to save and restore at every claim), sql/workflow/0021_cheaper_row_checks.sql (no bitmap scans: the ready queue walked in its order).
+-- History: sql/workflow/0004_queue.sql, sql/workflow/0007_run_engine.sql, sql/workflow/0009_queue_hot_path.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0013_hot_path_cost.sql, sql/workflow/0023_drop_pre_0012_signatures.sql (dropped the signature kept for binaries before 0012), sql/workflow/0018_flow_control.sql (lane limits), sql/workflow/0020_step_path_cost.sql (the limited lanes' claim moved to claim_limited; no JIT setting to save and restore at every claim), sql/workflow/0021_cheaper_row_checks.sql (no bitmap scans: the ready queue walked in its order), sql/workflow/0022_one_comparison_step_trigger.sql (the alive and lane-limit probes in one CTE).
 
 CREATE OR REPLACE FUNCTION workflow.claim(p_namespace text, p_worker text, p_lanes text[], p_capabilities text[], p_lease_ms bigint, p_limit integer, p_token text)
  RETURNS TABLE(alive boolean, execution_id uuid, lane text, attempt_index integer, lease_epoch bigint, payload text, lease_expires_at timestamp with time zone, run_id text, step text, package_hash text)
@@ -24,13 +24,14 @@ BEGIN
     -- before. A limited lane among them: this statement takes and returns nothing, and the claim
     -- goes the limited way below.
     RETURN QUERY
-        WITH limited AS (
-            SELECT EXISTS (SELECT 1 FROM workflow.lane_limits ll WHERE ll.namespace = p_namespace AND ll.lane = ANY (p_lanes)) AS is_limited
-        ), alive AS (
+        -- One row: the worker is alive (and the token's), and whether a lane is limited (one
+        -- CTE for both: each plan node is set up again at every claim).
+        WITH gate AS (
             SELECT EXISTS (
-                SELECT 1 FROM workflow.workers w
-                WHERE w.namespace = p_namespace AND w.worker_instance_id = p_worker AND NOT w.dead AND w.expires_at > now()
-                  AND (p_token IS NULL OR w.token_id = p_token)) AS ok
+                       SELECT 1 FROM workflow.workers w
+                       WHERE w.namespace = p_namespace AND w.worker_instance_id = p_worker AND NOT w.dead AND w.expires_at > now()
+                         AND (p_token IS NULL OR w.token_id = p_token)) AS ok,
+                   EXISTS (SELECT 1 FROM workflow.lane_limits ll WHERE ll.namespace = p_namespace AND ll.lane = ANY (p_lanes)) AS is_limited
         ), picked AS (
             SELECT r.rid, r.execution_id FROM unnest(p_lanes) AS l(lane)
             CROSS JOIN LATERAL (
@@ -40,7 +41,7 @@ BEGIN
                 LIMIT p_limit
                 FOR UPDATE SKIP LOCKED
             ) AS r
-            WHERE (SELECT ok FROM alive) AND NOT (SELECT is_limited FROM limited)
+            WHERE (SELECT ok AND NOT is_limited FROM gate)
             ORDER BY r.priority, r.run_at, r.execution_id
             LIMIT p_limit
         ), taken AS (
@@ -68,8 +69,8 @@ BEGIN
                CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'run_id' END,
                CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'step' END,
                CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'package_hash' END
-        FROM alive a LEFT JOIN (claimed c JOIN leased l ON l.execution_id = c.execution_id) ON true
-        WHERE NOT (SELECT is_limited FROM limited)
+        FROM gate a LEFT JOIN (claimed c JOIN leased l ON l.execution_id = c.execution_id) ON true
+        WHERE NOT a.is_limited
         ORDER BY c.execution_id;
     IF NOT FOUND THEN
         RETURN QUERY SELECT * FROM workflow.claim_limited(p_namespace, p_worker, p_lanes, p_capabilities, p_lease_ms, p_limit, p_token);

@@ -1,7 +1,7 @@
 -- workflow.enqueue_steps: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0018_flow_control.sql (keyed steps join their key's waiting list), sql/workflow/0019_run_concurrency.sql (the key's text through flow_value), sql/workflow/0020_step_path_cost.sql (a statement of its own for steps with no key).
+-- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0018_flow_control.sql (keyed steps join their key's waiting list), sql/workflow/0019_run_concurrency.sql (the key's text through flow_value), sql/workflow/0020_step_path_cost.sql (a statement of its own for steps with no key), sql/workflow/0022_one_comparison_step_trigger.sql (the notification by an assignment).
 --
 -- A step's execution payload names its run, step and version only; the claim adds the run's
 -- input and the outputs of the steps it runs after (read where they are stored, once).
@@ -14,6 +14,7 @@ AS $function$
 DECLARE
     n integer;
     v_lanes text[];
+    v_sent text;
 BEGIN
     -- No step key among these steps (the usual case): a statement with no key and no waiting
     -- list. A plan's every write node opens its table and indexes at each call even when it
@@ -44,7 +45,7 @@ BEGIN
             RETURNING 1
         )
         SELECT count(*), (SELECT array_agg(lane::text) FROM readied) INTO n, v_lanes FROM marked;
-        PERFORM workflow.notify_queue(p_namespace, v_lanes);
+        v_sent := workflow.notify_queue(p_namespace, v_lanes)::text;  -- an expression, not a query (void reads as '')
         RETURN n;
     END IF;
     WITH run AS (
@@ -85,7 +86,7 @@ BEGIN
         RETURNING 1
     )
     SELECT count(*), (SELECT array_agg(lane::text) FROM readied) INTO n, v_lanes FROM marked;
-    PERFORM workflow.notify_queue(p_namespace, v_lanes);
+    v_sent := workflow.notify_queue(p_namespace, v_lanes)::text;  -- an expression, not a query (void reads as '')
     RETURN n;
 END
 $function$;

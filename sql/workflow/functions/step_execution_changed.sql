@@ -1,7 +1,7 @@
 -- workflow.step_execution_changed: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0007_run_engine.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0021_cheaper_row_checks.sql (calls on every step are assignments, not PERFORMs).
+-- History: sql/workflow/0007_run_engine.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0021_cheaper_row_checks.sql (calls on every step are assignments, not PERFORMs), sql/workflow/0022_one_comparison_step_trigger.sql (the WHEN tests only for a final state, the function for a change).
 --
 -- The step trigger (0012's), advancing through advance_run when a step of another kind becomes
 -- ready; a run of worker steps only takes the same path as before (enqueue, or succeed).
@@ -23,6 +23,9 @@ DECLARE
     v_event bigint;
     v_enqueued integer;
 BEGIN
+    -- The trigger's WHEN tests only that the new state is final (0022): a final state set to
+    -- itself changes nothing.
+    IF OLD.state = NEW.state THEN RETURN NULL; END IF;
     SELECT * INTO v_run FROM workflow.runs WHERE run_id = COALESCE(NEW.run_id, NEW.payload ->> 'run_id') FOR UPDATE;
     IF NOT FOUND THEN RETURN NULL; END IF;
     IF v_run.state <> 'running' THEN
