@@ -300,6 +300,70 @@ struct CompatibilityTests {
         }
     }
 
+    /// Workflow 0022 moves the runs columns nothing updates after a start into domains: a node
+    /// applies it by itself, no table or index of runs gets a new file (no rewrite, no rebuild),
+    /// each domain refuses what the table's rule refused, and a run with a bad value is still
+    /// refused at its start.
+    @Test func workflow0022RetypesRunColumnsWithoutARewrite() async throws {
+        let config = try await TestDatabase.shared.freshDatabase()
+        try await PostgresConnection.withConnection(config) { conn in
+            _ = try await MigrationRunner(appliedBy: "operator").migrate(
+                on: conn, schemas: ["engine", "workflow"], target: MigrationTarget(schema: "workflow", version: 21))
+            func files() async throws -> [String: Int] {
+                let rows = try await conn.query("""
+                    SELECT c.relname AS name, c.relfilenode::bigint AS file FROM pg_class c
+                    WHERE c.relnamespace = 'workflow'::regnamespace AND c.relkind IN ('r', 'i')
+                      AND (c.relname LIKE 'runs%' OR c.relname LIKE 'run_steps%' OR c.relname LIKE 'signals%' OR c.relname LIKE 'run_waiting%')
+                    """)
+                var out: [String: Int] = [:]
+                for row in rows { out[try row.decode("name", as: String.self)] = try row.decode("file", as: Int.self) }
+                return out
+            }
+            let before = try await files()
+            #expect(before.count >= 8, "\(before)")
+            let ran = try await MigrationRunner(appliedBy: "node", automatic: true).migrate(
+                on: conn, schemas: ["engine", "workflow"], target: MigrationTarget(schema: "workflow", version: 22))
+            #expect(ran.map(\.version) == [22], "a node applies it: nothing in it waits for an operator")
+            #expect(try await files() == before)
+            let checks = try await conn.query("""
+                SELECT count(*)::int AS n FROM pg_constraint WHERE conrelid = 'workflow.runs'::regclass AND contype = 'c'
+                """).single().decode("n", as: Int.self)
+            #expect(checks == 6, "state, reason, unfinished, run_id, package_hash and idempotency_key stay table rules")
+            let refused: [(PostgresQuery, String)] = [
+                ("SELECT '[]'::jsonb::workflow.run_input", "an array input"), ("SELECT 9::workflow.run_depth", "depth 9"),
+                ("SELECT (-1)::workflow.run_depth", "depth -1"), ("SELECT 'x:1'::text::workflow.run_flow_key", "a flow key not r:"),
+                ("SELECT 0::workflow.run_budget", "a budget of 0"), ("SELECT 'a b'::text::workflow.run_namespace", "a namespace with a space"),
+                ("SELECT repeat('a', 129)::workflow.run_namespace", "a namespace of 129 characters"),
+            ]
+            for (query, what) in refused {
+                do {
+                    try await conn.query(query)
+                    Issue.record("\(what) was taken")
+                } catch let error as PostgresError {
+                    #expect(error.sqlState == "23514", "\(error)")
+                }
+            }
+            try await conn.query("""
+                SELECT '{}'::jsonb::workflow.run_input, 8::workflow.run_depth, 'r:t/k'::text::workflow.run_flow_key,
+                       0.5::workflow.run_budget, 'runs'::text::workflow.run_namespace
+                """)
+            // The rule still holds where runs are written: an array input is refused, and nothing is made.
+            do {
+                try await conn.query("""
+                    INSERT INTO workflow.runs (run_id, workflow_type, package_hash, input, started_by, namespace, depth, state)
+                    VALUES ('run_' || repeat('0', 26), 't', repeat('a', 64), '[1]', 'test', 'runs', 0, 'running')
+                    """)
+                Issue.record("a run with an array input was stored")
+            } catch let error as PostgresError {
+                #expect(error.sqlState == "23514", "\(error)")
+            }
+            let triggers = try await conn.query("""
+                SELECT count(*)::int AS n FROM pg_trigger WHERE tgrelid = 'workflow.runs'::regclass AND tgname IN ('run_flow_changed', 'flow_settle_runs')
+                """).single().decode("n", as: Int.self)
+            #expect(triggers == 2, "the runs triggers came back")
+        }
+    }
+
     /// The rule for every expand migration from now on: it never rewrites or scans a hot table
     /// while holding a lock that blocks its traffic. (Those are done online, in pages, or as
     /// a manual step with a runbook entry.)

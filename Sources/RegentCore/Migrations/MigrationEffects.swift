@@ -72,7 +72,7 @@ enum MigrationEffects {
                 let i = after(t.firstIndex(of: "table")! + 1, skipping: ["if", "not", "exists"])
                 created.insert(word(i).split(separator: "(").first.map(String.init) ?? word(i))
             case ("create", "domain"):
-                if t.count == 5, word(3) == "as", ["text", "varchar", "bigint", "integer", "smallint", "boolean", "jsonb"].contains(word(4)) {
+                if t.count == 5, word(3) == "as", ["text", "varchar", "bigint", "integer", "smallint", "boolean", "jsonb", "numeric"].contains(word(4)) {
                     plainDomains.insert(word(2))
                 }
             case ("alter", "domain"):

@@ -1,7 +1,7 @@
 -- workflow.enqueue_steps: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0018_flow_control.sql (keyed steps join their key's waiting list), sql/workflow/0019_run_concurrency.sql (the key's text through flow_value), sql/workflow/0020_step_path_cost.sql (a statement of its own for steps with no key), sql/workflow/0022_one_comparison_step_trigger.sql (the notification by an assignment).
+-- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0018_flow_control.sql (keyed steps join their key's waiting list), sql/workflow/0019_run_concurrency.sql (the key's text through flow_value), sql/workflow/0020_step_path_cost.sql (a statement of its own for steps with no key), sql/workflow/0022_one_comparison_step_trigger.sql (the notification by an assignment; no bitmap scans).
 --
 -- A step's execution payload names its run, step and version only; the claim adds the run's
 -- input and the outputs of the steps it runs after (read where they are stored, once).
@@ -10,6 +10,7 @@ CREATE OR REPLACE FUNCTION workflow.enqueue_steps(p_run_id text, p_names text[],
  RETURNS integer
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
+ SET enable_bitmapscan TO 'off'
 AS $function$
 DECLARE
     n integer;

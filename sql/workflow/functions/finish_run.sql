@@ -1,7 +1,7 @@
 -- workflow.finish_run: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0007_run_engine.sql, sql/workflow/0011_run_strays.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0019_run_concurrency.sql (a queued run finishes too).
+-- History: sql/workflow/0007_run_engine.sql, sql/workflow/0011_run_strays.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0019_run_concurrency.sql (a queued run finishes too), sql/workflow/0022_one_comparison_step_trigger.sql (no bitmap scans: its lookups by key are index scans).
 --
 -- A run's finish (0012's, extended): its running children are cancelled, its waiting steps
 -- cancelled, its wakeups dropped, and its parent (if a child) learns of it.
@@ -10,6 +10,7 @@ CREATE OR REPLACE FUNCTION workflow.finish_run(p_run_id text, p_state text, p_re
  RETURNS boolean
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
+ SET enable_bitmapscan TO 'off'
 AS $function$
 -- Locks: the caller holds the run row; then children's run rows (SKIP LOCKED), ready →
 -- executions (SKIP LOCKED) → leases → attempts → run_steps; its parent's run row (SKIP LOCKED).

@@ -1,7 +1,7 @@
 -- workflow.step_execution_changed: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0007_run_engine.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0021_cheaper_row_checks.sql (calls on every step are assignments, not PERFORMs), sql/workflow/0022_one_comparison_step_trigger.sql (the WHEN tests only for a final state, the function for a change).
+-- History: sql/workflow/0007_run_engine.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0021_cheaper_row_checks.sql (calls on every step are assignments, not PERFORMs), sql/workflow/0022_one_comparison_step_trigger.sql (the WHEN tests only for a final state, the function for a change; no bitmap scans).
 --
 -- The step trigger (0012's), advancing through advance_run when a step of another kind becomes
 -- ready; a run of worker steps only takes the same path as before (enqueue, or succeed).
@@ -10,6 +10,7 @@ CREATE OR REPLACE FUNCTION workflow.step_execution_changed()
  RETURNS trigger
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
+ SET enable_bitmapscan TO 'off'
 AS $function$
 -- Locks: the run row (already held by every caller that follows the lock order), run_steps,
 -- budget_ledger; a finish from here takes ready → executions SKIP LOCKED.
