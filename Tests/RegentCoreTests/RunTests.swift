@@ -536,6 +536,86 @@ struct RunTests {
         }
     }
 
+    /// Workflow 0023 reads a step's input and its dependencies' outputs in the claim's own plan,
+    /// with the dependencies' names carried in the execution (`after`); an execution enqueued
+    /// before 0023 (no `after` in its payload) is read through step_payload. Both give a worker
+    /// the same payload.
+    @Test func aStepPayloadIsTheSameWhicheverWayTheClaimReadsIt() async throws {
+        try await withBootedDatabase { _, conn in
+            let f = try await RunFixture.deploy("payloads", steps: Self.diamond, on: conn)
+            let current = try await f.start(#"{"x": 1}"#).runID
+            let older = try await f.start(#"{"x": 2}"#).runID
+            for lease in try await f.claim(limit: 100) { _ = try await f.complete(lease, output: #"{"a": 1}"#) }
+            let middle = try await f.claim(limit: 100)
+            #expect(middle.compactMap(\.step?.name).sorted() == ["b", "b", "c", "c"])
+            for lease in middle { _ = try await f.complete(lease, output: lease.step?.name == "b" ? #"{"b": [2]}"# : #"{"c": null}"#) }
+            let stored = try await conn.query("""
+                SELECT e.payload -> 'after' AS after FROM workflow.executions e
+                JOIN workflow.run_steps s ON s.execution_id = e.execution_id WHERE s.run_id = \(current) AND s.name = 'd'
+                """).single().decode("after", as: String.self)
+            #expect(stored == #"["b", "c"]"#, "enqueue_steps carries the dependencies' names")
+            // As an execution enqueued before 0023 would be.
+            try await conn.query("""
+                UPDATE workflow.executions e SET payload = e.payload - 'after' FROM workflow.run_steps s
+                WHERE s.execution_id = e.execution_id AND s.run_id = \(older) AND s.name = 'd'
+                """)
+            let ds = try await f.claim(limit: 100)
+            #expect(ds.count == 2)
+            for (run, input) in [(current, #"{"x": 1}"#), (older, #"{"x": 2}"#)] {
+                let lease = try #require(ds.first { $0.step?.name == "d" && $0.step?.runID == run })
+                let ok = try await conn.query("""
+                    SELECT \(lease.payload)::jsonb = jsonb_build_object('run_id', \(run)::text, 'step', 'd', 'package_hash', \(f.hash)::text,
+                                                    'input', \(input)::jsonb, 'after', '{"b": {"b": [2]}, "c": {"c": null}}'::jsonb) AS ok
+                    """).single().decode("ok", as: Bool.self)
+                #expect(ok, "run \(run): \(lease.payload)")
+            }
+            // A root step: no dependencies, an empty object.
+            let root = try await f.start(#"{"x": 3}"#)
+            let a = try await f.claimStep("a", run: root.runID)
+            let rootOK = try await conn.query("""
+                SELECT (\(a.payload)::jsonb -> 'after') = '{}'::jsonb AND (\(a.payload)::jsonb -> 'input') = '{"x": 3}'::jsonb AS ok
+                """).single().decode("ok", as: Bool.self)
+            #expect(rootOK, "\(a.payload)")
+        }
+    }
+
+    /// Workflow 0023 matches a batch's items to executions by (id, current epoch) through an
+    /// object, not a join: a batch naming one execution twice, once with a stale epoch, completes
+    /// it with the current item's result whichever comes first; a JSON null result is stored as
+    /// no result; an item without an epoch changes nothing.
+    @Test func aBatchCompletionMatchesEachItemByItsCurrentEpoch() async throws {
+        try await withBootedDatabase { _, conn in
+            let f = try await RunFixture.deploy("batches", steps: Self.linear, on: conn)
+            let ns = RunStore.namespace
+            var ids: [UUID] = []
+            for _ in 0..<4 { ids.append(try await LeaseStore().enqueue(namespace: ns, lane: try Lane("work"), payload: "{}", maxAttempts: 3, on: conn)) }
+            let leases = try await f.claim(limit: 10).filter { $0.step == nil }
+            #expect(leases.count == 4)
+            func lease(_ id: UUID) throws -> Lease { try #require(leases.first { $0.executionID == id }) }
+            func complete(_ items: String) async throws -> [UUID] {
+                try await conn.query("SELECT execution_id FROM workflow.complete(\(items)::jsonb, NULL::text)").map { try $0.decode("execution_id", as: UUID.self) }
+            }
+            let e0 = try lease(ids[0]).epoch.value, e1 = try lease(ids[1]).epoch.value
+            let done = try await complete("""
+                [{"execution_id": "\(ids[0].uuidString)", "epoch": \(e0), "result": {"right": 0}},
+                 {"execution_id": "\(ids[0].uuidString)", "epoch": \(e0 + 7), "result": {"wrong": 0}},
+                 {"execution_id": "\(ids[1].uuidString)", "epoch": \(e1 + 7), "result": {"wrong": 1}},
+                 {"execution_id": "\(ids[1].uuidString)", "epoch": \(e1), "result": {"right": 1}}]
+                """)
+            #expect(Set(done) == [ids[0], ids[1]])
+            for (n, id) in ids[0...1].enumerated() {
+                let result = try await conn.query("SELECT result::text AS r FROM workflow.executions WHERE execution_id = \(id)").single()
+                    .decode("r", as: String.self)
+                #expect(result == #"{"right": \#(n)}"#)
+            }
+            let nulls = try await complete(#"[{"execution_id": "\#(ids[2].uuidString.lowercased())", "epoch": \#(try lease(ids[2]).epoch.value), "result": null}]"#)
+            #expect(nulls == [ids[2]])
+            #expect(try await conn.query("SELECT result IS NULL AS n FROM workflow.executions WHERE execution_id = \(ids[2])").single().decode("n", as: Bool.self))
+            #expect(try await complete(#"[{"execution_id": "\#(ids[3].uuidString)", "result": {}}]"#).isEmpty, "no epoch, no completion")
+            #expect(try await conn.query("SELECT state FROM workflow.executions WHERE execution_id = \(ids[3])").single().decode("state", as: String.self) == "running")
+        }
+    }
+
     @Test func aBudgetReachedStopsTheRunAndTheLedgerAddsUp() async throws {
         try await withBootedDatabase { _, conn in
             let f = try await RunFixture.deploy("budget", steps: Self.linear, budget: #"{"limit": 10, "unit": "cents"}"#, on: conn)

@@ -1,7 +1,7 @@
 -- workflow.claim: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0004_queue.sql, sql/workflow/0007_run_engine.sql, sql/workflow/0009_queue_hot_path.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0013_hot_path_cost.sql, sql/workflow/0023_drop_pre_0012_signatures.sql (dropped the signature kept for binaries before 0012), sql/workflow/0018_flow_control.sql (lane limits), sql/workflow/0020_step_path_cost.sql (the limited lanes' claim moved to claim_limited; no JIT setting to save and restore at every claim), sql/workflow/0021_cheaper_row_checks.sql (no bitmap scans: the ready queue walked in its order), sql/workflow/0022_one_comparison_step_trigger.sql (the alive and lane-limit probes in one CTE).
+-- History: sql/workflow/0004_queue.sql, sql/workflow/0007_run_engine.sql, sql/workflow/0009_queue_hot_path.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0013_hot_path_cost.sql, sql/workflow/0024_drop_pre_0012_signatures.sql (dropped the signature kept for binaries before 0012), sql/workflow/0018_flow_control.sql (lane limits), sql/workflow/0020_step_path_cost.sql (the limited lanes' claim moved to claim_limited; no JIT setting to save and restore at every claim), sql/workflow/0021_cheaper_row_checks.sql (no bitmap scans: the ready queue walked in its order), sql/workflow/0022_one_comparison_step_trigger.sql (the alive and lane-limit probes in one CTE), sql/workflow/0023_fewer_plan_nodes.sql (no join back to the leases CTE: the expiry is the claimed row's expression).
 
 CREATE OR REPLACE FUNCTION workflow.claim(p_namespace text, p_worker text, p_lanes text[], p_capabilities text[], p_lease_ms bigint, p_limit integer, p_token text)
  RETURNS TABLE(alive boolean, execution_id uuid, lane text, attempt_index integer, lease_epoch bigint, payload text, lease_expires_at timestamp with time zone, run_id text, step text, package_hash text)
@@ -51,6 +51,7 @@ BEGIN
             SET state = 'running', attempts = e.attempts + 1, lease_epoch = e.lease_epoch + 1, updated_at = now()
             FROM taken t WHERE e.execution_id = t.execution_id AND e.state = 'queued'
             RETURNING e.execution_id, e.namespace, e.lane, e.attempts, e.lease_epoch, e.payload, e.step_id,
+                      COALESCE(e.run_id, e.payload ->> 'run_id') AS run_id,
                       COALESCE(p_lease_ms, e.step_lease_ms, 30000) AS lease_ms
         ), attempt AS (
             INSERT INTO workflow.attempts AS a (execution_id, attempt_index, lease_epoch, worker_instance_id, state, lease_expires_at, lease_ms, started_at)
@@ -58,18 +59,31 @@ BEGIN
                    clock_timestamp()
             FROM claimed c
         ), leased AS (
+            -- Not joined below: the expiry it writes is the claimed row's own expression (now()
+            -- is the transaction's), and a join of two CTE scans was planned as a hash join,
+            -- its hash table set up again at every claim (0024).
             INSERT INTO workflow.leases AS s (execution_id, namespace, attempt_index, lease_epoch, worker_instance_id, lease_expires_at, lease_ms, token_id)
             SELECT c.execution_id, c.namespace, c.attempts, c.lease_epoch, p_worker, now() + c.lease_ms * interval '1 millisecond', c.lease_ms, p_token
             FROM claimed c
-            RETURNING s.execution_id, s.lease_expires_at
         )
         SELECT a.ok, c.execution_id, c.lane::text, c.attempts, c.lease_epoch,
-               CASE WHEN c.step_id IS NULL THEN c.payload::text ELSE (c.payload || workflow.step_payload(c.step_id))::text END,
-               l.lease_expires_at,
+               -- A step's input and its dependencies' outputs, read here (stored once: the run's
+               -- input in runs, each output in its execution), in this statement's own plan. The
+               -- execution carries its dependencies' names (`after`, from enqueue_steps);
+               -- executions enqueued before that read them from run_steps (step_payload).
+               CASE WHEN c.step_id IS NULL THEN c.payload::text
+                    WHEN NOT (c.payload ? 'after') THEN (c.payload || workflow.step_payload(c.step_id))::text
+                    ELSE (c.payload || jsonb_build_object(
+                        'input', (SELECT r.input FROM workflow.runs r WHERE r.run_id = c.run_id),
+                        'after', CASE WHEN c.payload -> 'after' = '[]'::jsonb THEN '{}'::jsonb ELSE COALESCE(
+                            (SELECT jsonb_object_agg(d.name, COALESCE(d.output, de.result))
+                             FROM workflow.run_steps d LEFT JOIN workflow.executions de ON de.execution_id = d.execution_id
+                             WHERE d.run_id = c.run_id AND (c.payload -> 'after') ? d.name), '{}'::jsonb) END))::text END,
+               now() + c.lease_ms * interval '1 millisecond',
                CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'run_id' END,
                CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'step' END,
                CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'package_hash' END
-        FROM gate a LEFT JOIN (claimed c JOIN leased l ON l.execution_id = c.execution_id) ON true
+        FROM gate a LEFT JOIN claimed c ON true
         WHERE NOT a.is_limited
         ORDER BY c.execution_id;
     IF NOT FOUND THEN

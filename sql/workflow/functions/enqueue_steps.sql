@@ -1,7 +1,7 @@
 -- workflow.enqueue_steps: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0018_flow_control.sql (keyed steps join their key's waiting list), sql/workflow/0019_run_concurrency.sql (the key's text through flow_value), sql/workflow/0020_step_path_cost.sql (a statement of its own for steps with no key), sql/workflow/0022_one_comparison_step_trigger.sql (the notification by an assignment; no bitmap scans).
+-- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0018_flow_control.sql (keyed steps join their key's waiting list), sql/workflow/0019_run_concurrency.sql (the key's text through flow_value), sql/workflow/0020_step_path_cost.sql (a statement of its own for steps with no key), sql/workflow/0022_one_comparison_step_trigger.sql (the notification by an assignment; no bitmap scans), sql/workflow/0023_fewer_plan_nodes.sql (the count from the readied lanes' array).
 --
 -- A step's execution payload names its run, step and version only; the claim adds the run's
 -- input and the outputs of the steps it runs after (read where they are stored, once).
@@ -23,7 +23,8 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM workflow.run_steps s WHERE s.run_id = p_run_id AND s.name = ANY (p_names) AND s.flow IS NOT NULL) THEN
         WITH spec AS (
             SELECT s.step_id, s.lane, s.capabilities, s.max_attempts, s.timeout_ms, s.backoff_base_ms, s.backoff_max_ms,
-                   jsonb_build_object('run_id', r.run_id, 'step', s.name, 'package_hash', r.package_hash) AS payload,
+                   jsonb_build_object('run_id', r.run_id, 'step', s.name, 'package_hash', r.package_hash, 'after', to_jsonb(s.after_steps))
+                       AS payload,
                    gen_random_uuid() AS execution_id
             FROM workflow.runs r
             JOIN workflow.run_steps s ON s.run_id = r.run_id AND s.name = ANY (p_names) AND s.state = 'pending'
@@ -45,15 +46,18 @@ BEGIN
             FROM spec WHERE s.step_id = spec.step_id
             RETURNING 1
         )
-        SELECT count(*), (SELECT array_agg(lane::text) FROM readied) INTO n, v_lanes FROM marked;
+        -- Every step of spec is inserted, readied and marked: the readied lanes count them (an
+        -- array, not count(*) and array_agg: an aggregate is set up again at every call).
+        SELECT ARRAY(SELECT lane::text FROM readied) INTO v_lanes;
         v_sent := workflow.notify_queue(p_namespace, v_lanes)::text;  -- an expression, not a query (void reads as '')
-        RETURN n;
+        RETURN cardinality(v_lanes);
     END IF;
     WITH run AS (
         SELECT r.run_id, r.package_hash, r.workflow_type FROM workflow.runs r WHERE r.run_id = p_run_id
     ), spec AS (
         SELECT s.step_id, s.lane, s.capabilities, s.max_attempts, s.timeout_ms, s.backoff_base_ms, s.backoff_max_ms,
-               jsonb_build_object('run_id', run.run_id, 'step', s.name, 'package_hash', run.package_hash) AS payload,
+               jsonb_build_object('run_id', run.run_id, 'step', s.name, 'package_hash', run.package_hash, 'after', to_jsonb(s.after_steps))
+                   AS payload,
                gen_random_uuid() AS execution_id,
                -- A keyed step's key: its kind, the key's value read from the run (workflow.flow_value),
                -- scoped by the type and step (a concurrency key) or by the lane (a fair key).

@@ -1,0 +1,36 @@
+-- regent:expand
+-- The step path's cost, a fourth time (issue 26: `bench runs` and `bench queue` no slower than
+-- before). Counted on a database of 600 runs instead of 105, a step cost 2.96 M instructions
+-- against 2.78 M before issue 26, and the growth was executor start-up: every plan node of
+-- every statement is set up again at every call, whether or not it then runs. Per step, 0022
+-- set up 7.7 aggregates (about 23,000 instructions each) and a hash join (53,000) that the
+-- build before issue 26 did not. This migration removes the ones that did nothing a cheaper
+-- node could not do:
+--
+-- * workflow.claim no longer joins its leases CTE back to the claimed rows: the expiry it
+--   returns is the same expression the lease row was written with (now() is the
+--   transaction's). The join of two CTE scans was planned as a hash join.
+-- * workflow.complete locks the batch's runs first through an array, not count(*); it reads
+--   the completed ids, their runs and the runs' states as arrays, and decides "each run once,
+--   all running" with expressions for a batch of one (a larger batch counts its distinct runs
+--   with a query), instead of count(DISTINCT …) and bool_and: three aggregates and a sort
+--   fewer at every completion of a step.
+-- * workflow.enqueue_steps (steps with no key) counts what it enqueued from the array of
+--   readied lanes it already builds for the notification, instead of count(*) and array_agg.
+--
+-- * The claim reads a step's input and its dependencies' outputs in its own statement instead
+--   of calling workflow.step_payload (a function and a plan of its own at every step's claim):
+--   enqueue_steps stores the dependencies' names in the execution's payload (`after`, which
+--   the claim replaces with their outputs, so a worker sees what it saw). An execution enqueued
+--   before this migration has no `after` and is still read through step_payload.
+--
+-- The same rows are locked in the same order (runs, then executions), and the same answers
+-- are returned (RunTests.aStepPayloadIsTheSameWhicheverWayTheClaimReadsIt,
+-- aBatchCompletionMatchesEachItemByItsCurrentEpoch). Counted on 600 runs, a step: 2.96 M
+-- instructions before, 2.84 M after (2.78 M before issue 26).
+--
+-- Functions changed with this migration (their files in sql/workflow/functions/): claim,
+-- complete, enqueue_steps; complete_and_claim, fail and start_run only name the contract's new
+-- number (0024) in their history.
+-- Takes no lock on a table: only function bodies change.
+SELECT 1;
