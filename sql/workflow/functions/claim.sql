@@ -67,18 +67,14 @@ BEGIN
             FROM claimed c
         )
         SELECT a.ok, c.execution_id, c.lane::text, c.attempts, c.lease_epoch,
-               -- A step's input and its dependencies' outputs, read here (stored once: the run's
-               -- input in runs, each output in its execution), in this statement's own plan. The
-               -- execution carries its dependencies' names (`after`, from enqueue_steps);
-               -- executions enqueued before that read them from run_steps (step_payload).
+               -- A step's input and its dependencies' outputs (stored once: the run's input in
+               -- runs, each output in its execution), read by step_input from the dependencies'
+               -- names the execution carries (`after`, from enqueue_steps); executions enqueued
+               -- before 0023 read them from run_steps (step_payload). Functions, so that a plain
+               -- execution's claim sets up none of their plans.
                CASE WHEN c.step_id IS NULL THEN c.payload::text
                     WHEN NOT (c.payload ? 'after') THEN (c.payload || workflow.step_payload(c.step_id))::text
-                    ELSE (c.payload || jsonb_build_object(
-                        'input', (SELECT r.input FROM workflow.runs r WHERE r.run_id = c.run_id),
-                        'after', CASE WHEN c.payload -> 'after' = '[]'::jsonb THEN '{}'::jsonb ELSE COALESCE(
-                            (SELECT jsonb_object_agg(d.name, COALESCE(d.output, de.result))
-                             FROM workflow.run_steps d LEFT JOIN workflow.executions de ON de.execution_id = d.execution_id
-                             WHERE d.run_id = c.run_id AND (c.payload -> 'after') ? d.name), '{}'::jsonb) END))::text END,
+                    ELSE (c.payload || workflow.step_input(c.run_id, c.payload -> 'after'))::text END,
                now() + c.lease_ms * interval '1 millisecond',
                CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'run_id' END,
                CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'step' END,
