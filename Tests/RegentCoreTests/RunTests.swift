@@ -539,7 +539,7 @@ struct RunTests {
     /// Workflow 0023 reads a step's input and its dependencies' outputs in the claim's own plan,
     /// with the dependencies' names carried in the execution (`after`); an execution enqueued
     /// before 0023 (no `after` in its payload) is read through step_payload. Both give a worker
-    /// the same payload.
+    /// the same payload, through the claim of a limited lane (claim_limited) as of any other.
     @Test func aStepPayloadIsTheSameWhicheverWayTheClaimReadsIt() async throws {
         try await withBootedDatabase { _, conn in
             let f = try await RunFixture.deploy("payloads", steps: Self.diamond, on: conn)
@@ -559,8 +559,12 @@ struct RunTests {
                 UPDATE workflow.executions e SET payload = e.payload - 'after' FROM workflow.run_steps s
                 WHERE s.execution_id = e.execution_id AND s.run_id = \(older) AND s.name = 'd'
                 """)
+            // Claimed through a limited lane (workflow.claim_limited), which reads payloads as the claim does.
+            _ = try await LaneLimitStore().set(
+                namespace: RunStore.namespace, lane: try Lane("work"), maxRunning: 10, rate: nil, burst: nil, actor: .named("test"), on: conn)
             let ds = try await f.claim(limit: 100)
             #expect(ds.count == 2)
+            try await LaneLimitStore().clear(namespace: RunStore.namespace, lane: try Lane("work"), actor: .named("test"), on: conn)
             for (run, input) in [(current, #"{"x": 1}"#), (older, #"{"x": 2}"#)] {
                 let lease = try #require(ds.first { $0.step?.name == "d" && $0.step?.runID == run })
                 let ok = try await conn.query("""

@@ -23,17 +23,19 @@
 --   the execution's payload (`after`, which the claim replaces with their outputs, so a worker
 --   sees what it saw), so the step's own run_steps row is not read, and a root step reads no
 --   run_steps at all. An execution enqueued before this migration has no `after` and is still
---   read through step_payload. (Written as subqueries of the claim's statement instead, the
---   payload's plan nodes were set up at every claim, a plain execution's too: 46,000
---   instructions more per plain claim.)
+--   read through step_payload, which now takes the names from its run_steps row and calls
+--   step_input, so the outputs are read by one query. claim_limited reads a step's payload the
+--   same way. (Written as subqueries of the claim's statement instead, the payload's plan nodes
+--   were set up at every claim, a plain execution's too: 46,000 instructions more per plain
+--   claim.)
 --
 -- The same rows are locked in the same order (runs, then executions), and the same answers
 -- are returned (RunTests.aStepPayloadIsTheSameWhicheverWayTheClaimReadsIt,
 -- aBatchCompletionMatchesEachItemByItsCurrentEpoch). Counted on 600 runs, a step: 2.96 M
--- instructions before, 2.84 M after (2.78 M before issue 26).
+-- instructions before, 2.82 M after (2.78 M before issue 26).
 --
 -- Functions changed with this migration (their files in sql/workflow/functions/): claim,
--- complete, enqueue_steps; new: step_input. complete_and_claim, fail and start_run only name
--- the contract's new number (0024) in their history.
+-- complete, enqueue_steps, step_payload, claim_limited; new: step_input. complete_and_claim,
+-- fail and start_run only name the contract's new number (0024) in their history.
 -- Takes no lock on a table: only function bodies change.
 SELECT 1;

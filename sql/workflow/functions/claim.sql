@@ -61,7 +61,7 @@ BEGIN
         ), leased AS (
             -- Not joined below: the expiry it writes is the claimed row's own expression (now()
             -- is the transaction's), and a join of two CTE scans was planned as a hash join,
-            -- its hash table set up again at every claim (0024).
+            -- its hash table set up again at every claim (0023).
             INSERT INTO workflow.leases AS s (execution_id, namespace, attempt_index, lease_epoch, worker_instance_id, lease_expires_at, lease_ms, token_id)
             SELECT c.execution_id, c.namespace, c.attempts, c.lease_epoch, p_worker, now() + c.lease_ms * interval '1 millisecond', c.lease_ms, p_token
             FROM claimed c

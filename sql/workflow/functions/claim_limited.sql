@@ -1,7 +1,7 @@
 -- workflow.claim_limited: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0020_step_path_cost.sql (the limited half of workflow.claim, of
+-- History: sql/workflow/0020_step_path_cost.sql (the limited half of workflow.claim, of, sql/workflow/0023_fewer_plan_nodes.sql (a step's payload read as the claim reads it).
 -- sql/workflow/0018_flow_control.sql).
 --
 -- The claim of lanes of which one or more has a limit (sql/workflow/0018,
@@ -69,7 +69,7 @@ BEGIN
             lane_limited = (SELECT p.limited FROM picked p WHERE p.execution_id = e.execution_id)
         FROM taken t WHERE e.execution_id = t.execution_id AND e.state = 'queued'
         RETURNING e.execution_id, e.namespace, e.lane, e.attempts, e.lease_epoch, e.payload, e.step_id, e.lane_limited,
-                  COALESCE(p_lease_ms, e.step_lease_ms, 30000) AS lease_ms
+                  COALESCE(e.run_id, e.payload ->> 'run_id') AS run_id, COALESCE(p_lease_ms, e.step_lease_ms, 30000) AS lease_ms
     ), attempt AS (
         INSERT INTO workflow.attempts AS a (execution_id, attempt_index, lease_epoch, worker_instance_id, state, lease_expires_at, lease_ms, started_at)
         SELECT c.execution_id, c.attempts, c.lease_epoch, p_worker, 'leased', now() + c.lease_ms * interval '1 millisecond', c.lease_ms,
@@ -94,7 +94,11 @@ BEGIN
         WHERE ll.namespace = p_namespace AND ll.lane = n.lane
     )
     SELECT a.ok, c.execution_id, c.lane::text, c.attempts, c.lease_epoch,
-           CASE WHEN c.step_id IS NULL THEN c.payload::text ELSE (c.payload || workflow.step_payload(c.step_id))::text END,
+           -- As in workflow.claim: step_input from the names the execution carries (0023),
+           -- step_payload for an execution enqueued before.
+           CASE WHEN c.step_id IS NULL THEN c.payload::text
+                WHEN NOT (c.payload ? 'after') THEN (c.payload || workflow.step_payload(c.step_id))::text
+                ELSE (c.payload || workflow.step_input(c.run_id, c.payload -> 'after'))::text END,
            l.lease_expires_at,
            CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'run_id' END,
            CASE WHEN c.step_id IS NOT NULL THEN c.payload ->> 'step' END,

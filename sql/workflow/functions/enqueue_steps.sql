@@ -3,8 +3,9 @@
 -- drops the old one once no running binary calls it.
 -- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0018_flow_control.sql (keyed steps join their key's waiting list), sql/workflow/0019_run_concurrency.sql (the key's text through flow_value), sql/workflow/0020_step_path_cost.sql (a statement of its own for steps with no key), sql/workflow/0022_one_comparison_step_trigger.sql (the notification by an assignment; no bitmap scans), sql/workflow/0023_fewer_plan_nodes.sql (the count from the readied lanes' array).
 --
--- A step's execution payload names its run, step and version only; the claim adds the run's
--- input and the outputs of the steps it runs after (read where they are stored, once).
+-- A step's execution payload names its run, step and version, and the steps it runs after
+-- (`after`, since 0023); the claim adds the run's input and those steps' outputs (read where
+-- they are stored, once, by step_input).
 
 CREATE OR REPLACE FUNCTION workflow.enqueue_steps(p_run_id text, p_names text[], p_namespace text)
  RETURNS integer

@@ -1,11 +1,11 @@
 -- workflow.step_payload: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0013_hot_path_cost.sql.
+-- History: sql/workflow/0013_hot_path_cost.sql, sql/workflow/0023_fewer_plan_nodes.sql (the input and outputs read by step_input).
 --
--- A claimed step's input and the outputs of the steps it runs after, read where each is stored
--- once. Called by the claim only for a step execution's row (a plain execution's claim runs
--- none of it).
+-- A claimed step's input and the outputs of the steps it runs after, for a step execution
+-- enqueued before 0023 (its payload does not name the steps it runs after): called by the claims
+-- only for such a row.
 
 CREATE OR REPLACE FUNCTION workflow.step_payload(p_step_id text)
  RETURNS jsonb
@@ -16,13 +16,8 @@ AS $function$
 -- every call (here, every claimed step); its only caller, the claim, plans with sequential
 -- scans off already, and so are the plans made here under it.
 BEGIN
-    RETURN (SELECT jsonb_build_object(
-        'input', r.input,
-        'after', CASE WHEN cardinality(st.after_steps) = 0 THEN '{}'::jsonb ELSE COALESCE(
-            (SELECT jsonb_object_agg(d.name, COALESCE(d.output, de.result))
-             FROM workflow.run_steps d LEFT JOIN workflow.executions de ON de.execution_id = d.execution_id
-             WHERE d.run_id = st.run_id AND d.name = ANY (st.after_steps)), '{}'::jsonb) END)
-    FROM workflow.run_steps st JOIN workflow.runs r ON r.run_id = st.run_id
-    WHERE st.step_id = p_step_id);
+    -- The dependencies' names from the step's row; step_input reads the input and the outputs
+    -- (its one home since 0023). For executions enqueued before 0023, which carry no names.
+    RETURN (SELECT workflow.step_input(st.run_id, to_jsonb(st.after_steps)) FROM workflow.run_steps st WHERE st.step_id = p_step_id);
 END
 $function$;
