@@ -96,14 +96,26 @@ package struct WorkflowDrill {
                 name: "drill-w\(counter)", arguments: ["--lane", "drill", "--work", "20ms", "--batch", "\(batch)", "--log-level", "warning"]))
         }
         for _ in 0..<workers { try spawnWorker() }
-        say("▶ \(workers) worker processes; starting \(runs) runs")
         let started = ContinuousClock.now
-        try await PostgresConnection.withConnection(config) { starter in
-            for i in 0..<runs {
-                _ = try await RunStore().start(
-                    .init(workflowType: try WorkflowType(Self.type), input: #"{"n": \#(i)}"#, idempotencyKey: "drill-\(i)"), actor: .named("drill"), on: starter)
+        // The runs are started in waves, one before the faults and one just before each fault
+        // round, so every round finds runs in flight however fast the workers drain them (with
+        // all runs started up front, a fast machine finished 150 of them before the first kill
+        // and the drill proved nothing).
+        let waves = kills > 0 ? kills + 1 : 1
+        say("▶ \(workers) worker processes; starting \(runs) runs" + (waves > 1 ? " in \(waves) waves, the first now, one before each fault round" : ""))
+        var nextRun = 0
+        func startWave(_ wave: Int) async throws {
+            let upTo = runs * (wave + 1) / waves
+            try await PostgresConnection.withConnection(config) { starter in
+                while nextRun < upTo {
+                    _ = try await RunStore().start(
+                        .init(workflowType: try WorkflowType(Self.type), input: #"{"n": \#(nextRun)}"#, idempotencyKey: "drill-\(nextRun)"),
+                        actor: .named("drill"), on: starter)
+                    nextRun += 1
+                }
             }
         }
+        try await startWave(0)
         // A new version mid-drill: new runs would take it; the old one is pinned and cannot go.
         _ = try await PackageStore().deploy(v2, actor: .named("drill"), on: conn)
         do {
@@ -118,8 +130,12 @@ package struct WorkflowDrill {
         var rng = SystemRandomNumberGenerator()
         for round in 1...max(kills, 1) where kills > 0 {
             try await Task.sleep(for: .milliseconds(Int64.random(in: 300...700, using: &rng)))
+            try await startWave(round)
             let open = try await env.unfinishedRuns()
-            if open == 0 { break }
+            if open == 0 {
+                result.violations.append("fault round \(round) found no run in flight: the faults tested nothing")
+                break
+            }
             let (reading, killed) = try await env.killLeaderAndReplace()
             if killed { result.leaderKills += 1 }
             DrillEnvironment.killRandomWorker(&pids, using: &rng)
