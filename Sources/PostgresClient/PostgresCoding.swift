@@ -50,10 +50,65 @@ extension Bool: PostgresEncodable, PostgresDecodable {
 }
 
 extension UUID: PostgresEncodable, PostgresDecodable {
-    public var postgresBind: PostgresBind { .text(uuidString.lowercased()) }
+    public var postgresBind: PostgresBind { .text(lowercasedText) }
     public init(postgresText text: String, typeOID: UInt32) throws(PostgresError) {
-        guard let v = UUID(uuidString: text) else { throw decodingError(UUID.self, text) }
+        guard let v = UUID(canonicalText: text) ?? UUID(uuidString: text) else { throw decodingError(UUID.self, text) }
         self = v
+    }
+
+    /// The canonical lowercase form (8-4-4-4-12 hex digits), as PostgreSQL writes a uuid. Written
+    /// by hand: Foundation's `uuidString` and a `lowercased()` after it were a few per cent of a
+    /// step worker's CPU (every claim and completion carries execution ids).
+    public var lowercasedText: String {
+        withUnsafeBytes(of: uuid) { raw in
+            String(unsafeUninitializedCapacity: 36) { out in
+                let digits: StaticString = "0123456789abcdef"
+                var n = 0
+                for (i, byte) in raw.enumerated() {
+                    if i == 4 || i == 6 || i == 8 || i == 10 { out[n] = UInt8(ascii: "-"); n += 1 }
+                    out[n] = digits.utf8Start[Int(byte >> 4)]
+                    out[n + 1] = digits.utf8Start[Int(byte & 0x0F)]
+                    n += 2
+                }
+                return n
+            }
+        }
+    }
+
+    /// Parses the canonical 36-character form (hex digits in either case, dashes at 8, 13, 18 and
+    /// 23); nil for anything else.
+    public init?(canonicalText text: String) {
+        var bytes: uuid_t = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        let ok = withUnsafeMutableBytes(of: &bytes) { out -> Bool in
+            var count = 0
+            var high: UInt8? = nil
+            var n = 0
+            for c in text.utf8 {
+                defer { count += 1 }
+                if count == 8 || count == 13 || count == 18 || count == 23 {
+                    guard c == UInt8(ascii: "-") else { return false }
+                    continue
+                }
+                let v: UInt8
+                switch c {
+                case UInt8(ascii: "0")...UInt8(ascii: "9"): v = c - UInt8(ascii: "0")
+                case UInt8(ascii: "a")...UInt8(ascii: "f"): v = c - UInt8(ascii: "a") + 10
+                case UInt8(ascii: "A")...UInt8(ascii: "F"): v = c - UInt8(ascii: "A") + 10
+                default: return false
+                }
+                guard n < 16 else { return false }
+                if let h = high {
+                    out[n] = h << 4 | v
+                    n += 1
+                    high = nil
+                } else {
+                    high = v
+                }
+            }
+            return count == 36 && n == 16 && high == nil
+        }
+        guard ok else { return nil }
+        self.init(uuid: bytes)
     }
 }
 

@@ -36,6 +36,32 @@ struct ConnectionTests {
         }
     }
 
+    /// The hand-written uuid codec (no Foundation formatter on the hot path) against the server's
+    /// own: 500 server-made uuids decode to what Foundation parses, our text of each is the
+    /// server's text, binds back equal, and malformed text is refused.
+    @Test func uuidsDecodeAndBindExactlyAsTheServerWritesThem() async throws {
+        try await TestDatabase.shared.withConnection { conn, _ in
+            let rows = try await conn.query("SELECT u AS id, u::text AS text FROM (SELECT gen_random_uuid() AS u FROM generate_series(1, 500)) s")
+            var ids: [UUID] = []
+            for row in rows {
+                let text: String = try row.decode("text")
+                let id: UUID = try row.decode("id")
+                #expect(id == UUID(uuidString: text))
+                #expect(id.lowercasedText == text)
+                #expect(UUID(canonicalText: text.uppercased()) == id)
+                ids.append(id)
+            }
+            #expect(ids.count == 500)
+            let same = try await conn.query("SELECT bool_and(a = b) AS ok FROM unnest(\(ids.map(\.lowercasedText))::uuid[], \(ids.map(\.uuidString))::uuid[]) AS t(a, b)")
+                .single().decode("ok", as: Bool.self)
+            #expect(same)
+            for bad in ["", "0", "6f1c2b9e-8a4d-4f3e-9b2a-1c2d3e4f5a6", "6f1c2b9e-8a4d-4f3e-9b2a-1c2d3e4f5a6b7", "6f1c2b9e8a4d-4f3e-9b2a-1c2d3e4f5a6b7",
+                        "6f1c2b9e-8a4d-4f3e-9b2a-1c2d3e4f5a6g", "6f1c2b9e-8a4d-4f3e-9b2a+1c2d3e4f5a6b", "6f1c2b9e-8a4d-4f3e-9b2a-1c2d3e4f5a6é"] {
+                #expect(UUID(canonicalText: bad) == nil, "\(bad) must be refused")
+            }
+        }
+    }
+
     @Test func timestampsWithOffsetsDecodeToTheSameInstant() async throws {
         try await TestDatabase.shared.withConnection { conn, _ in
             try await conn.query("SET TimeZone TO 'Asia/Kolkata'")

@@ -30,6 +30,31 @@ struct QueueTests {
             namespace: ns, lanes: lanes ?? [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: limit, on: conn)
     }
 
+    /// Completion and enqueue items are JSON written by hand (jsonString, no Foundation): the
+    /// server must read back every string exactly, quotes, backslashes, control characters, DEL
+    /// and non-ASCII included.
+    @Test func handWrittenJSONStringsReadBackExactlyOnTheServer() async throws {
+        try await TestDatabase.shared.withConnection { conn, _ in
+            var samples = ["run_01JABCDEF", "", "a\"b", "back\\slash", "line\nbreak\r\ttab", "\u{01}\u{1F}\u{7F}", "é世界🚀", "/slash/", "\u{2028}\u{2029}"]
+            samples.append(String((1..<128).map { Character(Unicode.Scalar(UInt8($0))) }))
+            let items = "[" + samples.map(jsonString).joined(separator: ",") + "]"
+            let back = try await conn.query("SELECT array_agg(v ORDER BY n) AS v FROM jsonb_array_elements_text(\(PostgresJSON(items))::jsonb) WITH ORDINALITY AS t(v, n)")
+                .single().decode("v", as: [String].self)
+            #expect(back == samples)
+            let id = UUID()
+            let built = try LeaseStore.completionItems([
+                Completion(executionID: id, epoch: LeaseEpoch(3), result: #"{"k": "v"}"#, worker: try WorkerInstanceID("w-1"), runID: "run \"x\"\n")
+            ])
+            let row = try await conn.query(
+                "SELECT (j -> 0 ->> 'execution_id')::uuid AS id, j -> 0 ->> 'run_id' AS run, j -> 0 ->> 'worker' AS worker, (j -> 0 ->> 'epoch')::bigint AS epoch FROM (SELECT \(PostgresJSON(built))::jsonb AS j) s"
+            ).single()
+            #expect(try row.decode("id", as: UUID.self) == id)
+            #expect(try row.decode("run", as: String.self) == "run \"x\"\n")
+            #expect(try row.decode("worker", as: String.self) == "w-1")
+            #expect(try row.decode("epoch", as: Int64.self) == 3)
+        }
+    }
+
     @Test func racingBatchClaimersNeverShareAnExecution() async throws {
         try await withBootedDatabase { config, conn in
             let total = 3000

@@ -14,7 +14,7 @@ public enum AuditActor: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .instance(let id): "instance:\(id.uuid.uuidString.lowercased())"
+        case .instance(let id): "instance:\(id.uuid.lowercasedText)"
         case .token(let name): "token:\(name)"
         case .http(let address): "http:\(address)"
         case .named(let name): name

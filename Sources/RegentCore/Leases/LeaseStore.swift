@@ -28,7 +28,7 @@ public struct LeaseStore: Sendable {
     /// (``RegentError/Code/notLeaseHolder``); an epoch never granted (ahead of the current
     /// one); or an epoch the execution has moved past (reclaimed, cancelled, finished).
     public func refusal(_ id: UUID, _ epoch: LeaseEpoch, worker: WorkerInstanceID?, on conn: PostgresConnection) async throws -> RegentError {
-        let idText = id.uuidString.lowercased()
+        let idText = id.lowercasedText
         guard let row = try await conn.query(LeaseQueries.leaseStatus(id), purpose: "lease status").first else {
             return RegentError(.notFound, "no execution \(idText)")
         }
@@ -281,7 +281,7 @@ public struct LeaseStore: Sendable {
             let cost = c.cost.isEmpty ? "" : #","cost":["# + c.cost.map(\.json).joined(separator: ",") + "]"
             let worker = c.worker.map { #","worker":\#(jsonString($0.value))"# } ?? ""
             let run = c.runID.map { #","run_id":\#(jsonString($0))"# } ?? ""
-            items.append(#"{"execution_id":"\#(c.executionID.uuidString)","epoch":\#(c.epoch.value),"result":\#(result.json)\#(cost)\#(worker)\#(run)}"#)
+            items.append(#"{"execution_id":"\#(c.executionID.lowercasedText)","epoch":\#(c.epoch.value),"result":\#(result.json)\#(cost)\#(worker)\#(run)}"#)
         }
         return "[" + items.joined(separator: ",") + "]"
     }
@@ -305,7 +305,7 @@ public struct LeaseStore: Sendable {
             purpose: "complete and claim")
         var done: [UUID: String] = [:]
         for text in try rows.first?.decode("completed", as: [String].self) ?? [] {
-            if let id = UUID(uuidString: text) { done[id] = "completed" }
+            if let id = UUID(canonicalText: text) ?? UUID(uuidString: text) { done[id] = "completed" }
         }
         let leases = try Self.leases(rows, workerInstanceID: workerInstanceID, namespace: namespace, completed: done.count)
         return (try await settlingRepeats(completions, done: done, on: conn), leases)
@@ -347,7 +347,7 @@ public struct LeaseStore: Sendable {
             }
             let worker = f.worker.map { #","worker":\#(jsonString($0.value))"# } ?? ""
             items.append(
-                #"{"execution_id":"\#(f.executionID.uuidString)","epoch":\#(f.epoch.value),"error":\#(jsonString(f.error)),"retryable":\#(f.retryable)\#(worker)}"#)
+                #"{"execution_id":"\#(f.executionID.lowercasedText)","epoch":\#(f.epoch.value),"error":\#(jsonString(f.error)),"retryable":\#(f.retryable)\#(worker)}"#)
         }
         let rows = try await conn.query(
             LeaseQueries.fail(
@@ -407,7 +407,7 @@ public struct LeaseStore: Sendable {
         return try await conn.query(LeaseQueries.listCurrent(namespace: namespace, after: after, limit: limit), purpose: "list leases")
             .map { row in
                 CurrentLease(
-                    executionID: try row.decode("execution_id", as: UUID.self).uuidString.lowercased(), namespace: try row.decode("namespace"), lane: try row.decode("lane"),
+                    executionID: try row.decode("execution_id", as: UUID.self).lowercasedText, namespace: try row.decode("namespace"), lane: try row.decode("lane"),
                     attemptIndex: try row.decode("attempt_index"), epoch: try row.decode("lease_epoch"),
                     workerInstanceID: try row.decode("worker_instance_id"), expiresAt: try row.decode("lease_expires_at"),
                     startedAt: try row.decode("started_at"), leaseMs: try row.decode("lease_ms"), runID: try row.decodeOptional("run_id"),
@@ -420,7 +420,7 @@ public struct LeaseStore: Sendable {
         guard (1...1000).contains(limit) else { throw RegentError(.invalidInput, "limit must be 1 to 1000, got \(limit)") }
         return try await conn.query(LeaseQueries.decisions(before: before, limit: limit), purpose: "list lease decisions").map { row in
             LeaseDecision(
-                id: try row.decode("id"), executionID: try row.decode("execution_id", as: UUID.self).uuidString.lowercased(), attemptIndex: try row.decode("attempt_index"),
+                id: try row.decode("id"), executionID: try row.decode("execution_id", as: UUID.self).lowercasedText, attemptIndex: try row.decode("attempt_index"),
                 decision: try row.decode("decision"), term: try row.decode("term"), at: try row.decode("at"),
                 namespace: try row.decodeOptional("namespace"), lane: try row.decodeOptional("lane"),
                 runID: try row.decodeOptional("run_id"), step: try row.decodeOptional("step"))

@@ -38,7 +38,7 @@ public struct Lease: Sendable, Hashable, Codable {
     /// Ids in lower case, as the HTTP API writes them.
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(executionID.uuidString.lowercased(), forKey: .executionID)
+        try c.encode(executionID.lowercasedText, forKey: .executionID)
         try c.encode(lane, forKey: .lane)
         try c.encode(attemptIndex, forKey: .attemptIndex)
         try c.encode(epoch, forKey: .epoch)

@@ -252,7 +252,7 @@ extension RunStore {
             try c.encode(maxAttempts, forKey: .maxAttempts)
             try c.encode(worker, forKey: .worker)
             if let leaseExpiresAt { try c.encode(leaseExpiresAt, forKey: .leaseExpiresAt) }
-            try c.encode(executionID?.uuidString.lowercased(), forKey: .executionID)
+            try c.encode(executionID?.lowercasedText, forKey: .executionID)
             try c.encode(queuedAt, forKey: .queuedAt)
             try c.encode(finishedAt, forKey: .finishedAt)
             try c.encode(output.map(RawJSON.init), forKey: .output)
@@ -429,7 +429,7 @@ extension RunStore {
             for r in try await conn.query(
                 """
                 SELECT execution_id, attempt_index, lease_epoch, worker_instance_id, state, started_at, ended_at FROM workflow.attempts
-                WHERE execution_id = ANY (\(executions.map { $0.uuidString.lowercased() })::uuid[]) ORDER BY execution_id, attempt_index LIMIT 10000
+                WHERE execution_id = ANY (\(executions.map { $0.lowercasedText })::uuid[]) ORDER BY execution_id, attempt_index LIMIT 10000
                 """, purpose: "runs: attempts")
             {
                 attempts[try r.decode("execution_id", as: UUID.self), default: []].append(Attempt(

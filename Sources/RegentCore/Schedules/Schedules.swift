@@ -373,7 +373,7 @@ public struct ScheduleStore: Sendable {
             let schedule = try await get(name, on: tx)
             let started = try await RunStore(publisher: publisher).start(
                 .init(workflowType: try WorkflowType(schedule.workflowType), input: schedule.input,
-                      idempotencyKey: "schedule:\(name.value):trigger:\(key ?? UUID().uuidString.lowercased())"),
+                      idempotencyKey: "schedule:\(name.value):trigger:\(key ?? UUID().lowercasedText)"),
                 actor: actor, on: tx)
             try await tx.query(
                 """

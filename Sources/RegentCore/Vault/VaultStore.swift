@@ -521,7 +521,7 @@ public struct VaultStore: Sendable {
         try await tx.query(
             """
             INSERT INTO vault.execution_grants (execution_id, paths)
-            SELECT id, \(paths.map(\.value))::text[] FROM unnest(\(executionIDs.map { $0.uuidString.lowercased() })::uuid[]) AS id
+            SELECT id, \(paths.map(\.value))::text[] FROM unnest(\(executionIDs.map { $0.lowercasedText })::uuid[]) AS id
             ON CONFLICT (execution_id) DO NOTHING
             """, purpose: "vault: grant secrets to executions")
     }
@@ -564,7 +564,7 @@ public struct VaultStore: Sendable {
         on conn: PostgresConnection
     ) async throws -> SecretValue {
         let keyring = try requireKeys()
-        let idText = executionID.uuidString.lowercased()
+        let idText = executionID.lowercasedText
         let scope = try await conn.query(Self.leaseScope(executionID), purpose: "vault: lease scope").first
         var denial: String?
         if let scope {

@@ -36,7 +36,7 @@ extension AdminAPI {
         return try json(WhoAmI(
             tokenID: identity.tokenID, name: identity.name, role: identity.role.rawValue,
             namespace: identity.scope?.namespace.value, lanes: identity.scope?.lanes?.map(\.value),
-            instanceID: node.map { $0.instanceID.uuid.uuidString.lowercased() }, nodeName: node?.configuration.nodeName))
+            instanceID: node.map { $0.instanceID.uuid.lowercasedText }, nodeName: node?.configuration.nodeName))
     }
 
     /// `GET /v1/cluster`: the leader document, every instance and the recent terms.
@@ -64,7 +64,7 @@ extension AdminAPI {
             let status = try await ClusterStatus.read(on: conn, staleAfter: staleAfter)
             let history = try await LeadershipHistory.read(limit: 50, on: conn)
             return ClusterDocument(
-                status: status, history: history, selfInstanceID: node.map { $0.instanceID.uuid.uuidString.lowercased() }, readAt: Date())
+                status: status, history: history, selfInstanceID: node.map { $0.instanceID.uuid.lowercasedText }, readAt: Date())
         }
     }
 

@@ -19,7 +19,7 @@ extension AdminAPI {
             var c = encoder.container(keyedBy: Keys.self)
             try c.encode(event.id, forKey: .id)
             try c.encode(event.topic, forKey: .topic)
-            try c.encode(event.publisher.map { $0.uuidString.lowercased() }, forKey: .publisher)
+            try c.encode(event.publisher.map { $0.lowercasedText }, forKey: .publisher)
             try c.encode(event.publishedAt, forKey: .publishedAt)
             try c.encode(AnyJSON(text: event.payload), forKey: .payload)
         }

@@ -57,7 +57,7 @@ extension AdminAPI {
                 hint: "name the secrets a step needs in its package manifest (deployed by an admin), or enqueue with an admin token")
         }
         let made = try await pool.withConnection { try await context.leases.enqueue(namespace: namespace, requests, on: $0) }
-        return try json(["executions": made.map { EnqueuedDocument(executionID: $0.executionID.uuidString.lowercased(), created: $0.created) }])
+        return try json(["executions": made.map { EnqueuedDocument(executionID: $0.executionID.lowercasedText, created: $0.created) }])
     }
 
     /// `concurrency_key` (+ `concurrency_limit`, default 1) or `fair_key` (+ `fair_window`, default 10), not both.
@@ -97,7 +97,7 @@ extension AdminAPI {
             }
             return try await LeaseStore().cancel(executionID: id, on: conn)
         }
-        if outcome == .notFound { throw APIError(status: .notFound, code: "not_found", message: "no execution \(id.uuidString.lowercased())") }
+        if outcome == .notFound { throw APIError(status: .notFound, code: "not_found", message: "no execution \(id.lowercasedText)") }
         return try json(["outcome": outcome.rawValue])
     }
 
@@ -128,9 +128,9 @@ extension AdminAPI {
             var seen = Set<UUID>()
             done = order.compactMap { id in
                 guard let state = outcome.done[id], seen.insert(id).inserted else { return nil }
-                return Item(execution_id: id.uuidString.lowercased(), state: state)
+                return Item(execution_id: id.lowercasedText, state: state)
             }
-            stale = outcome.stale.map { $0.uuidString.lowercased() }
+            stale = outcome.stale.map { $0.lowercasedText }
         }
     }
 }

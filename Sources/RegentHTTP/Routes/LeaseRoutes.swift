@@ -72,7 +72,7 @@ extension AdminAPI {
                 try c.encode(step.name, forKey: .step)
                 try c.encode(step.packageHash, forKey: .packageHash)
             }
-            try c.encode(lease.executionID.uuidString.lowercased(), forKey: .executionID)
+            try c.encode(lease.executionID.lowercasedText, forKey: .executionID)
             try c.encode(lease.lane, forKey: .lane)
             try c.encode(lease.attemptIndex, forKey: .attemptIndex)
             try c.encode(lease.epoch.value, forKey: .epoch)
@@ -118,7 +118,7 @@ extension AdminAPI {
         let leases = try await pool.withConnection {
             try await LeaseStore().listExpiredLeases(namespace: namespace, after: after, limit: limit, on: $0)
         }
-        let next = leases.count == limit ? leases.last.map { Self.leaseCursorText($0.expiresAt, $0.executionID.uuidString.lowercased()) } : nil
+        let next = leases.count == limit ? leases.last.map { Self.leaseCursorText($0.expiresAt, $0.executionID.lowercasedText) } : nil
         return try json(Page(items: leases, next: next))
     }
 

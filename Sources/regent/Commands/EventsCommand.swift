@@ -68,7 +68,7 @@ struct EventsCommand: AsyncParsableCommand {
                     let line: String
                     if json {
                         // The same shape as the regent_events notification; the payload is spliced in as JSON.
-                        line = #"{"id":\#(event.id),"topic":\#(jsonString(event.topic)),"publisher":\#(event.publisher.map { jsonString($0.uuidString.lowercased()) } ?? "null"),"published_at":\#(at.map(jsonString) ?? "null"),"payload":\#(event.payload)}"#
+                        line = #"{"id":\#(event.id),"topic":\#(jsonString(event.topic)),"publisher":\#(event.publisher.map { jsonString($0.lowercasedText) } ?? "null"),"published_at":\#(at.map(jsonString) ?? "null"),"payload":\#(event.payload)}"#
                     } else {
                         line = "\(event.id)  \(at ?? "")  \(event.topic)  \(event.payload)"
                     }

@@ -63,7 +63,7 @@ struct ExecutionsCommand: AsyncParsableCommand {
             let request = try request()
             try await PostgresConnection.withConnection(try database.configuration()) { conn in
                 let made = try await LeaseStore().enqueue(namespace: try Namespace(namespace), Array(repeating: request, count: count), on: conn)
-                for e in made { print(e.executionID.uuidString.lowercased() + (e.created ? "" : " existing")) }
+                for e in made { print(e.executionID.lowercasedText + (e.created ? "" : " existing")) }
             }
         }
     }
@@ -112,7 +112,7 @@ struct ExecutionsCommand: AsyncParsableCommand {
                 let rows = try await LeaseStore().listExecutions(namespace: try namespace.map { try Namespace($0) }, state: state, limit: limit, on: conn)
                 if json { return try printJSON(rows) }
                 print(table(["execution", "namespace", "lane", "state", "attempts", "epoch"], rows.map { e in
-                    [e.executionID.uuidString.lowercased(), e.namespace, e.lane, e.state, "\(e.attempts)/\(e.maxAttempts)", "\(e.epoch)"]
+                    [e.executionID.lowercasedText, e.namespace, e.lane, e.state, "\(e.attempts)/\(e.maxAttempts)", "\(e.epoch)"]
                 }))
             }
         }

@@ -98,7 +98,7 @@ struct LeasesCommand: AsyncParsableCommand {
                 let leases = try await LeaseStore().listExpiredLeases(namespace: try namespace.map { try Namespace($0) }, limit: limit, on: conn)
                 if json { return try printJSON(leases) }
                 print(table(["execution", "namespace", "lane", "attempt", "epoch", "worker", "expired at"], leases.map { l in
-                    [l.executionID.uuidString.lowercased(), l.namespace, l.lane, "\(l.attemptIndex)", "\(l.epoch)", l.workerInstanceID,
+                    [l.executionID.lowercasedText, l.namespace, l.lane, "\(l.attemptIndex)", "\(l.epoch)", l.workerInstanceID,
                      ISO8601DateFormatter().string(from: l.expiresAt)]
                 }))
             }
