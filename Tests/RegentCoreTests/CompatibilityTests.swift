@@ -97,6 +97,45 @@ struct CompatibilityTests {
 
     /// A breaking file (every file before compatibility levels) is applied by booting nodes,
     /// as the binary shipping it needs it, and raises the floor at once.
+    /// A migration's `-- regent:functions` line applies those function files inside its own
+    /// transaction, before its statements: its trigger finds the body it needs (function files
+    /// are otherwise applied only after every migration of the schema). A name the binary does
+    /// not carry fails the migration, naming it, and applies nothing.
+    @Test func aMigrationAppliesTheFunctionFilesItNamesInItsOwnTransaction() async throws {
+        let one = Migration(schema: "demo", version: 1, name: "one", sql: "CREATE SCHEMA IF NOT EXISTS demo; CREATE TABLE demo.items (id int PRIMARY KEY, label text);")
+        let two = Migration(
+            schema: "demo", version: 2, name: "two",
+            sql: """
+                -- regent:expand
+                -- regent:functions stamp
+                CREATE TRIGGER items_stamped BEFORE INSERT ON demo.items FOR EACH ROW EXECUTE FUNCTION demo.stamp();
+                INSERT INTO demo.items (id) VALUES (1);
+                """)
+        #expect(two.kind == .expand)
+        #expect(two.functions == ["stamp"])
+        #expect(one.functions.isEmpty)
+        let stamp = FunctionFile(
+            schema: "demo", name: "stamp",
+            sql: "CREATE OR REPLACE FUNCTION demo.stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.label := 'stamped'; RETURN NEW; END $$;")
+        try await TestDatabase.shared.withConnection { conn, _ in
+            try await MigrationRunner(catalog: MigrationCatalog(Self.engineFiles + [one]), appliedBy: "old").migrate(on: conn, schemas: ["engine", "demo"])
+            let missing = MigrationRunner(catalog: MigrationCatalog(Self.engineFiles + [one, two]), appliedBy: "missing")
+            do {
+                try await missing.migrate(on: conn, schemas: ["engine", "demo"])
+                Issue.record("a migration naming a function file the binary lacks must fail")
+            } catch let error as RegentError {
+                #expect(error.code == .migrationFailed)
+                #expect(error.message.contains("stamp"), "\(error)")
+            }
+            #expect(MigrationRunner.version(of: "demo", in: try await missing.applied(on: conn)) == 1, "nothing of file 2 applied")
+            #expect(try await conn.query("SELECT count(*)::int AS n FROM demo.items").single().decode("n", as: Int.self) == 0)
+
+            let runner = MigrationRunner(catalog: MigrationCatalog(Self.engineFiles + [one, two], functionFiles: [stamp]), appliedBy: "new")
+            #expect(try await runner.migrate(on: conn, schemas: ["engine", "demo"]).map(\.version) == [2])
+            #expect(try await conn.query("SELECT label FROM demo.items WHERE id = 1").single().decode("label", as: String.self) == "stamped")
+        }
+    }
+
     @Test func aBreakingMigrationIsAppliedByNodesAndRaisesTheFloorAtOnce() async throws {
         let files = [
             Migration(schema: "demo", version: 1, name: "one", sql: "CREATE SCHEMA IF NOT EXISTS demo; CREATE TABLE demo.items (id int);"),

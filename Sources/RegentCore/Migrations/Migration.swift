@@ -10,6 +10,11 @@ public struct Migration: Sendable, Hashable, CustomStringConvertible {
     /// `-- regent:expand`, `-- regent:contract` or `-- regent:breaking`; a file without one
     /// (every file written before compatibility levels existed) is breaking.
     public let kind: MigrationKind
+    /// Function files (of its schema) applied inside its transaction, before its statements: a
+    /// line `-- regent:functions NAME …`. For a migration that changes what a trigger hands its
+    /// function: the new trigger and the new body then commit together, where the files applied
+    /// after the migrations would leave a moment with the new schema and the old body.
+    public let functions: [String]
 
     public init(schema: String, version: Int, name: String, sql: String) {
         self.schema = schema
@@ -18,6 +23,11 @@ public struct Migration: Sendable, Hashable, CustomStringConvertible {
         self.sql = sql
         self.checksum = SHA256.hex(sql)
         self.kind = MigrationKind(header: sql)
+        self.functions = sql.split(separator: "\n").flatMap { line -> [String] in
+            let words = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard words.count > 2, words[0] == "--", words[1] == "regent:functions" else { return [] }
+            return words.dropFirst(2).map(String.init)
+        }
     }
 
     public var description: String { "\(schema) \(zeroPadded4(version))_\(name)" }

@@ -325,6 +325,14 @@ public struct MigrationRunner: Sendable {
                         var columns = (kind: false, duration: false)
                         for file in files {
                             let began = ContinuousClock.now
+                            for name in file.functions {
+                                guard let function = catalog.functionFiles(for: schema).first(where: { $0.name == name }) else {
+                                    throw RegentError(
+                                        .migrationFailed, "migration \(file) names function file \(name), which this binary does not carry",
+                                        hint: "add sql/\(schema)/functions/\(name).sql or remove the name from the file's regent:functions line")
+                                }
+                                try await tx.executeScript(function.sql, purpose: "migration \(file): \(function)")
+                            }
                             try await tx.executeScript(file.sql, purpose: "migration \(file)")
                             let took = began.duration(to: .now)
                             try await tx.query(Self.recordApplied(file, by: appliedBy), purpose: "migrations: record \(file)")

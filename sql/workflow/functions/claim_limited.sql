@@ -1,8 +1,9 @@
 -- workflow.claim_limited: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0020_step_path_cost.sql (the limited half of workflow.claim, of, sql/workflow/0023_fewer_plan_nodes.sql (a step's payload read as the claim reads it).
--- sql/workflow/0018_flow_control.sql).
+-- History: sql/workflow/0020_step_path_cost.sql (the limited half of workflow.claim, of
+-- sql/workflow/0018_flow_control.sql), sql/workflow/0023_fewer_plan_nodes.sql (a step's payload
+-- read as the claim reads it), sql/workflow/0024_one_execution_trigger.sql (this line mended).
 --
 -- The claim of lanes of which one or more has a limit (sql/workflow/0018,
 -- moved into a function of its own by sql/workflow/0020 so that the claim of unlimited lanes,

@@ -1,7 +1,7 @@
 -- workflow.fail: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0004_queue.sql, sql/workflow/0009_queue_hot_path.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0013_hot_path_cost.sql, sql/workflow/0024_drop_pre_0012_signatures.sql (dropped the signature kept for binaries before 0012), sql/workflow/0021_cheaper_row_checks.sql (the batch's ids as an array, as in complete), sql/workflow/0022_one_comparison_step_trigger.sql (no bitmap scans: its lookups by key are index scans).
+-- History: sql/workflow/0004_queue.sql, sql/workflow/0009_queue_hot_path.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0013_hot_path_cost.sql, sql/workflow/0025_drop_pre_0012_signatures.sql (dropped the signature kept for binaries before 0012), sql/workflow/0021_cheaper_row_checks.sql (the batch's ids as an array, as in complete), sql/workflow/0022_one_comparison_step_trigger.sql (no bitmap scans: its lookups by key are index scans).
 --
 -- Failure bound to the lease's holder (see held_items), run rows first.
 

@@ -1,7 +1,7 @@
 -- workflow.start_run: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0014_start_on_version.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0024_drop_pre_0012_signatures.sql (dropped the signature kept for binaries before 0012 and 0014).
+-- History: sql/workflow/0006_runs.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0014_start_on_version.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0025_drop_pre_0012_signatures.sql (dropped the signature kept for binaries before 0012 and 0014).
 --
 -- The start of 0014, making the run through create_run (so a root of any kind begins).
 

@@ -1,10 +1,23 @@
 -- workflow.step_execution_changed: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0007_run_engine.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0021_cheaper_row_checks.sql (calls on every step are assignments, not PERFORMs), sql/workflow/0022_one_comparison_step_trigger.sql (the WHEN tests only for a final state, the function for a change; no bitmap scans).
+-- History: sql/workflow/0007_run_engine.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0021_cheaper_row_checks.sql (calls on every step are assignments, not PERFORMs), sql/workflow/0022_one_comparison_step_trigger.sql (the WHEN tests only for a final state, the function for a change; no bitmap scans), sql/workflow/0024_one_execution_trigger.sql (the one trigger on an execution's state: flow control's part, workflow.flow_changed before it, comes first).
 --
--- The step trigger (0012's), advancing through advance_run when a step of another kind becomes
--- ready; a run of worker steps only takes the same path as before (enqueue, or succeed).
+-- The trigger on an execution's state (since 0024 the only row trigger of executions' updates:
+-- each row trigger a table has costs every UPDATE statement of it some 20,000 instructions,
+-- whether or not its WHEN holds). Two parts, in this order:
+--   * flow control (a keyed or lane-limited execution; docs/flow-control.md): it takes no
+--     key's lock, it notes the slots to free (workflow.flow_note), and the commit settles
+--     every key it noted in key order (workflow.flow_settle):
+--       - concurrency key (`c:`): when it ends (completed, failed, dead-lettered, cancelled),
+--         its slot frees; one that ended while still waiting leaves the waiting list instead;
+--       - fair key (`f:`): when a claim takes it (queued → running), its window slot frees; one
+--         that ended before any claim frees its slot, or leaves the waiting list. A retry
+--         (running → queued) goes straight back to `ready`, outside the window;
+--       - an execution claimed under a lane's max-running limit that stops running announces
+--         its lane: a claim held back by the limit can take the freed slot at once;
+--   * a workflow step reaching a final state: its run advances (enqueue, or succeed), through
+--     advance_run when a step of another kind becomes ready.
 
 CREATE OR REPLACE FUNCTION workflow.step_execution_changed()
  RETURNS trigger
@@ -12,7 +25,8 @@ CREATE OR REPLACE FUNCTION workflow.step_execution_changed()
  SET enable_seqscan TO 'off'
  SET enable_bitmapscan TO 'off'
 AS $function$
--- Locks: the run row (already held by every caller that follows the lock order), run_steps,
+-- Locks: flow control's part, the execution's own flow_waiting row only; the step's part, the
+-- run row (already held by every caller that follows the lock order), run_steps,
 -- budget_ledger; a finish from here takes ready → executions SKIP LOCKED.
 DECLARE
     v_step workflow.run_steps%ROWTYPE;
@@ -24,9 +38,28 @@ DECLARE
     v_event bigint;
     v_enqueued integer;
 BEGIN
-    -- The trigger's WHEN tests only that the new state is final (0022): a final state set to
-    -- itself changes nothing.
+    -- The trigger's WHEN tests for a step's final state or a flow-controlled row (0024): a state
+    -- set to itself changes nothing.
     IF OLD.state = NEW.state THEN RETURN NULL; END IF;
+    IF NEW.flow_key IS NOT NULL OR NEW.lane_limited THEN
+        IF OLD.lane_limited AND OLD.state = 'running' AND NEW.state <> 'running' THEN
+            PERFORM workflow.notify_queue(NEW.namespace, ARRAY[NEW.lane::text]);
+        END IF;
+        IF NEW.flow_key IS NULL THEN
+            NULL;
+        ELSIF NEW.flow_key LIKE 'c:%' THEN
+            IF NEW.state IN ('completed', 'failed', 'dead_lettered', 'cancelled') THEN
+                DELETE FROM workflow.flow_waiting w WHERE w.execution_id = NEW.execution_id;
+                IF NOT FOUND THEN PERFORM workflow.flow_note(NEW.namespace, NEW.flow_key, 1); END IF;
+            END IF;
+        ELSIF OLD.state = 'queued' AND NEW.state = 'running' THEN
+            PERFORM workflow.flow_note(NEW.namespace, NEW.flow_key, 1);
+        ELSIF OLD.state = 'queued' AND NEW.state IN ('completed', 'failed', 'dead_lettered', 'cancelled') THEN
+            DELETE FROM workflow.flow_waiting w WHERE w.execution_id = NEW.execution_id;
+            IF NOT FOUND THEN PERFORM workflow.flow_note(NEW.namespace, NEW.flow_key, 1); END IF;
+        END IF;
+    END IF;
+    IF NEW.step_id IS NULL OR NEW.state NOT IN ('completed', 'failed', 'dead_lettered', 'cancelled') THEN RETURN NULL; END IF;
     SELECT * INTO v_run FROM workflow.runs WHERE run_id = COALESCE(NEW.run_id, NEW.payload ->> 'run_id') FOR UPDATE;
     IF NOT FOUND THEN RETURN NULL; END IF;
     IF v_run.state <> 'running' THEN

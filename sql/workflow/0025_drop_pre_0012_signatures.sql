@@ -5,7 +5,7 @@
 -- (every release since workflow 0014 calls the new signatures, and the floor has been at
 -- 0016 since v0.2.0); they remain only as a way around the lease holder's token and the
 -- version choice. Applied by `regent migrate --contract` once every node runs this release;
--- after it, the floor is 0023 and v0.2.0 (workflow 16) is refused. The live definitions of the
+-- after it, the floor is 0025 and v0.2.0 (workflow 16) is refused. The live definitions of the
 -- signatures that stay are in sql/workflow/functions/. Takes no table lock.
 DROP FUNCTION workflow.claim(text, text, text[], text[], bigint, integer);
 DROP FUNCTION workflow.complete(jsonb);
