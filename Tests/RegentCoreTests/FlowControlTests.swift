@@ -137,6 +137,49 @@ struct FlowControlTests {
 
     /// A freed slot admits the next at once, and a cancel of a waiting or an admitted execution
     /// keeps the count right; a failure that is retried keeps its slot, a final one frees it.
+    /// The commit's settle is queued by the first note of a transaction (a row of
+    /// flow_settle_hooks, workflow 0024): a plain claim and completion write no hook; a batch
+    /// completing executions of three keys writes one, which its settle deletes at commit, and
+    /// every slot it noted is free afterwards.
+    @Test func onlyATransactionThatNotesAKeyQueuesASettleAndItsHookIsGoneAtCommit() async throws {
+        try await withBootedDatabase { _, conn in
+            let w = try await register("w", on: conn)
+            /// The hook rows this transaction holds, and the keys it noted for its commit.
+            func hooks(_ tx: PostgresConnection) async throws -> (rows: Int, noted: [String]) {
+                let row = try await tx.query(
+                    """
+                    SELECT (SELECT count(*) FROM workflow.flow_settle_hooks)::int AS n,
+                           ARRAY(SELECT split_part(r, chr(31), 2) FROM string_to_table(COALESCE(current_setting('regent.flow_pending', true), ''), chr(30)) AS r
+                                 WHERE r <> '' ORDER BY 1) AS noted
+                    """
+                ).single()
+                return (try row.decode("n", as: Int.self), try row.decode("noted", as: [String].self))
+            }
+            _ = try await store.enqueue(namespace: ns, [request(nil)], on: conn)
+            try await conn.withTransaction { tx in
+                let plain = try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 1, on: tx)
+                #expect(plain.count == 1)
+                _ = try await store.complete([Completion(executionID: plain[0].executionID, epoch: plain[0].epoch)], on: tx)
+                let none = try await hooks(tx)
+                #expect(none.rows == 0 && none.noted.isEmpty, "nothing noted, no settle queued: \(none)")
+            }
+            let made = try await store.enqueue(
+                namespace: ns, ["a", "b", "c", "a", "b", "c"].map { request(.concurrency(key: $0, limit: 1)) }, on: conn)
+            let first = try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 10, on: conn)
+            #expect(Set(first.map(\.executionID)) == Set(made.prefix(3).map(\.executionID)), "one per key")
+            try await conn.withTransaction { tx in
+                let done = try await store.complete(first.map { Completion(executionID: $0.executionID, epoch: $0.epoch) }, on: tx)
+                #expect(done.done.count == 3)
+                let three = try await hooks(tx)
+                #expect(three.rows == 1, "three keys noted, one settle queued: \(three)")
+                #expect(three.noted == ["c:a", "c:b", "c:c"])
+            }
+            #expect(try await conn.query("SELECT count(*)::int AS n FROM workflow.flow_settle_hooks").single().decode("n", as: Int.self) == 0)
+            let second = try await store.claim(namespace: ns, lanes: [lane], workerInstanceID: w, capabilities: [], leaseDuration: .seconds(30), limit: 10, on: conn)
+            #expect(Set(second.map(\.executionID)) == Set(made.suffix(3).map(\.executionID)), "each key's slot freed at the commit")
+        }
+    }
+
     @Test func slotsFreeOnCompletionFailureAndCancelAndWaitersAreAdmittedInOrder() async throws {
         try await withBootedDatabase { _, conn in
             let w = try await register("w", on: conn)

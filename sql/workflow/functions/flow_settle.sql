@@ -1,9 +1,10 @@
 -- workflow.flow_settle: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0018_flow_control.sql (with its deferred triggers, flow_settle_*), sql/workflow/0019_run_concurrency.sql (run keys first).
+-- History: sql/workflow/0018_flow_control.sql (with its deferred triggers, flow_settle_*), sql/workflow/0019_run_concurrency.sql (run keys first), sql/workflow/0024_one_execution_trigger.sql (fired by the hook row the first note inserts, which it deletes; no longer by a deferred trigger on executions).
 
--- At commit (deferred constraint triggers), settles every key the transaction noted, all at
+-- At commit (deferred constraint triggers: the hook row workflow.flow_note inserts, a run's state
+-- change, a waiting row's insert), settles every key the transaction noted, all at
 -- once and in (namespace, flow_key) order, so that two transactions never take two keys in
 -- opposite orders: frees the noted slots, then admits waiting executions (oldest first) while
 -- each key has free slots, into `ready` (a fair key's at the tail of its lane: `run_at` = now),
@@ -28,6 +29,10 @@ DECLARE
     v_more text;
     v_announced bigint;
 BEGIN
+    -- A hook row is this transaction's own, read by nothing else: gone with its firing.
+    IF TG_TABLE_NAME = 'flow_settle_hooks' THEN
+        DELETE FROM workflow.flow_settle_hooks h WHERE h.xact = NEW.xact;
+    END IF;
     IF v_pending IS NULL OR v_pending = '' THEN RETURN NULL; END IF;
     PERFORM set_config('regent.flow_pending', '', true);
     IF strpos(v_pending, chr(31) || 'r:') > 0 THEN
