@@ -9,12 +9,14 @@
 -- top entry of the difference), whether or not it then holds. So:
 --
 -- * execution_flow_changed (flow control, workflow 0018) and step_execution_changed (the run
---   engine) become one trigger, step_execution_changed, with no WHEN: its function, now with no
---   SET clause, tests the state change, a flow key or lane limit, and a step's final state
---   itself (three expressions), doing flow control's part first (as the two triggers fired, by
---   name) and calling workflow.step_state_changed (new: the step's part, the old body, with
---   its SET clauses) for a step that ended. workflow.flow_changed, the old flow trigger's
---   function, goes.
+--   engine) become one trigger, step_execution_changed, whose WHEN only passes the rows either
+--   part may concern (a step, a flow key, a lane limit: three column tests, a short node text,
+--   and a plain execution's row never calls the function, which matters for a claim or a
+--   completion of a hundred); its function, now with no SET clause, tests the state change
+--   and a step's final state itself, doing flow control's part first (as the two triggers
+--   fired, by name) and calling workflow.step_state_changed (new: the step's part, the old
+--   body, with its SET clauses) for a step that ended. workflow.flow_changed, the old flow
+--   trigger's function, goes.
 --
 -- The deferred flow_settle_executions (the settle of flow keys at commit) goes too: a
 -- constraint trigger cannot be an immediate one's part, and it cost every claim and completion
@@ -54,4 +56,5 @@ DROP FUNCTION workflow.flow_changed();
 CREATE TRIGGER step_execution_changed
 AFTER UPDATE OF state ON workflow.executions
 FOR EACH ROW
+WHEN (NEW.step_id IS NOT NULL OR NEW.flow_key IS NOT NULL OR NEW.lane_limited)
 EXECUTE FUNCTION workflow.step_execution_changed();

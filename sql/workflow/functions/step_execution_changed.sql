@@ -1,13 +1,13 @@
 -- workflow.step_execution_changed: its live definition, the one home of this function (docs/operations.md,
 -- "Where SQL functions live"). Change it here; a new signature also needs a migration that
 -- drops the old one once no running binary calls it.
--- History: sql/workflow/0007_run_engine.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0021_cheaper_row_checks.sql (calls on every step are assignments, not PERFORMs), sql/workflow/0022_one_comparison_step_trigger.sql (the WHEN tests only for a final state, the function for a change; no bitmap scans), sql/workflow/0024_one_execution_trigger.sql (the one trigger on an execution's state, with no WHEN: flow control's part, workflow.flow_changed before it, first; the step's part moved to workflow.step_state_changed).
+-- History: sql/workflow/0007_run_engine.sql, sql/workflow/0012_lock_order_and_trust.sql, sql/workflow/0016_step_kinds.sql, sql/workflow/0021_cheaper_row_checks.sql (calls on every step are assignments, not PERFORMs), sql/workflow/0022_one_comparison_step_trigger.sql (the WHEN tests only for a final state, the function for a change; no bitmap scans), sql/workflow/0024_one_execution_trigger.sql (the one trigger on an execution's state, its WHEN three column tests: flow control's part, workflow.flow_changed before it, first; the step's part moved to workflow.step_state_changed).
 --
--- The trigger on an execution's state (since 0024 the only row trigger of executions' updates,
--- and with no WHEN: PostgreSQL reads a trigger's WHEN back from its stored node text at every
--- statement that may fire it, which cost a claim and a completion more than this function's
--- call and its first three tests; and no SET clause, which a call saves and restores). Two
--- parts, in this order:
+-- The trigger on an execution's state (since 0024 the only row trigger of executions' updates).
+-- Its WHEN passes only a step's, a keyed or a lane-limited execution's rows, and is kept short:
+-- PostgreSQL reads a trigger's WHEN back from its stored node text at every statement that may
+-- fire it, and the state tests are here instead. No SET clause (a call saves and restores it).
+-- Two parts, in this order:
 --   * flow control (a keyed or lane-limited execution; docs/flow-control.md): it takes no
 --     key's lock, it notes the slots to free (workflow.flow_note), and the commit settles
 --     every key it noted in key order (workflow.flow_settle):
@@ -29,8 +29,7 @@ AS $function$
 DECLARE
     v_done integer;
 BEGIN
-    -- A state set to itself changes nothing. Most updates (a plain execution's claim and
-    -- completion, a step's claim) pass the three tests and leave.
+    -- A state set to itself changes nothing. A step's claim passes the three tests and leaves.
     IF OLD.state = NEW.state THEN RETURN NULL; END IF;
     IF NEW.flow_key IS NOT NULL OR NEW.lane_limited THEN
         IF OLD.lane_limited AND OLD.state = 'running' AND NEW.state <> 'running' THEN
