@@ -305,7 +305,7 @@ public struct LeaseStore: Sendable {
             purpose: "complete and claim")
         var done: [UUID: String] = [:]
         for text in try rows.first?.decode("completed", as: [String].self) ?? [] {
-            if let id = UUID(canonicalText: text) ?? UUID(uuidString: text) { done[id] = "completed" }
+            if let id = try? UUID(postgresText: text, typeOID: 0) { done[id] = "completed" }
         }
         let leases = try Self.leases(rows, workerInstanceID: workerInstanceID, namespace: namespace, completed: done.count)
         return (try await settlingRepeats(completions, done: done, on: conn), leases)
